@@ -1,0 +1,28 @@
+# One entry point. `make demo` sets up .venv and runs the main job; `make test` sets up and tests.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+
+.PHONY: setup demo test benchmark clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+demo: setup
+	$(PY) -m reapkit demo
+
+test: setup
+	$(PY) -m pytest -q -n 2
+
+benchmark: setup
+	$(PY) benchmarks/observe_overhead.py
+
+clean:
+	rm -rf $(VENV) runs out
