@@ -1,0 +1,216 @@
+"""Record per-expert statistics inside the model's own expert computation.
+
+    >>> obs = observe(model, calibration_batches("code:64,prose:64", tokenizer))
+    >>> obs.stats["code"]["reap_sum"].shape          # [moe layers, experts]
+    torch.Size([4, 16])
+
+While observing, the model runs reapkit's experts implementation (registered with transformers'
+`ExpertsInterface`): it computes each routed expert once, exactly as the default grouped
+implementation does, and updates per-domain accumulators with vectorised tensor ops on the
+model's device. A forward hook on each router adds the router probability mass. Padding tokens
+never count. Architectures whose block scales the experts' input by the gate (llama4) are
+observed with a hook on their (dense) experts module instead; see `Architecture.gated_input`.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from tqdm.auto import tqdm
+from transformers.integrations import moe as hf_moe
+
+from .arch import Architecture, architecture_for
+from .observations import Observations, fingerprint
+from . import __version__
+
+IMPLEMENTATION = "reapkit_observe"
+
+#: per-expert statistics, each [layers, experts]; plus "output_sum" [layers, experts, hidden]
+#: and "tokens" [layers] (non-padding tokens seen by the router).
+EXPERT_STATS = ("count", "gate_sum", "norm_sum", "reap_sum", "max_activation", "prob_sum")
+
+_active: "_Recorder | None" = None
+
+
+class _Recorder:
+    """Per-domain accumulators for the MoE layers of one model."""
+
+    def __init__(self, num_layers: int, num_experts: int, hidden: int, device):
+        self.shape = (num_layers, num_experts, hidden)
+        self.device = device
+        self.stats: dict[str, dict[str, torch.Tensor]] = {}
+        self.position: dict[int, int] = {}  # id(module) -> MoE layer position
+        self.valid: torch.Tensor | None = None  # [tokens] float, 1 on real tokens
+        self.current: dict[str, torch.Tensor] | None = None
+        self.last_router: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def start_batch(self, domain: str, attention_mask: torch.Tensor):
+        if domain not in self.stats:
+            L, E, H = self.shape
+            zeros = lambda *s, dtype=torch.float64: torch.zeros(*s, dtype=dtype, device=self.device)  # noqa: E731
+            self.stats[domain] = {name: zeros(L, E) for name in EXPERT_STATS}
+            self.stats[domain]["output_sum"] = zeros(L, E, H, dtype=torch.float32)
+            self.stats[domain]["tokens"] = zeros(L)
+        self.current = self.stats[domain]
+        self.valid = attention_mask.reshape(-1).to(self.device, torch.float64)
+
+    def record_router(self, pos: int, probs: torch.Tensor):
+        acc, valid = self.current, self.valid
+        acc["prob_sum"][pos] += (probs.to(torch.float64) * valid[:, None]).sum(0)
+        acc["tokens"][pos] += valid.sum()
+
+    def record_routed(self, pos, expert_ids, gates, outputs, token_ids, selected=None):
+        """One row per (token, expert) assignment: expert id, gate value, output before gating."""
+        acc = self.current
+        valid = self.valid[token_ids]
+        if selected is not None:
+            valid = valid * selected
+        outputs = outputs.float()
+        norms = outputs.norm(dim=-1).to(torch.float64)
+        gates = gates.to(torch.float64) * valid
+        acc["count"][pos].index_add_(0, expert_ids, valid)
+        acc["gate_sum"][pos].index_add_(0, expert_ids, gates)
+        acc["norm_sum"][pos].index_add_(0, expert_ids, norms * valid)
+        acc["reap_sum"][pos].index_add_(0, expert_ids, norms * gates)
+        peak = outputs.abs().amax(dim=-1).to(torch.float64) * valid
+        acc["max_activation"][pos].scatter_reduce_(0, expert_ids, peak, "amax")
+        acc["output_sum"][pos].index_add_(0, expert_ids, outputs * valid.float()[:, None])
+
+
+def observed_experts_forward(self, hidden_states, top_k_index, top_k_weights):
+    """The default grouped experts computation, recording statistics when an observer is active."""
+    device = hidden_states.device
+    num_top_k = top_k_index.size(-1)
+    num_tokens, hidden_dim = hidden_states.shape
+    weights = top_k_weights.reshape(-1)
+    expert_ids, perm = torch.sort(top_k_index.reshape(-1))
+    token_ids = perm // num_top_k
+    hist_in = expert_ids.float() if device.type in ("cpu", "mps") else expert_ids.int()
+    per_expert = torch.histc(hist_in, bins=self.num_experts, min=0, max=self.num_experts - 1)
+    offsets = torch.cumsum(per_expert, dim=0, dtype=torch.int32)
+
+    up = self.gate_up_proj if self.has_gate else self.up_proj
+    up_bias = (self.gate_up_proj_bias if self.has_gate else self.up_proj_bias)[expert_ids] if self.has_bias else None
+    out = hf_moe._grouped_linear(hidden_states[token_ids], up, offsets, bias=up_bias, is_transposed=self.is_transposed)
+    out = self._apply_gate(out) if self.has_gate else self.act_fn(out)
+    down_bias = self.down_proj_bias[expert_ids] if self.has_bias else None
+    out = hf_moe._grouped_linear(out, self.down_proj, offsets, bias=down_bias, is_transposed=self.is_transposed)
+    if self.has_post_expert_norm:
+        out = self.post_expert_norm(out)
+
+    gates = weights[perm]
+    recorder = _active
+    if recorder is not None and id(self) in recorder.position:
+        recorder.record_routed(recorder.position[id(self)], expert_ids, gates, out, token_ids)
+
+    weighted = out * gates.unsqueeze(-1)
+    inverse = torch.empty_like(perm)
+    inverse[perm] = torch.arange(perm.size(0), device=device)
+    final = weighted[inverse].view(num_tokens, num_top_k, hidden_dim).sum(dim=1)
+    return final.to(hidden_states.dtype)
+
+
+hf_moe.ExpertsInterface.register(IMPLEMENTATION, observed_experts_forward)
+
+
+def _router_probs(arch: Architecture, output) -> torch.Tensor:
+    logits = output[arch.logits_index] if isinstance(output, tuple) else output
+    logits = logits.float()
+    return torch.sigmoid(logits) if arch.scoring == "sigmoid" else torch.softmax(logits, dim=-1)
+
+
+@contextlib.contextmanager
+def recording(model: torch.nn.Module):
+    """Context manager: while inside, forwards of `model` feed a `_Recorder` (yielded)."""
+    global _active
+    arch = architecture_for(model)
+    blocks = list(arch.moe_blocks(model))
+    if not blocks:
+        raise ValueError(f"{type(model).__name__} has no MoE layers reapkit can find under {arch.layers!r}.{arch.block}")
+    experts0 = arch.experts_of(blocks[0][1])
+    num_experts = max(arch.experts_of(b).num_experts for _, b in blocks)
+    device = experts0.down_proj.device
+    recorder = _Recorder(len(blocks), num_experts, model.config.get_text_config().hidden_size, device)
+    handles = []
+    for pos, (_, block) in enumerate(blocks):
+        router, experts = arch.router_of(block), arch.experts_of(block)
+        recorder.position[id(experts)] = pos
+        recorder.position[id(router)] = pos
+
+        def on_router(module, args, output, pos=pos):
+            recorder.record_router(pos, _router_probs(arch, output))
+            if arch.gated_input:
+                recorder.last_router[pos] = (output[0], output[arch.logits_index])
+
+        handles.append(router.register_forward_hook(on_router))
+        if arch.gated_input:
+            handles.append(experts.register_forward_hook(_gated_input_hook(recorder, pos, block)))
+
+    previous = None
+    if not arch.gated_input:
+        previous = model.get_experts_implementation()
+        model.set_experts_implementation(IMPLEMENTATION)
+    _active, outer = recorder, _active
+    try:
+        yield recorder
+    finally:
+        _active = outer
+        for h in handles:
+            h.remove()
+        if previous is not None:
+            model.set_experts_implementation(previous)
+
+
+def _gated_input_hook(recorder: _Recorder, pos: int, block):
+    """Experts that see gate * x for every expert and token (llama4): record f = output / gate."""
+    top_k = block.top_k
+
+    def hook(module, args, output):
+        scores, logits = recorder.last_router[pos]  # [T, E] gates (0 where not routed), logits
+        num_experts, num_tokens = scores.shape[1], scores.shape[0]
+        selected = torch.zeros_like(logits, dtype=torch.float64)
+        selected.scatter_(1, torch.topk(logits, top_k, dim=1).indices, 1.0)
+        gates = scores.t().reshape(-1).float()
+        outputs = output.view(num_experts * num_tokens, -1).float() / gates.clamp_min(1e-12)[:, None]
+        expert_ids = torch.arange(num_experts, device=output.device).repeat_interleave(num_tokens)
+        token_ids = torch.arange(num_tokens, device=output.device).repeat(num_experts)
+        recorder.record_routed(pos, expert_ids, gates, outputs, token_ids, selected=selected.t().reshape(-1))
+
+    return hook
+
+
+@torch.no_grad()
+def observe(model, batches, *, progress: bool = True, calibration: dict | None = None) -> Observations:
+    """Run `batches` (a list of `reapkit.data.Batch`) through `model` and return its `Observations`.
+
+    `calibration` is stored in the metadata (spec, content hash, ...); the content hash of the
+    token ids of every domain is added to it.
+    """
+    from .data import content_hash
+
+    arch = architecture_for(model)
+    model.eval()
+    device = next(model.parameters()).device
+    with recording(model) as recorder:
+        for batch in tqdm(batches, desc="observe", unit="batch", disable=not progress):
+            recorder.start_batch(batch.domain, batch.attention_mask)
+            model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device), use_cache=False)
+    if not recorder.stats:
+        raise ValueError("no calibration batches were given; pass at least one batch of token ids")
+    domains = sorted(recorder.stats)
+    calibration = dict(calibration or {})
+    calibration["content_hash"] = {d: content_hash([b for b in batches if b.domain == d]) for d in domains}
+    calibration["tokens"] = {d: int(recorder.stats[d]["tokens"][0]) for d in domains}
+    config = model.config.get_text_config()
+    meta = {
+        "reapkit_version": __version__,
+        "architecture": arch.model_type,
+        "fingerprint": fingerprint(model),
+        "layers": [i for i, _ in arch.moe_blocks(model)],
+        "num_experts": [arch.experts_of(b).num_experts for _, b in arch.moe_blocks(model)],
+        "top_k": arch.top_k(config),
+        "n_group": arch.n_group(config),
+        "calibration": calibration,
+    }
+    stats = {d: {k: v.cpu() for k, v in recorder.stats[d].items()} for d in domains}
+    return Observations(stats=stats, meta=meta)

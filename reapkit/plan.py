@@ -1,0 +1,139 @@
+"""A pruning plan is data: per MoE layer, which experts stay.
+
+    >>> plan = PruningPlan.from_observations(obs, "reap", ratio=0.25)      # the published recipe
+    >>> plan = PruningPlan.from_observations(obs, "reap", keep=12)         # experts kept per layer
+    >>> plan = PruningPlan.from_observations(obs, "reap", counts={3: 12, 7: 14})   # per layer
+    >>> plan.kept[3], plan.removed(3)
+    ([0, 2, 3, ...], [1, 9, ...])
+    >>> plan.save("pruning_plan.json"); PruningPlan.load("pruning_plan.json")
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import atomic_write_text
+from .saliency import score
+
+FORMAT = "reapkit-pruning-plan/1"
+
+
+@dataclass
+class PruningPlan:
+    """`kept[layer]`: ascending expert indices that stay in decoder layer `layer`."""
+
+    kept: dict[int, list[int]]
+    num_experts: dict[int, int]  # experts per layer before pruning
+    criterion: str
+    ratio: float | None = None
+    scores: dict[int, list[float]] = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)
+
+    @property
+    def layers(self) -> list[int]:
+        return sorted(self.kept)
+
+    def removed(self, layer: int) -> list[int]:
+        keep = set(self.kept[layer])
+        return [e for e in range(self.num_experts[layer]) if e not in keep]
+
+    @property
+    def is_uniform(self) -> bool:
+        """True when every layer keeps the same number of experts (expressible in a stock config)."""
+        return len({len(k) for k in self.kept.values()}) == 1
+
+    @property
+    def total_kept(self) -> int:
+        return sum(len(k) for k in self.kept.values())
+
+    @classmethod
+    def from_scores(cls, scores: np.ndarray, layers: list[int], num_experts: list[int], *, top_k: int,
+                    ratio: float | None = None, keep: int | None = None, counts: dict[int, int] | None = None,
+                    n_group: int = 1, criterion: str = "custom", provenance: dict | None = None) -> "PruningPlan":
+        """Keep the highest-scoring experts of each layer; exactly one of ratio / keep / counts.
+
+        `ratio` is the fraction of each layer's experts removed (in [0, 1)); `keep` the number kept
+        per layer; `counts` {decoder layer: number kept}. Ties go to the lower expert index.
+        """
+        if sum(x is not None for x in (ratio, keep, counts)) != 1:
+            raise ValueError("give exactly one of ratio=, keep= or counts=")
+        if ratio is not None and not (isinstance(ratio, (int, float)) and 0 <= ratio < 1):
+            raise ValueError(f"ratio must be in [0, 1) (the fraction of experts removed), got {ratio!r}")
+        if counts is not None:
+            unknown = sorted(set(counts) - set(layers))
+            if unknown:
+                raise ValueError(f"counts name layer(s) {unknown} that are not MoE layers; MoE layers are {layers}")
+        kept, kept_scores = {}, {}
+        for pos, layer in enumerate(layers):
+            total = num_experts[pos]
+            if ratio is not None:
+                n = total - math.floor(total * ratio + 1e-9)
+            elif keep is not None:
+                n = int(keep)
+            else:
+                n = int(counts.get(layer, total))
+            if n < top_k or n > total:
+                raise ValueError(
+                    f"layer {layer} would keep {n} of {total} experts; it needs at least top-k = {top_k} "
+                    f"and at most {total}. Choose a smaller ratio or a larger number of experts to keep"
+                )
+            row = np.asarray(scores[pos][:total], dtype=np.float64)
+            kept[layer] = _select(row, n, n_group, layer)
+            kept_scores[layer] = [float(v) for v in row]
+        return cls(kept, dict(zip(layers, num_experts)), criterion, ratio, kept_scores, dict(provenance or {}))
+
+    @classmethod
+    def from_observations(cls, obs, criterion: str = "reap", *, ratio=None, keep=None, counts=None,
+                          domains=None, seed: int = 0) -> "PruningPlan":
+        """Score `obs` with `criterion` (optionally over `domains`) and build a plan."""
+        values = score(obs, criterion, domains=domains, seed=seed)
+        provenance = {
+            "observations": obs.meta["fingerprint"], "calibration": obs.meta["calibration"],
+            "domains": domains, "seed": seed, "architecture": obs.meta["architecture"],
+        }
+        return cls.from_scores(values, obs.layers, obs.num_experts, top_k=obs.top_k, ratio=ratio, keep=keep,
+                               counts=counts, n_group=obs.meta.get("n_group", 1), criterion=criterion,
+                               provenance=provenance)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["kept"] = {str(k): v for k, v in self.kept.items()}
+        data["num_experts"] = {str(k): v for k, v in self.num_experts.items()}
+        data["scores"] = {str(k): v for k, v in self.scores.items()}
+        return {"format": FORMAT, **data}
+
+    def save(self, path) -> Path:
+        return atomic_write_text(path, json.dumps(self.to_dict(), indent=2))
+
+    @classmethod
+    def load(cls, path) -> "PruningPlan":
+        data = json.loads(Path(path).read_text())
+        if data.pop("format", None) != FORMAT:
+            raise ValueError(f"{path} is not a reapkit pruning plan (expected format {FORMAT!r})")
+        for key in ("kept", "num_experts", "scores"):
+            data[key] = {int(k): v for k, v in data[key].items()}
+        return cls(**data)
+
+
+def _select(row: np.ndarray, n: int, n_group: int, layer: int) -> list[int]:
+    """Indices of the `n` best experts, `n / n_group` from each routing group when grouped."""
+    order = lambda values: np.argsort(-values, kind="stable")  # noqa: E731
+    if n_group <= 1:
+        return sorted(int(i) for i in order(row)[:n])
+    if n % n_group or len(row) % n_group:
+        raise ValueError(
+            f"layer {layer} routes in {n_group} expert groups (n_group), so each group must keep the same "
+            f"number of experts, but {n} kept of {len(row)} is not divisible by {n_group}; choose a count that is"
+        )
+    size, per_group = len(row) // n_group, n // n_group
+    if per_group < 2:
+        raise ValueError(
+            f"layer {layer} routes in {n_group} expert groups and ranks each group by its two best experts, "
+            f"so every group must keep at least 2 experts ({n} kept in {n_group} groups); keep more experts"
+        )
+    chosen = [g * size + int(i) for g in range(n_group) for i in order(row[g * size:(g + 1) * size])[:per_group]]
+    return sorted(chosen)

@@ -1,0 +1,168 @@
+"""Apply a `PruningPlan` to a model: mask experts (what-if) or remove them (smaller model), and save.
+
+    >>> with mask_experts(model, plan):           # the router can no longer pick removed experts
+    ...     masked_logits = model(ids).logits
+    >>> remove_experts(model, plan)               # slices router rows, biases and fused expert tensors
+    >>> save_pruned(model, plan, "out/pruned", tokenizer=tok)   # stock from_pretrained loads it
+
+Masking adds -inf to the removed experts' router logits (and to their selection-only correction
+bias), so removing experts gives the same logits as masking them.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+from torch.overrides import TorchFunctionMode
+
+from .arch import EXPERT_COUNT_NAMES, architecture_for
+from .atomic import atomic_directory
+from .plan import PruningPlan
+
+
+class _AddToRouterLogits(TorchFunctionMode):
+    """While active, adds `offset` [E] to the output of any linear map onto E outputs."""
+
+    def __init__(self, offset: torch.Tensor):
+        super().__init__()
+        self.offset = offset
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func is F.linear and out.shape[-1] == self.offset.numel():
+            out = out + self.offset.to(out.device, out.dtype)
+        return out
+
+
+def _check_plan(model, plan: PruningPlan):
+    arch = architecture_for(model)
+    blocks = dict(arch.moe_blocks(model))
+    for layer in plan.layers:
+        if layer not in blocks:
+            raise ValueError(f"the plan prunes layer {layer}, which is not an MoE layer of this model (MoE layers: {sorted(blocks)})")
+        have = arch.experts_of(blocks[layer]).num_experts
+        if have != plan.num_experts[layer]:
+            raise ValueError(
+                f"the plan was made for {plan.num_experts[layer]} experts in layer {layer} but the model has {have}; "
+                "apply plans to the model they were made for (the unpruned model)"
+            )
+    return arch, blocks
+
+
+@contextlib.contextmanager
+def mask_experts(model, plan: PruningPlan):
+    """Context manager: inside it, the router of each layer cannot select the plan's removed experts."""
+    arch, blocks = _check_plan(model, plan)
+    saved_bias, routers = [], []
+    try:
+        for layer in plan.layers:
+            block, removed = blocks[layer], plan.removed(layer)
+            if not removed:
+                continue
+            router = arch.router_of(block)
+            offset = torch.zeros(plan.num_experts[layer])
+            offset[removed] = float("-inf")
+            router.forward = _masked_forward(router.forward, _AddToRouterLogits(offset))
+            routers.append(router)
+            bias = arch.correction_bias_of(block)
+            if bias is not None:
+                saved_bias.append((bias, bias.detach().clone()))
+                with torch.no_grad():
+                    bias[..., removed] = float("-inf")
+        yield model
+    finally:
+        for router in routers:
+            del router.forward
+        with torch.no_grad():
+            for bias, original in saved_bias:
+                bias.copy_(original)
+
+
+def _masked_forward(forward, mode):
+    def masked(*args, **kwargs):
+        with mode:
+            return forward(*args, **kwargs)
+
+    return masked
+
+
+@torch.no_grad()
+def remove_experts(model, plan: PruningPlan):
+    """Remove the plan's pruned experts from `model` in place and update every cached expert count."""
+    arch, blocks = _check_plan(model, plan)
+    for layer in plan.layers:
+        block, total = blocks[layer], plan.num_experts[layer]
+        kept = plan.kept[layer]
+        index = torch.tensor(kept, dtype=torch.long)
+        for module in (arch.experts_of(block), arch.router_of(block)):
+            _slice_tensors(module, index, total)
+        bias = arch.correction_bias_of(block)
+        if bias is not None and bias.shape[-1] == total:
+            bias.data = bias.data.index_select(-1, index.to(bias.device)).contiguous()
+        for module in block.modules():
+            _set_counts(module, total, len(kept))
+    if plan.is_uniform:
+        total, new = next(iter(plan.num_experts.values())), len(next(iter(plan.kept.values())))
+        for obj in (model, getattr(model, "model", None), model.config.get_text_config()):
+            _set_counts(obj, total, new)
+        if hasattr(model.config.get_text_config(), arch.num_experts_key):
+            setattr(model.config.get_text_config(), arch.num_experts_key, new)
+    return model
+
+
+def _slice_tensors(module, index, total):
+    for name, tensor in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False)):
+        if tensor.dim() and tensor.shape[0] == total:
+            tensor.data = tensor.data.index_select(0, index.to(tensor.device)).contiguous()
+    if isinstance(module, torch.nn.Linear):
+        module.out_features = len(index)
+
+
+def _set_counts(obj, old: int, new: int):
+    for name in EXPERT_COUNT_NAMES:
+        if obj is not None and getattr(obj, name, None) == old and isinstance(getattr(obj, name), int):
+            setattr(obj, name, new)
+
+
+def save_pruned(model, plan: PruningPlan, out, *, tokenizer=None, force: bool = False, source_config: dict | None = None) -> Path:
+    """Save a model whose experts were removed as a stock checkpoint plus `pruning_plan.json`.
+
+    `config.json` carries the new expert count under the architecture's published key (and under
+    any count key the source config used), so older loaders read the right number.
+    """
+    if not plan.is_uniform:
+        raise ValueError(
+            "this plan keeps different numbers of experts per layer, which a stock config.json cannot express; "
+            "evaluate the pruned model in memory, or use a uniform plan (ratio= or keep=) to save a checkpoint"
+        )
+    arch = architecture_for(model)
+    new = len(next(iter(plan.kept.values())))
+    with atomic_directory(out, force=force) as tmp:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        config_path = tmp / "config.json"
+        config = json.loads(config_path.read_text())
+        keys = {arch.num_experts_key} | {k for k in EXPERT_COUNT_NAMES if k in config or k in (source_config or {})}
+        config.update({key: new for key in keys})
+        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        plan.save(tmp / "pruning_plan.json")
+    return Path(out)
+
+
+def prune_checkpoint(model_path, plan: PruningPlan, out, *, force: bool = False, dtype="auto") -> Path:
+    """Load `model_path`, remove the plan's experts and save to `out`; the source is never written."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+    source = Path(model_path) / "config.json"
+    source_config = json.loads(source.read_text()) if source.is_file() else None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+    except (OSError, ValueError, TypeError):
+        tokenizer = None
+    remove_experts(model, plan)
+    return save_pruned(model, plan, out, tokenizer=tokenizer, force=force, source_config=source_config)
