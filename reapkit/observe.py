@@ -214,3 +214,24 @@ def observe(model, batches, *, progress: bool = True, calibration: dict | None =
     }
     stats = {d: {k: v.cpu() for k, v in recorder.stats[d].items()} for d in domains}
     return Observations(stats=stats, meta=meta)
+
+
+def observe_cached(model, batches, cache_dir, *, calibration: dict | None = None, progress: bool = True) -> Observations:
+    """`observe`, reusing observations saved under `cache_dir` for the same model and token ids.
+
+    The cache key is the model fingerprint plus the content hash of the batches, so a changed
+    model, spec, tokenizer or max length misses the cache.
+    """
+    import hashlib
+    import json
+    from pathlib import Path
+
+    from .data import content_hash
+
+    key = json.dumps([fingerprint(model), content_hash(batches)], sort_keys=True)
+    path = Path(cache_dir) / hashlib.sha256(key.encode()).hexdigest()[:16]
+    if path.is_dir():
+        return Observations.load(path, model=model)
+    obs = observe(model, batches, progress=progress, calibration=calibration)
+    obs.save(path, force=True)
+    return obs
