@@ -1,0 +1,345 @@
+"""What compression costs: loss / perplexity per domain, agreement with the original, block errors.
+
+    >>> ref = reference_outputs(original, batches)                    # cache the original once
+    >>> with mask_experts(model, plan):
+    ...     evaluate(model, batches, reference=ref)                   # one row per domain + "all"
+       domain  tokens  loss  perplexity  top1_agreement    kl
+    0    code    1843  2.91       18.4           0.87  0.112
+    ...
+    >>> reconstruction_error(model, model, batches, compressed=lambda: mask_experts(model, plan))
+       layer  rel_l2
+    0      0  0.183
+    >>> generate_samples(model, tokenizer, {"code": "def add(a, b):"})   # greedy, deterministic
+
+Every metric is computed over *target* positions: position t predicts token t + 1, and it counts
+only when both t and t + 1 are real (attention mask 1), so padding never counts, whichever side it
+is on. Domain rows and the "all" row are token-weighted means over those positions.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+
+import pandas as pd
+import torch
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from .arch import architecture_for
+
+__all__ = ["evaluate", "reference_outputs", "ReferenceOutputs", "reconstruction_error", "generate_samples"]
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _vocab_size(model) -> int:
+    embeddings = model.get_input_embeddings()
+    return int(getattr(embeddings, "num_embeddings", None) or model.config.get_text_config().vocab_size)
+
+
+def _check_ids(model, batches, what: str = "model") -> None:
+    """Token ids outside the model's embedding table: a batch tokenised for another tokenizer."""
+    vocab = _vocab_size(model)
+    if not batches:
+        raise ValueError("no batches were given; pass at least one reapkit.data.Batch")
+    high = max(int(b.input_ids.max()) for b in batches)
+    low = min(int(b.input_ids.min()) for b in batches)
+    if high >= vocab or low < 0:
+        bad = high if high >= vocab else low
+        raise ValueError(
+            f"the batches hold token id {bad} (max id {high}) but the {what}'s vocabulary has {vocab} tokens "
+            f"(ids 0..{vocab - 1}); the batches were tokenised with another tokenizer. Re-tokenise the text "
+            "with the model's own tokenizer (e.g. reapkit.data.calibration_batches(spec, tokenizer_of_this_model))"
+        )
+
+
+def _target_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """[B, T-1] bool: position t predicts t+1 and both are real tokens."""
+    mask = attention_mask.bool()
+    return mask[:, :-1] & mask[:, 1:]
+
+
+def _forward_logits(model, batch) -> torch.Tensor:
+    """Float32 next-token logits at the target positions, [N, V], on the model's device."""
+    device = _device(model)
+    out = model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device), use_cache=False)
+    mask = _target_mask(batch.attention_mask).to(device)
+    return out.logits[:, :-1][mask].float()
+
+
+def _batches_hash(batches) -> str:
+    from .data import content_hash
+
+    return content_hash(batches) + f"/{len(batches)}:" + ",".join(str(tuple(b.input_ids.shape)) for b in batches)
+
+
+# --------------------------------------------------------------------------------------------
+# Reference outputs
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class ReferenceOutputs:
+    """Cached next-token log-probabilities of a reference model on a fixed list of batches.
+
+    `log_probs[i]` is [N_i, V] (full, `top_k is None`) or [N_i, k] with `indices[i]` [N_i, k]
+    (top-k), for the N_i target positions of batch i, on the CPU. Memory: full log-probs take
+    N x V x 2 bytes in float16 (float32: x 4); e.g. 20,000 target tokens x 4,096 vocab = 164 MB in
+    float16. Top-k takes N x k x (2 + 8) bytes; its KL is the KL of the distributions coarsened
+    to the reference's top-k tokens plus one "rest" bucket, a lower bound of the full KL.
+    """
+
+    log_probs: list[torch.Tensor]
+    indices: list[torch.Tensor] | None
+    batches_hash: str
+    vocab_size: int
+    top_k: int | None = None
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def nbytes(self) -> int:
+        total = sum(t.numel() * t.element_size() for t in self.log_probs)
+        return total + sum(t.numel() * t.element_size() for t in (self.indices or []))
+
+    def check(self, batches, model) -> None:
+        if len(batches) != len(self.log_probs) or _batches_hash(batches) != self.batches_hash:
+            raise ValueError(
+                "these reference outputs were computed on different batches than the ones being evaluated "
+                f"({len(self.log_probs)} batches, hash {self.batches_hash.split('/')[0]}; given {len(batches)} batches, "
+                f"hash {_batches_hash(batches).split('/')[0]}); build them with reference_outputs(original_model, batches) "
+                "on exactly the batches you evaluate"
+            )
+        vocab = _vocab_size(model)
+        if vocab != self.vocab_size:
+            raise ValueError(
+                f"the reference outputs have a vocabulary of {self.vocab_size} tokens but the model has {vocab}; "
+                "compare models that share one tokenizer"
+            )
+
+
+@torch.no_grad()
+def reference_outputs(model, batches, *, top_k: int | None = None, dtype=torch.float16,
+                      progress: bool = True) -> ReferenceOutputs:
+    """Run `model` once over `batches` and keep its next-token log-probs (see `ReferenceOutputs`).
+
+    `top_k=None` keeps the full distribution (exact KL); `top_k=k` keeps the k most likely tokens.
+    """
+    _check_ids(model, batches, "reference model")
+    if top_k is not None and not (isinstance(top_k, int) and top_k >= 1):
+        raise ValueError(f"top_k must be None (full log-probs) or a positive integer, got {top_k!r}")
+    was_training = model.training
+    model.eval()
+    log_probs, indices = [], [] if top_k else None
+    try:
+        for batch in tqdm(batches, desc="reference", unit="batch", disable=not progress):
+            lp = torch.log_softmax(_forward_logits(model, batch), dim=-1)
+            if top_k:
+                values, idx = lp.topk(min(top_k, lp.shape[-1]), dim=-1)
+                log_probs.append(values.to("cpu", dtype))
+                indices.append(idx.cpu())
+            else:
+                log_probs.append(lp.to("cpu", dtype))
+    finally:
+        model.train(was_training)
+    return ReferenceOutputs(log_probs, indices, _batches_hash(batches), _vocab_size(model), top_k)
+
+
+def _compare(ref_lp: torch.Tensor, ref_idx: torch.Tensor | None, lp: torch.Tensor) -> tuple[float, float]:
+    """(sum of top-1 agreements, sum of KL(ref || model)) over the rows."""
+    ref_lp = ref_lp.to(lp.device, torch.float32)
+    if ref_idx is None:
+        agree = (ref_lp.argmax(-1) == lp.argmax(-1)).sum()
+        p = ref_lp.exp()
+        kl = (p * (ref_lp - lp)).sum(-1)
+    else:
+        ref_idx = ref_idx.to(lp.device)
+        agree = (ref_idx[:, 0] == lp.argmax(-1)).sum()
+        q_lp = lp.gather(-1, ref_idx)
+        p = ref_lp.exp()
+        kl = (p * (ref_lp - q_lp)).sum(-1)
+        p_rest = (1 - p.sum(-1)).clamp_min(0)
+        q_rest = (1 - q_lp.exp().sum(-1)).clamp_min(1e-30)
+        kl = kl + torch.where(p_rest > 0, p_rest * (p_rest.clamp_min(1e-30).log() - q_rest.log()), torch.zeros_like(kl))
+    return float(agree), float(kl.clamp_min(0).sum())
+
+
+# --------------------------------------------------------------------------------------------
+# evaluate
+# --------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def evaluate(model, batches, *, reference=None, progress: bool = True) -> pd.DataFrame:
+    """Loss and perplexity of `model` per domain (plus a row "all"), optionally against a reference.
+
+    `reference` is another model (run batch by batch beside `model`) or a `ReferenceOutputs` from
+    `reference_outputs(original, batches)` (to compare many variants with one pass of the
+    original). With a reference, the frame adds `top1_agreement` (the fraction of target positions
+    whose argmax next token equals the reference's) and `kl` (mean KL(reference || model) in nats).
+    Works for masked (inside `mask_experts`), removed and merged models, on the model's device.
+    """
+    _check_ids(model, batches)
+    cached = isinstance(reference, ReferenceOutputs)
+    if cached:
+        reference.check(batches, model)
+    elif reference is not None:
+        if not isinstance(reference, torch.nn.Module):
+            raise TypeError(f"reference must be a model or ReferenceOutputs, got {type(reference).__name__}")
+        _check_ids(reference, batches, "reference model")
+        if _vocab_size(reference) != _vocab_size(model):
+            raise ValueError(f"the reference model has {_vocab_size(reference)} tokens in its vocabulary, the model "
+                             f"{_vocab_size(model)}; compare models that share one tokenizer")
+    totals: dict[str, dict[str, float]] = {}
+    modules = [model] + ([reference] if reference is not None and not cached else [])
+    states = [m.training for m in modules]
+    for m in modules:
+        m.eval()
+    try:
+        for i, batch in enumerate(tqdm(batches, desc="evaluate", unit="batch", disable=not progress)):
+            logits = _forward_logits(model, batch)
+            targets = batch.input_ids[:, 1:][_target_mask(batch.attention_mask)].to(logits.device)
+            row = totals.setdefault(batch.domain, {"tokens": 0, "loss": 0.0, "agree": 0.0, "kl": 0.0})
+            row["tokens"] += int(targets.numel())
+            row["loss"] += float(F.cross_entropy(logits, targets, reduction="sum"))
+            if reference is None:
+                continue
+            lp = torch.log_softmax(logits, dim=-1)
+            if cached:
+                ref_lp, ref_idx = reference.log_probs[i], None if reference.indices is None else reference.indices[i]
+            else:
+                ref_lp, ref_idx = torch.log_softmax(_forward_logits(reference, batch), dim=-1), None
+            if ref_lp.shape[0] != lp.shape[0]:
+                raise ValueError(f"batch {i}: the reference has {ref_lp.shape[0]} target positions, the model "
+                                 f"{lp.shape[0]}; the reference outputs belong to other batches")
+            agree, kl = _compare(ref_lp, ref_idx, lp)
+            row["agree"] += agree
+            row["kl"] += kl
+    finally:
+        for m, state in zip(modules, states):
+            m.train(state)
+    totals["all"] = {k: sum(t[k] for t in totals.values()) for k in ("tokens", "loss", "agree", "kl")}
+    rows = []
+    for domain, t in totals.items():
+        n = max(t["tokens"], 1)
+        row = {"domain": domain, "tokens": int(t["tokens"]), "loss": t["loss"] / n}
+        row["perplexity"] = math.exp(row["loss"]) if row["loss"] < 700 else math.inf
+        if reference is not None:
+            row["top1_agreement"] = t["agree"] / n
+            row["kl"] = t["kl"] / n
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------------
+# Reconstruction error of each MoE block
+# --------------------------------------------------------------------------------------------
+
+def _first(output) -> torch.Tensor:
+    """The hidden states of a block output (gpt_oss and llama4 blocks return tuples)."""
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+@torch.no_grad()
+def reconstruction_error(reference, model, batches, *, compressed=None, progress: bool = True) -> pd.DataFrame:
+    """Per MoE layer, ||y_ref - y|| / ||y_ref|| of the block outputs on the *same* block inputs.
+
+    The reference model runs on each batch while forward hooks capture the input and the output
+    of each of its MoE blocks; then each block of `model` at the same decoder layer is called on
+    the captured input. Norms are taken over all non-padding tokens of all batches (sums of
+    squares, then one ratio per layer). Tuple outputs (gpt_oss, llama4) use their hidden states.
+
+    For a compression that is a mask, pass the same model twice and a context-manager factory:
+    `reconstruction_error(model, model, batches, compressed=lambda: mask_experts(model, plan))`;
+    `compressed()` is entered around each batch's compressed block calls only, so the reference
+    pass runs unmasked. For removed or merged experts pass the original and the changed model.
+    """
+    _check_ids(reference, batches, "reference model")
+    arch_ref, arch = architecture_for(reference), architecture_for(model)
+    ref_blocks = dict(arch_ref.moe_blocks(reference))
+    blocks = dict(arch.moe_blocks(model))
+    if set(ref_blocks) != set(blocks):
+        raise ValueError(f"the models have MoE blocks at different decoder layers ({sorted(ref_blocks)} vs {sorted(blocks)}); "
+                         "compare a model with its own compressed version")
+    layers = sorted(blocks)
+    diff = {layer: 0.0 for layer in layers}
+    norm = {layer: 0.0 for layer in layers}
+    captured: dict[int, tuple] = {}
+    capturing = [True]  # off while the compressed blocks run (reference may be model)
+    handles = []
+
+    def make_hook(layer):
+        def hook(module, args, kwargs, output):
+            if capturing[0]:
+                captured[layer] = (args, kwargs, _first(output).detach())
+        return hook
+
+    device = _device(model)
+    states = (reference.training, model.training)
+    reference.eval()
+    model.eval()
+    try:
+        for layer in layers:
+            handles.append(ref_blocks[layer].register_forward_hook(make_hook(layer), with_kwargs=True))
+        for batch in tqdm(batches, desc="reconstruction", unit="batch", disable=not progress):
+            captured.clear()
+            ref_device = _device(reference)
+            reference(input_ids=batch.input_ids.to(ref_device), attention_mask=batch.attention_mask.to(ref_device),
+                      use_cache=False)
+            valid = batch.attention_mask.reshape(-1).bool()
+            context = compressed() if compressed is not None else contextlib.nullcontext()
+            capturing[0] = False
+            with context:
+                for layer in layers:
+                    args, kwargs, y_ref = captured[layer]
+                    args = tuple(a.to(device) if torch.is_tensor(a) else a for a in args)
+                    kwargs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in kwargs.items()}
+                    y = _first(blocks[layer](*args, **kwargs))
+                    y_ref = y_ref.reshape(-1, y_ref.shape[-1])[valid.to(y_ref.device)].float()
+                    y = y.reshape(-1, y.shape[-1])[valid.to(y.device)].float().to(y_ref.device)
+                    diff[layer] += float(((y_ref - y) ** 2).sum())
+                    norm[layer] += float((y_ref ** 2).sum())
+            capturing[0] = True
+    finally:
+        for h in handles:
+            h.remove()
+        reference.train(states[0])
+        model.train(states[1])
+    return pd.DataFrame({"layer": layers,
+                         "rel_l2": [math.sqrt(diff[l]) / math.sqrt(norm[l]) if norm[l] > 0 else 0.0 for l in layers]})
+
+
+# --------------------------------------------------------------------------------------------
+# Samples
+# --------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def generate_samples(model, tokenizer, prompts: dict[str, str], *, max_new_tokens: int = 40) -> dict[str, str]:
+    """Greedy continuation of each prompt, `{domain: generated text (without the prompt)}`.
+
+    Deterministic (no sampling), one prompt at a time (no padding), for side-by-side comparison
+    of a model before and after compression.
+    """
+    device = _device(model)
+    was_training = model.training
+    model.eval()
+    out = {}
+    try:
+        for domain, prompt in prompts.items():
+            encoded = tokenizer(prompt, return_tensors="pt")
+            ids = encoded["input_ids"].to(device)
+            vocab = _vocab_size(model)
+            if int(ids.max()) >= vocab:
+                raise ValueError(f"the tokenizer produced token id {int(ids.max())} but the model's vocabulary has {vocab} "
+                                 "tokens; pass the model's own tokenizer")
+            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+            generated = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                       max_new_tokens=max_new_tokens, pad_token_id=pad)
+            out[domain] = tokenizer.decode(generated[0, ids.shape[1]:], skip_special_tokens=True)
+    finally:
+        model.train(was_training)
+    return out
