@@ -1,3 +1,31 @@
-"""reapkit: observe, score, plan and prune the experts of Mixture-of-Experts language models."""
+"""reapkit: observe, score, plan and prune the experts of Mixture-of-Experts language models.
+
+    >>> from reapkit.observe import observe
+    >>> from reapkit import PruningPlan, calibration_batches, remove_experts, save_pruned
+    >>> obs = observe(model, calibration_batches("code:64,tools:32", tokenizer))
+    >>> plan = PruningPlan.from_observations(obs, "reap", ratio=0.25)
+    >>> remove_experts(model, plan); save_pruned(model, plan, "pruned/", tokenizer=tokenizer)
+
+Names load lazily, so `import reapkit.plot` does not import torch. (`reapkit.observe` is the
+module; the function is `reapkit.observe.observe`.)
+"""
+from importlib import import_module
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "arch": ["Architecture", "architecture_for", "register_architecture"],
+    "data": ["Batch", "calibration_batches"],
+    "observations": ["Observations"],
+    "plan": ["PruningPlan"],
+    "prune": ["mask_experts", "prune_checkpoint", "remove_experts", "save_pruned"],
+    "saliency": ["CRITERIA_NAMES", "score", "scores_frame"],
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name):
+    if name in _WHERE:
+        return getattr(import_module(f".{_WHERE[name]}", __name__), name)
+    raise AttributeError(f"module 'reapkit' has no attribute {name!r}")

@@ -1,0 +1,136 @@
+"""Mask == remove == router scores at -inf, on every built-in architecture; saving and reloading."""
+import hashlib
+import json
+
+import pytest
+import torch
+from torch.nn import functional as F
+from transformers import AutoModelForCausalLM
+
+from reapkit.arch import architecture_for
+from reapkit.observe import observe
+from reapkit.plan import PruningPlan
+from reapkit.prune import mask_experts, prune_checkpoint, remove_experts, save_pruned
+from tiny_models import ARCHS, tiny_model
+
+
+def logits(model, batch):
+    with torch.no_grad():
+        return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+
+
+def plan_for(model, batches, keep=4):
+    return PruningPlan.from_observations(observe(model, batches, progress=False), "reap", keep=keep)
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_remove_equals_mask(name, batches):
+    model = tiny_model(name)
+    plan = plan_for(model, batches)
+    original = logits(model, batches[0])
+    with mask_experts(model, plan):
+        masked = logits(model, batches[0])
+    assert torch.equal(logits(model, batches[0]), original), "masking must be undone on exit"
+    assert not torch.allclose(masked, original, atol=1e-4), "pruning half the experts should change the logits"
+    remove_experts(model, plan)
+    torch.testing.assert_close(logits(model, batches[0]), masked, rtol=0, atol=2e-5)
+    arch = architecture_for(model)
+    for layer, block in arch.moe_blocks(model):
+        assert arch.experts_of(block).num_experts == 4
+        assert arch.experts_of(block).gate_up_proj.shape[0] == 4
+        assert arch.router_of(block).weight.shape[0] == 4
+    assert getattr(model.config, arch.num_experts_key) == 4
+
+
+@pytest.mark.parametrize("norm", [True, False])
+def test_mask_equals_minus_infinity_router_scores(norm, batches):
+    """Reference: the qwen3 routing formula recomputed with removed experts' logits at -inf."""
+    model = tiny_model("qwen3_moe", norm_topk_prob=norm)
+    plan = plan_for(model, batches)
+    arch = architecture_for(model)
+
+    def reference_router(removed):
+        def hook(module, args, output):
+            router_logits = F.linear(args[0].reshape(-1, module.hidden_dim), module.weight)
+            router_logits[:, removed] = float("-inf")
+            probs = torch.softmax(router_logits, dim=-1, dtype=torch.float)
+            top, idx = torch.topk(probs, module.top_k, dim=-1)
+            if module.norm_topk_prob:
+                top = top / top.sum(-1, keepdim=True)
+            return router_logits, top.to(router_logits.dtype), idx
+        return hook
+
+    hooks = [arch.router_of(block).register_forward_hook(reference_router(plan.removed(layer)))
+             for layer, block in arch.moe_blocks(model)]
+    expected = logits(model, batches[0])
+    for h in hooks:
+        h.remove()
+    with mask_experts(model, plan):
+        torch.testing.assert_close(logits(model, batches[0]), expected, rtol=0, atol=1e-6)
+
+
+def test_mask_equals_minus_infinity_selection_scores_grouped(batches):
+    """deepseek_v3 with n_group=2: selection scores (sigmoid + correction bias) at -inf."""
+    model = tiny_model("deepseek_v3")
+    plan = plan_for(model, batches, keep=4)
+    assert all(sum(e < 4 for e in kept) == 2 for kept in plan.kept.values()), "2 experts kept in each group"
+    arch = architecture_for(model)
+    with mask_experts(model, plan):
+        masked = logits(model, batches[0])
+    with torch.no_grad():
+        for layer, block in arch.moe_blocks(model):
+            arch.correction_bias_of(block)[plan.removed(layer)] = float("-inf")
+    torch.testing.assert_close(masked, logits(model, batches[0]), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_saved_checkpoint_reloads_with_stock_transformers(name, batches, tmp_path):
+    model = tiny_model(name)
+    plan = plan_for(model, batches, keep=6)
+    remove_experts(model, plan)
+    expected = logits(model, batches[0])
+    save_pruned(model, plan, tmp_path / "pruned")
+    config = json.loads((tmp_path / "pruned" / "config.json").read_text())
+    assert config[architecture_for(model).num_experts_key] == 6
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "pruned").eval()
+    torch.testing.assert_close(logits(reloaded, batches[0]), expected, rtol=0, atol=1e-5)
+    assert PruningPlan.load(tmp_path / "pruned" / "pruning_plan.json").kept == plan.kept
+
+
+def test_prune_checkpoint_keeps_source_and_published_key(batches, tmp_path):
+    source = tmp_path / "source"
+    model = tiny_model("qwen3_moe")
+    model.save_pretrained(source)
+    config = json.loads((source / "config.json").read_text())
+    config["num_experts"] = config.pop("num_local_experts")  # as published Qwen3-MoE checkpoints say it
+    (source / "config.json").write_text(json.dumps(config))
+    digest = lambda: {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in source.iterdir()}  # noqa: E731
+    before = digest()
+    plan = plan_for(model, batches, keep=6)
+    prune_checkpoint(source, plan, tmp_path / "out")
+    assert digest() == before
+    written = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert written["num_experts"] == 6 and written.get("num_local_experts", 6) == 6
+    with pytest.raises(FileExistsError, match="force"):
+        prune_checkpoint(source, plan, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "source"], "no half-written siblings"
+
+
+def test_plan_for_other_model_is_refused(batches):
+    model = tiny_model("qwen3_moe")
+    plan = plan_for(model, batches)
+    remove_experts(model, plan)
+    with pytest.raises(ValueError, match="made for 8 experts"):
+        remove_experts(model, plan)
+
+
+def test_non_uniform_plan_cannot_be_saved(batches, tmp_path):
+    model = tiny_model("qwen3_moe")
+    obs = observe(model, batches, progress=False)
+    plan = PruningPlan.from_observations(obs, "reap", counts={0: 4, 1: 6})
+    remove_experts(model, plan)
+    assert [len(plan.kept[0]), len(plan.kept[1])] == [4, 6]
+    logits(model, batches[0])  # the in-memory model runs
+    with pytest.raises(ValueError, match="stock config.json cannot express"):
+        save_pruned(model, plan, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
