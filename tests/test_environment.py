@@ -1,0 +1,41 @@
+"""The pins in pyproject.toml and environment.yml agree; the package reads its own architecture table."""
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from reapkit.arch import ARCHITECTURES, Architecture, architecture_for, register_architecture
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_environment_yml_mirrors_pyproject_pins():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pins = set(project["dependencies"]) | set(project["optional-dependencies"]["dev"])
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert {p for p in pip if not p.startswith("-e")} == pins
+    assert all("==" in p for p in pins)
+    assert "torch==2.13.0" in pins
+    assert "python=3.11" in env["dependencies"]
+
+
+def test_every_built_in_architecture_has_a_tiny_test_model():
+    from tiny_models import ARCHS
+
+    assert sorted(ARCHITECTURES) == ARCHS
+
+
+def test_register_architecture():
+    from transformers import LlamaConfig
+
+    with pytest.raises(ValueError, match="already registered"):
+        register_architecture(Architecture("qwen3_moe", num_experts_key="num_experts"))
+    with pytest.raises(ValueError, match="does not know"):
+        architecture_for(LlamaConfig())
+    try:
+        register_architecture(Architecture("llama", num_experts_key="num_experts"))
+        assert architecture_for(LlamaConfig()).model_type == "llama"
+    finally:
+        ARCHITECTURES.pop("llama")
