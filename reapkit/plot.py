@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = [
-    "STYLE", "style", "save_figure", "AGREEMENT_CRITERIA",
+    "STYLE", "style", "save_figure", "panels", "per_criterion", "distance_heatmaps", "reconstruction_by_layer", "AGREEMENT_CRITERIA",
     "saliency_heatmap", "saliency_heatmaps", "saliency_curves", "agreement_table", "criterion_agreement",
     "domain_share_table", "domain_saliency", "specialisation_table", "specialisation_by_depth",
     "distance_heatmap", "saliency_clusters", "mask_frame", "plan_mask", "plan_masks",
@@ -132,6 +132,34 @@ def save_figure(fig, folder, name: str, *, formats=("png", "pdf"), dpi: int | No
 # --------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------
+
+def panels(n: int, *, ncols: int = 3, size=(3.4, 2.8), sharex=False, sharey=False):
+    """(Figure, flat array of `n` Axes) in a grid of `ncols` columns; spare axes are hidden."""
+    n = max(int(n), 1)
+    ncols = min(n, ncols)
+    nrows = math.ceil(n / ncols)
+    with style():
+        fig = plt.figure(figsize=(size[0] * ncols + 0.4, size[1] * nrows + 0.3), layout="constrained")
+        axes = fig.subplots(nrows, ncols, squeeze=False, sharex=sharex, sharey=sharey).ravel()
+    for ax in axes[n:]:
+        ax.axis("off")
+    return fig, axes[:n]
+
+
+def per_criterion(function, frame, criteria=None, *, ncols: int = 2, **kwargs):
+    """One panel per criterion: `function(frame, criterion=c, ax=ax, **kwargs)`; returns the Figure.
+
+        >>> per_criterion(saliency_curves, scores, ["reap", "frequency"], ratio=[0.25, 0.5])
+    """
+    if criteria is None:
+        criteria = list(dict.fromkeys(frame["criterion"])) if not _is_empty(frame) else []
+    if not criteria:
+        return _no_data_figure(title=getattr(function, "__name__", None))
+    fig, axes = panels(len(criteria), ncols=ncols, size=(4.2, 3.0))
+    for criterion, ax in zip(criteria, axes):
+        function(frame, criterion=criterion, ax=ax, **kwargs)
+    return fig
+
 
 def _axes(ax, figsize=(5.0, 3.2)):
     if ax is not None:
@@ -245,9 +273,10 @@ def saliency_heatmaps(frame: pd.DataFrame, *, criteria=None, domain: str = "all"
 @_styled
 def saliency_curves(frame: pd.DataFrame, *, criterion: str = "reap", domain: str = "all", ratio: float | None = None,
                     normalise: bool = True, log: bool = False, ax=None):
-    """Scores of each layer sorted in descending order, one line per layer, with the cut-off of `ratio`.
+    """Scores of each layer sorted in descending order, one line per layer, with the cut-off of `ratio`
+    (a fraction of experts removed, or a list of them).
 
-    Experts to the right of the dashed line are the ones a plan at `ratio` removes.
+    Experts to the right of a dashed line are the ones a plan at that ratio removes.
     """
     fig, ax = _axes(ax)
     data = _select(frame, criterion=criterion, domain=domain) if not _is_empty(frame) else frame
@@ -263,11 +292,13 @@ def saliency_curves(frame: pd.DataFrame, *, criterion: str = "reap", domain: str
             values = values / np.max(np.abs(values))
         ax.plot(np.arange(values.size), values, color=cmap(i / max(n_layers - 1, 1)), label=f"layer {layer}",
                 marker="o" if values.size <= 8 else None)
-    if ratio is not None:
+    ratios = [] if ratio is None else [ratio] if np.isscalar(ratio) else list(ratio)
+    for r in ratios:
         n = table.shape[1]
-        keep = n - _pruned_count(n, ratio)
+        keep = n - _pruned_count(n, r)
         ax.axvline(keep - 0.5, color="0.2", linestyle="--", linewidth=1)
-        ax.text(keep - 0.5, 1.0, f" prune {ratio:.0%}", transform=ax.get_xaxis_transform(), va="top", ha="left", fontsize=8)
+        ax.text(keep - 0.5, 1.0, f" prune {r:.0%}", transform=ax.get_xaxis_transform(), va="top", ha="left", fontsize=7,
+                rotation=90)
     if log:
         ax.set_yscale("log")
     ax.set_xlabel("expert rank in layer")
@@ -516,6 +547,22 @@ def distance_heatmap(distances, clustering=None, *, n_clusters: int | None = Non
 
 
 @_styled
+def distance_heatmaps(distances: dict, clusterings: dict | None = None, *, n_clusters: int | None = None, ncols: int = 4):
+    """One :func:`distance_heatmap` per entry of `distances` ({title: [E, E] matrix}, e.g. one per
+    layer), side by side; `clusterings` {title: Clustering} reuses clusterings. Returns the Figure."""
+    if not distances:
+        return _no_data_figure(title="expert distances")
+    n = len(distances)
+    ncols = min(n, ncols)
+    nrows = math.ceil(n / ncols)
+    fig = plt.figure(figsize=(3.6 * ncols + 0.3, 4.2 * nrows + 0.2), layout="constrained")
+    subfigs = np.atleast_1d(fig.subfigures(nrows, ncols, squeeze=False)).ravel()
+    for (title, d), sub in zip(distances.items(), subfigs):
+        distance_heatmap(d, (clusterings or {}).get(title), n_clusters=n_clusters, title=str(title), fig=sub)
+    return fig
+
+
+@_styled
 def saliency_clusters(scores, clustering=None, *, labels=None, ratio: float | None = None, title: str | None = None, ax=None):
     """Saliency of each expert of one layer as bars in dendrogram order, coloured by cluster; with
     `ratio`, the experts a plan would prune are drawn hatched and pale.
@@ -672,3 +719,29 @@ def loss_vs_ratio_by_domain(results: pd.DataFrame, *, metric: str = "loss", hue:
     for ax in axes[n:]:
         ax.axis("off")
     return fig
+
+
+@_styled
+def reconstruction_by_layer(frame: pd.DataFrame, *, hue: str = "criterion", style_by: str = "ratio", ax=None):
+    """Relative L2 error of each MoE block's output (layer, rel_l2 [, criterion, ratio]) by layer:
+    one colour per `hue` value, one line style per `style_by` value."""
+    fig, ax = _axes(ax)
+    ax.set_title("block reconstruction error")
+    if _is_empty(frame) or "rel_l2" not in frame.columns:
+        return _no_data(ax)
+    hues = list(dict.fromkeys(frame[hue])) if hue in frame.columns else [None]
+    styles = sorted(set(frame[style_by])) if style_by in frame.columns else [None]
+    dashes = ["-", "--", ":", "-."]
+    for i, h in enumerate(hues):
+        for j, st in enumerate(styles):
+            part = _select(frame, **{hue: h, style_by: st}).groupby("layer")["rel_l2"].mean()
+            if part.empty:
+                continue
+            label = " ".join(f"{v:.0%}" if isinstance(v, float) else str(v) for v in (h, st) if v is not None)
+            ax.plot(part.index, part.to_numpy(), marker="o", color=_PALETTE[i % 10], linestyle=dashes[j % 4], label=label or None)
+    layers = sorted(set(frame["layer"]))
+    ax.set_xticks(layers[:: max(1, len(layers) // 12)])
+    ax.set_xlabel("layer")
+    ax.set_ylabel("relative L2 error")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return ax

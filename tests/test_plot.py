@@ -67,7 +67,7 @@ def test_score_figures(frame, tmp_path):
     for out in outputs:
         assert isinstance(out, (matplotlib.axes.Axes, matplotlib.figure.Figure))
         assert _has_no_data_note(out) == empty
-        assert all(p.stat().st_size > 0 for p in plot.save_figure(out, tmp_path, "fig"))
+        assert all(p.stat().st_size > 0 for p in plot.save_figure(out, tmp_path, "fig", formats=("png",), dpi=40))
 
 
 def test_ax_is_used_and_returned():
@@ -155,3 +155,16 @@ def test_plot_imports_neither_torch_nor_transformers():
     code = "import sys, reapkit.plot, reapkit.geometry; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_grids_and_reconstruction():
+    fig = plot.per_criterion(plot.saliency_curves, scores(), ["reap", "frequency"], ratio=[0.25, 0.5])
+    assert len([a for a in fig.axes if a.lines]) == 2
+    assert _has_no_data_note(plot.per_criterion(plot.saliency_curves, EMPTY_SCORES))
+    rng = np.random.default_rng(0)
+    d = {f"layer {i}": angular_distances(rng.normal(size=(5, 3))) for i in range(2)}
+    assert isinstance(plot.distance_heatmaps(d, n_clusters=2), matplotlib.figure.Figure)
+    assert _has_no_data_note(plot.distance_heatmaps({}))
+    rec = pd.DataFrame({"layer": [0, 1, 0, 1], "rel_l2": [0.1, 0.2, 0.3, 0.4], "criterion": "reap", "ratio": [0.25, 0.25, 0.5, 0.5]})
+    assert len(plot.reconstruction_by_layer(rec).lines) == 2
+    assert _has_no_data_note(plot.reconstruction_by_layer(pd.DataFrame()))
