@@ -31,7 +31,7 @@ import torch
 from . import data
 
 __all__ = ["DEMO_PATH", "DOMAINS", "load", "evaluate_demo", "build_config", "train_tokenizer", "train",
-           "write_model_card", "CHAT_TEMPLATE", "main"]
+           "write_model_card", "rewrite_model_card", "mutual_information_bits", "CHAT_TEMPLATE", "main"]
 
 DEMO_PATH = Path(__file__).resolve().parent.parent / "data" / "demo"
 DOMAINS = ("code", "prose", "tools", "math")
@@ -285,6 +285,7 @@ def _save_atomic(out: Path, model, tokenizer, metrics: dict, report: dict) -> No
     tmp.mkdir(parents=True)
     model.config.output_router_logits = False
     model.save_pretrained(str(tmp))
+    _write_num_experts(tmp)
     tokenizer.save_pretrained(str(tmp))
     (tmp / "training_metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
     write_model_card(tmp, model, metrics, report)
@@ -296,6 +297,27 @@ def _save_atomic(out: Path, model, tokenizer, metrics: dict, report: dict) -> No
         shutil.rmtree(old)
 
 
+def _write_num_experts(path: Path) -> None:
+    """Also write `num_experts`, the key Qwen3-MoE hub checkpoints (and vLLM / transformers 4 loaders) read;
+    transformers 5 writes only `num_local_experts`."""
+    cfg_path = Path(path) / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["num_experts"] = cfg["num_local_experts"]
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+
+def rewrite_model_card(path: str | Path = DEMO_PATH, *, samples_per_domain: int = 64) -> dict:
+    """Re-evaluate the checkpoint at `path` and rewrite its MODEL_CARD.md and the evaluation in training_metrics.json."""
+    path = Path(path)
+    model, tokenizer = load(path)
+    report = evaluate_demo(model, tokenizer, samples_per_domain=samples_per_domain)
+    metrics = json.loads((path / "training_metrics.json").read_text())
+    metrics["evaluation"] = {k: v for k, v in report.items() if k != "domain_expert_counts"}
+    (path / "training_metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    write_model_card(path, model, metrics, report)
+    return report
+
+
 def write_model_card(path: Path, model, metrics: dict, report: dict) -> None:
     c = model.config
     ev = report
@@ -304,8 +326,8 @@ def write_model_card(path: Path, model, metrics: dict, report: dict) -> None:
         "A small Qwen3-MoE (`Qwen3MoeForCausalLM`) trained from scratch by `python -m reapkit.demo train "
         f"--seed {metrics['seed']} --tokens {metrics['tokens_seen']}` on the built-in domains of `reapkit.data` "
         "(code, prose, tools, math: text assembled from the Python standard library and generated problems), "
-        "with its own byte-level BPE tokenizer trained on their train split. It exists to be pruned: "
-        "its experts specialise by domain and none is dead. It is not a useful language model.", "",
+        "with its own byte-level BPE tokenizer trained on their train split. It exists to be studied and pruned "
+        "(see the targets at the end for what it meets); it is not a useful language model.", "",
         "## Configuration", "",
         f"- layers {c.num_hidden_layers}, hidden {c.hidden_size}, attention heads {c.num_attention_heads} "
         f"(kv {c.num_key_value_heads}, head dim {c.head_dim}), vocab {c.vocab_size}, tied embeddings",
@@ -362,10 +384,15 @@ def main(argv=None) -> int:
     e = sub.add_parser("evaluate", help="evaluate a demo checkpoint on the validation split")
     e.add_argument("--path", default=str(DEMO_PATH))
     e.add_argument("--samples", type=int, default=64)
+    c = sub.add_parser("card", help="re-evaluate a demo checkpoint and rewrite its MODEL_CARD.md")
+    c.add_argument("--path", default=str(DEMO_PATH))
     args = p.parse_args(argv)
     if args.command == "train":
         train(args.out, seed=args.seed, tokens=args.tokens, lr=args.lr, aux_coef=args.aux_coef, batch_size=args.batch_size,
               seq_len=args.seq_len, vocab_size=args.vocab_size, moe_intermediate_size=args.moe_intermediate_size, threads=args.threads)
+    elif args.command == "card":
+        torch.set_num_threads(2)
+        rewrite_model_card(args.path)
     else:
         torch.set_num_threads(2)
         model, tok = load(args.path)
