@@ -156,13 +156,13 @@ def _compare(ref_lp: torch.Tensor, ref_idx: torch.Tensor | None, lp: torch.Tenso
     if ref_idx is None:
         agree = (ref_lp.argmax(-1) == lp.argmax(-1)).sum()
         p = ref_lp.exp()
-        kl = (p * (ref_lp - lp)).sum(-1)
+        kl = torch.where(p > 0, p * (ref_lp - lp), torch.zeros_like(p)).sum(-1)  # 0 log 0 = 0
     else:
         ref_idx = ref_idx.to(lp.device)
         agree = (ref_idx[:, 0] == lp.argmax(-1)).sum()
         q_lp = lp.gather(-1, ref_idx)
         p = ref_lp.exp()
-        kl = (p * (ref_lp - q_lp)).sum(-1)
+        kl = torch.where(p > 0, p * (ref_lp - q_lp), torch.zeros_like(p)).sum(-1)
         p_rest = (1 - p.sum(-1)).clamp_min(0)
         q_rest = (1 - q_lp.exp().sum(-1)).clamp_min(1e-30)
         kl = kl + torch.where(p_rest > 0, p_rest * (p_rest.clamp_min(1e-30).log() - q_rest.log()), torch.zeros_like(kl))
