@@ -30,7 +30,7 @@ import numpy as np
 
 SPACES = ("weights", "output", "router")
 
-__all__ = ["SPACES", "Clustering", "angular_distances", "cluster", "clusters_at", "model_vectors",
+__all__ = ["SPACES", "Clustering", "cluster_table", "space_agreement", "angular_distances", "cluster", "clusters_at", "model_vectors",
            "output_vectors", "expert_vectors", "distance_matrix", "distance_matrices"]
 
 
@@ -208,3 +208,40 @@ def distance_matrices(*, model=None, obs=None, layers=None, spaces=SPACES) -> di
         for layer in chosen:
             result[(space, layer)] = distance_matrix(source, layer, space)
     return result
+
+
+def cluster_table(clusterings: dict) -> "pd.DataFrame":
+    """Tidy table of {(space, layer): Clustering}: space, layer, expert, cluster, leaf (position in
+    the dendrogram order), cluster_size."""
+    import pandas as pd
+
+    rows = []
+    for (space, layer), c in clusterings.items():
+        leaf = np.empty(len(c.order), dtype=int)
+        leaf[np.asarray(c.order, dtype=int)] = np.arange(len(c.order))
+        labels = c.labels if c.labels is not None else np.zeros(len(c.order), dtype=int)
+        sizes = np.bincount(labels) if len(labels) else np.zeros(0, int)
+        for e in range(len(c.order)):
+            rows.append((space, layer, e, int(labels[e]), int(leaf[e]), int(sizes[labels[e]])))
+    return pd.DataFrame(rows, columns=["space", "layer", "expert", "cluster", "leaf", "cluster_size"])
+
+
+def space_agreement(distances: dict) -> "pd.DataFrame":
+    """How alike two spaces see the experts of a layer: Spearman correlation of the pairwise
+    distances (upper triangles) for every pair of spaces in {(space, layer): [E, E]}.
+    Columns: layer, space_a, space_b, spearman."""
+    import pandas as pd
+    from scipy.stats import spearmanr
+
+    rows = []
+    layers = sorted({layer for _, layer in distances})
+    for layer in layers:
+        spaces = [s for s in SPACES if (s, layer) in distances]
+        for i, a in enumerate(spaces):
+            for b in spaces[i + 1:]:
+                da, db = distances[(a, layer)], distances[(b, layer)]
+                iu = np.triu_indices(len(da), 1)
+                x, y = da[iu], db[iu]
+                rho = float(spearmanr(x, y).statistic) if x.size > 1 and np.ptp(x) > 0 and np.ptp(y) > 0 else float("nan")
+                rows.append((layer, a, b, rho))
+    return pd.DataFrame(rows, columns=["layer", "space_a", "space_b", "spearman"])

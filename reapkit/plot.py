@@ -548,8 +548,8 @@ def distance_heatmap(distances, clustering=None, *, n_clusters: int | None = Non
 
 @_styled
 def distance_heatmaps(distances: dict, clusterings: dict | None = None, *, n_clusters: int | None = None, ncols: int = 4):
-    """One :func:`distance_heatmap` per entry of `distances` ({title: [E, E] matrix}, e.g. one per
-    layer), side by side; `clusterings` {title: Clustering} reuses clusterings. Returns the Figure."""
+    """One :func:`distance_heatmap` per entry of `distances` ({title or (space, layer): [E, E] matrix}),
+    side by side; `clusterings` {same key: Clustering} reuses clusterings. Returns the Figure."""
     if not distances:
         return _no_data_figure(title="expert distances")
     n = len(distances)
@@ -557,8 +557,11 @@ def distance_heatmaps(distances: dict, clusterings: dict | None = None, *, n_clu
     nrows = math.ceil(n / ncols)
     fig = plt.figure(figsize=(3.6 * ncols + 0.3, 4.2 * nrows + 0.2), layout="constrained")
     subfigs = np.atleast_1d(fig.subfigures(nrows, ncols, squeeze=False)).ravel()
-    for (title, d), sub in zip(distances.items(), subfigs):
-        distance_heatmap(d, (clusterings or {}).get(title), n_clusters=n_clusters, title=str(title), fig=sub)
+    for (key, d), sub in zip(distances.items(), subfigs):
+        title = f"{key[0]} space, layer {key[1]}" if isinstance(key, tuple) and len(key) == 2 else str(key)
+        distance_heatmap(d, (clusterings or {}).get(key), n_clusters=n_clusters, title=title, fig=sub)
+    for sub in subfigs[n:]:
+        sub.set_visible(False)
     return fig
 
 

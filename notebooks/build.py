@@ -1,0 +1,287 @@
+"""Generate the notebooks of this folder (without outputs): `python notebooks/build.py`.
+
+Each notebook has exactly one cell tagged `parameters`; the next cell checks them with
+`reapkit.notebook.check_parameters`. Edit the cells here, not in the .ipynb files.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+
+HERE = Path(__file__).resolve().parent
+
+COMMON_PARAMETERS = '''\
+model = "demo"                  # "demo" (the bundled model), a local checkpoint or a hub name
+calibration = "code:16,tools:16,prose:16,math:16"   # reapkit calibration spec (domains, files)
+max_length = 128                # tokens per calibration sample
+batch_size = 8
+layers = None                   # MoE layers (decoder indices) to draw (None: all)
+seed = 0
+cache_dir = "runs/cache"        # observations are reused for the same model and tokens
+interactive = False             # True: show the ipywidgets explorer (needs a live kernel)
+'''
+
+CHECK = '''\
+from reapkit.notebook import check_parameters
+
+P = check_parameters(globals(), "{name}")
+P'''
+
+LOAD = '''\
+model_, tokenizer = load_model(P.model)
+batches = calibration_batches(P.calibration, tokenizer, batch_size=P.batch_size, max_length=P.max_length, seed=P.seed)
+obs = observe_cached(model_, batches, P.cache_dir or f"{P.output_dir}/cache",
+                     calibration={"spec": P.calibration, "max_length": P.max_length, "seed": P.seed})
+layers = moe_layers(obs, P.layers)
+print(f"domains {obs.domains}, MoE layers {obs.layers}, experts {obs.num_experts}, top-k {obs.top_k}")'''
+
+IMPORTS = '''\
+import pandas as pd
+from IPython.display import display
+
+from reapkit import geometry, plot
+from reapkit.data import calibration_batches
+from reapkit.notebook import Figures, load_model, moe_layers, read_results, write_table
+from reapkit.observe import observe_cached
+from reapkit.plan import PruningPlan
+from reapkit.saliency import score, scores_frame
+
+figures = Figures(P.figures_dir)'''
+
+NOTEBOOKS = {
+    "01_saliency": [
+        ("md", "# 1. Expert saliency\n\nWhich experts matter in which layer, by each criterion; how the "
+               "criteria agree; which experts serve which calibration domain, and how that changes with depth.\n\n"
+               "Everything below is derived from one set of observations (`reapkit.observe_cached`)."),
+        ("parameters", COMMON_PARAMETERS + '''\
+criteria = ["reap", "frequency", "ean_mean", "soft_frequency"]
+ratios = [0.25, 0.5]            # fractions of experts removed (cut-off lines, agreement)
+output_dir = "runs/01_saliency"
+figures_dir = "figures/01_saliency"
+'''),
+        ("code", CHECK.format(name="01_saliency")),
+        ("code", IMPORTS),
+        ("md", "## Observations"),
+        ("code", LOAD),
+        ("md", "## Saliency per criterion\n\nLayers x experts, each layer scaled to its maximum; then each layer sorted."),
+        ("code", '''\
+scores = scores_frame(obs, P.criteria, per_domain=True, seed=P.seed)
+scores = scores[scores.layer.isin(layers)]
+write_table(scores, P.output_dir, "scores")
+figures.save(plot.saliency_heatmaps(scores, criteria=P.criteria), "saliency_heatmaps");'''),
+        ("code", 'figures.save(plot.saliency_heatmaps(scores, criteria=P.criteria, sort=True), "saliency_heatmaps_sorted");'),
+        ("md", "## Sorted scores and the cut-off\n\nExperts right of a dashed line are removed at that ratio."),
+        ("code", 'figures.save(plot.per_criterion(plot.saliency_curves, scores, P.criteria, ratio=P.ratios), "saliency_curves");'),
+        ("md", "## Criterion agreement\n\nSpearman rank correlation per layer, and the overlap (Jaccard) of the "
+               "experts each criterion would prune."),
+        ("code", '''\
+agreement = pd.concat([plot.agreement_table(scores, criteria=P.criteria, ratio=r).assign(ratio=r) for r in P.ratios],
+                      ignore_index=True)
+write_table(agreement, P.output_dir, "results")
+figures.save(plot.criterion_agreement(scores, criteria=P.criteria, ratio=P.ratios[-1]), "criterion_agreement")
+agreement.groupby(["ratio", "criterion_a", "criterion_b"])[["spearman", "overlap"]].mean().round(3)'''),
+        ("md", "## Domain experts\n\nEnrichment = the expert's share of a domain's routed tokens (or REAP mass) "
+               "x the number of experts: red experts serve that domain more than a uniform router would; a dot "
+               "marks each expert's dominant domain."),
+        ("code", '''\
+routing = scores_frame(obs, ["frequency", "reap"], per_domain=True)
+routing = routing[routing.layer.isin(layers)]
+figures.save(plot.domain_saliency(routing, criterion="frequency").figure, "domain_frequency")
+figures.save(plot.domain_saliency(routing, criterion="reap").figure, "domain_reap");'''),
+        ("md", "## Specialisation by depth\n\n1 - normalised entropy of each expert's distribution over domains."),
+        ("code", '''\
+specialisation = plot.specialisation_table(routing, criterion="frequency")
+write_table(specialisation, P.output_dir, "specialisation")
+figures.save(plot.specialisation_by_depth(specialisation).figure, "specialisation_by_depth")
+specialisation.groupby("layer")[["specialisation"]].mean().round(3)'''),
+        ("code", '''\
+if P.interactive:
+    from reapkit.widgets import explorer
+
+    display(explorer(obs, criteria=P.criteria))'''),
+    ],
+    "02_clusters": [
+        ("md", "# 2. Expert geometry\n\nAngular distance (arccos of the cosine similarity, / pi) between the "
+               "experts of each layer in three spaces: their weights, their mean routed outputs and their router "
+               "rows; average-linkage clustering; saliency overlaid on the clusters."),
+        ("parameters", COMMON_PARAMETERS + '''\
+spaces = ["weights", "output", "router"]
+n_clusters = 4                  # clusters per layer
+criterion = "reap"              # saliency overlaid on the clusters
+ratio = 0.5                     # experts a plan at this ratio prunes are hatched
+output_dir = "runs/02_clusters"
+figures_dir = "figures/02_clusters"
+'''),
+        ("code", CHECK.format(name="02_clusters")),
+        ("code", IMPORTS),
+        ("md", "## Observations"),
+        ("code", LOAD),
+        ("md", "## Distances and clusters"),
+        ("code", '''\
+distances = geometry.distance_matrices(model=model_, obs=obs, layers=layers, spaces=P.spaces)
+clusterings = {key: geometry.cluster(d, n_clusters=min(P.n_clusters, len(d))) for key, d in distances.items()}
+clusters = geometry.cluster_table(clusterings)
+write_table(clusters, P.output_dir, "results")
+clusters.pivot_table(index=["space", "layer"], columns="cluster", values="expert", aggfunc="count", fill_value=0)'''),
+        ("code", '''\
+for space in P.spaces:
+    chosen = {key: d for key, d in distances.items() if key[0] == space}
+    figures.save(plot.distance_heatmaps(chosen, clusterings), f"distances_{space}")'''),
+        ("md", "## Do the spaces agree?\n\nSpearman correlation of the pairwise distances of two spaces, per layer."),
+        ("code", '''\
+agreement = geometry.space_agreement(distances)
+write_table(agreement, P.output_dir, "space_agreement")
+agreement.round(3)'''),
+        ("md", "## Saliency on the clusters\n\nBars in dendrogram order, coloured by cluster; hatched experts are "
+               "the ones a plan at `ratio` prunes. Pruning a whole cluster removes a kind of function; pruning "
+               "inside a cluster removes near-duplicates."),
+        ("code", '''\
+space = "output" if "output" in P.spaces else P.spaces[0]
+saliency = score(obs, P.criterion, seed=P.seed)
+fig, axes = plot.panels(len(layers), ncols=2, size=(4.6, 2.8))
+for ax, layer in zip(axes, layers):
+    plot.saliency_clusters(saliency[obs.layers.index(layer)], clusterings[space, layer], ratio=P.ratio, ax=ax,
+                           title=f"layer {layer}: {P.criterion} on {space}-space clusters")
+figures.save(fig, "saliency_clusters");'''),
+        ("code", '''\
+if P.interactive:
+    from reapkit.widgets import explorer
+
+    display(explorer(obs, n_clusters=P.n_clusters))'''),
+    ],
+    "03_pruning": [
+        ("md", "# 3. Pruning\n\nPlans at each criterion and ratio; their cost on held-out data of each domain "
+               "(loss, next-token agreement and KL against the unpruned model, block reconstruction error); "
+               "greedy samples before and after; a saved pruned checkpoint that stock transformers loads."),
+        ("parameters", COMMON_PARAMETERS + '''\
+criteria = ["reap", "frequency", "ean_mean", "soft_frequency"]
+ratios = [0.25, 0.5]
+evaluation = "code:8,tools:8,prose:8,math:8"   # held-out data (validation split of built-in domains)
+save_criterion = "reap"         # the plan saved as a checkpoint (None: save nothing)
+save_ratio = 0.5
+prompts = None                  # {name: prompt} for greedy samples; None: one per built-in domain
+max_new_tokens = 24
+output_dir = "runs/03_pruning"
+figures_dir = "figures/03_pruning"
+'''),
+        ("code", CHECK.format(name="03_pruning")),
+        ("code", IMPORTS + '''
+from transformers import AutoModelForCausalLM
+
+from reapkit.evaluate import evaluate, generate_samples
+from reapkit.notebook import DEFAULT_PROMPTS, evaluate_plans
+from reapkit.prune import remove_experts, save_pruned'''),
+        ("md", "## Observations"),
+        ("code", LOAD),
+        ("md", "## Plans\n\nDark = kept, light = pruned."),
+        ("code", '''\
+plans = {(c, r): PruningPlan.from_observations(obs, c, ratio=r, seed=P.seed) for c in P.criteria for r in P.ratios}
+masks = pd.concat([plot.mask_frame(plan, criterion=c, ratio=r) for (c, r), plan in plans.items()], ignore_index=True)
+masks = masks[masks.layer.isin(layers)]
+figures.save(plot.plan_masks(masks), "plan_masks");'''),
+        ("md", "## What pruning costs\n\nEach plan is applied in memory by masking the router (identical to "
+               "removing the experts); ratio 0 is the unpruned model."),
+        ("code", '''\
+eval_batches = calibration_batches(P.evaluation, tokenizer, batch_size=P.batch_size, max_length=P.max_length,
+                                   split="validation", seed=P.seed)
+results, reconstruction = evaluate_plans(model_, plans, eval_batches)
+results = results.assign(model=P.model, seed=P.seed)
+write_table(results, P.output_dir, "results")
+write_table(reconstruction, P.output_dir, "reconstruction")
+results[results.domain == "all"].round(4)'''),
+        ("code", '''\
+figures.save(plot.loss_vs_ratio_by_domain(results, metric="loss"), "loss_vs_ratio_by_domain")
+figures.save(plot.loss_vs_ratio(results, metric="agreement").figure, "agreement_vs_ratio")
+figures.save(plot.loss_vs_ratio(results, metric="kl").figure, "kl_vs_ratio")
+figures.save(plot.reconstruction_by_layer(reconstruction[reconstruction.layer.isin(layers)]).figure, "reconstruction_error");'''),
+        ("md", "## Samples before and after, and the saved checkpoint\n\nThe plan is applied for real "
+               "(`remove_experts`), saved with `pruning_plan.json` beside the weights, and reloaded with stock "
+               "`AutoModelForCausalLM.from_pretrained`; its loss equals the masked evaluation above."),
+        ("code", '''\
+prompts = P.prompts or DEFAULT_PROMPTS
+before = generate_samples(model_, tokenizer, prompts, max_new_tokens=P.max_new_tokens) if tokenizer is not None else {}
+if P.save_criterion is not None:
+    plan = plans.get((P.save_criterion, P.save_ratio)) or PruningPlan.from_observations(
+        obs, P.save_criterion, ratio=P.save_ratio, seed=P.seed)
+    remove_experts(model_, plan)
+    checkpoint = save_pruned(model_, plan, f"{P.output_dir}/pruned_checkpoint", tokenizer=tokenizer, force=True)
+    reloaded = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
+    print(f"saved {checkpoint}: {reloaded.config.num_experts} experts per layer (was {plan.num_experts[plan.layers[0]]})")
+    check = evaluate(reloaded, eval_batches, progress=False)
+    masked = results[(results.criterion == plan.criterion) & (results.ratio == plan.ratio)] if plan.ratio in P.ratios else None
+    display(check.merge(masked[["domain", "loss"]], on="domain", suffixes=("_reloaded", "_masked")) if masked is not None else check)'''),
+        ("code", '''\
+after = generate_samples(reloaded, tokenizer, prompts, max_new_tokens=P.max_new_tokens) if before and P.save_criterion else {}
+samples = pd.DataFrame([{"prompt": prompts[k], "before": before[k], "after": after.get(k, "")} for k in before],
+                       index=list(before))
+write_table(samples.reset_index(names="name"), P.output_dir, "samples")
+samples.style.set_properties(**{"white-space": "pre-wrap", "text-align": "left"})'''),
+    ],
+    "04_paper_figures": [
+        ("md", "# 4. Paper figures\n\nDraws the results tables that many papermill runs of notebook 3 wrote "
+               "(`reapkit sweep`, `reapkit.sweep.run_sweep`): loss against compression per criterion and per "
+               "domain, criterion agreement and domain specialisation by depth."),
+        ("parameters", COMMON_PARAMETERS + '''\
+results = ["runs/03_pruning/results.csv", "runs/*/*/results.csv"]   # results tables (paths or glob patterns)
+criteria = ["reap", "frequency", "ean_mean", "soft_frequency"]
+ratio = 0.5                     # ratio of the criterion-agreement figure
+metrics = ["loss", "kl", "agreement"]
+output_dir = "runs/04_paper_figures"
+figures_dir = "figures/04_paper_figures"
+'''),
+        ("code", CHECK.format(name="04_paper_figures")),
+        ("code", IMPORTS),
+        ("md", "## Results of the pruning runs"),
+        ("code", '''\
+results = read_results(P.results)
+results = results[results.columns.intersection(["source", "model", "seed", "ratio", "criterion", "domain", "tokens", *P.metrics])]
+print(f"{len(results)} rows from {results['source'].nunique() if len(results) else 0} run(s)")
+summary = (results.groupby(["ratio", "criterion", "domain"], as_index=False)[results.columns.intersection(P.metrics)]
+           .mean() if len(results) else results)
+write_table(summary, P.output_dir, "results")
+summary[summary.domain == "all"].round(4) if len(summary) else summary'''),
+        ("code", '''\
+for metric in P.metrics:
+    figures.save(plot.loss_vs_ratio(results, metric=metric).figure, f"{metric}_vs_ratio")
+    figures.save(plot.loss_vs_ratio_by_domain(results, metric=metric), f"{metric}_vs_ratio_by_domain")'''),
+        ("md", "## Criterion agreement and specialisation by depth"),
+        ("code", LOAD),
+        ("code", '''\
+scores = scores_frame(obs, P.criteria, per_domain=True, seed=P.seed)
+scores = scores[scores.layer.isin(layers)]
+figures.save(plot.criterion_agreement(scores, criteria=P.criteria, ratio=P.ratio), "criterion_agreement")
+routing = scores_frame(obs, ["frequency"], per_domain=True)
+figures.save(plot.specialisation_by_depth(routing[routing.layer.isin(layers)]).figure, "specialisation_by_depth");'''),
+    ],
+}
+
+
+def build_notebook(cells) -> nbformat.NotebookNode:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata = {
+        "kernelspec": {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"},
+        "language_info": {"name": "python"},
+    }
+    for index, (kind, source) in enumerate(cells):
+        if kind == "md":
+            cell = nbformat.v4.new_markdown_cell(source.rstrip("\n"))
+        else:
+            cell = nbformat.v4.new_code_cell(source.rstrip("\n"))
+            if kind == "parameters":
+                cell.metadata["tags"] = ["parameters"]
+        cell["id"] = f"cell-{index:02d}"
+        nb.cells.append(cell)
+    nbformat.validate(nb)
+    return nb
+
+
+def main() -> None:
+    for name, cells in NOTEBOOKS.items():
+        path = HERE / f"{name}.ipynb"
+        nbformat.write(build_notebook(cells), str(path))
+        print(path)
+
+
+if __name__ == "__main__":
+    main()

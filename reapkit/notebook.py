@@ -1,0 +1,313 @@
+"""Helpers the notebooks in `notebooks/` call: parameter checks, model loading, figure saving, tables.
+
+    >>> P = check_parameters(globals(), "01_saliency")   # first cell after `parameters`
+    >>> model, tokenizer = load_model(P.model)           # "demo", a local checkpoint or a hub name
+    >>> figures = Figures(P.figures_dir)
+    >>> figures.save(plot.saliency_heatmaps(scores), "saliency_heatmaps")   # PNG + PDF
+    >>> write_table(results, P.output_dir, "results")   # results.csv, whole or not at all
+
+A wrong parameter stops the notebook at the checking cell with a `ParameterError` that names the
+parameter, what it should be and what it was.
+"""
+from __future__ import annotations
+
+import glob
+import math
+import numbers
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+
+__all__ = ["ParameterError", "SCHEMAS", "check_parameters", "moe_layers", "load_model", "Figures", "write_table", "read_results",
+           "evaluate_plans", "DEFAULT_PROMPTS"]
+
+
+class ParameterError(ValueError):
+    """A notebook parameter has the wrong type or value."""
+
+
+# --------------------------------------------------------------------------------------------
+# Validators: each returns the normalised value or raises ValueError(what was expected)
+# --------------------------------------------------------------------------------------------
+
+def _str(value):
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("expected a non-empty string")
+    return value
+
+
+def _path_or_none(value):
+    return None if value is None else _str(str(value) if isinstance(value, Path) else value)
+
+
+def _bool(value):
+    if not isinstance(value, bool):
+        raise ValueError("expected True or False")
+    return value
+
+
+def _int(low=None, high=None):
+    def check(value):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise ValueError("expected an integer" + (f" >= {low}" if low is not None else ""))
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise ValueError(f"expected an integer in [{low}, {high if high is not None else 'inf'}]")
+        return int(value)
+    return check
+
+
+def _ratio(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (0 <= value < 1) or math.isnan(value):
+        raise ValueError("expected a fraction of experts removed, a number in [0, 1)")
+    return float(value)
+
+
+def _list_of(item, *, allow_empty=False, allow_scalar=True):
+    def check(value):
+        if allow_scalar and not isinstance(value, (list, tuple)):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError("expected a list")
+        if not value and not allow_empty:
+            raise ValueError("expected a non-empty list")
+        out = []
+        for i, v in enumerate(value):
+            try:
+                out.append(item(v))
+            except ValueError as error:
+                raise ValueError(f"item {i} ({v!r}): {error}") from None
+        return out
+    return check
+
+
+def _or_none(check):
+    return lambda value: None if value is None else check(value)
+
+
+def _criterion(value):
+    from .saliency import CRITERIA_NAMES
+
+    if value not in CRITERIA_NAMES:
+        raise ValueError(f"unknown criterion; choose from {', '.join(CRITERIA_NAMES)}")
+    return value
+
+
+def _space(value):
+    from .geometry import SPACES
+
+    if value not in SPACES:
+        raise ValueError(f"unknown space; choose from {', '.join(SPACES)}")
+    return value
+
+
+def _spec(value):
+    from .data import parse_spec
+
+    if isinstance(value, Path):
+        value = str(value)
+    if not isinstance(value, (str, dict)):
+        raise ValueError("expected a calibration spec string such as 'code:32,tools:32,prose:32,math:32'")
+    try:
+        parse_spec(value)
+    except (ValueError, FileNotFoundError, TypeError) as error:
+        raise ValueError(str(error)) from None
+    return value
+
+
+def _prompts(value):
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise ValueError("expected None or a dict {name: prompt text}")
+    return value
+
+
+def _results(value):
+    items = [value] if isinstance(value, (str, Path)) else value
+    if not isinstance(items, (list, tuple)) or not items or not all(isinstance(v, (str, Path)) for v in items):
+        raise ValueError("expected a path or glob pattern of results tables (or a list of them)")
+    return [str(v) for v in items]
+
+
+_COMMON = {
+    "model": _str,
+    "calibration": _spec,
+    "seed": _int(0),
+    "max_length": _int(8),
+    "batch_size": _int(1),
+    "layers": _or_none(_list_of(_int(0))),
+    "output_dir": _str,
+    "figures_dir": _str,
+    "cache_dir": _path_or_none,
+    "interactive": _bool,
+}
+
+#: Parameter names and checks of each notebook.
+SCHEMAS = {
+    "01_saliency": {**_COMMON, "criteria": _list_of(_criterion), "ratios": _list_of(_ratio)},
+    "02_clusters": {**_COMMON, "spaces": _list_of(_space), "n_clusters": _int(1), "criterion": _criterion,
+                    "ratio": _ratio},
+    "03_pruning": {**_COMMON, "criteria": _list_of(_criterion), "ratios": _list_of(_ratio), "evaluation": _spec,
+                   "save_criterion": _or_none(_criterion), "save_ratio": _or_none(_ratio), "prompts": _prompts,
+                   "max_new_tokens": _int(0)},
+    "04_paper_figures": {**_COMMON, "results": _results, "criteria": _list_of(_criterion), "ratio": _ratio,
+                         "metrics": _list_of(_str)},
+}
+
+
+def check_parameters(params: dict, schema) -> SimpleNamespace:
+    """Check notebook parameters against `schema` and return them (normalised) as a namespace.
+
+    `schema` is a notebook name from :data:`SCHEMAS` or a dict {name: check}, where a check is a
+    type (``int``, ``str``, ...) or a function returning the normalised value and raising
+    ``ValueError`` with what it expected. `params` may be ``globals()``: only the schema's names
+    are read. Raises :class:`ParameterError` naming the first bad or missing parameter.
+    """
+    if isinstance(schema, str):
+        if schema not in SCHEMAS:
+            raise KeyError(f"no parameter schema named {schema!r}; known: {', '.join(SCHEMAS)}")
+        schema = SCHEMAS[schema]
+    values = {}
+    for name, check in schema.items():
+        if name not in params:
+            raise ParameterError(f"parameter {name!r} is missing; define it in the notebook's parameters cell")
+        value = params[name]
+        if isinstance(check, type):
+            if check is float and isinstance(value, numbers.Real) and not isinstance(value, bool):
+                value = float(value)
+            if not isinstance(value, check) or (check is int and isinstance(value, bool)):
+                raise ParameterError(f"parameter {name!r} must be of type {check.__name__}, got {value!r} "
+                                     f"({type(value).__name__})")
+            values[name] = value
+            continue
+        try:
+            values[name] = check(value)
+        except ValueError as error:
+            raise ParameterError(f"parameter {name!r} = {value!r}: {error}") from None
+    return SimpleNamespace(**values)
+
+
+def moe_layers(obs, layers=None) -> list[int]:
+    """The MoE layers (decoder indices) to show: all of `obs.layers`, or `layers` after checking them."""
+    if layers is None:
+        return list(obs.layers)
+    unknown = [layer for layer in layers if layer not in obs.layers]
+    if unknown:
+        raise ParameterError(f"parameter 'layers' = {list(layers)!r}: layer(s) {unknown} are not MoE layers of this model; "
+                             f"its MoE layers are {obs.layers}")
+    return list(layers)
+
+
+# --------------------------------------------------------------------------------------------
+# Models, figures and tables
+# --------------------------------------------------------------------------------------------
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def load_model(model: str, *, dtype="float32"):
+    """(model, tokenizer or None) in eval mode: "demo" is the bundled demo model, anything else a
+    local checkpoint or a hub name. Checkpoints without a tokenizer give None (use token-id data)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if model == "demo":
+        from .demo import DEMO_PATH
+
+        model = str(DEMO_PATH)
+        if not (DEMO_PATH / "config.json").is_file():
+            raise FileNotFoundError(f"the demo model is missing from {DEMO_PATH}; build it with `python -m reapkit.demo train`")
+    torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
+    loaded = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype).eval()
+    tokenizer = None
+    local = Path(model)
+    has_files = not local.is_dir() or any((local / f).is_file() for f in TOKENIZER_FILES)
+    if has_files:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(model)
+        except (OSError, ValueError, TypeError, KeyError):
+            tokenizer = None
+    return loaded, tokenizer
+
+
+class Figures:
+    """Saves figures of one run into `folder` as PNG and PDF (see `reapkit.plot.save_figure`).
+
+    `close=True` closes each figure after saving (scripts); in a notebook leave it False so the
+    inline backend shows the figure below the cell.
+    """
+
+    def __init__(self, folder, *, close: bool = False):
+        self.folder = Path(folder)
+        self.close = close
+        self.saved: list[Path] = []
+
+    def save(self, fig, name: str):
+        from .plot import save_figure
+
+        self.saved += save_figure(fig, self.folder, name, close=self.close)
+        return fig
+
+
+def write_table(frame: pd.DataFrame, folder, name: str = "results") -> Path:
+    """Write `frame` as `folder/name.csv` (temporary sibling, then rename)."""
+    from .atomic import atomic_write_text
+
+    return atomic_write_text(Path(folder) / f"{name}.csv", frame.to_csv(index=False))
+
+
+def read_results(patterns, *, name: str = "results.csv") -> pd.DataFrame:
+    """Concatenate the results tables matching `patterns` (paths, folders or glob patterns); adds a
+    `source` column (the file's folder). Missing patterns are skipped; no match gives an empty frame."""
+    if isinstance(patterns, (str, Path)):
+        patterns = [patterns]
+    files = []
+    for pattern in patterns:
+        pattern = str(pattern)
+        if Path(pattern).is_dir():
+            pattern = str(Path(pattern) / name)
+        files += sorted(glob.glob(pattern, recursive=True))
+    frames = []
+    for f in dict.fromkeys(files):
+        frame = pd.read_parquet(f) if f.endswith(".parquet") else pd.read_csv(f)
+        if "source" not in frame.columns:
+            frame.insert(0, "source", str(Path(f).parent))
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["source", "ratio", "criterion", "domain", "loss"])
+
+
+#: Prompts for greedy samples before and after pruning, one per built-in domain.
+DEFAULT_PROMPTS = {
+    "code": "def fibonacci(n):\n    ",
+    "prose": "The history of the city",
+    "tools": '<|im_start|>user\nWhat is the weather in Paris?<|im_end|>\n<|im_start|>assistant\n',
+    "math": "Question: Ava has 12 apples and gives 5 to Ben. How many apples does Ava have now?\nAnswer:",
+}
+
+
+def evaluate_plans(model, plans: dict, batches, *, reference=None, progress: bool = False):
+    """Evaluate each plan of {(criterion, ratio): PruningPlan} by masking it on `model`.
+
+    Returns (results, reconstruction): tidy frames with columns ratio, criterion, domain, tokens,
+    loss, perplexity, agreement, kl (ratio 0 / criterion "none" is the unpruned model), and ratio,
+    criterion, layer, rel_l2.
+    """
+    from .evaluate import evaluate, reconstruction_error, reference_outputs
+    from .prune import mask_experts
+
+    if reference is None:
+        reference = reference_outputs(model, batches, progress=progress)
+    rows, errors = [], []
+    base = evaluate(model, batches, reference=reference, progress=progress)
+    rows.append(base.assign(ratio=0.0, criterion="none"))
+    for (criterion, ratio), plan in plans.items():
+        with mask_experts(model, plan):
+            rows.append(evaluate(model, batches, reference=reference, progress=progress).assign(ratio=ratio, criterion=criterion))
+        rec = reconstruction_error(model, model, batches, compressed=lambda plan=plan: mask_experts(model, plan), progress=progress)
+        errors.append(rec.assign(ratio=ratio, criterion=criterion))
+    results = pd.concat(rows, ignore_index=True).rename(columns={"top1_agreement": "agreement"})
+    results = results[["ratio", "criterion", "domain", "tokens", "loss", "perplexity", "agreement", "kl"]]
+    reconstruction = (pd.concat(errors, ignore_index=True)[["ratio", "criterion", "layer", "rel_l2"]] if errors
+                      else pd.DataFrame(columns=["ratio", "criterion", "layer", "rel_l2"]))
+    return results, reconstruction

@@ -1,0 +1,327 @@
+"""Run the notebooks with papermill: one run, a parameter sweep from YAML, or the whole demo.
+
+    >>> run_notebook("notebooks/03_pruning.ipynb", {"ratios": [0.5]}, "runs/one")   # -> runs/one/03_pruning.ipynb
+    >>> summary = run_sweep("sweeps/ratios.yaml", jobs=2)     # one row per run: status, error, notebook
+    >>> run_demo()                                            # notebooks 1-4 on the demo model -> figures/
+
+A sweep file (YAML)::
+
+    name: ratios                     # runs go to runs/<name>/<run-id>/
+    notebook: notebooks/03_pruning.ipynb
+    parameters: {calibration: "code:16,prose:16"}    # fixed for every run
+    grid: {ratios: [[0.25], [0.5]], seed: [0, 1]}     # product of the lists
+    jobs: 2                          # runs at once (processes); default: what the cores allow
+
+Allowed keys: see :data:`SWEEP_KEYS`; any other key refuses the whole file before a run starts.
+Each run's notebook writes its tidy results (`results.csv` or `results.parquet`) into its output
+folder; they are appended, with the run id and the grid values, to `runs/<name>/results.csv`.
+A failed run is reported (parameters, executed notebook) and the others go on.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import sys
+import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+import pandas as pd
+
+from .notebook import ParameterError, check_parameters  # noqa: F401  (re-exported)
+
+__all__ = ["SWEEP_KEYS", "NOTEBOOKS_DIR", "DEMO_NOTEBOOKS", "SweepError", "check_parameters", "ParameterError",
+           "run_notebook", "load_sweep", "run_sweep", "run_demo"]
+
+SWEEP_KEYS = ("name", "notebook", "parameters", "grid", "jobs", "runs_dir", "description", "kernel", "timeout")
+NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+DEMO_NOTEBOOKS = ("01_saliency", "02_clusters", "03_pruning", "04_paper_figures")
+RESULT_FILES = ("results.csv", "results.parquet")
+
+
+class SweepError(ValueError):
+    """A sweep file is malformed; nothing was run."""
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _abs(value):
+    return str(Path(value).resolve())
+
+
+def run_notebook(notebook, parameters: dict | None, out_dir, *, kernel: str = "python3", timeout: int | None = None,
+                 threads: int | None = None, log_output: bool = False) -> Path:
+    """Execute `notebook` with papermill, `parameters` injected, into `out_dir/<notebook name>`.
+
+    `output_dir` and `figures_dir` default to `out_dir` and `out_dir/figures` when the notebook has
+    those parameters and `parameters` does not set them. Relative paths in those two are resolved
+    against the current directory; the kernel runs in it. `threads` limits the kernel's torch /
+    BLAS threads (OMP_NUM_THREADS). Raises papermill's `PapermillExecutionError` when a cell fails;
+    the executed notebook (with the traceback in the failing cell) is written either way.
+    """
+    import papermill as pm
+
+    notebook = Path(notebook)
+    if not notebook.is_file():
+        raise FileNotFoundError(f"notebook {notebook} does not exist")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    params = dict(parameters or {})
+    declared = set(pm.inspect_notebook(str(notebook)))
+    if "output_dir" in declared:
+        params.setdefault("output_dir", str(out_dir))
+    if "figures_dir" in declared:
+        params.setdefault("figures_dir", str(out_dir / "figures"))
+    for key in ("output_dir", "figures_dir", "cache_dir"):
+        if isinstance(params.get(key), (str, Path)):
+            params[key] = _abs(params[key])
+    output = out_dir / notebook.name
+    env_backup = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "MPLBACKEND")}
+    if threads:
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+    try:
+        pm.execute_notebook(str(notebook), str(output), parameters=params, kernel_name=kernel, progress_bar=False,
+                            log_output=log_output, execution_timeout=timeout, cwd=os.getcwd())
+    finally:
+        for k, v in env_backup.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return output
+
+
+# --------------------------------------------------------------------------------------------
+# Sweeps
+# --------------------------------------------------------------------------------------------
+
+def _slug(value) -> str:
+    if isinstance(value, float):
+        text = f"{value:g}"
+    elif isinstance(value, (list, tuple)):
+        text = "+".join(_slug(v) for v in value)
+    else:
+        text = str(value)
+    return re.sub(r"[^A-Za-z0-9.+-]+", "-", text).strip("-")[:40] or "x"
+
+
+def load_sweep(path) -> dict:
+    """Read and check a sweep file; returns the normalised sweep with its list of `runs`.
+
+    Raises :class:`SweepError` (naming the key and the allowed keys) before anything runs.
+    """
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"sweep file {path} does not exist")
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise SweepError(f"{path} is not valid YAML: {error}") from None
+    if not isinstance(spec, dict):
+        raise SweepError(f"{path} must hold a mapping with keys {', '.join(SWEEP_KEYS)}")
+    unknown = [k for k in spec if k not in SWEEP_KEYS]
+    if unknown:
+        raise SweepError(f"{path}: unknown key(s) {', '.join(repr(k) for k in unknown)}; allowed keys are "
+                         f"{', '.join(SWEEP_KEYS)}. Nothing was run")
+    if "notebook" not in spec:
+        raise SweepError(f"{path}: missing key 'notebook' (the notebook to run, e.g. notebooks/03_pruning.ipynb)")
+    notebook = Path(spec["notebook"])
+    if not notebook.is_absolute() and not notebook.is_file():
+        for base in (path.parent, NOTEBOOKS_DIR.parent, NOTEBOOKS_DIR):
+            if (base / notebook).is_file():
+                notebook = base / notebook
+                break
+    if not notebook.is_file():
+        raise SweepError(f"{path}: notebook {spec['notebook']!r} does not exist")
+    name = spec.get("name", path.stem)
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9._-]+", name):
+        raise SweepError(f"{path}: name must be a plain folder name (letters, digits, . _ -), got {name!r}")
+    fixed = spec.get("parameters") or {}
+    grid = spec.get("grid") or {}
+    if not isinstance(fixed, dict):
+        raise SweepError(f"{path}: 'parameters' must be a mapping {{parameter: value}}")
+    if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
+        raise SweepError(f"{path}: 'grid' must map each parameter to a non-empty list of values")
+    both = sorted(set(fixed) & set(grid))
+    if both:
+        raise SweepError(f"{path}: parameter(s) {both} appear in both 'parameters' and 'grid'; keep each in one place")
+    jobs = spec.get("jobs")
+    if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
+        raise SweepError(f"{path}: jobs must be a positive integer, got {jobs!r}")
+    import papermill as pm
+
+    declared = pm.inspect_notebook(str(notebook))
+    if declared:
+        unknown = sorted((set(fixed) | set(grid)) - set(declared))
+        if unknown:
+            raise SweepError(f"{path}: notebook {notebook.name} has no parameter(s) {unknown}; its parameters are "
+                             f"{', '.join(declared)}. Nothing was run")
+    runs = []
+    keys = list(grid)
+    for index, values in enumerate(itertools.product(*(grid[k] for k in keys))):
+        varying = dict(zip(keys, values))
+        run_id = "-".join([f"{index:03d}"] + [f"{k}={_slug(v)}" for k, v in varying.items()])[:120]
+        runs.append({"run_id": run_id, "grid": varying, "parameters": {**fixed, **varying}})
+    runs_dir = Path(spec.get("runs_dir", "runs")) / name
+    return {"name": name, "notebook": notebook, "runs": runs, "jobs": jobs, "runs_dir": runs_dir,
+            "kernel": spec.get("kernel", "python3"), "timeout": spec.get("timeout")}
+
+
+def _run_one(notebook: str, run: dict, run_dir: str, kernel: str, timeout, threads: int) -> dict:
+    """Worker: execute one run; never raises (the error goes into the returned record)."""
+    start = time.perf_counter()
+    record = {"run_id": run["run_id"], "status": "ok", "error": "", "notebook": str(Path(run_dir) / Path(notebook).name),
+              "parameters": json.dumps(run["parameters"], sort_keys=True, default=str)}
+    try:
+        run_notebook(notebook, run["parameters"], run_dir, kernel=kernel, timeout=timeout, threads=threads)
+    except Exception as error:  # noqa: BLE001 - reported, the sweep goes on
+        record["status"] = "failed"
+        text = str(error).strip() or type(error).__name__
+        record["error"] = f"{type(error).__name__}: {text}"[-2000:]
+        if not Path(record["notebook"]).is_file():
+            record["error"] += "\n" + traceback.format_exc(limit=3)
+    record["seconds"] = round(time.perf_counter() - start, 1)
+    return record
+
+
+def _read_run_results(run_dir: Path) -> pd.DataFrame | None:
+    for name in RESULT_FILES:
+        path = run_dir / name
+        if path.is_file():
+            return pd.read_parquet(path) if name.endswith(".parquet") else pd.read_csv(path)
+    return None
+
+
+def run_sweep(params_yaml, *, jobs: int | None = None, progress: bool = True) -> pd.DataFrame:
+    """Run every parameter combination of a sweep file; returns one row per run.
+
+    Columns: run_id, status ("ok" / "failed"), error, notebook (the executed notebook), parameters
+    (JSON), seconds, rows (results rows appended), then one column per grid parameter. The table is
+    also written to `runs/<name>/runs.csv`; the runs' results are appended to `runs/<name>/results.csv`
+    (rows of a run id run again are replaced). `jobs` overrides the file's `jobs`; by default as many
+    runs go at once as there are cores (at most the number of runs).
+    """
+    sweep = load_sweep(params_yaml)
+    runs, root = sweep["runs"], sweep["runs_dir"]
+    cores = _cores()
+    jobs = jobs or sweep["jobs"] or min(len(runs), cores)
+    jobs = max(1, min(jobs, len(runs)))
+    threads = max(1, cores // jobs)
+    root.mkdir(parents=True, exist_ok=True)
+    notebook = str(sweep["notebook"].resolve())
+    records = []
+
+    def report(record):
+        if record["status"] != "ok":
+            print(f"[sweep {sweep['name']}] run {record['run_id']} FAILED with parameters {record['parameters']}; "
+                  f"see {record['notebook']}\n  {record['error'].splitlines()[0] if record['error'] else ''}", file=sys.stderr)
+        elif progress:
+            print(f"[sweep {sweep['name']}] run {record['run_id']} done in {record['seconds']} s", file=sys.stderr)
+
+    if jobs == 1:
+        for run in runs:
+            record = _run_one(notebook, run, str(root / run["run_id"]), sweep["kernel"], sweep["timeout"], threads)
+            report(record)
+            records.append(record)
+    else:
+        import multiprocessing
+
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(_run_one, notebook, run, str(root / run["run_id"]), sweep["kernel"], sweep["timeout"], threads)
+                       for run in runs]
+            for future in as_completed(futures):
+                record = future.result()
+                report(record)
+                records.append(record)
+    order = {run["run_id"]: i for i, run in enumerate(runs)}
+    records.sort(key=lambda r: order[r["run_id"]])
+
+    # Append results.
+    frames = []
+    for record, run in zip(records, runs):
+        record["rows"] = 0
+        if record["status"] != "ok":
+            continue
+        frame = _read_run_results(root / run["run_id"])
+        if frame is None:
+            continue
+        frame = frame.copy()
+        for key, value in reversed(list(run["grid"].items())):
+            if key not in frame.columns:
+                frame.insert(0, key, json.dumps(value) if isinstance(value, (list, dict)) else value)
+        frame.insert(0, "run_id", run["run_id"])
+        record["rows"] = len(frame)
+        frames.append(frame)
+    table_path = root / "results.csv"
+    if frames:
+        new = pd.concat(frames, ignore_index=True)
+        if table_path.is_file():
+            old = pd.read_csv(table_path)
+            old = old[~old["run_id"].isin(set(new["run_id"]))] if "run_id" in old.columns else old
+            new = pd.concat([old, new], ignore_index=True)
+        _write_csv(new, table_path)
+    summary = pd.DataFrame(records, columns=["run_id", "status", "error", "notebook", "parameters", "seconds", "rows"])
+    for key in (runs[0]["grid"] if runs else {}):
+        summary[key] = [json.dumps(r["grid"][key]) if isinstance(r["grid"][key], (list, dict)) else r["grid"][key] for r in runs]
+    _write_csv(summary, root / "runs.csv")
+    failed = summary[summary["status"] != "ok"]
+    if len(failed):
+        print(f"[sweep {sweep['name']}] {len(failed)} of {len(summary)} run(s) failed: {', '.join(failed['run_id'])}",
+              file=sys.stderr)
+    return summary
+
+
+def _write_csv(frame: pd.DataFrame, path: Path) -> None:
+    from .atomic import atomic_write_text
+
+    atomic_write_text(path, frame.to_csv(index=False))
+
+
+# --------------------------------------------------------------------------------------------
+# Demo
+# --------------------------------------------------------------------------------------------
+
+def run_demo(figures_dir="figures", runs_dir="runs/demo", *, parameters: dict | None = None, progress: bool = True) -> None:
+    """Run notebooks 1-4 on the bundled demo model with their default parameters.
+
+    Executed notebooks and tables go to `runs_dir/<notebook>/`, figures to `figures_dir/<notebook>/`
+    (PNG and PDF); observations are cached in `runs_dir/cache` and shared by the four notebooks.
+    Notebook 4 draws the paper figures from notebook 3's results table. `parameters` are passed to
+    every notebook that declares them (e.g. {"calibration": "code:8,prose:8"} for a quicker run).
+    """
+    import papermill as pm
+
+    from .demo import DEMO_PATH
+
+    if not (Path(DEMO_PATH) / "config.json").is_file():
+        raise FileNotFoundError(f"the demo model is missing from {DEMO_PATH}; build it with `python -m reapkit.demo train`")
+    runs_dir, figures_dir = Path(runs_dir), Path(figures_dir)
+    cache = runs_dir / "cache"
+    threads = _cores()
+    start = time.perf_counter()
+    for name in DEMO_NOTEBOOKS:
+        notebook = NOTEBOOKS_DIR / f"{name}.ipynb"
+        declared = pm.inspect_notebook(str(notebook))
+        params = {"output_dir": runs_dir / name, "figures_dir": figures_dir / name, "cache_dir": cache}
+        if name == "04_paper_figures":
+            params["results"] = _abs(runs_dir / "03_pruning" / "results.csv")
+        params.update(parameters or {})
+        params = {k: (str(v) if isinstance(v, Path) else v) for k, v in params.items() if k in declared}
+        t0 = time.perf_counter()
+        if progress:
+            print(f"[demo] {name} ...", file=sys.stderr, flush=True)
+        run_notebook(notebook, params, runs_dir / name, threads=threads)
+        if progress:
+            print(f"[demo] {name} done in {time.perf_counter() - t0:.0f} s -> {figures_dir / name}", file=sys.stderr, flush=True)
+    if progress:
+        print(f"[demo] all notebooks done in {time.perf_counter() - start:.0f} s; figures in {figures_dir}/", file=sys.stderr)
