@@ -99,6 +99,40 @@ class PruningPlan:
                                counts=counts, n_group=obs.meta.get("n_group", 1), criterion=criterion,
                                provenance=provenance)
 
+    @classmethod
+    def from_global_budget(cls, obs, criterion: str = "reap", *, total: int, margin: int = 0,
+                           domains=None, seed: int = 0) -> "PruningPlan":
+        """Keep the best `total` experts across all layers (a non-uniform plan).
+
+        Scores are normalised per layer (divided by the layer's mean score over its experts) so
+        layers compare; each layer first keeps its `top_k + margin` best experts, the rest of the
+        budget goes to the highest normalised scores anywhere. Normalising keeps each layer's
+        order, so the result is expressed as per-layer counts.
+        """
+        values = score(obs, criterion, domains=domains, seed=seed)
+        sizes, floor = obs.num_experts, obs.top_k + margin
+        if obs.meta.get("n_group", 1) > 1:
+            raise ValueError("a global budget cannot keep routing groups equal in size; use a uniform plan (ratio= or keep=) for group-limited routers")
+        minimum, maximum = floor * len(sizes), sum(sizes)
+        if not minimum <= total <= maximum:
+            raise ValueError(
+                f"a global budget of {total} experts is outside [{minimum}, {maximum}]: every one of the "
+                f"{len(sizes)} MoE layers keeps at least top-k + margin = {floor} experts and at most all of them"
+            )
+        chosen, candidates = {}, []
+        for pos, (layer, size) in enumerate(zip(obs.layers, sizes)):
+            row = values[pos][:size]
+            normalised = row / row.mean() if row.mean() > 0 else row
+            order = np.argsort(-normalised, kind="stable")
+            chosen[layer] = [int(i) for i in order[:floor]]
+            candidates += [(-float(normalised[i]), layer, int(i)) for i in order[floor:]]
+        for _, layer, expert in sorted(candidates)[: total - minimum]:
+            chosen[layer].append(expert)
+        provenance = {"observations": obs.meta["fingerprint"], "calibration": obs.meta["calibration"],
+                      "domains": domains, "seed": seed, "global_budget": total, "margin": margin}
+        return cls.from_scores(values, obs.layers, sizes, top_k=obs.top_k, counts={k: len(v) for k, v in chosen.items()},
+                               criterion=criterion, provenance=provenance)
+
     def to_dict(self) -> dict:
         data = asdict(self)
         data["kept"] = {str(k): v for k, v in self.kept.items()}

@@ -136,7 +136,8 @@ def save_pruned(model, plan: PruningPlan, out, *, tokenizer=None, force: bool = 
     if not plan.is_uniform:
         raise ValueError(
             "this plan keeps different numbers of experts per layer, which a stock config.json cannot express; "
-            "evaluate the pruned model in memory, or use a uniform plan (ratio= or keep=) to save a checkpoint"
+            "evaluate the pruned model in memory, save it with reapkit.prune.save_non_uniform(...) and load it "
+            "back with reapkit.prune.load_pruned(...), or use a uniform plan (ratio= or keep=) for a stock checkpoint"
         )
     arch = architecture_for(model)
     new = len(next(iter(plan.kept.values())))
@@ -166,3 +167,40 @@ def prune_checkpoint(model_path, plan: PruningPlan, out, *, force: bool = False,
         tokenizer = None
     remove_experts(model, plan)
     return save_pruned(model, plan, out, tokenizer=tokenizer, force=force, source_config=source_config)
+
+
+NON_UNIFORM_WEIGHTS = "reapkit_non_uniform.safetensors"
+
+
+def save_non_uniform(model, plan: PruningPlan, out, *, tokenizer=None, force: bool = False) -> Path:
+    """Save a model pruned with a non-uniform plan: the unpruned config, the plan and the pruned weights.
+
+    Stock `from_pretrained` cannot read it (its config names one expert count for all layers);
+    `load_pruned(out)` rebuilds the per-layer counts and loads the weights. A uniform plan is
+    saved as a stock checkpoint instead.
+    """
+    from safetensors.torch import save_model
+
+    if plan.is_uniform:
+        return save_pruned(model, plan, out, tokenizer=tokenizer, force=force)
+    with atomic_directory(out, force=force) as tmp:
+        model.config.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        save_model(model, str(tmp / NON_UNIFORM_WEIGHTS))
+        plan.save(tmp / "pruning_plan.json")
+    return Path(out)
+
+
+def load_pruned(path, *, dtype=None):
+    """Load a checkpoint written by `save_pruned` (stock) or `save_non_uniform` (per-layer counts)."""
+    from safetensors.torch import load_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = Path(path)
+    if not (path / NON_UNIFORM_WEIGHTS).is_file():
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto").eval()
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path))
+    remove_experts(model, PruningPlan.load(path / "pruning_plan.json"))
+    load_model(model, str(path / NON_UNIFORM_WEIGHTS))
+    return (model.to(dtype) if dtype else model).eval()

@@ -134,3 +134,20 @@ def test_non_uniform_plan_cannot_be_saved(batches, tmp_path):
     with pytest.raises(ValueError, match="stock config.json cannot express"):
         save_pruned(model, plan, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_global_budget_plan_saves_and_loads_with_reapkit(batches, tmp_path):
+    from reapkit.prune import load_pruned, save_non_uniform
+
+    model = tiny_model("qwen3_moe")
+    obs = observe(model, batches, progress=False)
+    plan = PruningPlan.from_global_budget(obs, "reap", total=11, margin=1)
+    assert plan.total_kept == 11 and all(len(k) >= 3 for k in plan.kept.values()) and not plan.is_uniform
+    remove_experts(model, plan)
+    expected = logits(model, batches[0])
+    save_non_uniform(model, plan, tmp_path / "nu")
+    with pytest.raises(Exception):
+        AutoModelForCausalLM.from_pretrained(tmp_path / "nu")
+    torch.testing.assert_close(logits(load_pruned(tmp_path / "nu"), batches[0]), expected, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match=r"outside \[6, 16\]"):
+        PruningPlan.from_global_budget(obs, "reap", total=5, margin=1)
