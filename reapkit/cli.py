@@ -32,9 +32,10 @@ def load_model(name: str, *, dtype: str = "auto", device: str = "cpu"):
 
 
 def cmd_observe(args):
-    from .data import calibration_batches
+    from .data import DEFAULT_SPEC, calibration_batches
     from .observe import observe
 
+    args.data = args.data or DEFAULT_SPEC
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
     batches = calibration_batches(args.data, tokenizer, batch_size=args.batch_size, max_length=args.max_length)
     settings = {"spec": args.data, "batch_size": args.batch_size, "max_length": args.max_length, "model": args.model,
@@ -120,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("observe", help="record per-expert statistics over calibration data")
     model_args(p)
-    p.add_argument("--data", required=True, help="calibration spec, e.g. code:128,prose:64 or tokens.jsonl")
+    p.add_argument("--data", help="calibration spec, e.g. code:128,prose:64 or tokens.jsonl (default: the built-in mix)")
     p.add_argument("--out", required=True, help="observations folder to write")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-length", type=int, default=256)
