@@ -296,8 +296,10 @@ def evaluate_plans(model, plans: dict, batches, *, reference=None, progress: boo
     from .evaluate import evaluate, reconstruction_error, reference_outputs
     from .prune import mask_experts
 
-    if reference is None:
-        reference = reference_outputs(model, batches, progress=progress)
+    import torch
+
+    if reference is None:  # float32: the unpruned model agrees with itself exactly (agreement 1, KL 0)
+        reference = reference_outputs(model, batches, dtype=torch.float32, progress=progress)
     rows, errors = [], []
     base = evaluate(model, batches, reference=reference, progress=progress)
     rows.append(base.assign(ratio=0.0, criterion="none"))
