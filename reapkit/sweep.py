@@ -64,7 +64,7 @@ def run_notebook(notebook, parameters: dict | None, out_dir, *, kernel: str = "p
     `output_dir` and `figures_dir` default to `out_dir` and `out_dir/figures` when the notebook has
     those parameters and `parameters` does not set them. Relative paths in those two are resolved
     against the current directory; the kernel runs in it. `threads` limits the kernel's torch /
-    BLAS threads (OMP_NUM_THREADS). Raises papermill's `PapermillExecutionError` when a cell fails;
+    BLAS threads (OMP_NUM_THREADS; default: the environment's, else one less than the cores). Raises papermill's `PapermillExecutionError` when a cell fails;
     the executed notebook (with the traceback in the failing cell) is written either way.
     """
     import papermill as pm
@@ -84,6 +84,8 @@ def run_notebook(notebook, parameters: dict | None, out_dir, *, kernel: str = "p
         if isinstance(params.get(key), (str, Path)):
             params[key] = _abs(params[key])
     output = out_dir / notebook.name
+    if threads is None and "OMP_NUM_THREADS" not in os.environ:
+        threads = max(1, _cores() - 1)  # a spare core: oversubscribed torch threads run many times slower
     env_backup = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "MPLBACKEND")}
     if threads:
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
@@ -216,7 +218,7 @@ def run_sweep(params_yaml, *, jobs: int | None = None, progress: bool = True) ->
     cores = _cores()
     jobs = jobs or sweep["jobs"] or min(len(runs), cores)
     jobs = max(1, min(jobs, len(runs)))
-    threads = max(1, cores // jobs)
+    threads = max(1, (cores - 1) // jobs)
     root.mkdir(parents=True, exist_ok=True)
     notebook = str(sweep["notebook"].resolve())
     records = []
@@ -291,28 +293,30 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
 # Demo
 # --------------------------------------------------------------------------------------------
 
-def run_demo(figures_dir="figures", runs_dir="runs/demo", *, parameters: dict | None = None, progress: bool = True) -> None:
+def run_demo(figures_dir="figures", runs_dir="runs/demo", *, model: str = "demo", parameters: dict | None = None,
+             progress: bool = True) -> None:
     """Run notebooks 1-4 on the bundled demo model with their default parameters.
 
     Executed notebooks and tables go to `runs_dir/<notebook>/`, figures to `figures_dir/<notebook>/`
     (PNG and PDF); observations are cached in `runs_dir/cache` and shared by the four notebooks.
     Notebook 4 draws the paper figures from notebook 3's results table. `parameters` are passed to
-    every notebook that declares them (e.g. {"calibration": "code:8,prose:8"} for a quicker run).
+    every notebook that declares them (e.g. {"calibration": "code:8,prose:8"} for a quicker run);
+    `model` runs the same on another checkpoint of the same kind.
     """
     import papermill as pm
 
     from .demo import DEMO_PATH
 
-    if not (Path(DEMO_PATH) / "config.json").is_file():
+    if model == "demo" and not (Path(DEMO_PATH) / "config.json").is_file():
         raise FileNotFoundError(f"the demo model is missing from {DEMO_PATH}; build it with `python -m reapkit.demo train`")
     runs_dir, figures_dir = Path(runs_dir), Path(figures_dir)
     cache = runs_dir / "cache"
-    threads = _cores()
+    threads = max(1, _cores() - 1)
     start = time.perf_counter()
     for name in DEMO_NOTEBOOKS:
         notebook = NOTEBOOKS_DIR / f"{name}.ipynb"
         declared = pm.inspect_notebook(str(notebook))
-        params = {"output_dir": runs_dir / name, "figures_dir": figures_dir / name, "cache_dir": cache}
+        params = {"model": model, "output_dir": runs_dir / name, "figures_dir": figures_dir / name, "cache_dir": cache}
         if name == "04_paper_figures":
             params["results"] = _abs(runs_dir / "03_pruning" / "results.csv")
         params.update(parameters or {})

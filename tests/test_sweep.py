@@ -115,3 +115,21 @@ def test_run_demo_refuses_without_demo_model(monkeypatch, tmp_path):
     monkeypatch.setattr(reapkit.demo, "DEMO_PATH", tmp_path / "missing")
     with pytest.raises(FileNotFoundError, match="demo model"):
         sweep.run_demo(tmp_path / "f", tmp_path / "r")
+
+
+@pytest.mark.slow
+def test_run_demo_on_the_bundled_model(tmp_path):
+    from reapkit.demo import DEMO_PATH
+    from reapkit.sweep import DEMO_NOTEBOOKS, run_demo
+
+    if not (DEMO_PATH / "config.json").is_file():
+        pytest.skip("the bundled demo model is not built (python -m reapkit.demo train)")
+    quick = {"calibration": "code:4,tools:4,prose:4,math:4", "evaluation": "code:2,tools:2,prose:2,math:2",
+             "criteria": ["reap", "frequency"], "ratios": [0.5], "max_length": 64, "max_new_tokens": 4}
+    run_demo(tmp_path / "figures", tmp_path / "runs", parameters=quick, progress=False)
+    for name in DEMO_NOTEBOOKS:
+        assert (tmp_path / "runs" / name / f"{name}.ipynb").is_file()
+        pngs = list((tmp_path / "figures" / name).glob("*.png"))
+        assert pngs and all(p.stat().st_size > 0 and p.with_suffix(".pdf").is_file() for p in pngs)
+    assert (tmp_path / "runs" / "03_pruning" / "pruned_checkpoint" / "pruning_plan.json").is_file()
+    assert len(pd.read_csv(tmp_path / "runs" / "04_paper_figures" / "results.csv"))
