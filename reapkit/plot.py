@@ -748,3 +748,126 @@ def reconstruction_by_layer(frame: pd.DataFrame, *, hue: str = "criterion", styl
     ax.set_ylabel("relative L2 error")
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return ax
+
+
+# --------------------------------------------------------------------------------------------
+# The REAP study (reapkit.study): methods against compression, calibration sensitivity
+# --------------------------------------------------------------------------------------------
+
+#: Line style of each method of a study frame (column `method`); REAP is drawn bold.
+_METHOD_STYLE = {"prune": "-", "merge": "--", "global": ":"}
+_STUDY_COLORS = {"reap": "#c44e52", "frequency": "#4c72b0", "soft_frequency": "#64b5cd", "ean_mean": "#55a868",
+                 "random": "#8c8c8c", "m_smoe": "#8172b3", "hc_smoe": "#937860", "global_reap": "#da8bc3"}
+
+
+@_styled
+def study_curves(results: pd.DataFrame, *, metric: str = "loss", domain: str = "all", ax=None):
+    """`metric` against the fraction of experts removed, one line per method (`label` column of a
+    `reapkit.study.compression_study` frame): pruning criteria solid, merges dashed, the global
+    budget dotted, REAP bold; random pruning is the mean over seeds with a min-max band."""
+    fig, ax = _axes(ax)
+    ax.set_title(f"{metric} ({domain})" if domain else metric)
+    data = results if _is_empty(results) else _select(results, domain=domain)
+    if _is_empty(data) or metric not in data.columns or data[metric].dropna().empty:
+        return _no_data(ax)
+    key = "label" if "label" in data.columns else "criterion"
+    for i, name in enumerate(dict.fromkeys(data[key])):
+        part = data[data[key] == name]
+        stats = part.groupby("ratio")[metric].agg(["mean", "min", "max"]).sort_index()
+        method = part["method"].iloc[0] if "method" in part.columns else "prune"
+        color = _STUDY_COLORS.get(str(name), _PALETTE[i % 10])
+        ax.plot(stats.index, stats["mean"], marker="o", color=color, linestyle=_METHOD_STYLE.get(method, "-"),
+                linewidth=2.6 if name == "reap" else 1.4, zorder=3 if name == "reap" else 2,
+                label=str(name) + (f" (mean of {part['seed'].nunique()})" if name == "random" and "seed" in part else ""))
+        if (stats["max"] > stats["min"]).any():
+            ax.fill_between(stats.index, stats["min"], stats["max"], color=color, alpha=0.18, linewidth=0)
+    ax.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+    ax.set_xlabel("experts removed")
+    ax.set_ylabel({"kl": "KL to unpruned (nats)", "top1_agreement": "top-1 agreement"}.get(metric, metric))
+    return ax
+
+
+@_styled
+def study_figure(results: pd.DataFrame, *, metrics=("loss", "kl"), domains=None, fig=None):
+    """The study figure: a grid of :func:`study_curves`, one row per metric and one column per
+    domain ("all" first); one legend for the whole figure. Returns the Figure."""
+    metrics = [metrics] if isinstance(metrics, str) else list(metrics)
+    if _is_empty(results):
+        return _no_data_figure(fig, title="compression study")
+    if domains is None:
+        domains = sorted(dict.fromkeys(results["domain"]), key=lambda d: (d != "all", str(d)))
+    fig = fig or plt.figure(figsize=(2.9 * len(domains) + 1.6, 2.5 * len(metrics) + 0.4), layout="constrained")
+    axes = fig.subplots(len(metrics), len(domains), squeeze=False, sharex=True)
+    for i, metric in enumerate(metrics):
+        for j, domain in enumerate(domains):
+            ax = study_curves(results, metric=metric, domain=domain, ax=axes[i, j])
+            ax.set_title(str(domain) if i == 0 else "")
+            if j:
+                ax.set_ylabel("")
+            if i < len(metrics) - 1:
+                ax.set_xlabel("")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside right center")
+    return fig
+
+
+def _annotated_heatmap(ax, table: pd.DataFrame, *, cmap, fmt: str, vmin=None, vmax=None, label=""):
+    values = table.to_numpy(dtype=float)
+    image = ax.imshow(values, aspect="auto", interpolation="nearest", cmap=cmap, vmin=vmin, vmax=vmax)
+    ax.set_xticks(np.arange(table.shape[1]), [str(c) for c in table.columns], rotation=30, ha="right")
+    ax.set_yticks(np.arange(table.shape[0]), [str(r) for r in table.index])
+    for (r, c), v in np.ndenumerate(values):
+        if np.isfinite(v):
+            red, green, blue, _ = image.cmap(image.norm(v))
+            light = 0.2126 * red + 0.7152 * green + 0.0722 * blue > 0.5
+            ax.text(c, r, format(v, fmt), ha="center", va="center", fontsize=7, color="black" if light else "white")
+    ax.figure.colorbar(image, ax=ax, shrink=0.8, label=label)
+    return ax
+
+
+@_styled
+def calibration_heatmap(loss_matrix: pd.DataFrame, *, delta: bool = True, ax=None):
+    """Evaluation domain x calibration set (`reapkit.study.calibration_sensitivity`): the loss
+    after pruning, or with `delta` its increase over the unpruned model (column ``"unpruned"``)."""
+    fig, ax = _axes(ax, (4.4, 3.2))
+    if _is_empty(loss_matrix):
+        return _no_data(ax)
+    table = loss_matrix
+    if delta and "unpruned" in table.columns:
+        table = table.drop(columns="unpruned").sub(table["unpruned"], axis=0)
+    ax.set_title("loss increase after pruning" if delta else "loss after pruning")
+    _annotated_heatmap(ax, table, cmap="magma_r", fmt=".3g",
+                       label="Δ loss" if delta else "loss")
+    ax.set_xlabel("calibration set")
+    ax.set_ylabel("evaluation domain")
+    return ax
+
+
+@_styled
+def overlap_heatmap(overlap: pd.DataFrame, *, ax=None):
+    """Calibration set x calibration set: mean over layers of the Jaccard index of the kept experts."""
+    fig, ax = _axes(ax, (4.0, 3.2))
+    if _is_empty(overlap):
+        return _no_data(ax)
+    ax.set_title("kept-expert overlap (Jaccard)")
+    _annotated_heatmap(ax, overlap, cmap="viridis", fmt=".2f", vmin=0, vmax=1, label="Jaccard")
+    ax.set_xlabel("calibration set")
+    ax.set_ylabel("calibration set")
+    return ax
+
+
+@_styled
+def calibration_figure(loss_matrix: pd.DataFrame, overlap: pd.DataFrame, *, delta: bool = True, fig=None):
+    """:func:`calibration_heatmap` next to :func:`overlap_heatmap`. Returns the Figure."""
+    fig = fig or plt.figure(figsize=(9.6, 3.4), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    calibration_heatmap(loss_matrix, delta=delta, ax=left)
+    overlap_heatmap(overlap, ax=right)
+    ratio, criterion = loss_matrix.attrs.get("ratio"), loss_matrix.attrs.get("criterion")
+    if ratio is not None:
+        fig.suptitle(f"{criterion or 'reap'} pruning at {ratio:.0%}, calibrated on each set")
+    return fig
+
+
+__all__ += ["study_curves", "study_figure", "calibration_heatmap", "overlap_heatmap", "calibration_figure"]
