@@ -28,7 +28,7 @@ def _figures(folder: Path) -> dict[str, int]:
 # --------------------------------------------------------------------------------------------
 
 def test_all_notebooks_are_committed():
-    assert [p.stem for p in NOTEBOOKS] == NAMES
+    assert set(NAMES) <= {p.stem for p in NOTEBOOKS}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
