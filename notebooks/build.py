@@ -283,5 +283,120 @@ def main() -> None:
         print(path)
 
 
+# --------------------------------------------------------------------------------------------
+# 05_study (reapkit.study): the REAP paper's claims, tested on this model
+# --------------------------------------------------------------------------------------------
+
+STUDY_READING = """\
+## Reading of the demo model's results
+
+(Written by hand after running this notebook on the bundled demo model; see `summary.md` for the
+numbers of the run you are looking at.)"""
+
+NOTEBOOKS["05_study"] = [
+    ("md", "# 5. The REAP study\n\nThe REAP paper (arXiv:2510.13999) claims that (a) pruning by REAP beats pruning by "
+           "frequency or activation norm, and beats expert merging, most clearly at 50% compression, and (b) "
+           "calibration data decides which experts survive: a model pruned with calibration that lacks a domain "
+           "loses that domain. This notebook tests both on any model (`reapkit.study`).\n\n"
+           "(a) At each ratio: every pruning criterion (by masking the router), random pruning (mean and min-max over "
+           "seeds), M-SMoE- and HC-SMoE-style merging to the same number of experts per layer, and a non-uniform "
+           "plan keeping the same total number of experts (global budget, REAP scores). (b) REAP at 50% calibrated "
+           "on each single calibration domain and on their mix. Everything is measured on held-out data of each "
+           "domain: loss, KL to the unpruned model, top-1 agreement."),
+    ("parameters", '''\
+model = "demo"                  # "demo" (the bundled model), a local checkpoint or a hub name
+calibration = "code:16,tools:16,prose:16,math:16"   # calibration spec; its domains are the sets of study (b)
+evaluation = "code:16,tools:16,prose:16,math:16"    # held-out data (validation split of built-in domains)
+max_length = 128                # tokens per sample
+batch_size = 8
+seed = 0
+ratios = [0, 0.125, 0.25, 0.375, 0.5, 0.625]   # fractions of experts removed
+criteria = ["reap", "frequency", "soft_frequency", "ean_mean"]
+random_seeds = [0, 1, 2]        # random pruning, one run per seed ([] : none)
+merges = ["m_smoe", "hc_smoe"]  # merging baselines ([] : none)
+global_budget = True            # non-uniform plan with the same total (True: REAP scores; a criterion; False: none)
+margin = 0                      # global budget: every layer keeps at least top-k + margin experts
+sensitivity = True              # run study (b), calibration sensitivity
+sensitivity_ratio = 0.5
+sensitivity_criterion = "reap"
+output_dir = "runs/05_study"
+figures_dir = "figures/05_study"
+cache_dir = "runs/cache"        # observations are reused for the same model and tokens
+interactive = False             # True: pick metric and domain with ipywidgets (needs a live kernel)
+'''),
+    ("code", '''\
+from reapkit import study
+from reapkit.notebook import check_parameters
+
+P = check_parameters(globals(), study.PARAMETERS)
+P'''),
+    ("code", '''\
+import time
+
+from IPython.display import Markdown, display
+
+from reapkit import plot
+from reapkit.atomic import atomic_write_text
+from reapkit.data import calibration_batches
+from reapkit.notebook import Figures, load_model, write_table
+from reapkit.observe import observe_cached
+
+figures = Figures(P.figures_dir)
+start = time.perf_counter()'''),
+    ("md", "## Observations and held-out data"),
+    ("code", '''\
+model_, tokenizer = load_model(P.model)
+batches = calibration_batches(P.calibration, tokenizer, batch_size=P.batch_size, max_length=P.max_length, seed=P.seed)
+obs = observe_cached(model_, batches, P.cache_dir or f"{P.output_dir}/cache",
+                     calibration={"spec": P.calibration, "max_length": P.max_length, "seed": P.seed})
+eval_batches = calibration_batches(P.evaluation, tokenizer, batch_size=P.batch_size, max_length=P.max_length,
+                                   split="validation", seed=P.seed)
+print(f"calibration domains {obs.domains}, MoE layers {obs.layers}, experts {obs.num_experts}, top-k {obs.top_k}; "
+      f"{sum(b.num_tokens for b in eval_batches)} evaluation tokens")'''),
+    ("md", "## (a) Every method at every ratio\n\nLoss on all evaluation tokens; `study.csv` holds every domain "
+           "and metric, `results.csv` the same in the layout notebook 4 reads."),
+    ("code", '''\
+t0 = time.perf_counter()
+results = study.compression_study(model_, obs, eval_batches, ratios=P.ratios, criteria=P.criteria,
+                                  random_seeds=P.random_seeds, merges=P.merges, global_budget=P.global_budget,
+                                  margin=P.margin)
+print(f"{results.groupby(['label', 'seed', 'ratio'], dropna=False).ngroups} variants in {time.perf_counter() - t0:.0f} s")
+for note in results.attrs["notes"]:
+    print("skipped:", note)
+write_table(results.assign(model=P.model, calibration=P.calibration), P.output_dir, "study")
+write_table(study.results_table(results, model=P.model, calibration=P.calibration), P.output_dir, "results")
+results[results.domain == "all"].pivot_table(index="ratio", columns="label", values="loss", sort=False).round(4)'''),
+    ("code", 'figures.save(plot.study_figure(results, metrics=["loss", "kl"]), "study");'),
+    ("md", "## (b) Calibration sensitivity\n\nREAP at `sensitivity_ratio`, calibrated on each calibration domain "
+           "alone and on their mix (from the per-domain statistics of the observations above: the same as "
+           "calibrating on that domain alone). Left: loss increase over the unpruned model on each evaluation "
+           "domain; right: how many kept experts two calibration sets share."),
+    ("code", '''\
+sensitivity = None
+if P.sensitivity:
+    sensitivity = study.calibration_sensitivity(model_, tokenizer, eval_batches, domains=obs.domains, calibration=obs,
+                                                ratio=P.sensitivity_ratio, criterion=P.sensitivity_criterion, seed=P.seed)
+    loss_matrix, overlap = sensitivity
+    write_table(loss_matrix.reset_index(), P.output_dir, "sensitivity_loss")
+    write_table(overlap.reset_index(), P.output_dir, "sensitivity_overlap")
+    figures.save(plot.calibration_figure(loss_matrix, overlap), "calibration_sensitivity")
+    display(loss_matrix.round(4))'''),
+    ("md", "## What the numbers say\n\nGenerated from the tables above by `reapkit.study.summarise` (also written to "
+           "`summary.md`)."),
+    ("code", '''\
+summary = study.summarise(results, sensitivity)
+atomic_write_text(f"{P.output_dir}/summary.md", summary + "\\n")
+print(f"notebook run time {time.perf_counter() - start:.0f} s")
+Markdown(summary)'''),
+    ("code", '''\
+if P.interactive:
+    from ipywidgets import interact
+
+    interact(lambda metric, domain: plot.study_curves(results, metric=metric, domain=domain),
+             metric=["loss", "kl", "top1_agreement", "perplexity"], domain=sorted(set(results.domain)))'''),
+    ("md", STUDY_READING),
+]
+
+
 if __name__ == "__main__":
     main()
