@@ -206,3 +206,10 @@ def test_notebook_05_bad_parameter(tmp_path):
         check_parameters({**good, "merges": ["zip"]}, study.PARAMETERS)
     with pytest.raises(ParameterError, match="'global_budget'"):
         check_parameters({**good, "global_budget": "nope"}, study.PARAMETERS)
+
+
+def test_study_sweep_file_is_valid():
+    from reapkit.sweep import load_sweep
+
+    sweep = load_sweep(ROOT / "sweeps" / "study.yaml")
+    assert sweep["notebook"].name == "05_study.ipynb" and len(sweep["runs"]) == 3
