@@ -340,7 +340,7 @@ def summarise(results: pd.DataFrame, sensitivity=None, *, domain: str = "all", m
                     text += f" (not at {lost})"
                 big = diff.abs().idxmax()
                 text += (f"; the largest gap is at {_pct(big)}: {_num(diff[big], sign=True)} "
-                         f"({diff[big] / table.loc[big, 'reap']:+.1%} of REAP's {metric})")
+                         f"({diff[big] / table.loc[big, 'reap']:+.2%} of REAP's {metric})")
                 if kl is not None and label in kl:
                     kdiff = (kl[label] - kl["reap"]).dropna()
                     text += f"; KL to the unpruned model lower for REAP at {int((kdiff > 0).sum())} of {len(kdiff)}"
@@ -362,6 +362,17 @@ def summarise(results: pd.DataFrame, sensitivity=None, *, domain: str = "all", m
                     lines.append("- At 50% compression (the paper's headline ratio) REAP "
                                  + ("beats every baseline." if not losing else
                                     "does not beat " + ", ".join(f"`{label}`" for label in losing) + "."))
+            every = results[(results["ratio"] > 0) & (results["domain"] != domain)]
+            if not every.empty and "reap" in set(every["label"]):
+                r = min(every["ratio"].unique(), key=lambda v: (abs(v - 0.5), -v))
+                per = every[every["ratio"] == r].groupby(["domain", "label"])[metric].mean().unstack("label")
+                best = per.idxmin(axis=1)
+                won = [d for d in per.index if best[d] == "reap"]
+                lost = [f"{d} (best `{best[d]}`, {_num(per.loc[d, best[d]] - per.loc[d, 'reap'], sign=True)})"
+                        for d in per.index if best[d] != "reap"]
+                lines.append(f"- Per evaluation domain at {_pct(r)}: REAP has the lowest {metric} of all methods on "
+                             + (", ".join(won) if won else "no domain")
+                             + ("; not on " + ", ".join(lost) if lost else "") + ".")
     if sensitivity is not None:
         lines += ["", "### Calibration: which experts survive", ""]
         loss, overlap = sensitivity
