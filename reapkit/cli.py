@@ -100,8 +100,11 @@ def cmd_demo(args):
 def cmd_sweep(args):
     from .sweep import run_sweep
 
-    results = run_sweep(args.params, jobs=args.jobs)
-    print(f"{len(results)} result rows")
+    runs = run_sweep(args.params, jobs=args.jobs)
+    failed = runs[runs.status != "ok"]
+    print(f"{len(runs) - len(failed)} of {len(runs)} runs succeeded; see runs.csv and results.csv beside them")
+    if len(failed):
+        raise ValueError(f"{len(failed)} run(s) failed: {', '.join(failed.run_id)}")
 
 
 def cmd_architectures(args):
