@@ -761,10 +761,13 @@ _STUDY_COLORS = {"reap": "#c44e52", "frequency": "#4c72b0", "soft_frequency": "#
 
 
 @_styled
-def study_curves(results: pd.DataFrame, *, metric: str = "loss", domain: str = "all", ax=None):
+def study_curves(results: pd.DataFrame, *, metric: str = "loss", domain: str = "all", focus: bool = True, ax=None):
     """`metric` against the fraction of experts removed, one line per method (`label` column of a
     `reapkit.study.compression_study` frame): pruning criteria solid, merges dashed, the global
-    budget dotted, REAP bold; random pruning is the mean over seeds with a min-max band."""
+    budget dotted, REAP bold; random pruning is the mean over seeds with a min-max band.
+
+    `focus`: when random pruning is far worse than every other method, the y axis is fitted to the
+    other methods and a note gives random's range (otherwise their differences are invisible)."""
     fig, ax = _axes(ax)
     ax.set_title(f"{metric} ({domain})" if domain else metric)
     data = results if _is_empty(results) else _select(results, domain=domain)
@@ -781,6 +784,15 @@ def study_curves(results: pd.DataFrame, *, metric: str = "loss", domain: str = "
                 label=str(name) + (f" (mean of {part['seed'].nunique()})" if name == "random" and "seed" in part else ""))
         if (stats["max"] > stats["min"]).any():
             ax.fill_between(stats.index, stats["min"], stats["max"], color=color, alpha=0.18, linewidth=0)
+    others = data.loc[data[key] != "random", metric].dropna() if "random" in set(data[key]) else None
+    if focus and others is not None and not others.empty:
+        lo, hi = float(others.min()), float(others.max())
+        rand = data.loc[data[key] == "random", metric].dropna()
+        span = (hi - lo) or abs(hi) * 1e-3 or 1e-6
+        if rand.max() > hi + 2 * span or rand.min() < lo - 2 * span:
+            ax.set_ylim(lo - 0.15 * span, hi + 0.15 * span)
+            ax.text(0.02, 0.98, f"random: {rand.min():.3g}..{rand.max():.3g} (off scale)", transform=ax.transAxes,
+                    ha="left", va="top", fontsize=7, color=_STUDY_COLORS["random"])
     ax.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
     ax.set_xlabel("experts removed")
     ax.set_ylabel({"kl": "KL to unpruned (nats)", "top1_agreement": "top-1 agreement"}.get(metric, metric))
@@ -788,7 +800,7 @@ def study_curves(results: pd.DataFrame, *, metric: str = "loss", domain: str = "
 
 
 @_styled
-def study_figure(results: pd.DataFrame, *, metrics=("loss", "kl"), domains=None, fig=None):
+def study_figure(results: pd.DataFrame, *, metrics=("loss", "kl"), domains=None, focus: bool = True, fig=None):
     """The study figure: a grid of :func:`study_curves`, one row per metric and one column per
     domain ("all" first); one legend for the whole figure. Returns the Figure."""
     metrics = [metrics] if isinstance(metrics, str) else list(metrics)
@@ -800,7 +812,7 @@ def study_figure(results: pd.DataFrame, *, metrics=("loss", "kl"), domains=None,
     axes = fig.subplots(len(metrics), len(domains), squeeze=False, sharex=True)
     for i, metric in enumerate(metrics):
         for j, domain in enumerate(domains):
-            ax = study_curves(results, metric=metric, domain=domain, ax=axes[i, j])
+            ax = study_curves(results, metric=metric, domain=domain, focus=focus, ax=axes[i, j])
             ax.set_title(str(domain) if i == 0 else "")
             if j:
                 ax.set_ylabel("")
