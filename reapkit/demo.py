@@ -210,8 +210,30 @@ def _token_stream(tokenizer, domain: str, max_tokens: int) -> torch.Tensor:
     return torch.tensor(ids[:max_tokens], dtype=torch.long)
 
 
+def router_losses(router_logits, domain_of_token: torch.Tensor, top_k: int, num_domains: int):
+    """(balance, soft_mi), each averaged over MoE layers.
+
+    balance: the Switch load-balancing loss E * sum_i f_i * P_i / k per layer (1.0 when balanced). transformers'
+    `load_balancing_loss_func` concatenates all layers first, so imbalances of different layers cancel and
+    single layers can keep dead experts; this one balances every layer.
+    soft_mi: I(domain; expert) in nats of the router probabilities over the batch, H(mean p) - mean_d H(mean_d p).
+    Maximising it spreads the batch over all experts while each domain concentrates on its own subset.
+    """
+    balances, mis = [], []
+    for logits in router_logits:
+        probs = logits.float().softmax(-1)
+        num_experts = probs.shape[-1]
+        chosen = torch.nn.functional.one_hot(probs.topk(top_k, dim=-1).indices, num_experts).sum(1).float()
+        balances.append(num_experts * (chosen.mean(0) * probs.mean(0)).sum() / top_k)
+        def entropy(p):
+            return -(p * (p + 1e-9).log()).sum(-1)
+        per_domain = torch.stack([probs[domain_of_token == d].mean(0) for d in range(num_domains)])
+        mis.append(entropy(probs.mean(0)) - entropy(per_domain).mean())
+    return torch.stack(balances).mean(), torch.stack(mis).mean()
+
+
 def train(out: str | Path, *, seed: int = 0, tokens: int = 12_000_000, seq_len: int = 256, batch_size: int = 16,
-          lr: float = 3e-3, aux_coef: float = 0.01, vocab_size: int = 3072, moe_intermediate_size: int = 128,
+          lr: float = 3e-3, aux_coef: float = 0.01, mi_coef: float = 0.02, vocab_size: int = 3072, moe_intermediate_size: int = 128,
           threads: int = 2, log_every: int = 25, eval_samples: int = 64) -> dict:
     """Train tokenizer and model from `seed` and save them atomically to `out`; return the metrics."""
     from transformers import Qwen3MoeForCausalLM
@@ -228,6 +250,8 @@ def train(out: str | Path, *, seed: int = 0, tokens: int = 12_000_000, seq_len: 
     print("train tokens per domain:", {d: len(s) for d, s in streams.items()}, flush=True)
     config = build_config(tokenizer, aux_coef=aux_coef, moe_intermediate_size=moe_intermediate_size)
     model = Qwen3MoeForCausalLM(config)
+    model.router_aux_loss_coef = 0.0  # the per-layer losses below replace transformers' cross-layer one
+    domain_of_token = torch.arange(len(DOMAINS)).repeat_interleave(per_domain * seq_len)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {n_params:,} parameters, {steps} steps of {batch_size}x{seq_len}", flush=True)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
@@ -249,17 +273,18 @@ def train(out: str | Path, *, seed: int = 0, tokens: int = 12_000_000, seq_len: 
             rows.extend(s[i:i + seq_len] for i in starts.tolist())
         x = torch.stack(rows)
         outp = model(input_ids=x, labels=x, output_router_logits=True)
+        balance, mi_soft = router_losses(outp.router_logits, domain_of_token, config.num_experts_per_tok, len(DOMAINS))
+        loss = outp.loss + aux_coef * balance - mi_coef * mi_soft
         opt.zero_grad(set_to_none=True)
-        outp.loss.backward()
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
         if step % log_every == 0 or step == steps - 1:
-            aux = float(outp.aux_loss.detach()) if outp.aux_loss is not None else float("nan")
-            lm = float(outp.loss.detach()) - aux_coef * aux
             el = time.time() - t_train
-            rec = {"step": step, "tokens": (step + 1) * batch_size * seq_len, "lm_loss": round(lm, 4),
-                   "aux_loss": round(aux, 4), "lr": opt.param_groups[0]["lr"], "elapsed_s": round(el, 1)}
+            rec = {"step": step, "tokens": (step + 1) * batch_size * seq_len, "lm_loss": round(float(outp.loss.detach()), 4),
+                   "balance_loss": round(float(balance.detach()), 4), "soft_mi_nats": round(float(mi_soft.detach()), 4),
+                   "lr": opt.param_groups[0]["lr"], "elapsed_s": round(el, 1)}
             history.append(rec)
             print(json.dumps(rec), f"tok/s={rec['tokens'] / max(el, 1e-9):.0f}", flush=True)
     train_seconds = time.time() - t_train
@@ -267,7 +292,7 @@ def train(out: str | Path, *, seed: int = 0, tokens: int = 12_000_000, seq_len: 
     report = evaluate_demo(model, tokenizer, samples_per_domain=eval_samples)
     metrics = {
         "seed": seed, "tokens_seen": steps * batch_size * seq_len, "steps": steps, "seq_len": seq_len,
-        "batch_size": batch_size, "lr": lr, "aux_coef": aux_coef, "parameters": n_params,
+        "batch_size": batch_size, "lr": lr, "aux_coef": aux_coef, "mi_coef": mi_coef, "parameters": n_params,
         "train_seconds": round(train_seconds, 1), "total_seconds": round(time.time() - t0, 1),
         "threads": threads, "torch": torch.__version__, "history": history[:: max(1, len(history) // 60)] + history[-1:],
         "evaluation": {k: v for k, v in report.items() if k != "domain_expert_counts"},
@@ -376,6 +401,7 @@ def main(argv=None) -> int:
     t.add_argument("--tokens", type=int, default=12_000_000)
     t.add_argument("--lr", type=float, default=3e-3)
     t.add_argument("--aux-coef", type=float, default=0.01)
+    t.add_argument("--mi-coef", type=float, default=0.02)
     t.add_argument("--batch-size", type=int, default=16)
     t.add_argument("--seq-len", type=int, default=256)
     t.add_argument("--vocab-size", type=int, default=3072)
@@ -388,7 +414,7 @@ def main(argv=None) -> int:
     c.add_argument("--path", default=str(DEMO_PATH))
     args = p.parse_args(argv)
     if args.command == "train":
-        train(args.out, seed=args.seed, tokens=args.tokens, lr=args.lr, aux_coef=args.aux_coef, batch_size=args.batch_size,
+        train(args.out, seed=args.seed, tokens=args.tokens, lr=args.lr, aux_coef=args.aux_coef, mi_coef=args.mi_coef, batch_size=args.batch_size,
               seq_len=args.seq_len, vocab_size=args.vocab_size, moe_intermediate_size=args.moe_intermediate_size, threads=args.threads)
     elif args.command == "card":
         torch.set_num_threads(2)
