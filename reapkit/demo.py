@@ -363,7 +363,16 @@ def write_model_card(path: Path, model, metrics: dict, report: dict) -> None:
         f"- tokens seen: {metrics['tokens_seen']:,} ({metrics['steps']} steps of {metrics['batch_size']} x {metrics['seq_len']} "
         "tokens, each batch one quarter from each domain, random windows of the train-split token streams)",
         f"- AdamW (betas 0.9/0.95, weight decay 0.1 on matrices), peak lr {metrics['lr']}, linear warmup then cosine to 10%, "
-        f"grad clip 1.0, auxiliary load-balancing loss coefficient {metrics['aux_coef']}",
+        "grad clip 1.0",
+        f"- router losses, per MoE layer and averaged over layers (`reapkit.demo.router_losses`): a Switch load-balancing "
+        f"loss with coefficient {metrics['aux_coef']} (transformers' own `router_aux_loss_coef` term was switched off during "
+        "training because it pools all layers before balancing, which let single layers keep dead experts in a first run), "
+        + (f"and a domain-routing term with coefficient {metrics['mi_coef']} that maximises the mutual information between "
+           "the training domain and the router probabilities over each batch (H(mean p) - mean over domains of H(mean p | domain)). "
+           "The domain specialisation below is therefore encouraged on purpose, not only emergent: in a first run without this "
+           "term (5.0M tokens, transformers' pooled aux loss 0.01) I(domain; expert) was only 0.17-0.26 bits per layer "
+           "and 17 experts took under 1% of assignments."
+           if metrics.get("mi_coef") else "and no domain-routing term."),
         f"- training time: {metrics['train_seconds'] / 60:.1f} min on {metrics['threads']} CPU threads (torch {metrics['torch']}), "
         f"{metrics['total_seconds'] / 60:.1f} min in all with tokenizer and evaluation", "",
         "## Held-out evaluation (validation split)", "",
