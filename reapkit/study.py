@@ -38,8 +38,8 @@ CRITERIA = ("reap", "frequency", "soft_frequency", "ean_mean")
 MERGES = ("m_smoe", "hc_smoe")
 DOMAINS = ("code", "prose", "tools", "math")
 #: Columns of the `compression_study` frame, in order.
-COLUMNS = ["method", "criterion", "label", "seed", "ratio", "experts_kept", "experts_total", "domain", "tokens",
-           "loss", "perplexity", "kl", "top1_agreement"]
+COLUMNS = ["method", "criterion", "label", "seed", "ratio", "experts_kept", "experts_total", "kept_routing", "domain",
+           "tokens", "loss", "perplexity", "kl", "top1_agreement"]
 MIX = "mix"
 UNPRUNED = "unpruned"
 
@@ -85,7 +85,9 @@ def compression_study(model, obs, eval_batches, *, ratios=RATIOS, criteria=CRITE
     Returns a tidy frame with :data:`COLUMNS`: `method` (prune / merge / global), `criterion`
     (pruning criterion, ``random``, or merge method), `label` (criterion, or ``global_<criterion>``:
     one name per curve), `seed` (random pruning only), `ratio`, `experts_kept` (per layer; the
-    total over layers for global plans), `experts_total` (over all MoE layers), `domain` (each
+    total over layers for global plans), `experts_total` (over all MoE layers), `kept_routing` (pruning
+    only: the share of the calibration tokens' top-k assignments that went to the kept experts, mean
+    over layers; low when a criterion keeps rarely routed experts), `domain` (each
     evaluation domain and ``"all"``), `tokens`, `loss`, `perplexity`, `kl` (mean KL(unpruned ||
     variant), nats) and `top1_agreement`.
     """
@@ -107,6 +109,8 @@ def compression_study(model, obs, eval_batches, *, ratios=RATIOS, criteria=CRITE
     global_criterion = "reap" if global_budget is True else (check_criterion(global_budget) if global_budget else None)
     obs.check_model(model)
     sizes, top_k, n_layers = list(obs.num_experts), obs.top_k, len(obs.layers)
+    counts_seen = obs.pooled()["count"].double().numpy()
+    shares = counts_seen / np.maximum(counts_seen.sum(1, keepdims=True), 1)
 
     notes: list[str] = []
     jobs = []  # (method, criterion, seed, ratio)
@@ -142,7 +146,7 @@ def compression_study(model, obs, eval_batches, *, ratios=RATIOS, criteria=CRITE
                     merged = apply_merge(copy.deepcopy(model), plan)
                     frame = evaluate(merged, eval_batches, reference=reference, progress=False)
                     del merged
-                kept = counts[0]
+                kept, routing = counts[0], float("nan")
             else:
                 if method == "global":
                     plan = PruningPlan.from_global_budget(obs, criterion, total=total, margin=margin)
@@ -150,6 +154,7 @@ def compression_study(model, obs, eval_batches, *, ratios=RATIOS, criteria=CRITE
                 else:
                     plan = PruningPlan.from_observations(obs, criterion, ratio=ratio, seed=seed or 0)
                     kept = counts[0] if len(set(counts)) == 1 else total / n_layers
+                routing = float(np.mean([shares[pos, plan.kept[layer]].sum() for pos, layer in enumerate(obs.layers)]))
                 if not any(plan.removed(layer) for layer in plan.layers):
                     frame = base  # masking nothing is the model itself
                 else:
@@ -159,7 +164,7 @@ def compression_study(model, obs, eval_batches, *, ratios=RATIOS, criteria=CRITE
             notes.append(f"{method} {criterion} at ratio {ratio:g}: skipped ({error})")
             continue
         frames.append(frame.assign(method=method, criterion=criterion, label=_label(method, criterion), seed=seed,
-                                   ratio=ratio, experts_kept=kept, experts_total=total))
+                                   ratio=ratio, experts_kept=kept, experts_total=total, kept_routing=routing))
     if frames:
         results = pd.concat(frames, ignore_index=True)
     else:
@@ -362,6 +367,11 @@ def summarise(results: pd.DataFrame, sensitivity=None, *, domain: str = "all", m
                     lines.append("- At 50% compression (the paper's headline ratio) REAP "
                                  + ("beats every baseline." if not losing else
                                     "does not beat " + ", ".join(f"`{label}`" for label in losing) + "."))
+            if "kept_routing" in data.columns and 0.5 in table.index:
+                routing = data[(data["ratio"] == 0.5)].groupby("label")["kept_routing"].mean().dropna()
+                if "reap" in routing.index and len(routing) > 1:
+                    lines.append("- Share of the calibration tokens' expert assignments that the kept experts received, at 50%: "
+                                 + ", ".join(f"`{label}` {value:.0%}" for label, value in routing.items()) + ".")
             every = results[(results["ratio"] > 0) & (results["domain"] != domain)]
             if not every.empty and "reap" in set(every["label"]):
                 r = min(every["ratio"].unique(), key=lambda v: (abs(v - 0.5), -v))

@@ -76,6 +76,9 @@ def test_ratio_zero_is_the_unpruned_model_for_every_method(setup):
     assert (zero.kl.abs() < 1e-6).all() and (zero.top1_agreement == 1).all()
     assert np.isfinite(results[["loss", "perplexity", "kl", "top1_agreement"]].to_numpy(float)).all()
     assert (results[results.ratio > 0].groupby("label").kl.max() > 0).all()  # every method changes the model
+    pruned = results[results.method != "merge"]
+    assert np.allclose(pruned[pruned.ratio == 0].kept_routing, 1) and (pruned.kept_routing <= 1 + 1e-9).all()
+    assert results[results.method == "merge"].kept_routing.isna().all()
 
 
 def test_merges_keep_as_many_experts_as_pruning_and_global_keeps_the_total(setup):
