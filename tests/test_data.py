@@ -123,7 +123,7 @@ def test_converter(schema, tmp_path, tok):
     records = data.load_records(path)
     assert data.detect_schema(records[0]).name == schema
     sample = data.to_sample(records[0])
-    batches = data.calibration_batches(f"mine@{path}:2", tok, batch_size=4, max_length=512)
+    batches = data.calibration_batches(f"mine@{path}:1", tok, batch_size=4, max_length=512)
     assert [b.domain for b in batches] == ["mine"]
     ids = batches[0].input_ids[0][batches[0].attention_mask[0].bool()].tolist()
     text = tok.decode(ids)

@@ -61,7 +61,7 @@ def test_worth_studying(loaded):
     assert sum(mi >= 0.35 for mi in report["mutual_information_bits"]) >= 2
     for d in demo.DOMAINS:
         assert report["loss"][d] < 0.8 * report["unigram_loss"][d], d
-    shares = torch.tensor(report["expert_share"])
+    shares = torch.tensor(report["expert_share"], dtype=torch.float64)
     assert torch.allclose(shares.sum(1), torch.ones(4, dtype=torch.float64))
 
 
