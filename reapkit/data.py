@@ -589,8 +589,8 @@ def to_sample(record: dict, schema: _Schema | None = None) -> str | list[dict]:
 def load_records(source: str | Path) -> list[dict]:
     """Records of a data set through `datasets`: a local .json/.jsonl/.parquet file or a hub name (split "train").
 
-    A hub name may carry a split after '#', e.g. ``openai/gsm8k#test``; hub configs are not supported here
-    (download the file and pass its path).
+    A hub name may carry a split after '#' and a config before it: ``org/name#split`` or
+    ``org/name#config#split``, e.g. ``openai/gsm8k#main#test``.
     """
     import datasets
 
@@ -607,8 +607,11 @@ def load_records(source: str | Path) -> list[dict]:
         builder = "parquet" if suffix == ".parquet" else "json"
         ds = datasets.load_dataset(builder, data_files=str(path), split="train")
     else:
-        name, _, split = text.partition("#")
-        ds = datasets.load_dataset(name, split=split or "train")
+        parts = text.split("#")
+        if len(parts) > 3:
+            raise ValueError(f"cannot read hub data set {text!r}: write org/name, org/name#split or org/name#config#split")
+        name, config, split = parts[0], (parts[1] if len(parts) == 3 else None), (parts[-1] if len(parts) > 1 else "train")
+        ds = datasets.load_dataset(name, config, split=split or "train")
     records = [dict(r) for r in ds]
     if not records:
         raise ValueError(f"data set {source} holds no records")
