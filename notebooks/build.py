@@ -325,9 +325,16 @@ single-domain calibration sets keep different experts (mean Jaccard 0.38 over la
 0.23). The four-domain mix (4x the tokens of each single set) is a compromise: 3.99 on all domains,
 best on none.
 
+**The verdict on REAP against frequency depends on the calibration mix.** `sweeps/study.yaml`
+(this notebook with three calibration mixes, same evaluation set) gives at 50%, loss on all
+domains: balanced mix, REAP 3.99 against frequency 3.87; code + tools only (the published REAP
+recipe), REAP 4.19 against 3.96; prose + math only, REAP 3.64 against 4.66, where REAP beats every
+uniform baseline (pruning and merging) at every ratio by 0.18-1.39 nats and only the global REAP
+budget does better (at 4 of 5 ratios). Random pruning needs no calibration: 4.61 in all three.
+
 One small model, one training seed, one evaluation sample: this reproduces claim (b) and the part
-of claim (a) about activation norm, random pruning and merging, not REAP's advantage over
-frequency."""
+of claim (a) about activation norm, random pruning and merging; REAP's advantage over frequency
+holds only for one of the three calibration mixes tried."""
 
 NOTEBOOKS["05_study"] = [
     ("md", "# 5. The REAP study\n\nThe REAP paper (arXiv:2510.13999) claims that (a) pruning by REAP beats pruning by "
