@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: setup demo study test benchmark clean
+.PHONY: setup demo test benchmark clean
 
 setup: $(STAMP)
 
@@ -17,11 +17,6 @@ $(STAMP): pyproject.toml
 
 demo: setup
 	$(PY) -m reapkit demo
-
-# The REAP study (notebook 05: methods vs compression, calibration sensitivity) on the demo model,
-# about 2 minutes on 2 cores; tables and summary.md in runs/demo/05_study, figures in figures/05_study.
-study: setup
-	$(PY) -c "from reapkit.sweep import run_notebook; run_notebook('notebooks/05_study.ipynb', {'output_dir': 'runs/demo/05_study', 'figures_dir': 'figures/05_study', 'cache_dir': 'runs/demo/cache'}, 'runs/demo/05_study')"
 
 test: setup
 	$(PY) -m pytest -q -n 2

@@ -2,7 +2,7 @@
 
     >>> run_notebook("notebooks/03_pruning.ipynb", {"ratios": [0.5]}, "runs/one")   # -> runs/one/03_pruning.ipynb
     >>> summary = run_sweep("sweeps/ratios.yaml", jobs=2)     # one row per run: status, error, notebook
-    >>> run_demo()                                            # notebooks 1-4 on the demo model -> figures/
+    >>> run_demo()                                            # notebooks 1-5 on the demo model -> figures/
 
 A sweep file (YAML)::
 
@@ -38,7 +38,7 @@ __all__ = ["SWEEP_KEYS", "NOTEBOOKS_DIR", "DEMO_NOTEBOOKS", "SweepError", "check
 
 SWEEP_KEYS = ("name", "notebook", "parameters", "grid", "jobs", "runs_dir", "description", "kernel", "timeout")
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
-DEMO_NOTEBOOKS = ("01_saliency", "02_clusters", "03_pruning", "04_paper_figures")
+DEMO_NOTEBOOKS = ("01_saliency", "02_clusters", "03_pruning", "04_paper_figures", "05_study")
 RESULT_FILES = ("results.csv", "results.parquet")
 
 
@@ -295,7 +295,7 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
 
 def run_demo(figures_dir="figures", runs_dir="runs/demo", *, model: str = "demo", parameters: dict | None = None,
              progress: bool = True) -> None:
-    """Run notebooks 1-4 on the bundled demo model with their default parameters.
+    """Run notebooks 1-5 on the bundled demo model with their default parameters.
 
     Executed notebooks and tables go to `runs_dir/<notebook>/`, figures to `figures_dir/<notebook>/`
     (PNG and PDF); observations are cached in `runs_dir/cache` and shared by the four notebooks.

@@ -1,8 +1,15 @@
+import os
 import sys
 from pathlib import Path
 
-import pytest
-import torch
+# Two test workers share two cores: one thread each (also for the subprocesses and notebook
+# kernels they start); oversubscribed torch threads run many times slower here.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 sys.path.insert(0, str(Path(__file__).parent))
 
