@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: setup demo test benchmark clean
+.PHONY: setup demo test sweep benchmark clean
 
 setup: $(STAMP)
 
@@ -20,6 +20,11 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q -n 2
+
+# make sweep SWEEP=sweeps/study.yaml   (papermill runs over a grid; results in runs/<name>/)
+SWEEP ?= sweeps/ratios.yaml
+sweep: setup
+	$(PY) -m reapkit sweep $(SWEEP)
 
 benchmark: setup
 	$(PY) benchmarks/observe_overhead.py
