@@ -45,6 +45,7 @@ import torch
 from .arch import architecture_for
 from .atomic import atomic_write_text
 from .plan import PruningPlan
+from .prune import check_plan, remove_experts
 
 __all__ = ["MergePlan", "METHODS", "merge_experts", "plan_merge", "apply_merge"]
 
@@ -194,17 +195,11 @@ def plan_merge(model, obs, *, method: str, keep: int, seed: int = 0) -> MergePla
 @torch.no_grad()
 def apply_merge(model, plan: MergePlan):
     """Merge `model`'s experts in place as `plan` says; returns the model (now `plan.keep` experts per layer)."""
-    arch = architecture_for(model)
-    blocks = dict(arch.moe_blocks(model))
+    pruning = plan.to_pruning_plan()
+    arch, blocks = check_plan(model, pruning)
     for layer in plan.layers:
-        if layer not in blocks:
-            raise ValueError(f"the merge plan names layer {layer}, which is not an MoE layer of this model (MoE layers: {sorted(blocks)})")
         total = plan.num_experts[layer]
         experts = arch.experts_of(blocks[layer])
-        have = getattr(experts, "num_experts", None)
-        if have is not None and have != total:
-            raise ValueError(f"the merge plan was made for {total} experts in layer {layer} but the model has {have}; "
-                             "apply merge plans to the model they were made for (the unmerged model)")
         tensors = [t for _, t in list(experts.named_parameters(recurse=False)) + list(experts.named_buffers(recurse=False))
                    if t.dim() and t.shape[0] == total]
         for members, rep, w in zip(plan.groups[layer], plan.representatives[layer], plan.weights[layer]):
@@ -215,9 +210,7 @@ def apply_merge(model, plan: MergePlan):
                 weight = torch.tensor(w, dtype=torch.float32, device=tensor.device).view(-1, *[1] * (tensor.dim() - 1))
                 merged = (tensor.data[index.to(tensor.device)].float() * weight).sum(0)
                 tensor.data[rep] = merged.to(tensor.dtype)
-    from .prune import remove_experts
-
-    return remove_experts(model, plan.to_pruning_plan())
+    return remove_experts(model, pruning)
 
 
 def merge_experts(model, obs, *, method: str, keep: int, seed: int = 0) -> MergePlan:

@@ -37,7 +37,8 @@ class _AddToRouterLogits(TorchFunctionMode):
         return out
 
 
-def _check_plan(model, plan: PruningPlan):
+def check_plan(model, plan: PruningPlan):
+    """The architecture and `{layer: block}` of `model`, after checking `plan` was made for it."""
     arch = architecture_for(model)
     blocks = dict(arch.moe_blocks(model))
     for layer in plan.layers:
@@ -55,7 +56,7 @@ def _check_plan(model, plan: PruningPlan):
 @contextlib.contextmanager
 def mask_experts(model, plan: PruningPlan):
     """Context manager: inside it, the router of each layer cannot select the plan's removed experts."""
-    arch, blocks = _check_plan(model, plan)
+    arch, blocks = check_plan(model, plan)
     saved_bias, routers = [], []
     try:
         for layer in plan.layers:
@@ -92,7 +93,7 @@ def _masked_forward(forward, mode):
 @torch.no_grad()
 def remove_experts(model, plan: PruningPlan):
     """Remove the plan's pruned experts from `model` in place and update every cached expert count."""
-    arch, blocks = _check_plan(model, plan)
+    arch, blocks = check_plan(model, plan)
     for layer in plan.layers:
         block, total = blocks[layer], plan.num_experts[layer]
         kept = plan.kept[layer]
