@@ -371,7 +371,7 @@ interactive = False             # True: pick metric and domain with ipywidgets (
 from reapkit import study
 from reapkit.notebook import check_parameters
 
-P = check_parameters(globals(), study.PARAMETERS)
+P = check_parameters(globals(), "05_study")
 P'''),
     ("code", '''\
 import time

@@ -143,6 +143,18 @@ _COMMON = {
     "interactive": _bool,
 }
 
+def _merge_method(value):
+    from .merge import METHODS
+
+    if value not in METHODS:
+        raise ValueError(f"unknown merge method; choose from {', '.join(METHODS)}")
+    return value
+
+
+def _global_budget(value):
+    return value if isinstance(value, bool) else _criterion(value)
+
+
 #: Parameter names and checks of each notebook.
 SCHEMAS = {
     "01_saliency": {**_COMMON, "criteria": _list_of(_criterion), "ratios": _list_of(_ratio)},
@@ -153,6 +165,11 @@ SCHEMAS = {
                    "max_new_tokens": _int(0)},
     "04_paper_figures": {**_COMMON, "results": _results, "criteria": _list_of(_criterion), "ratio": _ratio,
                          "metrics": _list_of(_str)},
+    "05_study": {**{k: v for k, v in _COMMON.items() if k != "layers"}, "evaluation": _spec,
+                 "ratios": _list_of(_ratio), "criteria": _list_of(_criterion),
+                 "random_seeds": _list_of(_int(0), allow_empty=True), "merges": _list_of(_merge_method, allow_empty=True),
+                 "global_budget": _global_budget, "margin": _int(0), "sensitivity": _bool,
+                 "sensitivity_ratio": _ratio, "sensitivity_criterion": _criterion},
 }
 
 

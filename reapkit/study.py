@@ -30,7 +30,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-__all__ = ["RATIOS", "CRITERIA", "MERGES", "COLUMNS", "PARAMETERS", "compression_study", "calibration_sensitivity",
+__all__ = ["RATIOS", "CRITERIA", "MERGES", "COLUMNS", "compression_study", "calibration_sensitivity",
            "kept_overlap", "summarise", "results_table"]
 
 RATIOS = (0.0, 0.125, 0.25, 0.375, 0.5, 0.625)
@@ -417,34 +417,3 @@ def summarise(results: pd.DataFrame, sensitivity=None, *, domain: str = "all", m
             lines.append(f"- Kept experts shared by two single-domain calibration sets (mean Jaccard over layers): "
                          f"{np.mean(list(values.values())):.2f} on average, least for {low[0]} / {low[1]} ({values[low]:.2f}).")
     return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------------------------
-# Notebook parameters (notebooks/05_study.ipynb)
-# --------------------------------------------------------------------------------------------
-
-def _merge_method(value):
-    from .merge import METHODS
-
-    if value not in METHODS:
-        raise ValueError(f"unknown merge method; choose from {', '.join(METHODS)}")
-    return value
-
-
-def _global_budget(value):
-    from .notebook import _criterion
-
-    return value if isinstance(value, bool) else _criterion(value)
-
-
-def _parameters() -> dict:
-    from .notebook import _COMMON, _bool, _criterion, _int, _list_of, _ratio, _spec
-
-    return {**{k: v for k, v in _COMMON.items() if k != "layers"}, "evaluation": _spec, "ratios": _list_of(_ratio),
-            "criteria": _list_of(_criterion), "random_seeds": _list_of(_int(0), allow_empty=True),
-            "merges": _list_of(_merge_method, allow_empty=True), "global_budget": _global_budget, "margin": _int(0),
-            "sensitivity": _bool, "sensitivity_ratio": _ratio, "sensitivity_criterion": _criterion}
-
-
-#: Parameter names and checks of notebooks/05_study.ipynb (`reapkit.notebook.check_parameters(globals(), PARAMETERS)`).
-PARAMETERS = _parameters()

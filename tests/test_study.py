@@ -204,11 +204,11 @@ def test_notebook_05_bad_parameter(tmp_path):
                 output_dir="o", figures_dir="f", cache_dir=None, interactive=False, ratios=[0, 0.5], criteria=["reap"],
                 random_seeds=[], merges=[], global_budget=False, margin=0, sensitivity=True, sensitivity_ratio=0.5,
                 sensitivity_criterion="reap")
-    assert check_parameters(good, study.PARAMETERS).merges == []
+    assert check_parameters(good, "05_study").merges == []
     with pytest.raises(ParameterError, match="'merges'.*unknown merge method"):
-        check_parameters({**good, "merges": ["zip"]}, study.PARAMETERS)
+        check_parameters({**good, "merges": ["zip"]}, "05_study")
     with pytest.raises(ParameterError, match="'global_budget'"):
-        check_parameters({**good, "global_budget": "nope"}, study.PARAMETERS)
+        check_parameters({**good, "global_budget": "nope"}, "05_study")
 
 
 def test_study_sweep_file_is_valid():
