@@ -90,8 +90,17 @@ def run_notebook(notebook, parameters: dict | None, out_dir, *, kernel: str = "p
     if threads:
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
     try:
-        pm.execute_notebook(str(notebook), str(output), parameters=params, kernel_name=kernel, progress_bar=False,
-                            log_output=log_output, execution_timeout=timeout, cwd=os.getcwd())
+        for attempt in (1, 2):  # a kernel that dies or never starts (port races under load) gets one retry
+            try:
+                pm.execute_notebook(str(notebook), str(output), parameters=params, kernel_name=kernel,
+                                    progress_bar=False, log_output=log_output, execution_timeout=timeout,
+                                    start_timeout=300, cwd=os.getcwd())
+                break
+            except pm.PapermillExecutionError:
+                raise
+            except (RuntimeError, TimeoutError):
+                if attempt == 2:
+                    raise
     finally:
         for k, v in env_backup.items():
             if v is None:
