@@ -1,6 +1,7 @@
 """The `reapkit` command line (also `python -m reapkit`).
 
     reapkit observe MODEL --data code:128,tools:64 --out runs/obs
+    reapkit combine runs/obs-shard0 runs/obs-shard1 --out runs/obs      # observations add up
     reapkit scores runs/obs --criterion reap --csv scores.csv
     reapkit prune MODEL --observations runs/obs --criterion reap --ratio 0.25 --out pruned/
     reapkit demo                      # notebooks on the bundled demo model, figures in figures/
@@ -44,6 +45,17 @@ def cmd_observe(args):
     obs.save(args.out, force=args.force)
     tokens = sum(obs.meta["calibration"]["tokens"].values())
     print(f"observed {tokens} tokens in {len(obs.domains)} domain(s) {obs.domains} over {len(obs.layers)} MoE layers -> {args.out}")
+
+
+def cmd_combine(args):
+    from functools import reduce
+
+    from .observations import Observations
+
+    total = reduce(lambda a, b: a + b, [Observations.load(path) for path in args.observations])
+    total.save(args.out, force=args.force)
+    tokens = {d: int(total.stats[d]["tokens"][0]) for d in total.domains}
+    print(f"combined {len(args.observations)} observations: tokens per domain {tokens} -> {args.out}")
 
 
 def cmd_scores(args):
@@ -131,6 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
     p.set_defaults(func=cmd_observe)
+
+    p = sub.add_parser("combine", help="add observations of the same model made on different data shards")
+    p.add_argument("observations", nargs="+")
+    p.add_argument("--out", required=True)
+    p.add_argument("--force", action="store_true", help="replace an existing output folder")
+    p.set_defaults(func=cmd_combine)
 
     p = sub.add_parser("scores", help="expert saliency from saved observations")
     p.add_argument("observations")

@@ -78,3 +78,24 @@ def test_unknown_architecture_is_explained(tmp_path):
     assert run.returncode == 2
     assert "does not know the MoE architecture 'llama'" in run.stderr and "register_architecture" in run.stderr
     assert "qwen3_moe" in run.stderr
+
+
+def test_combine_shards_equals_one_pass(tmp_path, capsys):
+    from reapkit.cli import main
+    from reapkit.data import pad_batches
+    from reapkit.observations import Observations
+    from reapkit.observe import observe
+
+    model = tiny_model("olmoe")
+    g = torch.Generator().manual_seed(1)
+    seqs = [torch.randint(3, 96, (n,), generator=g).tolist() for n in (6, 9, 4, 8)]
+    shards = [pad_batches(seqs[:2], "code", 2), pad_batches(seqs[2:], "code", 2) + pad_batches(seqs[:1], "math", 1)]
+    for i, shard in enumerate(shards):
+        observe(model, shard, progress=False).save(tmp_path / f"shard{i}")
+    assert main(["combine", str(tmp_path / "shard0"), str(tmp_path / "shard1"), "--out", str(tmp_path / "all")]) == 0
+    combined, whole = Observations.load(tmp_path / "all", model=model), observe(model, shards[0] + shards[1], progress=False)
+    for d in whole.domains:
+        for k in whole.stats[d]:
+            torch.testing.assert_close(combined.stats[d][k], whole.stats[d][k])
+    assert main(["combine", str(tmp_path / "shard0"), "--out", str(tmp_path / "all")]) == 2
+    assert "--force" in capsys.readouterr().err
