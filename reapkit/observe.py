@@ -56,7 +56,7 @@ class _Recorder:
 
     def record_router(self, pos: int, probs: torch.Tensor):
         acc, valid = self.current, self.valid
-        acc["prob_sum"][pos] += (probs.to(torch.float64) * valid[:, None]).sum(0)
+        acc["prob_sum"][pos, : probs.shape[1]] += (probs.to(torch.float64) * valid[:, None]).sum(0)
         acc["tokens"][pos] += valid.sum()
 
     def record_routed(self, pos, expert_ids, gates, outputs, token_ids, selected=None):

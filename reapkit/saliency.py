@@ -72,8 +72,9 @@ def scores_frame(obs: Observations, criteria=("reap",), *, per_domain: bool = Tr
         for name, domains in views:
             values = score(obs, criterion, domains=domains, seed=seed)
             layers, experts = np.meshgrid(obs.layers, np.arange(values.shape[1]), indexing="ij")
+            present = experts < np.asarray(obs.num_experts)[:, None]  # layers of a non-uniform model differ
             frames.append(pd.DataFrame({
-                "layer": layers.ravel(), "expert": experts.ravel(), "domain": name,
-                "criterion": criterion, "value": values.ravel(),
+                "layer": layers[present], "expert": experts[present], "domain": name,
+                "criterion": criterion, "value": values[present],
             }))
     return pd.concat(frames, ignore_index=True)

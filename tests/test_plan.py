@@ -78,3 +78,16 @@ def test_grouped_routing_keeps_equal_counts_per_group(batches):
         PruningPlan.from_observations(obs, "reap", keep=5)
     with pytest.raises(ValueError, match="at least 2 experts"):
         PruningPlan.from_observations(obs, "reap", keep=2)
+
+
+def test_scores_of_a_non_uniform_model_list_only_existing_experts(batches):
+    from reapkit.prune import remove_experts
+
+    model = tiny_model("qwen3_moe")
+    plan = PruningPlan.from_observations(observe(model, batches, progress=False), "reap", counts={0: 4, 1: 6})
+    remove_experts(model, plan)
+    obs = observe(model, batches, progress=False)
+    assert obs.num_experts == [4, 6]
+    frame = scores_frame(obs, "frequency", per_domain=False)
+    assert frame.groupby("layer").expert.max().tolist() == [3, 5]
+    assert frame.value.sum() == obs.pooled()["count"].sum()
