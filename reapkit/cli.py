@@ -13,23 +13,7 @@ import argparse
 import sys
 import time
 
-
-def load_model(name: str, *, dtype: str = "auto", device: str = "cpu"):
-    """A causal LM and its tokenizer (None when the folder has none) from a path or hub name; `demo` = bundled model."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if name == "demo":
-        from .demo import DEMO_PATH
-
-        name = str(DEMO_PATH)
-    torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
-    model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype).to(device).eval()
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(name)
-    except (OSError, ValueError, TypeError):
-        tokenizer = None
-    return model, tokenizer
+from .loading import load_model
 
 
 def cmd_observe(args):
@@ -92,12 +76,7 @@ def cmd_prune(args):
     plan = _plan(args, obs)
     plan.provenance["source_model"] = args.model
     remove_experts(model, plan)
-    import json
-    from pathlib import Path
-
-    source = Path(args.model) / "config.json"
-    source_config = json.loads(source.read_text()) if source.is_file() else None
-    save_pruned(model, plan, args.out, tokenizer=tokenizer, force=args.force, source_config=source_config)
+    save_pruned(model, plan, args.out, tokenizer=tokenizer, force=args.force)
     kept = {layer: len(k) for layer, k in plan.kept.items()}
     print(f"pruned with {plan.criterion}: experts per layer {plan.num_experts} -> {kept}; "
           f"saved to {args.out} in {time.perf_counter() - start:.1f}s")

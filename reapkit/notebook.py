@@ -19,6 +19,8 @@ from types import SimpleNamespace
 
 import pandas as pd
 
+from .loading import load_model  # noqa: F401  (re-exported: notebooks load models through here)
+
 __all__ = ["ParameterError", "SCHEMAS", "check_parameters", "moe_layers", "load_model", "Figures", "write_table", "read_results",
            "evaluate_plans", "DEFAULT_PROMPTS"]
 
@@ -219,34 +221,6 @@ def moe_layers(obs, layers=None) -> list[int]:
 # --------------------------------------------------------------------------------------------
 # Models, figures and tables
 # --------------------------------------------------------------------------------------------
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
-
-
-def load_model(model: str, *, dtype="float32"):
-    """(model, tokenizer or None) in eval mode: "demo" is the bundled demo model, anything else a
-    local checkpoint or a hub name. Checkpoints without a tokenizer give None (use token-id data)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if model == "demo":
-        from .demo import DEMO_PATH
-
-        model = str(DEMO_PATH)
-        if not (DEMO_PATH / "config.json").is_file():
-            raise FileNotFoundError(f"the demo model is missing from {DEMO_PATH}; build it with `python -m reapkit.demo train`")
-    torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
-    loaded = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype).eval()
-    tokenizer = None
-    local = Path(model)
-    has_files = not local.is_dir() or any((local / f).is_file() for f in TOKENIZER_FILES)
-    if has_files:
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(model)
-        except (OSError, ValueError, TypeError, KeyError):
-            tokenizer = None
-    return loaded, tokenizer
-
 
 class Figures:
     """Saves figures of one run into `folder` as PNG and PDF (see `reapkit.plot.save_figure`).

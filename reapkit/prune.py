@@ -128,11 +128,12 @@ def _set_counts(obj, old: int, new: int):
             setattr(obj, name, new)
 
 
-def save_pruned(model, plan: PruningPlan, out, *, tokenizer=None, force: bool = False, source_config: dict | None = None) -> Path:
+def save_pruned(model, plan: PruningPlan, out, *, tokenizer=None, force: bool = False) -> Path:
     """Save a model whose experts were removed as a stock checkpoint plus `pruning_plan.json`.
 
-    `config.json` carries the new expert count under the architecture's published key (and under
-    any count key the source config used), so older loaders read the right number.
+    `config.json` carries the new expert count under the architecture's published key and under
+    any count key the source checkpoint's config used (read from `model.name_or_path`), so older
+    loaders (transformers 4.x, vLLM) read the right number.
     """
     if not plan.is_uniform:
         raise ValueError(
@@ -148,7 +149,9 @@ def save_pruned(model, plan: PruningPlan, out, *, tokenizer=None, force: bool = 
             tokenizer.save_pretrained(tmp)
         config_path = tmp / "config.json"
         config = json.loads(config_path.read_text())
-        keys = {arch.num_experts_key} | {k for k in EXPERT_COUNT_NAMES if k in config or k in (source_config or {})}
+        source = Path(model.name_or_path) / "config.json" if getattr(model, "name_or_path", "") else None
+        source_config = json.loads(source.read_text()) if source is not None and source.is_file() else {}
+        keys = {arch.num_experts_key} | {k for k in EXPERT_COUNT_NAMES if k in config or k in source_config}
         config.update({key: new for key in keys})
         config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         plan.save(tmp / "pruning_plan.json")
@@ -157,17 +160,11 @@ def save_pruned(model, plan: PruningPlan, out, *, tokenizer=None, force: bool = 
 
 def prune_checkpoint(model_path, plan: PruningPlan, out, *, force: bool = False, dtype="auto") -> Path:
     """Load `model_path`, remove the plan's experts and save to `out`; the source is never written."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from .loading import load_model
 
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
-    source = Path(model_path) / "config.json"
-    source_config = json.loads(source.read_text()) if source.is_file() else None
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model_path)
-    except (OSError, ValueError, TypeError):
-        tokenizer = None
+    model, tokenizer = load_model(model_path, dtype=dtype)
     remove_experts(model, plan)
-    return save_pruned(model, plan, out, tokenizer=tokenizer, force=force, source_config=source_config)
+    return save_pruned(model, plan, out, tokenizer=tokenizer, force=force)
 
 
 NON_UNIFORM_WEIGHTS = "reapkit_non_uniform.safetensors"
