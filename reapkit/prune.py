@@ -66,8 +66,8 @@ def mask_experts(model, plan: PruningPlan):
             router = arch.router_of(block)
             offset = torch.zeros(plan.num_experts[layer])
             offset[removed] = float("-inf")
+            routers.append((router, router.__dict__.get("forward")))  # an instance forward (accelerate hooks, an outer mask)
             router.forward = _masked_forward(router.forward, _AddToRouterLogits(offset))
-            routers.append(router)
             bias = arch.correction_bias_of(block)
             if bias is not None:
                 saved_bias.append((bias, bias.detach().clone()))
@@ -75,10 +75,13 @@ def mask_experts(model, plan: PruningPlan):
                     bias[..., removed] = float("-inf")
         yield model
     finally:
-        for router in routers:
-            del router.forward
+        for router, own_forward in reversed(routers):
+            if own_forward is None:
+                del router.forward
+            else:
+                router.forward = own_forward
         with torch.no_grad():
-            for bias, original in saved_bias:
+            for bias, original in reversed(saved_bias):
                 bias.copy_(original)
 
 
@@ -141,8 +144,13 @@ def save_pruned(model, plan: PruningPlan, out, *, tokenizer=None, force: bool = 
             "evaluate the pruned model in memory, save it with reapkit.prune.save_non_uniform(...) and load it "
             "back with reapkit.prune.load_pruned(...), or use a uniform plan (ratio= or keep=) for a stock checkpoint"
         )
-    arch = architecture_for(model)
+    arch, blocks = architecture_for(model), dict(architecture_for(model).moe_blocks(model))
     new = len(next(iter(plan.kept.values())))
+    for layer in plan.layers:
+        have = arch.experts_of(blocks[layer]).num_experts
+        if have != new:
+            raise ValueError(f"layer {layer} still has {have} experts, the plan keeps {new}; "
+                             "call remove_experts(model, plan) before save_pruned")
     with atomic_directory(out, force=force) as tmp:
         model.save_pretrained(tmp)
         if tokenizer is not None:

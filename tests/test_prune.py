@@ -151,3 +151,29 @@ def test_global_budget_plan_saves_and_loads_with_reapkit(batches, tmp_path):
     torch.testing.assert_close(logits(load_pruned(tmp_path / "nu"), batches[0]), expected, rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match=r"outside \[6, 16\]"):
         PruningPlan.from_global_budget(obs, "reap", total=5, margin=1)
+
+
+def test_nested_masks_combine_and_unwind(batches):
+    model = tiny_model("qwen3_moe")
+    obs = observe(model, batches, progress=False)
+    outer = PruningPlan.from_observations(obs, "reap", keep=6)
+    inner = PruningPlan.from_observations(obs, "frequency", keep=6)
+    both = PruningPlan({l: sorted(set(outer.kept[l]) & set(inner.kept[l])) for l in outer.layers}, outer.num_experts, "both")
+    original = logits(model, batches[0])
+    with mask_experts(model, outer):
+        outer_logits = logits(model, batches[0])
+        with mask_experts(model, inner):
+            with mask_experts(model, both):
+                union = logits(model, batches[0])
+        torch.testing.assert_close(logits(model, batches[0]), outer_logits, rtol=0, atol=0)
+    assert torch.equal(logits(model, batches[0]), original)
+    with mask_experts(model, both):
+        torch.testing.assert_close(union, logits(model, batches[0]), rtol=0, atol=1e-6)
+
+
+def test_save_pruned_refuses_a_model_whose_experts_were_not_removed(batches, tmp_path):
+    model = tiny_model("qwen3_moe")
+    plan = plan_for(model, batches, keep=6)
+    with pytest.raises(ValueError, match="call remove_experts"):
+        save_pruned(model, plan, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
