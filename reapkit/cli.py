@@ -166,7 +166,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as error:
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
         message = error.args[0] if error.args else str(error)
         print(f"reapkit {args.command}: error: {message}", file=sys.stderr)
         return 2

@@ -124,7 +124,7 @@ class ReferenceOutputs:
 
 
 @torch.no_grad()
-def reference_outputs(model, batches, *, top_k: int | None = None, dtype=torch.float16,
+def reference_outputs(model, batches, *, top_k: int | None = None, dtype=torch.float32,
                       progress: bool = True) -> ReferenceOutputs:
     """Run `model` once over `batches` and keep its next-token log-probs (see `ReferenceOutputs`).
 

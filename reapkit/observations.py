@@ -70,10 +70,11 @@ class Observations:
     def top_k(self) -> int:
         return int(self.meta["top_k"])
 
-    def pooled(self, domains=None) -> dict[str, torch.Tensor]:
+    def pooled(self, domains=None, names=None) -> dict[str, torch.Tensor]:
         """Statistics summed over `domains`: None (all), a list (restrict), or {domain: weight}.
 
         Sums are weighted; `max_activation` takes the maximum over the domains with weight > 0.
+        `names` limits the statistics pooled (e.g. skip the large `output_sum`).
         """
         if domains is None:
             domains = self.domains
@@ -84,6 +85,8 @@ class Observations:
         out: dict[str, torch.Tensor] = {}
         for domain, weight in weights.items():
             for name, value in self.stats[domain].items():
+                if names is not None and name not in names:
+                    continue
                 if name == "max_activation":
                     value = value if weight > 0 else torch.zeros_like(value)
                     out[name] = value.clone() if name not in out else torch.maximum(out[name], value)
@@ -133,14 +136,22 @@ class Observations:
             tensors = load_file(str(stats_path))
         except Exception as error:  # corrupted or foreign files
             raise ValueError(f"{path} holds unreadable observations ({type(error).__name__}: {error}); observe the model again") from error
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{meta_path} is not a reapkit observations file (format {meta.get('format')!r}, expected {FORMAT!r})")
-        domains = meta.pop("domains")
-        meta.pop("format")
-        stats: dict[str, dict[str, torch.Tensor]] = {d: {} for d in domains}
-        for key, value in tensors.items():
-            name, index = key.rsplit("/", 1)
-            stats[domains[int(index)]][name] = value
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+            raise ValueError(f"{meta_path} is not a reapkit observations file (format {found!r}, expected {FORMAT!r})")
+        try:
+            domains = meta.pop("domains")
+            meta.pop("format")
+            stats: dict[str, dict[str, torch.Tensor]] = {d: {} for d in domains}
+            for key, value in tensors.items():
+                name, index = key.rsplit("/", 1)
+                stats[domains[int(index)]][name] = value
+            missing = [f for f in ("fingerprint", "layers", "num_experts", "top_k", "calibration") if f not in meta]
+            if missing:
+                raise KeyError(f"metadata lacks {missing}")
+        except (KeyError, IndexError, ValueError) as error:
+            raise ValueError(f"{path} holds incomplete or inconsistent observations ({type(error).__name__}: {error}); "
+                             "observe the model again") from error
         obs = cls(stats, meta)
         if model is not None:
             obs.check_model(model)
@@ -153,7 +164,7 @@ class Observations:
             diff = {k: (mine.get(k), theirs.get(k)) for k in theirs if mine.get(k) != theirs.get(k)}
             raise ValueError(
                 f"these observations were recorded on a different model (differences, observed vs given: {diff}); "
-                "observe this model again with `reapkit observe`"
+                "observe this model again with `reapkit observe`, or load it as it was observed (same --dtype)"
             )
 
 

@@ -37,7 +37,8 @@ class _Recorder:
 
     def __init__(self, num_layers: int, num_experts: int, hidden: int, device):
         self.shape = (num_layers, num_experts, hidden)
-        self.device = device
+        self.device = device  # of the first MoE layer; later layers' rows are moved here (device_map)
+        self.dtype = torch.float32 if torch.device(device).type == "mps" else torch.float64  # MPS has no float64
         self.stats: dict[str, dict[str, torch.Tensor]] = {}
         self.position: dict[int, int] = {}  # id(module) -> MoE layer position
         self.valid: torch.Tensor | None = None  # [tokens] float, 1 on real tokens
@@ -47,32 +48,32 @@ class _Recorder:
     def start_batch(self, domain: str, attention_mask: torch.Tensor):
         if domain not in self.stats:
             L, E, H = self.shape
-            zeros = lambda *s, dtype=torch.float64: torch.zeros(*s, dtype=dtype, device=self.device)  # noqa: E731
+            zeros = lambda *s, dtype=self.dtype: torch.zeros(*s, dtype=dtype, device=self.device)  # noqa: E731
             self.stats[domain] = {name: zeros(L, E) for name in EXPERT_STATS}
             self.stats[domain]["output_sum"] = zeros(L, E, H, dtype=torch.float32)
             self.stats[domain]["tokens"] = zeros(L)
         self.current = self.stats[domain]
-        self.valid = attention_mask.reshape(-1).to(self.device, torch.float64)
+        self.valid = attention_mask.reshape(-1).to(self.device, self.dtype)
 
     def record_router(self, pos: int, probs: torch.Tensor):
         acc, valid = self.current, self.valid
-        acc["prob_sum"][pos, : probs.shape[1]] += (probs.to(torch.float64) * valid[:, None]).sum(0)
+        acc["prob_sum"][pos, : probs.shape[1]] += (probs.to(self.device, self.dtype) * valid[:, None]).sum(0)
         acc["tokens"][pos] += valid.sum()
 
     def record_routed(self, pos, expert_ids, gates, outputs, token_ids, selected=None):
         """One row per (token, expert) assignment: expert id, gate value, output before gating."""
-        acc = self.current
+        acc, device, dtype = self.current, self.device, self.dtype
+        expert_ids, token_ids, outputs = expert_ids.to(device), token_ids.to(device), outputs.to(device).float()
         valid = self.valid[token_ids]
         if selected is not None:
-            valid = valid * selected
-        outputs = outputs.float()
-        norms = outputs.norm(dim=-1).to(torch.float64)
-        gates = gates.to(torch.float64) * valid
+            valid = valid * selected.to(device, dtype)
+        norms = outputs.norm(dim=-1).to(dtype)
+        gates = gates.to(device, dtype) * valid
         acc["count"][pos].index_add_(0, expert_ids, valid)
         acc["gate_sum"][pos].index_add_(0, expert_ids, gates)
         acc["norm_sum"][pos].index_add_(0, expert_ids, norms * valid)
         acc["reap_sum"][pos].index_add_(0, expert_ids, norms * gates)
-        peak = outputs.abs().amax(dim=-1).to(torch.float64) * valid
+        peak = outputs.abs().amax(dim=-1).to(dtype) * valid
         acc["max_activation"][pos].scatter_reduce_(0, expert_ids, peak, "amax")
         acc["output_sum"][pos].index_add_(0, expert_ids, outputs * valid.float()[:, None])
 
@@ -135,7 +136,6 @@ def recording(model: torch.nn.Module):
     for pos, (_, block) in enumerate(blocks):
         router, experts = arch.router_of(block), arch.experts_of(block)
         recorder.position[id(experts)] = pos
-        recorder.position[id(router)] = pos
 
         def on_router(module, args, output, pos=pos):
             recorder.record_router(pos, _router_probs(arch, output))
@@ -168,7 +168,7 @@ def _gated_input_hook(recorder: _Recorder, pos: int, block):
     def hook(module, args, output):
         scores, logits = recorder.last_router[pos]  # [T, E] gates (0 where not routed), logits
         num_experts, num_tokens = scores.shape[1], scores.shape[0]
-        selected = torch.zeros_like(logits, dtype=torch.float64)
+        selected = torch.zeros_like(logits, dtype=torch.float32)
         selected.scatter_(1, torch.topk(logits, top_k, dim=1).indices, 1.0)
         gates = scores.t().reshape(-1).float()
         outputs = output.view(num_experts * num_tokens, -1).float() / gates.clamp_min(1e-12)[:, None]
@@ -189,6 +189,7 @@ def observe(model, batches, *, progress: bool = True, calibration: dict | None =
     from .data import content_hash
 
     arch = architecture_for(model)
+    batches = list(batches)
     model.eval()
     device = next(model.parameters()).device
     with recording(model) as recorder:

@@ -56,7 +56,7 @@ def score(obs: Observations, criterion: str = "reap", *, domains=None, seed: int
     `domains`: None (all pooled), a list of domains, or {domain: weight}.
     """
     check_criterion(criterion)
-    stats = obs.pooled(domains)
+    stats = obs.pooled(domains, names=("count", "gate_sum", "norm_sum", "reap_sum", "max_activation", "prob_sum"))
     if criterion == "random":
         return np.random.default_rng(seed).random(tuple(stats["count"].shape))
     return np.asarray(CRITERIA[criterion](stats), dtype=np.float64)

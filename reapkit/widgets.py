@@ -78,17 +78,13 @@ class SaliencyExplorer:
         return part["value"].to_numpy(float)
 
     def plan(self):
-        """The PruningPlan of the current criterion, domain and ratio (from the stored scores)."""
+        """The PruningPlan of the current criterion, domain and ratio, as `PruningPlan.from_observations` makes it."""
         from .plan import PruningPlan
 
-        obs = self.obs
-        frame = self.scores
-        part = frame[(frame["criterion"] == self.criterion.value) & (frame["domain"] == self.domain.value)]
-        table = part.pivot_table(index="layer", columns="expert", values="value").reindex(obs.layers).to_numpy(float)
-        top_k = obs.top_k
-        ratio = min(self.ratio.value, max(0.0, 1 - top_k / min(obs.num_experts)))
-        return PruningPlan.from_scores(np.nan_to_num(table), obs.layers, obs.num_experts, top_k=top_k, ratio=ratio,
-                                       n_group=1, criterion=self.criterion.value)
+        obs, domain = self.obs, self.domain.value
+        ratio = min(self.ratio.value, max(0.0, 1 - obs.top_k / min(obs.num_experts)))  # never below top-k
+        return PruningPlan.from_observations(obs, self.criterion.value, ratio=ratio,
+                                             domains=None if domain == "all" else [domain])
 
     def draw(self) -> dict:
         """Draw the views for the current control values; returns {view: Figure}."""
