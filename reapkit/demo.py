@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -69,12 +67,10 @@ def load(path: str | Path | None = None, *, dtype=torch.float32):
 
 
 def _moe_gates(model) -> list[torch.nn.Module]:
-    gates = []
-    for layer in model.model.layers:
-        gate = getattr(getattr(layer, "mlp", None), "gate", None)
-        if gate is not None and hasattr(gate, "weight"):
-            gates.append(gate)
-    return gates
+    from .arch import architecture_for
+
+    arch = architecture_for(model)
+    return [arch.router_of(block) for _, block in arch.moe_blocks(model)]
 
 
 def mutual_information_bits(joint: torch.Tensor) -> float:
@@ -303,23 +299,15 @@ def train(out: str | Path, *, seed: int = 0, tokens: int = 4_500_000, seq_len: i
 
 
 def _save_atomic(out: Path, model, tokenizer, metrics: dict, report: dict) -> None:
-    out = out.resolve()
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    model.config.output_router_logits = False
-    model.save_pretrained(str(tmp))
-    _write_num_experts(tmp)
-    tokenizer.save_pretrained(str(tmp))
-    (tmp / "training_metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
-    write_model_card(tmp, model, metrics, report)
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    if old.exists():
-        shutil.rmtree(old)
+    from .atomic import atomic_directory
+
+    with atomic_directory(Path(out).resolve(), force=True) as tmp:
+        model.config.output_router_logits = False
+        model.save_pretrained(str(tmp))
+        _write_num_experts(tmp)
+        tokenizer.save_pretrained(str(tmp))
+        (tmp / "training_metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+        write_model_card(tmp, model, metrics, report)
 
 
 def _write_num_experts(path: Path) -> None:
