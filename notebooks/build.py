@@ -169,8 +169,8 @@ figures_dir = "figures/03_pruning"
         ("code", IMPORTS + '''
 from transformers import AutoModelForCausalLM
 
-from reapkit.evaluate import evaluate, generate_samples
-from reapkit.notebook import DEFAULT_PROMPTS, evaluate_plans
+from reapkit.evaluate import evaluate, evaluate_plans, generate_samples
+from reapkit.notebook import DEFAULT_PROMPTS
 from reapkit.prune import remove_experts, save_pruned'''),
         ("md", "## Observations"),
         ("code", LOAD),

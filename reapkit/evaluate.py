@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from .arch import architecture_for
 
-__all__ = ["evaluate", "reference_outputs", "ReferenceOutputs", "reconstruction_error", "generate_samples"]
+__all__ = ["evaluate", "evaluate_plans", "reference_outputs", "ReferenceOutputs", "reconstruction_error", "generate_samples"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -343,3 +343,29 @@ def generate_samples(model, tokenizer, prompts: dict[str, str], *, max_new_token
     finally:
         model.train(was_training)
     return out
+
+
+def evaluate_plans(model, plans: dict, batches, *, reference=None, progress: bool = False):
+    """Evaluate each plan of {(criterion, ratio): PruningPlan} by masking it on `model`.
+
+    Returns (results, reconstruction): tidy frames with columns ratio, criterion, domain, tokens,
+    loss, perplexity, agreement, kl (ratio 0 / criterion "none" is the unpruned model), and ratio,
+    criterion, layer, rel_l2.
+    """
+    from .prune import mask_experts
+
+    if reference is None:  # float32: the unpruned model agrees with itself exactly (agreement 1, KL 0)
+        reference = reference_outputs(model, batches, dtype=torch.float32, progress=progress)
+    rows, errors = [], []
+    base = evaluate(model, batches, reference=reference, progress=progress)
+    rows.append(base.assign(ratio=0.0, criterion="none"))
+    for (criterion, ratio), plan in plans.items():
+        with mask_experts(model, plan):
+            rows.append(evaluate(model, batches, reference=reference, progress=progress).assign(ratio=ratio, criterion=criterion))
+        rec = reconstruction_error(model, model, batches, compressed=lambda plan=plan: mask_experts(model, plan), progress=progress)
+        errors.append(rec.assign(ratio=ratio, criterion=criterion))
+    results = pd.concat(rows, ignore_index=True).rename(columns={"top1_agreement": "agreement"})
+    results = results[["ratio", "criterion", "domain", "tokens", "loss", "perplexity", "agreement", "kl"]]
+    reconstruction = (pd.concat(errors, ignore_index=True)[["ratio", "criterion", "layer", "rel_l2"]] if errors
+                      else pd.DataFrame(columns=["ratio", "criterion", "layer", "rel_l2"]))
+    return results, reconstruction

@@ -22,7 +22,7 @@ import pandas as pd
 from .loading import load_model  # noqa: F401  (re-exported: notebooks load models through here)
 
 __all__ = ["ParameterError", "SCHEMAS", "check_parameters", "moe_layers", "load_model", "Figures", "write_table", "read_results",
-           "evaluate_plans", "DEFAULT_PROMPTS"]
+           "DEFAULT_PROMPTS"]
 
 
 class ParameterError(ValueError):
@@ -219,7 +219,7 @@ def moe_layers(obs, layers=None) -> list[int]:
 
 
 # --------------------------------------------------------------------------------------------
-# Models, figures and tables
+# Figures and tables
 # --------------------------------------------------------------------------------------------
 
 class Figures:
@@ -275,32 +275,3 @@ DEFAULT_PROMPTS = {
     "tools": '<|im_start|>user\nWhat is the weather in Paris?<|im_end|>\n<|im_start|>assistant\n',
     "math": "Question: Ava has 12 apples and gives 5 to Ben. How many apples does Ava have now?\nAnswer:",
 }
-
-
-def evaluate_plans(model, plans: dict, batches, *, reference=None, progress: bool = False):
-    """Evaluate each plan of {(criterion, ratio): PruningPlan} by masking it on `model`.
-
-    Returns (results, reconstruction): tidy frames with columns ratio, criterion, domain, tokens,
-    loss, perplexity, agreement, kl (ratio 0 / criterion "none" is the unpruned model), and ratio,
-    criterion, layer, rel_l2.
-    """
-    from .evaluate import evaluate, reconstruction_error, reference_outputs
-    from .prune import mask_experts
-
-    import torch
-
-    if reference is None:  # float32: the unpruned model agrees with itself exactly (agreement 1, KL 0)
-        reference = reference_outputs(model, batches, dtype=torch.float32, progress=progress)
-    rows, errors = [], []
-    base = evaluate(model, batches, reference=reference, progress=progress)
-    rows.append(base.assign(ratio=0.0, criterion="none"))
-    for (criterion, ratio), plan in plans.items():
-        with mask_experts(model, plan):
-            rows.append(evaluate(model, batches, reference=reference, progress=progress).assign(ratio=ratio, criterion=criterion))
-        rec = reconstruction_error(model, model, batches, compressed=lambda plan=plan: mask_experts(model, plan), progress=progress)
-        errors.append(rec.assign(ratio=ratio, criterion=criterion))
-    results = pd.concat(rows, ignore_index=True).rename(columns={"top1_agreement": "agreement"})
-    results = results[["ratio", "criterion", "domain", "tokens", "loss", "perplexity", "agreement", "kl"]]
-    reconstruction = (pd.concat(errors, ignore_index=True)[["ratio", "criterion", "layer", "rel_l2"]] if errors
-                      else pd.DataFrame(columns=["ratio", "criterion", "layer", "rel_l2"]))
-    return results, reconstruction
