@@ -17,9 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_write_text
-from .saliency import score
 
 FORMAT = "reapkit-pruning-plan/1"
+
+
+def pruned_count(total: int, ratio: float) -> int:
+    """Experts a uniform plan at `ratio` removes from a layer of `total`: `pruned_count(64, 0.25) == 16`."""
+    return math.floor(total * ratio + 1e-9)
 
 
 @dataclass
@@ -71,7 +75,7 @@ class PruningPlan:
         for pos, layer in enumerate(layers):
             total = num_experts[pos]
             if ratio is not None:
-                n = total - math.floor(total * ratio + 1e-9)
+                n = total - pruned_count(total, ratio)
             elif keep is not None:
                 n = int(keep)
             else:
@@ -90,6 +94,8 @@ class PruningPlan:
     def from_observations(cls, obs, criterion: str = "reap", *, ratio=None, keep=None, counts=None,
                           domains=None, seed: int = 0) -> "PruningPlan":
         """Score `obs` with `criterion` (optionally over `domains`) and build a plan."""
+        from .saliency import score
+
         values = score(obs, criterion, domains=domains, seed=seed)
         provenance = {
             "observations": obs.meta["fingerprint"], "calibration": obs.meta["calibration"],
@@ -109,6 +115,8 @@ class PruningPlan:
         budget goes to the highest normalised scores anywhere. Normalising keeps each layer's
         order, so the result is expressed as per-layer counts.
         """
+        from .saliency import score
+
         values = score(obs, criterion, domains=domains, seed=seed)
         sizes, floor = obs.num_experts, obs.top_k + margin
         if obs.meta.get("n_group", 1) > 1:

@@ -30,6 +30,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from .plan import pruned_count
+
 __all__ = [
     "STYLE", "style", "save_figure", "panels", "per_criterion", "distance_heatmaps", "reconstruction_by_layer", "AGREEMENT_CRITERIA",
     "saliency_heatmap", "saliency_heatmaps", "saliency_curves", "agreement_table", "criterion_agreement",
@@ -201,11 +203,6 @@ def _matrix(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.pivot_table(index="layer", columns="expert", values="value", aggfunc="mean").sort_index()
 
 
-def _pruned_count(n: int, ratio: float) -> int:
-    """Experts removed from a layer of `n` at `ratio` (the planner's rounding)."""
-    return int(math.floor(n * ratio + 1e-9))
-
-
 def _layer_ticks(ax, layers, axis="y"):
     positions = np.arange(len(layers))
     step = max(1, len(layers) // 12)
@@ -295,7 +292,7 @@ def saliency_curves(frame: pd.DataFrame, *, criterion: str = "reap", domain: str
     ratios = [] if ratio is None else [ratio] if np.isscalar(ratio) else list(ratio)
     for r in ratios:
         n = table.shape[1]
-        keep = n - _pruned_count(n, r)
+        keep = n - pruned_count(n, r)
         ax.axvline(keep - 0.5, color="0.2", linestyle="--", linewidth=1)
         ax.text(keep - 0.5, 1.0, f" prune {r:.0%}", transform=ax.get_xaxis_transform(), va="top", ha="left", fontsize=7,
                 rotation=90)
@@ -335,7 +332,7 @@ def agreement_table(frame: pd.DataFrame, *, criteria=AGREEMENT_CRITERIA, ratio: 
                 rho = float("nan")
                 if x.size > 1 and np.ptp(x) > 0 and np.ptp(y) > 0:
                     rho = float(spearmanr(x, y).statistic)
-                k = _pruned_count(x.size, ratio)
+                k = pruned_count(x.size, ratio)
                 if k == 0:
                     overlap = 1.0
                 else:
@@ -584,7 +581,7 @@ def saliency_clusters(scores, clustering=None, *, labels=None, ratio: float | No
     labels = np.asarray(labels)
     pruned = np.zeros(s.size, bool)
     if ratio is not None:
-        pruned[np.argsort(-s, kind="stable")[s.size - _pruned_count(s.size, ratio):]] = True
+        pruned[np.argsort(-s, kind="stable")[s.size - pruned_count(s.size, ratio):]] = True
     cmap = plt.get_cmap("tab20")
     for x, e in enumerate(order):
         ax.bar(x, s[e], color=cmap(int(labels[e]) % 20), alpha=0.35 if pruned[e] else 1.0,

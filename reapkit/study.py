@@ -24,11 +24,12 @@ calibration set.
 from __future__ import annotations
 
 import copy
-import math
 import warnings
 
 import numpy as np
 import pandas as pd
+
+from .plan import pruned_count
 
 __all__ = ["RATIOS", "CRITERIA", "MERGES", "COLUMNS", "compression_study", "calibration_sensitivity",
            "kept_overlap", "summarise", "results_table"]
@@ -42,11 +43,6 @@ COLUMNS = ["method", "criterion", "label", "seed", "ratio", "experts_kept", "exp
            "tokens", "loss", "perplexity", "kl", "top1_agreement"]
 MIX = "mix"
 UNPRUNED = "unpruned"
-
-
-def _kept(total: int, ratio: float) -> int:
-    """Experts a uniform plan at `ratio` keeps of `total` (the same rounding as `PruningPlan`)."""
-    return total - math.floor(total * ratio + 1e-9)
 
 
 def _label(method: str, criterion: str) -> str:
@@ -115,7 +111,7 @@ def compression_study(model, obs, eval_batches, *, ratios=RATIOS, criteria=CRITE
     notes: list[str] = []
     jobs = []  # (method, criterion, seed, ratio)
     for ratio in ratios:
-        counts = [_kept(n, ratio) for n in sizes]
+        counts = [n - pruned_count(n, ratio) for n in sizes]
         if min(counts) < top_k:
             notes.append(f"ratio {ratio:g}: a layer would keep {min(counts)} experts, fewer than top-k = {top_k}; "
                          "every method skipped at this ratio")
@@ -135,7 +131,7 @@ def compression_study(model, obs, eval_batches, *, ratios=RATIOS, criteria=CRITE
     base = evaluate(model, eval_batches, reference=reference, progress=False)
     frames = []
     for method, criterion, seed, ratio in tqdm(jobs, desc="study", unit="variant", disable=not progress):
-        counts = [_kept(n, ratio) for n in sizes]
+        counts = [n - pruned_count(n, ratio) for n in sizes]
         total = sum(counts)
         try:
             if method == "merge":
