@@ -148,8 +148,10 @@ def output_vectors(obs, layer: int, *, domains=None) -> np.ndarray:
 
 
 def model_vectors(model, layer: int, space: str) -> np.ndarray:
-    """Expert vectors of decoder layer `layer` read from `model`: `weights` (all expert parameters
-    flattened, [E, P]) or `router` (router weight rows, [E, H])."""
+    """Expert vectors of decoder layer `layer` read from `model`: `router` (router weight rows, [E, H])
+    or `weights` ([E, E] vectors with the same inner products, hence the same angular distances, as
+    all expert parameters flattened: built from their Gram matrix on the model's device, so a
+    layer of a large model never becomes one [E, P] array)."""
     from .arch import architecture_for
 
     if space not in ("weights", "router"):
@@ -163,9 +165,10 @@ def model_vectors(model, layer: int, space: str) -> np.ndarray:
         return arch.router_of(block).weight.detach().float().cpu().numpy().astype(np.float64)
     experts = arch.experts_of(block)
     E = experts.num_experts
-    parts = [p.detach().float().cpu().reshape(E, -1).numpy() for _, p in sorted(experts.named_parameters())
-             if p.dim() and p.shape[0] == E]
-    return np.concatenate(parts, axis=1).astype(np.float64)
+    gram = sum(flat @ flat.T for flat in (p.detach().reshape(E, -1).float() for p in experts.parameters(recurse=False)
+                                          if p.dim() and p.shape[0] == E))
+    values, vectors = np.linalg.eigh(gram.cpu().double().numpy())
+    return vectors * np.sqrt(np.clip(values, 0, None))
 
 
 def expert_vectors(source, layer: int, space: str, *, domains=None) -> np.ndarray:

@@ -58,7 +58,10 @@ def test_spaces_from_model_and_observations(batches):
     block = dict(model.model.layers[layer].named_children())["mlp"]
     assert np.allclose(router, block.gate.weight.detach().numpy())
     weights = geometry.model_vectors(model, layer, "weights")
-    assert weights.shape[0] == 8 and weights.shape[1] == block.experts.gate_up_proj[0].numel() + block.experts.down_proj[0].numel()
+    flat = torch.cat([block.experts.gate_up_proj.detach().reshape(8, -1), block.experts.down_proj.detach().reshape(8, -1)], 1)
+    assert weights.shape == (8, 8)
+    assert np.allclose(weights @ weights.T, (flat @ flat.T).double().numpy(), rtol=1e-4, atol=1e-6)
+    assert np.allclose(geometry.distance_matrix(model, layer, "weights"), geometry.angular_distances(flat.double().numpy()), atol=1e-5)
     out = geometry.output_vectors(obs, layer)
     stats = obs.pooled()
     e = int(torch.argmax(stats["count"][1]))
