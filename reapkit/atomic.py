@@ -28,7 +28,11 @@ def atomic_directory(path, *, force: bool = False):
         if path.exists():
             old = path.with_name(f".{path.name}.old-{tmp.name}")
             path.rename(old)
-            tmp.rename(path)
+            try:
+                tmp.rename(path)
+            except BaseException:
+                old.rename(path)  # put the previous output back
+                raise
             shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
         else:
             tmp.rename(path)

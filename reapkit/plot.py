@@ -20,6 +20,7 @@ Layouts:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import tempfile
@@ -513,8 +514,8 @@ def distance_heatmap(distances, clustering=None, *, n_clusters: int | None = Non
         return _no_data_figure(fig, title=title or "expert distances")
     if clustering is None:
         clustering = cluster(d, n_clusters=n_clusters)
-    elif n_clusters is not None:
-        clustering.labels = clusters_at(clustering, n_clusters)
+    elif n_clusters is not None:  # a copy: the caller's clustering keeps its labels
+        clustering = dataclasses.replace(clustering, labels=clusters_at(clustering, n_clusters))
     order = np.asarray(clustering.order)
     fig = fig or plt.figure(figsize=(4.6, 5.2), layout="constrained")
     ax_tree, ax_map = fig.subplots(2, 1, height_ratios=[1, 4])
