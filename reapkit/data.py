@@ -586,8 +586,9 @@ def to_sample(record: dict, schema: _Schema | None = None) -> str | list[dict]:
     return (schema or detect_schema(record)).convert(record)
 
 
-def load_records(source: str | Path) -> list[dict]:
-    """Records of a data set through `datasets`: a local .json/.jsonl/.parquet file or a hub name (split "train").
+def load_records(source: str | Path):
+    """Records of a data set through `datasets` (a `Dataset`: indexable, each record a dict): a local
+    .json/.jsonl/.parquet file or a hub name (split "train"). Records are converted only when read.
 
     A hub name may carry a split after '#' and a config before it: ``org/name#split`` or
     ``org/name#config#split``, e.g. ``openai/gsm8k#main#test``.
@@ -612,10 +613,9 @@ def load_records(source: str | Path) -> list[dict]:
             raise ValueError(f"cannot read hub data set {text!r}: write org/name, org/name#split or org/name#config#split")
         name, config, split = parts[0], (parts[1] if len(parts) == 3 else None), (parts[-1] if len(parts) > 1 else "train")
         ds = datasets.load_dataset(name, config, split=split or "train")
-    records = [dict(r) for r in ds]
-    if not records:
+    if len(ds) == 0:
         raise ValueError(f"data set {source} holds no records")
-    return records
+    return ds
 
 
 # --------------------------------------------------------------------------------------------
@@ -757,6 +757,12 @@ def _select(n: int, count: int | None, seed: int, label: str) -> list[int]:
     return order[: count if count is not None else n]
 
 
+def _has_text(sample) -> bool:
+    if isinstance(sample, str):
+        return bool(sample.strip())
+    return any(m["content"].strip() or m.get("tool_calls") for m in sample)
+
+
 def calibration_batches(spec, tokenizer=None, *, batch_size: int = 8, max_length: int = 256,
                         split: str = "calibration", seed: int = 0, chat_fallback: bool = True) -> list[Batch]:
     """Batches for a calibration spec, one domain per batch, in spec order; deterministic for a given seed.
@@ -782,19 +788,25 @@ def calibration_batches(spec, tokenizer=None, *, batch_size: int = 8, max_length
         else:
             if item.kind == "builtin":
                 samples = domain_texts(item.source, split)
-            else:
-                records = load_records(item.source)
-                schema = detect_schema(records[0])
-                samples = [to_sample(r, schema) for r in records]
-                samples = [s for s in samples if (s.strip() if isinstance(s, str) else any(m["content"].strip() or m.get("tool_calls") for m in s))]
-                if not samples:
-                    raise ValueError(f"data set {item.source} (domain {item.domain!r}) holds only empty or whitespace-only samples; give it some text")
+                convert = lambda sample: sample  # noqa: E731
+            else:  # convert only the records that are read, in the seeded order, skipping empty ones
+                samples = load_records(item.source)
+                schema = detect_schema(samples[0])
+                convert = lambda record: to_sample(dict(record), schema)  # noqa: E731
             seqs = []
-            for i in _select(len(samples), item.count, seed, item.domain):
-                ids = encode_sample(samples[i], tokenizer, max_length=max_length, chat_fallback=chat_fallback)
+            for i in _select(len(samples), None, seed, item.domain):
+                if item.count is not None and len(seqs) == item.count:
+                    break
+                sample = convert(samples[int(i)])
+                if not _has_text(sample):
+                    continue
+                ids = encode_sample(sample, tokenizer, max_length=max_length, chat_fallback=chat_fallback)
                 if ids:
                     seqs.append(ids)
             if not seqs:
-                raise ValueError(f"domain {item.domain!r} gave no tokens; check that its samples hold text")
+                raise ValueError(f"domain {item.domain!r} ({item.source}) holds only empty or whitespace-only samples; give it some text")
+            if item.count is not None and len(seqs) < item.count:
+                warnings.warn(f"{item.domain}: asked for {item.count} samples but only {len(seqs)} hold text; using {len(seqs)}",
+                              stacklevel=2)
         batches.extend(pad_batches(seqs, item.domain, batch_size, pad_id))
     return batches
