@@ -12,7 +12,7 @@ import torch  # noqa: E402
 
 from reapkit.notebook import ParameterError, check_parameters  # noqa: E402
 from reapkit.sweep import run_notebook  # noqa: E402
-from tiny_models import tiny_model  # noqa: E402
+from tiny_models import tiny_checkpoint, tiny_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -97,15 +97,8 @@ def test_check_parameters_normalises_and_reports_missing():
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
-    tiny_model("qwen3_moe").save_pretrained(root / "model")
-    g = torch.Generator().manual_seed(0)
-    files = []
-    for domain in ("code", "prose"):
-        path = root / f"{domain}.jsonl"
-        path.write_text("".join(json.dumps(torch.randint(3, 96, (12,), generator=g).tolist()) + "\n" for _ in range(4)))
-        files.append(str(path))
-    spec = ",".join(files)
-    return {"root": root, "params": dict(model=str(root / "model"), calibration=spec, max_length=12, batch_size=4,
+    model, spec = tiny_checkpoint(root)
+    return {"root": root, "params": dict(model=str(model), calibration=spec, max_length=12, batch_size=4,
                                          cache_dir=str(root / "cache")), "spec": spec}
 
 

@@ -1,5 +1,4 @@
 """The REAP study: compression study frame, calibration sensitivity, summary, figures, notebook 05."""
-import json
 import warnings
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import torch  # noqa: E402
 from reapkit import plot, study  # noqa: E402
 from reapkit.data import pad_batches  # noqa: E402
 from reapkit.observe import observe  # noqa: E402
-from tiny_models import tiny_model  # noqa: E402
+from tiny_models import tiny_checkpoint, tiny_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RATIOS = (0.0, 0.25, 0.5, 0.75)  # tiny model: 8 experts, top-2 -> keeps 8, 6, 4, 2
@@ -173,15 +172,8 @@ def test_bad_input(setup):
 def test_notebook_05_study(tmp_path):
     from reapkit.sweep import run_notebook
 
-    tiny_model("qwen3_moe").save_pretrained(tmp_path / "model")
-    g = torch.Generator().manual_seed(0)
-    files = []
-    for domain in ("code", "prose"):
-        path = tmp_path / f"{domain}.jsonl"
-        path.write_text("".join(json.dumps(torch.randint(3, 96, (12,), generator=g).tolist()) + "\n" for _ in range(4)))
-        files.append(str(path))
-    spec = ",".join(files)
-    params = dict(model=str(tmp_path / "model"), calibration=spec, evaluation=spec, max_length=12, batch_size=4,
+    model, spec = tiny_checkpoint(tmp_path)
+    params = dict(model=str(model), calibration=spec, evaluation=spec, max_length=12, batch_size=4,
                   cache_dir=str(tmp_path / "cache"), ratios=[0, 0.5], random_seeds=[0, 1])
     out = run_notebook(ROOT / "notebooks/05_study.ipynb", params, tmp_path / "run", threads=1)
     nb = nbformat.read(str(out), as_version=4)

@@ -55,3 +55,19 @@ def tiny_model(name: str, seed: int = 0, router_scale: float = 8.0, **overrides)
                 if name_.endswith("bias"):
                     p.normal_(0, 0.02)
     return model
+
+
+def tiny_checkpoint(root, domains=("code", "prose"), sequences: int = 4, length: int = 12):
+    """A tiny qwen3_moe saved to `root/model` and one token-id .jsonl per domain; returns (model dir, spec)."""
+    import json
+    from pathlib import Path
+
+    root = Path(root)
+    tiny_model("qwen3_moe").save_pretrained(root / "model")
+    g = torch.Generator().manual_seed(0)
+    files = []
+    for domain in domains:
+        path = root / f"{domain}.jsonl"
+        path.write_text("".join(json.dumps(torch.randint(3, 96, (length,), generator=g).tolist()) + "\n" for _ in range(sequences)))
+        files.append(str(path))
+    return root / "model", ",".join(files)
