@@ -69,9 +69,23 @@ DOMAIN_COLORS = {"code": "#4c72b0", "prose": "#dd8452", "tools": "#55a868", "mat
 _PALETTE = plt.get_cmap("tab10").colors
 
 
+@contextlib.contextmanager
 def style():
-    """Context manager applying :data:`STYLE` (each plot function uses it already)."""
-    return plt.rc_context(STYLE)
+    """Context manager applying :data:`STYLE` (each plot function uses it already).
+
+    Interactive mode is left as the block leaves it: the inline backend switches it on when the
+    kernel's first figure is created, and restoring the old value would stop later figures from
+    showing below their cells.
+    """
+    interactive = matplotlib.is_interactive()
+    try:
+        with plt.rc_context(STYLE):
+            try:
+                yield
+            finally:
+                interactive = matplotlib.is_interactive()
+    finally:
+        matplotlib.interactive(interactive)
 
 
 def _styled(fn):

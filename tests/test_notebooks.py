@@ -102,17 +102,22 @@ def tiny(tmp_path_factory):
                                          cache_dir=str(root / "cache")), "spec": spec}
 
 
-def _executed_ok(path: Path):
+def _executed_ok(path: Path, figures: Path | None = None):
+    """No error cell, and (given the figures folder) every saved figure also shows inline."""
     nb = nbformat.read(str(path), as_version=4)
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
+    if figures is not None:
+        inline = sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+        saved = len(list(figures.glob("*.png")))
+        assert saved and inline >= saved, f"{path.name}: {saved} figures saved but {inline} shown inline"
     return nb
 
 
 @pytest.mark.slow
 def test_notebook_01_saliency(tiny, tmp_path):
     out = run_notebook(ROOT / "notebooks/01_saliency.ipynb", {**tiny["params"], "ratios": [0.5]}, tmp_path)
-    _executed_ok(out)
+    _executed_ok(out, tmp_path / "figures")
     figures = _figures(tmp_path / "figures")
     for name in ("saliency_heatmaps", "saliency_heatmaps_sorted", "saliency_curves", "criterion_agreement",
                  "domain_frequency", "domain_reap", "specialisation_by_depth"):
@@ -127,7 +132,7 @@ def test_notebook_01_saliency(tiny, tmp_path):
 @pytest.mark.slow
 def test_notebook_02_clusters(tiny, tmp_path):
     out = run_notebook(ROOT / "notebooks/02_clusters.ipynb", {**tiny["params"], "layers": [1], "n_clusters": 3}, tmp_path)
-    _executed_ok(out)
+    _executed_ok(out, tmp_path / "figures")
     figures = _figures(tmp_path / "figures")
     for name in ("distances_weights", "distances_output", "distances_router", "saliency_clusters"):
         assert figures.get(f"{name}.png", 0) > 0 and figures.get(f"{name}.pdf", 0) > 0, name
@@ -140,7 +145,7 @@ def test_notebook_02_clusters(tiny, tmp_path):
 def test_notebook_03_pruning(tiny, tmp_path):
     params = {**tiny["params"], "evaluation": tiny["spec"], "criteria": ["reap", "frequency"], "ratios": [0.5]}
     out = run_notebook(ROOT / "notebooks/03_pruning.ipynb", params, tmp_path)
-    _executed_ok(out)
+    _executed_ok(out, tmp_path / "figures")
     figures = _figures(tmp_path / "figures")
     for name in ("plan_masks", "loss_vs_ratio_by_domain", "agreement_vs_ratio", "kl_vs_ratio", "reconstruction_error"):
         assert figures.get(f"{name}.png", 0) > 0 and figures.get(f"{name}.pdf", 0) > 0, name
@@ -169,7 +174,7 @@ def test_notebook_04_paper_figures(tiny, tmp_path):
         pd.DataFrame(rows, columns=["ratio", "criterion", "domain", "loss", "kl", "agreement"]).to_csv(folder / "results.csv", index=False)
     params = {**tiny["params"], "results": [str(tmp_path / "sweep" / "*" / "results.csv")]}
     out = run_notebook(ROOT / "notebooks/04_paper_figures.ipynb", params, tmp_path / "out")
-    _executed_ok(out)
+    _executed_ok(out, tmp_path / "out" / "figures")
     figures = _figures(tmp_path / "out" / "figures")
     for name in ("loss_vs_ratio", "loss_vs_ratio_by_domain", "kl_vs_ratio", "agreement_vs_ratio", "criterion_agreement",
                  "specialisation_by_depth"):
