@@ -19,7 +19,7 @@ _EXPORTS = {
     "observations": ["Observations"],
     "plan": ["PruningPlan"],
     "prune": ["mask_experts", "prune_checkpoint", "remove_experts", "save_pruned"],
-    "saliency": ["CRITERIA_NAMES", "score", "scores_frame"],
+    "saliency": ["CRITERIA_NAMES", "DEFAULT_CRITERIA", "register_criterion", "score", "scores_frame"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)

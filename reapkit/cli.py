@@ -14,6 +14,7 @@ import sys
 import time
 
 from .loading import load_model
+from .plugins import load_plugins
 
 
 def cmd_observe(args):
@@ -159,12 +160,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("architectures", help="list the supported MoE architectures")
     p.set_defaults(func=cmd_architectures)
+    for p in sub.choices.values():
+        p.add_argument("--plugin", action="append", default=[], metavar="MODULE_OR_FILE",
+                       help="import this module or .py file first (it may register criteria or architectures)")
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        load_plugins(args.plugin)
         args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError) as error:
         message = error.args[0] if error.args else str(error)

@@ -70,6 +70,13 @@ class Observations:
     def top_k(self) -> int:
         return int(self.meta["top_k"])
 
+    def provenance(self, **extra) -> dict:
+        """Where a plan made from these observations comes from: model fingerprint, calibration,
+        architecture, then `extra` (e.g. ``domains=..., seed=...``)."""
+        meta = self.meta
+        return {"observations": meta["fingerprint"], "calibration": meta["calibration"],
+                "architecture": meta["architecture"], **extra}
+
     def pooled(self, domains=None, names=None) -> dict[str, torch.Tensor]:
         """Statistics summed over `domains`: None (all), a list (restrict), or {domain: weight}.
 

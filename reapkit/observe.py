@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from transformers.integrations import moe as hf_moe
 
 from .arch import Architecture, architecture_for
+from .hooks import forward_hooks
 from .observations import Observations, fingerprint
 from . import __version__
 
@@ -132,7 +133,7 @@ def recording(model: torch.nn.Module):
     num_experts = max(arch.experts_of(b).num_experts for _, b in blocks)
     device = experts0.down_proj.device
     recorder = _Recorder(len(blocks), num_experts, model.config.get_text_config().hidden_size, device)
-    handles = []
+    hooks = {}
     for pos, (_, block) in enumerate(blocks):
         router, experts = arch.router_of(block), arch.experts_of(block)
         recorder.position[id(experts)] = pos
@@ -142,9 +143,9 @@ def recording(model: torch.nn.Module):
             if arch.gated_input:
                 recorder.last_router[pos] = (output[0], output[arch.logits_index])
 
-        handles.append(router.register_forward_hook(on_router))
+        hooks[router] = on_router
         if arch.gated_input:
-            handles.append(experts.register_forward_hook(_gated_input_hook(recorder, pos, block)))
+            hooks[experts] = _gated_input_hook(recorder, pos, block)
 
     previous = None
     if not arch.gated_input:
@@ -152,11 +153,10 @@ def recording(model: torch.nn.Module):
         model.set_experts_implementation(IMPLEMENTATION)
     _active, outer = recorder, _active
     try:
-        yield recorder
+        with forward_hooks(hooks):
+            yield recorder
     finally:
         _active = outer
-        for h in handles:
-            h.remove()
         if previous is not None:
             model.set_experts_implementation(previous)
 

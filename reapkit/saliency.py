@@ -1,9 +1,13 @@
 """Expert saliency criteria, all derived from saved `Observations` (no model needed).
 
     >>> s = score(obs, "reap")                              # numpy [moe layers, experts]
+    >>> s.shape
+    (2, 8)
     >>> s_code = score(obs, "reap", domains=["code"])       # restricted to one domain
     >>> s_mix = score(obs, "reap", domains={"code": 2, "prose": 1})   # weighted
     >>> frame = scores_frame(obs, ["reap", "frequency"])    # tidy: layer, expert, domain, criterion, value
+    >>> list(frame.columns)
+    ['layer', 'expert', 'domain', 'criterion', 'value']
 
 Criteria (per expert j, over the calibration tokens t routed to j; g = gate value the model
 applied, f = expert output before gating, p = router probability):
@@ -17,37 +21,111 @@ applied, f = expert output before gating, p = router probability):
     max_activation    max_t max_i |f_j(t)_i|
     random            uniform noise from `seed` (a baseline)
 
-Experts that received no tokens score 0 on the mean criteria.
+Experts that received no tokens score 0 on the mean criteria. Add your own with
+:func:`register_criterion`; on the command line, load the file that registers it with
+``--plugin FILE.py`` (see :mod:`reapkit.plugins`).
 """
+
 from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from .observations import Observations
 
+__all__ = [
+    "CRITERIA_NAMES",
+    "DEFAULT_CRITERIA",
+    "Criterion",
+    "register_criterion",
+    "check_criterion",
+    "check_ratio",
+    "score",
+    "scores_frame",
+]
 
-def _ratio(num, den):
-    num, den = num.numpy(), den.numpy()
-    return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+
+@dataclass(frozen=True)
+class Criterion:
+    """A saliency criterion: `fn(stats, seed)` -> scores [moe layers, experts], higher = keep.
+
+    `stats` holds the pooled statistics named in `needs` as float arrays (see
+    `reapkit.observe.EXPERT_STATS`; also ``output_sum`` [layers, experts, hidden] and ``tokens``
+    [layers]).
+    """
+
+    name: str
+    fn: Callable[..., np.ndarray]
+    needs: tuple[str, ...]
 
 
-CRITERIA = {
-    "reap": lambda s: _ratio(s["reap_sum"], s["count"]),
-    "frequency": lambda s: s["count"].numpy(),
-    "soft_frequency": lambda s: s["prob_sum"].numpy(),
-    "ean_sum": lambda s: s["norm_sum"].numpy(),
-    "ean_mean": lambda s: _ratio(s["norm_sum"], s["count"]),
-    "weighted_ean_sum": lambda s: s["reap_sum"].numpy(),
-    "max_activation": lambda s: s["max_activation"].numpy(),
-}
-CRITERIA_NAMES = (*CRITERIA, "random")
+_REGISTRY: dict[str, Criterion] = {}
+
+#: The registered criterion names, built-in ones first (a live view: it grows with `register_criterion`).
+CRITERIA_NAMES = _REGISTRY.keys()
+
+#: The criteria the notebooks, figures and studies compare unless told otherwise.
+DEFAULT_CRITERIA = ("reap", "frequency", "ean_mean", "soft_frequency")
+
+
+def register_criterion(name: str, fn: Callable[..., np.ndarray], *, needs) -> Callable[..., np.ndarray]:
+    """Make `fn(stats, seed)` available as criterion `name` everywhere (score, plans, CLI, notebooks).
+
+    >>> def busy_share(stats, seed):
+    ...     count = stats["count"]
+    ...     return count / count.sum(axis=1, keepdims=True)
+    >>> _ = register_criterion("busy_share", busy_share, needs=["count"])
+    >>> "busy_share" in CRITERIA_NAMES, score(obs, "busy_share").sum(axis=1).round(6).tolist()
+    (True, [1.0, 1.0])
+
+    `needs` names the statistics `fn` reads. Registering a name again replaces the earlier
+    criterion; the built-in names cannot be replaced. Returns `fn`.
+    """
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"criterion name {name!r} must be a Python identifier such as 'my_score'")
+    if name in _BUILT_IN:
+        raise ValueError(f"{name!r} is a built-in criterion; register yours under another name")
+    _register(name, fn, needs)
+    return fn
+
+
+def _register(name: str, fn, needs) -> None:
+    if not callable(fn):
+        raise TypeError(f"criterion {name!r}: fn must be a function fn(stats, seed), got {type(fn).__name__}")
+    needs = (needs,) if isinstance(needs, str) else tuple(needs)
+    if not needs or not all(isinstance(n, str) for n in needs):
+        raise ValueError(f"criterion {name!r}: needs must name the statistics it reads, e.g. needs=['count']")
+    _REGISTRY[name] = Criterion(name, fn, needs)
 
 
 def check_criterion(criterion: str) -> str:
-    if criterion not in CRITERIA_NAMES:
-        raise ValueError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA_NAMES)}")
+    """`criterion` if it is registered; otherwise a ValueError listing the names and how to add one."""
+    if criterion not in _REGISTRY:
+        raise ValueError(
+            f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA_NAMES)}, or register your own "
+            "with reapkit.register_criterion (command line: --plugin FILE.py)"
+        )
     return criterion
+
+
+def check_ratio(ratio, name: str = "ratio") -> float:
+    """`ratio` as a float if it is a fraction of experts removed, in [0, 1); otherwise a ValueError.
+
+    >>> check_ratio(0.25)
+    0.25
+    >>> check_ratio(1)
+    Traceback (most recent call last):
+    ...
+    ValueError: ratio must be in [0, 1) (the fraction of experts removed), got 1
+    """
+    if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real) or math.isnan(ratio) or not 0 <= ratio < 1:
+        raise ValueError(f"{name} must be in [0, 1) (the fraction of experts removed), got {ratio!r}")
+    return float(ratio)
 
 
 def score(obs: Observations, criterion: str = "reap", *, domains=None, seed: int = 0) -> np.ndarray:
@@ -55,11 +133,22 @@ def score(obs: Observations, criterion: str = "reap", *, domains=None, seed: int
 
     `domains`: None (all pooled), a list of domains, or {domain: weight}.
     """
-    check_criterion(criterion)
-    stats = obs.pooled(domains, names=("count", "gate_sum", "norm_sum", "reap_sum", "max_activation", "prob_sum"))
-    if criterion == "random":
-        return np.random.default_rng(seed).random(tuple(stats["count"].shape))
-    return np.asarray(CRITERIA[criterion](stats), dtype=np.float64)
+    entry = _REGISTRY[check_criterion(criterion)]
+    pooled = obs.pooled(domains, names=entry.needs)
+    missing = [n for n in entry.needs if n not in pooled]
+    if missing:
+        raise ValueError(
+            f"criterion {criterion!r} needs the statistic(s) {missing}, which these observations do not hold "
+            f"(they hold {sorted(obs.stats[obs.domains[0]])})"
+        )
+    values = np.asarray(entry.fn({k: v.numpy() for k, v in pooled.items()}, seed=seed), dtype=np.float64)
+    expected = (len(obs.layers), max(obs.num_experts))
+    if values.shape != expected:
+        raise ValueError(
+            f"criterion {criterion!r} returned scores of shape {values.shape}; "
+            f"it must return one score per MoE layer and expert, shape {expected}"
+        )
+    return values
 
 
 def scores_frame(obs: Observations, criteria=("reap",), *, per_domain: bool = True, seed: int = 0) -> pd.DataFrame:
@@ -73,8 +162,71 @@ def scores_frame(obs: Observations, criteria=("reap",), *, per_domain: bool = Tr
             values = score(obs, criterion, domains=domains, seed=seed)
             layers, experts = np.meshgrid(obs.layers, np.arange(values.shape[1]), indexing="ij")
             present = experts < np.asarray(obs.num_experts)[:, None]  # layers of a non-uniform model differ
-            frames.append(pd.DataFrame({
-                "layer": layers[present], "expert": experts[present], "domain": name,
-                "criterion": criterion, "value": values[present],
-            }))
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "layer": layers[present],
+                        "expert": experts[present],
+                        "domain": name,
+                        "criterion": criterion,
+                        "value": values[present],
+                    }
+                )
+            )
     return pd.concat(frames, ignore_index=True)
+
+
+# --------------------------------------------------------------------------------------------
+# The built-in criteria
+# --------------------------------------------------------------------------------------------
+
+
+def _mean_over_routed(total: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """`total / count` per expert, 0 where the expert received no tokens."""
+    return np.divide(total, count, out=np.zeros_like(total), where=count > 0)
+
+
+def reap(stats, seed):
+    return _mean_over_routed(stats["reap_sum"], stats["count"])
+
+
+def frequency(stats, seed):
+    return stats["count"]
+
+
+def soft_frequency(stats, seed):
+    return stats["prob_sum"]
+
+
+def ean_sum(stats, seed):
+    return stats["norm_sum"]
+
+
+def ean_mean(stats, seed):
+    return _mean_over_routed(stats["norm_sum"], stats["count"])
+
+
+def weighted_ean_sum(stats, seed):
+    return stats["reap_sum"]
+
+
+def max_activation(stats, seed):
+    return stats["max_activation"]
+
+
+def random(stats, seed):
+    return np.random.default_rng(seed).random(stats["count"].shape)
+
+
+for _fn, _needs in [
+    (reap, ("reap_sum", "count")),
+    (frequency, ("count",)),
+    (soft_frequency, ("prob_sum",)),
+    (ean_sum, ("norm_sum",)),
+    (ean_mean, ("norm_sum", "count")),
+    (weighted_ean_sum, ("reap_sum",)),
+    (max_activation, ("max_activation",)),
+    (random, ("count",)),
+]:
+    _register(_fn.__name__, _fn, _needs)
+_BUILT_IN = frozenset(_REGISTRY)
