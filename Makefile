@@ -1,5 +1,7 @@
 # One entry point. `make demo` sets up .venv and runs the main job; `make test` sets up and tests.
-PYTHON ?= python3
+# The newest Python that pyproject.toml's requires-python accepts; `make PYTHON=/path/to/python3.x` picks another.
+PYTHONS ?= 3.13 3.12 3.11
+PYTHON  ?= $(firstword $(foreach v,$(PYTHONS),$(shell python$(v) -c "" 2>/dev/null && echo python$(v))))
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
@@ -9,6 +11,7 @@ STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
+	$(if $(PYTHON),,$(error no Python $(PYTHONS) found on PATH: install one of them, or run make PYTHON=/path/to/python3.x))
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'

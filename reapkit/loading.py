@@ -18,11 +18,11 @@ def load_model(name: str, *, dtype="auto", device: str = "cpu"):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if str(name) == "demo":
-        from .demo import DEMO_PATH
+        from .demo import DEMO_PATH, TRAIN_COMMAND
 
         name = str(DEMO_PATH)
         if not (DEMO_PATH / "config.json").is_file():
-            raise FileNotFoundError(f"the demo model is missing from {DEMO_PATH}; build it with `python -m reapkit.demo train`")
+            raise FileNotFoundError(f"the demo model is missing from {DEMO_PATH}; build it with `{TRAIN_COMMAND}`")
     torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
     model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype).to(device).eval()
     local = Path(name)

@@ -30,7 +30,9 @@ def _load(plugin: str) -> ModuleType:
     if plugin.endswith(".py") or "/" in plugin or "\\" in plugin:
         path = Path(plugin).resolve()
         if not path.is_file():
-            raise FileNotFoundError(f"plugin file {plugin} does not exist; pass a .py file or an importable module name")
+            raise FileNotFoundError(
+                f"plugin file {plugin} does not exist; pass a .py file or an importable module name"
+            )
         name = f"reapkit_plugin_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
         if name not in sys.modules:
             spec = importlib.util.spec_from_file_location(name, path)

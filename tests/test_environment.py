@@ -18,7 +18,7 @@ def test_environment_yml_mirrors_pyproject_pins():
     assert {p for p in pip if not p.startswith("-e")} == pins
     assert all("==" in p for p in pins)
     assert "torch==2.13.0" in pins
-    assert "python=3.11" in env["dependencies"]
+    assert f"python{project['requires-python']}" in env["dependencies"]  # the same Python versions
 
 
 def test_every_built_in_architecture_has_a_tiny_test_model():

@@ -24,8 +24,10 @@ def test_eval_mode_restores_each_submodule_even_after_an_error():
 def test_forward_hooks_see_outputs_and_are_removed_even_after_an_error():
     net = _net()
     seen = []
-    hooks = {net[0]: lambda m, args, out: seen.append(("first", out.shape[-1])),
-             net[2]: lambda m, args, out: seen.append(("last", out.shape[-1]))}
+    hooks = {
+        net[0]: lambda m, args, out: seen.append(("first", out.shape[-1])),
+        net[2]: lambda m, args, out: seen.append(("last", out.shape[-1])),
+    }
     with pytest.raises(ValueError), forward_hooks(hooks) as handles:
         assert len(handles) == 2
         net(torch.zeros(1, 2))

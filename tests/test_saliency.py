@@ -5,6 +5,7 @@ import sys
 
 import numpy as np
 import pytest
+from tiny_models import tiny_model
 
 from reapkit import cli, saliency
 from reapkit.notebook import ParameterError, check_parameters
@@ -12,7 +13,6 @@ from reapkit.observe import observe
 from reapkit.plan import PruningPlan
 from reapkit.plugins import load_plugins
 from reapkit.saliency import CRITERIA_NAMES, check_ratio, register_criterion, score, scores_frame
-from tiny_models import tiny_model
 
 PLUGIN = '''
 import reapkit
@@ -37,8 +37,9 @@ def obs():
 
     g = torch.Generator().manual_seed(0)
     seqs = [torch.randint(3, 96, (n,), generator=g).tolist() for n in (12, 7, 10, 5, 9, 12)]
-    return observe(tiny_model("qwen3_moe"), pad_batches(seqs[:3], "code", 3) + pad_batches(seqs[3:], "prose", 2),
-                   progress=False)
+    return observe(
+        tiny_model("qwen3_moe"), pad_batches(seqs[:3], "code", 3) + pad_batches(seqs[3:], "prose", 2), progress=False
+    )
 
 
 @pytest.fixture
@@ -60,8 +61,20 @@ def test_registered_criterion_in_scores_plans_and_notebook_checks(obs, plugin):
     assert plan.criterion == "loudest" and all(len(k) == 6 for k in plan.kept.values())
     ranked = np.argsort(-score(obs, "ean_mean")[0], kind="stable")[:6]
     assert plan.kept[obs.layers[0]] == sorted(ranked.tolist())
-    params = dict(model="demo", calibration="code:4", seed=0, max_length=16, batch_size=2, layers=None, output_dir="o",
-                  figures_dir="f", cache_dir=None, interactive=False, criteria=["loudest", "reap"], ratios=[0.5])
+    params = dict(
+        model="demo",
+        calibration="code:4",
+        seed=0,
+        max_length=16,
+        batch_size=2,
+        layers=None,
+        output_dir="o",
+        figures_dir="f",
+        cache_dir=None,
+        interactive=False,
+        criteria=["loudest", "reap"],
+        ratios=[0.5],
+    )
     assert check_parameters(params, "01_saliency").criteria == ["loudest", "reap"]
     with pytest.raises(ParameterError, match="unknown criterion"):
         check_parameters({**params, "criteria": ["quietest"]}, "01_saliency")
@@ -69,8 +82,23 @@ def test_registered_criterion_in_scores_plans_and_notebook_checks(obs, plugin):
 
 def test_cli_loads_a_plugin_for_scores(obs, plugin, tmp_path, capsys):
     obs.save(tmp_path / "obs")
-    run = subprocess.run([sys.executable, "-m", "reapkit", "scores", str(tmp_path / "obs"), "--criterion", "loudest",
-                          "--plugin", str(plugin), "--csv", str(tmp_path / "s.csv")], capture_output=True, text=True)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "reapkit",
+            "scores",
+            str(tmp_path / "obs"),
+            "--criterion",
+            "loudest",
+            "--plugin",
+            str(plugin),
+            "--csv",
+            str(tmp_path / "s.csv"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stderr
     assert "loudest scores" in run.stdout and (tmp_path / "s.csv").is_file()
     assert cli.main(["scores", str(tmp_path / "obs"), "--criterion", "loudest"]) == 2  # not loaded here
@@ -83,8 +111,16 @@ def test_random_is_a_seeded_criterion_like_the_others(obs):
     shape = (len(obs.layers), max(obs.num_experts))
     np.testing.assert_array_equal(score(obs, "random", seed=3), np.random.default_rng(3).random(shape))
     assert saliency._REGISTRY["random"].needs == ("count",)
-    assert list(CRITERIA_NAMES) == ["reap", "frequency", "soft_frequency", "ean_sum", "ean_mean", "weighted_ean_sum",
-                                    "max_activation", "random"]
+    assert list(CRITERIA_NAMES) == [
+        "reap",
+        "frequency",
+        "soft_frequency",
+        "ean_sum",
+        "ean_mean",
+        "weighted_ean_sum",
+        "max_activation",
+        "random",
+    ]
     assert set(saliency.DEFAULT_CRITERIA) <= set(CRITERIA_NAMES)
 
 
