@@ -32,11 +32,13 @@ import math
 import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from .observations import Observations
+if TYPE_CHECKING:  # importing saliency stays free of torch, so plotting code can read DEFAULT_CRITERIA
+    from .observations import Observations
 
 __all__ = [
     "CRITERIA_NAMES",

@@ -155,3 +155,13 @@ def test_check_ratio_rejects(value):
 
 def test_check_ratio_accepts():
     assert check_ratio(0) == 0.0 and isinstance(check_ratio(np.float32(0.5)), float)
+
+
+def test_shared_constants_load_without_torch():
+    code = (
+        "import sys; from reapkit.saliency import DEFAULT_CRITERIA, check_ratio; from reapkit.data import DOMAINS; "
+        "assert 'torch' not in sys.modules, 'torch was imported'; print(DOMAINS, DEFAULT_CRITERIA)"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "('code', 'prose', 'tools', 'math') ('reap', 'frequency', 'ean_mean', 'soft_frequency')" in run.stdout
