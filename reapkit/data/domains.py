@@ -148,76 +148,14 @@ def _prose_domain() -> list[str]:
 
 # -- tools ------------------------------------------------------------------------------------
 
-_TOOL_MODULES = [
-    "math",
-    "cmath",
-    "statistics",
-    "random",
-    "string",
-    "textwrap",
-    "json",
-    "re",
-    "os",
-    "os.path",
-    "shutil",
-    "glob",
-    "fnmatch",
-    "pathlib",
-    "datetime",
-    "calendar",
-    "time",
-    "base64",
-    "binascii",
-    "hashlib",
-    "hmac",
-    "zlib",
-    "gzip",
-    "bz2",
-    "lzma",
-    "html",
-    "urllib.parse",
-    "urllib.request",
-    "difflib",
-    "heapq",
-    "bisect",
-    "itertools",
-    "functools",
-    "operator",
-    "fractions",
-    "decimal",
-    "colorsys",
-    "unicodedata",
-    "locale",
-    "gettext",
-    "shlex",
-    "csv",
-    "secrets",
-    "uuid",
-    "ipaddress",
-    "socket",
-    "subprocess",
-    "tempfile",
-    "zipfile",
-    "tarfile",
-    "sqlite3",
-    "email.utils",
-    "mimetypes",
-    "platform",
-    "sysconfig",
-    "keyword",
-    "copy",
-    "pprint",
-    "reprlib",
-    "inspect",
-    "tokenize",
-    "warnings",
-    "logging",
-    "webbrowser",
-    "wave",
-    "quopri",
-    "uu",
-    "zoneinfo",
-]
+_TOOL_MODULES = (
+    "math cmath statistics random string textwrap json re os os.path shutil glob fnmatch pathlib "
+    "datetime calendar time base64 binascii hashlib hmac zlib gzip bz2 lzma html urllib.parse "
+    "urllib.request difflib heapq bisect itertools functools operator fractions decimal colorsys "
+    "unicodedata locale gettext shlex csv secrets uuid ipaddress socket subprocess tempfile zipfile "
+    "tarfile sqlite3 email.utils mimetypes platform sysconfig keyword copy pprint reprlib inspect "
+    "tokenize warnings logging webbrowser wave quopri uu zoneinfo"
+).split()
 
 _WORDS = (
     "apple river quantum garden report invoice orange sensor music travel budget castle "
