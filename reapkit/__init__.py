@@ -9,7 +9,7 @@
 Names load lazily, so `import reapkit.plot` does not import torch. (`reapkit.observe` is the
 module; the function is `reapkit.observe.observe`.)
 """
-from importlib import import_module
+from .lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -21,11 +21,4 @@ _EXPORTS = {
     "prune": ["mask_experts", "prune_checkpoint", "remove_experts", "save_pruned"],
     "saliency": ["CRITERIA_NAMES", "DEFAULT_CRITERIA", "register_criterion", "score", "scores_frame"],
 }
-_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name):
-    if name in _WHERE:
-        return getattr(import_module(f".{_WHERE[name]}", __name__), name)
-    raise AttributeError(f"module 'reapkit' has no attribute {name!r}")
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

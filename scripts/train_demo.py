@@ -447,30 +447,17 @@ def main(argv=None) -> int:
     e.add_argument("--samples", type=int, default=64)
     c = sub.add_parser("card", help="re-evaluate a demo checkpoint and rewrite its MODEL_CARD.md")
     c.add_argument("--path", default=str(DEMO_PATH))
-    args = p.parse_args(argv)
-    if args.command == "train":
-        train(
-            args.out,
-            seed=args.seed,
-            tokens=args.tokens,
-            lr=args.lr,
-            aux_coef=args.aux_coef,
-            mi_coef=args.mi_coef,
-            batch_size=args.batch_size,
-            seq_len=args.seq_len,
-            vocab_size=args.vocab_size,
-            moe_intermediate_size=args.moe_intermediate_size,
-            threads=args.threads,
-            tokenizer_chars=args.tokenizer_chars,
-            eval_samples=args.eval_samples,
-        )
-    elif args.command == "card":
+    options = vars(p.parse_args(argv))
+    command = options.pop("command")
+    if command == "train":
+        train(**options)  # the options are named like train's parameters
+    elif command == "card":
         torch.set_num_threads(2)
-        rewrite_model_card(args.path)
+        rewrite_model_card(options["path"])
     else:
         torch.set_num_threads(2)
-        model, tok = load_model(args.path, dtype="float32")
-        rep = evaluate_demo(model, tok, samples_per_domain=args.samples)
+        model, tok = load_model(options["path"], dtype="float32")
+        rep = evaluate_demo(model, tok, samples_per_domain=options["samples"])
         rep.pop("domain_expert_counts")
         rep.pop("expert_share")
         print(json.dumps(rep, indent=1))

@@ -13,6 +13,7 @@ CLEAN_PATHS = [
     "reapkit/data",
     "reapkit/demo.py",
     "reapkit/hooks.py",
+    "reapkit/lazy.py",
     "reapkit/plugins.py",
     "reapkit/saliency.py",
     "scripts",

@@ -42,7 +42,7 @@ domains) and :mod:`~reapkit.data.schemas` (data-set schemas). Names load lazily,
 domain names does not import torch.
 """
 
-from importlib import import_module
+from ..lazy import lazy_exports
 
 _EXPORTS = {
     "batches": [
@@ -59,15 +59,4 @@ _EXPORTS = {
     "schemas": ["DATASET_SCHEMAS", "DatasetSchema", "detect_schema", "load_records", "to_sample"],
     "spec": ["DEFAULT_SPEC", "SpecItem", "parse_spec"],
 }
-_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name):
-    if name in _WHERE:
-        return getattr(import_module(f".{_WHERE[name]}", __name__), name)
-    raise AttributeError(f"module 'reapkit.data' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -26,17 +26,6 @@ from .domains import SPLITS, domain_texts
 from .schemas import detect_schema, load_records, to_sample
 from .spec import parse_spec
 
-__all__ = [
-    "MIN_MAX_LENGTH",
-    "Batch",
-    "calibration_batches",
-    "content_hash",
-    "encode_sample",
-    "pad_batches",
-    "plain_chat",
-    "read_token_file",
-]
-
 
 @dataclass
 class Batch:

@@ -28,8 +28,6 @@ import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-__all__ = ["BUILTIN_DOMAINS", "DOMAINS", "SPLITS", "domain_texts", "split_of"]
-
 SPLITS = {"train": (0, 80), "validation": (80, 90), "calibration": (90, 100)}
 
 

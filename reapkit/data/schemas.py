@@ -16,8 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["DATASET_SCHEMAS", "DatasetSchema", "detect_schema", "load_records", "to_sample"]
-
 
 def _content_text(content) -> str:
     if content is None:

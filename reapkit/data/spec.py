@@ -17,8 +17,6 @@ from pathlib import Path
 
 from .domains import DOMAINS
 
-__all__ = ["DEFAULT_SPEC", "SpecItem", "parse_spec"]
-
 
 @dataclass(frozen=True)
 class SpecItem:
