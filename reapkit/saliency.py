@@ -188,47 +188,29 @@ def _mean_over_routed(total: np.ndarray, count: np.ndarray) -> np.ndarray:
     return np.divide(total, count, out=np.zeros_like(total), where=count > 0)
 
 
-def reap(stats, seed):
-    return _mean_over_routed(stats["reap_sum"], stats["count"])
+def _statistic(name: str):
+    """The criterion that is statistic `name` itself."""
+    return lambda stats, seed: stats[name]
 
 
-def frequency(stats, seed):
-    return stats["count"]
+def _per_routed_token(name: str):
+    """The criterion that is statistic `name` divided by the expert's routed tokens."""
+    return lambda stats, seed: _mean_over_routed(stats[name], stats["count"])
 
 
-def soft_frequency(stats, seed):
-    return stats["prob_sum"]
-
-
-def ean_sum(stats, seed):
-    return stats["norm_sum"]
-
-
-def ean_mean(stats, seed):
-    return _mean_over_routed(stats["norm_sum"], stats["count"])
-
-
-def weighted_ean_sum(stats, seed):
-    return stats["reap_sum"]
-
-
-def max_activation(stats, seed):
-    return stats["max_activation"]
-
-
-def random(stats, seed):
+def _uniform_noise(stats, seed):
     return np.random.default_rng(seed).random(stats["count"].shape)
 
 
-for _fn, _needs in [
-    (reap, ("reap_sum", "count")),
-    (frequency, ("count",)),
-    (soft_frequency, ("prob_sum",)),
-    (ean_sum, ("norm_sum",)),
-    (ean_mean, ("norm_sum", "count")),
-    (weighted_ean_sum, ("reap_sum",)),
-    (max_activation, ("max_activation",)),
-    (random, ("count",)),
+for _name, _fn, _needs in [
+    ("reap", _per_routed_token("reap_sum"), ("reap_sum", "count")),
+    ("frequency", _statistic("count"), ("count",)),
+    ("soft_frequency", _statistic("prob_sum"), ("prob_sum",)),
+    ("ean_sum", _statistic("norm_sum"), ("norm_sum",)),
+    ("ean_mean", _per_routed_token("norm_sum"), ("norm_sum", "count")),
+    ("weighted_ean_sum", _statistic("reap_sum"), ("reap_sum",)),
+    ("max_activation", _statistic("max_activation"), ("max_activation",)),
+    ("random", _uniform_noise, ("count",)),
 ]:
-    _register(_fn.__name__, _fn, _needs)
+    _register(_name, _fn, _needs)
 _BUILT_IN = frozenset(_REGISTRY)
