@@ -1,6 +1,6 @@
 # One entry point. `make demo` sets up .venv and runs the main job; `make test` sets up and tests.
 # The newest Python that pyproject.toml's requires-python accepts; `make PYTHON=/path/to/python3.x` picks another.
-PYTHONS ?= 3.13 3.12 3.11
+PYTHONS ?= 3.14 3.13 3.12 3.11
 PYTHON  ?= $(firstword $(foreach v,$(PYTHONS),$(shell python$(v) -c "" 2>/dev/null && echo python$(v))))
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
