@@ -95,6 +95,7 @@ def test_mutual_information():
     assert train_demo.mutual_information_bits(torch.eye(4) * 7) == pytest.approx(2.0)
 
 
+@pytest.mark.slow
 def test_train_demo_script_trains_a_tiny_model(tmp_path):
     out = tmp_path / "demo"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
