@@ -207,14 +207,14 @@ def main(argv=None):
         shutil.rmtree(checkpoint, ignore_errors=True)
         make_checkpoint(checkpoint, layers=args.layers, experts=args.experts, hidden=args.hidden,
                         moe_intermediate=args.moe_intermediate)
-        print(f"generated {checkpoint} in {time.perf_counter() - start:.0f}s")
+        print(f"generated {checkpoint} in {time.perf_counter() - start:.0f}s", flush=True)
     size, largest = checkpoint_size(checkpoint) / MB, largest_tensor(checkpoint) / MB
     print(f"checkpoint: {size:,.0f} MB of tensors in {len(list(checkpoint.glob('*.safetensors')))} shards, "
           f"largest tensor {largest:.1f} MB; {os.cpu_count()} CPU cores, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '1')}")
-    print(f"{'':58s} {'peak RSS':>10s} {'time':>8s}")
+    print(f"{'':58s} {'peak RSS':>10s} {'time':>8s}", flush=True)
     for section in SECTIONS:
         for row in section(checkpoint, work):
-            print(f"{row['what']:58s} {row['peak_rss_mb']:8.0f} MB {row['seconds']:7.1f}s  {row.get('note', '')}")
+            print(f"{row['what']:58s} {row['peak_rss_mb']:8.0f} MB {row['seconds']:7.1f}s  {row.get('note', '')}", flush=True)
     if not args.keep:
         shutil.rmtree(checkpoint)
 

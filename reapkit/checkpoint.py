@@ -322,24 +322,54 @@ def _sliced(stored: StoredTensor, action: _Action) -> tuple[tuple, int]:
     return tuple(shape), nbytes
 
 
-def _new_config(source, arch, plan: PruningPlan) -> dict:
-    """The source's config.json with the new expert count under every count key it uses (and the published one)."""
+def _new_config(source, arch, plan: PruningPlan, per_layer: dict | None) -> dict:
+    """The source's config.json with the new expert count under every count key it uses (and the published one).
+
+    A non-uniform plan writes the most common count globally and the others as `per_layer_config`.
+    """
     config = json.loads((Path(source) / "config.json").read_text())
     nested = config.get("text_config") if isinstance(config.get("text_config"), dict) else None
     target = nested if nested is not None and config.get("model_type") != arch.model_type else config
     old = next(iter(plan.num_experts.values()))
-    new = len(next(iter(plan.kept.values())))
+    new = _most_common_count(plan)
     target[arch.num_experts_key] = new
     for part in (config, nested):
         for key in EXPERT_COUNT_NAMES:
             if part is not None and part.get(key) == old:
                 part[key] = new
+    if per_layer:
+        target["per_layer_config"] = {str(layer): values for layer, values in sorted(per_layer.items())}
     return config
 
 
-def _check_uniform(model, plan: PruningPlan) -> None:
-    if plan.is_uniform:
-        return
+def _most_common_count(plan: PruningPlan) -> int:
+    counts = [len(plan.kept[layer]) for layer in plan.layers]
+    return max(counts, key=lambda n: (counts.count(n), n))
+
+
+def per_layer_counts(model, arch, plan: PruningPlan) -> dict | None:
+    """`{layer: {count key: n}}` for the layers of a non-uniform plan that differ from the most common count,
+    when transformers builds each MoE layer from it (`per_layer_config`); None for model types that ignore it.
+
+    Checked by building the model on the meta device with those counts, not by a list of model types.
+    """
+    import copy
+
+    common = _most_common_count(plan)
+    overrides = {layer: {arch.num_experts_key: len(kept)} for layer, kept in plan.kept.items() if len(kept) != common}
+    config = copy.deepcopy(model.config)
+    try:
+        setattr(config.get_text_config(), arch.num_experts_key, common)
+        config.get_text_config().per_layer_config = overrides
+        with torch.device("meta"):
+            probe = type(model)(config)
+        built = {layer: arch.experts_of(block).num_experts for layer, block in arch.moe_blocks(probe)}
+    except Exception:  # noqa: BLE001 - any failure to build means this model type cannot read per-layer counts
+        return None
+    return overrides if built == {layer: len(kept) for layer, kept in plan.kept.items()} else None
+
+
+def _refuse_non_uniform(model, plan: PruningPlan):
     import transformers
 
     raise CheckpointError(
@@ -370,7 +400,9 @@ def stream_prune(source, plan: PruningPlan, out, *, force: bool = False, progres
         arch = architecture_for(model)
     except (ValueError, KeyError, OSError) as error:
         raise CheckpointError(f"cannot read the architecture of {source}: {error}") from error
-    _check_uniform(model, plan)
+    per_layer = None if plan.is_uniform else per_layer_counts(model, arch, plan)
+    if not plan.is_uniform and per_layer is None:
+        _refuse_non_uniform(model, plan)
     rename = _renamer(model)
     readers = {}
 
@@ -422,7 +454,7 @@ def stream_prune(source, plan: PruningPlan, out, *, force: bool = False, progres
                     metadata.pop("total_parameters")  # not computable from bytes for packed dtypes; loaders do not need it
                 new_index["metadata"] = metadata
                 (tmp / INDEX_FILE).write_text(json.dumps(new_index, indent=2) + "\n")
-            (tmp / "config.json").write_text(json.dumps(_new_config(source, arch, plan), indent=2) + "\n")
+            (tmp / "config.json").write_text(json.dumps(_new_config(source, arch, plan, per_layer), indent=2) + "\n")
             provenance = {"source_model": str(source), **plan.provenance, "streamed": True}
             if unloaded:  # tensors transformers does not load (multi-token prediction), left out
                 provenance["dropped_unloaded_tensors"] = len(unloaded)

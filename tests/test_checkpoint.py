@@ -195,6 +195,43 @@ def test_plan_for_a_different_model_is_refused(qwen, tmp_path):
     assert nothing_written(tmp_path)
 
 
+def test_non_uniform_plan_writes_per_layer_config_where_transformers_reads_it(batches, tmp_path):
+    """A model type whose layers are built from `config.per_layer_config[i]` reloads per-layer counts with stock loading."""
+    from transformers import AutoConfig, Qwen3MoeConfig, Qwen3MoeForCausalLM
+    from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeSparseMoeBlock
+
+    from reapkit.arch import Architecture, register_architecture
+    from tiny_models import COMMON
+
+    class HeteroConfig(Qwen3MoeConfig):
+        model_type = "reapkit_test_hetero_moe"
+
+    class HeteroForCausalLM(Qwen3MoeForCausalLM):
+        config_class = HeteroConfig
+
+        def __init__(self, config):
+            config.allow_global_per_layer_attribute_access = True
+            super().__init__(config)
+            for i, layer in enumerate(self.model.layers):
+                layer.mlp = Qwen3MoeSparseMoeBlock(config.per_layer_config[i])
+            self.post_init()
+
+    AutoConfig.register(HeteroConfig.model_type, HeteroConfig, exist_ok=True)
+    AutoModelForCausalLM.register(HeteroConfig, HeteroForCausalLM, exist_ok=True)
+    register_architecture(Architecture(HeteroConfig.model_type, num_experts_key="num_experts"), overwrite=True)
+    torch.manual_seed(0)
+    model = HeteroForCausalLM(HeteroConfig(**COMMON, num_experts=8, moe_intermediate_size=32, head_dim=16)).eval()
+    model.save_pretrained(tmp_path / "source")
+    plan = PruningPlan.from_observations(observe(model, batches, progress=False), "reap", counts={0: 4, 1: 6})
+    stream_prune(tmp_path / "source", plan, tmp_path / "out", progress=False)
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["num_experts"] == 6 and config["per_layer_config"] == {"0": {"num_experts": 4}}
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    assert [layer.mlp.experts.num_experts for layer in reloaded.model.layers] == [4, 6]
+    remove_experts(model, plan)
+    torch.testing.assert_close(logits(reloaded, batches[0]), logits(model, batches[0]), rtol=0, atol=0)
+
+
 def test_non_uniform_plan_points_to_load_pruned(qwen, tmp_path):
     root, _, plan = qwen
     uneven = PruningPlan({0: plan.kept[0], 1: list(range(6))}, plan.num_experts, "custom")
