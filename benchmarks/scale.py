@@ -7,9 +7,10 @@ It writes a random qwen3_moe checkpoint in the hub layout (per-expert tensors, `
 config.json, 4 shards and an index) straight to safetensors, one decoder layer in memory at a
 time, observes it once with `reapkit observe` (a few hundred tokens, for the observations the
 pruner needs), then runs the same `python -m reapkit prune` twice, streaming (the default for a
-folder) and `--in-memory`, and prints each child's peak RSS (`os.wait4`, the child's own
-`ru_maxrss`) and wall time, the import baseline, the streaming bound (baseline + 2 x largest
-tensor + 200 MB) and whether both outputs hold bitwise equal tensors.
+folder) and `--in-memory`, and prints each child's peak RSS (`RUSAGE_CHILDREN` of a small wrapper
+process) and wall time, the import baseline, the streaming bound (baseline + 2 x largest
+tensor + 200 MB) and whether both outputs hold bitwise equal tensors. Checkpoint and observations
+are kept under --work between runs when --keep is given.
 
 Other measurements at the same scale plug in as sections: functions `section(checkpoint, work)
 -> list of rows` (dicts with `what`, `peak_rss_mb`, `seconds`, optional `note`) listed in SECTIONS;
@@ -23,7 +24,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -37,20 +37,21 @@ from reapkit.checkpoint import checkpoint_size, largest_tensor  # noqa: E402
 MB = 2**20
 
 
+#: Runs the command given as its arguments and prints that child's peak RSS (KB). Started from a small
+#: process, so the child's own figure does not include pages it inherited from this (larger) one at fork.
+_PEAK = ("import resource, subprocess, sys; code = subprocess.call(sys.argv[1:]); "
+         "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(code)")
+
+
 def run_measured(args: list[str], *, cwd=ROOT) -> dict:
-    """Run a child process; its own peak RSS (MB, from os.wait4) and wall time. Raises if it fails."""
+    """Run a child process; its peak RSS (MB, `RUSAGE_CHILDREN` of a small wrapper) and wall time. Raises if it fails."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        start = time.perf_counter()
-        proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=out, stderr=err, text=True)
-        _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage (RUSAGE_CHILDREN would keep the max of all)
-        seconds = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0), err.seek(0)
-        out, err = out.read(), err.read()
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)} failed:\n{err[-3000:]}")
-    return {"peak_rss_mb": usage.ru_maxrss / 1024, "seconds": seconds, "stdout": out}
+    start = time.perf_counter()
+    run = subprocess.run([sys.executable, "-c", _PEAK, *args], cwd=cwd, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if run.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed:\n{run.stderr[-3000:]}")
+    return {"peak_rss_mb": int(run.stderr.strip().splitlines()[-1]) / 1024, "seconds": seconds, "stdout": run.stdout}
 
 
 def make_checkpoint(folder, *, layers=8, experts=64, hidden=1024, moe_intermediate=768, vocab=32000,
@@ -166,9 +167,10 @@ def prune_rows(checkpoint: Path, work: Path, *, ratio: float = 0.5) -> list[dict
     rows = []
     base = run_measured([py, "-c", "import torch, transformers, reapkit.cli"])
     rows.append({"what": "import baseline (python, torch, transformers, reapkit)", **base})
-    observe = run_measured([py, "-m", "reapkit", "observe", str(checkpoint), "--data", str(tokens), "--out", str(work / "obs"),
-                            "--batch-size", "4", "--force"])
-    rows.append({"what": "in-memory observe (512 tokens, for the observations)", **observe})
+    if not (work / "obs" / "observations.json").is_file():  # observations to prune from (kept between runs)
+        observe = run_measured([py, "-m", "reapkit", "observe", str(checkpoint), "--data", str(tokens),
+                                "--out", str(work / "obs"), "--batch-size", "4", "--force"])
+        rows.append({"what": "in-memory observe (512 tokens, for the observations)", **observe})
     for label, extra in (("streaming prune", []), ("in-memory prune", ["--in-memory"])):
         out = work / ("pruned-" + ("memory" if extra else "stream"))
         result = run_measured([py, "-m", "reapkit", "prune", str(checkpoint), "--observations", str(work / "obs"),
@@ -176,7 +178,7 @@ def prune_rows(checkpoint: Path, work: Path, *, ratio: float = 0.5) -> list[dict
         rows.append({"what": f"{label} ({ratio:.0%} of experts)", **result})
     size, largest = checkpoint_size(checkpoint) / MB, largest_tensor(checkpoint) / MB
     bound = base["peak_rss_mb"] + 2 * largest + 200
-    stream, memory = rows[2], rows[3]
+    stream, memory = rows[-2], rows[-1]
     stream["note"] = (f"checkpoint / peak = {size / stream['peak_rss_mb']:.1f}x; bound {bound:.0f} MB "
                       f"({'within' if stream['peak_rss_mb'] <= bound else 'OVER'})")
     memory["note"] = (f"checkpoint / peak = {size / memory['peak_rss_mb']:.2f}x; "

@@ -302,15 +302,41 @@ class _ShardWriter:
         self.file = open(path, "wb")
         self.file.write(len(text).to_bytes(8, "little") + text)
 
-    def write(self, name: str, tensor: torch.Tensor) -> None:
+    def write(self, name: str, parts) -> None:
+        """Write tensor `name` from `parts`, tensors whose bytes follow each other (rows of it, in order)."""
         want_name, want = self.expected.pop(0)
-        data = tensor.contiguous().reshape(-1).view(torch.uint8)
-        if want_name != name or data.numel() != want:
-            raise RuntimeError(f"internal error: wrote {name} ({data.numel()} bytes) where {want_name} ({want} bytes) belongs")
-        self.file.write(memoryview(data.numpy()))
+        written = 0
+        for part in parts:
+            data = part.contiguous().reshape(-1).view(torch.uint8)
+            self.file.write(memoryview(data.numpy()))
+            written += data.numel()
+            del part, data
+        if want_name != name or written != want:
+            raise RuntimeError(f"internal error: wrote {name} ({written} bytes) where {want_name} ({want} bytes) belongs")
 
     def close(self):
         self.file.close()
+
+
+#: Rows read at once are at most this many bytes (bigger single rows are read whole).
+CHUNK_BYTES = 64 * 2**20
+
+
+def _pieces(f, stored: StoredTensor, action: _Action):
+    """The output tensor as consecutive pieces: runs of kept rows, read straight from the shard in chunks."""
+    if not stored.shape or action.dim != 0:  # scalars and correction biases (small): read whole, select
+        tensor = f.get_tensor(stored.name)
+        yield tensor if action.index is None else tensor.index_select(action.dim, torch.tensor(action.index))
+        return
+    rows = list(range(stored.shape[0])) if action.index is None else action.index
+    step = max(1, CHUNK_BYTES // max(1, stored.nbytes // stored.shape[0]))
+    start = 0
+    while start < len(rows):
+        stop = start + 1
+        while stop < len(rows) and stop - start < step and rows[stop] == rows[stop - 1] + 1:
+            stop += 1
+        yield f.get_slice(stored.name)[rows[start]:rows[stop - 1] + 1]
+        start = stop
 
 
 def _sliced(stored: StoredTensor, action: _Action) -> tuple[tuple, int]:
@@ -404,12 +430,9 @@ def stream_prune(source, plan: PruningPlan, out, *, force: bool = False, progres
     if not plan.is_uniform and per_layer is None:
         _refuse_non_uniform(model, plan)
     rename = _renamer(model)
-    readers = {}
-
-    def reader(stored: StoredTensor):
-        if stored.shard not in readers:
-            readers[stored.shard] = safe_open(str(source / stored.shard), framework="pt")
-        return readers[stored.shard].get_tensor(stored.name)
+    def reader(stored: StoredTensor):  # each read opens the shard and closes it: no mapped pages stay resident
+        with safe_open(str(source / stored.shard), framework="pt") as f:
+            return f.get_tensor(stored.name)
 
     by_model_name = {rename(name): (lambda s=s: reader(s)) for name, s in tensors.items()}
     check_plan_against(model, plan, tensors, by_model_name)
@@ -434,12 +457,9 @@ def stream_prune(source, plan: PruningPlan, out, *, force: bool = False, progres
                 writer = _ShardWriter(tmp / shard, [e[2:] for e in entries], shard_metadata[shard])
                 try:
                     for _, name, new_name, *_ in entries:
-                        tensor, action = reader(tensors[name]), actions[name]
-                        if action.index is not None:
-                            tensor = tensor.index_select(action.dim, torch.tensor(action.index))
-                        writer.write(new_name, tensor)
+                        with safe_open(str(source / shard), framework="pt") as f:
+                            writer.write(new_name, _pieces(f, tensors[name], actions[name]))
                         weight_map[new_name] = shard
-                        del tensor
                         bar.update()
                 finally:
                     writer.close()
