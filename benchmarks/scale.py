@@ -32,7 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from reapkit.checkpoint import checkpoint_size, largest_tensor  # noqa: E402
+from reapkit.checkpoint import checkpoint_size, largest_tensor
 
 MB = 2**20
 
@@ -47,7 +47,7 @@ def run_measured(args: list[str], *, cwd=ROOT) -> dict:
     """Run a child process; its peak RSS (MB, `RUSAGE_CHILDREN` of a small wrapper) and wall time. Raises if it fails."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     start = time.perf_counter()
-    run = subprocess.run([sys.executable, "-c", _PEAK, *args], cwd=cwd, env=env, capture_output=True, text=True)
+    run = subprocess.run([sys.executable, "-c", _PEAK, *args], cwd=cwd, env=env, capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - start
     if run.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} failed:\n{run.stderr[-3000:]}")

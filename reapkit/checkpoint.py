@@ -135,7 +135,7 @@ class _MoeLayer:
     known: dict  # {model tensor name: shape} of the router's and experts' own tensors
 
     def owns(self, key: str) -> bool:
-        return key == self.correction_bias or key.startswith(self.experts + ".") or key.startswith(self.router + ".")
+        return key == self.correction_bias or key.startswith((self.experts + ".", self.router + "."))
 
 
 @dataclass
@@ -179,9 +179,9 @@ def _moe_layers(model, arch) -> dict[int, _MoeLayer]:
     return layers
 
 
-def _plan_actions(tensors, model, arch, plan: PruningPlan) -> tuple[dict[str, _Action], list[str]]:
+def _plan_actions(tensors, model, arch, plan: PruningPlan, rename) -> tuple[dict[str, _Action], list[str]]:
     """`({stored name: action}, names of tensors transformers never loads)`; removed experts get no action."""
-    rename, layers = _renamer(model), _moe_layers(model, arch)
+    layers = _moe_layers(model, arch)
     ignored = [re.compile(p) for p in (getattr(model, "_keys_to_ignore_on_load_unexpected", None) or [])]
     actions, unloaded = {}, []
     for name, stored in tensors.items():
@@ -240,8 +240,11 @@ def _fused_action(name, key, stored, moe, total, kept, what):
 # Checks: the plan against the checkpoint
 
 
-def check_plan_against(model, plan: PruningPlan, tensors, rename_to_stored) -> None:
-    """Raise unless `plan` was made for this checkpoint: MoE layers, expert counts, router fingerprint."""
+def check_plan_against(model, plan: PruningPlan, read) -> None:
+    """Raise unless `plan` was made for this checkpoint: MoE layers, expert counts, router fingerprint.
+
+    `read(model tensor name)` returns that tensor from the checkpoint, or None when it has none.
+    """
     from .observations import fingerprint
     from .prune import check_plan
 
@@ -261,11 +264,11 @@ def check_plan_against(model, plan: PruningPlan, tensors, rename_to_stored) -> N
     names = {id(m): n for n, m in model.named_modules()}
     for _, block in blocks:
         router = arch.router_of(block)
-        stored = rename_to_stored.get(f"{names[id(router)]}.weight")
-        if stored is None:
+        weight = read(f"{names[id(router)]}.weight")
+        if weight is None:
             raise CheckpointError(f"the checkpoint has no router weight {names[id(router)]}.weight, so reapkit cannot check "
                                   "that the plan was made for it")
-        router._parameters["weight"] = torch.nn.Parameter(stored(), requires_grad=False)
+        router._parameters["weight"] = torch.nn.Parameter(weight, requires_grad=False)
     found = fingerprint(model)
     dtype = model.config.get_text_config().dtype
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
@@ -299,7 +302,7 @@ class _ShardWriter:
         text = json.dumps(header, separators=(",", ":")).encode()
         text += b" " * (-len(text) % 8)
         self.expected = [(name, nbytes) for name, _, _, nbytes in entries]
-        self.file = open(path, "wb")
+        self.file = open(path, "wb")  # noqa: SIM115 - closed by close(), after the tensors of the shard
         self.file.write(len(text).to_bytes(8, "little") + text)
 
     def write(self, name: str, parts) -> None:
@@ -430,13 +433,17 @@ def stream_prune(source, plan: PruningPlan, out, *, force: bool = False, progres
     if not plan.is_uniform and per_layer is None:
         _refuse_non_uniform(model, plan)
     rename = _renamer(model)
-    def reader(stored: StoredTensor):  # each read opens the shard and closes it: no mapped pages stay resident
+    by_model_name = {rename(name): stored for name, stored in tensors.items()}
+
+    def read(model_name):  # opens the shard for one tensor and closes it: no mapped pages stay resident
+        stored = by_model_name.get(model_name)
+        if stored is None:
+            return None
         with safe_open(str(source / stored.shard), framework="pt") as f:
             return f.get_tensor(stored.name)
 
-    by_model_name = {rename(name): (lambda s=s: reader(s)) for name, s in tensors.items()}
-    check_plan_against(model, plan, tensors, by_model_name)
-    actions, unloaded = _plan_actions(tensors, model, arch, plan)
+    check_plan_against(model, plan, read)
+    actions, unloaded = _plan_actions(tensors, model, arch, plan, rename)
 
     shards = {}
     for name, action in actions.items():
@@ -444,7 +451,8 @@ def stream_prune(source, plan: PruningPlan, out, *, force: bool = False, progres
         shape, nbytes = _sliced(stored, action)
         shards.setdefault(stored.shard, []).append((stored.offset, name, action.name, stored.dtype, shape, nbytes))
     total = sum(e[-1] for entries in shards.values() for e in entries)
-    free = shutil.disk_usage(out.parent if out.parent.exists() else Path.cwd()).free
+    existing = next(p for p in [out.absolute(), *out.absolute().parents] if p.exists())
+    free = shutil.disk_usage(existing).free
     if total > free:
         raise CheckpointError(f"not enough disk space for {out}: the pruned checkpoint needs {total / 2**30:.2f} GiB, "
                               f"{free / 2**30:.2f} GiB are free; free some space or write elsewhere")
