@@ -13,7 +13,7 @@ tensor + 200 MB) and whether both outputs hold bitwise equal tensors. Checkpoint
 are kept under --work between runs when --keep is given.
 
 Other measurements at the same scale plug in as sections: functions `section(checkpoint, work)
--> list of rows` (dicts with `what`, `peak_rss_mb`, `seconds`, optional `note`) listed in SECTIONS;
+-> list of rows` (dicts with `what`, optional `peak_rss_mb` and `seconds`, `note`) listed in SECTIONS;
 e.g. `from scale_observe import observe_rows; SECTIONS.append(observe_rows)`.
 """
 from __future__ import annotations
@@ -185,7 +185,7 @@ def prune_rows(checkpoint: Path, work: Path, *, ratio: float = 0.5) -> list[dict
                       f"streaming is {memory['seconds'] / stream['seconds']:.1f}x faster, "
                       f"{memory['peak_rss_mb'] / stream['peak_rss_mb']:.1f}x less memory")
     equal = tensors_equal(work / "pruned-stream", work / "pruned-memory")
-    rows.append({"what": "outputs bitwise equal", "peak_rss_mb": float("nan"), "seconds": float("nan"), "note": str(equal)})
+    rows.append({"what": f"outputs bitwise equal: {equal}"})
     return rows
 
 
@@ -216,7 +216,8 @@ def main(argv=None):
     print(f"{'':58s} {'peak RSS':>10s} {'time':>8s}", flush=True)
     for section in SECTIONS:
         for row in section(checkpoint, work):
-            print(f"{row['what']:58s} {row['peak_rss_mb']:8.0f} MB {row['seconds']:7.1f}s  {row.get('note', '')}", flush=True)
+            figures = f"{row['peak_rss_mb']:8.0f} MB {row['seconds']:7.1f}s" if "seconds" in row else ""
+            print(f"{row['what']:58s} {figures:19s}  {row.get('note', '')}".rstrip(), flush=True)
     if not args.keep:
         shutil.rmtree(checkpoint)
 
