@@ -421,6 +421,8 @@ def stream_prune(source, plan: PruningPlan, out, *, force: bool = False, progres
     from tqdm.auto import tqdm
 
     source, out = Path(source), Path(out)
+    if out.resolve() == source.resolve() or source.resolve() in out.resolve().parents:
+        raise CheckpointError(f"the output {out} would overwrite or sit inside the source {source}; write it elsewhere")
     if not (source / "config.json").is_file():
         raise CheckpointError(f"{source} has no config.json; give the folder of a transformers checkpoint")
     tensors, shard_metadata, index = stored_tensors(source)

@@ -183,6 +183,14 @@ def test_missing_shard_is_named(qwen, tmp_path):
     assert nothing_written(tmp_path)
 
 
+def test_output_over_the_source_is_refused(qwen):
+    root, _, plan = qwen
+    for out in (root / "model", root / "model" / "pruned"):
+        with pytest.raises(CheckpointError, match="would overwrite or sit inside the source"):
+            stream_prune(root / "model", plan, out, force=True, progress=False)
+    assert (root / "model" / "config.json").is_file() and not (root / "model" / "pruned").exists()
+
+
 def test_plan_for_a_different_model_is_refused(qwen, tmp_path):
     plan = qwen[2]
     tiny_model("qwen3_moe", seed=5).save_pretrained(tmp_path / "other")
