@@ -149,6 +149,42 @@ def test_quantised_expert_tensors_go_with_their_expert(qwen, scheme, tmp_path):
     assert written["quantization_config"] == config["quantization_config"] and written["num_experts"] == 4
 
 
+def test_fused_packed_tensors_with_the_expert_count_first_are_sliced(tmp_path):
+    """gpt-oss ships MXFP4 experts as `gate_up_proj_blocks` [E, 2I, n, 16] and `_scales` [E, 2I, n]: sliced like the rest."""
+    model = tiny_model("gpt_oss")
+    save_fused(model, tmp_path / "source")
+    weights = load_file(tmp_path / "source" / "model.safetensors")
+    for layer in (0, 1):
+        p = f"model.layers.{layer}.mlp.experts."
+        for name in ("gate_up_proj", "down_proj"):
+            rows = weights.pop(p + name).shape[1]
+            weights[p + name + "_blocks"] = torch.arange(8, dtype=torch.uint8).view(8, 1, 1, 1).expand(8, rows, 2, 16).contiguous()
+            weights[p + name + "_scales"] = torch.arange(8, dtype=torch.uint8).view(8, 1, 1).expand(8, rows, 2).contiguous()
+    save_file(weights, str(tmp_path / "source" / "model.safetensors"))
+    plan = PruningPlan({0: [1, 2, 5, 7], 1: [0, 3, 4, 6]}, {0: 8, 1: 8}, "custom")
+    stream_prune(tmp_path / "source", plan, tmp_path / "out", progress=False)
+    out = tensors(tmp_path / "out")
+    for layer, kept in plan.kept.items():
+        p = f"model.layers.{layer}.mlp."
+        assert out[p + "experts.gate_up_proj_blocks"][:, 0, 0, 0].tolist() == kept
+        assert out[p + "experts.down_proj_scales"][:, 0, 0].tolist() == kept
+        assert torch.equal(out[p + "router.weight"], weights[p + "router.weight"][kept])
+        assert torch.equal(out[p + "router.bias"], weights[p + "router.bias"][kept])
+
+
+def test_layers_transformers_does_not_load_are_left_out(tmp_path):
+    """DeepSeek-V3's multi-token-prediction layer (model.layers.61) has no statistics: dropped, and counted."""
+    model = tiny_model("deepseek_v3")
+    save_fused(model, tmp_path / "source")
+    weights = load_file(tmp_path / "source" / "model.safetensors")
+    mtp = {f"model.layers.61.mlp.experts.{e}.gate_proj.weight": torch.zeros(2, 2) for e in range(8)}
+    save_file(weights | mtp, str(tmp_path / "source" / "model.safetensors"))
+    plan = PruningPlan({1: [0, 1, 4, 5], 2: [2, 3, 6, 7]}, {1: 8, 2: 8}, "custom")
+    stream_prune(tmp_path / "source", plan, tmp_path / "out", progress=False)
+    assert not any(k.startswith("model.layers.61.") for k in tensors(tmp_path / "out"))
+    assert PruningPlan.load(tmp_path / "out" / "pruning_plan.json").provenance["dropped_unloaded_tensors"] == 8
+
+
 def nothing_written(tmp_path):
     return not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.tmp-*"))
 
