@@ -16,6 +16,7 @@ Other measurements at the same scale plug in as sections: functions `section(che
 -> list of rows` (dicts with `what`, optional `peak_rss_mb` and `seconds`, `note`) listed in SECTIONS;
 e.g. `from scale_observe import observe_rows; SECTIONS.append(observe_rows)`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,23 +40,28 @@ MB = 2**20
 
 #: Runs the command given as its arguments and prints that child's peak RSS (KB). Started from a small
 #: process, so the child's own figure does not include pages it inherited from this (larger) one at fork.
-_PEAK = ("import resource, subprocess, sys; code = subprocess.call(sys.argv[1:]); "
-         "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(code)")
+_PEAK = (
+    "import resource, subprocess, sys; code = subprocess.call(sys.argv[1:]); "
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(code)"
+)
 
 
 def run_measured(args: list[str], *, cwd=ROOT) -> dict:
     """Run a child process; its peak RSS (MB, `RUSAGE_CHILDREN` of a small wrapper) and wall time. Raises if it fails."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     start = time.perf_counter()
-    run = subprocess.run([sys.executable, "-c", _PEAK, *args], cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    run = subprocess.run(
+        [sys.executable, "-c", _PEAK, *args], cwd=cwd, env=env, capture_output=True, text=True, check=False
+    )
     seconds = time.perf_counter() - start
     if run.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} failed:\n{run.stderr[-3000:]}")
     return {"peak_rss_mb": int(run.stderr.strip().splitlines()[-1]) / 1024, "seconds": seconds, "stdout": run.stdout}
 
 
-def make_checkpoint(folder, *, layers=8, experts=64, hidden=1024, moe_intermediate=768, vocab=32000,
-                    top_k=8, shards=4, seed=0) -> Path:
+def make_checkpoint(
+    folder, *, layers=8, experts=64, hidden=1024, moe_intermediate=768, vocab=32000, top_k=8, shards=4, seed=0
+) -> Path:
     """A random qwen3_moe checkpoint in the hub layout, written one decoder layer at a time."""
     from safetensors.torch import save_file
     from transformers import Qwen3MoeConfig
@@ -63,10 +69,21 @@ def make_checkpoint(folder, *, layers=8, experts=64, hidden=1024, moe_intermedia
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     heads, kv_heads, head_dim = hidden // 64, max(1, hidden // 256), 64
-    config = Qwen3MoeConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                            num_key_value_heads=kv_heads, head_dim=head_dim, num_experts=experts, num_experts_per_tok=top_k,
-                            moe_intermediate_size=moe_intermediate, intermediate_size=4 * hidden, norm_topk_prob=True,
-                            tie_word_embeddings=False, dtype="bfloat16")
+    config = Qwen3MoeConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        head_dim=head_dim,
+        num_experts=experts,
+        num_experts_per_tok=top_k,
+        moe_intermediate_size=moe_intermediate,
+        intermediate_size=4 * hidden,
+        norm_topk_prob=True,
+        tie_word_embeddings=False,
+        dtype="bfloat16",
+    )
     config.save_pretrained(folder)
     data = json.loads((folder / "config.json").read_text())
     data["num_experts"] = data.pop("num_local_experts", experts)  # as the hub's Qwen3-MoE configs say it
@@ -85,23 +102,31 @@ def make_checkpoint(folder, *, layers=8, experts=64, hidden=1024, moe_intermedia
         name = f"model-{number:05d}-of-{shards:05d}.safetensors"
         for layer in group:
             p = f"model.layers.{layer}."
-            t = {p + "input_layernorm.weight": torch.ones(hidden, dtype=torch.bfloat16),
-                 p + "post_attention_layernorm.weight": torch.ones(hidden, dtype=torch.bfloat16),
-                 p + "self_attn.q_proj.weight": rand(heads * head_dim, hidden),
-                 p + "self_attn.k_proj.weight": rand(kv_heads * head_dim, hidden),
-                 p + "self_attn.v_proj.weight": rand(kv_heads * head_dim, hidden),
-                 p + "self_attn.o_proj.weight": rand(hidden, heads * head_dim),
-                 p + "self_attn.q_norm.weight": torch.ones(head_dim, dtype=torch.bfloat16),
-                 p + "self_attn.k_norm.weight": torch.ones(head_dim, dtype=torch.bfloat16),
-                 p + "mlp.gate.weight": rand(experts, hidden, std=0.3)}
+            t = {
+                p + "input_layernorm.weight": torch.ones(hidden, dtype=torch.bfloat16),
+                p + "post_attention_layernorm.weight": torch.ones(hidden, dtype=torch.bfloat16),
+                p + "self_attn.q_proj.weight": rand(heads * head_dim, hidden),
+                p + "self_attn.k_proj.weight": rand(kv_heads * head_dim, hidden),
+                p + "self_attn.v_proj.weight": rand(kv_heads * head_dim, hidden),
+                p + "self_attn.o_proj.weight": rand(hidden, heads * head_dim),
+                p + "self_attn.q_norm.weight": torch.ones(head_dim, dtype=torch.bfloat16),
+                p + "self_attn.k_norm.weight": torch.ones(head_dim, dtype=torch.bfloat16),
+                p + "mlp.gate.weight": rand(experts, hidden, std=0.3),
+            }
             for e in range(experts):
                 q = f"{p}mlp.experts.{e}."
-                t |= {q + "gate_proj.weight": rand(moe_intermediate, hidden), q + "up_proj.weight": rand(moe_intermediate, hidden),
-                      q + "down_proj.weight": rand(hidden, moe_intermediate)}
+                t |= {
+                    q + "gate_proj.weight": rand(moe_intermediate, hidden),
+                    q + "up_proj.weight": rand(moe_intermediate, hidden),
+                    q + "down_proj.weight": rand(hidden, moe_intermediate),
+                }
             if number == 1 and layer == group[0]:
                 t["model.embed_tokens.weight"] = rand(vocab, hidden)
             if number == shards and layer == group[-1]:
-                t |= {"model.norm.weight": torch.ones(hidden, dtype=torch.bfloat16), "lm_head.weight": rand(vocab, hidden)}
+                t |= {
+                    "model.norm.weight": torch.ones(hidden, dtype=torch.bfloat16),
+                    "lm_head.weight": rand(vocab, hidden),
+                }
             part = folder / f".part-{layer}.safetensors"
             save_file(t, str(part), metadata={"format": "pt"})
             weight_map |= {k: name for k in t}
@@ -168,22 +193,55 @@ def prune_rows(checkpoint: Path, work: Path, *, ratio: float = 0.5) -> list[dict
     base = run_measured([py, "-c", "import torch, transformers, reapkit.cli"])
     rows.append({"what": "import baseline (python, torch, transformers, reapkit)", **base})
     if not (work / "obs" / "observations.json").is_file():  # observations to prune from (kept between runs)
-        observe = run_measured([py, "-m", "reapkit", "observe", str(checkpoint), "--data", str(tokens),
-                                "--out", str(work / "obs"), "--batch-size", "4", "--force"])
+        observe = run_measured(
+            [
+                py,
+                "-m",
+                "reapkit",
+                "observe",
+                str(checkpoint),
+                "--data",
+                str(tokens),
+                "--out",
+                str(work / "obs"),
+                "--batch-size",
+                "4",
+                "--force",
+            ]
+        )
         rows.append({"what": "in-memory observe (512 tokens, for the observations)", **observe})
     for label, extra in (("streaming prune", []), ("in-memory prune", ["--in-memory"])):
         out = work / ("pruned-" + ("memory" if extra else "stream"))
-        result = run_measured([py, "-m", "reapkit", "prune", str(checkpoint), "--observations", str(work / "obs"),
-                               "--ratio", str(ratio), "--out", str(out), "--force", *extra])
+        result = run_measured(
+            [
+                py,
+                "-m",
+                "reapkit",
+                "prune",
+                str(checkpoint),
+                "--observations",
+                str(work / "obs"),
+                "--ratio",
+                str(ratio),
+                "--out",
+                str(out),
+                "--force",
+                *extra,
+            ]
+        )
         rows.append({"what": f"{label} ({ratio:.0%} of experts)", **result})
     size, largest = checkpoint_size(checkpoint) / MB, largest_tensor(checkpoint) / MB
     bound = base["peak_rss_mb"] + 2 * largest + 200
     stream, memory = rows[-2], rows[-1]
-    stream["note"] = (f"checkpoint / peak = {size / stream['peak_rss_mb']:.1f}x; bound {bound:.0f} MB "
-                      f"({'within' if stream['peak_rss_mb'] <= bound else 'OVER'})")
-    memory["note"] = (f"checkpoint / peak = {size / memory['peak_rss_mb']:.2f}x; "
-                      f"streaming is {memory['seconds'] / stream['seconds']:.1f}x faster, "
-                      f"{memory['peak_rss_mb'] / stream['peak_rss_mb']:.1f}x less memory")
+    stream["note"] = (
+        f"checkpoint / peak = {size / stream['peak_rss_mb']:.1f}x; bound {bound:.0f} MB "
+        f"({'within' if stream['peak_rss_mb'] <= bound else 'OVER'})"
+    )
+    memory["note"] = (
+        f"checkpoint / peak = {size / memory['peak_rss_mb']:.2f}x; "
+        f"streaming is {memory['seconds'] / stream['seconds']:.1f}x faster, "
+        f"{memory['peak_rss_mb'] / stream['peak_rss_mb']:.1f}x less memory"
+    )
     equal = tensors_equal(work / "pruned-stream", work / "pruned-memory")
     rows.append({"what": f"outputs bitwise equal: {equal}"})
     return rows
@@ -207,12 +265,19 @@ def main(argv=None):
     if not (checkpoint / "model.safetensors.index.json").is_file():
         start = time.perf_counter()
         shutil.rmtree(checkpoint, ignore_errors=True)
-        make_checkpoint(checkpoint, layers=args.layers, experts=args.experts, hidden=args.hidden,
-                        moe_intermediate=args.moe_intermediate)
+        make_checkpoint(
+            checkpoint,
+            layers=args.layers,
+            experts=args.experts,
+            hidden=args.hidden,
+            moe_intermediate=args.moe_intermediate,
+        )
         print(f"generated {checkpoint} in {time.perf_counter() - start:.0f}s", flush=True)
     size, largest = checkpoint_size(checkpoint) / MB, largest_tensor(checkpoint) / MB
-    print(f"checkpoint: {size:,.0f} MB of tensors in {len(list(checkpoint.glob('*.safetensors')))} shards, "
-          f"largest tensor {largest:.1f} MB; {os.cpu_count()} CPU cores, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '1')}")
+    print(
+        f"checkpoint: {size:,.0f} MB of tensors in {len(list(checkpoint.glob('*.safetensors')))} shards, "
+        f"largest tensor {largest:.1f} MB; {os.cpu_count()} CPU cores, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '1')}"
+    )
     print(f"{'':58s} {'peak RSS':>10s} {'time':>8s}", flush=True)
     for section in SECTIONS:
         for row in section(checkpoint, work):

@@ -20,6 +20,7 @@ and transformers' own checkpoint renamings:
 Anything else under an expert or router that does not have the expert count where it should is
 refused with its name: reapkit never prunes a layout it does not understand.
 """
+
 from __future__ import annotations
 
 import errno
@@ -38,7 +39,9 @@ from .plan import PruningPlan
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 #: Weight files of other formats: not pruned here, so never copied beside the pruned shards.
-OTHER_WEIGHTS = re.compile(r"(pytorch_model.*\.bin|.*\.bin\.index\.json|.*\.pt|.*\.pth|.*\.gguf|tf_model\.h5|flax_model\.msgpack)$")
+OTHER_WEIGHTS = re.compile(
+    r"(pytorch_model.*\.bin|.*\.bin\.index\.json|.*\.pt|.*\.pth|.*\.gguf|tf_model\.h5|flax_model\.msgpack)$"
+)
 _OUT_OF_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
 
@@ -72,7 +75,9 @@ def read_header(path) -> tuple[dict, dict[str, dict]]:
                 raise ValueError(f"header length {size}")
             header = json.loads(f.read(size))
     except (OSError, ValueError) as error:
-        raise CheckpointError(f"{path} is not a readable safetensors file ({error}); download the shard again") from error
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file ({error}); download the shard again"
+        ) from error
     return header.pop("__metadata__", None) or {}, header
 
 
@@ -167,15 +172,18 @@ def _renamer(model):
 
 def _moe_layers(model, arch) -> dict[int, _MoeLayer]:
     names = {id(module): name for name, module in model.named_modules()}
-    tensor_names = {id(t): name for name, t in model.named_parameters()} | {id(t): name for name, t in model.named_buffers()}
+    tensor_names = {id(t): name for name, t in model.named_parameters()} | {
+        id(t): name for name, t in model.named_buffers()
+    }
     layers = {}
     for index, block in arch.moe_blocks(model):
         experts, router = arch.experts_of(block), arch.router_of(block)
         bias = arch.correction_bias_of(block)
         known = {f"{names[id(experts)]}.{n}": tuple(t.shape) for n, t in experts.state_dict().items()}
         known |= {f"{names[id(router)]}.{n}": tuple(t.shape) for n, t in router.state_dict().items()}
-        layers[index] = _MoeLayer(index, names[id(experts)], names[id(router)],
-                                  None if bias is None else tensor_names[id(bias)], known)
+        layers[index] = _MoeLayer(
+            index, names[id(experts)], names[id(router)], None if bias is None else tensor_names[id(bias)], known
+        )
     return layers
 
 
@@ -187,10 +195,16 @@ def _plan_actions(tensors, model, arch, plan: PruningPlan, rename) -> tuple[dict
     for name, stored in tensors.items():
         key = rename(name)
         if any(p.search(key) for p in ignored):
-            unloaded.append(name)  # e.g. multi-token-prediction layers: no statistics, so their experts cannot be pruned
+            unloaded.append(
+                name
+            )  # e.g. multi-token-prediction layers: no statistics, so their experts cannot be pruned
             continue
         moe = next((m for m in layers.values() if m.owns(key)), None)
-        action = _Action(name) if moe is None else _layer_action(name, key, stored, moe, plan.num_experts[moe.layer], plan.kept[moe.layer])
+        action = (
+            _Action(name)
+            if moe is None
+            else _layer_action(name, key, stored, moe, plan.num_experts[moe.layer], plan.kept[moe.layer])
+        )
         if action is not None:
             actions[name] = action
     return actions, unloaded
@@ -201,22 +215,28 @@ def _layer_action(name, key, stored: StoredTensor, moe: _MoeLayer, total: int, k
     shape = stored.shape
     if key == moe.correction_bias:
         if not shape or shape[-1] != total:
-            raise CheckpointError(f"the correction bias {name} has shape {list(shape)}, not [..., {total}] experts; reapkit cannot slice it")
+            raise CheckpointError(
+                f"the correction bias {name} has shape {list(shape)}, not [..., {total}] experts; reapkit cannot slice it"
+            )
         return _Action(name, kept, len(shape) - 1)
     if key.startswith(moe.experts + "."):
-        rest = key[len(moe.experts) + 1:]
+        rest = key[len(moe.experts) + 1 :]
         head, _, tail = rest.partition(".")
         if head.isdigit() and tail:  # per-expert layout: everything under the expert's name goes with it
             expert = int(head)
             if expert >= total:
-                raise CheckpointError(f"{name} belongs to expert {expert}, but layer {moe.layer} has {total} experts (config); "
-                                      "the checkpoint and its config.json disagree")
+                raise CheckpointError(
+                    f"{name} belongs to expert {expert}, but layer {moe.layer} has {total} experts (config); "
+                    "the checkpoint and its config.json disagree"
+                )
             if expert not in kept:
                 return None
             suffix = f".{expert}.{tail}"
             if not name.endswith(suffix):
-                raise CheckpointError(f"cannot locate the expert index in the stored name {name}; reapkit cannot renumber it")
-            return _Action(f"{name[:-len(suffix)]}.{kept.index(expert)}.{tail}")
+                raise CheckpointError(
+                    f"cannot locate the expert index in the stored name {name}; reapkit cannot renumber it"
+                )
+            return _Action(f"{name[: -len(suffix)]}.{kept.index(expert)}.{tail}")
         return _fused_action(name, key, stored, moe, total, kept, "fused expert tensor")
     if key.startswith(moe.router + "."):
         if moe.known.get(key) == shape and (not shape or shape[0] != total):
@@ -256,8 +276,10 @@ def check_plan_against(model, plan: PruningPlan, read) -> None:
     blocks = list(arch.moe_blocks(model))
     unplanned = sorted({layer for layer, _ in blocks} - set(plan.layers))
     if unplanned:
-        raise CheckpointError(f"the plan says nothing about MoE layer(s) {unplanned} of this checkpoint; "
-                              "a stock config.json needs one expert count for every MoE layer, so plan every layer")
+        raise CheckpointError(
+            f"the plan says nothing about MoE layer(s) {unplanned} of this checkpoint; "
+            "a stock config.json needs one expert count for every MoE layer, so plan every layer"
+        )
     expected = plan.provenance.get("observations")
     if not expected:
         return
@@ -266,8 +288,10 @@ def check_plan_against(model, plan: PruningPlan, read) -> None:
         router = arch.router_of(block)
         weight = read(f"{names[id(router)]}.weight")
         if weight is None:
-            raise CheckpointError(f"the checkpoint has no router weight {names[id(router)]}.weight, so reapkit cannot check "
-                                  "that the plan was made for it")
+            raise CheckpointError(
+                f"the checkpoint has no router weight {names[id(router)]}.weight, so reapkit cannot check "
+                "that the plan was made for it"
+            )
         router._parameters["weight"] = torch.nn.Parameter(weight, requires_grad=False)
     found = fingerprint(model)
     dtype = model.config.get_text_config().dtype
@@ -315,7 +339,9 @@ class _ShardWriter:
             written += data.numel()
             del part, data
         if want_name != name or written != want:
-            raise RuntimeError(f"internal error: wrote {name} ({written} bytes) where {want_name} ({want} bytes) belongs")
+            raise RuntimeError(
+                f"internal error: wrote {name} ({written} bytes) where {want_name} ({want} bytes) belongs"
+            )
 
     def close(self):
         self.file.close()
@@ -338,7 +364,7 @@ def _pieces(f, stored: StoredTensor, action: _Action):
         stop = start + 1
         while stop < len(rows) and stop - start < step and rows[stop] == rows[stop - 1] + 1:
             stop += 1
-        yield f.get_slice(stored.name)[rows[start]:rows[stop - 1] + 1]
+        yield f.get_slice(stored.name)[rows[start] : rows[stop - 1] + 1]
         start = stop
 
 
@@ -456,12 +482,16 @@ def stream_prune(source, plan: PruningPlan, out, *, force: bool = False, progres
     existing = next(p for p in [out.absolute(), *out.absolute().parents] if p.exists())
     free = shutil.disk_usage(existing).free
     if total > free:
-        raise CheckpointError(f"not enough disk space for {out}: the pruned checkpoint needs {total / 2**30:.2f} GiB, "
-                              f"{free / 2**30:.2f} GiB are free; free some space or write elsewhere")
+        raise CheckpointError(
+            f"not enough disk space for {out}: the pruned checkpoint needs {total / 2**30:.2f} GiB, "
+            f"{free / 2**30:.2f} GiB are free; free some space or write elsewhere"
+        )
     try:
         with atomic_directory(out, force=force) as tmp:
             weight_map = {}
-            bar = tqdm(total=sum(len(v) for v in shards.values()), desc="pruning tensors", unit="tensor", disable=not progress)
+            bar = tqdm(
+                total=sum(len(v) for v in shards.values()), desc="pruning tensors", unit="tensor", disable=not progress
+            )
             for shard, entries in sorted(shards.items()):
                 entries.sort()  # source order: sequential reads
                 writer = _ShardWriter(tmp / shard, [e[2:] for e in entries], shard_metadata[shard])
@@ -474,14 +504,18 @@ def stream_prune(source, plan: PruningPlan, out, *, force: bool = False, progres
                 finally:
                     writer.close()
             bar.close()
-            _copy_other_files(source, tmp, exclude=set(shard_metadata) | {INDEX_FILE, "config.json", "pruning_plan.json"})
+            _copy_other_files(
+                source, tmp, exclude=set(shard_metadata) | {INDEX_FILE, "config.json", "pruning_plan.json"}
+            )
             if index:
                 new_index = {**index, "weight_map": dict(sorted(weight_map.items()))}
                 metadata = dict(index.get("metadata") or {})
                 if "total_size" in metadata:
                     metadata["total_size"] = total
                 if "total_parameters" in metadata:
-                    metadata.pop("total_parameters")  # not computable from bytes for packed dtypes; loaders do not need it
+                    metadata.pop(
+                        "total_parameters"
+                    )  # not computable from bytes for packed dtypes; loaders do not need it
                 new_index["metadata"] = metadata
                 (tmp / INDEX_FILE).write_text(json.dumps(new_index, indent=2) + "\n")
             (tmp / "config.json").write_text(json.dumps(_new_config(source, arch, plan, per_layer), indent=2) + "\n")
@@ -491,8 +525,10 @@ def stream_prune(source, plan: PruningPlan, out, *, force: bool = False, progres
             replace(plan, provenance=provenance).save(tmp / "pruning_plan.json")
     except OSError as error:
         if error.errno in _OUT_OF_SPACE:
-            raise CheckpointError(f"ran out of disk space writing {out} ({error.strerror}); nothing was written. "
-                                  f"The pruned checkpoint needs {total / 2**30:.2f} GiB; free some space or write elsewhere") from error
+            raise CheckpointError(
+                f"ran out of disk space writing {out} ({error.strerror}); nothing was written. "
+                f"The pruned checkpoint needs {total / 2**30:.2f} GiB; free some space or write elsewhere"
+            ) from error
         raise
     return out
 
@@ -500,7 +536,12 @@ def stream_prune(source, plan: PruningPlan, out, *, force: bool = False, progres
 def _copy_other_files(source: Path, dest: Path, *, exclude: set[str]) -> None:
     """Copy tokenizer, generation config, chat template, ... (not weights of other formats, not stray shards)."""
     for path in sorted(source.iterdir()):
-        if path.name in exclude or path.name.startswith(".") or OTHER_WEIGHTS.match(path.name) or path.suffix == ".safetensors":
+        if (
+            path.name in exclude
+            or path.name.startswith(".")
+            or OTHER_WEIGHTS.match(path.name)
+            or path.suffix == ".safetensors"
+        ):
             continue
         if path.is_dir():
             shutil.copytree(path, dest / path.name)
@@ -520,5 +561,13 @@ def largest_tensor(source) -> int:
     return max(t.nbytes for t in tensors.values())
 
 
-__all__ = ["CheckpointError", "StoredTensor", "checkpoint_size", "largest_tensor", "meta_model", "read_header",
-           "stored_tensors", "stream_prune"]
+__all__ = [
+    "CheckpointError",
+    "StoredTensor",
+    "checkpoint_size",
+    "largest_tensor",
+    "meta_model",
+    "read_header",
+    "stored_tensors",
+    "stream_prune",
+]

@@ -1,4 +1,5 @@
 """Streaming prune of checkpoints on disk == in-memory remove_experts + save_pruned, bitwise; bad input refused."""
+
 import json
 import re
 import subprocess
@@ -45,8 +46,15 @@ def assert_bitwise(a: dict, b: dict):
 def save_fused(model, folder):
     """The fused layout: the model's own state dict in one file (as transformers 5 holds it in memory)."""
     model.config.save_pretrained(folder)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight" or not model.config.tie_word_embeddings},
-              str(folder / "model.safetensors"), metadata={"format": "pt"})
+    save_file(
+        {
+            k: v.contiguous()
+            for k, v in model.state_dict().items()
+            if k != "lm_head.weight" or not model.config.tie_word_embeddings
+        },
+        str(folder / "model.safetensors"),
+        metadata={"format": "pt"},
+    )
 
 
 def source_with_extras(model, folder, layout):
@@ -60,8 +68,14 @@ def source_with_extras(model, folder, layout):
     return folder
 
 
-CASES = [("qwen3_moe", "hub"), ("deepseek_v3", "hub"), ("mixtral", "hub"), ("ernie4_5_moe", "hub"), ("gpt_oss", "hub"),
-         ("qwen3_moe", "fused")]
+CASES = [
+    ("qwen3_moe", "hub"),
+    ("deepseek_v3", "hub"),
+    ("mixtral", "hub"),
+    ("ernie4_5_moe", "hub"),
+    ("gpt_oss", "hub"),
+    ("qwen3_moe", "fused"),
+]
 
 
 @pytest.mark.parametrize("name, layout", CASES)
@@ -81,7 +95,9 @@ def test_streamed_equals_in_memory(name, layout, batches, tmp_path):
         index = json.loads((tmp_path / "stream" / "model.safetensors.index.json").read_text())
         assert set(index["weight_map"]) == set(streamed)
         assert index["metadata"]["total_size"] == sum(t.numel() * t.element_size() for t in streamed.values())
-        assert sorted(p.name for p in (tmp_path / "stream").glob("*.safetensors")) == sorted(set(index["weight_map"].values()))
+        assert sorted(p.name for p in (tmp_path / "stream").glob("*.safetensors")) == sorted(
+            set(index["weight_map"].values())
+        )
     else:
         assert_bitwise(streamed, {k: v for k, v in model.state_dict().items() if k in streamed})
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "stream").eval()
@@ -142,7 +158,9 @@ def test_quantised_expert_tensors_go_with_their_expert(qwen, scheme, tmp_path):
         for new, old in enumerate(kept):
             for suffix in QUANTISED[scheme]:
                 value = out[f"model.layers.{layer}.mlp.experts.{new}.gate_proj.{suffix}"]
-                assert value.float().eq(old).all(), f"expert {new} of layer {layer} must hold old expert {old}'s {suffix}"
+                assert value.float().eq(old).all(), (
+                    f"expert {new} of layer {layer} must hold old expert {old}'s {suffix}"
+                )
         assert f"model.layers.{layer}.mlp.experts.4.up_proj.{suffix}" not in out
         assert out[f"model.layers.{layer}.mlp.gate.weight"].shape[0] == 4
     written = json.loads((tmp_path / "out" / "config.json").read_text())
@@ -158,8 +176,12 @@ def test_fused_packed_tensors_with_the_expert_count_first_are_sliced(tmp_path):
         p = f"model.layers.{layer}.mlp.experts."
         for name in ("gate_up_proj", "down_proj"):
             rows = weights.pop(p + name).shape[1]
-            weights[p + name + "_blocks"] = torch.arange(8, dtype=torch.uint8).view(8, 1, 1, 1).expand(8, rows, 2, 16).contiguous()
-            weights[p + name + "_scales"] = torch.arange(8, dtype=torch.uint8).view(8, 1, 1).expand(8, rows, 2).contiguous()
+            weights[p + name + "_blocks"] = (
+                torch.arange(8, dtype=torch.uint8).view(8, 1, 1, 1).expand(8, rows, 2, 16).contiguous()
+            )
+            weights[p + name + "_scales"] = (
+                torch.arange(8, dtype=torch.uint8).view(8, 1, 1).expand(8, rows, 2).contiguous()
+            )
     save_file(weights, str(tmp_path / "source" / "model.safetensors"))
     plan = PruningPlan({0: [1, 2, 5, 7], 1: [0, 3, 4, 6]}, {0: 8, 1: 8}, "custom")
     stream_prune(tmp_path / "source", plan, tmp_path / "out", progress=False)
@@ -189,10 +211,13 @@ def nothing_written(tmp_path):
     return not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.tmp-*"))
 
 
-@pytest.mark.parametrize("name, shape", [
-    ("model.layers.0.mlp.experts.gate_up_proj", (8 * 64 // 8, 64)),  # packed across experts: leading dim is not E
-    ("model.layers.1.mlp.gate.qweight", (64 // 16, 8)),              # a quantised router
-])
+@pytest.mark.parametrize(
+    "name, shape",
+    [
+        ("model.layers.0.mlp.experts.gate_up_proj", (8 * 64 // 8, 64)),  # packed across experts: leading dim is not E
+        ("model.layers.1.mlp.gate.qweight", (64 // 16, 8)),  # a quantised router
+    ],
+)
 def test_unrecognised_quantised_layout_is_refused_by_name(name, shape, batches, tmp_path):
     model = tiny_model("qwen3_moe")
     save_fused(model, tmp_path / "source")
@@ -201,7 +226,9 @@ def test_unrecognised_quantised_layout_is_refused_by_name(name, shape, batches, 
     weights[name] = torch.zeros(shape, dtype=torch.int32)
     save_file(weights, str(tmp_path / "source" / "model.safetensors"))
     plan = PruningPlan({0: [0, 1, 2, 3], 1: [0, 1, 2, 3]}, {0: 8, 1: 8}, "custom")
-    with pytest.raises(CheckpointError, match=re.escape(f"{name} (shape {list(shape)}") + ".*does not have the 8 experts"):
+    with pytest.raises(
+        CheckpointError, match=re.escape(f"{name} (shape {list(shape)}") + ".*does not have the 8 experts"
+    ):
         stream_prune(tmp_path / "source", plan, tmp_path / "out", progress=False)
     assert nothing_written(tmp_path)
 
@@ -212,7 +239,9 @@ def test_missing_shard_is_named(qwen, tmp_path):
     source.mkdir()
     for path in (root / "model").iterdir():
         (source / path.name).write_bytes(path.read_bytes())
-    shard = json.loads((source / "model.safetensors.index.json").read_text())["weight_map"]["model.layers.1.mlp.gate.weight"]
+    shard = json.loads((source / "model.safetensors.index.json").read_text())["weight_map"][
+        "model.layers.1.mlp.gate.weight"
+    ]
     (source / shard).unlink()
     with pytest.raises(CheckpointError, match=f"names shard.* missing .*{shard}"):
         stream_prune(source, plan, tmp_path / "out", progress=False)
@@ -287,8 +316,10 @@ def test_non_uniform_plan_points_to_load_pruned(qwen, tmp_path):
 def test_cli_out_of_disk_leaves_nothing(qwen, tmp_path):
     """`ulimit -f` makes every write past 16 KB fail (EFBIG), as a full disk does: one line, exit 2, no output."""
     root, _, _ = qwen
-    command = (f"ulimit -f 16; exec {sys.executable} -m reapkit prune {root / 'model'} --observations {root / 'obs'} "
-               f"--keep 4 --out {tmp_path / 'out'}")
+    command = (
+        f"ulimit -f 16; exec {sys.executable} -m reapkit prune {root / 'model'} --observations {root / 'obs'} "
+        f"--keep 4 --out {tmp_path / 'out'}"
+    )
     run = subprocess.run(["bash", "-c", command], capture_output=True, text=True, check=False)
     assert run.returncode == 2, run.stderr
     assert "ran out of disk space" in run.stderr and "Traceback" not in run.stderr
