@@ -4,6 +4,7 @@
     reapkit combine runs/obs-shard0 runs/obs-shard1 --out runs/obs      # observations add up
     reapkit scores runs/obs --criterion reap --csv scores.csv
     reapkit prune MODEL --observations runs/obs --criterion reap --ratio 0.25 --out pruned/
+    reapkit prune MODEL_DIR ... --out pruned/     # a local folder streams shard by shard (--in-memory to load)
     reapkit demo                      # notebooks on the bundled demo model, figures in figures/
     reapkit sweep sweeps/study.yaml   # papermill runs over a parameter grid
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 from .loading import load_model
 from .plugins import load_plugins
@@ -69,17 +71,29 @@ def _plan(args, obs):
 
 def cmd_prune(args):
     from .observations import Observations
-    from .prune import remove_experts, save_pruned
 
     start = time.perf_counter()
-    model, tokenizer = load_model(args.model, dtype=args.dtype)
-    obs = Observations.load(args.observations, model=model)
-    plan = _plan(args, obs)
-    plan.provenance["source_model"] = args.model
-    remove_experts(model, plan)
-    save_pruned(model, plan, args.out, tokenizer=tokenizer, force=args.force)
+    streaming = Path(args.model).is_dir() and str(args.model) != "demo" and not args.in_memory
+    if streaming:  # a local checkpoint folder: tensor by tensor, the model is never built
+        from .checkpoint import stream_prune
+
+        if args.dtype != "auto":
+            raise ValueError(f"streaming prune keeps the stored dtypes, so --dtype {args.dtype} does nothing; "
+                             "drop it, or add --in-memory to load, convert and save the model")
+        plan = _plan(args, Observations.load(args.observations))
+        plan.provenance["source_model"] = args.model
+        stream_prune(args.model, plan, args.out, force=args.force)
+    else:
+        from .prune import remove_experts, save_pruned
+
+        model, tokenizer = load_model(args.model, dtype=args.dtype)
+        plan = _plan(args, Observations.load(args.observations, model=model))
+        plan.provenance["source_model"] = args.model
+        remove_experts(model, plan)
+        save_pruned(model, plan, args.out, tokenizer=tokenizer, force=args.force)
     kept = {layer: len(k) for layer, k in plan.kept.items()}
-    print(f"pruned with {plan.criterion}: experts per layer {plan.num_experts} -> {kept}; "
+    how = "streamed tensor by tensor" if streaming else "in memory"
+    print(f"pruned with {plan.criterion} ({how}): experts per layer {plan.num_experts} -> {kept}; "
           f"saved to {args.out} in {time.perf_counter() - start:.1f}s")
 
 
@@ -146,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
+    p.add_argument("--in-memory", action="store_true",
+                   help="load the whole model to prune it (default for a local folder: stream its safetensors "
+                        "tensor by tensor, never building the model; hub names and `demo` always load)")
     p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("demo", help="run the notebooks on the bundled demo model and write figures")
