@@ -40,7 +40,7 @@ MERGES = ("m_smoe", "hc_smoe")
 DOMAINS = ("code", "prose", "tools", "math")
 #: Columns of the `compression_study` frame, in order.
 COLUMNS = ["method", "criterion", "label", "seed", "ratio", "experts_kept", "experts_total", "kept_routing", "domain",
-           "tokens", "loss", "perplexity", "kl", "top1_agreement"]
+           "tokens", "loss", "perplexity", "kl", "agreement"]
 MIX = "mix"
 UNPRUNED = "unpruned"
 
@@ -85,7 +85,7 @@ def compression_study(model, obs, eval_batches, *, ratios=RATIOS, criteria=CRITE
     only: the share of the calibration tokens' top-k assignments that went to the kept experts, mean
     over layers; low when a criterion keeps rarely routed experts), `domain` (each
     evaluation domain and ``"all"``), `tokens`, `loss`, `perplexity`, `kl` (mean KL(unpruned ||
-    variant), nats) and `top1_agreement`.
+    variant), nats) and `agreement`.
     """
     import torch
     from tqdm.auto import tqdm
