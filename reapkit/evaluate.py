@@ -263,35 +263,30 @@ def aggregate(sequences: pd.DataFrame, *, baseline: pd.DataFrame | None = None, 
     bootstrap intervals over sequences (`loss_lo`, `loss_hi`, ...; seeded, deterministic).
 
     With `baseline` (the `sequence_metrics` of the unpruned model on the same sequences), adds
-    `delta_loss` = loss - baseline loss with a paired interval (`delta_loss_lo`, `delta_loss_hi`).
+    `delta_loss` = loss - baseline loss with a paired interval (`delta_loss_lo`, `delta_loss_hi`);
+    so does a `delta_loss` column of `sequences` (per-sequence differences).
 
         >>> aggregate(sequences, baseline=unpruned_sequences)[["domain", "loss", "loss_lo", "delta_loss"]]
     """
-    metrics = [m for m in METRICS if m in sequences.columns]
     if baseline is not None:
         mine, theirs = sequences[["sequence", "tokens"]].to_numpy(), baseline[["sequence", "tokens"]].to_numpy()
         if mine.shape != theirs.shape or not (mine == theirs).all():
             raise ValueError("the baseline was evaluated on other sequences (sequence numbers or token counts differ); "
                              "pass the sequence_metrics of the unpruned model on the same batches")
+        sequences = sequences.assign(delta_loss=sequences["loss"].to_numpy() - baseline["loss"].to_numpy())
+    metrics = [m for m in (*METRICS, "delta_loss") if m in sequences.columns]
     rows = []
-    groups = [(d, sequences["domain"] == d) for d in dict.fromkeys(sequences["domain"])]
-    for domain, select in groups + [("all", pd.Series(True, index=sequences.index))]:
-        part = sequences[select]
+    domains = list(dict.fromkeys(sequences["domain"]))
+    for domain in [*domains, "all"]:
+        part = sequences if domain == "all" else sequences[sequences["domain"] == domain]
         tokens = part["tokens"].to_numpy(np.float64)
         row = {"domain": domain, "tokens": int(tokens.sum())}
-        for metric in metrics:
+        for metric in metrics:  # per-sequence differences (delta_loss) make the interval a paired one
             row.update(zip(interval_columns(metric),
                            bootstrap(part[metric].to_numpy() * tokens, tokens, resamples=resamples, seed=seed, level=level)))
         row["perplexity"] = math.exp(row["loss"]) if row["loss"] < 700 else math.inf
-        if baseline is not None:
-            base = baseline[select.to_numpy()]["loss"].to_numpy() * tokens
-            row.update(zip(interval_columns("delta_loss"),
-                           bootstrap(part["loss"].to_numpy() * tokens, tokens, minus=base, resamples=resamples, seed=seed,
-                                     level=level)))
         rows.append(row)
-    order = ["domain", "tokens", *interval_columns("loss"), "perplexity",
-             *[c for m in metrics[1:] for c in interval_columns(m)],
-             *(interval_columns("delta_loss") if baseline is not None else [])]
+    order = ["domain", "tokens", *interval_columns("loss"), "perplexity", *[c for m in metrics[1:] for c in interval_columns(m)]]
     return pd.DataFrame(rows, columns=order)
 
 

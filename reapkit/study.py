@@ -356,7 +356,7 @@ class Sensitivity:
 
 
 def _calibration_observations(model, tokenizer, calibration, domains, *, samples, max_length, batch_size,
-                              repeats, cache_dir, progress) -> list:
+                              calibration_seeds, cache_dir, progress) -> list:
     """One `Observations` per calibration repeat (see `calibration_sensitivity`)."""
     from .observations import Observations
     from .observe import observe, observe_cached
@@ -380,7 +380,7 @@ def _calibration_observations(model, tokenizer, calibration, domains, *, samples
                          "pass tokenizer=..., or calibration= token-id batches or Observations with per-domain statistics")
     spec = ",".join(f"{d}:{samples}" for d in domains)
     return [observed(calibration_batches(spec, tokenizer, batch_size=batch_size, max_length=max_length, seed=s),
-                     {"spec": spec, "max_length": max_length, "seed": s}) for s in repeats]
+                     {"spec": spec, "max_length": max_length, "seed": s}) for s in calibration_seeds]
 
 
 def _loss_rows(sequences: pd.DataFrame, *, resamples: int, seed: int) -> pd.DataFrame:
@@ -423,17 +423,17 @@ def _overlap_rows(plans: dict, names: list, *, resamples: int, seed: int) -> pd.
 
 def calibration_sensitivity(model, tokenizer, eval_batches, *, domains=DOMAINS, samples: int = 16, ratio: float = 0.5,
                             criterion: str = "reap", calibration=None, max_length: int = 128, batch_size: int = 8,
-                            seed: int = 0, repeats=None, resamples: int = RESAMPLES, cache_dir=None,
+                            seed: int = 0, calibration_seeds=None, resamples: int = RESAMPLES, cache_dir=None,
                             progress: bool = True) -> Sensitivity:
     """Prune at `ratio` by `criterion` calibrated on each single domain and on their mix; loss on every domain.
 
-        >>> s = calibration_sensitivity(model, tokenizer, eval_batches, repeats=(0, 1, 2))
+        >>> s = calibration_sensitivity(model, tokenizer, eval_batches, calibration_seeds=(0, 1, 2))
         >>> s.loss_matrix("delta_loss"); s.overlap          # tidy frames with intervals: see `Sensitivity`
 
     Calibration: `calibration` may be `Observations` (with per-domain statistics, e.g. those of the
     main study: no model pass at all), a list of `Observations` (one per calibration repeat), a list
     of `Batch` (observed here), or None: `samples` sequences of each built-in domain of `domains`
-    (calibration split, `max_length` tokens) drawn with each seed of `repeats` (default
+    (calibration split, `max_length` tokens) drawn with each seed of `calibration_seeds` (default
     ``(seed,)``), tokenised with `tokenizer` and observed (cached under `cache_dir` when given). The
     calibration sets are each domain of `domains` the observations hold, and ``"mix"`` (all pooled).
     Each repeat gives its own plans; intervals cover both evaluation sequences and repeats.
@@ -446,9 +446,9 @@ def calibration_sensitivity(model, tokenizer, eval_batches, *, domains=DOMAINS, 
     check_criterion(criterion)
     ratio = _check_ratios(ratio)[0]
     domains = [domains] if isinstance(domains, str) else list(domains)
-    repeats = [seed] if repeats is None else [int(s) for s in repeats]
+    calibration_seeds = [seed] if calibration_seeds is None else [int(s) for s in calibration_seeds]
     repeats = _calibration_observations(model, tokenizer, calibration, domains, samples=samples, max_length=max_length,
-                                        batch_size=batch_size, repeats=repeats, cache_dir=cache_dir,
+                                        batch_size=batch_size, calibration_seeds=calibration_seeds, cache_dir=cache_dir,
                                         progress=progress)
     held = set.intersection(*(set(obs.domains) for obs in repeats))
     sets = [d for d in domains if d in held]
