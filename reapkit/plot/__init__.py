@@ -10,11 +10,11 @@
 Every function takes data (pandas frames in the layouts of :mod:`reapkit.analysis`, numpy arrays),
 keyword-only options and an optional `ax=` (or `fig=` for multi-panel figures), and returns the
 Axes or the Figure; empty input gives a "no data" note instead of an error. One style
-(:mod:`reapkit.plot.style`: print sizes, 7-8 pt text, one colour per criterion) applies to all.
+(:mod:`reapkit.plot.theme`: print sizes, 7-8 pt text, one colour per criterion) applies to all.
 The tables behind the figures live in :mod:`reapkit.analysis` (no matplotlib). This package
 imports neither torch nor transformers.
 
-Modules: style (sizes, colours, saving), saliency, criteria, domains, geometry, plans, results.
+Modules: theme (sizes, colours, the style, saving), saliency, criteria, domains, geometry, plans, results.
 """
 from ..analysis import AGREEMENT_CRITERIA, agreement_table, domain_share_table, mask_frame, specialisation_table
 from .criteria import criterion_agreement, reap_vs_frequency
@@ -24,7 +24,7 @@ from .plans import plan_mask, plan_masks
 from .results import (calibration_figure, calibration_heatmap, compression_figure, layer_sensitivity, loss_vs_ratio,
                       loss_vs_ratio_by_domain, overlap_heatmap, reconstruction_by_layer, study_curves, study_figure)
 from .saliency import kept_per_layer, saliency_curves, saliency_distributions, saliency_heatmap, saliency_heatmaps
-from .style import (COLUMN, CRITERION_COLORS, STYLE, TWO_COLUMN, criterion_color, domain_linestyle, domain_marker,
+from .theme import (COLUMN, CRITERION_COLORS, STYLE, TWO_COLUMN, criterion_color, domain_linestyle, domain_marker,
                     method_linestyle, panels, per_criterion, save_figure, style)
 
 __all__ = [

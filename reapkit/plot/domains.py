@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from ..analysis import domain_share_table, specialisation_table
-from .style import (COLUMN, MISSING_COLOR, TWO_COLUMN, axes, criterion_color, domain_marker, index_ticks, integer_axis,
+from .theme import (COLUMN, MISSING_COLOR, TWO_COLUMN, axes, criterion_color, domain_marker, index_ticks, integer_axis,
                     is_empty, no_data, styled)
 
 __all__ = ["domain_saliency", "specialisation_by_depth"]
@@ -40,9 +40,10 @@ def domain_saliency(frame: pd.DataFrame, *, criterion: str = "frequency", layers
     with np.errstate(divide="ignore"):
         values = np.ma.masked_invalid(np.where(raw > 0, np.log2(raw), np.nan))
     finite = np.abs(values.compressed())
-    limit = max(1.0, float(np.ceil(finite.max()))) if finite.size else 1.0
+    limit = float(np.clip(np.ceil(np.percentile(finite, 98)), 1, 6)) if finite.size else 1.0
     cmap = plt.get_cmap("RdBu_r").with_extremes(bad=MISSING_COLOR)
     image = ax.imshow(values, aspect="auto", interpolation="nearest", cmap=cmap, vmin=-limit, vmax=limit)
+    extend = "both" if finite.size and finite.max() > limit else "neither"
     ax.set_yticks(np.arange(len(pivot.index)), [f"L{layer} {domain}" for layer, domain in pivot.index])
     ax.tick_params(axis="y", labelsize=5.5)
     index_ticks(ax, pivot.columns, "x", max_ticks=32)
@@ -59,7 +60,7 @@ def domain_saliency(frame: pd.DataFrame, *, criterion: str = "frequency", layers
         for (layer, expert), domain in dominant.items():
             if (layer, domain) in where and expert in cols and share.loc[(layer, expert)].max() > 0:
                 ax.plot(cols[expert], where[(layer, domain)], marker=".", color="black", markersize=2.5)
-    bar = fig.colorbar(image, ax=ax, label="enrichment (log2)", shrink=0.95, pad=0.01)
+    bar = fig.colorbar(image, ax=ax, label="enrichment", shrink=0.95, pad=0.01, extend=extend)
     bar.set_ticks(np.arange(-limit, limit + 1, max(1, limit // 2)))
     bar.set_ticklabels([f"{2 ** t:g}" if t >= 0 else f"1/{2 ** -t:g}" for t in bar.get_ticks()])
     if np.ma.getmaskarray(values).any():
@@ -79,7 +80,7 @@ def specialisation_by_depth(frame: pd.DataFrame, *, criterion: str = "frequency"
     such as "run" or "model") one line per value (colour per value) and no markers.
     """
     fig, ax = axes(ax, (COLUMN, 2.1))
-    ax.set_title(f"domain specialisation by depth ({criterion})")
+    ax.set_title(f"specialisation by depth ({criterion})")
     if is_empty(frame):
         return no_data(ax)
     table = frame if "specialisation" in frame.columns else specialisation_table(frame, criterion=criterion)

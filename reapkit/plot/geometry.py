@@ -16,7 +16,7 @@ import numpy as np
 
 from ..analysis import coselect_order, is_flat
 from ..plan import pruned_count
-from .style import COLUMN, MISSING_COLOR, TWO_COLUMN, axes, index_ticks, no_data, no_data_figure, styled
+from .theme import COLUMN, MISSING_COLOR, TWO_COLUMN, axes, index_ticks, no_data, no_data_figure, styled
 
 __all__ = ["distance_heatmap", "distance_heatmaps", "saliency_clusters", "saliency_dendrogram", "coactivation_matrix"]
 
@@ -73,11 +73,7 @@ def _draw_distance(ax_tree, ax_map, d, clustering, norm, title):
                 ax_map.add_patch(matplotlib.patches.Rectangle((start - 0.5, start - 0.5), i - start, i - start,
                                                               fill=False, edgecolor="#56B4E9", linewidth=1.0))
                 start = i
-    ax_tree.set_title(title)
-    if flat and len(order) > 2:
-        ax_tree.text(0.5, 0.5, "flat: merge heights within 10%, no cluster structure", transform=ax_tree.transAxes,
-                     ha="center", va="center", fontsize=6, color="0.25",
-                     bbox=dict(facecolor="white", edgecolor="none", pad=0.5))
+    ax_tree.set_title(title + ("\nflat tree: no cluster structure" if flat and len(order) > 2 else ""))
     return image
 
 
@@ -137,7 +133,7 @@ def distance_heatmaps(distances: dict, clusterings: dict | None = None, *, n_clu
     for ax in maps[1:]:
         if ax.get_subplotspec().colspan.start:
             ax.set_ylabel("")
-    fig.colorbar(image, ax=maps, label="angular distance (one scale for all panels)", shrink=0.8, pad=0.01)
+    fig.colorbar(image, ax=maps, label="angular distance", shrink=0.8, pad=0.01)
     return fig
 
 
@@ -160,7 +156,7 @@ def saliency_clusters(scores, clustering=None, *, labels=None, ratio: float | No
     None; `labels` overrides the cluster ids.
     """
     fig, ax = axes(ax, (TWO_COLUMN, 1.8))
-    ax.set_title(title or "saliency by cluster")
+    ax.set_title(title or "saliency by cluster", loc="left")
     s = np.asarray(scores if scores is not None else [], dtype=float).ravel()
     if s.size == 0:
         return no_data(ax)
@@ -182,15 +178,19 @@ def saliency_clusters(scores, clustering=None, *, labels=None, ratio: float | No
             ax.bar(x, s[e], width=0.8, color=shades[i % 2], alpha=0.35 if pruned[e] else 1.0,
                    hatch="/////" if pruned[e] else None, edgecolor="0.2" if pruned[e] else "none", linewidth=0.4)
     if len(runs) > 1:
+        top = float(np.nanmax(s)) if np.isfinite(s).any() else 1.0
+        ax.set_ylim(top=top * (3 if log else 1.18))
         for cid, first, last in runs:
-            ax.annotate(str(cid), xy=((first + last) / 2, 1.0), xycoords=("data", "axes fraction"), ha="center",
-                        va="bottom", fontsize=5.5, color="0.3")
+            ax.plot([first - 0.35, last + 0.35], [0.965, 0.965], color="0.3", linewidth=0.8,
+                    transform=ax.get_xaxis_transform(), clip_on=False)
+            ax.text((first + last) / 2, 0.955, str(cid), transform=ax.get_xaxis_transform(), ha="center", va="top",
+                    fontsize=5.5, color="0.3")
     if log and (s > 0).any():
         ax.set_yscale("log")
     index_ticks(ax, order, "x", max_ticks=32, rotation=90)
     ax.tick_params(axis="x", labelsize=5.5)
     ax.set_xlim(-0.6, s.size - 0.4)
-    ax.set_xlabel("expert (dendrogram order)" + ("; shades: clusters (ids above)" if len(runs) > 1 else "")
+    ax.set_xlabel("expert (dendrogram order)" + ("; brackets: clusters" if len(runs) > 1 else "")
                   + ("; hatched: pruned" if ratio is not None else ""))
     ax.set_ylabel("score")
     return ax
@@ -238,18 +238,16 @@ def saliency_dendrogram(distances, scores, *, clustering=None, ratio: float | No
                         plotnonfinite=True)
     gone = mask[order]
     ax.scatter(x[gone], np.full(gone.sum(), -0.07 * top), marker="x", color="black", s=12, linewidths=0.7, zorder=3,
-               clip_on=False, label=f"pruned ({gone.sum()} of {s.size})")
+               clip_on=False)
     ax.set_ylim(-0.12 * top, top * 1.05)
     ax.set_xlim(0, 10 * s.size)
     ax.set_xticks(x, [str(e) for e in order], rotation=90)
     ax.tick_params(axis="x", labelsize=5 if s.size > 32 else 6, length=0)
-    ax.set_xlabel("expert")
+    ax.set_xlabel(f"expert (×: pruned, {gone.sum()} of {s.size})" if gone.any() else "expert")
     ax.set_ylabel("angular distance")
     ax.spines["bottom"].set_visible(False)
     fig.colorbar(points, ax=ax, label=f"{criterion} score" + (" (log)" if isinstance(norm, matplotlib.colors.LogNorm) else ""),
                  pad=0.01, shrink=0.9)
-    if gone.any():
-        ax.legend(loc="upper right", borderaxespad=0, handletextpad=0.2)
     if is_flat(clustering.linkage) and s.size > 2:
         ax.text(0.01, 0.98, "flat: no cluster structure", transform=ax.transAxes, va="top", fontsize=6, color="0.3")
     return ax

@@ -8,7 +8,7 @@ sensitivity, block reconstruction error, calibration sensitivity.
 
 Results frames follow the schema of :mod:`reapkit.analysis` (label, method, ratio, domain, loss,
 kl, agreement, <metric>_lo / <metric>_hi). Curves are keyed by `label` (one name per curve) or,
-in frames without it, by `criterion`; colours come from :func:`reapkit.plot.style.criterion_color`
+in frames without it, by `criterion`; colours come from :func:`reapkit.plot.theme.criterion_color`
 and line styles from the method (merges dashed, global budget dotted).
 """
 from __future__ import annotations
@@ -20,13 +20,17 @@ import pandas as pd
 
 from ..analysis import (ALL, CRITERION, DELTA_LOSS, DOMAIN, LABEL, LOSS, METHOD, METRIC_LABELS, RATIO, curve_table, hi,
                         lo, select, with_delta_loss)
-from .style import (COLUMN, TWO_COLUMN, axes, chance_line, criterion_color, domain_linestyle, integer_axis, is_empty,
+from .theme import (COLUMN, TWO_COLUMN, axes, chance_line, criterion_color, domain_linestyle, integer_axis, is_empty,
                     method_linestyle, no_data, no_data_figure, percent_axis, styled)
 
 __all__ = ["loss_vs_ratio", "loss_vs_ratio_by_domain", "study_curves", "study_figure", "compression_figure",
            "layer_sensitivity", "reconstruction_by_layer", "calibration_heatmap", "overlap_heatmap", "calibration_figure"]
 
 _BAND_NOTE = {"ci": "bands: 95% bootstrap CI", "range": "bands: min-max over runs"}
+
+
+def _short(metric: str) -> str:
+    return METRIC_LABELS.get(metric, metric).split(" (")[0]
 
 
 def _hue(results: pd.DataFrame, hue):
@@ -74,8 +78,9 @@ def _draw_curves(ax, data, metric, hue, *, markers=True):
             color, linestyle = criterion_color(name if name is not None else metric), method_linestyle(name, methods.get(name))
         bold = str(name) == "reap"
         label = str(name) if name is not None else metric
-        if name == "random" and part["runs"].max() > 1:
-            label += f" (mean of {int(part['runs'].max())})"
+        runs = int(part.loc[part[RATIO] != 0, "runs"].max()) if (part[RATIO] != 0).any() else 1
+        if runs > 1:
+            label += f" (mean of {runs})"
         ax.plot(part[RATIO], part["mean"], color=color, linestyle=linestyle, marker="o" if markers else None, markersize=2.2,
                 linewidth=1.6 if bold else 1.0, zorder=3 if bold else 2, label=label)
         banded = part[part["band"] != "none"]
@@ -83,6 +88,17 @@ def _draw_curves(ax, data, metric, hue, *, markers=True):
             ax.fill_between(part[RATIO], part["lo"], part["hi"], color=color, alpha=0.18, linewidth=0, zorder=1)
             kinds |= set(banded["band"])
     return kinds
+
+
+def _band_note(axes_list) -> str | None:
+    """The band note of the first Axes that has one, removed from every Axes (a figure legend shows it once)."""
+    note = None
+    for ax in axes_list:
+        for text in list(ax.texts):
+            if text.get_text().startswith("bands"):
+                note = note or text.get_text()
+                text.remove()
+    return note
 
 
 def _finish(ax, metric, kinds):
@@ -109,7 +125,7 @@ def loss_vs_ratio(results: pd.DataFrame, *, metric: str = LOSS, domain: str | No
     pruning is far worse than every other method, the y axis fits the others and a note gives random's range.
     """
     fig, ax = axes(ax)
-    ax.set_title(f"{METRIC_LABELS.get(metric, metric).split(' (')[0]}" + (f" ({domain})" if domain else ""), loc="right")
+    ax.set_title(_short(metric) + (f" ({domain})" if domain else ""))
     data = results if is_empty(results) else select(_prepare(results, metric), domain=domain)
     if is_empty(data) or metric not in data.columns or data[metric].dropna().empty:
         return no_data(ax)
@@ -144,6 +160,7 @@ def _domains(results, domains):
 
 
 def _figure_legend(fig, axes_list, *, loc="outside right upper", ncols=1):
+    note = _band_note(axes_list)
     handles, labels = {}, []
     for ax in axes_list:
         for h, lab in zip(*ax.get_legend_handles_labels()):
@@ -151,7 +168,7 @@ def _figure_legend(fig, axes_list, *, loc="outside right upper", ncols=1):
                 handles[lab] = h
                 labels.append(lab)
     if handles:
-        fig.legend([handles[lab] for lab in labels], labels, loc=loc, ncols=ncols)
+        fig.legend([handles[lab] for lab in labels], labels, loc=loc, ncols=ncols, title=note, title_fontsize=6)
 
 
 @styled
@@ -174,9 +191,9 @@ def study_figure(results: pd.DataFrame, *, metrics=(DELTA_LOSS, "kl"), domains=N
         hue = _hue(data, None)
         for j, domain in enumerate(domains):
             ax = loss_vs_ratio(data, metric=metric, domain=domain, legend=False, ax=grid[i, j])
-            ax.set_title(str(domain) if i == 0 else "", loc="center")
+            ax.set_title(str(domain) if i == 0 else "")
             for text in list(ax.texts):
-                if j or text.get_text().startswith("random"):
+                if text.get_text().startswith("random"):
                     text.remove()
             if j:
                 ax.set_ylabel("")
@@ -193,11 +210,17 @@ def study_figure(results: pd.DataFrame, *, metrics=(DELTA_LOSS, "kl"), domains=N
 
 
 @styled
-def compression_figure(results: pd.DataFrame, *, domain: str = ALL, metrics=(LOSS, "agreement"), focus: bool = True, fig=None):
+def compression_figure(results: pd.DataFrame, *, domain: str = ALL, metrics=(DELTA_LOSS, "agreement"), focus: bool = True,
+                       fig=None):
     """Loss against compression for every method with intervals, and top-1 agreement beside it
     (two columns wide, one legend below). Returns the Figure.
 
         >>> compression_figure(results)                    # results of reapkit.study.compression_study
+        >>> compression_figure(results, metrics=["loss", "agreement"])   # absolute loss
+
+    Loss is drawn as Δ loss against the unpruned model by default: its interval (paired, when the
+    study computed it) is what tells two methods apart; absolute losses share the wide spread of
+    the evaluation sequences.
     """
     if is_empty(results):
         return no_data_figure(fig, title="compression")
@@ -205,14 +228,7 @@ def compression_figure(results: pd.DataFrame, *, domain: str = ALL, metrics=(LOS
     panels = fig.subplots(1, len(metrics), squeeze=False)[0]
     for ax, metric in zip(panels, metrics):
         loss_vs_ratio(results, metric=metric, domain=domain, focus=focus, legend=False, ax=ax)
-        ax.set_title(METRIC_LABELS.get(metric, metric).split(" (")[0], loc="center")
-    for ax in panels[1:]:
-        for text in list(ax.texts):
-            if text.get_text().startswith("bands"):
-                text.remove()
-    _figure_legend(fig, panels, loc="outside lower center", ncols=6)
-    if domain is not None:
-        fig.suptitle(f"evaluation domain: {domain}", fontsize=7, x=0.99, ha="right", y=1.0)
+    _figure_legend(fig, panels, loc="outside lower center", ncols=5)
     return fig
 
 
@@ -260,12 +276,10 @@ def loss_vs_ratio_by_domain(results: pd.DataFrame, *, metric: str = DELTA_LOSS, 
     grid = fig.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=True).ravel()
     for domain, ax in zip(domains, grid):
         loss_vs_ratio(results, metric=metric, domain=domain, hue=hue, legend=False, ax=ax)
-        ax.set_title(str(domain), loc="center")
+        ax.set_title(str(domain))
     for i, ax in enumerate(grid[:n]):
         if i % ncols:
             ax.set_ylabel("")
-            for text in list(ax.texts):
-                text.remove()
     for ax in grid[n:]:
         ax.axis("off")
     _figure_legend(fig, grid[:n])
@@ -374,6 +388,9 @@ def overlap_heatmap(overlap: pd.DataFrame, *, chance: float | None = None, ax=No
     ax.set_title("kept-expert overlap (Jaccard)" + (f", chance {chance:.2f}" if chance is not None else ""))
     table = _diagonal_order(overlap)
     diagonal = np.equal.outer(np.asarray(table.index, dtype=object), np.asarray(table.columns, dtype=object))
+    values = table.to_numpy(float)
+    if not np.allclose(values[diagonal], 1.0):  # a diagonal of calibration-seed overlaps is data; one of 1s is not
+        diagonal = ~np.isfinite(values)
     if chance is not None and 0 < chance < 1:
         norm, cmap = matplotlib.colors.TwoSlopeNorm(vcenter=chance, vmin=0, vmax=1), "PuOr_r"
     else:
@@ -389,12 +406,20 @@ def overlap_heatmap(overlap: pd.DataFrame, *, chance: float | None = None, ax=No
 
 
 @styled
-def calibration_figure(loss_matrix: pd.DataFrame, overlap: pd.DataFrame, *, delta: bool = True, chance: float | None = None,
+def calibration_figure(loss_matrix, overlap: pd.DataFrame | None = None, *, delta: bool = True, chance: float | None = None,
                        title: str | None = None, fig=None):
     """:func:`calibration_heatmap` next to :func:`overlap_heatmap` (two columns wide). Returns the Figure.
 
+        >>> calibration_figure(sensitivity)        # a reapkit.study.Sensitivity: chance and title from it
         >>> calibration_figure(loss_matrix, overlap, chance=expected_jaccard(16, 8), title="REAP at 50%")
     """
+    if hasattr(loss_matrix, "loss_matrix") and hasattr(loss_matrix, "overlap_matrix"):
+        result = loss_matrix
+        loss_matrix, overlap = result.loss_matrix("loss"), result.overlap_matrix("jaccard")
+        if chance is None and "chance" in result.overlap:
+            chance = float(result.overlap["chance"].iloc[0])
+        if title is None:
+            title = f"{result.criterion} pruning at {result.ratio:.0%}, calibrated on each set"
     fig = fig or plt.figure(figsize=(TWO_COLUMN, 2.5), layout="constrained")
     left, right = fig.subplots(1, 2)
     calibration_heatmap(loss_matrix, delta=delta, ax=left)

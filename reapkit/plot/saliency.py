@@ -14,7 +14,7 @@ import pandas as pd
 
 from ..analysis import ALL, mask_frame, select, uniform_cutoffs, value_table
 from ..plan import pruned_count
-from .style import (COLUMN, MISSING_COLOR, TWO_COLUMN, axes, criterion_color, index_ticks, integer_axis, is_empty,
+from .theme import (COLUMN, MISSING_COLOR, TWO_COLUMN, axes, criterion_color, index_ticks, integer_axis, is_empty,
                     no_data, no_data_figure, styled)
 
 __all__ = ["saliency_heatmap", "saliency_heatmaps", "saliency_curves", "saliency_distributions", "kept_per_layer"]
@@ -149,8 +149,8 @@ def saliency_curves(frame: pd.DataFrame, *, criterion: str = "reap", domain: str
     for r in sorted(ratios):
         keep = n - pruned_count(n, r)
         ax.axvline(keep + 0.5, color="0.3", linestyle="--", linewidth=0.7, zorder=0)
-        ax.annotate(f"{r:.0%}", xy=(keep + 0.5, 1.0), xycoords=("data", "axes fraction"), xytext=(0, 1),
-                    textcoords="offset points", ha="center", va="bottom", fontsize=6, color="0.3")
+        ax.annotate(f"{r:.0%}", xy=(keep + 0.5, 0.0), xycoords=("data", "axes fraction"), xytext=(1.5, 1.5),
+                    textcoords="offset points", ha="left", va="bottom", fontsize=6, color="0.3")
     integer_axis(ax, "x")
     ax.set_xlim(0.5, n + 0.5)
     ax.set_xlabel("expert rank in layer" + ("  (dashed: cut-off at % removed)" if ratios else ""))
@@ -212,7 +212,8 @@ def saliency_distributions(frame: pd.DataFrame, *, criterion: str = "reap", doma
                         label=f"uniform cut-off, {ratio:.0%} removed" if x == 0 else None)
     if positive.size:
         ax.set_yscale("log")
-        ax.set_ylim(bottom=floor * 0.8)
+        if (~(values > 0)).any():
+            ax.set_ylim(bottom=floor * 0.8)
     ax.set_xticks(np.arange(len(table)), [str(i) for i in table.index])
     ax.set_xlim(-0.6, len(table) - 0.4)
     ax.set_xlabel("layer")
@@ -245,8 +246,12 @@ def kept_per_layer(plans, *, ax=None):
     for i, (name, mask) in enumerate(masks.items()):
         counts = mask.groupby("layer")["kept"].sum().reindex(layers, fill_value=0)
         plan = plans[name]
-        criterion = getattr(plan, "criterion", None) or (mask["criterion"].iloc[0] if "criterion" in mask else name)
-        is_global = bool(getattr(plan, "provenance", {}).get("global_budget")) or "global" in str(name)
+        if isinstance(plan, pd.DataFrame):
+            criterion = mask["criterion"].iloc[0] if "criterion" in mask else name
+            is_global = "global" in str(name)
+        else:
+            criterion = plan.criterion
+            is_global = bool(plan.provenance.get("global_budget")) or "global" in str(name)
         x = np.arange(len(layers)) - 0.4 + width * (i + 0.5)
         ax.bar(x, counts.to_numpy(), width=width * 0.92, color=criterion_color(criterion) if not is_global else "white",
                edgecolor=criterion_color(criterion), hatch="/////" if is_global else None, linewidth=0.6, label=str(name))
