@@ -78,9 +78,10 @@ print(f"{sum(b.num_tokens for b in eval_batches)} evaluation tokens")
 # notebook 4 and the sweeps read.
 
 # %%
-results = study.compression_study(run.model, run.obs, eval_batches, ratios=P.ratios, criteria=P.criteria,
+sequences = study.study_sequences(run.model, run.obs, eval_batches, ratios=P.ratios, criteria=P.criteria,
                                   random_seeds=P.random_seeds, merges=P.merges, global_budget=P.global_budget,
                                   margin=P.margin)
+results = study.study_results(sequences)
 write_table(results.assign(model=P.model, calibration=P.calibration), P.output_dir, "study")
 write_table(study.results_table(results, model=P.model, calibration=P.calibration), P.output_dir, "results")
 figures.save(plot.study_figure(results, metrics=["loss", "kl"]), "study")
@@ -104,6 +105,7 @@ if P.sensitivity:
     write_table(sensitivity.overlap, P.output_dir, "sensitivity_overlap")
     figures.save(plot.calibration_figure(sensitivity.loss_matrix("loss"), sensitivity.overlap_matrix(),
                                          chance=float(sensitivity.overlap["chance"].iloc[0])), "calibration_sensitivity")
+    display(Markdown(readings.calibration(sensitivity.loss, sensitivity.overlap)))
 
 # %% [markdown]
 # ## (c) Which layers are fragile?
@@ -112,6 +114,7 @@ if P.sensitivity:
 # layers untouched); notebook 4 draws it.
 
 # %%
+layers = None
 if P.layer_sensitivity:
     layers = study.layer_sensitivity(run.model, run.obs, eval_batches, criterion=P.sensitivity_criterion,
                                      ratio=P.sensitivity_ratio, seed=P.seed)
@@ -121,10 +124,11 @@ if P.layer_sensitivity:
 # %% [markdown]
 # ## Reading
 #
-# Generated from the tables above by `reapkit.study.summarise` on every run (also written to `summary.md`).
+# Generated from the tables above by `reapkit.study.summarise` on every run (also written to `summary.md`):
+# each claim is stated only when its 95% interval supports it.
 
 # %%
-summary = study.summarise(results, sensitivity)
+summary = study.summarise(sequences, sensitivity, layers)
 atomic_write_text(f"{P.output_dir}/summary.md", summary + "\n")
 print(f"notebook run time {time.perf_counter() - start:.0f} s")
 Markdown(summary)

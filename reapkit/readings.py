@@ -18,7 +18,7 @@ from .plan import pruned_count
 
 __all__ = ["saliency_scale", "cutoff", "criterion_agreement", "domain_experts", "specialisation", "distances",
            "space_agreement", "clusters", "plans", "costs", "reconstruction", "disagreement", "global_budget",
-           "coactivation", "study_curves", "sensitivity"]
+           "coactivation", "study_curves", "calibration", "sensitivity"]
 
 
 def _f(value, digits: int = 2) -> str:
@@ -290,6 +290,27 @@ def study_curves(results: pd.DataFrame, *, ratio: float = 0.5, metric: str = "lo
         overlap = (a[f"{metric}_hi"] >= b[f"{metric}_lo"]) if metric != "agreement" else (a[f"{metric}_lo"] <= b[f"{metric}_hi"])
         text += (f" The intervals of {best} and {second} overlap: this run does not separate them."
                  if overlap else f" {best}'s interval clears {second}'s.")
+    return text
+
+
+def calibration(loss: pd.DataFrame, overlap: pd.DataFrame) -> str:
+    """Whether each domain's own calibration serves it best, and how far kept sets overlap against chance.
+
+    `loss`: eval_domain, calibration, delta_loss (`Sensitivity.loss`); `overlap`: calibration_a,
+    calibration_b, jaccard, chance (`Sensitivity.overlap`)."""
+    data = loss[~loss["calibration"].isin(["unpruned"]) & (loss["eval_domain"] != ALL)]
+    if data.empty:
+        return "No calibration sensitivity to read."
+    best = data.loc[data.groupby("eval_domain")["delta_loss"].idxmin(), ["eval_domain", "calibration", "delta_loss"]]
+    own = [row.eval_domain for row in best.itertuples() if row.calibration == row.eval_domain]
+    parts = [f"{row.eval_domain}: {row.calibration} (+{row.delta_loss:.2f})" for row in best.itertuples()]
+    text = (f"**Reading.** Lowest Δ loss per evaluation domain, by calibration set: {'; '.join(parts)}. "
+            f"Own-domain calibration is best for {len(own)} of {len(best)} domains.")
+    pairs = overlap[(overlap["calibration_a"] != overlap["calibration_b"])
+                    & ~overlap["calibration_a"].isin(["mix"]) & ~overlap["calibration_b"].isin(["mix"])]
+    if len(pairs):
+        text += (f" Kept sets of two single-domain calibrations overlap by a mean Jaccard of {pairs.jaccard.mean():.2f}, "
+                 f"against {pairs.chance.mean():.2f} for random kept sets.")
     return text
 
 

@@ -328,3 +328,24 @@ def test_explorer_redraws_on_every_control(batches, tmp_path):
     assert e.redraws == 6
     with pytest.raises(ValueError, match="unknown view"):
         SaliencyExplorer(obs, views=("nope",))
+
+
+# --------------------------------------------------------------------------------------------
+# Shipped sweep files run (a reduced grid: the tiny model, one run each)
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sweep", sorted((ROOT / "sweeps").glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_sweep_runs(sweep, tiny, tmp_path, monkeypatch):
+    from reapkit.notebook import PARAMETERS
+    from reapkit.sweep import load_sweep, run_sweep
+
+    quick = {**tiny["params"], "evaluation": tiny["spec"], "ratios": [0.5], "criteria": ["reap", "frequency"],
+             "random_seeds": [], "merges": [], "sensitivity": False, "layer_sensitivity": False, "spaces": ["output"]}
+    notebook = load_sweep(sweep)["notebook"].stem
+    overrides = {k: v for k, v in quick.items() if k in {p.name for p in PARAMETERS[notebook]}}
+    monkeypatch.chdir(tmp_path)  # runs/<name>/ lands here
+    summary = run_sweep(sweep, overrides=overrides, limit=1, jobs=1, progress=False)
+    assert list(summary.status) == ["ok"], summary.error.tolist()
+    name = load_sweep(sweep)["name"]
+    assert len(pd.read_csv(tmp_path / "runs" / name / "results.csv")) == summary.rows.sum() > 0
