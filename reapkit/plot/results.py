@@ -90,26 +90,27 @@ def _draw_curves(ax, data, metric, hue, *, markers=True):
     return kinds
 
 
+_XLABEL = "experts removed"
+
+
 def _band_note(axes_list) -> str | None:
-    """The band note of the first Axes that has one, removed from every Axes (a figure legend shows it once)."""
+    """The band note of the first Axes that has one in its x label, taken out of every x label
+    (a figure legend shows it once)."""
     note = None
     for ax in axes_list:
-        for text in list(ax.texts):
-            if text.get_text().startswith("bands"):
-                note = note or text.get_text()
-                text.remove()
+        label = ax.get_xlabel()
+        if label.startswith(_XLABEL + " ("):
+            note = note or label[len(_XLABEL) + 2:-1]
+            ax.set_xlabel(_XLABEL)
     return note
 
 
 def _finish(ax, metric, kinds):
     percent_axis(ax, "x")
-    ax.set_xlabel("experts removed")
+    ax.set_xlabel(_XLABEL + (f" ({'; '.join(_BAND_NOTE[k] for k in sorted(kinds))})" if kinds else ""))
     ax.set_ylabel(METRIC_LABELS.get(metric, metric))
     if metric == DELTA_LOSS:
         ax.axhline(0, color="0.6", linewidth=0.5, zorder=0)
-    if kinds:
-        ax.text(0.0, 1.0, "; ".join(_BAND_NOTE[k] for k in sorted(kinds)), transform=ax.transAxes, fontsize=5.5,
-                color="0.35", va="bottom")
 
 
 @styled
@@ -252,10 +253,8 @@ def layer_sensitivity(frame: pd.DataFrame, *, metric: str = DELTA_LOSS, ratio: f
     ax.bar(x, data[metric], width=0.7, color=color, yerr=errors, error_kw=dict(elinewidth=0.7, capsize=1.5, ecolor="black"))
     ax.axhline(0, color="0.4", linewidth=0.5)
     ax.set_xticks(x, [str(v) for v in data.index])
-    ax.set_xlabel("layer pruned")
+    ax.set_xlabel("layer pruned" + (" (error bars: 95% bootstrap CI)" if errors is not None else ""))
     ax.set_ylabel(METRIC_LABELS.get(metric, metric))
-    if errors is not None:
-        ax.text(1.0, 1.0, "bars: 95% bootstrap CI", transform=ax.transAxes, fontsize=5.5, color="0.35", ha="right", va="bottom")
     return ax
 
 
