@@ -392,10 +392,7 @@ def _loss_rows(sequences: pd.DataFrame, *, resamples: int, seed: int) -> pd.Data
             cell = part if domain == "all" else part[part["domain"] == domain]
             row = {"eval_domain": domain, "calibration": name}
             for metric in ("loss", "delta_loss"):
-                grid = (cell["tokens"] * cell[metric]).to_frame("v").assign(s=cell["repeat"], q=cell["sequence"])
-                grid = grid.pivot(index="s", columns="q", values="v")
-                tokens = cell.drop_duplicates("sequence").set_index("sequence")["tokens"].loc[grid.columns]
-                row.update(zip(_interval(metric), bootstrap(grid.to_numpy(), tokens.to_numpy(), resamples=resamples, seed=seed)))
+                row.update(zip(_interval(metric), bootstrap(*_grid(cell, metric, "repeat"), resamples=resamples, seed=seed)))
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -507,20 +504,32 @@ def _verdict(lo: float, hi: float, *, above: str, below: str) -> str:
     return above if lo > 0 else below if hi < 0 else "within noise"
 
 
+def _grid(part: pd.DataFrame, metric: str, repeat: str) -> tuple[np.ndarray, np.ndarray]:
+    """(`metric` x tokens as [repeats, sequences], tokens [sequences]): what `bootstrap` resamples."""
+    rows = np.unique(part[repeat].fillna(-1).to_numpy(np.int64), return_inverse=True)[1]
+    sequences, columns = np.unique(part["sequence"].to_numpy(), return_inverse=True)
+    tokens = np.zeros(len(sequences))
+    tokens[columns] = part["tokens"].to_numpy(np.float64)
+    grid = np.full((rows.max() + 1 if len(rows) else 0, len(sequences)), np.nan)
+    grid[rows, columns] = tokens[columns] * part[metric].to_numpy(np.float64)
+    return grid, tokens
+
+
 class _Gaps:
     """Paired bootstrap gaps between curves of a `study_sequences` frame (random: seeds resampled too)."""
 
     def __init__(self, sequences: pd.DataFrame, *, resamples: int, seed: int):
-        self.sequences, self.resamples, self.seed = sequences, resamples, seed
+        self.resamples, self.seed = resamples, seed
+        self.parts = dict(iter(sequences.groupby(["label", "ratio"], sort=False)))
+        self.cache: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
 
     def matrix(self, label: str, ratio: float, domain: str, metric: str):
-        part = self.sequences[(self.sequences["label"] == label) & (self.sequences["ratio"] == ratio)]
-        if domain != "all":
-            part = part[part["domain"] == domain]
-        grid = (part["tokens"] * part[metric]).to_frame("v").assign(r=part["seed"].fillna(-1), q=part["sequence"])
-        grid = grid.pivot(index="r", columns="q", values="v")
-        tokens = part.drop_duplicates("sequence").set_index("sequence")["tokens"].loc[grid.columns]
-        return grid.to_numpy(), tokens.to_numpy(np.float64)
+        """[seeds, sequences] of metric x tokens, and tokens [sequences]."""
+        key = (label, ratio, domain, metric)
+        if key not in self.cache:
+            part = self.parts[(label, ratio)]
+            self.cache[key] = _grid(part if domain == "all" else part[part["domain"] == domain], metric, "seed")
+        return self.cache[key]
 
     def value(self, label, ratio, domain, metric):
         num, den = self.matrix(label, ratio, domain, metric)
@@ -666,10 +675,7 @@ def _calibration_section(sensitivity: "Sensitivity", *, resamples: int, seed: in
     singles = [c for c in dict.fromkeys(loss["calibration"]) if c not in (UNPRUNED, MIX)]
 
     def cell(name, d):
-        part = sequences[(sequences["calibration"] == name) & (sequences["domain"] == d)]
-        grid = (part["tokens"] * part["loss"]).to_frame("v").assign(r=part["repeat"], q=part["sequence"])
-        grid = grid.pivot(index="r", columns="q", values="v")
-        return grid.to_numpy(), part.drop_duplicates("sequence").set_index("sequence")["tokens"].loc[grid.columns].to_numpy()
+        return _grid(sequences[(sequences["calibration"] == name) & (sequences["domain"] == d)], "loss", "repeat")
 
     own_best, own_noise = [], []
     by = loss.set_index(["eval_domain", "calibration"])
@@ -722,6 +728,13 @@ def _overlap_lines(overlap: pd.DataFrame, singles: list) -> list[str]:
                      + "; ".join(f"{r.calibration_a} {_interval_text(r.jaccard, r.jaccard_lo, r.jaccard_hi)}"
                                  for r in same.itertuples())
                      + f" (the sampling noise of a kept set; chance {chance:.2f}).")
+        own = same.set_index("calibration_a")
+        below = [f"{r.calibration_a}/{r.calibration_b}" for r in pairs.itertuples()
+                 if r.calibration_a in own.index and r.calibration_b in own.index
+                 and r.jaccard_hi < min(own.loc[r.calibration_a, "jaccard_lo"], own.loc[r.calibration_b, "jaccard_lo"])]
+        lines.append(f"- Calibration on another domain changes the kept set beyond the sampling noise (its interval lies below "
+                     f"both sets' own resampling overlap) for {len(below)} of {len(pairs)} pairs"
+                     + (f": {', '.join(below)}" if below else "") + ".")
     return lines
 
 

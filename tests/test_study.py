@@ -49,8 +49,10 @@ def setup():
                observe(model, calibration[1:2] + calibration[3:4], progress=False)]
     sensitivity = study.calibration_sensitivity(model, None, evaluation, domains=("code", "prose"), calibration=repeats,
                                                 ratio=0.5, resamples=200, progress=False)
+    layers = study.layer_sensitivity(model, obs, evaluation, ratio=0.5, resamples=200, progress=False)
     return {"model": model, "calibration": calibration, "evaluation": evaluation, "obs": obs, "results": results,
-            "sequences": sequences, "sensitivity": sensitivity, "warnings": [str(w.message) for w in caught]}
+            "sequences": sequences, "sensitivity": sensitivity, "layers": layers,
+            "warnings": [str(w.message) for w in caught]}
 
 
 def test_study_frame_columns_and_rows(setup):
@@ -144,7 +146,7 @@ def test_layer_sensitivity_prunes_one_layer_at_a_time(setup):
     from reapkit.prune import mask_experts
 
     model, obs, evaluation = setup["model"], setup["obs"], setup["evaluation"]
-    frame = study.layer_sensitivity(model, obs, evaluation, ratio=0.5, resamples=200, progress=False)
+    frame = setup["layers"]
     assert list(frame.columns[:4]) == ["layer", "criterion", "ratio", "experts_kept"]
     assert len(frame) == len(obs.layers) * 3 and (frame.experts_kept == 4).all()
     assert ((frame.delta_loss_lo <= frame.delta_loss) & (frame.delta_loss <= frame.delta_loss_hi)).all()
@@ -204,8 +206,7 @@ def test_calibration_sensitivity_single_sample(setup):
 
 
 def test_summarise_mentions_every_method(setup):
-    layers = study.layer_sensitivity(setup["model"], setup["obs"], setup["evaluation"], resamples=50, progress=False)
-    text = study.summarise(setup["sequences"], setup["sensitivity"], layers, resamples=200)
+    text = study.summarise(setup["sequences"], setup["sensitivity"], setup["layers"], resamples=200)
     for name in ("frequency", "soft_frequency", "ean_mean", "random", "m_smoe", "hc_smoe", "global_reap",
                  "prune", "merge", "global"):
         assert f"`{name}`" in text or f"({name})" in text, name
