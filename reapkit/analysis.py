@@ -26,6 +26,8 @@ Mask frames (`mask_frame`): layer, expert, kept [, any extra columns such as cri
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pandas as pd
 
@@ -123,6 +125,7 @@ def expected_jaccard(experts: int, size: int, other: int | None = None) -> float
     return float(np.sum(values * p))
 
 
+@functools.lru_cache(maxsize=64)
 def spearman_band(n: int, *, level: float = 0.95, permutations: int = 20000, seed: int = 0) -> tuple[float, float]:
     """Central `level` interval of Spearman's rho between two independent random rankings of `n` items
     (a permutation null, `permutations` draws from `seed`; deterministic): ``(lo, hi)``.

@@ -121,7 +121,7 @@ def test_results_figures(frame):
 
 def test_save_figure_is_deterministic_and_atomic(tmp_path):
     def draw():
-        return plot.saliency_heatmaps(scores())
+        return plot.saliency_heatmap(scores(layers=(0, 1), experts=4))
 
     first = [p.read_bytes() for p in plot.save_figure(draw(), tmp_path / "a", "heat", dpi=60)]
     second = [p.read_bytes() for p in plot.save_figure(draw(), tmp_path / "b", "heat", dpi=60)]

@@ -16,16 +16,56 @@ imports neither torch nor transformers.
 
 Modules: theme (sizes, colours, the style, saving), saliency, criteria, domains, geometry, plans, results.
 """
-from ..analysis import AGREEMENT_CRITERIA, agreement_table, domain_share_table, mask_frame, specialisation_table
+from ..analysis import (
+                      AGREEMENT_CRITERIA,
+                      agreement_table,
+                      domain_share_table,
+                      mask_frame,
+                      specialisation_table,
+)
 from .criteria import criterion_agreement, reap_vs_frequency
 from .domains import domain_saliency, specialisation_by_depth
-from .geometry import coactivation_matrix, distance_heatmap, distance_heatmaps, saliency_clusters, saliency_dendrogram
+from .geometry import (
+                      coactivation_matrix,
+                      distance_heatmap,
+                      distance_heatmaps,
+                      saliency_clusters,
+                      saliency_dendrogram,
+)
 from .plans import plan_mask, plan_masks
-from .results import (calibration_figure, calibration_heatmap, compression_figure, layer_sensitivity, loss_vs_ratio,
-                      loss_vs_ratio_by_domain, overlap_heatmap, reconstruction_by_layer, study_curves, study_figure)
-from .saliency import kept_per_layer, saliency_curves, saliency_distributions, saliency_heatmap, saliency_heatmaps
-from .theme import (COLUMN, CRITERION_COLORS, STYLE, TWO_COLUMN, criterion_color, domain_linestyle, domain_marker,
-                    method_linestyle, panels, per_criterion, save_figure, style)
+from .results import (
+                      calibration_figure,
+                      calibration_heatmap,
+                      compression_figure,
+                      layer_sensitivity,
+                      loss_vs_ratio,
+                      loss_vs_ratio_by_domain,
+                      overlap_heatmap,
+                      reconstruction_by_layer,
+                      study_curves,
+                      study_figure,
+)
+from .saliency import (
+                      kept_per_layer,
+                      saliency_curves,
+                      saliency_distributions,
+                      saliency_heatmap,
+                      saliency_heatmaps,
+)
+from .theme import (
+                      COLUMN,
+                      CRITERION_COLORS,
+                      STYLE,
+                      TWO_COLUMN,
+                      criterion_color,
+                      domain_linestyle,
+                      domain_marker,
+                      method_linestyle,
+                      panels,
+                      per_criterion,
+                      save_figure,
+                      style,
+)
 
 __all__ = [
     # style and saving

@@ -11,7 +11,18 @@ import pandas as pd
 
 from ..analysis import AGREEMENT_CRITERIA, ALL, agreement_table, select
 from ..plan import pruned_count
-from .theme import COLUMN, TWO_COLUMN, axes, chance_line, criterion_color, integer_axis, is_empty, no_data, no_data_figure, styled
+from .theme import (
+    COLUMN,
+    TWO_COLUMN,
+    axes,
+    chance_line,
+    criterion_color,
+    integer_axis,
+    is_empty,
+    no_data,
+    no_data_figure,
+    styled,
+)
 
 __all__ = ["criterion_agreement", "reap_vs_frequency"]
 

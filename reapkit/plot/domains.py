@@ -5,14 +5,24 @@
 """
 from __future__ import annotations
 
-import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
 from ..analysis import domain_share_table, specialisation_table
-from .theme import (COLUMN, MISSING_COLOR, TWO_COLUMN, axes, criterion_color, domain_marker, index_ticks, integer_axis,
-                    is_empty, no_data, styled)
+from .theme import (
+    COLUMN,
+    MISSING_COLOR,
+    TWO_COLUMN,
+    axes,
+    criterion_color,
+    domain_marker,
+    index_ticks,
+    integer_axis,
+    is_empty,
+    no_data,
+    styled,
+)
 
 __all__ = ["domain_saliency", "specialisation_by_depth"]
 
@@ -32,7 +42,7 @@ def domain_saliency(frame: pd.DataFrame, *, criterion: str = "frequency", layers
         table = table[table["layer"].isin(list(layers))]
     rows = len(table.groupby(["layer", "domain"])) if not table.empty else 4
     fig, ax = axes(ax, (TWO_COLUMN, 0.6 + 0.11 * max(rows, 4)))
-    ax.set_title(f"domain enrichment ({criterion})")
+    ax.set_title(f"domain enrichment ({criterion})", loc="left")
     if table.empty:
         return no_data(ax, "no data (needs per-domain scores)")
     pivot = table.pivot_table(index=["layer", "domain"], columns="expert", values="enrichment")

@@ -16,7 +16,16 @@ import numpy as np
 
 from ..analysis import coselect_order, is_flat
 from ..plan import pruned_count
-from .theme import COLUMN, MISSING_COLOR, TWO_COLUMN, axes, index_ticks, no_data, no_data_figure, styled
+from .theme import (
+    COLUMN,
+    MISSING_COLOR,
+    TWO_COLUMN,
+    axes,
+    index_ticks,
+    no_data,
+    no_data_figure,
+    styled,
+)
 
 __all__ = ["distance_heatmap", "distance_heatmaps", "saliency_clusters", "saliency_dendrogram", "coactivation_matrix"]
 

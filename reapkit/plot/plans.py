@@ -11,7 +11,16 @@ import numpy as np
 import pandas as pd
 
 from ..analysis import mask_frame, select
-from .theme import COLUMN, TWO_COLUMN, axes, index_ticks, is_empty, no_data, no_data_figure, styled
+from .theme import (
+    COLUMN,
+    TWO_COLUMN,
+    axes,
+    index_ticks,
+    is_empty,
+    no_data,
+    no_data_figure,
+    styled,
+)
 
 __all__ = ["plan_mask", "plan_masks"]
 

@@ -18,10 +18,36 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from ..analysis import (ALL, CRITERION, DELTA_LOSS, DOMAIN, LABEL, LOSS, METHOD, METRIC_LABELS, RATIO, curve_table, hi,
-                        lo, select, with_delta_loss)
-from .theme import (COLUMN, TWO_COLUMN, axes, chance_line, criterion_color, domain_linestyle, integer_axis, is_empty,
-                    method_linestyle, no_data, no_data_figure, percent_axis, styled)
+from ..analysis import (
+    ALL,
+    CRITERION,
+    DELTA_LOSS,
+    DOMAIN,
+    LABEL,
+    LOSS,
+    METHOD,
+    METRIC_LABELS,
+    RATIO,
+    curve_table,
+    hi,
+    lo,
+    select,
+    with_delta_loss,
+)
+from .theme import (
+    COLUMN,
+    TWO_COLUMN,
+    axes,
+    criterion_color,
+    domain_linestyle,
+    integer_axis,
+    is_empty,
+    method_linestyle,
+    no_data,
+    no_data_figure,
+    percent_axis,
+    styled,
+)
 
 __all__ = ["loss_vs_ratio", "loss_vs_ratio_by_domain", "study_curves", "study_figure", "compression_figure",
            "layer_sensitivity", "reconstruction_by_layer", "calibration_heatmap", "overlap_heatmap", "calibration_figure"]

@@ -14,8 +14,19 @@ import pandas as pd
 
 from ..analysis import ALL, mask_frame, select, uniform_cutoffs, value_table
 from ..plan import pruned_count
-from .theme import (COLUMN, MISSING_COLOR, TWO_COLUMN, axes, criterion_color, index_ticks, integer_axis, is_empty,
-                    no_data, no_data_figure, styled)
+from .theme import (
+    COLUMN,
+    MISSING_COLOR,
+    TWO_COLUMN,
+    axes,
+    criterion_color,
+    index_ticks,
+    integer_axis,
+    is_empty,
+    no_data,
+    no_data_figure,
+    styled,
+)
 
 __all__ = ["saliency_heatmap", "saliency_heatmaps", "saliency_curves", "saliency_distributions", "kept_per_layer"]
 
@@ -64,7 +75,7 @@ def saliency_heatmap(frame: pd.DataFrame, *, criterion: str = "reap", domain: st
     """
     fig, ax = axes(ax, (COLUMN, 1.9))
     table, values = (None, None) if is_empty(frame) else _heatmap_values(frame, criterion, domain, sort, normalise)
-    ax.set_title(_title(criterion, domain))
+    ax.set_title(_title(criterion, domain), loc="left")
     if table is None:
         return no_data(ax)
     norm = norm or _norm(values, log and not normalise)
