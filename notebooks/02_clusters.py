@@ -91,10 +91,12 @@ display(Markdown(readings.space_agreement(agreement)))
 space = "output" if "output" in P.spaces else P.spaces[0]
 saliency = score(run.obs, P.criterion, seed=P.seed)
 by_layer = {layer: saliency[run.obs.layers.index(layer)] for layer in run.layers}
-fig, axes = plot.panels(len(run.layers), ncols=2)
+fig, axes = plot.panels(len(run.layers), ncols=2, width=plot.TWO_COLUMN)
 for ax, layer in zip(axes, run.layers):
     plot.saliency_clusters(by_layer[layer], clusterings[space, layer], ratio=P.ratio, ax=ax,
                            title=f"layer {layer}: {P.criterion} on {space}-space clusters")
+    ax.set_xlabel("")
+fig.supxlabel(f"expert (dendrogram order); brackets: clusters; hatched: pruned at {P.ratio:.0%} removed", fontsize=7)
 figures.save(fig, "saliency_clusters")
 display(Markdown(readings.clusters(by_layer, {layer: clusterings[space, layer].labels for layer in run.layers},
                                    ratio=P.ratio)))

@@ -101,7 +101,8 @@ if P.sensitivity:
     sensitivity = study.calibration_sensitivity(run.model, run.tokenizer, eval_batches, domains=run.obs.domains,
                                                 calibration=run.obs, ratio=P.sensitivity_ratio,
                                                 criterion=P.sensitivity_criterion, seed=P.seed)
-    write_table(sensitivity.loss, P.output_dir, "sensitivity_loss")
+    write_table(sensitivity.loss, P.output_dir, "sensitivity")  # tidy, with intervals
+    write_table(sensitivity.loss_matrix().reset_index(), P.output_dir, "sensitivity_loss")
     write_table(sensitivity.overlap, P.output_dir, "sensitivity_overlap")
     figures.save(plot.calibration_figure(sensitivity.loss_matrix("loss"), sensitivity.overlap_matrix(),
                                          chance=float(sensitivity.overlap["chance"].iloc[0])), "calibration_sensitivity")

@@ -109,11 +109,12 @@ def specialisation(table: pd.DataFrame) -> str:
     """How specialisation changes with depth."""
     if table.empty:
         return "No per-domain statistics (the calibration has one domain)."
-    by_layer = table.groupby("layer")["specialisation"].mean()
+    weighted = table.assign(_w=table["specialisation"] * table["usage"]).groupby("layer")
+    by_layer = weighted["_w"].sum() / weighted["usage"].sum()  # usage-weighted, as the figure draws it
     first, last = by_layer.index[0], by_layer.index[-1]
     peak = by_layer.idxmax()
     trend = "rises" if by_layer[last] > by_layer[first] + 0.02 else "falls" if by_layer[last] < by_layer[first] - 0.02 else "stays level"
-    return (f"**Reading.** Mean specialisation {trend} from {by_layer[first]:.2f} (layer {first}) to {by_layer[last]:.2f} "
+    return (f"**Reading.** Mean specialisation (weighted by usage) {trend} from {by_layer[first]:.2f} (layer {first}) to {by_layer[last]:.2f} "
             f"(layer {last}); it peaks at layer {peak} ({by_layer[peak]:.2f}). 0 means an expert serves every domain "
             "alike, 1 that it serves one domain only.")
 

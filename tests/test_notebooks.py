@@ -308,26 +308,45 @@ def test_bad_parameter_stops_at_the_checking_cell(tmp_path):
 
 def test_explorer_redraws_on_every_control(batches, tmp_path):
     from reapkit.observe import observe
-    from reapkit.widgets import SaliencyExplorer, explorer
+    from reapkit.widgets import SaliencyExplorer, explorer, ratio_label, ratio_options
 
     obs = observe(tiny_model("qwen3_moe"), batches, progress=False)
     obs.save(tmp_path / "obs")
     e = explorer(tmp_path / "obs", criteria=["reap", "frequency"], n_clusters=3)
     assert isinstance(e, SaliencyExplorer) and e.redraws == 1
     assert set(e.figures) == {"saliency", "clusters", "mask"}
+    # only ratios a plan can meet (8 experts, top-2: 0..6 removed), labelled as the figures label them
+    assert e.ratio.options == tuple(ratio_options(8, 2)) and len(e.ratio.options) == 7
+    assert e.ratio.label == "25% (2/8)" and ratio_label(0.625, 16) == "62% (10/16)"
     e.layer.value = obs.layers[1]
     e.criterion.value = "frequency"
     e.domain.value = "code"
-    e.ratio.value = 0.5
+    e.ratio.value = 0.75
     assert e.redraws == 5
     plan = e.plan()
-    assert plan.criterion == "frequency" and all(len(k) == 4 for k in plan.kept.values())
+    assert plan.criterion == "frequency" and all(len(k) == 2 for k in plan.kept.values())
+    assert '<span class=\'reapkit-kept\'>2</span> of 8' in e.summary.value and "75% (6/8)" in e.summary.value
     assert list(e.layer_scores()) == list(
         pd.Series(obs.pooled(["code"])["count"][1].numpy()))  # frequency in the code domain, layer 1
     e.update()
     assert e.redraws == 6
     with pytest.raises(ValueError, match="unknown view"):
         SaliencyExplorer(obs, views=("nope",))
+
+
+def test_study_explorer_draws(tmp_path):
+    """The study explorer shows a figure (it used to print `<Axes ...>`)."""
+    from reapkit.widgets import study_explorer
+
+    rows = [dict(method="prune", criterion=c, label=c, seed=None, ratio=r, domain=d, loss=2 + r + (c == "reap"),
+                 kl=r, agreement=1 - r) for c in ("reap", "frequency") for r in (0.0, 0.5) for d in ("all", "code")]
+    e = study_explorer(pd.DataFrame(rows))
+    assert list(e.metric.options) == ["loss", "kl", "agreement"] and e.domain.options[0] == "all"
+    e.metric.value = "kl"
+    e.domain.value = "code"
+    assert e.redraws == 3
+    ax = e.figures["curves"].axes[0]
+    assert {line.get_label() for line in ax.lines} >= {"reap", "frequency"}
 
 
 # --------------------------------------------------------------------------------------------
