@@ -31,6 +31,12 @@ from .theme import (
 __all__ = ["saliency_heatmap", "saliency_heatmaps", "saliency_curves", "saliency_distributions", "kept_per_layer"]
 
 
+def _legend_below(ax):
+    """A two-column legend under the x label (keeps the panel's width for the data)."""
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=2, borderaxespad=0, handletextpad=0.3,
+              columnspacing=1.0)
+
+
 def _title(criterion, domain):
     return f"{criterion}" + (f" ({domain})" if domain not in (None, ALL) else "")
 
@@ -229,7 +235,7 @@ def saliency_distributions(frame: pd.DataFrame, *, criterion: str = "reap", doma
     ax.set_xlim(-0.6, len(table) - 0.4)
     ax.set_xlabel("layer")
     ax.set_ylabel(f"{criterion} score (log)")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), borderaxespad=0, handletextpad=0.3)
+    _legend_below(ax)
     return ax
 
 
@@ -274,5 +280,5 @@ def kept_per_layer(plans, *, ax=None):
     ax.set_ylim(0, float(total.max()) * 1.05)
     ax.set_xlabel("layer")
     ax.set_ylabel("experts kept")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), borderaxespad=0)
+    _legend_below(ax)
     return ax
