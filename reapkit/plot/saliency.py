@@ -92,8 +92,8 @@ def saliency_heatmap(frame: pd.DataFrame, *, criterion: str = "reap", domain: st
     ax.set_xlabel("expert rank in layer" if sort else "expert")
     ax.set_ylabel("layer")
     index_ticks(ax, table.index, "y")
-    if sort:
-        integer_axis(ax, "x")
+    if sort:  # ranks count from 1, as in saliency_curves
+        index_ticks(ax, range(1, table.shape[1] + 1), "x", max_ticks=8)
     else:
         index_ticks(ax, table.columns, "x", max_ticks=16)
     if colorbar:
