@@ -76,7 +76,8 @@ display(Markdown(readings.plans(plans)))
 # ## What pruning costs
 #
 # Each plan is applied in memory by masking the router (identical to removing the experts); ratio 0 is
-# the unpruned model. Bands: 95% bootstrap intervals over evaluation sequences.
+# the unpruned model. Per domain: Δ loss against that domain's unpruned loss. Bands: 95% bootstrap
+# intervals over evaluation sequences.
 
 # %%
 eval_batches = held_out(P, run.tokenizer)
@@ -84,7 +85,7 @@ results, reconstruction = evaluate_plans(run.model, plans, eval_batches)
 results = results.assign(model=P.model, seed=P.seed)
 write_table(results, P.output_dir, "results")
 write_table(reconstruction, P.output_dir, "reconstruction")
-figures.save(plot.loss_vs_ratio_by_domain(results, metric="loss"), "loss_vs_ratio_by_domain")
+figures.save(plot.loss_vs_ratio_by_domain(results), "loss_vs_ratio_by_domain")  # Δ loss: each domain vs its unpruned loss
 display(Markdown(readings.costs(results, metric="loss")))
 
 # %%

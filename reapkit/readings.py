@@ -205,7 +205,13 @@ def costs(results: pd.DataFrame, *, metric: str = "loss", domain: str = ALL) -> 
         group = group.set_index("criterion")
         best = getattr(group[metric], f"idx{better}")()
         parts = [f"{c} {_f(r[metric])}{_interval(r, metric)}" for c, r in group.sort_values(metric, ascending=better == "min").iterrows()]
-        lines.append(f"- {ratio:.0%} removed: best {best}; " + ", ".join(parts))
+        ordered = group.sort_values(metric, ascending=better == "min")
+        line = f"- {ratio:.0%} removed: best {best}; " + ", ".join(parts)
+        if len(ordered) > 1 and f"{metric}_lo" in ordered.columns:
+            first, second = ordered.iloc[0], ordered.iloc[1]
+            apart = (first[f"{metric}_hi"] < second[f"{metric}_lo"]) if better == "min" else (first[f"{metric}_lo"] > second[f"{metric}_hi"])
+            line += "" if apart else f" (the intervals of {ordered.index[0]} and {ordered.index[1]} overlap)"
+        lines.append(line)
     return "\n".join(lines)
 
 

@@ -368,3 +368,18 @@ def test_shipped_sweep_runs(sweep, tiny, tmp_path, monkeypatch):
     assert list(summary.status) == ["ok"], summary.error.tolist()
     name = load_sweep(sweep)["name"]
     assert len(pd.read_csv(tmp_path / "runs" / name / "results.csv")) == summary.rows.sum() > 0
+
+
+def test_readings_quote_the_data():
+    """The readings under the figures are computed from the tables, not pasted."""
+    from reapkit import readings
+
+    rows = [dict(ratio=r, criterion=c, domain="all", loss=2.0 + r * k, loss_lo=1.9 + r * k, loss_hi=2.1 + r * k)
+            for c, k in (("reap", 1.0), ("frequency", 3.0)) for r in (0.5,)] + [
+        dict(ratio=0.0, criterion="none", domain="all", loss=2.0, loss_lo=1.9, loss_hi=2.1)]
+    text = readings.costs(pd.DataFrame(rows))
+    assert "unpruned 2.00 [1.90, 2.10]" in text and "best reap; reap 2.50 [2.40, 2.60], frequency 3.50" in text
+    assert "overlap" not in text.split("\n")[-1]  # 2.60 < 3.40: the intervals separate them
+    agreement = pd.DataFrame([dict(layer=0, criterion_a="reap", criterion_b="frequency", spearman=0.3, overlap=0.6, ratio=0.5)])
+    text = readings.criterion_agreement(agreement, experts=16, ratio=0.5)
+    assert "overlap by 0.34" in text and "reap / frequency: rho 0.30, overlap 0.60 (above chance)" in text
