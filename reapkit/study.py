@@ -531,6 +531,9 @@ class _Gaps:
             self.cache[key] = _grid(part if domain == "all" else part[part["domain"] == domain], metric, "seed")
         return self.cache[key]
 
+    def has(self, label: str, ratio: float) -> bool:
+        return (label, ratio) in self.parts
+
     def value(self, label, ratio, domain, metric):
         num, den = self.matrix(label, ratio, domain, metric)
         return bootstrap(num, den, resamples=self.resamples, seed=self.seed)
@@ -540,6 +543,72 @@ class _Gaps:
         num, den = self.matrix(label, ratio, domain, metric)
         other, _ = self.matrix(minus, ratio, domain, metric)
         return bootstrap(num, den, minus=other, resamples=self.resamples, seed=self.seed)
+
+
+def _gap_table(gaps: "_Gaps", labels: list, ratios: list, kept, *, domain: str, metric: str):
+    """Markdown table (REAP's value, each baseline's paired gap to it) and the gaps {baseline: {ratio: (est, lo, hi)}}."""
+    cells = pd.DataFrame(index=[f"{_pct(r)} ({int(kept[r]) if r in kept.index else '?'} kept)" for r in ratios],
+                         columns=labels, dtype=object)
+    cells.index.name = "ratio"
+    verdicts: dict[str, dict[float, tuple]] = {label: {} for label in labels if label != "reap"}
+    for row, r in zip(cells.index, ratios):
+        for label in labels:
+            if not (gaps.has(label, r) and gaps.has("reap", r)):
+                cells.loc[row, label] = "-"
+            elif label == "reap":
+                cells.loc[row, label] = f"**{_interval_text(*gaps.value('reap', r, domain, metric))}**"
+            else:
+                gap = verdicts[label][r] = gaps.gap(label, "reap", r, domain, metric)
+                cells.loc[row, label] = _interval_text(*gap, sign=True) + (" *" if gap[1] > 0 or gap[2] < 0 else "")
+    return _md_table(cells), verdicts
+
+
+def _baseline_line(gaps: "_Gaps", label: str, found: dict, *, domain: str, metric: str, with_kl: bool) -> str:
+    """- vs `label`: at how many ratios REAP is better / worse / within noise, the largest gap, KL."""
+    better = [r for r, g in found.items() if g[1] > 0]
+    worse = [r for r, g in found.items() if g[2] < 0]
+    noise = [r for r in found if r not in better and r not in worse]
+    name = f"`{label}`" + (" (mean of seeds)" if label == "random" else "")
+    text = f"- vs {name}: REAP is better at {len(better)} of {len(found)} ratios"
+    text += (f", worse at {', '.join(_pct(r) for r in worse)}" if worse else "")
+    text += (f", within noise at {', '.join(_pct(r) for r in noise)}" if noise else "")
+    big = max(found, key=lambda r: abs(found[r][0]))
+    text += f"; the largest gap is {_interval_text(*found[big], sign=True)} at {_pct(big)}"
+    if with_kl:
+        kl = [gaps.gap(label, "reap", r, domain, "kl") for r in found]
+        text += (f"; KL to the unpruned model lower for REAP at {sum(g[1] > 0 for g in kl)} of {len(kl)} ratios, "
+                 f"higher at {sum(g[2] < 0 for g in kl)}")
+    return text + "."
+
+
+def _ranking_lines(gaps: "_Gaps", labels: list, ratios: list, *, domain: str, metric: str) -> list[str]:
+    """Per ratio: the method with the lowest value, and which others are within noise of it."""
+    lines = []
+    for r in ratios:
+        means = {label: gaps.value(label, r, domain, metric)[0] for label in labels if gaps.has(label, r)}
+        if len(means) < 2:
+            continue
+        order = sorted(means, key=means.get)
+        tied = [label for label in order[1:] if gaps.gap(label, order[0], r, domain, metric)[1] <= 0]
+        text = f"- At {_pct(r)} the lowest {metric} is `{order[0]}` ({_num(means[order[0]])})"
+        if tied:
+            text += "; within noise of it: " + ", ".join(f"`{label}`" for label in tied)
+        else:
+            text += f", ahead of `{order[1]}` by {_interval_text(*gaps.gap(order[1], order[0], r, domain, metric), sign=True)}"
+        lines.append(text + ".")
+    return lines
+
+
+def _headline_line(at: dict) -> str:
+    """REAP against every baseline at 50 % ({baseline: gap})."""
+    beaten = [label for label, g in at.items() if g[1] > 0]
+    lost = [label for label, g in at.items() if g[2] < 0]
+    noise = [label for label in at if label not in beaten and label not in lost]
+    return ("- At 50% compression (the paper's headline ratio) REAP "
+            + ("beats every baseline." if len(beaten) == len(at) else
+               f"beats {', '.join(f'`{x}`' for x in beaten) or 'no baseline'}"
+               + (f"; loses to {', '.join(f'`{x}`' for x in lost)}" if lost else "")
+               + (f"; within noise of {', '.join(f'`{x}`' for x in noise)}" if noise else "") + "."))
 
 
 def _compression_section(sequences: pd.DataFrame, *, domain: str, metric: str, resamples: int, seed: int) -> list[str]:
@@ -553,11 +622,9 @@ def _compression_section(sequences: pd.DataFrame, *, domain: str, metric: str, r
     labels = list(dict.fromkeys(data["label"]))
     ratios = sorted(data["ratio"].unique())
     methods = dict(zip(data["label"], data["method"]))
-    kept = data[data["method"] == "prune"].groupby("ratio")["experts_kept"].first()
-    any_label = labels[0]
-    base = data[(data["label"] == any_label) & (data["ratio"] == ratios[0])]
+    base = data[(data["label"] == labels[0]) & (data["ratio"] == ratios[0])]
     base = base.assign(loss=base["loss"] - base["delta_loss"], seed=pd.NA).drop_duplicates("sequence")
-    unpruned = _Gaps(base.assign(label="unpruned"), resamples=resamples, seed=seed).value("unpruned", ratios[0], domain, "loss")
+    unpruned = bootstrap(*_grid(base, "loss", "seed"), resamples=resamples, seed=seed)
     where = "all evaluation tokens" if domain == "all" else domain
     lines.append(f"Metric: {metric} on {where} (lower is better); the unpruned model has loss {_interval_text(*unpruned)}. "
                  f"Brackets: 95 % bootstrap intervals over the {len(base)} evaluation sequences (random pruning: over "
@@ -565,66 +632,18 @@ def _compression_section(sequences: pd.DataFrame, *, domain: str, metric: str, r
                  "otherwise it is \"within noise\".")
     if "reap" not in labels:
         return lines + ["REAP (criterion `reap`, method prune) is not in these results, so there is nothing to compare it with."]
-    baselines = [label for label in labels if label != "reap"]
-    present = {(label, r) for label, r in zip(data["label"], data["ratio"])}
     lines += ["", f"Each baseline's {metric} minus REAP's, on the same sequences: positive = REAP better; `*` = the "
               "interval excludes 0. Methods: " + ", ".join(f"`{label}` ({methods[label]})" for label in labels) + ".", ""]
-    cells = pd.DataFrame(index=[f"{_pct(r)} ({int(kept[r]) if r in kept.index else '?'} kept)" for r in ratios],
-                         columns=labels, dtype=object)
-    cells.index.name = "ratio"
-    verdicts: dict[str, dict[float, tuple]] = {label: {} for label in baselines}
-    for row, r in zip(cells.index, ratios):
-        for label in labels:
-            if (label, r) not in present or ("reap", r) not in present:
-                cells.loc[row, label] = "-"
-            elif label == "reap":
-                cells.loc[row, label] = f"**{_interval_text(*gaps.value('reap', r, domain, metric))}**"
-            else:
-                gap = gaps.gap(label, "reap", r, domain, metric)
-                verdicts[label][r] = gap
-                cells.loc[row, label] = _interval_text(*gap, sign=True) + (" *" if gap[1] > 0 or gap[2] < 0 else "")
-    lines += [_md_table(cells), ""]
-    for label in baselines:
-        found = verdicts[label]
-        if not found:
-            continue
-        better = [r for r, g in found.items() if g[1] > 0]
-        worse = [r for r, g in found.items() if g[2] < 0]
-        noise = [r for r in found if r not in better and r not in worse]
-        name = f"`{label}`" + (" (mean of seeds)" if label == "random" else "")
-        text = f"- vs {name}: REAP is better at {len(better)} of {len(found)} ratios"
-        text += (f", worse at {', '.join(_pct(r) for r in worse)}" if worse else "")
-        text += (f", within noise at {', '.join(_pct(r) for r in noise)}" if noise else "")
-        big = max(found, key=lambda r: abs(found[r][0]))
-        text += f"; the largest gap is {_interval_text(*found[big], sign=True)} at {_pct(big)}"
-        if metric != "kl" and "kl" in data and data["kl"].notna().all():
-            kl = [gaps.gap(label, "reap", r, domain, "kl") for r in found]
-            text += (f"; KL to the unpruned model lower for REAP at {sum(g[1] > 0 for g in kl)} of {len(kl)} ratios, "
-                     f"higher at {sum(g[2] < 0 for g in kl)}")
-        lines.append(text + ".")
-    for r in ratios:
-        means = {label: gaps.value(label, r, domain, metric)[0] for label in labels if (label, r) in present}
-        if len(means) < 2:
-            continue
-        order = sorted(means, key=means.get)
-        gap = gaps.gap(order[1], order[0], r, domain, metric)
-        tied = [label for label in order[1:] if gaps.gap(label, order[0], r, domain, metric)[1] <= 0]
-        text = f"- At {_pct(r)} the lowest {metric} is `{order[0]}` ({_num(means[order[0]])})"
-        if tied:
-            text += "; within noise of it: " + ", ".join(f"`{label}`" for label in tied)
-        else:
-            text += f", ahead of `{order[1]}` by {_interval_text(*gap, sign=True)}"
-        lines.append(text + ".")
+    kept = data[data["method"] == "prune"].groupby("ratio")["experts_kept"].first()
+    table, verdicts = _gap_table(gaps, labels, ratios, kept, domain=domain, metric=metric)
+    lines += [table, ""]
+    with_kl = metric != "kl" and data["kl"].notna().all()
+    lines += [_baseline_line(gaps, label, found, domain=domain, metric=metric, with_kl=with_kl)
+              for label, found in verdicts.items() if found]
+    lines += _ranking_lines(gaps, labels, ratios, domain=domain, metric=metric)
     at = {label: found[0.5] for label, found in verdicts.items() if 0.5 in found}
     if at:
-        beaten = [label for label, g in at.items() if g[1] > 0]
-        lost = [label for label, g in at.items() if g[2] < 0]
-        noise = [label for label in at if label not in beaten and label not in lost]
-        lines.append("- At 50% compression (the paper's headline ratio) REAP "
-                     + ("beats every baseline." if len(beaten) == len(at) else
-                        f"beats {', '.join(f'`{x}`' for x in beaten) or 'no baseline'}"
-                        + (f"; loses to {', '.join(f'`{x}`' for x in lost)}" if lost else "")
-                        + (f"; within noise of {', '.join(f'`{x}`' for x in noise)}" if noise else "") + "."))
+        lines.append(_headline_line(at))
     if 0.5 in ratios and data["kept_routing"].notna().any():
         routing = data[data["ratio"] == 0.5].groupby("label", sort=False)["kept_routing"].mean().dropna()
         if "reap" in routing.index and len(routing) > 1:
