@@ -198,6 +198,11 @@ def _check_reference(model, batches, reference) -> None:
                              f"{_vocab_size(model)}; compare models that share one tokenizer")
 
 
+def _per_sequence(values: torch.Tensor, rows: torch.Tensor, size: int) -> torch.Tensor:
+    """[size] float64: the sum of `values` (one per target position) over each sequence (`rows`)."""
+    return torch.zeros(size, dtype=torch.float64, device=values.device).index_add_(0, rows, values.double())
+
+
 @torch.no_grad()
 def sequence_metrics(model, batches, *, reference=None, progress: bool = True) -> pd.DataFrame:
     """One row per evaluation sequence (a row of a batch, numbered in batch order), the unit the
@@ -227,11 +232,7 @@ def sequence_metrics(model, batches, *, reference=None, progress: bool = True) -
             rows = mask.nonzero()[:, 0].to(logits.device)  # the sequence of each target position
             targets = batch.input_ids[:, 1:][mask].to(logits.device)
             size = batch.input_ids.shape[0]
-
-            def per_sequence(values):
-                return torch.zeros(size, dtype=torch.float64, device=values.device).index_add_(0, rows, values.double())
-
-            sums = {"loss": per_sequence(F.cross_entropy(logits, targets, reduction="none"))}
+            sums = {"loss": _per_sequence(F.cross_entropy(logits, targets, reduction="none"), rows, size)}
             if reference is not None:
                 lp = torch.log_softmax(logits, dim=-1)
                 if cached:
@@ -242,7 +243,7 @@ def sequence_metrics(model, batches, *, reference=None, progress: bool = True) -
                     raise ValueError(f"batch {i}: the reference has {ref_lp.shape[0]} target positions, the model "
                                      f"{lp.shape[0]}; the reference outputs belong to other batches")
                 agree, kl = _compare(ref_lp, ref_idx, lp)
-                sums.update(kl=per_sequence(kl), agreement=per_sequence(agree))
+                sums.update(kl=_per_sequence(kl, rows, size), agreement=_per_sequence(agree, rows, size))
             tokens = mask.sum(1)
             keep = tokens > 0
             columns["domain"] += [batch.domain] * int(keep.sum())

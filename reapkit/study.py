@@ -545,7 +545,7 @@ class _Gaps:
         return bootstrap(num, den, minus=other, resamples=self.resamples, seed=self.seed)
 
 
-def _gap_table(gaps: "_Gaps", labels: list, ratios: list, kept, *, domain: str, metric: str):
+def _gap_table(gaps: _Gaps, labels: list, ratios: list, kept, *, domain: str, metric: str):
     """Markdown table (REAP's value, each baseline's paired gap to it) and the gaps {baseline: {ratio: (est, lo, hi)}}."""
     cells = pd.DataFrame(index=[f"{_pct(r)} ({int(kept[r]) if r in kept.index else '?'} kept)" for r in ratios],
                          columns=labels, dtype=object)
@@ -563,7 +563,7 @@ def _gap_table(gaps: "_Gaps", labels: list, ratios: list, kept, *, domain: str, 
     return _md_table(cells), verdicts
 
 
-def _baseline_line(gaps: "_Gaps", label: str, found: dict, *, domain: str, metric: str, with_kl: bool) -> str:
+def _baseline_line(gaps: _Gaps, label: str, found: dict, *, domain: str, metric: str, with_kl: bool) -> str:
     """- vs `label`: at how many ratios REAP is better / worse / within noise, the largest gap, KL."""
     better = [r for r, g in found.items() if g[1] > 0]
     worse = [r for r, g in found.items() if g[2] < 0]
@@ -581,7 +581,7 @@ def _baseline_line(gaps: "_Gaps", label: str, found: dict, *, domain: str, metri
     return text + "."
 
 
-def _ranking_lines(gaps: "_Gaps", labels: list, ratios: list, *, domain: str, metric: str) -> list[str]:
+def _ranking_lines(gaps: _Gaps, labels: list, ratios: list, *, domain: str, metric: str) -> list[str]:
     """Per ratio: the method with the lowest value, and which others are within noise of it."""
     lines = []
     for r in ratios:
@@ -680,7 +680,7 @@ def _per_domain_lines(data: pd.DataFrame, metric: str, *, resamples: int, seed: 
     return [f"- Per evaluation domain at {_pct(r)}: " + "; ".join(parts) + "."]
 
 
-def _calibration_section(sensitivity: "Sensitivity", *, resamples: int, seed: int) -> list[str]:
+def _calibration_section(sensitivity: Sensitivity, *, resamples: int, seed: int) -> list[str]:
     loss, sequences = sensitivity.loss, sensitivity.sequences
     repeats = int(sequences["repeat"].nunique())
     lines = ["", "### Calibration: which experts survive", "",
@@ -780,7 +780,7 @@ def _layer_section(layers: pd.DataFrame) -> list[str]:
     return lines
 
 
-def summarise(sequences: pd.DataFrame, sensitivity: "Sensitivity | None" = None, layers: pd.DataFrame | None = None, *,
+def summarise(sequences: pd.DataFrame, sensitivity: Sensitivity | None = None, layers: pd.DataFrame | None = None, *,
               domain: str = "all", metric: str = "loss", resamples: int = RESAMPLES, seed: int = 0) -> str:
     """Markdown findings, each stated only when its 95 % interval supports it ("within noise" otherwise).
 

@@ -152,7 +152,7 @@ def test_layer_sensitivity_prunes_one_layer_at_a_time(setup):
     assert ((frame.delta_loss_lo <= frame.delta_loss) & (frame.delta_loss <= frame.delta_loss_hi)).all()
     full = PruningPlan.from_observations(obs, "reap", ratio=0.5)
     layer = obs.layers[1]
-    only = PruningPlan({l: full.kept[l] if l == layer else list(range(8)) for l in obs.layers}, full.num_experts, "reap")
+    only = PruningPlan({i: full.kept[i] if i == layer else list(range(8)) for i in obs.layers}, full.num_experts, "reap")
     with mask_experts(model, only):
         expected = evaluate(model, evaluation, progress=False).set_index("domain").loss
     got = frame[frame.layer == layer].set_index("domain")
