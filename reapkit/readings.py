@@ -276,7 +276,7 @@ def coactivation(coselect: np.ndarray) -> str:
         return "No co-selection recorded."
     i, j = np.unravel_index(np.nanargmax(jac), jac.shape)
     return (f"**Reading.** Experts {i} and {j} are co-selected most: {jac[i, j]:.2f} of the tokens routed to either go "
-            f"to both (median pair {np.nanmedian(jac):.2f}). Experts that always fire together are candidates for "
+            f"to both (mean over pairs {np.nanmean(jac):.2f}). Experts that always fire together are candidates for "
             "merging rather than pruning.")
 
 
@@ -289,14 +289,15 @@ def study_curves(results: pd.DataFrame, *, ratio: float = 0.5, metric: str = "lo
     if data.empty:
         return f"No results at {ratio:.0%} to read."
     means = data.groupby(hue).mean(numeric_only=True).sort_values(metric, ascending=metric != "agreement")
+    name = "Δ loss" if metric == "delta_loss" else metric
     best, second = means.index[0], means.index[1] if len(means) > 1 else None
     parts = [f"{name} {_f(row[metric])}{_interval(row, metric)}" for name, row in means.iterrows()]
-    text = f"**Reading.** {metric} at {ratio:.0%} removed ({domain}), best first: " + ", ".join(parts) + "."
+    text = f"**Reading.** {name} at {ratio:.0%} removed ({domain}), best first: " + ", ".join(parts) + "."
     if second is not None and f"{metric}_lo" in means.columns:
         a, b = means.loc[best], means.loc[second]
         overlap = (a[f"{metric}_hi"] >= b[f"{metric}_lo"]) if metric != "agreement" else (a[f"{metric}_lo"] <= b[f"{metric}_hi"])
-        text += (f" The intervals of {best} and {second} overlap: this run does not separate them."
-                 if overlap else f" {best}'s interval clears {second}'s.")
+        text += (f" The intervals of {best} and {second} overlap (each interval alone; a paired comparison on the "
+                 "same sequences is sharper)." if overlap else f" {best}'s interval clears {second}'s.")
     return text
 
 
