@@ -33,7 +33,7 @@ batch_size = 8                      # sequences per forward
 layers = None                       # MoE layers (decoder indices) to draw; None: all
 seed = 0                            # seed of calibration sampling and random baselines
 cache_dir = "runs/cache"            # observations are reused for the same model and tokens
-results = ["runs/05_study/results.csv", "runs/study/results.csv"]  # tidy results tables of the study and its sweeps (paths or glob patterns)
+results = ["runs/05_study/results.csv", "runs/study/results.csv"]  # tidy results of the study and its sweeps (paths, globs)
 layer_sensitivity = "runs/05_study/layer_sensitivity.csv"  # per-layer sensitivity table (notebook 5)
 criterion = "reap"                  # criterion of the per-expert figures and the global budget
 ratio = 0.5                         # ratio of the per-expert figures
@@ -52,7 +52,7 @@ from pathlib import Path
 import pandas as pd
 from IPython.display import Markdown, display
 
-from reapkit import analysis, geometry, plot, readings
+from reapkit import geometry, plot, readings
 from reapkit.notebook import Figures, calibrate, read_results, write_table
 from reapkit.plan import PruningPlan
 from reapkit.saliency import score, scores_frame
@@ -95,7 +95,8 @@ display(Markdown(readings.global_budget(uniform, budget)))
 
 # %%
 values = score(run.obs, P.criterion, seed=P.seed)
-layer = max(run.layers, key=lambda l: values[run.obs.layers.index(l)].std() / max(values[run.obs.layers.index(l)].mean(), 1e-12))
+spread = {layer: values[i].std() / max(values[i].mean(), 1e-12) for i, layer in enumerate(run.obs.layers) if layer in run.layers}
+layer = max(spread, key=spread.get)
 distances = geometry.distance_matrices(obs=run.obs, layers=[layer], spaces=["output"])["output", layer]
 clustering = geometry.cluster(distances)
 figures.save(plot.saliency_dendrogram(distances, values[run.obs.layers.index(layer)], clustering=clustering, ratio=P.ratio,

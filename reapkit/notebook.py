@@ -34,7 +34,8 @@ from typing import Any, Callable
 import pandas as pd
 
 __all__ = ["ParameterError", "Parameter", "PARAMETERS", "NOTEBOOKS_DIR", "check_parameters", "parameters_cell",
-           "notebook_defaults", "project_root", "resolve_path", "calibrate", "held_out", "moe_layers", "load_model", "Figures", "write_table",
+           "notebook_defaults", "project_root", "resolve_path", "calibrate", "held_out", "moe_layers", "load_model", "Figures",
+           "write_table",
            "read_results", "DEFAULT_PROMPTS", "sync_notebooks"]
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
@@ -261,7 +262,7 @@ PARAMETERS: dict[str, tuple[Parameter, ...]] = {
     "04_paper_figures": (
         *_model_parameters(interactive=False),
         Parameter("results", ["runs/05_study/results.csv", "runs/study/results.csv"], _paths,
-                  "tidy results tables of the study and its sweeps (paths or glob patterns)", path=True,
+                  "tidy results of the study and its sweeps (paths, globs)", path=True,
                   demo="{runs}/05_study/results.csv"),
         Parameter("layer_sensitivity", "runs/05_study/layer_sensitivity.csv", _path,
                   "per-layer sensitivity table (notebook 5)", path=True, demo="{runs}/05_study/layer_sensitivity.csv"),
@@ -274,7 +275,8 @@ PARAMETERS: dict[str, tuple[Parameter, ...]] = {
         dataclasses.replace(_EVALUATION, default="code:16,tools:16,prose:16,math:16"),
         Parameter("ratios", [0, 0.125, 0.25, 0.375, 0.5, 0.625], _list_of(_fraction_removed), "fractions of experts removed"),
         Parameter("criteria", ["reap", "frequency", "soft_frequency", "ean_mean"], _list_of(_criterion), "pruning criteria"),
-        Parameter("random_seeds", [0, 1, 2], _list_of(_integer(0), allow_empty=True), "random pruning, one run per seed ([]: none)"),
+        Parameter("random_seeds", [0, 1, 2], _list_of(_integer(0), allow_empty=True),
+                  "random pruning, one run per seed ([]: none)"),
         Parameter("merges", ["m_smoe", "hc_smoe"], _list_of(_merge_method, allow_empty=True), "merging baselines ([]: none)"),
         Parameter("global_budget", True, _global_budget,
                   "non-uniform plan with the same total (True: REAP scores; a criterion; False: none)"),
@@ -486,7 +488,9 @@ def read_results(patterns, *, name: str = "results.csv") -> pd.DataFrame:
         if "source" not in frame.columns:
             frame.insert(0, "source", str(Path(f).parent))
         frames.append(frame)
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["source", "ratio", "criterion", "domain", "loss"])
+    if not frames:
+        return pd.DataFrame(columns=["source", "ratio", "criterion", "domain", "loss"])
+    return pd.concat(frames, ignore_index=True)
 
 
 #: Prompts for greedy samples before and after pruning, one per built-in domain.

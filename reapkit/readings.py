@@ -113,8 +113,10 @@ def specialisation(table: pd.DataFrame) -> str:
     by_layer = weighted["_w"].sum() / weighted["usage"].sum()  # usage-weighted, as the figure draws it
     first, last = by_layer.index[0], by_layer.index[-1]
     peak = by_layer.idxmax()
-    trend = "rises" if by_layer[last] > by_layer[first] + 0.02 else "falls" if by_layer[last] < by_layer[first] - 0.02 else "stays level"
-    return (f"**Reading.** Mean specialisation (weighted by usage) {trend} from {by_layer[first]:.2f} (layer {first}) to {by_layer[last]:.2f} "
+    change = by_layer[last] - by_layer[first]
+    trend = "rises" if change > 0.02 else "falls" if change < -0.02 else "stays level"
+    return (f"**Reading.** Mean specialisation (weighted by usage) {trend} from {by_layer[first]:.2f} (layer {first}) to "
+            f"{by_layer[last]:.2f} "
             f"(layer {last}); it peaks at layer {peak} ({by_layer[peak]:.2f}). 0 means an expert serves every domain "
             "alike, 1 that it serves one domain only.")
 
@@ -204,12 +206,15 @@ def costs(results: pd.DataFrame, *, metric: str = "loss", domain: str = ALL) -> 
     for ratio, group in data[data["ratio"] > 0].groupby("ratio"):
         group = group.set_index("criterion")
         best = getattr(group[metric], f"idx{better}")()
-        parts = [f"{c} {_f(r[metric])}{_interval(r, metric)}" for c, r in group.sort_values(metric, ascending=better == "min").iterrows()]
         ordered = group.sort_values(metric, ascending=better == "min")
+        parts = [f"{c} {_f(r[metric])}{_interval(r, metric)}" for c, r in ordered.iterrows()]
         line = f"- {ratio:.0%} removed: best {best}; " + ", ".join(parts)
         if len(ordered) > 1 and f"{metric}_lo" in ordered.columns:
             first, second = ordered.iloc[0], ordered.iloc[1]
-            apart = (first[f"{metric}_hi"] < second[f"{metric}_lo"]) if better == "min" else (first[f"{metric}_lo"] > second[f"{metric}_hi"])
+            if better == "min":
+                apart = first[f"{metric}_hi"] < second[f"{metric}_lo"]
+            else:
+                apart = first[f"{metric}_lo"] > second[f"{metric}_hi"]
             line += "" if apart else f" (the intervals of {ordered.index[0]} and {ordered.index[1]} overlap)"
         lines.append(line)
     return "\n".join(lines)

@@ -6,10 +6,8 @@ redraw (the PNG bytes change) and that the kept-expert count the explorer shows 
 Needs Debian's `chromium` (`make test` installs it); Playwright's own browser download is not used.
 """
 import base64
-import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys

@@ -8,7 +8,6 @@ matplotlib.use("Agg")
 import nbformat  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
-import torch  # noqa: E402
 
 from reapkit.notebook import ParameterError, check_parameters  # noqa: E402
 from reapkit.sweep import run_notebook  # noqa: E402
