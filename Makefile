@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: setup demo test sweep benchmark clean
+.PHONY: setup demo test sweep benchmark clean browser
 
 setup: $(STAMP)
 
@@ -21,8 +21,16 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(PY) -m reapkit demo
 
-test: setup
+test: setup browser
 	$(PY) -m pytest -q -n 2
+
+# Headless Chromium for tests/test_browser.py (Debian's package; Playwright drives it). apt-get runs
+# only when it is missing and apt is there; otherwise the browser test is skipped with its reason.
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	@test -x $(CHROMIUM) || { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] \
+		&& apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; } \
+		|| echo "make: no $(CHROMIUM) (install Debian's chromium as root); tests/test_browser.py will be skipped" >&2
 
 # make sweep SWEEP=sweeps/study.yaml   (papermill runs over a grid; results in runs/<name>/)
 SWEEP ?= sweeps/ratios.yaml

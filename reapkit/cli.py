@@ -106,7 +106,15 @@ def cmd_demo(args):
 def cmd_sweep(args):
     from .sweep import run_sweep
 
-    runs = run_sweep(args.params, jobs=args.jobs)
+    import yaml
+
+    overrides = {}
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set {item!r}: expected PARAMETER=VALUE (VALUE in YAML, e.g. ratios=[0.5])")
+        overrides[key] = yaml.safe_load(value)
+    runs = run_sweep(args.params, jobs=args.jobs, overrides=overrides, limit=args.limit)
     failed = runs[runs.status != "ok"]
     print(f"{len(runs) - len(failed)} of {len(runs)} runs succeeded; see runs.csv and results.csv beside them")
     if len(failed):
@@ -173,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="execute a notebook over a parameter grid with papermill")
     p.add_argument("params", help="sweep YAML file")
     p.add_argument("--jobs", type=int)
+    p.add_argument("--set", action="append", metavar="PARAMETER=VALUE",
+                   help="override a parameter for every run (YAML value; a grid parameter takes that one value)")
+    p.add_argument("--limit", type=int, help="run only the first N runs of the grid (a quick check)")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("architectures", help="list the supported MoE architectures")

@@ -3,8 +3,8 @@
     >>> ref = reference_outputs(original, batches)                    # cache the original once
     >>> with mask_experts(model, plan):
     ...     evaluate(model, batches, reference=ref)                   # one row per domain + "all"
-       domain  tokens  loss  perplexity  top1_agreement    kl
-    0    code    1843  2.91       18.4           0.87  0.112
+       domain  tokens  loss  loss_lo  loss_hi  perplexity     kl  kl_lo  kl_hi  agreement  agreement_lo  agreement_hi
+    0    code    1843  2.91     2.80     3.02        18.4  0.112  0.101  0.124       0.87          0.85          0.89
     ...
     >>> reconstruction_error(model, model, batches, compressed=lambda: mask_experts(model, plan))
        layer  rel_l2
@@ -13,7 +13,9 @@
 
 Every metric is computed over *target* positions: position t predicts token t + 1, and it counts
 only when both t and t + 1 are real (attention mask 1), so padding never counts, whichever side it
-is on. Domain rows and the "all" row are token-weighted means over those positions.
+is on. Domain rows and the "all" row are token-weighted means over those positions, each with a
+95 % percentile bootstrap interval over evaluation sequences (`reapkit.stats.bootstrap`; seeded,
+so deterministic). `sequence_metrics` gives the per-sequence values the intervals resample.
 """
 from __future__ import annotations
 
@@ -21,14 +23,16 @@ import contextlib
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from .arch import architecture_for
+from .stats import LEVEL, RESAMPLES, bootstrap
 
-__all__ = ["evaluate", "evaluate_plans", "reference_outputs", "ReferenceOutputs", "reconstruction_error", "generate_samples"]
+__all__ = ["evaluate", "sequence_metrics", "aggregate", "METRICS", "interval_columns", "evaluate_plans", "reference_outputs", "ReferenceOutputs", "reconstruction_error", "generate_samples"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -150,42 +154,40 @@ def reference_outputs(model, batches, *, top_k: int | None = None, dtype=torch.f
     return ReferenceOutputs(log_probs, indices, _batches_hash(batches), _vocab_size(model), top_k)
 
 
-def _compare(ref_lp: torch.Tensor, ref_idx: torch.Tensor | None, lp: torch.Tensor) -> tuple[float, float]:
-    """(sum of top-1 agreements, sum of KL(ref || model)) over the rows."""
+def _compare(ref_lp: torch.Tensor, ref_idx: torch.Tensor | None, lp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: (top-1 agreement as 0/1, KL(ref || model) in nats), float32 on `lp`'s device."""
     ref_lp = ref_lp.to(lp.device, torch.float32)
     if ref_idx is None:
-        agree = (ref_lp.argmax(-1) == lp.argmax(-1)).sum()
+        agree = ref_lp.argmax(-1) == lp.argmax(-1)
         p = ref_lp.exp()
         kl = torch.where(p > 0, p * (ref_lp - lp), torch.zeros_like(p)).sum(-1)  # 0 log 0 = 0
     else:
         ref_idx = ref_idx.to(lp.device)
-        agree = (ref_idx[:, 0] == lp.argmax(-1)).sum()
+        agree = ref_idx[:, 0] == lp.argmax(-1)
         q_lp = lp.gather(-1, ref_idx)
         p = ref_lp.exp()
         kl = torch.where(p > 0, p * (ref_lp - q_lp), torch.zeros_like(p)).sum(-1)
         p_rest = (1 - p.sum(-1)).clamp_min(0)
         q_rest = (1 - q_lp.exp().sum(-1)).clamp_min(1e-30)
         kl = kl + torch.where(p_rest > 0, p_rest * (p_rest.clamp_min(1e-30).log() - q_rest.log()), torch.zeros_like(kl))
-    return float(agree), float(kl.clamp_min(0).sum())
+    return agree.float(), kl.clamp_min(0)
 
 
 # --------------------------------------------------------------------------------------------
 # evaluate
 # --------------------------------------------------------------------------------------------
 
-@torch.no_grad()
-def evaluate(model, batches, *, reference=None, progress: bool = True) -> pd.DataFrame:
-    """Loss and perplexity of `model` per domain (plus a row "all"), optionally against a reference.
+#: Metrics with a bootstrap interval: columns `<metric>`, `<metric>_lo`, `<metric>_hi`.
+METRICS = ("loss", "kl", "agreement")
 
-    `reference` is another model (run batch by batch beside `model`) or a `ReferenceOutputs` from
-    `reference_outputs(original, batches)` (to compare many variants with one pass of the
-    original). With a reference, the frame adds `top1_agreement` (the fraction of target positions
-    whose argmax next token equals the reference's) and `kl` (mean KL(reference || model) in nats).
-    Works for masked (inside `mask_experts`), removed and merged models, on the model's device.
-    """
-    _check_ids(model, batches)
-    cached = isinstance(reference, ReferenceOutputs)
-    if cached:
+
+def interval_columns(metric: str) -> list[str]:
+    """`interval_columns("loss") == ["loss", "loss_lo", "loss_hi"]`."""
+    return [metric, f"{metric}_lo", f"{metric}_hi"]
+
+
+def _check_reference(model, batches, reference) -> None:
+    if isinstance(reference, ReferenceOutputs):
         reference.check(batches, model)
     elif reference is not None:
         if not isinstance(reference, torch.nn.Module):
@@ -194,45 +196,115 @@ def evaluate(model, batches, *, reference=None, progress: bool = True) -> pd.Dat
         if _vocab_size(reference) != _vocab_size(model):
             raise ValueError(f"the reference model has {_vocab_size(reference)} tokens in its vocabulary, the model "
                              f"{_vocab_size(model)}; compare models that share one tokenizer")
-    totals: dict[str, dict[str, float]] = {}
+
+
+def _per_sequence(values: torch.Tensor, rows: torch.Tensor, size: int) -> torch.Tensor:
+    """[size] float64: the sum of `values` (one per target position) over each sequence (`rows`)."""
+    return torch.zeros(size, dtype=torch.float64, device=values.device).index_add_(0, rows, values.double())
+
+
+@torch.no_grad()
+def sequence_metrics(model, batches, *, reference=None, progress: bool = True) -> pd.DataFrame:
+    """One row per evaluation sequence (a row of a batch, numbered in batch order), the unit the
+    bootstrap resamples: columns domain, sequence, tokens (target positions), loss (mean over its
+    target positions), and with a reference kl and agreement. Sequences without a target position
+    are left out.
+
+        >>> sequence_metrics(model, batches, reference=ref).head(2)
+          domain  sequence  tokens   loss     kl  agreement
+        0   code         0      63  2.871  0.104      0.889
+    """
+    _check_ids(model, batches)
+    _check_reference(model, batches, reference)
+    cached = isinstance(reference, ReferenceOutputs)
+    columns: dict[str, list] = {"domain": [], "sequence": [], "tokens": [], "loss": []}
+    if reference is not None:
+        columns.update(kl=[], agreement=[])
     modules = [model] + ([reference] if reference is not None and not cached else [])
     states = [m.training for m in modules]
     for m in modules:
         m.eval()
     try:
+        first = 0
         for i, batch in enumerate(tqdm(batches, desc="evaluate", unit="batch", disable=not progress)):
             logits = _forward_logits(model, batch)
-            targets = batch.input_ids[:, 1:][_target_mask(batch.attention_mask)].to(logits.device)
-            row = totals.setdefault(batch.domain, {"tokens": 0, "loss": 0.0, "agree": 0.0, "kl": 0.0})
-            row["tokens"] += int(targets.numel())
-            row["loss"] += float(F.cross_entropy(logits, targets, reduction="sum"))
-            if reference is None:
-                continue
-            lp = torch.log_softmax(logits, dim=-1)
-            if cached:
-                ref_lp, ref_idx = reference.log_probs[i], None if reference.indices is None else reference.indices[i]
-            else:
-                ref_lp, ref_idx = torch.log_softmax(_forward_logits(reference, batch), dim=-1), None
-            if ref_lp.shape[0] != lp.shape[0]:
-                raise ValueError(f"batch {i}: the reference has {ref_lp.shape[0]} target positions, the model "
-                                 f"{lp.shape[0]}; the reference outputs belong to other batches")
-            agree, kl = _compare(ref_lp, ref_idx, lp)
-            row["agree"] += agree
-            row["kl"] += kl
+            mask = _target_mask(batch.attention_mask)
+            rows = mask.nonzero()[:, 0].to(logits.device)  # the sequence of each target position
+            targets = batch.input_ids[:, 1:][mask].to(logits.device)
+            size = batch.input_ids.shape[0]
+            sums = {"loss": _per_sequence(F.cross_entropy(logits, targets, reduction="none"), rows, size)}
+            if reference is not None:
+                lp = torch.log_softmax(logits, dim=-1)
+                if cached:
+                    ref_lp, ref_idx = reference.log_probs[i], None if reference.indices is None else reference.indices[i]
+                else:
+                    ref_lp, ref_idx = torch.log_softmax(_forward_logits(reference, batch), dim=-1), None
+                if ref_lp.shape[0] != lp.shape[0]:
+                    raise ValueError(f"batch {i}: the reference has {ref_lp.shape[0]} target positions, the model "
+                                     f"{lp.shape[0]}; the reference outputs belong to other batches")
+                agree, kl = _compare(ref_lp, ref_idx, lp)
+                sums.update(kl=_per_sequence(kl, rows, size), agreement=_per_sequence(agree, rows, size))
+            tokens = mask.sum(1)
+            keep = tokens > 0
+            columns["domain"] += [batch.domain] * int(keep.sum())
+            columns["sequence"] += (first + keep.nonzero()[:, 0]).tolist()
+            columns["tokens"] += tokens[keep].tolist()
+            for name, value in sums.items():
+                columns[name] += (value.cpu()[keep] / tokens[keep]).tolist()
+            first += size
     finally:
         for m, state in zip(modules, states):
             m.train(state)
-    totals["all"] = {k: sum(t[k] for t in totals.values()) for k in ("tokens", "loss", "agree", "kl")}
+    return pd.DataFrame(columns)
+
+
+def aggregate(sequences: pd.DataFrame, *, baseline: pd.DataFrame | None = None, resamples: int = RESAMPLES,
+              seed: int = 0, level: float = LEVEL) -> pd.DataFrame:
+    """Token-weighted means of `sequence_metrics` per domain and over all ("all"), with percentile
+    bootstrap intervals over sequences (`loss_lo`, `loss_hi`, ...; seeded, deterministic).
+
+    With `baseline` (the `sequence_metrics` of the unpruned model on the same sequences), adds
+    `delta_loss` = loss - baseline loss with a paired interval (`delta_loss_lo`, `delta_loss_hi`);
+    so does a `delta_loss` column of `sequences` (per-sequence differences).
+
+        >>> aggregate(sequences, baseline=unpruned_sequences)[["domain", "loss", "loss_lo", "delta_loss"]]
+    """
+    if baseline is not None:
+        mine, theirs = sequences[["sequence", "tokens"]].to_numpy(), baseline[["sequence", "tokens"]].to_numpy()
+        if mine.shape != theirs.shape or not (mine == theirs).all():
+            raise ValueError("the baseline was evaluated on other sequences (sequence numbers or token counts differ); "
+                             "pass the sequence_metrics of the unpruned model on the same batches")
+        sequences = sequences.assign(delta_loss=sequences["loss"].to_numpy() - baseline["loss"].to_numpy())
+    metrics = [m for m in (*METRICS, "delta_loss") if m in sequences.columns]
     rows = []
-    for domain, t in totals.items():
-        n = max(t["tokens"], 1)
-        row = {"domain": domain, "tokens": int(t["tokens"]), "loss": t["loss"] / n}
+    domains = list(dict.fromkeys(sequences["domain"]))
+    for domain in [*domains, "all"]:
+        part = sequences if domain == "all" else sequences[sequences["domain"] == domain]
+        tokens = part["tokens"].to_numpy(np.float64)
+        row = {"domain": domain, "tokens": int(tokens.sum())}
+        for metric in metrics:  # per-sequence differences (delta_loss) make the interval a paired one
+            row.update(zip(interval_columns(metric),
+                           bootstrap(part[metric].to_numpy() * tokens, tokens, resamples=resamples, seed=seed, level=level)))
         row["perplexity"] = math.exp(row["loss"]) if row["loss"] < 700 else math.inf
-        if reference is not None:
-            row["top1_agreement"] = t["agree"] / n
-            row["kl"] = t["kl"] / n
         rows.append(row)
-    return pd.DataFrame(rows)
+    order = ["domain", "tokens", *interval_columns("loss"), "perplexity", *[c for m in metrics[1:] for c in interval_columns(m)]]
+    return pd.DataFrame(rows, columns=order)
+
+
+def evaluate(model, batches, *, reference=None, baseline=None, resamples: int = RESAMPLES, seed: int = 0,
+             progress: bool = True) -> pd.DataFrame:
+    """Loss and perplexity of `model` per domain (plus a row "all"), optionally against a reference,
+    each with a 95 % bootstrap interval over evaluation sequences (`aggregate`).
+
+    `reference` is another model (run batch by batch beside `model`) or a `ReferenceOutputs` from
+    `reference_outputs(original, batches)` (to compare many variants with one pass of the
+    original). With a reference, the frame adds `agreement` (the fraction of target positions
+    whose argmax next token equals the reference's) and `kl` (mean KL(reference || model) in nats).
+    `baseline`: the `sequence_metrics` of the unpruned model, for `delta_loss`. Works for masked
+    (inside `mask_experts`), removed and merged models, on the model's device.
+    """
+    sequences = sequence_metrics(model, batches, reference=reference, progress=progress)
+    return aggregate(sequences, baseline=baseline, resamples=resamples, seed=seed)
 
 
 # --------------------------------------------------------------------------------------------
@@ -348,8 +420,9 @@ def generate_samples(model, tokenizer, prompts: dict[str, str], *, max_new_token
 def evaluate_plans(model, plans: dict, batches, *, reference=None, progress: bool = False):
     """Evaluate each plan of {(criterion, ratio): PruningPlan} by masking it on `model`.
 
-    Returns (results, reconstruction): tidy frames with columns ratio, criterion, domain, tokens,
-    loss, perplexity, agreement, kl (ratio 0 / criterion "none" is the unpruned model), and ratio,
+    Returns (results, reconstruction): tidy frames with columns ratio, criterion, then those of
+    `aggregate` (domain, tokens, loss, perplexity, kl, agreement, delta_loss, each metric with its
+    `_lo` / `_hi` interval; ratio 0 / criterion "none" is the unpruned model), and ratio,
     criterion, layer, rel_l2.
     """
     from .prune import mask_experts
@@ -357,15 +430,16 @@ def evaluate_plans(model, plans: dict, batches, *, reference=None, progress: boo
     if reference is None:  # float32: the unpruned model agrees with itself exactly (agreement 1, KL 0)
         reference = reference_outputs(model, batches, dtype=torch.float32, progress=progress)
     rows, errors = [], []
-    base = evaluate(model, batches, reference=reference, progress=progress)
-    rows.append(base.assign(ratio=0.0, criterion="none"))
+    unpruned = sequence_metrics(model, batches, reference=reference, progress=progress)
+    rows.append(aggregate(unpruned, baseline=unpruned).assign(ratio=0.0, criterion="none"))
     for (criterion, ratio), plan in plans.items():
         with mask_experts(model, plan):
-            rows.append(evaluate(model, batches, reference=reference, progress=progress).assign(ratio=ratio, criterion=criterion))
+            frame = evaluate(model, batches, reference=reference, baseline=unpruned, progress=progress)
+        rows.append(frame.assign(ratio=ratio, criterion=criterion))
         rec = reconstruction_error(model, model, batches, compressed=lambda plan=plan: mask_experts(model, plan), progress=progress)
         errors.append(rec.assign(ratio=ratio, criterion=criterion))
-    results = pd.concat(rows, ignore_index=True).rename(columns={"top1_agreement": "agreement"})
-    results = results[["ratio", "criterion", "domain", "tokens", "loss", "perplexity", "agreement", "kl"]]
+    results = pd.concat(rows, ignore_index=True)
+    results = results[["ratio", "criterion", *results.columns.drop(["ratio", "criterion"])]]
     reconstruction = (pd.concat(errors, ignore_index=True)[["ratio", "criterion", "layer", "rel_l2"]] if errors
                       else pd.DataFrame(columns=["ratio", "criterion", "layer", "rel_l2"]))
     return results, reconstruction

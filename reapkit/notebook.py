@@ -1,28 +1,44 @@
-"""Helpers the notebooks in `notebooks/` call: parameter checks, model loading, figure saving, tables.
+"""What the notebooks in `notebooks/` share: their parameters (declared once), model loading, figures, tables.
 
-    >>> P = check_parameters(globals(), "01_saliency")   # first cell after `parameters`
-    >>> model, tokenizer = load_model(P.model)           # "demo", a local checkpoint or a hub name
+    >>> P = check_parameters(globals(), "01_saliency")   # the cell after `parameters`
+    >>> model, tokenizer = load_model(P.model, device_map=P.device_map)
     >>> figures = Figures(P.figures_dir)
     >>> figures.save(plot.saliency_heatmaps(scores), "saliency_heatmaps")   # PNG + PDF
     >>> write_table(results, P.output_dir, "results")   # results.csv, whole or not at all
 
-A wrong parameter stops the notebook at the checking cell with a `ParameterError` that names the
-parameter, what it should be and what it was.
+Each notebook parameter is declared once, in :data:`PARAMETERS` (name, default, check, one line of
+help). The notebook's cell tagged `parameters` is generated from it (`python -m reapkit.notebook
+sync`; a test checks they agree), `check_parameters` checks the values a run gets, and sweep files
+are checked against it before any run starts. A wrong value stops the notebook at the checking
+cell with a `ParameterError` naming the parameter, what it should be and what it was. Numbers are
+never converted from strings: ``ratio="0.25"`` (papermill ``-r``, or a quoted YAML value) is an
+error that says to pass the number (papermill ``-p ratio 0.25``).
+
+Relative output paths (`output_dir`, `figures_dir`, `cache_dir`, `results`) are resolved against
+the project root (the nearest folder above the working directory holding `pyproject.toml` and
+`notebooks/`), so a kernel started in `notebooks/` (JupyterLab's default) writes where the README
+says.
 """
 from __future__ import annotations
 
+import dataclasses
 import glob
+import json
 import math
 import numbers
+import os
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any, Callable
 
 import pandas as pd
 
-from .loading import load_model  # noqa: F401  (re-exported: notebooks load models through here)
+__all__ = ["ParameterError", "Parameter", "PARAMETERS", "NOTEBOOKS_DIR", "check_parameters", "parameters_cell",
+           "notebook_defaults", "project_root", "resolve_path", "calibrate", "held_out", "moe_layers", "load_model", "Figures",
+           "write_table",
+           "read_results", "DEFAULT_PROMPTS", "sync_notebooks"]
 
-__all__ = ["ParameterError", "SCHEMAS", "check_parameters", "moe_layers", "load_model", "Figures", "write_table", "read_results",
-           "DEFAULT_PROMPTS"]
+NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 
 
 class ParameterError(ValueError):
@@ -30,17 +46,28 @@ class ParameterError(ValueError):
 
 
 # --------------------------------------------------------------------------------------------
-# Validators: each returns the normalised value or raises ValueError(what was expected)
+# Checks: each returns the normalised value or raises ValueError(what was expected)
 # --------------------------------------------------------------------------------------------
 
-def _str(value):
+def _number_in_string(value) -> str:
+    """A hint for numbers passed as text (papermill -r, quoted YAML)."""
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return ""
+        return f"; got the string {value!r}: pass the number without quotes (papermill -p, not -r)"
+    return ""
+
+
+def _text(value):
     if not isinstance(value, str) or not value.strip():
         raise ValueError("expected a non-empty string")
     return value
 
 
-def _path_or_none(value):
-    return None if value is None else _str(str(value) if isinstance(value, Path) else value)
+def _path(value):
+    return _text(str(value) if isinstance(value, Path) else value)
 
 
 def _bool(value):
@@ -49,28 +76,26 @@ def _bool(value):
     return value
 
 
-def _int(low=None, high=None):
+def _integer(low=None):
     def check(value):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            raise ValueError("expected an integer" + (f" >= {low}" if low is not None else ""))
-        if (low is not None and value < low) or (high is not None and value > high):
-            raise ValueError(f"expected an integer in [{low}, {high if high is not None else 'inf'}]")
+            raise ValueError("expected an integer" + (f" >= {low}" if low is not None else "") + _number_in_string(value))
+        if low is not None and value < low:
+            raise ValueError(f"expected an integer >= {low}")
         return int(value)
     return check
 
 
-def _ratio(value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (0 <= value < 1) or math.isnan(value):
-        raise ValueError("expected a fraction of experts removed, a number in [0, 1)")
+def _fraction_removed(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value) or not 0 <= value < 1:
+        raise ValueError("expected a fraction of experts removed, a number in [0, 1)" + _number_in_string(value))
     return float(value)
 
 
-def _list_of(item, *, allow_empty=False, allow_scalar=True):
+def _list_of(item, *, allow_empty=False):
     def check(value):
-        if allow_scalar and not isinstance(value, (list, tuple)):
-            value = [value]
         if not isinstance(value, (list, tuple)):
-            raise ValueError("expected a list")
+            value = [value]
         if not value and not allow_empty:
             raise ValueError("expected a non-empty list")
         out = []
@@ -103,6 +128,14 @@ def _space(value):
     return value
 
 
+def _merge_method(value):
+    from .merge import METHODS
+
+    if value not in METHODS:
+        raise ValueError(f"unknown merge method; choose from {', '.join(METHODS)}")
+    return value
+
+
 def _spec(value):
     from .data import parse_spec
 
@@ -125,86 +158,276 @@ def _prompts(value):
     return value
 
 
-def _results(value):
+def _paths(value):
     items = [value] if isinstance(value, (str, Path)) else value
     if not isinstance(items, (list, tuple)) or not items or not all(isinstance(v, (str, Path)) for v in items):
-        raise ValueError("expected a path or glob pattern of results tables (or a list of them)")
+        raise ValueError("expected a path or glob pattern (or a list of them)")
     return [str(v) for v in items]
 
 
-_COMMON = {
-    "model": _str,
-    "calibration": _spec,
-    "seed": _int(0),
-    "max_length": _int(8),
-    "batch_size": _int(1),
-    "layers": _or_none(_list_of(_int(0))),
-    "output_dir": _str,
-    "figures_dir": _str,
-    "cache_dir": _path_or_none,
-    "interactive": _bool,
-}
-
-def _merge_method(value):
-    from .merge import METHODS
-
-    if value not in METHODS:
-        raise ValueError(f"unknown merge method; choose from {', '.join(METHODS)}")
-    return value
+def _device_map(value):
+    if value is None or isinstance(value, dict) or (isinstance(value, str) and value.strip()):
+        return value
+    raise ValueError('expected None, a device map name such as "auto", or a dict {module: device}')
 
 
 def _global_budget(value):
     return value if isinstance(value, bool) else _criterion(value)
 
 
-#: Parameter names and checks of each notebook.
-SCHEMAS = {
-    "01_saliency": {**_COMMON, "criteria": _list_of(_criterion), "ratios": _list_of(_ratio)},
-    "02_clusters": {**_COMMON, "spaces": _list_of(_space), "n_clusters": _int(1), "criterion": _criterion,
-                    "ratio": _ratio},
-    "03_pruning": {**_COMMON, "criteria": _list_of(_criterion), "ratios": _list_of(_ratio), "evaluation": _spec,
-                   "save_criterion": _or_none(_criterion), "save_ratio": _or_none(_ratio), "prompts": _prompts,
-                   "max_new_tokens": _int(0)},
-    "04_paper_figures": {**_COMMON, "results": _results, "criteria": _list_of(_criterion), "ratio": _ratio,
-                         "metrics": _list_of(_str)},
-    "05_study": {**{k: v for k, v in _COMMON.items() if k != "layers"}, "evaluation": _spec,
-                 "ratios": _list_of(_ratio), "criteria": _list_of(_criterion),
-                 "random_seeds": _list_of(_int(0), allow_empty=True), "merges": _list_of(_merge_method, allow_empty=True),
-                 "global_budget": _global_budget, "margin": _int(0), "sensitivity": _bool,
-                 "sensitivity_ratio": _ratio, "sensitivity_criterion": _criterion},
+# --------------------------------------------------------------------------------------------
+# The declarations
+# --------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Parameter:
+    """One notebook parameter: ``Parameter("seed", 0, _integer(0), "random seed")``.
+
+    `check` returns the normalised value or raises ValueError saying what it expected (a type such
+    as ``int`` works too). `path=True` resolves a relative value against the project root. `demo`
+    is the value `reapkit demo` gives it, a template with ``{runs}``, ``{figures}`` and
+    ``{notebook}`` (None: the default).
+    """
+
+    name: str
+    default: Any
+    check: Callable | type
+    help: str
+    path: bool = False
+    demo: str | None = None
+
+
+CRITERIA = ["reap", "frequency", "ean_mean", "soft_frequency"]
+
+
+def _model_parameters(*, layers=True, interactive=True, calibration_help="calibration spec (built-in domains, files)"):
+    out = [
+        Parameter("model", "demo", _text, '"demo" (the bundled model), a local checkpoint or a hub name'),
+        Parameter("device_map", None, _device_map, 'None: load on the CPU; "auto" or a dict spreads the model (accelerate)'),
+        Parameter("calibration", "code:16,tools:16,prose:16,math:16", _spec, calibration_help),
+        Parameter("max_length", 128, _integer(8), "tokens per calibration sample"),
+        Parameter("batch_size", 8, _integer(1), "sequences per forward"),
+    ]
+    if layers:
+        out.append(Parameter("layers", None, _or_none(_list_of(_integer(0))), "MoE layers (decoder indices) to draw; None: all"))
+    out += [
+        Parameter("seed", 0, _integer(0), "seed of calibration sampling and random baselines"),
+        Parameter("cache_dir", "runs/cache", _or_none(_path), "observations are reused for the same model and tokens",
+                  path=True, demo="{runs}/cache"),
+    ]
+    if interactive:
+        out.append(Parameter("interactive", False, _bool, "True: show the ipywidgets explorer (needs a live kernel)"))
+    return out
+
+
+def _outputs(notebook: str):
+    return [
+        Parameter("output_dir", f"runs/{notebook}", _path, "tables and executed outputs", path=True,
+                  demo="{runs}/{notebook}"),
+        Parameter("figures_dir", f"figures/{notebook}", _path, "figures (PNG and PDF)", path=True,
+                  demo="{figures}/{notebook}"),
+    ]
+
+
+_EVALUATION = Parameter("evaluation", "code:8,tools:8,prose:8,math:8", _spec,
+                        "held-out data (validation split of built-in domains)")
+
+#: Every parameter of every notebook, in the order of its parameters cell.
+PARAMETERS: dict[str, tuple[Parameter, ...]] = {
+    "01_saliency": (
+        *_model_parameters(),
+        Parameter("criteria", CRITERIA, _list_of(_criterion), "saliency criteria to compare"),
+        Parameter("ratios", [0.25, 0.5], _list_of(_fraction_removed), "fractions of experts removed (cut-offs, agreement)"),
+        *_outputs("01_saliency"),
+    ),
+    "02_clusters": (
+        *_model_parameters(),
+        Parameter("spaces", ["weights", "output", "router"], _list_of(_space), "spaces in which experts are compared"),
+        Parameter("n_clusters", 4, _integer(1), "clusters per layer"),
+        Parameter("criterion", "reap", _criterion, "saliency overlaid on the clusters"),
+        Parameter("ratio", 0.5, _fraction_removed, "experts a plan at this ratio prunes are marked"),
+        *_outputs("02_clusters"),
+    ),
+    "03_pruning": (
+        *_model_parameters(),
+        Parameter("criteria", CRITERIA, _list_of(_criterion), "criteria of the plans"),
+        Parameter("ratios", [0.25, 0.5], _list_of(_fraction_removed), "fractions of experts removed"),
+        _EVALUATION,
+        Parameter("save_criterion", "reap", _or_none(_criterion), "the plan saved as a checkpoint (None: save nothing)"),
+        Parameter("save_ratio", 0.5, _fraction_removed, "ratio of the saved plan"),
+        Parameter("prompts", None, _prompts, "{name: prompt} for greedy samples; None: one per built-in domain"),
+        Parameter("max_new_tokens", 24, _integer(0), "tokens of each greedy sample (0: no samples)"),
+        *_outputs("03_pruning"),
+    ),
+    "04_paper_figures": (
+        *_model_parameters(interactive=False),
+        Parameter("results", ["runs/05_study/results.csv", "runs/study/results.csv"], _paths,
+                  "tidy results of the study and its sweeps (paths, globs)", path=True,
+                  demo="{runs}/05_study/results.csv"),
+        Parameter("layer_sensitivity", "runs/05_study/layer_sensitivity.csv", _path,
+                  "per-layer sensitivity table (notebook 5)", path=True, demo="{runs}/05_study/layer_sensitivity.csv"),
+        Parameter("criterion", "reap", _criterion, "criterion of the per-expert figures and the global budget"),
+        Parameter("ratio", 0.5, _fraction_removed, "ratio of the per-expert figures"),
+        *_outputs("04_paper_figures"),
+    ),
+    "05_study": (
+        *_model_parameters(layers=False, calibration_help="calibration spec; its domains are the sets of study (b)"),
+        dataclasses.replace(_EVALUATION, default="code:16,tools:16,prose:16,math:16"),
+        Parameter("ratios", [0, 0.125, 0.25, 0.375, 0.5, 0.625], _list_of(_fraction_removed), "fractions of experts removed"),
+        Parameter("criteria", ["reap", "frequency", "soft_frequency", "ean_mean"], _list_of(_criterion), "pruning criteria"),
+        Parameter("random_seeds", [0, 1, 2], _list_of(_integer(0), allow_empty=True),
+                  "random pruning, one run per seed ([]: none)"),
+        Parameter("merges", ["m_smoe", "hc_smoe"], _list_of(_merge_method, allow_empty=True), "merging baselines ([]: none)"),
+        Parameter("global_budget", True, _global_budget,
+                  "non-uniform plan with the same total (True: REAP scores; a criterion; False: none)"),
+        Parameter("margin", 0, _integer(0), "global budget: every layer keeps at least top-k + margin experts"),
+        Parameter("sensitivity", True, _bool, "run study (b), calibration sensitivity"),
+        Parameter("sensitivity_ratio", 0.5, _fraction_removed, "ratio of study (b)"),
+        Parameter("sensitivity_criterion", "reap", _criterion, "criterion of study (b)"),
+        Parameter("layer_sensitivity", True, _bool, "prune sensitivity_ratio of one layer at a time (notebook 4 draws it)"),
+        *_outputs("05_study"),
+    ),
 }
 
 
-def check_parameters(params: dict, schema) -> SimpleNamespace:
-    """Check notebook parameters against `schema` and return them (normalised) as a namespace.
+def _declared(notebook) -> tuple[Parameter, ...]:
+    if notebook not in PARAMETERS:
+        raise KeyError(f"no parameters declared for notebook {notebook!r}; known: {', '.join(PARAMETERS)}")
+    return PARAMETERS[notebook]
 
-    `schema` is a notebook name from :data:`SCHEMAS` or a dict {name: check}, where a check is a
-    type (``int``, ``str``, ...) or a function returning the normalised value and raising
-    ``ValueError`` with what it expected. `params` may be ``globals()``: only the schema's names
-    are read. Raises :class:`ParameterError` naming the first bad or missing parameter.
+
+def notebook_defaults(notebook: str) -> dict:
+    """{name: default} of a notebook's parameters."""
+    return {p.name: p.default for p in _declared(notebook)}
+
+
+def _literal(value) -> str:
+    """Python source of a default, strings in double quotes: ``["reap", "frequency"]``."""
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_literal(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_literal(k)}: {_literal(v)}" for k, v in value.items()) + "}"
+    return repr(value)
+
+
+def parameters_cell(notebook: str) -> str:
+    """The source of the notebook's cell tagged `parameters`: one line per parameter, default and help."""
+    lines = [f"{p.name} = {_literal(p.default)}" for p in _declared(notebook)]
+    width = min(max(len(line) for line in lines), 34) + 2
+    return "\n".join(f"{line:<{max(width, len(line) + 2)}}# {p.help}" for line, p in zip(lines, _declared(notebook)))
+
+
+# --------------------------------------------------------------------------------------------
+# Checking
+# --------------------------------------------------------------------------------------------
+
+def project_root(start=None) -> Path:
+    """The nearest folder at or above `start` (default: the working directory) holding `pyproject.toml`
+    and `notebooks/`; `start` itself when there is none."""
+    start = Path(start or os.getcwd()).resolve()
+    for folder in (start, *start.parents):
+        if (folder / "pyproject.toml").is_file() and (folder / "notebooks").is_dir():
+            return folder
+    return start
+
+
+def resolve_path(value: str, root=None) -> str:
+    """`value` unchanged when absolute, else joined to :func:`project_root`."""
+    path = Path(os.path.expanduser(str(value)))
+    return str(path if path.is_absolute() else project_root(root) / path)
+
+
+def _check_one(parameter: Parameter, value):
+    check = parameter.check
+    if isinstance(check, type):
+        if check is float and isinstance(value, numbers.Real) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, check) or (check is int and isinstance(value, bool)):
+            raise ParameterError(f"parameter {parameter.name!r} must be of type {check.__name__}, got {value!r} "
+                                 f"({type(value).__name__})")
+        return value
+    try:
+        value = check(value)
+    except ValueError as error:
+        raise ParameterError(f"parameter {parameter.name!r} = {value!r}: {error}") from None
+    if parameter.path and value is not None:
+        value = [resolve_path(v) for v in value] if isinstance(value, list) else resolve_path(value)
+    return value
+
+
+def check_parameters(params: dict, notebook) -> SimpleNamespace:
+    """Check a notebook's parameters and return them (normalised) as a namespace.
+
+    `notebook` is a name in :data:`PARAMETERS`, or a dict {name: check} (a check is a type or a
+    function returning the normalised value). `params` may be ``globals()``: only declared names are
+    read; a declared parameter that is absent takes its default (a dict schema has none: absent is
+    an error). Raises :class:`ParameterError` naming the first bad parameter.
     """
-    if isinstance(schema, str):
-        if schema not in SCHEMAS:
-            raise KeyError(f"no parameter schema named {schema!r}; known: {', '.join(SCHEMAS)}")
-        schema = SCHEMAS[schema]
+    if isinstance(notebook, dict):
+        declared = [Parameter(name, dataclasses.MISSING, check, "") for name, check in notebook.items()]
+    else:
+        declared = _declared(notebook)
     values = {}
-    for name, check in schema.items():
-        if name not in params:
-            raise ParameterError(f"parameter {name!r} is missing; define it in the notebook's parameters cell")
-        value = params[name]
-        if isinstance(check, type):
-            if check is float and isinstance(value, numbers.Real) and not isinstance(value, bool):
-                value = float(value)
-            if not isinstance(value, check) or (check is int and isinstance(value, bool)):
-                raise ParameterError(f"parameter {name!r} must be of type {check.__name__}, got {value!r} "
-                                     f"({type(value).__name__})")
-            values[name] = value
-            continue
-        try:
-            values[name] = check(value)
-        except ValueError as error:
-            raise ParameterError(f"parameter {name!r} = {value!r}: {error}") from None
+    for parameter in declared:
+        value = params.get(parameter.name, parameter.default)
+        if value is dataclasses.MISSING:
+            raise ParameterError(f"parameter {parameter.name!r} is missing; define it in the notebook's parameters cell")
+        values[parameter.name] = _check_one(parameter, value)
     return SimpleNamespace(**values)
+
+
+def check_run(notebook: str, parameters: dict) -> None:
+    """Check the parameters of one run (a sweep's) against the declaration: unknown names and bad values
+    raise :class:`ParameterError`. Notebooks without a declaration are not checked."""
+    if notebook not in PARAMETERS:
+        return
+    known = [p.name for p in PARAMETERS[notebook]]
+    unknown = sorted(set(parameters) - set(known))
+    if unknown:
+        raise ParameterError(f"notebook {notebook} has no parameter(s) {unknown}; its parameters are {', '.join(known)}")
+    check_parameters(parameters, notebook)
+
+
+def demo_parameters(notebook: str, *, runs, figures) -> dict:
+    """The parameters `reapkit demo` passes a notebook: each declared `demo` template, filled in."""
+    return {p.name: p.demo.format(runs=runs, figures=figures, notebook=notebook)
+            for p in _declared(notebook) if p.demo is not None}
+
+
+def load_model(name, *, device_map=None, **kwargs):
+    """`reapkit.loading.load_model`, passing `device_map` only when it is set."""
+    from .loading import load_model as load
+
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    return load(name, **kwargs)
+
+
+def calibrate(P, *, progress: bool = True) -> SimpleNamespace:
+    """Load `P.model` and observe it on `P.calibration` (cached in `P.cache_dir`): the first step of notebooks 1-5.
+
+        >>> run = calibrate(P)        # run.model, run.tokenizer, run.obs, run.layers (MoE layers to draw)
+    """
+    from .data import calibration_batches
+    from .observe import observe_cached
+
+    model, tokenizer = load_model(P.model, device_map=getattr(P, "device_map", None))
+    batches = calibration_batches(P.calibration, tokenizer, batch_size=P.batch_size, max_length=P.max_length, seed=P.seed)
+    obs = observe_cached(model, batches, P.cache_dir or f"{P.output_dir}/cache", progress=progress,
+                         calibration={"spec": P.calibration, "max_length": P.max_length, "seed": P.seed})
+    layers = moe_layers(obs, getattr(P, "layers", None))
+    print(f"domains {obs.domains}, MoE layers {obs.layers}, experts {obs.num_experts}, top-k {obs.top_k}")
+    return SimpleNamespace(model=model, tokenizer=tokenizer, obs=obs, layers=layers)
+
+
+def held_out(P, tokenizer):
+    """The evaluation batches of `P.evaluation` (validation split), as every notebook that measures cost builds them."""
+    from .data import calibration_batches
+
+    return calibration_batches(P.evaluation, tokenizer, batch_size=P.batch_size, max_length=P.max_length,
+                               split="validation", seed=P.seed)
 
 
 def moe_layers(obs, layers=None) -> list[int]:
@@ -265,7 +488,9 @@ def read_results(patterns, *, name: str = "results.csv") -> pd.DataFrame:
         if "source" not in frame.columns:
             frame.insert(0, "source", str(Path(f).parent))
         frames.append(frame)
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["source", "ratio", "criterion", "domain", "loss"])
+    if not frames:
+        return pd.DataFrame(columns=["source", "ratio", "criterion", "domain", "loss"])
+    return pd.concat(frames, ignore_index=True)
 
 
 #: Prompts for greedy samples before and after pruning, one per built-in domain.
@@ -275,3 +500,60 @@ DEFAULT_PROMPTS = {
     "tools": '<|im_start|>user\nWhat is the weather in Paris?<|im_end|>\n<|im_start|>assistant\n',
     "math": "Question: Ava has 12 apples and gives 5 to Ben. How many apples does Ava have now?\nAnswer:",
 }
+
+
+# --------------------------------------------------------------------------------------------
+# Notebook sources: notebooks/NN_name.py (jupytext percent format) paired with NN_name.ipynb
+# --------------------------------------------------------------------------------------------
+
+def _paired(path: Path):
+    """The notebook of a percent-format source, its parameters cell regenerated from :data:`PARAMETERS`,
+    outputs cleared and cell ids numbered (so the .ipynb is the same on every machine)."""
+    import jupytext
+
+    nb = jupytext.read(str(path), fmt="py:percent")
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    if path.stem in PARAMETERS and len(tagged) == 1:
+        tagged[0].source = parameters_cell(path.stem)
+    for index, cell in enumerate(nb.cells):
+        cell["id"] = f"cell-{index:02d}"
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    nb.metadata.setdefault("jupytext", {})["formats"] = "ipynb,py:percent"
+    nb.metadata["kernelspec"] = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
+    nb.metadata["language_info"] = {"name": "python"}
+    return nb
+
+
+def sync_notebooks(folder=NOTEBOOKS_DIR, *, check: bool = False) -> list[Path]:
+    """Write each `folder/*.py` notebook source back with its generated parameters cell, and its paired
+    `.ipynb` from it; returns the files that changed (`check=True`: changes nothing, returns the files
+    that are out of date)."""
+    import jupytext
+    import nbformat
+
+    changed = []
+    for source in sorted(Path(folder).glob("[0-9]*.py")):
+        nb = _paired(source)
+        outputs = {source: jupytext.writes(nb, fmt="py:percent"),
+                   source.with_suffix(".ipynb"): nbformat.writes(nb) + "\n"}
+        for path, text in outputs.items():
+            if not path.is_file() or path.read_text() != text:
+                changed.append(path)
+                if not check:
+                    from .atomic import atomic_write_text
+
+                    atomic_write_text(path, text)
+    return changed
+
+
+if __name__ == "__main__":  # python -m reapkit.notebook sync [--check]
+    import sys
+
+    args = sys.argv[1:]
+    if not args or args[0] != "sync":
+        sys.exit("usage: python -m reapkit.notebook sync [--check]   (notebooks/*.py -> paired .ipynb)")
+    stale = sync_notebooks(check="--check" in args)
+    for path in stale:
+        print(("out of date: " if "--check" in args else "wrote ") + str(path))
+    sys.exit(1 if stale and "--check" in args else 0)

@@ -5,6 +5,7 @@
     (['code', 'math', 'prose', 'tools'], [0, 1, 2, 3])
     >>> pooled = obs.pooled()                     # summed over domains
     >>> both = obs_shard_a + obs_shard_b          # additive: one pass over both shards
+    >>> obs.coselection(["code"])[0]              # [experts, experts]: tokens that chose both i and j
 
 Saved as a directory: `statistics.safetensors` (tensors) and `observations.json` (metadata).
 """
@@ -48,7 +49,8 @@ def fingerprint(model) -> dict:
 
 @dataclass
 class Observations:
-    """`stats[domain][name]`: tensors [moe layers, experts] (`output_sum`: [.., .., hidden]; `tokens`: [layers])."""
+    """`stats[domain][name]`: tensors [moe layers, experts] (`output_sum`: [.., .., hidden];
+    `coselect`: [.., .., experts]; `tokens`: [layers])."""
 
     stats: dict[str, dict[str, torch.Tensor]]
     meta: dict
@@ -100,6 +102,18 @@ class Observations:
                 else:
                     out[name] = value * weight if name not in out else out[name] + value * weight
         return out
+
+    def coselection(self, domains=None):
+        """Top-k co-selection counts as a numpy array [moe layers, experts, experts]: entry (i, j)
+        counts the calibration tokens that selected both expert i and expert j (the diagonal is
+        each expert's token count); `domains` as in `pooled`.
+
+            >>> c = obs.coselection()[0]; c[3, 5] / c[3, 3]     # share of expert 3's tokens also sent to 5
+        """
+        if any("coselect" not in self.stats[d] for d in self.stats):
+            raise ValueError("these observations hold no co-selection counts (saved by an older reapkit); "
+                             "observe the model again to record them")
+        return self.pooled(domains, names=("coselect",))["coselect"].double().numpy()
 
     def __add__(self, other: "Observations") -> "Observations":
         if self.meta["fingerprint"] != other.meta["fingerprint"]:

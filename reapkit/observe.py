@@ -26,8 +26,9 @@ from . import __version__
 
 IMPLEMENTATION = "reapkit_observe"
 
-#: per-expert statistics, each [layers, experts]; plus "output_sum" [layers, experts, hidden]
-#: and "tokens" [layers] (non-padding tokens seen by the router).
+#: per-expert statistics, each [layers, experts]; plus "output_sum" [layers, experts, hidden],
+#: "coselect" [layers, experts, experts] (tokens that selected both experts i and j; the diagonal
+#: is "count") and "tokens" [layers] (non-padding tokens seen by the router).
 EXPERT_STATS = ("count", "gate_sum", "norm_sum", "reap_sum", "max_activation", "prob_sum")
 
 _active: "_Recorder | None" = None
@@ -52,6 +53,7 @@ class _Recorder:
             zeros = lambda *s, dtype=self.dtype: torch.zeros(*s, dtype=dtype, device=self.device)  # noqa: E731
             self.stats[domain] = {name: zeros(L, E) for name in EXPERT_STATS}
             self.stats[domain]["output_sum"] = zeros(L, E, H, dtype=torch.float32)
+            self.stats[domain]["coselect"] = zeros(L, E, E)
             self.stats[domain]["tokens"] = zeros(L)
         self.current = self.stats[domain]
         self.valid = attention_mask.reshape(-1).to(self.device, self.dtype)
@@ -60,6 +62,13 @@ class _Recorder:
         acc, valid = self.current, self.valid
         acc["prob_sum"][pos, : probs.shape[1]] += (probs.to(self.device, self.dtype) * valid[:, None]).sum(0)
         acc["tokens"][pos] += valid.sum()
+
+    def record_coselect(self, pos: int, top_k_index: torch.Tensor):
+        """`top_k_index` [tokens, k]: one index_add_ counts every pair (i, j) a real token selected."""
+        E, k = self.shape[1], top_k_index.shape[1]
+        top_k_index = top_k_index.to(self.device)
+        pairs = (top_k_index[:, :, None] * E + top_k_index[:, None, :]).reshape(-1)
+        self.current["coselect"][pos].view(-1).index_add_(0, pairs, self.valid.repeat_interleave(k * k))
 
     def record_routed(self, pos, expert_ids, gates, outputs, token_ids, selected=None):
         """One row per (token, expert) assignment: expert id, gate value, output before gating."""
@@ -103,7 +112,9 @@ def observed_experts_forward(self, hidden_states, top_k_index, top_k_weights):
     gates = weights[perm]
     recorder = _active
     if recorder is not None and id(self) in recorder.position:
-        recorder.record_routed(recorder.position[id(self)], expert_ids, gates, out, token_ids)
+        pos = recorder.position[id(self)]
+        recorder.record_routed(pos, expert_ids, gates, out, token_ids)
+        recorder.record_coselect(pos, top_k_index)
 
     weighted = out * gates.unsqueeze(-1)
     inverse = torch.empty_like(perm)
@@ -168,13 +179,14 @@ def _gated_input_hook(recorder: _Recorder, pos: int, block):
     def hook(module, args, output):
         scores, logits = recorder.last_router[pos]  # [T, E] gates (0 where not routed), logits
         num_experts, num_tokens = scores.shape[1], scores.shape[0]
-        selected = torch.zeros_like(logits, dtype=torch.float32)
-        selected.scatter_(1, torch.topk(logits, top_k, dim=1).indices, 1.0)
+        top_k_index = torch.topk(logits, top_k, dim=1).indices
+        selected = torch.zeros_like(logits, dtype=torch.float32).scatter_(1, top_k_index, 1.0)
         gates = scores.t().reshape(-1).float()
         outputs = output.view(num_experts * num_tokens, -1).float() / gates.clamp_min(1e-12)[:, None]
         expert_ids = torch.arange(num_experts, device=output.device).repeat_interleave(num_tokens)
         token_ids = torch.arange(num_tokens, device=output.device).repeat(num_experts)
         recorder.record_routed(pos, expert_ids, gates, outputs, token_ids, selected=selected.t().reshape(-1))
+        recorder.record_coselect(pos, top_k_index)
 
     return hook
 

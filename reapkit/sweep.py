@@ -2,6 +2,7 @@
 
     >>> run_notebook("notebooks/03_pruning.ipynb", {"ratios": [0.5]}, "runs/one")   # -> runs/one/03_pruning.ipynb
     >>> summary = run_sweep("sweeps/ratios.yaml", jobs=2)     # one row per run: status, error, notebook
+    >>> run_sweep("sweeps/ratios.yaml", overrides={"calibration": "code:4"}, limit=1)   # a quick check
     >>> run_demo()                                            # notebooks 1-5 on the demo model -> figures/
 
 A sweep file (YAML)::
@@ -12,7 +13,9 @@ A sweep file (YAML)::
     grid: {ratios: [[0.25], [0.5]], seed: [0, 1]}     # product of the lists
     jobs: 2                          # runs at once (processes); default: what the cores allow
 
-Allowed keys: see :data:`SWEEP_KEYS`; any other key refuses the whole file before a run starts.
+Allowed keys: see :data:`SWEEP_KEYS`; any other key refuses the whole file before a run starts,
+and so does a parameter the notebook does not declare or a value its declaration refuses
+(`reapkit.notebook.PARAMETERS`).
 Each run's notebook writes its tidy results (`results.csv` or `results.parquet`) into its output
 folder; they are appended, with the run id and the grid values, to `runs/<name>/results.csv`.
 A failed run is reported (parameters, executed notebook) and the others go on.
@@ -31,14 +34,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from .notebook import ParameterError, check_parameters  # noqa: F401  (re-exported)
+from .notebook import NOTEBOOKS_DIR, ParameterError, check_parameters  # noqa: F401  (re-exported)
 
 __all__ = ["SWEEP_KEYS", "NOTEBOOKS_DIR", "DEMO_NOTEBOOKS", "SweepError", "check_parameters", "ParameterError",
            "run_notebook", "load_sweep", "run_sweep", "run_demo"]
 
 SWEEP_KEYS = ("name", "notebook", "parameters", "grid", "jobs", "runs_dir", "description", "kernel", "timeout")
-NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
-DEMO_NOTEBOOKS = ("01_saliency", "02_clusters", "03_pruning", "04_paper_figures", "05_study")
+#: Notebooks `reapkit demo` runs, in order (04 draws from 05's results table).
+DEMO_NOTEBOOKS = ("01_saliency", "02_clusters", "03_pruning", "05_study", "04_paper_figures")
 RESULT_FILES = ("results.csv", "results.parquet")
 
 
@@ -124,10 +127,12 @@ def _slug(value) -> str:
     return re.sub(r"[^A-Za-z0-9.+-]+", "-", text).strip("-")[:40] or "x"
 
 
-def load_sweep(path) -> dict:
+def load_sweep(path, *, overrides: dict | None = None, limit: int | None = None) -> dict:
     """Read and check a sweep file; returns the normalised sweep with its list of `runs`.
 
-    Raises :class:`SweepError` (naming the key and the allowed keys) before anything runs.
+    `overrides` {parameter: value} replace the file's values for every run (a grid parameter so set
+    takes that one value); `limit` keeps the first runs of the grid. Raises :class:`SweepError`
+    (naming the key and the allowed keys, or the bad parameter) before anything runs.
     """
     import yaml
 
@@ -166,6 +171,9 @@ def load_sweep(path) -> dict:
     both = sorted(set(fixed) & set(grid))
     if both:
         raise SweepError(f"{path}: parameter(s) {both} appear in both 'parameters' and 'grid'; keep each in one place")
+    if overrides:
+        fixed = {**fixed, **overrides}
+        grid = {k: v for k, v in grid.items() if k not in overrides}
     jobs = spec.get("jobs")
     if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
         raise SweepError(f"{path}: jobs must be a positive integer, got {jobs!r}")
@@ -183,6 +191,15 @@ def load_sweep(path) -> dict:
         varying = dict(zip(keys, values))
         run_id = "-".join([f"{index:03d}"] + [f"{k}={_slug(v)}" for k, v in varying.items()])[:120]
         runs.append({"run_id": run_id, "grid": varying, "parameters": {**fixed, **varying}})
+    if limit is not None:
+        runs = runs[:limit]
+    from .notebook import ParameterError, check_run
+
+    for run in runs:
+        try:
+            check_run(notebook.stem, run["parameters"])
+        except ParameterError as error:
+            raise SweepError(f"{path}: run {run['run_id']}: {error}. Nothing was run") from None
     runs_dir = Path(spec.get("runs_dir", "runs")) / name
     return {"name": name, "notebook": notebook, "runs": runs, "jobs": jobs, "runs_dir": runs_dir,
             "kernel": spec.get("kernel", "python3"), "timeout": spec.get("timeout")}
@@ -213,16 +230,18 @@ def _read_run_results(run_dir: Path) -> pd.DataFrame | None:
     return None
 
 
-def run_sweep(params_yaml, *, jobs: int | None = None, progress: bool = True) -> pd.DataFrame:
+def run_sweep(params_yaml, *, jobs: int | None = None, progress: bool = True, overrides: dict | None = None,
+              limit: int | None = None) -> pd.DataFrame:
     """Run every parameter combination of a sweep file; returns one row per run.
 
     Columns: run_id, status ("ok" / "failed"), error, notebook (the executed notebook), parameters
     (JSON), seconds, rows (results rows appended), then one column per grid parameter. The table is
     also written to `runs/<name>/runs.csv`; the runs' results are appended to `runs/<name>/results.csv`
-    (rows of a run id run again are replaced). `jobs` overrides the file's `jobs`; by default as many
+    (rows of a run id run again are replaced). `overrides` and `limit`: see :func:`load_sweep`.
+    `jobs` overrides the file's `jobs`; by default as many
     runs go at once as there are cores (at most the number of runs).
     """
-    sweep = load_sweep(params_yaml)
+    sweep = load_sweep(params_yaml, overrides=overrides, limit=limit)
     runs, root = sweep["runs"], sweep["runs_dir"]
     cores = _cores()
     jobs = jobs or sweep["jobs"] or min(len(runs), cores)
@@ -303,38 +322,35 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
 # --------------------------------------------------------------------------------------------
 
 def run_demo(figures_dir="figures", runs_dir="runs/demo", *, model: str = "demo", parameters: dict | None = None,
-             progress: bool = True) -> None:
-    """Run notebooks 1-5 on the bundled demo model with their default parameters.
+             progress: bool = True) -> dict[str, float]:
+    """Run the notebooks of :data:`DEMO_NOTEBOOKS` on the bundled demo model; returns {notebook: seconds}.
 
     Executed notebooks and tables go to `runs_dir/<notebook>/`, figures to `figures_dir/<notebook>/`
-    (PNG and PDF); observations are cached in `runs_dir/cache` and shared by the four notebooks.
-    Notebook 4 draws the paper figures from notebook 3's results table. `parameters` are passed to
-    every notebook that declares them (e.g. {"calibration": "code:8,prose:8"} for a quicker run);
-    `model` runs the same on another checkpoint of the same kind.
+    (PNG and PDF); observations are cached in `runs_dir/cache` and shared by the notebooks. What
+    each notebook gets is its declared `demo` value (`reapkit.notebook.PARAMETERS`), then
+    `parameters` where the notebook declares them (e.g. {"calibration": "code:8,prose:8"} for a
+    quicker run); `model` runs the same on another checkpoint of the same kind.
     """
-    import papermill as pm
-
     from .demo import DEMO_PATH
+    from .notebook import PARAMETERS, demo_parameters
 
     if model == "demo" and not (Path(DEMO_PATH) / "config.json").is_file():
         raise FileNotFoundError(f"the demo model is missing from {DEMO_PATH}; build it with `python -m reapkit.demo train`")
-    runs_dir, figures_dir = Path(runs_dir), Path(figures_dir)
-    cache = runs_dir / "cache"
+    runs_dir, figures_dir = Path(runs_dir).resolve(), Path(figures_dir).resolve()
     threads = max(1, _cores() - 1)
     start = time.perf_counter()
+    seconds = {}
     for name in DEMO_NOTEBOOKS:
-        notebook = NOTEBOOKS_DIR / f"{name}.ipynb"
-        declared = pm.inspect_notebook(str(notebook))
-        params = {"model": model, "output_dir": runs_dir / name, "figures_dir": figures_dir / name, "cache_dir": cache}
-        if name == "04_paper_figures":
-            params["results"] = _abs(runs_dir / "03_pruning" / "results.csv")
-        params.update(parameters or {})
+        declared = {p.name for p in PARAMETERS[name]}
+        params = {**demo_parameters(name, runs=runs_dir, figures=figures_dir), "model": model, **(parameters or {})}
         params = {k: (str(v) if isinstance(v, Path) else v) for k, v in params.items() if k in declared}
         t0 = time.perf_counter()
         if progress:
             print(f"[demo] {name} ...", file=sys.stderr, flush=True)
-        run_notebook(notebook, params, runs_dir / name, threads=threads)
+        run_notebook(NOTEBOOKS_DIR / f"{name}.ipynb", params, runs_dir / name, threads=threads)
+        seconds[name] = round(time.perf_counter() - t0, 1)
         if progress:
-            print(f"[demo] {name} done in {time.perf_counter() - t0:.0f} s -> {figures_dir / name}", file=sys.stderr, flush=True)
+            print(f"[demo] {name} done in {seconds[name]:.0f} s -> {figures_dir / name}", file=sys.stderr, flush=True)
     if progress:
         print(f"[demo] all notebooks done in {time.perf_counter() - start:.0f} s; figures in {figures_dir}/", file=sys.stderr)
+    return seconds

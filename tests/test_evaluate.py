@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import copy
 
+import pandas as pd
 import pytest
 import torch
 from torch.nn import functional as F
 
 from reapkit.data import Batch, pad_batches
-from reapkit.evaluate import ReferenceOutputs, evaluate, generate_samples, reconstruction_error, reference_outputs
+from reapkit.evaluate import (ReferenceOutputs, aggregate, evaluate, generate_samples, reconstruction_error,
+                              reference_outputs, sequence_metrics)
 from reapkit.plan import PruningPlan
 from reapkit.prune import mask_experts, remove_experts
 from tiny_models import tiny_model
@@ -51,13 +53,14 @@ def test_unpruned_model_against_itself(eval_batches):
     model = model_of("qwen3_moe")
     frame = evaluate(model, batches, reference=model, progress=False)
     assert list(frame.domain) == ["code", "prose", "all"]
-    assert list(frame.columns) == ["domain", "tokens", "loss", "perplexity", "top1_agreement", "kl"]
-    assert (frame.top1_agreement == 1.0).all()
+    assert list(frame.columns) == ["domain", "tokens", "loss", "loss_lo", "loss_hi", "perplexity", "kl", "kl_lo", "kl_hi",
+                                   "agreement", "agreement_lo", "agreement_hi"]
+    assert (frame.agreement == 1.0).all()
     assert frame.kl.abs().max() < 1e-6
     for ref in (reference_outputs(model, batches, dtype=torch.float32, progress=False),
                 reference_outputs(model, batches, top_k=5, dtype=torch.float32, progress=False)):
         cached = evaluate(model, batches, reference=ref, progress=False)
-        assert (cached.top1_agreement == 1.0).all()
+        assert (cached.agreement == 1.0).all()
         assert cached.kl.abs().max() < 1e-5
         assert cached.loss.tolist() == pytest.approx(frame.loss.tolist())
     half = reference_outputs(model, batches, dtype=torch.float16, progress=False)  # half the memory
@@ -86,6 +89,49 @@ def test_loss_is_token_weighted_cross_entropy(eval_batches):
     assert frame.loc["all", "loss"] == pytest.approx(sum(losses.values()) / sum(counts.values()), rel=1e-5)
 
 
+def test_sequence_metrics_are_each_sequence_alone(eval_batches):
+    """One row per batch row: its own mean loss, KL and agreement, as if evaluated alone."""
+    model, other = model_of("qwen3_moe"), model_of("gpt_oss")
+    ref = reference_outputs(other, eval_batches, dtype=torch.float32, progress=False)
+    sequences = sequence_metrics(model, eval_batches, reference=ref, progress=False)
+    assert list(sequences.columns) == ["domain", "sequence", "tokens", "loss", "kl", "agreement"]
+    assert sequences.sequence.tolist() == [0, 1, 2, 3] and sequences.domain.tolist() == ["code", "code", "prose", "prose"]
+    rows = [(b, r) for b in eval_batches for r in range(b.input_ids.shape[0])]
+    with torch.no_grad():
+        for (b, r), seq in zip(rows, sequences.itertuples()):
+            real = b.input_ids[r][b.attention_mask[r].bool()]
+            lp = torch.log_softmax(model(input_ids=real[None]).logits[0, :-1].float(), -1)
+            ref_lp = torch.log_softmax(other(input_ids=real[None]).logits[0, :-1].float(), -1)
+            assert seq.tokens == len(real) - 1
+            assert seq.loss == pytest.approx(float(F.nll_loss(lp, real[1:])), rel=1e-5)
+            assert seq.kl == pytest.approx(float((ref_lp.exp() * (ref_lp - lp)).sum(-1).mean()), rel=1e-4, abs=1e-6)
+            assert seq.agreement == pytest.approx(float((ref_lp.argmax(-1) == lp.argmax(-1)).float().mean()))
+    # the domain rows are the token-weighted means of their sequences
+    frame = aggregate(sequences).set_index("domain")
+    code = sequences[sequences.domain == "code"]
+    assert frame.loc["code", "kl"] == pytest.approx((code.kl * code.tokens).sum() / code.tokens.sum())
+
+
+def test_bootstrap_intervals_and_paired_delta(eval_batches):
+    model = model_of("qwen3_moe")
+    ref = reference_outputs(model, eval_batches, dtype=torch.float32, progress=False)
+    unpruned = sequence_metrics(model, eval_batches, reference=ref, progress=False)
+    with mask_experts(model, some_plan(model)):
+        pruned = sequence_metrics(model, eval_batches, reference=ref, progress=False)
+    frame = aggregate(pruned, baseline=unpruned, resamples=200, seed=3)
+    for metric in ("loss", "kl", "agreement", "delta_loss"):
+        assert (frame[f"{metric}_lo"] <= frame[metric] + 1e-12).all() and (frame[metric] <= frame[f"{metric}_hi"] + 1e-12).all()
+    assert (frame.loss_hi > frame.loss_lo).all()  # sequences differ: a real interval
+    assert frame.delta_loss.tolist() == pytest.approx((frame.loss - aggregate(unpruned).loss).tolist())
+    pd.testing.assert_frame_equal(frame, aggregate(pruned, baseline=unpruned, resamples=200, seed=3))  # deterministic
+    assert not frame.equals(aggregate(pruned, baseline=unpruned, resamples=200, seed=4))
+    # the unpruned model against itself: every paired difference is exactly 0
+    itself = aggregate(unpruned, baseline=unpruned)
+    assert (itself[["delta_loss", "delta_loss_lo", "delta_loss_hi"]].to_numpy() == 0).all()
+    with pytest.raises(ValueError, match="other sequences"):
+        aggregate(pruned, baseline=unpruned.iloc[:2])
+
+
 def test_padding_is_excluded(eval_batches):
     batches = eval_batches
     model = model_of("qwen3_moe")
@@ -110,8 +156,8 @@ def test_masked_and_removed_models_evaluate_alike(eval_batches):
         masked = evaluate(model, batches, reference=ref, progress=False)
     removed = remove_experts(copy.deepcopy(model), plan)
     pruned = evaluate(removed, batches, reference=ref, progress=False)
-    assert masked.kl.min() > 0 and masked.top1_agreement.min() <= 1
-    for column in ("loss", "top1_agreement", "kl"):
+    assert masked.kl.min() > 0 and masked.agreement.min() <= 1
+    for column in ("loss", "agreement", "kl"):
         assert masked[column].tolist() == pytest.approx(pruned[column].tolist(), rel=1e-4, abs=1e-7)
 
 

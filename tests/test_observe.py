@@ -49,6 +49,7 @@ def reference_stats(model, batches):
         acc = ref.setdefault(batch.domain, {k: torch.zeros(L, E, dtype=torch.float64) for k in
                                             ("count", "gate_sum", "norm_sum", "reap_sum", "max_activation", "prob_sum")})
         acc.setdefault("output_sum", torch.zeros(L, E, H, dtype=torch.float64))
+        acc.setdefault("coselect", torch.zeros(L, E, E, dtype=torch.float64))
         valid = batch.attention_mask.reshape(-1).bool()
         for pos, (_, block) in enumerate(blocks):
             x = captured[("x", pos)].reshape(-1, H)
@@ -63,6 +64,9 @@ def reference_stats(model, batches):
             probs = torch.sigmoid(logits.float()) if arch.scoring == "sigmoid" else torch.softmax(logits.float(), -1)
             acc["prob_sum"][pos] += probs[valid].double().sum(0)
             for t in valid.nonzero().flatten().tolist():
+                for i in idx[t].tolist():  # top-k co-selection: every pair of experts this token chose
+                    for j in idx[t].tolist():
+                        acc["coselect"][pos, i, j] += 1
                 for k in range(idx.shape[1]):
                     j, g = int(idx[t, k]), float(gates[t, k])
                     with torch.no_grad():
@@ -90,6 +94,9 @@ def test_statistics_match_plain_recomputation(name, batches):
         tokens = sum(int(b.attention_mask.sum()) for b in batches if b.domain == domain)
         assert obs.stats[domain]["tokens"].tolist() == [tokens] * len(obs.layers)
         assert obs.stats[domain]["count"].sum(1).tolist() == [tokens * obs.top_k] * len(obs.layers)
+        coselection = obs.coselection([domain])
+        assert coselection.shape == (len(obs.layers), obs.num_experts[0], obs.num_experts[0])
+        assert (coselection.diagonal(axis1=1, axis2=2) == obs.stats[domain]["count"].numpy()).all()
 
 
 @pytest.mark.parametrize("name", ["qwen3_moe", "gpt_oss", "deepseek_v3", "llama4_text"])

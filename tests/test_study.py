@@ -42,16 +42,25 @@ def setup():
     obs = observe(model, calibration, progress=False)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        results = study.compression_study(model, obs, evaluation, ratios=(*RATIOS, 0.875), progress=False)
+        sequences = study.study_sequences(model, obs, evaluation, ratios=(*RATIOS, 0.875), progress=False)
+    results = study.study_results(sequences, resamples=200)
+    # two calibration samples: the first and the second half of each domain's calibration sequences
+    repeats = [observe(model, calibration[0:1] + calibration[2:3], progress=False),
+               observe(model, calibration[1:2] + calibration[3:4], progress=False)]
+    sensitivity = study.calibration_sensitivity(model, None, evaluation, domains=("code", "prose"), calibration=repeats,
+                                                ratio=0.5, resamples=200, progress=False)
+    layers = study.layer_sensitivity(model, obs, evaluation, ratio=0.5, resamples=200, progress=False)
     return {"model": model, "calibration": calibration, "evaluation": evaluation, "obs": obs, "results": results,
+            "sequences": sequences, "sensitivity": sensitivity, "layers": layers,
             "warnings": [str(w.message) for w in caught]}
 
 
 def test_study_frame_columns_and_rows(setup):
-    results = setup["results"]
-    assert list(results.columns) == study.COLUMNS
+    results, sequences = setup["results"], setup["sequences"]
+    assert list(results.columns) == study.COLUMNS and list(sequences.columns) == study.SEQUENCE_COLUMNS
     # per ratio: 4 criteria + 3 random seeds + 2 merges + 1 global = 10 variants, x (code, prose, all)
     assert len(results) == len(RATIOS) * 10 * 3
+    assert len(sequences) == len(RATIOS) * 10 * 8  # 8 evaluation sequences
     assert set(results.method) == {"prune", "merge", "global"}
     assert set(results.criterion) == {"reap", "frequency", "soft_frequency", "ean_mean", "random", "m_smoe", "hc_smoe"}
     assert set(results.domain) == {"code", "prose", "all"}
@@ -59,6 +68,36 @@ def test_study_frame_columns_and_rows(setup):
     random = results[results.criterion == "random"]
     assert sorted(random.seed.unique()) == [0, 1, 2] and results[results.criterion != "random"].seed.isna().all()
     assert set(results[results.method == "global"].label) == {"global_reap"}
+
+
+def test_results_carry_intervals_over_sequences(setup):
+    results, sequences = setup["results"], setup["sequences"]
+    for metric in ("loss", "kl", "agreement", "delta_loss"):
+        lo, hi = results[f"{metric}_lo"], results[f"{metric}_hi"]
+        assert ((lo <= results[metric] + 1e-9) & (results[metric] <= hi + 1e-9)).all(), metric
+    pruned = results[results.ratio == 0.5]
+    assert (pruned.loss_hi > pruned.loss_lo).all() and (pruned.delta_loss_lo > 0).any()
+    # the domain rows are token-weighted means of the sequences, delta_loss = loss - unpruned loss of the same sequences
+    one = sequences[(sequences.label == "reap") & (sequences.ratio == 0.5) & (sequences.domain == "code")]
+    row = results[(results.label == "reap") & (results.ratio == 0.5) & (results.domain == "code")].iloc[0]
+    assert row.loss == pytest.approx((one.loss * one.tokens).sum() / one.tokens.sum())
+    unpruned = results[(results.ratio == 0) & (results.label == "reap") & (results.domain == "code")].iloc[0]
+    assert row.delta_loss == pytest.approx(row.loss - unpruned.loss)
+    # the paired interval of delta_loss is narrower than the loss interval it would get unpaired
+    assert ((pruned.delta_loss_hi - pruned.delta_loss_lo) < (pruned.loss_hi - pruned.loss_lo)).mean() > 0.5
+
+
+def test_study_jobs_are_the_variants():
+    jobs, notes = study.study_jobs(_FakeObs(), ratios=[0.5, 0.875], criteria=["reap"], random_seeds=[1], merges=["m_smoe"])
+    assert [(j.method, j.label, j.seed, j.ratio) for j in jobs] == [
+        ("prune", "reap", None, 0.5), ("prune", "random", 1, 0.5), ("merge", "m_smoe", None, 0.5),
+        ("global", "global_reap", None, 0.5)]
+    assert len(notes) == 1 and "0.875" in notes[0]
+
+
+class _FakeObs:
+    """What study_jobs reads of Observations (no model pass needed to plan jobs)."""
+    num_experts, top_k = [8, 8], 2
 
 
 def test_impossible_ratio_is_skipped_with_a_note(setup):
@@ -72,8 +111,9 @@ def test_ratio_zero_is_the_unpruned_model_for_every_method(setup):
     results = setup["results"]
     zero = results[results.ratio == 0]
     assert len(zero) == 10 * 3
-    assert (zero.kl.abs() < 1e-6).all() and (zero.top1_agreement == 1).all()
-    assert np.isfinite(results[["loss", "perplexity", "kl", "top1_agreement"]].to_numpy(float)).all()
+    assert (zero.kl.abs() < 1e-6).all() and (zero.agreement == 1).all()
+    assert (zero[["delta_loss", "delta_loss_lo", "delta_loss_hi"]].to_numpy() == 0).all()
+    assert np.isfinite(results[["loss", "perplexity", "kl", "agreement"]].to_numpy(float)).all()
     assert (results[results.ratio > 0].groupby("label").kl.max() > 0).all()  # every method changes the model
     pruned = results[results.method != "merge"]
     assert np.allclose(pruned[pruned.ratio == 0].kept_routing, 1) and (pruned.kept_routing <= 1 + 1e-9).all()
@@ -100,59 +140,129 @@ def test_global_plan_uses_the_same_total(setup):
     assert sum(len(v) for v in plan.kept.values()) == 8
 
 
-def test_calibration_sensitivity(setup):
-    loss, overlap = study.calibration_sensitivity(setup["model"], None, setup["evaluation"], domains=("code", "prose"),
-                                                  calibration=setup["calibration"], ratio=0.5, progress=False)
-    assert list(loss.columns) == ["unpruned", "code", "prose", "mix"]
-    assert list(loss.index) == ["code", "prose", "all"]
-    assert np.isfinite(loss.to_numpy()).all()
-    assert list(overlap.index) == list(overlap.columns) == ["code", "prose", "mix"]
-    assert np.allclose(np.diag(overlap), 1) and ((overlap >= 0) & (overlap <= 1)).all().all()
-    assert np.allclose(overlap, overlap.T)
+def test_layer_sensitivity_prunes_one_layer_at_a_time(setup):
+    from reapkit.evaluate import evaluate
+    from reapkit.plan import PruningPlan
+    from reapkit.prune import mask_experts
+
+    model, obs, evaluation = setup["model"], setup["obs"], setup["evaluation"]
+    frame = setup["layers"]
+    assert list(frame.columns[:4]) == ["layer", "criterion", "ratio", "experts_kept"]
+    assert len(frame) == len(obs.layers) * 3 and (frame.experts_kept == 4).all()
+    assert ((frame.delta_loss_lo <= frame.delta_loss) & (frame.delta_loss <= frame.delta_loss_hi)).all()
+    full = PruningPlan.from_observations(obs, "reap", ratio=0.5)
+    layer = obs.layers[1]
+    only = PruningPlan({i: full.kept[i] if i == layer else list(range(8)) for i in obs.layers}, full.num_experts, "reap")
+    with mask_experts(model, only):
+        expected = evaluate(model, evaluation, progress=False).set_index("domain").loss
+    got = frame[frame.layer == layer].set_index("domain")
+    assert got.loss.tolist() == pytest.approx(expected.loc[got.index].tolist())
+    unpruned = evaluate(model, evaluation, progress=False).set_index("domain").loss
+    assert got.delta_loss.tolist() == pytest.approx((expected - unpruned).loc[got.index].tolist())
+    nothing = study.layer_sensitivity(model, obs, evaluation, ratio=0.0, resamples=50, progress=False)
+    assert (nothing[["delta_loss", "delta_loss_lo", "delta_loss_hi"]].to_numpy() == 0).all()
+
+
+def test_calibration_sensitivity_with_repeats(setup):
+    from reapkit.analysis import expected_jaccard
+
+    sens = setup["sensitivity"]
+    matrix = sens.loss_matrix()
+    assert list(matrix.columns) == ["unpruned", "code", "prose", "mix"] and list(matrix.index) == ["code", "prose", "all"]
+    assert np.isfinite(matrix.to_numpy()).all()
+    loss = sens.loss
+    assert ((loss.loss_lo <= loss.loss + 1e-9) & (loss.loss <= loss.loss_hi + 1e-9)).all()
+    assert (loss[loss.calibration == "unpruned"].delta_loss == 0).all()
+    assert set(sens.sequences.repeat) == {0, 1}
+    overlap = sens.overlap
+    assert list(overlap.columns) == ["calibration_a", "calibration_b", "jaccard", "jaccard_lo", "jaccard_hi", "chance",
+                                     "repeats"]
+    assert overlap.chance.tolist() == pytest.approx([expected_jaccard(8, 4)] * len(overlap))
+    same = overlap[overlap.calibration_a == overlap.calibration_b]
+    assert (same.repeats == 1).all() and same.jaccard.between(0, 1).all()  # two samples of one set: their overlap
+    pairs = overlap[overlap.calibration_a != overlap.calibration_b]
+    assert (pairs.repeats == 2).all() and ((pairs.jaccard_lo <= pairs.jaccard) & (pairs.jaccard <= pairs.jaccard_hi)).all()
+    wide = sens.overlap_matrix()
+    assert np.allclose(wide, wide.T, equal_nan=True) and list(wide.index) == ["code", "prose", "mix"]
+
+
+def test_calibration_sensitivity_single_sample(setup):
+    model, evaluation = setup["model"], setup["evaluation"]
+    one = study.calibration_sensitivity(model, None, evaluation, domains=("code", "prose"), calibration=setup["calibration"],
+                                        ratio=0.5, resamples=50, progress=False)
+    assert one.overlap[one.overlap.calibration_a == one.overlap.calibration_b].jaccard.isna().all()  # no second sample
     # per-domain statistics of one pass == observing each domain alone
-    alone, _ = study.calibration_sensitivity(setup["model"], None, setup["evaluation"], domains=("code",),
-                                             calibration=setup["calibration"][:2], ratio=0.5, progress=False)
-    assert alone.loc["all", "code"] == pytest.approx(loss.loc["all", "code"])
-    # the same Observations, no model pass
+    alone = study.calibration_sensitivity(model, None, evaluation, domains=("code",), calibration=setup["calibration"][:2],
+                                          ratio=0.5, resamples=50, progress=False)
+    assert alone.loss_matrix().loc["all", "code"] == pytest.approx(one.loss_matrix().loc["all", "code"])
     with pytest.warns(UserWarning, match="'math'"):
-        again, _ = study.calibration_sensitivity(setup["model"], None, setup["evaluation"], domains=("code", "prose", "math"),
-                                                 calibration=setup["obs"], ratio=0.5, progress=False)
-    pd.testing.assert_frame_equal(again, loss)
+        again = study.calibration_sensitivity(model, None, evaluation, domains=("code", "prose", "math"),
+                                              calibration=setup["obs"], ratio=0.5, resamples=50, progress=False)
+    pd.testing.assert_frame_equal(again.loss_matrix(), one.loss_matrix())
     with pytest.raises(ValueError, match="needs a tokenizer"):
-        study.calibration_sensitivity(setup["model"], None, setup["evaluation"])
+        study.calibration_sensitivity(model, None, evaluation)
     with pytest.raises(ValueError, match="none of the domains"):
-        study.calibration_sensitivity(setup["model"], None, setup["evaluation"], domains=("math",), calibration=setup["obs"])
+        study.calibration_sensitivity(model, None, evaluation, domains=("math",), calibration=setup["obs"])
 
 
 def test_summarise_mentions_every_method(setup):
-    sensitivity = study.calibration_sensitivity(setup["model"], None, setup["evaluation"], domains=("code", "prose"),
-                                                calibration=setup["obs"], progress=False)
-    text = study.summarise(setup["results"], sensitivity)
+    text = study.summarise(setup["sequences"], setup["sensitivity"], setup["layers"], resamples=200)
     for name in ("frequency", "soft_frequency", "ean_mean", "random", "m_smoe", "hc_smoe", "global_reap",
                  "prune", "merge", "global"):
         assert f"`{name}`" in text or f"({name})" in text, name
     for ratio in ("25%", "50%", "75%"):
         assert ratio in text
-    assert "Calibration" in text and "**code**" in text and "Jaccard" in text
-    assert "REAP" in study.summarise(setup["results"])  # without the sensitivity part
-    assert "not in these results" in study.summarise(setup["results"][setup["results"].criterion != "reap"])
+    assert "Calibration" in text and "**code**" in text and "Jaccard" in text and "chance" in text
+    assert "Per-layer sensitivity" in text and "[" in text
+    assert "REAP" in study.summarise(setup["sequences"])  # without the sensitivity part
+    assert "not in these results" in study.summarise(setup["sequences"][setup["sequences"].criterion != "reap"])
+    with pytest.raises(ValueError, match="study_sequences"):
+        study.summarise(setup["results"])
+
+
+def _synthetic_sequences(gaps: dict, noise: float, n: int = 40, seed: int = 0) -> pd.DataFrame:
+    """A study_sequences frame at one ratio: each label's loss = a shared per-sequence loss + its gap (+ noise)."""
+    rng = np.random.default_rng(seed)
+    base = rng.normal(3.0, 1.0, n)
+    rows = []
+    for label, gap in gaps.items():
+        loss = base + gap + rng.normal(0, noise, n) * (label != "reap")
+        rows.append(pd.DataFrame({"method": "prune", "criterion": label, "label": label, "seed": pd.NA, "ratio": 0.5,
+                                  "experts_kept": 4, "experts_total": 8, "kept_routing": 0.5, "domain": "code",
+                                  "sequence": np.arange(n), "tokens": 20, "loss": loss, "kl": gap + 0.1,
+                                  "agreement": 0.5, "delta_loss": loss - base + 1.0}))
+    frame = pd.concat(rows, ignore_index=True)
+    frame["seed"] = frame["seed"].astype("Int64")
+    return frame
+
+
+def test_summary_states_a_claim_only_when_its_interval_supports_it():
+    """frequency is 0.5 nats worse on every sequence; ean_mean differs from REAP by noise only."""
+    text = study.summarise(_synthetic_sequences({"reap": 0.0, "frequency": 0.5, "ean_mean": 0.0}, noise=0.3))
+    lines = {line.split(":")[0]: line for line in text.splitlines() if line.startswith("- vs")}
+    assert "REAP is better at 1 of 1 ratios" in lines["- vs `frequency`"]
+    assert "REAP is better at 0 of 1 ratios, within noise at 50%" in lines["- vs `ean_mean`"]
+    assert "beats `frequency`; within noise of `ean_mean`" in text
+    assert "lowest loss is `reap`" in text or "lowest loss is `ean_mean`" in text
+    assert "within noise of it: `ean_mean`" in text or "within noise of it: `reap`" in text
+    # the same gaps with no noise at all: every difference is real
+    sharp = study.summarise(_synthetic_sequences({"reap": 0.0, "frequency": 0.5, "ean_mean": 0.01}, noise=0.0))
+    assert "beats every baseline" in sharp
 
 
 def test_results_table_is_what_notebook_04_reads(setup):
     table = study.results_table(setup["results"], model="tiny")
-    assert {"ratio", "criterion", "domain", "loss", "kl", "agreement", "model"} <= set(table.columns)
-    assert {"global_reap", "m_smoe", "reap"} <= set(table.criterion)
+    assert {"ratio", "criterion", "label", "domain", "loss", "loss_lo", "kl", "agreement", "delta_loss", "model"} <= set(table.columns)
+    assert {"global_reap", "m_smoe", "reap"} <= set(table.label)
 
 
 def test_study_figures(setup, tmp_path):
     fig = plot.study_figure(setup["results"])
-    assert len([a for a in fig.axes if a.get_visible()]) == 2 * 3
-    sensitivity = study.calibration_sensitivity(setup["model"], None, setup["evaluation"], domains=("code", "prose"),
-                                                calibration=setup["obs"], progress=False)
-    fig2 = plot.calibration_figure(*sensitivity)
+    assert len([a for a in fig.axes if a.get_visible()]) >= 2
+    sens = setup["sensitivity"]
+    fig2 = plot.calibration_figure(sens.loss_matrix(), sens.overlap_matrix())
     paths = plot.save_figure(fig, tmp_path, "study", close=True) + plot.save_figure(fig2, tmp_path, "calib", close=True)
     assert all(p.stat().st_size > 0 for p in paths)
-    assert plot.study_curves(pd.DataFrame(columns=study.COLUMNS)).texts  # "no data"
 
 
 def test_bad_input(setup):
@@ -162,6 +272,8 @@ def test_bad_input(setup):
         study.compression_study(setup["model"], setup["obs"], setup["evaluation"], criteria=["nope"], progress=False)
     with pytest.raises(ValueError, match="unknown merge method"):
         study.compression_study(setup["model"], setup["obs"], setup["evaluation"], merges=["nope"], progress=False)
+    with pytest.raises(ValueError, match="ratios"):
+        study.layer_sensitivity(setup["model"], setup["obs"], setup["evaluation"], ratio=1.5)
 
 
 # --------------------------------------------------------------------------------------------

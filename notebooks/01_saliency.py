@@ -1,0 +1,123 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 1. Which experts matter?
+#
+# **Question:** in each MoE layer, which experts does each saliency criterion rank high, do the criteria
+# agree, and which experts serve which kind of data?
+#
+# Everything below comes from one calibration pass (`reapkit.notebook.calibrate`): the per-expert,
+# per-domain statistics are recorded once and every criterion is derived from them.
+
+# %% tags=["parameters"]
+model = "demo"                      # "demo" (the bundled model), a local checkpoint or a hub name
+device_map = None                   # None: load on the CPU; "auto" or a dict spreads the model (accelerate)
+calibration = "code:16,tools:16,prose:16,math:16"  # calibration spec (built-in domains, files)
+max_length = 128                    # tokens per calibration sample
+batch_size = 8                      # sequences per forward
+layers = None                       # MoE layers (decoder indices) to draw; None: all
+seed = 0                            # seed of calibration sampling and random baselines
+cache_dir = "runs/cache"            # observations are reused for the same model and tokens
+interactive = False                 # True: show the ipywidgets explorer (needs a live kernel)
+criteria = ["reap", "frequency", "ean_mean", "soft_frequency"]  # saliency criteria to compare
+ratios = [0.25, 0.5]                # fractions of experts removed (cut-offs, agreement)
+output_dir = "runs/01_saliency"     # tables and executed outputs
+figures_dir = "figures/01_saliency"  # figures (PNG and PDF)
+
+# %%
+from reapkit.notebook import check_parameters
+
+P = check_parameters(globals(), "01_saliency")
+P
+
+# %%
+import pandas as pd
+from IPython.display import Markdown, display
+
+from reapkit import analysis, plot, readings
+from reapkit.notebook import Figures, calibrate, write_table
+from reapkit.saliency import scores_frame
+
+figures = Figures(P.figures_dir)
+run = calibrate(P)
+scores = scores_frame(run.obs, P.criteria, per_domain=True, seed=P.seed)
+scores = scores[scores.layer.isin(run.layers)]
+write_table(scores, P.output_dir, "scores")
+
+# %% [markdown]
+# ## Saliency per criterion
+#
+# Layers x experts, raw scores on one logarithmic colour scale per criterion: the scale of each layer stays visible.
+
+# %%
+figures.save(plot.saliency_heatmaps(scores, criteria=P.criteria), "saliency_heatmaps")
+display(Markdown(readings.saliency_scale(scores, P.criteria[0])))
+
+# %% [markdown]
+# ## Sorted scores and the cut-off
+#
+# Each layer's scores in descending order; experts right of a dashed line are removed at that ratio.
+
+# %%
+figures.save(plot.per_criterion(plot.saliency_curves, scores, P.criteria, ratio=P.ratios), "saliency_curves")
+display(Markdown(readings.cutoff(scores, P.criteria[0], P.ratios[-1])))
+
+# %% [markdown]
+# ## Do the criteria agree?
+#
+# Spearman rank correlation per layer, and the overlap (Jaccard) of the experts each criterion would
+# prune; the grey line is what two random choices give.
+
+# %%
+agreement = pd.concat([analysis.agreement_table(scores, criteria=P.criteria, ratio=r).assign(ratio=r) for r in P.ratios],
+                      ignore_index=True)
+write_table(agreement, P.output_dir, "results")
+figures.save(plot.criterion_agreement(scores, criteria=P.criteria, ratio=P.ratios[-1]), "criterion_agreement")
+display(Markdown(readings.criterion_agreement(agreement, experts=min(run.obs.num_experts), ratio=P.ratios[-1])))
+
+# %% [markdown]
+# ## Domain experts
+#
+# Enrichment = the expert's share of a domain's routed tokens x the number of experts: above 1, the
+# expert serves that domain more than a uniform router would.
+
+# %%
+routing = scores_frame(run.obs, ["frequency"], per_domain=True)
+routing = routing[routing.layer.isin(run.layers)]
+figures.save(plot.domain_saliency(routing, criterion="frequency").figure, "domain_frequency")
+display(Markdown(readings.domain_experts(analysis.domain_share_table(routing, criterion="frequency"))))
+
+# %% [markdown]
+# ## Specialisation by depth
+#
+# 1 - normalised entropy of each expert's distribution over domains.
+
+# %%
+specialisation = analysis.specialisation_table(routing, criterion="frequency")
+write_table(specialisation, P.output_dir, "specialisation")
+figures.save(plot.specialisation_by_depth(routing).figure, "specialisation_by_depth")
+display(Markdown(readings.specialisation(specialisation)))
+
+# %% [markdown]
+# ## Explore
+#
+# With `interactive=True`: pick a layer, criterion, domain and ratio; the views redraw from the saved observations.
+
+# %%
+if P.interactive:
+    from reapkit.widgets import explorer
+
+    display(explorer(run.obs, criteria=P.criteria, seed=P.seed, ratio=P.ratios[-1]))

@@ -1,0 +1,113 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 2. Which experts are alike?
+#
+# **Question:** are there groups of near-duplicate experts in a layer, do the weights, the outputs and
+# the router agree on which experts are alike, and does pruning remove whole groups or thin them out?
+#
+# Angular distance (arccos of the cosine similarity, / pi) between the experts of each layer in three
+# spaces: their weights, their mean routed outputs and their router rows; average-linkage clustering.
+
+# %% tags=["parameters"]
+model = "demo"                      # "demo" (the bundled model), a local checkpoint or a hub name
+device_map = None                   # None: load on the CPU; "auto" or a dict spreads the model (accelerate)
+calibration = "code:16,tools:16,prose:16,math:16"  # calibration spec (built-in domains, files)
+max_length = 128                    # tokens per calibration sample
+batch_size = 8                      # sequences per forward
+layers = None                       # MoE layers (decoder indices) to draw; None: all
+seed = 0                            # seed of calibration sampling and random baselines
+cache_dir = "runs/cache"            # observations are reused for the same model and tokens
+interactive = False                 # True: show the ipywidgets explorer (needs a live kernel)
+spaces = ["weights", "output", "router"]  # spaces in which experts are compared
+n_clusters = 4                      # clusters per layer
+criterion = "reap"                  # saliency overlaid on the clusters
+ratio = 0.5                         # experts a plan at this ratio prunes are marked
+output_dir = "runs/02_clusters"     # tables and executed outputs
+figures_dir = "figures/02_clusters"  # figures (PNG and PDF)
+
+# %%
+from reapkit.notebook import check_parameters
+
+P = check_parameters(globals(), "02_clusters")
+P
+
+# %%
+from IPython.display import Markdown, display
+
+from reapkit import geometry, plot, readings
+from reapkit.notebook import Figures, calibrate, write_table
+from reapkit.saliency import score
+
+figures = Figures(P.figures_dir)
+run = calibrate(P)
+
+# %% [markdown]
+# ## Distances and clusters
+#
+# One shared colour scale per space (the zero diagonal left out); the dendrogram's cut gives the clusters.
+
+# %%
+distances = geometry.distance_matrices(model=run.model, obs=run.obs, layers=run.layers, spaces=P.spaces)
+clusterings = {key: geometry.cluster(d, n_clusters=min(P.n_clusters, len(d))) for key, d in distances.items()}
+clusters = geometry.cluster_table(clusterings)
+write_table(clusters, P.output_dir, "results")
+for space in P.spaces:
+    chosen = {key: d for key, d in distances.items() if key[0] == space}
+    figures.save(plot.distance_heatmaps(chosen, clusterings), f"distances_{space}")
+display(Markdown(readings.distances(distances)))
+
+# %% [markdown]
+# ## Do the spaces agree?
+#
+# Spearman correlation of the pairwise distances of two spaces, per layer.
+
+# %%
+agreement = geometry.space_agreement(distances)
+write_table(agreement, P.output_dir, "space_agreement")
+display(agreement.round(3))
+display(Markdown(readings.space_agreement(agreement)))
+
+# %% [markdown]
+# ## Saliency on the clusters
+#
+# Bars in dendrogram order, coloured by cluster; hatched experts are the ones a plan at `ratio` prunes.
+# Pruning a whole cluster removes a kind of function; pruning inside a cluster removes near-duplicates.
+
+# %%
+space = "output" if "output" in P.spaces else P.spaces[0]
+saliency = score(run.obs, P.criterion, seed=P.seed)
+by_layer = {layer: saliency[run.obs.layers.index(layer)] for layer in run.layers}
+fig, axes = plot.panels(len(run.layers), ncols=2, width=plot.TWO_COLUMN)
+for ax, layer in zip(axes, run.layers):
+    plot.saliency_clusters(by_layer[layer], clusterings[space, layer], ratio=P.ratio, ax=ax,
+                           title=f"layer {layer}: {P.criterion} on {space}-space clusters")
+    ax.set_xlabel("")
+fig.supxlabel(f"expert (dendrogram order); brackets: clusters; hatched: pruned at {P.ratio:.0%} removed", fontsize=7)
+figures.save(fig, "saliency_clusters")
+display(Markdown(readings.clusters(by_layer, {layer: clusterings[space, layer].labels for layer in run.layers},
+                                   ratio=P.ratio)))
+
+# %% [markdown]
+# ## Explore
+#
+# With `interactive=True`: layer, criterion, domain and ratio controls over distances and saliency by cluster.
+
+# %%
+if P.interactive:
+    from reapkit.widgets import explorer
+
+    display(explorer(run.obs, n_clusters=P.n_clusters, seed=P.seed, ratio=P.ratio))

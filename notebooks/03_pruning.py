@@ -1,0 +1,144 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 3. What does pruning cost?
+#
+# **Question:** for each criterion and ratio, which experts go, and what does it cost on held-out data of
+# each domain (loss, next-token agreement and KL against the unpruned model, block reconstruction error)?
+# Then the real thing: a pruned checkpoint saved, reloaded with stock transformers, and greedy samples
+# before and after.
+
+# %% tags=["parameters"]
+model = "demo"                      # "demo" (the bundled model), a local checkpoint or a hub name
+device_map = None                   # None: load on the CPU; "auto" or a dict spreads the model (accelerate)
+calibration = "code:16,tools:16,prose:16,math:16"  # calibration spec (built-in domains, files)
+max_length = 128                    # tokens per calibration sample
+batch_size = 8                      # sequences per forward
+layers = None                       # MoE layers (decoder indices) to draw; None: all
+seed = 0                            # seed of calibration sampling and random baselines
+cache_dir = "runs/cache"            # observations are reused for the same model and tokens
+interactive = False                 # True: show the ipywidgets explorer (needs a live kernel)
+criteria = ["reap", "frequency", "ean_mean", "soft_frequency"]  # criteria of the plans
+ratios = [0.25, 0.5]                # fractions of experts removed
+evaluation = "code:8,tools:8,prose:8,math:8"  # held-out data (validation split of built-in domains)
+save_criterion = "reap"             # the plan saved as a checkpoint (None: save nothing)
+save_ratio = 0.5                    # ratio of the saved plan
+prompts = None                      # {name: prompt} for greedy samples; None: one per built-in domain
+max_new_tokens = 24                 # tokens of each greedy sample (0: no samples)
+output_dir = "runs/03_pruning"      # tables and executed outputs
+figures_dir = "figures/03_pruning"  # figures (PNG and PDF)
+
+# %%
+from reapkit.notebook import check_parameters
+
+P = check_parameters(globals(), "03_pruning")
+P
+
+# %%
+import pandas as pd
+from IPython.display import Markdown, display
+from transformers import AutoModelForCausalLM
+
+from reapkit import analysis, plot, readings
+from reapkit.evaluate import evaluate, evaluate_plans, generate_samples
+from reapkit.notebook import DEFAULT_PROMPTS, Figures, calibrate, held_out, write_table
+from reapkit.plan import PruningPlan
+from reapkit.prune import remove_experts, save_pruned
+
+figures = Figures(P.figures_dir)
+run = calibrate(P)
+
+# %% [markdown]
+# ## Plans
+#
+# Dark = kept, light = pruned; one row of panels per criterion, one column per ratio.
+
+# %%
+plans = {(c, r): PruningPlan.from_observations(run.obs, c, ratio=r, seed=P.seed) for c in P.criteria for r in P.ratios}
+masks = pd.concat([analysis.mask_frame(plan, criterion=c, ratio=r) for (c, r), plan in plans.items()], ignore_index=True)
+figures.save(plot.plan_masks(masks[masks.layer.isin(run.layers)]), "plan_masks")
+display(Markdown(readings.plans(plans)))
+
+# %% [markdown]
+# ## What pruning costs
+#
+# Each plan is applied in memory by masking the router (identical to removing the experts); ratio 0 is
+# the unpruned model. Per domain: Δ loss against that domain's unpruned loss. Bands: 95% bootstrap
+# intervals over evaluation sequences.
+
+# %%
+eval_batches = held_out(P, run.tokenizer)
+results, reconstruction = evaluate_plans(run.model, plans, eval_batches)
+results = results.assign(model=P.model, seed=P.seed)
+write_table(results, P.output_dir, "results")
+write_table(reconstruction, P.output_dir, "reconstruction")
+figures.save(plot.loss_vs_ratio_by_domain(results), "loss_vs_ratio_by_domain")  # Δ loss: each domain vs its unpruned loss
+display(Markdown(readings.costs(results, metric="loss")))
+
+# %%
+figures.save(plot.loss_vs_ratio(results, metric="agreement").figure, "agreement_vs_ratio")
+display(Markdown(readings.costs(results, metric="agreement")))
+
+# %%
+figures.save(plot.loss_vs_ratio(results, metric="kl").figure, "kl_vs_ratio")
+display(Markdown(readings.costs(results, metric="kl")))
+
+# %%
+figures.save(plot.reconstruction_by_layer(reconstruction[reconstruction.layer.isin(run.layers)]).figure,
+             "reconstruction_error")
+display(Markdown(readings.reconstruction(reconstruction)))
+
+# %% [markdown]
+# ## The saved checkpoint, and samples before and after
+#
+# The plan is applied for real (`remove_experts`), saved with `pruning_plan.json` beside the weights, and
+# reloaded with stock `AutoModelForCausalLM.from_pretrained`; its loss equals the masked evaluation above.
+# `max_new_tokens = 0` skips the samples.
+
+# %%
+prompts = P.prompts or DEFAULT_PROMPTS
+sampling = P.max_new_tokens > 0 and run.tokenizer is not None
+before = generate_samples(run.model, run.tokenizer, prompts, max_new_tokens=P.max_new_tokens) if sampling else {}
+after = {}
+if P.save_criterion is not None:
+    plan = plans.get((P.save_criterion, P.save_ratio)) or PruningPlan.from_observations(
+        run.obs, P.save_criterion, ratio=P.save_ratio, seed=P.seed)
+    remove_experts(run.model, plan)
+    checkpoint = save_pruned(run.model, plan, f"{P.output_dir}/pruned_checkpoint", tokenizer=run.tokenizer, force=True)
+    reloaded = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
+    print(f"saved {checkpoint}: {reloaded.config.num_experts} experts per layer (was {plan.num_experts[plan.layers[0]]})")
+    check = evaluate(reloaded, eval_batches, progress=False)[["domain", "loss"]]
+    masked = results[(results.criterion == plan.criterion) & (results.ratio == plan.ratio)][["domain", "loss"]]
+    display(check.merge(masked, on="domain", suffixes=("_reloaded", "_masked")) if len(masked) else check)
+    after = generate_samples(reloaded, run.tokenizer, prompts, max_new_tokens=P.max_new_tokens) if sampling else {}
+
+# %%
+if before:
+    samples = pd.DataFrame([{"prompt": prompts[k], "before": before[k], "after": after.get(k, "")} for k in before],
+                           index=list(before))
+    write_table(samples.reset_index(names="name"), P.output_dir, "samples")
+    display(samples.style.set_properties(**{"white-space": "pre-wrap", "text-align": "left"}))
+
+# %% [markdown]
+# ## Explore
+#
+# With `interactive=True`: the plan of any criterion, domain and ratio, with its sorted scores and cut-off.
+
+# %%
+if P.interactive:
+    from reapkit.widgets import explorer
+
+    display(explorer(run.obs, criteria=P.criteria, views=("saliency", "mask"), seed=P.seed, ratio=P.ratios[-1]))

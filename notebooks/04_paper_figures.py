@@ -1,0 +1,144 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 4. Paper figures
+#
+# **Question:** what would a paper on expert pruning print about this model? Why REAP and frequency
+# disagree, how the saliency scale differs between layers and what a global budget does with it, what
+# the REAP paper's dendrogram looks like here, which experts fire together, which layers are fragile,
+# and what every method costs against compression, with intervals.
+#
+# Drawn from the tidy results tables of the study (notebook 5) and its sweeps (`sweeps/study.yaml`), and
+# from the cached observations. Every figure here is drawn by no other notebook.
+
+# %% tags=["parameters"]
+model = "demo"                      # "demo" (the bundled model), a local checkpoint or a hub name
+device_map = None                   # None: load on the CPU; "auto" or a dict spreads the model (accelerate)
+calibration = "code:16,tools:16,prose:16,math:16"  # calibration spec (built-in domains, files)
+max_length = 128                    # tokens per calibration sample
+batch_size = 8                      # sequences per forward
+layers = None                       # MoE layers (decoder indices) to draw; None: all
+seed = 0                            # seed of calibration sampling and random baselines
+cache_dir = "runs/cache"            # observations are reused for the same model and tokens
+results = ["runs/05_study/results.csv", "runs/study/results.csv"]  # tidy results of the study and its sweeps (paths, globs)
+layer_sensitivity = "runs/05_study/layer_sensitivity.csv"  # per-layer sensitivity table (notebook 5)
+criterion = "reap"                  # criterion of the per-expert figures and the global budget
+ratio = 0.5                         # ratio of the per-expert figures
+output_dir = "runs/04_paper_figures"  # tables and executed outputs
+figures_dir = "figures/04_paper_figures"  # figures (PNG and PDF)
+
+# %%
+from reapkit.notebook import check_parameters
+
+P = check_parameters(globals(), "04_paper_figures")
+P
+
+# %%
+from pathlib import Path
+
+import pandas as pd
+from IPython.display import Markdown, display
+
+from reapkit import geometry, plot, readings
+from reapkit.notebook import Figures, calibrate, read_results, write_table
+from reapkit.plan import PruningPlan
+from reapkit.saliency import score, scores_frame
+
+figures = Figures(P.figures_dir)
+run = calibrate(P)
+scores = scores_frame(run.obs, sorted({P.criterion, "reap", "frequency"}), per_domain=False, seed=P.seed)
+scores = scores[scores.layer.isin(run.layers)]
+
+# %% [markdown]
+# ## When do REAP and frequency disagree?
+#
+# Each expert of every layer: how often it is routed against its REAP score (mean gate x output norm),
+# marked by which criterion keeps it.
+
+# %%
+figures.save(plot.reap_vs_frequency(scores, ratio=P.ratio).figure, "reap_vs_frequency")
+display(Markdown(readings.disagreement(scores, ratio=P.ratio)))
+
+# %% [markdown]
+# ## The raw scale of saliency, and what a global budget keeps
+#
+# Left: every expert's raw score, per layer, with the uniform cut-off; hollow = pruned by a global budget
+# of the same total. Right: experts kept per layer by the uniform plan and by the global budget.
+
+# %%
+uniform = PruningPlan.from_observations(run.obs, P.criterion, ratio=P.ratio, seed=P.seed)
+budget = PruningPlan.from_global_budget(run.obs, P.criterion, total=uniform.total_kept, seed=P.seed)
+fig, (left, right) = plot.panels(2, ncols=2, width=plot.TWO_COLUMN)
+plot.saliency_distributions(scores, criterion=P.criterion, ratio=P.ratio, budget=budget, ax=left)
+plot.kept_per_layer({f"uniform {P.criterion}": uniform, f"global {P.criterion}": budget}, ax=right)
+figures.save(fig, "global_budget")
+display(Markdown(readings.global_budget(uniform, budget)))
+
+# %% [markdown]
+# ## The dendrogram, leaves coloured by saliency
+#
+# Output-space angular distances of the experts of the layer where the criterion's scores are most
+# spread; crosses mark the experts a uniform plan at `ratio` prunes.
+
+# %%
+values = score(run.obs, P.criterion, seed=P.seed)
+spread = {layer: values[i].std() / max(values[i].mean(), 1e-12) for i, layer in enumerate(run.obs.layers) if layer in run.layers}
+layer = max(spread, key=spread.get)
+distances = geometry.distance_matrices(obs=run.obs, layers=[layer], spaces=["output"])["output", layer]
+clustering = geometry.cluster(distances)
+figures.save(plot.saliency_dendrogram(distances, values[run.obs.layers.index(layer)], clustering=clustering, ratio=P.ratio,
+                                      criterion=P.criterion, title=f"layer {layer}: experts by output distance").figure,
+             "saliency_dendrogram")
+display(Markdown(readings.clusters({layer: values[run.obs.layers.index(layer)]},
+                                   {layer: geometry.clusters_at(clustering, max(2, len(distances) // 4))}, ratio=P.ratio)))
+
+# %% [markdown]
+# ## Which experts fire together?
+#
+# Share of the tokens routed to either of two experts that the router sends to both (top-k co-selection),
+# in the same dendrogram order.
+
+# %%
+coselect = run.obs.coselection()[run.obs.layers.index(layer)]
+figures.save(plot.coactivation_matrix(coselect, clustering=clustering, title=f"layer {layer}: co-selection").figure,
+             "coactivation")
+display(Markdown(readings.coactivation(coselect)))
+
+# %% [markdown]
+# ## Which layers are fragile?
+#
+# `ratio` of one layer's experts pruned at a time (the others untouched), Δ loss on all held-out tokens,
+# from notebook 5's `layer_sensitivity.csv`.
+
+# %%
+sensitivity = pd.read_csv(P.layer_sensitivity) if Path(P.layer_sensitivity).is_file() else pd.DataFrame()
+sensitivity = sensitivity[sensitivity.domain == "all"] if len(sensitivity) else sensitivity
+figures.save(plot.layer_sensitivity(sensitivity, ratio=P.ratio).figure, "layer_sensitivity")
+display(Markdown(readings.sensitivity(sensitivity)))
+
+# %% [markdown]
+# ## What every method costs
+#
+# Loss and top-1 agreement with the unpruned model against the share of experts removed, every method of
+# the study, 95% bootstrap intervals over evaluation sequences (and over calibration mixes when the
+# tables hold several).
+
+# %%
+results = read_results(P.results)
+print(f"{len(results)} rows from {results['source'].nunique() if len(results) else 0} table(s)")
+write_table(results, P.output_dir, "results")
+figures.save(plot.compression_figure(results), "compression")
+display(Markdown(readings.study_curves(results, ratio=P.ratio, metric="delta_loss")))

@@ -1,0 +1,454 @@
+"""Figures of what compression costs: metrics against the fraction removed (with intervals), per-layer
+sensitivity, block reconstruction error, calibration sensitivity.
+
+    >>> compression_figure(results)                     # loss and top-1 agreement, every method, 95% CIs
+    >>> study_figure(results, metrics=["delta_loss", "kl"])   # one column per domain, shared y per row
+    >>> layer_sensitivity(sensitivity)                   # layer, delta_loss [, delta_loss_lo, delta_loss_hi]
+    >>> calibration_figure(loss_matrix, overlap, chance=expected_jaccard(16, 8))
+
+Results frames follow the schema of :mod:`reapkit.analysis` (label, method, ratio, domain, loss,
+kl, agreement, <metric>_lo / <metric>_hi). Curves are keyed by `label` (one name per curve) or,
+in frames without it, by `criterion`; colours come from :func:`reapkit.plot.theme.criterion_color`
+and line styles from the method (merges dashed, global budget dotted).
+"""
+from __future__ import annotations
+
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from ..analysis import (
+    ALL,
+    CRITERION,
+    DELTA_LOSS,
+    DOMAIN,
+    LABEL,
+    LOSS,
+    METHOD,
+    METRIC_LABELS,
+    RATIO,
+    curve_table,
+    hi,
+    lo,
+    select,
+    with_delta_loss,
+)
+from .theme import (
+    COLUMN,
+    TWO_COLUMN,
+    axes,
+    criterion_color,
+    domain_linestyle,
+    integer_axis,
+    is_empty,
+    method_linestyle,
+    no_data,
+    no_data_figure,
+    percent_axis,
+    styled,
+)
+
+__all__ = ["loss_vs_ratio", "loss_vs_ratio_by_domain", "study_curves", "study_figure", "compression_figure",
+           "layer_sensitivity", "reconstruction_by_layer", "calibration_heatmap", "overlap_heatmap", "calibration_figure"]
+
+_BAND_NOTE = {"ci": "bands: 95% bootstrap CI", "range": "bands: min-max over runs"}
+
+
+def _short(metric: str) -> str:
+    return METRIC_LABELS.get(metric, metric).split(" (")[0]
+
+
+def _hue(results: pd.DataFrame, hue):
+    if hue is not None:
+        return hue
+    return LABEL if LABEL in results.columns else CRITERION
+
+
+def _prepare(results, metric):
+    if metric == DELTA_LOSS and DELTA_LOSS not in results.columns and LOSS in results.columns and (results[RATIO] == 0).any():
+        return with_delta_loss(results)
+    return results
+
+
+def _focus_limits(data, metric, hue):
+    """y limits fitted to every curve but random pruning when random is far off the others' range."""
+    if hue not in data.columns or "random" not in set(data[hue]):
+        return None
+    others = data.loc[data[hue] != "random", metric].dropna()
+    rand = data.loc[data[hue] == "random", metric].dropna()
+    if others.empty or rand.empty:
+        return None
+    low, high = float(others.min()), float(others.max())
+    for column in (lo(metric), hi(metric)):
+        if column in data.columns:
+            values = data.loc[data[hue] != "random", column].dropna()
+            if not values.empty:
+                low, high = min(low, float(values.min())), max(high, float(values.max()))
+    span = (high - low) or abs(high) * 1e-3 or 1e-6
+    if rand.max() > high + 2 * span or rand.min() < low - 2 * span:
+        return low - 0.08 * span, high + 0.08 * span, (float(rand.min()), float(rand.max()))
+    return None
+
+
+def _draw_curves(ax, data, metric, hue, *, markers=True):
+    """Lines (and interval bands) of `metric` per `hue` value; returns the band kinds drawn."""
+    table = curve_table(data, metric, hue=hue)
+    kinds = set()
+    methods = dict(zip(data[hue], data[METHOD])) if METHOD in data.columns and hue in data.columns else {}
+    for name, part in table.groupby(hue, sort=False, dropna=False):
+        name = None if (isinstance(name, float) and np.isnan(name)) else name
+        if hue == DOMAIN:
+            color, linestyle = "black", domain_linestyle(name)
+        else:
+            color, linestyle = criterion_color(name if name is not None else metric), method_linestyle(name, methods.get(name))
+        bold = str(name) == "reap"
+        label = str(name) if name is not None else metric
+        runs = int(part.loc[part[RATIO] != 0, "runs"].max()) if (part[RATIO] != 0).any() else 1
+        if runs > 1:
+            label += f" (mean of {runs})"
+        ax.plot(part[RATIO], part["mean"], color=color, linestyle=linestyle, marker="o" if markers else None, markersize=2.2,
+                linewidth=1.6 if bold else 1.0, zorder=3 if bold else 2, label=label)
+        banded = part[part["band"] != "none"]
+        if not banded.empty and (part["hi"] > part["lo"]).any():
+            ax.fill_between(part[RATIO], part["lo"], part["hi"], color=color, alpha=0.18, linewidth=0, zorder=1)
+            kinds |= set(banded["band"])
+    return kinds
+
+
+_XLABEL = "experts removed"
+
+
+def _band_note(axes_list) -> str | None:
+    """The band note of the first Axes that has one in its x label, taken out of every x label
+    (a figure legend shows it once)."""
+    note = None
+    for ax in axes_list:
+        label = ax.get_xlabel()
+        if label.startswith(_XLABEL + " ("):
+            note = note or label[len(_XLABEL) + 2:-1]
+            ax.set_xlabel(_XLABEL)
+    return note
+
+
+def _finish(ax, metric, kinds):
+    percent_axis(ax, "x")
+    ax.set_xlabel(_XLABEL + (f" ({'; '.join(_BAND_NOTE[k] for k in sorted(kinds))})" if kinds else ""))
+    ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+    if metric == DELTA_LOSS:
+        ax.axhline(0, color="0.6", linewidth=0.5, zorder=0)
+
+
+@styled
+def loss_vs_ratio(results: pd.DataFrame, *, metric: str = LOSS, domain: str | None = ALL, hue: str | None = None,
+                  focus: bool = False, legend: bool = True, ax=None):
+    """`metric` (loss, delta_loss, kl, agreement, ...) against the fraction of experts removed, one
+    line per `hue` value (default: `label`, else `criterion`), with the ratio-0 baseline starting every line.
+
+        >>> loss_vs_ratio(results, metric="agreement", domain="all")
+
+    Bands: the 95% bootstrap interval when the frame has <metric>_lo / <metric>_hi, otherwise the
+    min-max over repeated runs (random seeds); a note above the axes says which. `focus`: when random
+    pruning is far worse than every other method, the y axis fits the others and a note gives random's range.
+    """
+    fig, ax = axes(ax)
+    ax.set_title(_short(metric) + (f" ({domain})" if domain else ""))
+    data = results if is_empty(results) else select(_prepare(results, metric), domain=domain)
+    if is_empty(data) or metric not in data.columns or data[metric].dropna().empty:
+        return no_data(ax)
+    hue = _hue(data, hue)
+    kinds = _draw_curves(ax, data, metric, hue)
+    limits = _focus_limits(data, metric, hue) if focus else None
+    if limits:
+        ax.set_ylim(limits[0], limits[1])
+        ax.text(0.98, 0.02 if metric != "agreement" else 0.98, f"random: {limits[2][0]:.3g} to {limits[2][1]:.3g}, off scale",
+                transform=ax.transAxes, ha="right", va="bottom" if metric != "agreement" else "top", fontsize=5.5,
+                color=criterion_color("random"))
+    _finish(ax, metric, kinds)
+    if legend:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), borderaxespad=0)
+    return ax
+
+
+def study_curves(results: pd.DataFrame, *, metric: str = LOSS, domain: str = ALL, focus: bool = True, ax=None):
+    """:func:`loss_vs_ratio` of a study frame with `focus` on (random pruning off scale when far worse) and no legend.
+
+        >>> study_curves(results, metric="kl", domain="code")
+    """
+    return loss_vs_ratio(results, metric=metric, domain=domain, focus=focus, legend=False, ax=ax)
+
+
+def _domains(results, domains):
+    if domains is not None:
+        return list(domains)
+    if DOMAIN not in results.columns:
+        return [None]
+    return sorted(dict.fromkeys(results[DOMAIN]), key=lambda d: (d != ALL, str(d)))
+
+
+def _figure_legend(fig, axes_list, *, loc="outside right upper", ncols=1):
+    note = _band_note(axes_list)
+    handles, labels = {}, []
+    for ax in axes_list:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in handles:
+                handles[lab] = h
+                labels.append(lab)
+    if handles:
+        fig.legend([handles[lab] for lab in labels], labels, loc=loc, ncols=ncols, title=note, title_fontsize=6)
+
+
+@styled
+def study_figure(results: pd.DataFrame, *, metrics=(DELTA_LOSS, "kl"), domains=None, focus: bool = True, fig=None):
+    """A grid of :func:`study_curves`: one row per metric (one y scale per row: the domains are
+    compared), one column per domain ("all" first); one legend. Returns the Figure.
+
+        >>> study_figure(results, metrics=["delta_loss", "agreement"])
+
+    The default metrics compare domains by Δ loss (each domain against its own unpruned loss) and KL.
+    """
+    metrics = [metrics] if isinstance(metrics, str) else list(metrics)
+    if is_empty(results):
+        return no_data_figure(fig, title="compression study")
+    domains = _domains(results, domains)
+    fig = fig or plt.figure(figsize=(TWO_COLUMN, 0.5 + 1.55 * len(metrics)), layout="constrained")
+    grid = fig.subplots(len(metrics), len(domains), squeeze=False, sharex=True, sharey="row")
+    for i, metric in enumerate(metrics):
+        data = _prepare(results, metric)
+        hue = _hue(data, None)
+        for j, domain in enumerate(domains):
+            ax = loss_vs_ratio(data, metric=metric, domain=domain, legend=False, ax=grid[i, j])
+            ax.set_title(str(domain) if i == 0 else "")
+            for text in list(ax.texts):
+                if text.get_text().startswith("random"):
+                    text.remove()
+            if j:
+                ax.set_ylabel("")
+            if i < len(metrics) - 1:
+                ax.set_xlabel("")
+        limits = _focus_limits(data, metric, hue) if focus and metric in data.columns else None
+        if limits:
+            grid[i, 0].set_ylim(limits[0], limits[1])
+            grid[i, -1].text(0.98, 0.98 if metric == "agreement" else 0.02, "random: off scale", transform=grid[i, -1].transAxes,
+                             ha="right", va="top" if metric == "agreement" else "bottom", fontsize=5.5,
+                             color=criterion_color("random"))
+    _figure_legend(fig, grid.ravel())
+    return fig
+
+
+@styled
+def compression_figure(results: pd.DataFrame, *, domain: str = ALL, metrics=(DELTA_LOSS, "agreement"), focus: bool = True,
+                       fig=None):
+    """Loss against compression for every method with intervals, and top-1 agreement beside it
+    (two columns wide, one legend below). Returns the Figure.
+
+        >>> compression_figure(results)                    # results of reapkit.study.compression_study
+        >>> compression_figure(results, metrics=["loss", "agreement"])   # absolute loss
+
+    Loss is drawn as Δ loss against the unpruned model by default: its interval (paired, when the
+    study computed it) is what tells two methods apart; absolute losses share the wide spread of
+    the evaluation sequences.
+    """
+    if is_empty(results):
+        return no_data_figure(fig, title="compression")
+    fig = fig or plt.figure(figsize=(TWO_COLUMN, 2.35), layout="constrained")
+    panels = fig.subplots(1, len(metrics), squeeze=False)[0]
+    for ax, metric in zip(panels, metrics):
+        loss_vs_ratio(results, metric=metric, domain=domain, focus=focus, legend=False, ax=ax)
+    _figure_legend(fig, panels, loc="outside lower center", ncols=5)
+    return fig
+
+
+@styled
+def layer_sensitivity(frame: pd.DataFrame, *, metric: str = DELTA_LOSS, ratio: float | None = 0.5, ax=None):
+    """Per-layer sensitivity: Δ loss when `ratio` of the experts of one layer at a time are pruned,
+    one bar per layer, with the 95% interval when the frame has <metric>_lo / <metric>_hi.
+
+        >>> layer_sensitivity(pd.DataFrame({"layer": [0, 1, 2], "delta_loss": [0.3, 0.1, 0.05]}))
+    """
+    fig, ax = axes(ax, (COLUMN, 1.9))
+    ax.set_title("per-layer sensitivity" + (f": {ratio:.0%} of one layer pruned" if ratio is not None else ""))
+    if is_empty(frame) or metric not in frame.columns:
+        return no_data(ax)
+    data = frame.groupby("layer")[[c for c in (metric, lo(metric), hi(metric)) if c in frame.columns]].mean().sort_index()
+    x = np.arange(len(data))
+    errors = None
+    if lo(metric) in data and hi(metric) in data:
+        errors = np.vstack([data[metric] - data[lo(metric)], data[hi(metric)] - data[metric]]).clip(min=0)
+    color = criterion_color(frame[CRITERION].iloc[0]) if CRITERION in frame.columns else criterion_color("reap")
+    ax.bar(x, data[metric], width=0.7, color=color, yerr=errors, error_kw=dict(elinewidth=0.7, capsize=1.5, ecolor="black"))
+    ax.axhline(0, color="0.4", linewidth=0.5)
+    ax.set_xticks(x, [str(v) for v in data.index])
+    ax.set_xlabel("layer pruned" + (" (error bars: 95% bootstrap CI)" if errors is not None else ""))
+    ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+    return ax
+
+
+@styled
+def loss_vs_ratio_by_domain(results: pd.DataFrame, *, metric: str = DELTA_LOSS, hue: str | None = None, fig=None):
+    """One :func:`loss_vs_ratio` panel per domain, one shared y scale (Δ loss by default: each
+    domain against its own unpruned loss), one legend. Returns the Figure.
+
+        >>> loss_vs_ratio_by_domain(results, metric="delta_loss")
+    """
+    if is_empty(results) or (metric not in results.columns and not (metric == DELTA_LOSS and LOSS in results.columns)):
+        return no_data_figure(fig, title=f"{metric} vs compression by domain")
+    domains = _domains(results, None)
+    n = len(domains)
+    ncols = min(n, 5)
+    nrows = -(-n // ncols)
+    fig = fig or plt.figure(figsize=(TWO_COLUMN, 0.55 + 1.5 * nrows), layout="constrained")
+    grid = fig.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=True).ravel()
+    for domain, ax in zip(domains, grid):
+        loss_vs_ratio(results, metric=metric, domain=domain, hue=hue, legend=False, ax=ax)
+        ax.set_title(str(domain))
+    for i, ax in enumerate(grid[:n]):
+        if i % ncols:
+            ax.set_ylabel("")
+    for ax in grid[n:]:
+        ax.axis("off")
+    _figure_legend(fig, grid[:n])
+    return fig
+
+
+@styled
+def reconstruction_by_layer(frame: pd.DataFrame, *, hue: str = CRITERION, style_by: str = RATIO, ax=None):
+    """Relative L2 error of each MoE block's output (layer, rel_l2 [, criterion, ratio]) by layer:
+    colour = `hue` value (criterion colours), line style = `style_by` value.
+
+        >>> reconstruction_by_layer(reconstruction)
+    """
+    fig, ax = axes(ax)
+    ax.set_title("block reconstruction error")
+    if is_empty(frame) or "rel_l2" not in frame.columns:
+        return no_data(ax)
+    hues = list(dict.fromkeys(frame[hue])) if hue in frame.columns else [None]
+    styles = sorted(set(frame[style_by])) if style_by in frame.columns else [None]
+    dashes = ["-", "--", ":", "-."]
+    for h in hues:
+        for j, st in enumerate(styles):
+            part = select(frame, **{hue: h, style_by: st}).groupby("layer")["rel_l2"].mean()
+            if part.empty:
+                continue
+            label = " ".join(f"{v:.0%}" if isinstance(v, float) else str(v) for v in (h, st) if v is not None)
+            ax.plot(part.index, part.to_numpy(), marker="o", markersize=2.2, color=criterion_color(h),
+                    linestyle=dashes[j % 4], label=label or None)
+    integer_axis(ax, "x")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("relative L2 error")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), borderaxespad=0)
+    return ax
+
+
+# --------------------------------------------------------------------------------------------
+# Calibration sensitivity (reapkit.study.calibration_sensitivity)
+# --------------------------------------------------------------------------------------------
+
+def _diagonal_order(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows in the columns' order (so row i and column i are the same domain), the rest after."""
+    first = [c for c in table.columns if c in table.index]
+    rows = first + [r for r in table.index if r not in first]
+    cols = first + [c for c in table.columns if c not in first]
+    return table.loc[rows, cols]
+
+
+def _annotated_heatmap(ax, table: pd.DataFrame, *, cmap, fmt: str, norm, label="", outline_diagonal=False, mask=None):
+    values = table.to_numpy(dtype=float)
+    shown = np.ma.masked_where(mask if mask is not None else ~np.isfinite(values), values)
+    image = ax.imshow(shown, aspect="auto", interpolation="nearest", cmap=plt.get_cmap(cmap).with_extremes(bad="white"),
+                      norm=norm)
+    ax.set_xticks(np.arange(table.shape[1]), [str(c) for c in table.columns], rotation=30, ha="right")
+    ax.set_yticks(np.arange(table.shape[0]), [str(r) for r in table.index])
+    for (r, c), v in np.ndenumerate(values):
+        if np.isfinite(v) and not np.ma.getmaskarray(shown)[r, c]:
+            red, green, blue, _ = image.cmap(image.norm(v))
+            light = 0.2126 * red + 0.7152 * green + 0.0722 * blue > 0.5
+            ax.text(c, r, format(v, fmt), ha="center", va="center", fontsize=6, color="black" if light else "white")
+    if outline_diagonal:
+        for i, name in enumerate(table.index):
+            if name in list(table.columns):
+                j = list(table.columns).index(name)
+                ax.add_patch(matplotlib.patches.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=1.0))
+    bar = ax.figure.colorbar(image, ax=ax, shrink=0.9, label=label, pad=0.02)
+    return ax, bar
+
+
+@styled
+def calibration_heatmap(loss_matrix: pd.DataFrame, *, delta: bool = True, ax=None):
+    """Evaluation domain x calibration set: the loss after pruning, or with `delta` its increase over
+    the unpruned model (column ``"unpruned"``). Rows and columns are in the same order, so
+    own-domain calibration is the outlined diagonal.
+
+        >>> calibration_heatmap(loss_matrix)              # from reapkit.study.calibration_sensitivity
+    """
+    fig, ax = axes(ax, (COLUMN, 2.4))
+    if is_empty(loss_matrix):
+        return no_data(ax)
+    table = loss_matrix
+    if delta and "unpruned" in table.columns:
+        table = table.drop(columns="unpruned").sub(table["unpruned"], axis=0)
+    table = _diagonal_order(table)
+    ax.set_title("Δ loss after pruning" if delta else "loss after pruning")
+    values = table.to_numpy(float)
+    norm = matplotlib.colors.Normalize(min(0.0, float(np.nanmin(values))) if delta else float(np.nanmin(values)),
+                                       float(np.nanmax(values)))
+    _annotated_heatmap(ax, table, cmap="magma_r", fmt=".2f", norm=norm, label="Δ loss (nats)" if delta else "loss (nats)",
+                       outline_diagonal=True)
+    ax.set_xlabel("calibration set")
+    ax.set_ylabel("evaluation domain")
+    return ax
+
+
+@styled
+def overlap_heatmap(overlap: pd.DataFrame, *, chance: float | None = None, ax=None):
+    """Calibration set x calibration set: mean over layers of the Jaccard index of the kept experts.
+    With `chance` (:func:`reapkit.analysis.expected_jaccard`), colours diverge at the chance level
+    (white = what random expert sets share) and the colour bar marks it.
+
+        >>> overlap_heatmap(overlap, chance=expected_jaccard(16, 8))
+    """
+    fig, ax = axes(ax, (COLUMN, 2.4))
+    if is_empty(overlap):
+        return no_data(ax)
+    ax.set_title("kept-expert overlap (Jaccard)" + (f", chance {chance:.2f}" if chance is not None else ""))
+    table = _diagonal_order(overlap)
+    diagonal = np.equal.outer(np.asarray(table.index, dtype=object), np.asarray(table.columns, dtype=object))
+    values = table.to_numpy(float)
+    if not np.allclose(values[diagonal], 1.0):  # a diagonal of calibration-seed overlaps is data; one of 1s is not
+        diagonal = ~np.isfinite(values)
+    if chance is not None and 0 < chance < 1:
+        norm, cmap = matplotlib.colors.TwoSlopeNorm(vcenter=chance, vmin=0, vmax=1), "PuOr_r"
+    else:
+        norm, cmap = matplotlib.colors.Normalize(0, 1), "viridis"
+    _, bar = _annotated_heatmap(ax, table, cmap=cmap, fmt=".2f", norm=norm, label="Jaccard index", mask=diagonal)
+    if chance is not None:
+        bar.ax.axhline(chance, color="black", linewidth=0.8)
+        bar.set_ticks(sorted({0.0, round(chance, 2), 1.0}))
+        bar.set_ticklabels([f"chance {t:.2f}" if t == round(chance, 2) else f"{t:g}" for t in bar.get_ticks()])
+    ax.set_xlabel("calibration set")
+    ax.set_ylabel("calibration set")
+    return ax
+
+
+@styled
+def calibration_figure(loss_matrix, overlap: pd.DataFrame | None = None, *, delta: bool = True, chance: float | None = None,
+                       title: str | None = None, fig=None):
+    """:func:`calibration_heatmap` next to :func:`overlap_heatmap` (two columns wide). Returns the Figure.
+
+        >>> calibration_figure(sensitivity)        # a reapkit.study.Sensitivity: chance and title from it
+        >>> calibration_figure(loss_matrix, overlap, chance=expected_jaccard(16, 8), title="REAP at 50%")
+    """
+    if hasattr(loss_matrix, "loss_matrix") and hasattr(loss_matrix, "overlap_matrix"):
+        result = loss_matrix
+        loss_matrix, overlap = result.loss_matrix("loss"), result.overlap_matrix("jaccard")
+        if chance is None and "chance" in result.overlap:
+            chance = float(result.overlap["chance"].iloc[0])
+        if title is None:
+            title = f"{result.criterion} pruning at {result.ratio:.0%}, calibrated on each set"
+    fig = fig or plt.figure(figsize=(TWO_COLUMN, 2.5), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    calibration_heatmap(loss_matrix, delta=delta, ax=left)
+    overlap_heatmap(overlap, chance=chance, ax=right)
+    if title:
+        fig.suptitle(title, fontsize=8)
+    return fig

@@ -1,0 +1,327 @@
+"""The one look of every reapkit figure: print sizes, text sizes, one colour per method, saving.
+
+    >>> with style():                                   # every plot function applies it already
+    ...     fig, ax = plt.subplots(figsize=(COLUMN, 2.2))
+    >>> criterion_color("reap"), criterion_color("my_criterion")   # stable colours, any name
+    >>> save_figure(fig, "figures", "name")             # figures/name.pdf (vector) + name.png (300 dpi)
+
+Colours belong to criteria and methods only (Okabe-Ito, colour-blind safe, then Paul Tol's muted
+set); REAP is vermillion everywhere. A criterion that is not in the table (a registered one) takes
+a colour from the spare ones by a hash of its name, so it is the same in every figure. The global
+budget of a criterion takes the criterion's colour and a dotted line; merges are dashed. Domains
+are told apart by marker and line style, in black and greys, never by the criteria's colours.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import os
+import tempfile
+import zlib
+from pathlib import Path
+
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+
+#: Width of one column / two columns of a paper, inches.
+COLUMN, TWO_COLUMN = 3.3, 6.8
+
+#: The one shared style (matplotlib rc parameters) of every reapkit figure: 7-8 pt text at print size.
+STYLE = {
+    "figure.dpi": 150,
+    "savefig.dpi": 300,
+    "savefig.bbox": "tight",
+    "savefig.pad_inches": 0.02,
+    "figure.constrained_layout.h_pad": 0.02,
+    "figure.constrained_layout.w_pad": 0.02,
+    "font.family": "DejaVu Sans",
+    "font.size": 7,
+    "axes.titlesize": 8,
+    "axes.labelsize": 7,
+    "axes.linewidth": 0.6,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": False,
+    "axes.titlepad": 3,
+    "axes.labelpad": 2,
+    "legend.fontsize": 6.5,
+    "legend.frameon": False,
+    "legend.handlelength": 1.8,
+    "legend.borderaxespad": 0.3,
+    "xtick.labelsize": 6.5,
+    "ytick.labelsize": 6.5,
+    "xtick.major.width": 0.6,
+    "ytick.major.width": 0.6,
+    "xtick.major.size": 2.5,
+    "ytick.major.size": 2.5,
+    "xtick.major.pad": 1.5,
+    "ytick.major.pad": 1.5,
+    "image.cmap": "viridis",
+    "lines.linewidth": 1.2,
+    "lines.markersize": 3,
+    "patch.linewidth": 0.5,
+    "pdf.fonttype": 42,
+    "svg.hashsalt": "reapkit",
+}
+
+#: Okabe & Ito (2008), "Color Universal Design", the colour-blind safe palette; yellow left out (unreadable on white).
+OKABE_ITO = {"vermillion": "#D55E00", "blue": "#0072B2", "sky": "#56B4E9", "green": "#009E73",
+             "orange": "#E69F00", "purple": "#CC79A7", "black": "#000000"}
+#: Paul Tol's "muted" scheme (personal.sron.nl/~pault), colour-blind safe: the spare colours.
+TOL_MUTED = ("#332288", "#88CCEE", "#44AA99", "#117733", "#999933", "#DDCC77", "#CC6677", "#882255", "#AA4499")
+
+#: The one criterion / method -> colour map of every figure.
+CRITERION_COLORS = {
+    "reap": OKABE_ITO["vermillion"],
+    "frequency": OKABE_ITO["blue"],
+    "soft_frequency": OKABE_ITO["sky"],
+    "ean_mean": OKABE_ITO["green"],
+    "ean_sum": TOL_MUTED[3],
+    "weighted_ean_sum": OKABE_ITO["purple"],
+    "max_activation": OKABE_ITO["orange"],
+    "random": "#8C8C8C",
+    "m_smoe": TOL_MUTED[7],
+    "hc_smoe": TOL_MUTED[0],
+    "none": OKABE_ITO["black"],
+    "unpruned": OKABE_ITO["black"],
+}
+_ALIASES = {"msmoe": "m_smoe", "hcsmoe": "hc_smoe", "expert_frequency": "frequency", "max_activations": "max_activation"}
+_SPARE = tuple(c for c in TOL_MUTED if c not in CRITERION_COLORS.values())
+
+#: Line style of each method (column `method` of a study frame).
+METHOD_LINESTYLES = {"prune": "-", "merge": "--", "global": ":"}
+#: Domains: marker and line style (drawn in black or grey).
+DOMAIN_MARKERS = {"code": "o", "prose": "s", "tools": "^", "math": "D", "mix": "P", "all": "*"}
+DOMAIN_LINESTYLES = {"all": "-", "code": (0, (4, 1.5)), "prose": (0, (1, 1)), "tools": (0, (4, 1, 1, 1)),
+                     "math": (0, (6, 1.5, 1, 1.5, 1, 1.5)), "mix": (0, (2, 2))}
+_SPARE_MARKERS = ("v", "<", ">", "p", "h", "X", "d")
+_SPARE_DASHES = ((0, (3, 3)), (0, (5, 1, 1, 1, 1, 1)), (0, (1, 2)), (0, (8, 2)))
+
+#: Colour of experts that received no calibration tokens ("never routed") in heatmaps.
+MISSING_COLOR = "#D9D9D9"
+
+
+def criterion_color(name) -> str:
+    """Colour of a criterion or method label (global_<criterion> takes the criterion's colour).
+
+        >>> criterion_color("reap")
+        '#D55E00'
+
+    Names outside :data:`CRITERION_COLORS` get a stable spare colour from a hash of the name.
+    """
+    name = str(name)
+    if name.startswith("global_"):
+        name = name[len("global_"):]
+    name = _ALIASES.get(name, name)
+    if name in CRITERION_COLORS:
+        return CRITERION_COLORS[name]
+    return _SPARE[zlib.crc32(name.encode()) % len(_SPARE)]
+
+
+def method_linestyle(label, method: str | None = None):
+    """Line style of a curve: dotted for a global budget, dashed for merges, solid for pruning."""
+    if method is None:
+        label = _ALIASES.get(str(label), str(label))
+        method = "global" if label.startswith("global_") else "merge" if label in ("m_smoe", "hc_smoe") else "prune"
+    return METHOD_LINESTYLES.get(method, "-")
+
+
+def domain_marker(domain) -> str:
+    """Marker of a domain (stable for names outside :data:`DOMAIN_MARKERS`)."""
+    d = str(domain)
+    return DOMAIN_MARKERS.get(d) or _SPARE_MARKERS[zlib.crc32(d.encode()) % len(_SPARE_MARKERS)]
+
+
+def domain_linestyle(domain):
+    """Line style of a domain (stable for names outside :data:`DOMAIN_LINESTYLES`)."""
+    d = str(domain)
+    return DOMAIN_LINESTYLES.get(d) or _SPARE_DASHES[zlib.crc32(d.encode()) % len(_SPARE_DASHES)]
+
+
+@contextlib.contextmanager
+def style():
+    """Context manager applying :data:`STYLE` (each plot function uses it already).
+
+        >>> with style():
+        ...     fig = plt.figure(figsize=(COLUMN, 2))
+
+    Interactive mode is left as the block leaves it: the inline backend switches it on when the
+    kernel's first figure is created, and restoring the old value would stop later figures from
+    showing below their cells.
+    """
+    interactive = matplotlib.is_interactive()
+    try:
+        with plt.rc_context(STYLE):
+            try:
+                yield
+            finally:
+                interactive = matplotlib.is_interactive()
+    finally:
+        matplotlib.interactive(interactive)
+
+
+def styled(fn):
+    """Decorator: run a plot function inside :func:`style`."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with style():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+# --------------------------------------------------------------------------------------------
+# Saving
+# --------------------------------------------------------------------------------------------
+
+_METADATA = {
+    "png": {"Software": None},
+    "pdf": {"Creator": None, "Producer": None, "CreationDate": None, "ModDate": None},
+    "svg": {"Creator": None, "Date": None},
+}
+
+
+def save_figure(fig, folder, name: str, *, formats=("png", "pdf"), dpi: int | None = None, close: bool = False) -> list[Path]:
+    """Write `fig` as `folder/name.png` (300 dpi) and `folder/name.pdf` (vector), byte-for-byte reproducibly.
+
+        >>> save_figure(fig, "figures/demo", "agreement")     # [.../agreement.png, .../agreement.pdf]
+
+    Metadata that would change between runs (dates, software versions) is left out; each file is
+    written to a temporary sibling and renamed into place. Accepts an Axes too. Returns the paths.
+    """
+    if hasattr(fig, "get_figure") and not isinstance(fig, matplotlib.figure.Figure):
+        fig = fig.get_figure()
+    if not name or "/" in name or "\\" in name:
+        raise ValueError(f"figure name {name!r} must be a plain file name without directories or extension")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    with style():
+        for fmt in formats:
+            if fmt not in _METADATA:
+                raise ValueError(f"unsupported figure format {fmt!r}; use one of {', '.join(_METADATA)}")
+            path = folder / f"{name}.{fmt}"
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+            os.close(fd)
+            try:
+                fig.savefig(tmp, format=fmt, dpi=dpi or STYLE["savefig.dpi"], metadata=_METADATA[fmt])
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+            paths.append(path)
+    if close:
+        plt.close(fig)
+    return paths
+
+
+# --------------------------------------------------------------------------------------------
+# Layout helpers
+# --------------------------------------------------------------------------------------------
+
+def figure(width: float = COLUMN, height: float = 2.2):
+    """A constrained-layout Figure of `width` inches (:data:`COLUMN` or :data:`TWO_COLUMN`) in the reapkit style."""
+    with style():
+        return plt.figure(figsize=(width, height), layout="constrained")
+
+
+def panels(n: int, *, ncols: int = 3, size=(2.2, 1.8), sharex=False, sharey=False, width: float | None = None):
+    """(Figure, flat array of `n` Axes) in a grid of `ncols` columns; spare axes are hidden.
+
+        >>> fig, axes = panels(4, ncols=2, width=TWO_COLUMN)
+
+    Each panel is `size` (inches) unless `width` fixes the figure's width (the panels share it).
+    """
+    n = max(int(n), 1)
+    ncols = min(n, ncols)
+    nrows = math.ceil(n / ncols)
+    w, h = size
+    if width is not None:
+        w = width / ncols
+        h = w * size[1] / size[0]
+    with style():
+        fig = plt.figure(figsize=(w * ncols, h * nrows), layout="constrained")
+        axes = fig.subplots(nrows, ncols, squeeze=False, sharex=sharex, sharey=sharey).ravel()
+    for ax in axes[n:]:
+        ax.axis("off")
+    return fig, axes[:n]
+
+
+def per_criterion(function, frame, criteria=None, *, ncols: int = 2, **kwargs):
+    """One panel per criterion: `function(frame, criterion=c, ax=ax, **kwargs)`; returns the Figure.
+
+        >>> per_criterion(saliency_curves, scores, ["reap", "frequency"], ratio=[0.25, 0.5])
+    """
+    if criteria is None:
+        criteria = list(dict.fromkeys(frame["criterion"])) if not is_empty(frame) else []
+    if not criteria:
+        return no_data_figure(title=getattr(function, "__name__", None))
+    fig, axes = panels(len(criteria), ncols=ncols, width=TWO_COLUMN if len(criteria) > 1 else COLUMN, size=(3.3, 2.3))
+    for criterion, ax in zip(criteria, axes):
+        function(frame, criterion=criterion, ax=ax, **kwargs)
+    return fig
+
+
+def axes(ax, figsize=(COLUMN, 2.2)):
+    """(Figure, Axes): `ax` and its figure, or a new single-panel figure of `figsize`."""
+    if ax is not None:
+        return ax.figure, ax
+    fig, ax = plt.subplots(figsize=figsize, layout="constrained")
+    return fig, ax
+
+
+def no_data(ax, message: str = "no data"):
+    """Mark an Axes as empty with a grey note (plot functions do this instead of raising)."""
+    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, color="0.4")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return ax
+
+
+def no_data_figure(fig=None, message: str = "no data", title: str | None = None):
+    """A Figure (new, or `fig`) holding one empty Axes with a "no data" note."""
+    if fig is None:
+        fig = plt.figure(figsize=(COLUMN, 2.0), layout="constrained")
+    ax = fig.add_subplot(1, 1, 1)
+    no_data(ax, message)
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def is_empty(data) -> bool:
+    return data is None or len(data) == 0
+
+
+def integer_axis(ax, axis: str = "x"):
+    """Integer ticks only (ranks, layers, expert indices)."""
+    locator = matplotlib.ticker.MaxNLocator(integer=True, nbins="auto", min_n_ticks=2)
+    (ax.xaxis if axis == "x" else ax.yaxis).set_major_locator(locator)
+
+
+def index_ticks(ax, labels, axis: str = "y", *, max_ticks: int = 12, rotation: float = 0):
+    """Ticks at positions 0..n-1 of an image axis, labelled with `labels`, at most `max_ticks` of them."""
+    labels = list(labels)
+    step = max(1, math.ceil(len(labels) / max_ticks))
+    positions = np.arange(len(labels))[::step]
+    texts = [str(v) for v in labels[::step]]
+    if axis == "y":
+        ax.set_yticks(positions, texts)
+    else:
+        ax.set_xticks(positions, texts, rotation=rotation)
+
+
+def percent_axis(ax, axis: str = "x"):
+    (ax.xaxis if axis == "x" else ax.yaxis).set_major_formatter(matplotlib.ticker.PercentFormatter(1.0, decimals=0))
+
+
+def chance_line(ax, value: float, *, axis: str = "y", label: str | None = "chance", text: bool = True):
+    """A thin grey dotted line at a chance level, labelled at its right end inside the axes."""
+    line = (ax.axhline if axis == "y" else ax.axvline)(value, color="0.45", linestyle=(0, (1, 1.5)), linewidth=0.8,
+                                                      zorder=1, label=None)
+    if text and label:
+        ax.annotate(f"{label} {value:.2f}", xy=(1.0, value), xycoords=("axes fraction", "data"), xytext=(-1, 1.5),
+                    textcoords="offset points", ha="right", va="bottom", fontsize=6, color="0.35")
+    return line
