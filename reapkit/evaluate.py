@@ -36,7 +36,9 @@ __all__ = ["evaluate", "evaluate_plans", "reference_outputs", "ReferenceOutputs"
 # --------------------------------------------------------------------------------------------
 
 def _device(model) -> torch.device:
-    return next(model.parameters()).device
+    from .loading import input_device
+
+    return input_device(model)
 
 
 def _vocab_size(model) -> int:

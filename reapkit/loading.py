@@ -62,7 +62,7 @@ def load_model(name: str, *, dtype="auto", device: str = "cpu", device_map=None,
     `"cpu"`, `"cuda:0"` or a `{module: device}` dict) `device` is ignored and the weights are
     loaded straight to their devices, limited by `max_memory`, spilling to `offload_folder`.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     name = resolve_name(name)
     if device_map is None and (max_memory or offload_folder):
@@ -72,14 +72,21 @@ def load_model(name: str, *, dtype="auto", device: str = "cpu", device_map=None,
     else:
         model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype(dtype), device_map=device_map,
                                                      max_memory=max_memory, offload_folder=offload_folder).eval()
+    return model, load_tokenizer(name)
+
+
+def load_tokenizer(name: str):
+    """The tokenizer of model `name`, or None when its folder has no tokenizer files."""
+    from transformers import AutoTokenizer
+
+    name = resolve_name(name)
     local = Path(name)
-    tokenizer = None
-    if not local.is_dir() or any((local / f).is_file() for f in TOKENIZER_FILES):
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(name)
-        except (OSError, ValueError, TypeError, KeyError):
-            tokenizer = None
-    return model, tokenizer
+    if local.is_dir() and not any((local / f).is_file() for f in TOKENIZER_FILES):
+        return None
+    try:
+        return AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
 
 
 def input_device(model):
