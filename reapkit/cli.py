@@ -38,7 +38,10 @@ def cmd_observe(args):
     device = local_device(args.device)
     settings = {"spec": args.data, "batch_size": args.batch_size, "max_length": args.max_length, "model": args.model,
                 "dtype": args.dtype, "device": args.device, "device_map": args.device_map, "sequential": args.sequential}
-    with process_group(device) as (rank, world):
+    import torch
+
+    gpus = args.device_map is not None and torch.cuda.is_available()  # a device-mapped model reduces over NCCL too
+    with process_group("cuda" if gpus else device) as (rank, world):
         if args.sequential:
             from .sequential import checkpoint_shards, observe_sequential
 

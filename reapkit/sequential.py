@@ -36,6 +36,9 @@ def checkpoint_shards(folder) -> dict[str, Path]:
     from safetensors import safe_open
 
     folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a local folder; --sequential reads safetensors shards from disk: "
+                                f"download the checkpoint first (hf download {folder} --local-dir DIR)")
     index = folder / INDEX_FILE
     if index.is_file():
         weight_map = json.loads(index.read_text())["weight_map"]
@@ -44,7 +47,7 @@ def checkpoint_shards(folder) -> dict[str, Path]:
             raise FileNotFoundError(f"{index} names shard(s) {', '.join(missing)} that are not in {folder}; "
                                     "download the complete checkpoint")
         return {name: folder / file for name, file in weight_map.items()}
-    files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+    files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"{folder} holds no .safetensors weights; --sequential reads one layer at a time from "
                                 "safetensors shards (convert the checkpoint with save_pretrained, or observe without --sequential)")
