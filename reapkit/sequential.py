@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 from collections import defaultdict
 from pathlib import Path
@@ -29,6 +30,7 @@ from .loading import torch_dtype
 from .observations import Observations
 
 INDEX_FILE = "model.safetensors.index.json"
+SYNC_LOAD = "HF_DEACTIVATE_ASYNC_LOAD"
 
 
 def checkpoint_shards(folder) -> dict[str, Path]:
@@ -96,14 +98,22 @@ class _Loader:
                                      weight_mapping=self.mapping)
         bars = logging.is_progress_bar_enabled()
         logging.disable_progress_bar()
+        # transformers' own switch for loading under memory constraints: one tensor at a time, no thread pool
+        threads = os.environ.get(SYNC_LOAD)
+        os.environ[SYNC_LOAD] = "1"
         try:
-            with contextlib.ExitStack() as files:  # shards are mapped only while one layer loads
+            with contextlib.ExitStack() as files:
                 state = {}
                 for file, keys in by_file.items():
-                    f = files.enter_context(safe_open(str(file), framework="pt", device="cpu"))
+                    # read (pread), not mapped: mapped pages would stay resident while any weight of the layer lives
+                    f = files.enter_context(safe_open(str(file), framework="pt", device="cpu", backend="pread"))
                     state.update({key: f.get_slice(key) for key in keys})
                 convert_and_load_state_dict_in_model(self.model, state, config)
         finally:
+            if threads is None:
+                os.environ.pop(SYNC_LOAD)
+            else:
+                os.environ[SYNC_LOAD] = threads
             if bars:
                 logging.enable_progress_bar()
 
