@@ -84,8 +84,22 @@ class _Loader:
         self.model, self.shards, self.device, self.dtype = model, shards, device, dtype
         self.mapping = get_model_conversion_mapping(model)
         self.dtype_plan = model._get_dtype_plan(dtype)
+        self.meta_state = dict.fromkeys(model.state_dict(), True)  # names only (no tensors held), for the renaming
 
     def load(self, names):
+        """Load checkpoint tensors `names`, one target parameter at a time (a fused expert tensor with its sources)."""
+        from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
+
+        renamings = [m for m in self.mapping if isinstance(m, WeightRenaming)]
+        converters = [m for m in self.mapping if isinstance(m, WeightConverter)]
+        targets = defaultdict(list)
+        for name in names:
+            target, _ = rename_source_key(name, renamings, converters, self.model.base_model_prefix, self.meta_state)
+            targets[target].append(name)
+        for sources in targets.values():
+            self._load(sources)
+
+    def _load(self, names):
         from safetensors import safe_open
         from transformers.core_model_loading import convert_and_load_state_dict_in_model
         from transformers.modeling_utils import LoadStateDictConfig
