@@ -25,6 +25,8 @@ def _load(args, device="cpu"):
 
 
 def cmd_observe(args):
+    import torch
+
     from .data import DEFAULT_SPEC, calibration_batches
     from .distributed import all_reduce_observations, local_device, my_share, process_group
     from .loading import load_tokenizer, resolve_name
@@ -38,8 +40,6 @@ def cmd_observe(args):
     device = local_device(args.device)
     settings = {"spec": args.data, "batch_size": args.batch_size, "max_length": args.max_length, "model": args.model,
                 "dtype": args.dtype, "device": args.device, "device_map": args.device_map, "sequential": args.sequential}
-    import torch
-
     gpus = args.device_map is not None and torch.cuda.is_available()  # a device-mapped model reduces over NCCL too
     with process_group("cuda" if gpus else device) as (rank, world):
         if args.sequential:
