@@ -19,19 +19,51 @@ from .loading import load_model
 from .plugins import load_plugins
 
 
+def _load(args, device="cpu"):
+    """load_model with the placement options (--device-map, --max-memory, --offload-folder)."""
+    from .loading import parse_max_memory
+
+    return load_model(args.model, dtype=args.dtype, device=device, device_map=args.device_map,
+                      max_memory=parse_max_memory(args.max_memory), offload_folder=args.offload_folder)
+
+
 def cmd_observe(args):
+    import torch
+
     from .data import DEFAULT_SPEC, calibration_batches
+    from .distributed import all_reduce_observations, local_device, my_share, process_group
+    from .loading import load_tokenizer, resolve_name
     from .observe import observe
 
     args.data = args.data or DEFAULT_SPEC
-    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
-    batches = calibration_batches(args.data, tokenizer, batch_size=args.batch_size, max_length=args.max_length)
+    if args.sequential and (args.device_map or args.max_memory or args.offload_folder):
+        raise ValueError("--sequential loads one layer at a time onto --device; drop --device-map, --max-memory and --offload-folder")
+    if not args.sequential and (args.group_size is not None or args.spill_dir):
+        raise ValueError("--group-size and --spill-dir only apply to layer-by-layer calibration; add --sequential")
+    device = local_device(args.device)
     settings = {"spec": args.data, "batch_size": args.batch_size, "max_length": args.max_length, "model": args.model,
-                "dtype": args.dtype, "device": args.device}
-    obs = observe(model, batches, calibration=settings)
-    obs.save(args.out, force=args.force)
-    tokens = sum(obs.meta["calibration"]["tokens"].values())
-    print(f"observed {tokens} tokens in {len(obs.domains)} domain(s) {obs.domains} over {len(obs.layers)} MoE layers -> {args.out}")
+                "dtype": args.dtype, "device": args.device, "device_map": args.device_map, "sequential": args.sequential}
+    gpus = args.device_map is not None and torch.cuda.is_available()  # a device-mapped model reduces over NCCL too
+    with process_group("cuda" if gpus else device) as (rank, world):
+        if args.sequential:
+            from .sequential import checkpoint_shards, observe_sequential
+
+            checkpoint_shards(resolve_name(args.model))  # a folder without safetensors stops here, before any work
+            tokenizer = load_tokenizer(args.model)
+            batches = calibration_batches(args.data, tokenizer, batch_size=args.batch_size, max_length=args.max_length)
+            spill = args.spill_dir and (f"{args.spill_dir}/rank-{rank}" if world > 1 else args.spill_dir)
+            obs = observe_sequential(resolve_name(args.model), my_share(batches, rank, world), dtype=args.dtype, device=device,
+                                     group_size=args.group_size or 8, spill_dir=spill, calibration=settings, progress=rank == 0)
+        else:
+            model, tokenizer = _load(args, device)
+            batches = calibration_batches(args.data, tokenizer, batch_size=args.batch_size, max_length=args.max_length)
+            obs = observe(model, my_share(batches, rank, world), calibration=settings, progress=rank == 0)
+        obs = all_reduce_observations(obs, batches)
+        if rank == 0:
+            obs.save(args.out, force=args.force)
+            tokens = sum(obs.meta["calibration"]["tokens"].values())
+            print(f"observed {tokens} tokens in {len(obs.domains)} domain(s) {obs.domains} over {len(obs.layers)} MoE layers"
+                  f"{f' in {world} processes' if world > 1 else ''} -> {args.out}")
 
 
 def cmd_combine(args):
@@ -73,7 +105,7 @@ def cmd_prune(args):
     from .observations import Observations
 
     start = time.perf_counter()
-    streaming = Path(args.model).is_dir() and str(args.model) != "demo" and not args.in_memory
+    streaming = Path(args.model).is_dir() and not args.in_memory and args.device_map is None
     if streaming:  # a local checkpoint folder: tensor by tensor, the model is never built
         from .checkpoint import stream_prune
 
@@ -86,7 +118,10 @@ def cmd_prune(args):
     else:
         from .prune import remove_experts, save_pruned
 
-        model, tokenizer = load_model(args.model, dtype=args.dtype)
+        model, tokenizer = _load(args)
+        if any(p.device.type == "meta" for p in model.parameters()):
+            raise ValueError("prune cannot slice weights offloaded to disk; give --max-memory room for the whole model "
+                             "or prune the checkpoint folder without --device-map (it streams tensor by tensor)")
         plan = _plan(args, Observations.load(args.observations, model=model))
         plan.provenance["source_model"] = args.model
         remove_experts(model, plan)
@@ -128,6 +163,13 @@ def cmd_architectures(args):
         print(f"{name:16s} experts key {arch.num_experts_key:18s} router {arch.block}.{arch.router:8s} {arch.notes}")
 
 
+def placement_args(p):
+    """--device-map, --max-memory, --offload-folder: accelerate's big-model loading."""
+    p.add_argument("--device-map", help="load straight onto devices: auto, balanced, cpu, cuda:0, ... (accelerate)")
+    p.add_argument("--max-memory", help="with --device-map: memory per device, e.g. 0=70GiB,1=70GiB,cpu=200GiB")
+    p.add_argument("--offload-folder", help="with --device-map: weights that fit on no device are offloaded here")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reapkit", description="Observe, score and prune the experts of MoE language models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -142,7 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="observations folder to write")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-length", type=int, default=256)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (under torchrun `cuda` is each process's own GPU)")
+    placement_args(p)
+    p.add_argument("--sequential", action="store_true",
+                   help="layer by layer from the safetensors shards, for models larger than memory (peak: one layer)")
+    p.add_argument("--group-size", type=int, help="with --sequential: batches whose hidden states move together (default 8)")
+    p.add_argument("--spill-dir", help="with --sequential: keep hidden states in files here instead of memory")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
     p.set_defaults(func=cmd_observe)
 
@@ -171,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--in-memory", action="store_true",
                    help="load the whole model to prune it (default for a local folder: stream its safetensors "
                         "tensor by tensor, never building the model; hub names and `demo` always load)")
+    placement_args(p)
     p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("demo", help="run the notebooks on the bundled demo model and write figures")

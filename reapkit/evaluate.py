@@ -40,7 +40,9 @@ __all__ = ["evaluate", "sequence_metrics", "aggregate", "METRICS", "interval_col
 # --------------------------------------------------------------------------------------------
 
 def _device(model) -> torch.device:
-    return next(model.parameters()).device
+    from .loading import input_device
+
+    return input_device(model)
 
 
 def _vocab_size(model) -> int:

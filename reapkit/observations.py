@@ -28,15 +28,19 @@ FORMAT = "reapkit-observations/1"
 
 def fingerprint(model) -> dict:
     """What identifies a model for observations: type, shapes and a hash of every router's weights."""
+    from accelerate.utils import align_module_device
+
     from .arch import architecture_for
 
     arch = architecture_for(model)
     digest = hashlib.sha256()
     blocks = list(arch.moe_blocks(model))
     for index, block in blocks:
-        weight = arch.router_of(block).weight.detach()
-        digest.update(f"{index}:{tuple(weight.shape)}".encode())
-        digest.update(weight.float().cpu().numpy().tobytes())
+        router = arch.router_of(block)
+        with align_module_device(router):  # weights a device map offloaded to disk are read in for the moment
+            weight = router.weight.detach()
+            digest.update(f"{index}:{tuple(weight.shape)}".encode())
+            digest.update(weight.float().cpu().numpy().tobytes())
     config = model.config.get_text_config()
     return {
         "model_type": config.model_type,

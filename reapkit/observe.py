@@ -21,6 +21,7 @@ from transformers.integrations import moe as hf_moe
 
 from .arch import Architecture, architecture_for
 from .hooks import forward_hooks
+from .loading import input_device
 from .observations import Observations, fingerprint
 from . import __version__
 
@@ -133,16 +134,19 @@ def _router_probs(arch: Architecture, output) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def recording(model: torch.nn.Module):
-    """Context manager: while inside, forwards of `model` feed a `_Recorder` (yielded)."""
+def recording(model: torch.nn.Module, device=None):
+    """Context manager: while inside, forwards of `model` feed a `_Recorder` (yielded).
+
+    The accumulators live on `device` (default: where the model's token ids go); each layer's
+    rows are moved there from whichever device holds that layer (device maps, offloading).
+    """
     global _active
     arch = architecture_for(model)
     blocks = list(arch.moe_blocks(model))
     if not blocks:
         raise ValueError(f"{type(model).__name__} has no MoE layers reapkit can find under {arch.layers!r}.{arch.block}")
-    experts0 = arch.experts_of(blocks[0][1])
     num_experts = max(arch.experts_of(b).num_experts for _, b in blocks)
-    device = experts0.down_proj.device
+    device = input_device(model) if device is None else torch.device(device)
     recorder = _Recorder(len(blocks), num_experts, model.config.get_text_config().hidden_size, device)
     hooks = {}
     for pos, (_, block) in enumerate(blocks):
@@ -198,16 +202,21 @@ def observe(model, batches, *, progress: bool = True, calibration: dict | None =
     `calibration` is stored in the metadata (spec, content hash, ...); the content hash of the
     token ids of every domain is added to it.
     """
-    from .data import content_hash
-
-    arch = architecture_for(model)
     batches = list(batches)
     model.eval()
-    device = next(model.parameters()).device
+    device = input_device(model)
     with recording(model) as recorder:
         for batch in tqdm(batches, desc="observe", unit="batch", disable=not progress):
             recorder.start_batch(batch.domain, batch.attention_mask)
             model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device), use_cache=False)
+    return observations_from(model, recorder, batches, calibration)
+
+
+def observations_from(model, recorder: _Recorder, batches, calibration: dict | None = None) -> Observations:
+    """The `Observations` a finished `recording` of `batches` through `model` holds (statistics moved to the CPU)."""
+    from .data import content_hash
+
+    arch = architecture_for(model)
     if not recorder.stats:
         raise ValueError("no calibration batches were given; pass at least one batch of token ids")
     domains = sorted(recorder.stats)
