@@ -10,23 +10,67 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
 import time
+from pathlib import Path
 
+from .atomic import check_new_output, check_separate, terminate_as_interrupt
 from .loading import load_model
 
 
-def cmd_observe(args):
-    from .data import DEFAULT_SPEC, calibration_batches
-    from .observe import observe
+def _check_output(out, force: bool, *inputs) -> None:
+    """Before any work: the output is new (or --force), writable, and apart from every input."""
+    check_separate(out, *inputs, what="output")
+    check_new_output(out, force=force)
 
-    args.data = args.data or DEFAULT_SPEC
-    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
-    batches = calibration_batches(args.data, tokenizer, batch_size=args.batch_size, max_length=args.max_length)
+
+def _check_model_name(name: str) -> None:
+    path = Path(name).expanduser()
+    if name == "demo":
+        return
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ValueError(f"{name} is not a model folder (no config.json in it); pass a folder written by "
+                             "save_pretrained, a hub name (org/name) or `demo`")
+    elif name.startswith(("/", ".", "~")) or name.count("/") != 1:
+        raise FileNotFoundError(f"model folder {name} does not exist; check the path, or pass a hub name (org/name) or `demo`")
+
+
+def _load_model(name: str, **kwargs):
+    """`load_model` with one clear line for a path that is no model and a hub name that cannot be fetched."""
+    _check_model_name(name)
+    try:
+        return load_model(name, **kwargs)
+    except OSError as error:
+        if isinstance(error, (FileNotFoundError, PermissionError)) and getattr(error, "filename", None):
+            raise
+        offline = " (HF_HUB_OFFLINE is set, so nothing is downloaded)" if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") else ""
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"cannot load model {name!r} from a local folder or the Hugging Face hub{offline}: {reason} "
+                         "Pass a local checkpoint folder, `demo`, or a hub name you can download") from None
+
+
+def cmd_observe(args):
+    from .data import DEFAULT_SPEC, calibration_batches, parse_spec
+    from .observe import observe
+    from .resume import ObserveCheckpoint
+
+    args.data = DEFAULT_SPEC if args.data is None else args.data
+    items = parse_spec(args.data)  # a bad spec is refused before the model loads
+    _check_output(args.out, args.force, args.model, *(i.source for i in items if i.kind != "builtin"))
+    checkpoint = ObserveCheckpoint(f"{args.out}.checkpoint", every=args.checkpoint_every, resume=args.resume)
+    checkpoint.check()
+    model, tokenizer = _load_model(args.model, dtype=args.dtype, device=args.device)
+    vocab = model.get_input_embeddings().num_embeddings
+    batches = calibration_batches(args.data, tokenizer, batch_size=args.batch_size, max_length=args.max_length, vocab_size=vocab)
     settings = {"spec": args.data, "batch_size": args.batch_size, "max_length": args.max_length, "model": args.model,
                 "dtype": args.dtype, "device": args.device}
-    obs = observe(model, batches, calibration=settings)
+    use = checkpoint if (args.checkpoint_every or args.resume) else None
+    obs = observe(model, batches, calibration=settings, checkpoint=use)
     obs.save(args.out, force=args.force)
+    checkpoint.remove()
     tokens = sum(obs.meta["calibration"]["tokens"].values())
     print(f"observed {tokens} tokens in {len(obs.domains)} domain(s) {obs.domains} over {len(obs.layers)} MoE layers -> {args.out}")
 
@@ -36,6 +80,7 @@ def cmd_combine(args):
 
     from .observations import Observations
 
+    _check_output(args.out, args.force, *args.observations)
     total = reduce(lambda a, b: a + b, [Observations.load(path) for path in args.observations])
     total.save(args.out, force=args.force)
     tokens = {d: int(total.stats[d]["tokens"][0]) for d in total.domains}
@@ -46,6 +91,7 @@ def cmd_scores(args):
     from .observations import Observations
     from .saliency import scores_frame
 
+    check_separate(args.csv, args.observations, what="--csv")
     obs = Observations.load(args.observations)
     frame = scores_frame(obs, [args.criterion])[["layer", "expert", "domain", "value"]]
     if args.csv:
@@ -71,9 +117,11 @@ def cmd_prune(args):
     from .prune import remove_experts, save_pruned
 
     start = time.perf_counter()
-    model, tokenizer = load_model(args.model, dtype=args.dtype)
-    obs = Observations.load(args.observations, model=model)
-    plan = _plan(args, obs)
+    _check_output(args.out, args.force, args.model, args.observations)
+    obs = Observations.load(args.observations)
+    plan = _plan(args, obs)  # a bad ratio, criterion or domain is refused before the model loads
+    model, tokenizer = _load_model(args.model, dtype=args.dtype)
+    obs.check_model(model)
     plan.provenance["source_model"] = args.model
     remove_experts(model, plan)
     save_pruned(model, plan, args.out, tokenizer=tokenizer, force=args.force)
@@ -91,11 +139,12 @@ def cmd_demo(args):
 def cmd_sweep(args):
     from .sweep import run_sweep
 
-    runs = run_sweep(args.params, jobs=args.jobs)
+    runs = run_sweep(args.params, jobs=args.jobs, resume=args.resume)
     failed = runs[runs.status != "ok"]
     print(f"{len(runs) - len(failed)} of {len(runs)} runs succeeded; see runs.csv and results.csv beside them")
     if len(failed):
-        raise ValueError(f"{len(failed)} run(s) failed: {', '.join(failed.run_id)}")
+        raise ValueError(f"{len(failed)} run(s) failed: {', '.join(failed.run_id)}; fix them and run "
+                         f"`reapkit sweep {args.params} --resume` to redo only those")
 
 
 def cmd_architectures(args):
@@ -121,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--device", default="cpu")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
+    p.add_argument("--checkpoint-every", type=int, metavar="N",
+                   help="save the running statistics to OUT.checkpoint every N batches (resumable with --resume)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from OUT.checkpoint")
     p.set_defaults(func=cmd_observe)
 
     p = sub.add_parser("combine", help="add observations of the same model made on different data shards")
@@ -155,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="execute a notebook over a parameter grid with papermill")
     p.add_argument("params", help="sweep YAML file")
     p.add_argument("--jobs", type=int)
+    p.add_argument("--resume", action="store_true", help="skip runs that already finished with the same parameters")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("architectures", help="list the supported MoE architectures")
@@ -162,12 +215,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_DISK_FULL = (errno.EFBIG, errno.ENOSPC, errno.EDQUOT)
+
+
+def user_error(error: BaseException) -> str | None:
+    """The one-line message for an error the user can fix, or None for a bug (shown with its traceback)."""
+    text = str(error.args[0]) if isinstance(error, (ValueError, OSError)) and len(error.args) == 1 else str(error)
+    if type(error).__name__ == "SafetensorError" or (isinstance(error, OSError) and error.errno in _DISK_FULL):
+        if isinstance(error, OSError) or any(k in text for k in ("FileTooLarge", "StorageFull", "No space", "File too large")):
+            where = f" {error.filename}" if getattr(error, "filename", None) else ""
+            return (f"could not write{where}: the disk is full or a file-size limit (ulimit -f) was reached; "
+                    "free space or write elsewhere and run again (nothing half-written was left)")
+        return None
+    if isinstance(error, OSError) and error.strerror and len(error.args) != 1:
+        return (f"{error.strerror}: {error.filename or ''}; check that the path exists and that you may "
+                "read / write it").replace(": ;", ";")
+    if isinstance(error, (ValueError, OSError)):
+        return " ".join(text.split("\n"))
+    return None
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    terminate_as_interrupt()  # SIGTERM cleans up like Ctrl-C: temporary outputs are removed
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
-        message = error.args[0] if error.args else str(error)
+    except KeyboardInterrupt as error:
+        reason = str(error) or "Ctrl-C"
+        print(f"reapkit {args.command}: interrupted ({reason}); outputs not finished were removed, "
+              "nothing half-written is left", file=sys.stderr)
+        return 130
+    except Exception as error:
+        message = user_error(error)
+        if message is None:
+            raise
         print(f"reapkit {args.command}: error: {message}", file=sys.stderr)
         return 2
     return 0

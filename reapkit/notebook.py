@@ -203,8 +203,35 @@ def check_parameters(params: dict, schema) -> SimpleNamespace:
         try:
             values[name] = check(value)
         except ValueError as error:
-            raise ParameterError(f"parameter {name!r} = {value!r}: {error}") from None
+            hint = ("; it is a string: write the value without quotes (papermill -p, not -r; YAML 0.25, not '0.25')"
+                    if isinstance(value, str) and _looks_numeric(value) else "")
+            raise ParameterError(f"parameter {name!r} = {value!r}: {error}{hint}") from None
+    _check_outputs(values)
     return SimpleNamespace(**values)
+
+
+def _looks_numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_outputs(values: dict) -> None:
+    """Output, figure and cache folders must lie apart from the model folder they read."""
+    from .atomic import check_separate
+
+    model = values.get("model")
+    if model == "demo":
+        from .demo import DEMO_PATH
+
+        model = DEMO_PATH
+    for name in ("output_dir", "figures_dir", "cache_dir"):
+        try:
+            check_separate(values.get(name), model, what=f"parameter {name!r} =")
+        except ValueError as error:
+            raise ParameterError(str(error)) from None
 
 
 def moe_layers(obs, layers=None) -> list[int]:
