@@ -95,11 +95,11 @@ def build_world(root: Path) -> dict:
         path.write_text(yaml.safe_dump({"name": name, "notebook": str(notebook), "runs_dir": str(runs), **spec}))
         return path
 
-    sweep("failing", grid={"value": [1, 2], "fail": [False, True]}, jobs=1)
+    sweep("failing", grid={"fail": [False, True]}, jobs=1)
     sweep("typo", grid={"value": [1]}, gird={"value": [2]})
     sweep("nojobs", grid={"value": [1]}, jobs=0)
     sweep("noparam", grid={"valu": [1]})
-    (root / "inside.yaml").write_text(yaml.safe_dump({"name": "x", "notebook": str(notebook), "runs_dir": str(root.parent)}))
+    (root / "inside.yaml").write_text(yaml.safe_dump({"name": root.name, "notebook": str(notebook), "runs_dir": str(root.parent)}))
     (root / "out").mkdir(exist_ok=True)
     (root / "out" / "exists").mkdir()
     return {"root": root, "model": model_dir, "code": root / "code.jsonl"}
@@ -164,7 +164,7 @@ CASES = [
     ("sweeps", "unknown-key", "sweep {root}/typo.yaml", ["unknown key(s) 'gird'", "allowed keys"]),
     ("sweeps", "jobs-zero", "sweep {root}/nojobs.yaml", ["jobs must be a positive integer"]),
     ("sweeps", "unknown-parameter", "sweep {root}/noparam.yaml", ["has no parameter(s) ['valu']", "its parameters are"]),
-    ("sweeps", "failing-run", "sweep {root}/failing.yaml", ["2 run(s) failed", "--resume"]),
+    ("sweeps", "failing-run", "sweep {root}/failing.yaml", ["1 run(s) failed: 001-fail=True", "--resume"]),
 ]
 FRESH = {"hub-name-offline", "disk-full-observe", "disk-full-prune"}  # need a process of their own
 
@@ -258,9 +258,9 @@ def test_cli_refuses(cli_results, world, cls, cid, command, fragments):
         import pandas as pd
 
         table = pd.read_csv(runs / "runs.csv")
-        assert sorted(table.status) == ["failed", "failed", "ok", "ok"]
-        assert sorted(pd.read_csv(runs / "results.csv").value) == [1, 2]
-        assert "asked to fail" in result["stderr"]
+        assert list(table.status) == ["ok", "failed"]
+        assert pd.read_csv(runs / "results.csv").value.tolist() == [1]
+        assert "asked to fail" in table.error[1] and "FAILED" in result["stderr"] and "001-fail=True" in result["stderr"]
         return
     assert_refused(result, fragments, out if "{out}" in str(command) else None)
 
