@@ -28,13 +28,17 @@ class Interrupted(KeyboardInterrupt):
     """Raised by the SIGTERM handler: cleans up like Ctrl-C does (`finally` blocks run)."""
 
 
-def terminate_as_interrupt() -> None:
-    """Make SIGTERM raise :class:`Interrupted` in the main thread, so temporary outputs are removed."""
+def terminate_as_interrupt():
+    """Make SIGTERM raise :class:`Interrupted` in the main thread, so temporary outputs are removed.
+
+    Returns the previous handler (give it to `signal.signal(signal.SIGTERM, ...)` to restore it).
+    """
     def handler(signum, frame):
         raise Interrupted(f"stopped by signal {signal.Signals(signum).name}")
 
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, handler)
+        return signal.signal(signal.SIGTERM, handler)
+    return None
 
 
 @contextlib.contextmanager

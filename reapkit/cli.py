@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -237,7 +238,7 @@ def user_error(error: BaseException) -> str | None:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    terminate_as_interrupt()  # SIGTERM cleans up like Ctrl-C: temporary outputs are removed
+    previous = terminate_as_interrupt()  # SIGTERM cleans up like Ctrl-C: temporary outputs are removed
     try:
         args.func(args)
     except KeyboardInterrupt as error:
@@ -251,4 +252,7 @@ def main(argv=None) -> int:
             raise
         print(f"reapkit {args.command}: error: {message}", file=sys.stderr)
         return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0

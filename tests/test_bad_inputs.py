@@ -16,12 +16,10 @@ import resource
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import nbformat
 import pytest
-import torch
 import yaml
 
 from tiny_models import tiny_checkpoint, tiny_model
