@@ -11,56 +11,107 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import os
+import signal
 import sys
 import time
 from pathlib import Path
 
+from .atomic import check_new_output, check_separate, terminate_as_interrupt
 from .loading import load_model
 from .plugins import load_plugins
 
 
+def _check_output(out, force: bool, *inputs) -> None:
+    """Before any work: the output is new (or --force), writable, and apart from every input."""
+    check_separate(out, *inputs, what="output")
+    check_new_output(out, force=force)
+
+
+def _check_model_name(name: str) -> None:
+    path = Path(name).expanduser()
+    if name == "demo":
+        return
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ValueError(f"{name} is not a model folder (no config.json in it); pass a folder written by "
+                             "save_pretrained, a hub name (org/name) or `demo`")
+    elif name.startswith(("/", ".", "~")) or name.count("/") != 1:
+        raise FileNotFoundError(f"model folder {name} does not exist; check the path, or pass a hub name (org/name) or `demo`")
+
+
 def _load(args, device="cpu"):
-    """load_model with the placement options (--device-map, --max-memory, --offload-folder)."""
+    """`load_model` with the placement options (--device-map, --max-memory, --offload-folder), and one clear
+    line for a path that is no model or a hub name that cannot be fetched."""
     from .loading import parse_max_memory
 
-    return load_model(args.model, dtype=args.dtype, device=device, device_map=args.device_map,
-                      max_memory=parse_max_memory(args.max_memory), offload_folder=args.offload_folder)
+    _check_model_name(args.model)
+    try:
+        return load_model(args.model, dtype=args.dtype, device=device, device_map=args.device_map,
+                          max_memory=parse_max_memory(args.max_memory), offload_folder=args.offload_folder)
+    except OSError as error:
+        if isinstance(error, (FileNotFoundError, PermissionError)) and getattr(error, "filename", None):
+            raise
+        offline = " (HF_HUB_OFFLINE is set, so nothing is downloaded)" if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") else ""
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"cannot load model {args.model!r} from a local folder or the Hugging Face hub{offline}: {reason} "
+                         "Pass a local checkpoint folder, `demo`, or a hub name you can download") from None
 
 
 def cmd_observe(args):
     import torch
 
-    from .data import DEFAULT_SPEC, calibration_batches
+    from .data import DEFAULT_SPEC, calibration_batches, parse_spec
     from .distributed import all_reduce_observations, local_device, my_share, process_group
     from .loading import load_tokenizer, resolve_name
     from .observe import observe
+    from .resume import ObserveCheckpoint
 
-    args.data = args.data or DEFAULT_SPEC
+    args.data = DEFAULT_SPEC if args.data is None else args.data
+    items = parse_spec(args.data)  # a bad spec is refused before the model loads
     if args.sequential and (args.device_map or args.max_memory or args.offload_folder):
         raise ValueError("--sequential loads one layer at a time onto --device; drop --device-map, --max-memory and --offload-folder")
     if not args.sequential and (args.group_size is not None or args.spill_dir):
         raise ValueError("--group-size and --spill-dir only apply to layer-by-layer calibration; add --sequential")
+    resumable = bool(args.checkpoint_every or args.resume)
+    if resumable and args.sequential:
+        raise ValueError("--checkpoint-every and --resume apply to in-memory observe; drop them or drop --sequential")
+    _check_output(args.out, args.force, args.model, *(i.source for i in items if i.kind != "builtin"))
+    checkpoint = ObserveCheckpoint(f"{args.out}.checkpoint", every=args.checkpoint_every, resume=args.resume)
+    checkpoint.check()
     device = local_device(args.device)
     settings = {"spec": args.data, "batch_size": args.batch_size, "max_length": args.max_length, "model": args.model,
                 "dtype": args.dtype, "device": args.device, "device_map": args.device_map, "sequential": args.sequential}
     gpus = args.device_map is not None and torch.cuda.is_available()  # a device-mapped model reduces over NCCL too
     with process_group("cuda" if gpus else device) as (rank, world):
+        if resumable and world > 1:
+            raise ValueError("--checkpoint-every and --resume run in one process; under torchrun, shard the data "
+                             "and `reapkit combine` the shards instead")
         if args.sequential:
+            from transformers import AutoConfig
+
             from .sequential import checkpoint_shards, observe_sequential
 
-            checkpoint_shards(resolve_name(args.model))  # a folder without safetensors stops here, before any work
-            tokenizer = load_tokenizer(args.model)
-            batches = calibration_batches(args.data, tokenizer, batch_size=args.batch_size, max_length=args.max_length)
+            folder = resolve_name(args.model)
+            checkpoint_shards(folder)  # a folder without safetensors stops here, before any work
+            vocab = AutoConfig.from_pretrained(folder).get_text_config().vocab_size
+            batches = calibration_batches(args.data, load_tokenizer(args.model), batch_size=args.batch_size,
+                                          max_length=args.max_length, vocab_size=vocab)
             spill = args.spill_dir and (f"{args.spill_dir}/rank-{rank}" if world > 1 else args.spill_dir)
-            obs = observe_sequential(resolve_name(args.model), my_share(batches, rank, world), dtype=args.dtype, device=device,
+            obs = observe_sequential(folder, my_share(batches, rank, world), dtype=args.dtype, device=device,
                                      group_size=args.group_size or 8, spill_dir=spill, calibration=settings, progress=rank == 0)
         else:
             model, tokenizer = _load(args, device)
-            batches = calibration_batches(args.data, tokenizer, batch_size=args.batch_size, max_length=args.max_length)
-            obs = observe(model, my_share(batches, rank, world), calibration=settings, progress=rank == 0)
+            vocab = model.get_input_embeddings().num_embeddings
+            batches = calibration_batches(args.data, tokenizer, batch_size=args.batch_size, max_length=args.max_length,
+                                          vocab_size=vocab)
+            obs = observe(model, my_share(batches, rank, world), calibration=settings, progress=rank == 0,
+                          checkpoint=checkpoint if resumable else None)
         obs = all_reduce_observations(obs, batches)
         if rank == 0:
             obs.save(args.out, force=args.force)
+            checkpoint.remove()
             tokens = sum(obs.meta["calibration"]["tokens"].values())
             print(f"observed {tokens} tokens in {len(obs.domains)} domain(s) {obs.domains} over {len(obs.layers)} MoE layers"
                   f"{f' in {world} processes' if world > 1 else ''} -> {args.out}")
@@ -71,6 +122,7 @@ def cmd_combine(args):
 
     from .observations import Observations
 
+    _check_output(args.out, args.force, *args.observations)
     total = reduce(lambda a, b: a + b, [Observations.load(path) for path in args.observations])
     total.save(args.out, force=args.force)
     tokens = {d: int(total.stats[d]["tokens"][0]) for d in total.domains}
@@ -81,6 +133,7 @@ def cmd_scores(args):
     from .observations import Observations
     from .saliency import scores_frame
 
+    check_separate(args.csv, args.observations, what="--csv")
     obs = Observations.load(args.observations)
     frame = scores_frame(obs, [args.criterion])[["layer", "expert", "domain", "value"]]
     if args.csv:
@@ -105,6 +158,11 @@ def cmd_prune(args):
     from .observations import Observations
 
     start = time.perf_counter()
+    _check_output(args.out, args.force, args.model, args.observations)
+    _check_model_name(args.model)
+    obs = Observations.load(args.observations)
+    plan = _plan(args, obs)  # a bad ratio, criterion or domain is refused before the model loads
+    plan.provenance["source_model"] = args.model
     streaming = Path(args.model).is_dir() and not args.in_memory and args.device_map is None
     if streaming:  # a local checkpoint folder: tensor by tensor, the model is never built
         from .checkpoint import stream_prune
@@ -112,8 +170,6 @@ def cmd_prune(args):
         if args.dtype != "auto":
             raise ValueError(f"streaming prune keeps the stored dtypes, so --dtype {args.dtype} does nothing; "
                              "drop it, or add --in-memory to load, convert and save the model")
-        plan = _plan(args, Observations.load(args.observations))
-        plan.provenance["source_model"] = args.model
         stream_prune(args.model, plan, args.out, force=args.force)
     else:
         from .prune import remove_experts, save_pruned
@@ -122,8 +178,7 @@ def cmd_prune(args):
         if any(p.device.type == "meta" for p in model.parameters()):
             raise ValueError("prune cannot slice weights offloaded to disk; give --max-memory room for the whole model "
                              "or prune the checkpoint folder without --device-map (it streams tensor by tensor)")
-        plan = _plan(args, Observations.load(args.observations, model=model))
-        plan.provenance["source_model"] = args.model
+        obs.check_model(model)
         remove_experts(model, plan)
         save_pruned(model, plan, args.out, tokenizer=tokenizer, force=args.force)
     kept = {layer: len(k) for layer, k in plan.kept.items()}
@@ -149,11 +204,12 @@ def cmd_sweep(args):
         if not sep or not key:
             raise ValueError(f"--set {item!r}: expected PARAMETER=VALUE (VALUE in YAML, e.g. ratios=[0.5])")
         overrides[key] = yaml.safe_load(value)
-    runs = run_sweep(args.params, jobs=args.jobs, overrides=overrides, limit=args.limit)
+    runs = run_sweep(args.params, jobs=args.jobs, overrides=overrides, limit=args.limit, resume=args.resume)
     failed = runs[runs.status != "ok"]
     print(f"{len(runs) - len(failed)} of {len(runs)} runs succeeded; see runs.csv and results.csv beside them")
     if len(failed):
-        raise ValueError(f"{len(failed)} run(s) failed: {', '.join(failed.run_id)}")
+        raise ValueError(f"{len(failed)} run(s) failed: {', '.join(failed.run_id)}; fix them and run "
+                         f"`reapkit sweep {args.params} --resume` to redo only those")
 
 
 def cmd_architectures(args):
@@ -191,6 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--group-size", type=int, help="with --sequential: batches whose hidden states move together (default 8)")
     p.add_argument("--spill-dir", help="with --sequential: keep hidden states in files here instead of memory")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
+    p.add_argument("--checkpoint-every", type=int, metavar="N",
+                   help="save the running statistics to OUT.checkpoint every N batches (resumable with --resume)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from OUT.checkpoint")
     p.set_defaults(func=cmd_observe)
 
     p = sub.add_parser("combine", help="add observations of the same model made on different data shards")
@@ -232,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="PARAMETER=VALUE",
                    help="override a parameter for every run (YAML value; a grid parameter takes that one value)")
     p.add_argument("--limit", type=int, help="run only the first N runs of the grid (a quick check)")
+    p.add_argument("--resume", action="store_true", help="skip runs that already finished with the same parameters")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("architectures", help="list the supported MoE architectures")
@@ -242,13 +302,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_DISK_FULL = (errno.EFBIG, errno.ENOSPC, errno.EDQUOT)
+
+
+def user_error(error: BaseException) -> str | None:
+    """The one-line message for an error the user can fix, or None for a bug (shown with its traceback)."""
+    text = str(error.args[0]) if isinstance(error, (ValueError, OSError)) and len(error.args) == 1 else str(error)
+    if type(error).__name__ == "SafetensorError" or (isinstance(error, OSError) and error.errno in _DISK_FULL):
+        if isinstance(error, OSError) or any(k in text for k in ("FileTooLarge", "StorageFull", "No space", "File too large")):
+            where = f" {error.filename}" if getattr(error, "filename", None) else ""
+            return (f"could not write{where}: the disk is full or a file-size limit (ulimit -f) was reached; "
+                    "free space or write elsewhere and run again (nothing half-written was left)")
+        return None
+    if isinstance(error, OSError) and error.strerror and len(error.args) != 1:
+        return (f"{error.strerror}: {error.filename or ''}; check that the path exists and that you may "
+                "read / write it").replace(": ;", ";")
+    if isinstance(error, (ValueError, OSError)):
+        return " ".join(text.split("\n"))
+    return None
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    previous = terminate_as_interrupt()  # SIGTERM cleans up like Ctrl-C: temporary outputs are removed
     try:
         load_plugins(args.plugin)
         args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
-        message = error.args[0] if error.args else str(error)
+    except KeyboardInterrupt as error:
+        reason = str(error) or "Ctrl-C"
+        print(f"reapkit {args.command}: interrupted ({reason}); outputs not finished were removed, "
+              "nothing half-written is left", file=sys.stderr)
+        return 130
+    except Exception as error:
+        message = user_error(error)
+        if message is None:
+            raise
         print(f"reapkit {args.command}: error: {message}", file=sys.stderr)
         return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0

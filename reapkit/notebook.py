@@ -375,6 +375,7 @@ def check_parameters(params: dict, notebook) -> SimpleNamespace:
         if value is dataclasses.MISSING:
             raise ParameterError(f"parameter {parameter.name!r} is missing; define it in the notebook's parameters cell")
         values[parameter.name] = _check_one(parameter, value)
+    _check_outputs(values)
     return SimpleNamespace(**values)
 
 
@@ -428,6 +429,22 @@ def held_out(P, tokenizer):
 
     return calibration_batches(P.evaluation, tokenizer, batch_size=P.batch_size, max_length=P.max_length,
                                split="validation", seed=P.seed)
+
+
+def _check_outputs(values: dict) -> None:
+    """Output, figure and cache folders must lie apart from the model folder they read."""
+    from .atomic import check_separate
+
+    model = values.get("model")
+    if model == "demo":
+        from .demo import DEMO_PATH
+
+        model = DEMO_PATH
+    for name in ("output_dir", "figures_dir", "cache_dir"):
+        try:
+            check_separate(values.get(name), model, what=f"parameter {name!r} =")
+        except ValueError as error:
+            raise ParameterError(str(error)) from None
 
 
 def moe_layers(obs, layers=None) -> list[int]:

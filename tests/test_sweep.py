@@ -133,3 +133,16 @@ def test_run_demo_on_the_bundled_model(tmp_path):
         assert pngs and all(p.stat().st_size > 0 and p.with_suffix(".pdf").is_file() for p in pngs)
     assert (tmp_path / "runs" / "03_pruning" / "pruned_checkpoint" / "pruning_plan.json").is_file()
     assert len(pd.read_csv(tmp_path / "runs" / "04_paper_figures" / "results.csv"))
+
+
+def test_resume_skips_runs_finished_with_the_same_parameters(tmp_path, dummy):
+    first = run_sweep(write_sweep(tmp_path, dummy, grid={"value": [1, 2]}), jobs=1, progress=False)
+    assert list(first.status) == ["ok", "ok"] and not first.skipped.any()
+    notebook = tmp_path / "runs" / "s" / "000-value=1" / "dummy.ipynb"
+    stamp = notebook.stat().st_mtime_ns
+    again = run_sweep(write_sweep(tmp_path, dummy, grid={"value": [1, 2]}), jobs=1, resume=True, progress=False)
+    assert again.skipped.all() and list(again.status) == ["ok", "ok"] and notebook.stat().st_mtime_ns == stamp
+    changed = run_sweep(write_sweep(tmp_path, dummy, parameters={"fail": False}, grid={"value": [1, 2]}), jobs=1,
+                        resume=True, progress=False)
+    assert not changed.skipped.any()  # other parameters: run again
+    assert sorted(pd.read_csv(tmp_path / "runs" / "s" / "results.csv").value) == [1, 2, 10, 20]

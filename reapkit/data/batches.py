@@ -57,8 +57,9 @@ def pad_batches(sequences: list[list[int]], domain: str, batch_size: int, pad_id
     return batches
 
 
-def read_token_file(path: str | Path) -> list[list[int]]:
-    """Read a `.jsonl` file holding one JSON list of token ids per line."""
+def read_token_file(path: str | Path, vocab_size: int | None = None) -> list[list[int]]:
+    """Read a `.jsonl` file holding one JSON list of token ids per line; with `vocab_size`, every id
+    must lie in [0, vocab_size) (a file made for another tokenizer is refused, naming line and id)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
@@ -68,9 +69,19 @@ def read_token_file(path: str | Path) -> list[list[int]]:
     for number, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
-        seq = json.loads(line)
-        if not isinstance(seq, list) or not seq or not all(isinstance(t, int) for t in seq):
+        try:
+            seq = json.loads(line)
+        except ValueError:
+            seq = None
+        if not isinstance(seq, list) or not seq or not all(isinstance(t, int) and not isinstance(t, bool) for t in seq):
             raise ValueError(f"{path}:{number}: expected a non-empty JSON list of integer token ids, got {line[:60]!r}")
+        bad = [t for t in seq if t < 0 or (vocab_size is not None and t >= vocab_size)]
+        if bad:
+            limit = f"the model's vocabulary has {vocab_size} tokens (ids 0..{vocab_size - 1})" if vocab_size else "ids are >= 0"
+            raise ValueError(
+                f"{path}:{number}: token id {bad[0]} is outside the vocabulary ({limit}); the file was made "
+                "for another tokenizer: re-tokenize the text with this model's tokenizer"
+            )
         sequences.append(seq)
     if not sequences:
         raise ValueError(f"token file {path} holds no sequences; write one JSON list of token ids per line")
@@ -148,11 +159,13 @@ def calibration_batches(
     split: str = "calibration",
     seed: int = 0,
     chat_fallback: bool = True,
+    vocab_size: int | None = None,
 ) -> list[Batch]:
     """Batches for a calibration spec, one domain per batch, in spec order; deterministic for a given seed.
 
     `split` chooses the split of the built-in domains (data sets and token files are used whole).
     Samples are picked by a seeded shuffle, truncated to `max_length` tokens, not packed.
+    `vocab_size` (the model's embedding rows) checks the ids of token files, naming file and line.
     """
     if max_length < MIN_MAX_LENGTH:
         raise ValueError(
@@ -171,7 +184,7 @@ def calibration_batches(
     batches: list[Batch] = []
     for item in items:
         if item.kind == "tokens":
-            seqs = _token_sequences(item, max_length=max_length, seed=seed)
+            seqs = _token_sequences(item, max_length=max_length, seed=seed, vocab_size=vocab_size)
         else:
             seqs = _text_sequences(
                 item, tokenizer, split=split, max_length=max_length, seed=seed, chat_fallback=chat_fallback
@@ -180,9 +193,9 @@ def calibration_batches(
     return batches
 
 
-def _token_sequences(item, *, max_length: int, seed: int) -> list[list[int]]:
+def _token_sequences(item, *, max_length: int, seed: int, vocab_size: int | None = None) -> list[list[int]]:
     """`item.count` sequences of a token file in seeded order (all when None), each cut to `max_length`."""
-    seqs = read_token_file(item.source)
+    seqs = read_token_file(item.source, vocab_size)
     if item.count is not None and item.count > len(seqs):
         warnings.warn(
             f"{item.domain}: asked for {item.count} samples but only {len(seqs)} exist; using all {len(seqs)}",
