@@ -33,7 +33,7 @@ def fingerprint(model) -> dict:
     digest = hashlib.sha256()
     blocks = list(arch.moe_blocks(model))
     for index, block in blocks:
-        weight = arch.router_of(block).weight.detach()
+        weight = arch.router_weight_of(block).detach()
         digest.update(f"{index}:{tuple(weight.shape)}".encode())
         digest.update(weight.float().cpu().numpy().tobytes())
     config = model.config.get_text_config()

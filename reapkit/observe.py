@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers.integrations import moe as hf_moe
 
-from .arch import Architecture, architecture_for
+from .arch import SCORING, Architecture, architecture_for
 from .observations import Observations, fingerprint
 from . import __version__
 
@@ -116,8 +116,7 @@ hf_moe.ExpertsInterface.register(IMPLEMENTATION, observed_experts_forward)
 
 def _router_probs(arch: Architecture, output) -> torch.Tensor:
     logits = output[arch.logits_index] if isinstance(output, tuple) else output
-    logits = logits.float()
-    return torch.sigmoid(logits) if arch.scoring == "sigmoid" else torch.softmax(logits, dim=-1)
+    return SCORING[arch.scoring](logits.float().reshape(-1, logits.shape[-1]))
 
 
 @contextlib.contextmanager
@@ -211,6 +210,7 @@ def observe(model, batches, *, progress: bool = True, calibration: dict | None =
         "num_experts": [arch.experts_of(b).num_experts for _, b in arch.moe_blocks(model)],
         "top_k": arch.top_k(config),
         "n_group": arch.n_group(config),
+        "topk_group": arch.topk_group(config),
         "calibration": calibration,
     }
     stats = {d: {k: v.cpu() for k, v in recorder.stats[d].items()} for d in domains}

@@ -10,13 +10,14 @@ from transformers import AutoModelForCausalLM
 from reapkit.arch import architecture_for
 from reapkit.observe import observe
 from reapkit.plan import PruningPlan
-from reapkit.prune import mask_experts, prune_checkpoint, remove_experts, save_pruned
-from tiny_models import ARCHS, tiny_model
+from reapkit.prune import _text_config_path, mask_experts, prune_checkpoint, remove_experts, save_pruned
+from tiny_models import ARCHS, auto_class, tiny_model
 
 
 def logits(model, batch):
     with torch.no_grad():
-        return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+    return out.logits if "logits" in out else out.last_hidden_state  # an encoder (openai_privacy_filter)
 
 
 def plan_for(model, batches, keep=4):
@@ -32,14 +33,24 @@ def test_remove_equals_mask(name, batches):
         masked = logits(model, batches[0])
     assert torch.equal(logits(model, batches[0]), original), "masking must be undone on exit"
     assert not torch.allclose(masked, original, atol=1e-4), "pruning half the experts should change the logits"
+    arch = architecture_for(model)
+    biases = [(arch.correction_bias_of(block), plan.removed(layer)) for layer, block in arch.moe_blocks(model)]
+    if biases[0][0] is not None:  # selection-only correction bias: masking == its removed entries at -inf
+        saved = [bias.detach().clone() for bias, _ in biases]
+        with torch.no_grad():
+            for bias, removed in biases:
+                bias[..., removed] = float("-inf")
+        torch.testing.assert_close(logits(model, batches[0]), masked, rtol=0, atol=1e-6)
+        with torch.no_grad():
+            for (bias, _), value in zip(biases, saved):
+                bias.copy_(value)
     remove_experts(model, plan)
     torch.testing.assert_close(logits(model, batches[0]), masked, rtol=0, atol=2e-5)
-    arch = architecture_for(model)
     for layer, block in arch.moe_blocks(model):
         assert arch.experts_of(block).num_experts == 4
         assert arch.experts_of(block).gate_up_proj.shape[0] == 4
-        assert arch.router_of(block).weight.shape[0] == 4
-    assert getattr(model.config, arch.num_experts_key) == 4
+        assert arch.router_weight_of(block).shape[0] == 4
+    assert getattr(model.config.get_text_config(), arch.num_experts_key) == 4
 
 
 @pytest.mark.parametrize("norm", [True, False])
@@ -91,8 +102,11 @@ def test_saved_checkpoint_reloads_with_stock_transformers(name, batches, tmp_pat
     expected = logits(model, batches[0])
     save_pruned(model, plan, tmp_path / "pruned")
     config = json.loads((tmp_path / "pruned" / "config.json").read_text())
+    for key in _text_config_path(model.config):  # multimodal: the decoder's config is nested
+        config = config[key]
     assert config[architecture_for(model).num_experts_key] == 6
-    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "pruned").eval()
+    reloaded = auto_class(name).from_pretrained(tmp_path / "pruned").eval()
+    assert type(reloaded) is type(model), "reloads as the full model of its Auto class"
     torch.testing.assert_close(logits(reloaded, batches[0]), expected, rtol=0, atol=1e-5)
     assert PruningPlan.load(tmp_path / "pruned" / "pruning_plan.json").kept == plan.kept
 
