@@ -197,6 +197,26 @@ def moe_model_types() -> list[str]:
     return sorted({f.parent.name for f in files if pattern.search(f.read_text(encoding="utf-8"))})
 
 
+def _scoring_in_source(model_type: str) -> str | None:
+    """The scoring function named in the forward of the class transformers records `router_logits` from."""
+    import importlib
+    import inspect
+
+    try:
+        module = importlib.import_module(f"transformers.models.{model_type}.modeling_{model_type}")
+        classes = [getattr(module, name) for name in dir(module)]
+        recorders = [r for c in classes for r in _as_list((getattr(c, "_can_record_outputs", None) or {}).get("router_logits"))]
+        source = inspect.getsource(recorders[0].target_class.forward)
+    except Exception:  # noqa: BLE001 - no recorded router class: scoring is read from the router when loaded
+        return None
+    found = [name for name in ("sqrtsoftplus", "sigmoid", "softmax") if name in source]
+    return found[0] if len(found) == 1 else None
+
+
+def _as_list(value):
+    return list(value) if isinstance(value, (list, tuple)) else [] if value is None else [value]
+
+
 def architecture_rows() -> list[dict]:
     """One row per MoE model type: what reapkit reads from its config class and the table, and its status."""
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
@@ -216,7 +236,7 @@ def architecture_rows() -> list[dict]:
             continue
         arch, text = read_config_keys(config, record), config.get_text_config().to_dict()
         row["experts_key"] = arch.num_experts_key or ""
-        row["scoring"] = arch.scoring or "read from router"
+        row["scoring"] = arch.scoring or _scoring_in_source(model_type) or "read from router"
         row["groups"] = arch.n_group_key or "-"
         row["shared"] = "yes" if any(text.get(k) for k in SHARED_NAMES) else "no"
         if not row["why_not"] and row["verified"] == "no":

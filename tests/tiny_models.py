@@ -38,12 +38,18 @@ OVERRIDES = {
     "deepseek_ocr2": dict(mlp_layer_types=["sparse", "sparse"]),
     "dots1": dict(n_shared_experts=1),
     "glm4v_moe": dict(rope_parameters={**_ROPE_HALF, "mrope_section": [2, 1, 1]}),
-    "glm5_next": dict(qk_rope_head_dim=0),
     "inkling2": dict(vision_config=dict(text_hidden_size=64)),
     "lfm2_moe": dict(layer_types=["full_attention", "full_attention"], num_dense_layers=0),
-    "mimo_v2_flash": dict(rope_parameters={"full_attention": _ROPE_HALF, "sliding_attention": _ROPE_HALF}),
+    "mimo_v2_flash": dict(num_key_value_heads=2,  # its sliding-window layers double the KV heads
+                          rope_parameters={"full_attention": _ROPE_HALF, "sliding_attention": _ROPE_HALF}),
     "qwen3_omni_moe": dict(enable_audio_output=False),
     "mistral4": dict(head_dim=16),
+    "beam": dict(mlp_layer_types=["sparse", "sparse"]),
+    "glm5_next": dict(qk_rope_head_dim=0, mlp_layer_types=["sparse", "sparse"]),
+    "gemma4": dict(enable_moe_block=True),
+    "diffusion_gemma": dict(enable_moe_block=True),
+    "granitemoehybrid": dict(mamba_n_heads=4, mamba_d_state=8, mamba_d_head=16, mamba_chunk_size=8, mamba_expand=1),
+    "kimi_linear": dict(linear_head_dim=16, linear_num_heads=4),
     "ernie4_5_vl_moe": dict(moe_intermediate_size=[32, 32],
                             rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [3, 3, 2]}),
 }
@@ -100,8 +106,21 @@ def tiny_config(name: str, **overrides):
     return cls(**subs, **outer)
 
 
+_BUILT: dict[str, torch.nn.Module] = {}
+
+
 def tiny_model(name: str, seed: int = 0, router_scale: float = 8.0, **overrides):
-    """A random tiny model; router weights scaled so that experts differ, correction biases random."""
+    """A random tiny model (a fresh copy of one built once per session and arguments)."""
+    import copy
+
+    key = repr((name, seed, router_scale, sorted(overrides.items())))
+    if key not in _BUILT:
+        _BUILT[key] = _build(name, seed, router_scale, **overrides)
+    return copy.deepcopy(_BUILT[key])
+
+
+def _build(name: str, seed: int, router_scale: float, **overrides):
+    """Router weights scaled so that experts differ, correction biases and expert biases random."""
     torch.manual_seed(seed)
     model = auto_class(name).from_config(tiny_config(name, **overrides)).eval()
     from reapkit.arch import architecture_for
