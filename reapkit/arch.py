@@ -201,7 +201,8 @@ def architecture_for(model_or_config) -> Architecture:
 
 def _unknown(model_type: str, why: str) -> str:
     return (
-        f"reapkit does not know the MoE architecture {model_type!r} ({why}). To add it, describe what "
+        f"reapkit does not know the MoE architecture {model_type!r} ({why}). Verified: {', '.join(sorted(VERIFIED))}. "
+        f"To add it, describe what "
         f"cannot be read: reapkit.register_architecture(reapkit.Architecture({model_type!r}, "
         f"num_experts_key=..., router=..., experts=...))"
     )

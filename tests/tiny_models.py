@@ -45,7 +45,8 @@ OVERRIDES = {
     "qwen3_omni_moe": dict(enable_audio_output=False),
     "mistral4": dict(head_dim=16),
     "beam": dict(mlp_layer_types=["sparse", "sparse"]),
-    "glm5_next": dict(qk_rope_head_dim=0, mlp_layer_types=["sparse", "sparse"]),
+    "glm5_next": dict(qk_rope_head_dim=0, mlp_layer_types=["sparse", "sparse"],
+                      layer_types=["indexed_attention", "indexed_attention"]),  # no KDA layer: its reference kernel is slow
     "gemma4": dict(enable_moe_block=True),
     "diffusion_gemma": dict(enable_moe_block=True),
     "granitemoehybrid": dict(mamba_n_heads=4, mamba_d_state=8, mamba_d_head=16, mamba_chunk_size=8, mamba_expand=1),
