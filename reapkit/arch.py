@@ -15,7 +15,7 @@ The observer, the planner and the pruner read these records and never branch on 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 
 import torch
 
@@ -215,5 +215,5 @@ def explicit_fields(arch: Architecture) -> list[str]:
             and getattr(arch, f.name) != getattr(default, f.name)]
 
 
-__all__ = ["Architecture", "ARCHITECTURES", "VERIFIED", "EXPERT_COUNT_NAMES", "SCORING", "architecture_for",
-           "explicit_fields", "get_path", "register_architecture", "replace", "UnknownArchitectureError"]
+__all__ = ["ARCHITECTURES", "EXPERT_COUNT_NAMES", "SCORING", "VERIFIED", "Architecture", "UnknownArchitectureError",
+           "architecture_for", "explicit_fields", "get_path", "register_architecture"]

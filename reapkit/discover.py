@@ -165,7 +165,7 @@ def read_architecture(model: torch.nn.Module, record: Architecture) -> Architect
 def _complete_from_block(model, record: Architecture) -> Architecture:
     experts_name = record.experts or "experts"
     record = replace(record, experts=experts_name)
-    index, block = next(record.moe_blocks(model))
+    _, block = next(record.moe_blocks(model))
     experts = get_path(block, experts_name)
     hidden = model.config.get_text_config().hidden_size
     num_experts = experts.num_experts

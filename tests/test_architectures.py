@@ -1,10 +1,16 @@
 """The table of architectures: every MoE type of transformers listed, README in step, records minimal."""
 import pytest
+from tiny_models import ARCHS, tiny_model
 
-from reapkit.arch import ARCHITECTURES, VERIFIED, Architecture, architecture_for, explicit_fields
+from reapkit.arch import (
+    ARCHITECTURES,
+    VERIFIED,
+    Architecture,
+    architecture_for,
+    explicit_fields,
+)
 from reapkit.discover import architecture_rows, architectures_markdown, moe_model_types
 from reapkit.plan import feasible_group_counts
-from tiny_models import ARCHS, tiny_model
 
 
 @pytest.fixture(scope="module")
