@@ -1,42 +1,58 @@
-"""One declarative record per MoE architecture: where the router and experts live, and config keys.
+"""One declarative record per MoE architecture, completed by reading the model's own structure.
 
-    >>> arch = architecture_for(model)            # looked up by config.model_type
+    >>> arch = architecture_for(model)            # read from the module tree, completed by the table
     >>> [(i, block) for i, block in arch.moe_blocks(model)][:1]
     [(0, Qwen3MoeSparseMoeBlock(...))]
     >>> register_architecture(Architecture("my_moe", num_experts_key="num_experts"))
 
+What can be read is read (`reapkit.discover`): the fused experts module (transformers'
+`@use_experts_implementation`), its block and decoder layers, the router (the module transformers
+records `router_logits` from, or the block's module whose weight has E rows), a selection-only
+correction bias, shared experts, and the config keys of the expert count, top-k and routing groups.
+A record in `ARCHITECTURES` names only what cannot be read (the key published checkpoints use when
+it differs from the config's own, a scoring function, a reason a type is not supported).
 The observer, the planner and the pruner read these records and never branch on a model name.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 
 #: Attribute names under which transformers caches an expert count on modules and configs.
 EXPERT_COUNT_NAMES = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
 
+#: Router scoring functions: router logits -> per-expert probabilities.
+SCORING = {
+    "softmax": lambda logits: torch.softmax(logits, dim=-1),
+    "sigmoid": torch.sigmoid,
+    "sqrtsoftplus": lambda logits: torch.nn.functional.softplus(logits).sqrt(),
+}
+
 
 @dataclass(frozen=True)
 class Architecture:
-    """Names that locate the MoE parts of one transformers model type.
+    """Names that locate the MoE parts of one transformers model type; `None` means "read it".
 
-    Paths are dotted attribute paths: `layers` from the causal-LM model, `block` from a decoder
-    layer, `router`, `experts` and `correction_bias` from the block.
+    Paths are dotted attribute paths: `layers` from the top model, `block` from a decoder
+    layer, `router`, `experts`, `correction_bias` and `shared_experts` from the block.
     """
 
     model_type: str
-    num_experts_key: str  # the config key published checkpoints use (written back on save)
-    top_k_key: str = "num_experts_per_tok"
-    layers: str = "model.layers"
-    block: str = "mlp"
-    router: str = "gate"
-    experts: str = "experts"
+    num_experts_key: str | None = None  # the config key published checkpoints use (written back on save)
+    top_k_key: str | None = None
+    layers: str | None = None
+    block: str | None = None
+    router: str | None = None
+    experts: str | None = None
     correction_bias: str | None = None  # selection-only bias, sliced on its last dimension
-    scoring: str = "softmax"  # "softmax" or "sigmoid": router logits -> probabilities
-    logits_index: int = 0  # position of the router logits in the router's output tuple
+    shared_experts: str | None = None
+    scoring: str | None = None  # a key of SCORING
+    logits_index: int | None = None  # position of the router logits in the router's output tuple
     gated_input: bool = False  # the block scales the experts' *input* by the gate (llama4)
     n_group_key: str | None = None  # config key of group-limited routing
+    topk_group_key: str | None = None
+    unsupported: str = ""  # why reapkit cannot prune this type (one line); empty when it can
     notes: str = field(default="", compare=False)
 
     def moe_blocks(self, model: torch.nn.Module):
@@ -52,6 +68,15 @@ class Architecture:
     def router_of(self, block):
         return get_path(block, self.router)
 
+    def router_weight_of(self, block) -> torch.Tensor:
+        """The router's [E, hidden] weight (the router's own `weight`, or its linear map's)."""
+        router = self.router_of(block)
+        weight = getattr(router, "weight", None)
+        if isinstance(weight, torch.Tensor) and weight.dim() == 2:
+            return weight
+        experts = self.experts_of(block).num_experts
+        return next(p for p in router.parameters() if p.dim() == 2 and p.shape[0] == experts)
+
     def experts_of(self, block):
         return get_path(block, self.experts)
 
@@ -64,9 +89,17 @@ class Architecture:
     def n_group(self, config) -> int:
         return int(getattr(config, self.n_group_key, 1) or 1) if self.n_group_key else 1
 
+    def topk_group(self, config) -> int | None:
+        """Groups a token may route to (None when routing is not group-limited)."""
+        if self.n_group(config) <= 1 or not self.topk_group_key:
+            return None
+        return int(getattr(config, self.topk_group_key, 0) or self.n_group(config))
+
 
 def get_path(obj, path: str, *default):
-    """`get_path(model, "model.layers")` follows a dotted attribute path."""
+    """`get_path(model, "model.layers")` follows a dotted attribute path (`""` is `obj` itself)."""
+    if not path:
+        return obj
     try:
         for name in path.split("."):
             obj = getattr(obj, name)
@@ -77,39 +110,66 @@ def get_path(obj, path: str, *default):
         raise
 
 
-_GROUPED = dict(correction_bias="gate.e_score_correction_bias", scoring="sigmoid", n_group_key="n_group")
-
 ARCHITECTURES: dict[str, Architecture] = {}
+_read_cache: dict[tuple, Architecture] = {}  # (model class, record) -> the record completed from its structure
 
 
 def register_architecture(arch: Architecture, *, overwrite: bool = False) -> Architecture:
-    """Make `arch` known to reapkit, keyed by its `model_type`."""
+    """Make `arch` known to reapkit, keyed by its `model_type`; unset fields are read from the model."""
     if arch.model_type in ARCHITECTURES and not overwrite:
         raise ValueError(f"architecture {arch.model_type!r} is already registered; pass overwrite=True to replace it")
-    if arch.scoring not in ("softmax", "sigmoid"):
-        raise ValueError(f"scoring must be 'softmax' or 'sigmoid', got {arch.scoring!r}")
+    if arch.scoring is not None and arch.scoring not in SCORING:
+        raise ValueError(f"scoring must be one of {', '.join(SCORING)}, got {arch.scoring!r}")
     ARCHITECTURES[arch.model_type] = arch
+    _read_cache.clear()
     return arch
 
 
+_PUBLISHED_NUM_EXPERTS = "published checkpoints write `num_experts`, transformers 5 writes `num_local_experts`"
+_NO_TOP_K = "dense expert compute: every expert runs on every token, no top-k routing to prune"
+
 for _arch in (
-    Architecture("qwen3_moe", num_experts_key="num_experts"),
-    Architecture("qwen2_moe", num_experts_key="num_experts", notes="shared expert with its own sigmoid gate"),
-    Architecture("qwen3_next", num_experts_key="num_experts", notes="hybrid linear attention, shared expert"),
-    Architecture("mixtral", num_experts_key="num_local_experts"),
-    Architecture("olmoe", num_experts_key="num_experts"),
-    Architecture("deepseek_v3", num_experts_key="n_routed_experts", **_GROUPED),
-    Architecture("glm4_moe", num_experts_key="n_routed_experts", **_GROUPED, notes="GLM-4.5/4.6/4.7"),
-    Architecture("glm4_moe_lite", num_experts_key="n_routed_experts", **_GROUPED, notes="GLM-4.7-Flash"),
-    Architecture("minimax_m2", num_experts_key="num_local_experts", correction_bias="e_score_correction_bias", scoring="sigmoid"),
-    Architecture("ernie4_5_moe", num_experts_key="moe_num_experts", correction_bias="gate.moe_statics.e_score_correction_bias"),
-    Architecture("gpt_oss", num_experts_key="num_local_experts", router="router", notes="transposed, biased experts"),
+    # Only what cannot be read from the module tree and the config.
+    Architecture("qwen3_moe", num_experts_key="num_experts", notes=_PUBLISHED_NUM_EXPERTS),
+    Architecture("qwen3_vl_moe", num_experts_key="num_experts", notes=_PUBLISHED_NUM_EXPERTS),
+    Architecture("flint", unsupported="transformers decorates its MoE block, not its experts, as experts: "
+                 "the experts implementation that observes cannot be swapped in"),
+    Architecture("zaya", unsupported="its router scores E+1 classes (a compute-free skip expert) and routes top-1 "
+                 "only; the skip class has no expert to keep or remove"),
+    Architecture("inkling", unsupported="transformers 5.23 ships its modeling file without a config class or "
+                 "Auto mapping, so no checkpoint of it can be built or loaded"),
+    Architecture("deepseek_v4", unsupported="its first layers route by a frozen token-id hash (hash_moe): no "
+                 "router score can mask an expert those routes point to"),
+    Architecture("ernie4_5_vl_moe", notes="not verified: its blocks hold text and vision experts side by side "
+                 "(two expert groups per block); removing text experts alone does not yet equal masking"),
+    Architecture("diffusion_gemma", notes="not verified: its block-diffusion forward runs a canvas of extra "
+                 "positions beside the prompt, which the per-token padding mask does not describe"),
+    Architecture("qwen3_omni_moe", notes="not verified: its ForConditionalGeneration has no forward of its own "
+                 "(generate drives the thinker), so the suite's logits identities cannot run on it"),
+    Architecture("dots3_note", notes="not verified: its default per-layer config names 45 layers and cannot be "
+                 "shrunk to a tiny model"),
+    Architecture("muse_spark", notes="not verified: its tiny model keeps a full-width (4,096) expert path, "
+                 "observing fails"),
     Architecture(
-        "llama4_text", num_experts_key="num_local_experts", block="feed_forward", router="router",
-        scoring="sigmoid", logits_index=1, gated_input=True, notes="gate scales the experts' input",
+        "llama4_text", num_experts_key="num_local_experts", layers="model.layers", block="feed_forward",
+        experts="experts", router="router",
+        scoring="sigmoid", logits_index=1, gated_input=True, notes="gate scales the experts' input (not decorated)",
     ),
 ):
     register_architecture(_arch)
+
+
+#: model types the test suite runs every identity on (tests/tiny_models.py parametrises over exactly these)
+VERIFIED = frozenset({
+    "afmoe", "aria", "axk1", "axk2", "bailing_hybrid", "beam", "cohere2_moe", "deepseek_ocr2", "deepseek_v2",
+    "deepseek_v3", "deepseek_v32", "dots1", "ernie4_5_moe", "exaone_moe",
+    "flex_olmo", "gemma4", "glm4_moe", "glm4_moe_lite", "glm4v_moe", "glm5_next", "glm_moe_dsa", "gpt_oss",
+    "granitemoe", "granitemoe_swa", "granitemoehybrid", "granitemoeshared", "hunyuan_v1_moe", "hy_v3", "hy_v4",
+    "inkling2", "jamba", "kimi_linear", "kolibri1", "laguna", "lfm2_moe", "llama4_text", "mellum", "minimax",
+    "minimax_m2", "minimax_m3_vl", "mistral_large4", "mixtral", "nemotron_h", "olmoe", "openai_privacy_filter",
+    "phimoe", "qwen2_moe", "qwen3_5_moe", "qwen3_moe", "qwen3_next", "qwen3_vl_moe", "solar_open", "unlimited_ocr",
+    "mistral4", "qwen4_exp", "mimo_v2_flash",
+})
 
 
 class UnknownArchitectureError(ValueError):
@@ -117,16 +177,43 @@ class UnknownArchitectureError(ValueError):
 
 
 def architecture_for(model_or_config) -> Architecture:
-    """The registered `Architecture` of a model (or config), by `model_type`."""
+    """The `Architecture` of a model (read from its modules) or of a config (its record and config keys)."""
+    from .discover import read_architecture, read_config_keys, text_model_type
+
+    is_model = isinstance(model_or_config, torch.nn.Module)
     config = getattr(model_or_config, "config", model_or_config)
-    if config.model_type not in ARCHITECTURES and getattr(config, "text_config", None) is not None:
-        config = config.text_config
-    model_type = config.model_type
-    if model_type not in ARCHITECTURES:
-        known = ", ".join(sorted(ARCHITECTURES))
-        raise UnknownArchitectureError(
-            f"reapkit does not know the MoE architecture {model_type!r}. Supported: {known}. "
-            f"To add it, describe where its router and experts live: "
-            f"reapkit.register_architecture(reapkit.Architecture({model_type!r}, num_experts_key=..., router=..., ...))"
-        )
-    return ARCHITECTURES[model_type]
+    model_type = text_model_type(config)
+    record = ARCHITECTURES.get(model_type) or ARCHITECTURES.get(config.model_type)
+    if record is not None and record.unsupported:
+        raise UnknownArchitectureError(f"reapkit cannot prune {model_type!r}: {record.unsupported}")
+    if not is_model:
+        if record is None:
+            raise UnknownArchitectureError(_unknown(model_type, "give the model, not its config, to read its structure"))
+        return read_config_keys(config, record)
+    key = (type(model_or_config), record)
+    if key not in _read_cache:
+        try:
+            _read_cache[key] = read_architecture(model_or_config, record or Architecture(model_type))
+        except LookupError as error:
+            raise UnknownArchitectureError(_unknown(model_type, str(error))) from None
+    return _read_cache[key]
+
+
+def _unknown(model_type: str, why: str) -> str:
+    return (
+        f"reapkit does not know the MoE architecture {model_type!r} ({why}). Verified: {', '.join(sorted(VERIFIED))}. "
+        f"To add it, describe what "
+        f"cannot be read: reapkit.register_architecture(reapkit.Architecture({model_type!r}, "
+        f"num_experts_key=..., router=..., experts=...))"
+    )
+
+
+def explicit_fields(arch: Architecture) -> list[str]:
+    """Names of the fields a table record sets by hand (everything else is read)."""
+    default = Architecture(arch.model_type)
+    return [f.name for f in fields(arch) if f.name not in ("model_type", "notes")
+            and getattr(arch, f.name) != getattr(default, f.name)]
+
+
+__all__ = ["ARCHITECTURES", "EXPERT_COUNT_NAMES", "SCORING", "VERIFIED", "Architecture", "UnknownArchitectureError",
+           "architecture_for", "explicit_fields", "get_path", "register_architecture"]

@@ -213,10 +213,23 @@ def cmd_sweep(args):
 
 
 def cmd_architectures(args):
-    from .arch import ARCHITECTURES
+    from .discover import architecture_rows, architectures_markdown
 
-    for name, arch in sorted(ARCHITECTURES.items()):
-        print(f"{name:16s} experts key {arch.num_experts_key:18s} router {arch.block}.{arch.router:8s} {arch.notes}")
+    rows = architecture_rows()
+    if args.markdown:
+        print(architectures_markdown(rows), end="")
+        return
+    header = ("model type", "expert-count key", "router scoring", "groups", "shared", "verified")
+    keys = ("model_type", "experts_key", "scoring", "groups", "shared", "verified")
+    supported = [r for r in rows if not r["why_not"]]
+    widths = [max(len(h), *(len(r[k]) for r in supported)) for h, k in zip(header, keys)]
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    for r in supported:
+        print("  ".join(r[k].ljust(w) for k, w in zip(keys, widths)))
+    print("\nnot supported:")
+    for r in rows:
+        if r["why_not"]:
+            print(f"  {r['model_type']}: {r['why_not']}")
 
 
 def placement_args(p):
@@ -294,7 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="skip runs that already finished with the same parameters")
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("architectures", help="list the supported MoE architectures")
+    p = sub.add_parser("architectures", help="list the MoE model types of transformers and which reapkit supports")
+    p.add_argument("--markdown", action="store_true", help="print the README's table")
     p.set_defaults(func=cmd_architectures)
     for p in sub.choices.values():
         p.add_argument("--plugin", action="append", default=[], metavar="MODULE_OR_FILE",

@@ -36,9 +36,8 @@ def fingerprint(model) -> dict:
     digest = hashlib.sha256()
     blocks = list(arch.moe_blocks(model))
     for index, block in blocks:
-        router = arch.router_of(block)
-        with align_module_device(router):  # weights a device map offloaded to disk are read in for the moment
-            weight = router.weight.detach()
+        with align_module_device(arch.router_of(block)):  # weights a device map offloaded to disk are read in for the moment
+            weight = arch.router_weight_of(block).detach()
             digest.update(f"{index}:{tuple(weight.shape)}".encode())
             digest.update(weight.float().cpu().numpy().tobytes())
     config = model.config.get_text_config()

@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers.integrations import moe as hf_moe
 
-from .arch import Architecture, architecture_for
+from .arch import SCORING, Architecture, architecture_for
 from .hooks import forward_hooks
 from .loading import input_device
 from .observations import Observations, fingerprint
@@ -129,8 +129,7 @@ hf_moe.ExpertsInterface.register(IMPLEMENTATION, observed_experts_forward)
 
 def _router_probs(arch: Architecture, output) -> torch.Tensor:
     logits = output[arch.logits_index] if isinstance(output, tuple) else output
-    logits = logits.float()
-    return torch.sigmoid(logits) if arch.scoring == "sigmoid" else torch.softmax(logits, dim=-1)
+    return SCORING[arch.scoring](logits.float().reshape(-1, logits.shape[-1]))
 
 
 @contextlib.contextmanager
@@ -237,6 +236,7 @@ def observations_from(model, recorder: _Recorder, batches, calibration: dict | N
         "num_experts": [arch.experts_of(b).num_experts for _, b in arch.moe_blocks(model)],
         "top_k": arch.top_k(config),
         "n_group": arch.n_group(config),
+        "topk_group": arch.topk_group(config),
         "calibration": calibration,
     }
     stats = {d: {k: v.cpu() for k, v in recorder.stats[d].items()} for d in domains}

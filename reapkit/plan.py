@@ -57,11 +57,14 @@ class PruningPlan:
     @classmethod
     def from_scores(cls, scores: np.ndarray, layers: list[int], num_experts: list[int], *, top_k: int,
                     ratio: float | None = None, keep: int | None = None, counts: dict[int, int] | None = None,
-                    n_group: int = 1, criterion: str = "custom", provenance: dict | None = None) -> "PruningPlan":
+                    n_group: int = 1, topk_group: int | None = None, criterion: str = "custom",
+                    provenance: dict | None = None) -> "PruningPlan":
         """Keep the highest-scoring experts of each layer; exactly one of ratio / keep / counts.
 
         `ratio` is the fraction of each layer's experts removed (in [0, 1)); `keep` the number kept
         per layer; `counts` {decoder layer: number kept}. Ties go to the lower expert index.
+        With group-limited routing (`n_group` > 1) each group keeps the same number of experts and
+        `topk_group` x kept per group >= `top_k`; other counts are refused, naming the nearest feasible ones.
         """
         if sum(x is not None for x in (ratio, keep, counts)) != 1:
             raise ValueError("give exactly one of ratio=, keep= or counts=")
@@ -86,7 +89,7 @@ class PruningPlan:
                     f"and at most {total}. Choose a smaller ratio or a larger number of experts to keep"
                 )
             row = np.asarray(scores[pos][:total], dtype=np.float64)
-            kept[layer] = _select(row, n, n_group, layer)
+            kept[layer] = _select(row, n, n_group, layer, topk_group=topk_group, top_k=top_k)
             kept_scores[layer] = [float(v) for v in row]
         return cls(kept, dict(zip(layers, num_experts)), criterion, ratio, kept_scores, dict(provenance or {}))
 
@@ -102,7 +105,8 @@ class PruningPlan:
             "domains": domains, "seed": seed, "architecture": obs.meta["architecture"],
         }
         return cls.from_scores(values, obs.layers, obs.num_experts, top_k=obs.top_k, ratio=ratio, keep=keep,
-                               counts=counts, n_group=obs.meta.get("n_group", 1), criterion=criterion,
+                               counts=counts, n_group=obs.meta.get("n_group", 1),
+                               topk_group=obs.meta.get("topk_group"), criterion=criterion,
                                provenance=provenance)
 
     @classmethod
@@ -161,21 +165,34 @@ class PruningPlan:
         return cls(**data)
 
 
-def _select(row: np.ndarray, n: int, n_group: int, layer: int) -> list[int]:
+def feasible_group_counts(total: int, n_group: int, top_k: int, topk_group: int | None = None) -> list[int]:
+    """Experts a layer of `total` routed in `n_group` groups may keep: `feasible_group_counts(8, 2, 2) == [4, 6, 8]`.
+
+    Every group keeps the same number, at least 2 (groups are ranked by their two best experts),
+    and the `topk_group` groups a token may use hold at least `top_k` experts.
+    """
+    if total % n_group:
+        return []
+    need = max(2, -(-top_k // (topk_group or n_group)))
+    return [n_group * per for per in range(need, total // n_group + 1)]
+
+
+def _select(row: np.ndarray, n: int, n_group: int, layer: int, *, topk_group: int | None = None,
+            top_k: int = 1) -> list[int]:
     """Indices of the `n` best experts, `n / n_group` from each routing group when grouped."""
     order = lambda values: np.argsort(-values, kind="stable")  # noqa: E731
     if n_group <= 1:
         return sorted(int(i) for i in order(row)[:n])
-    if n % n_group or len(row) % n_group:
+    feasible = feasible_group_counts(len(row), n_group, top_k, topk_group)
+    if n not in feasible:
+        below, above = [c for c in feasible if c < n], [c for c in feasible if c > n]
+        nearest = " or ".join(f"keep={c} (ratio {1 - c / len(row):.4g})" for c in (below[-1:] + above[:1])) or "none"
         raise ValueError(
-            f"layer {layer} routes in {n_group} expert groups (n_group), so each group must keep the same "
-            f"number of experts, but {n} kept of {len(row)} is not divisible by {n_group}; choose a count that is"
+            f"layer {layer} routes in {n_group} expert groups (n_group) choosing {topk_group or n_group} of them "
+            f"(topk_group) for top-{top_k}: every group must keep the same number of experts, at least 2 and "
+            f"enough that topk_group x kept per group >= top_k, but {n} kept of {len(row)} does not; "
+            f"nearest feasible: {nearest}"
         )
     size, per_group = len(row) // n_group, n // n_group
-    if per_group < 2:
-        raise ValueError(
-            f"layer {layer} routes in {n_group} expert groups and ranks each group by its two best experts, "
-            f"so every group must keep at least 2 experts ({n} kept in {n_group} groups); keep more experts"
-        )
     chosen = [g * size + int(i) for g in range(n_group) for i in order(row[g * size:(g + 1) * size])[:per_group]]
     return sorted(chosen)

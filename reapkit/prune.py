@@ -101,7 +101,7 @@ def remove_experts(model, plan: PruningPlan):
         block, total = blocks[layer], plan.num_experts[layer]
         kept = plan.kept[layer]
         index = torch.tensor(kept, dtype=torch.long)
-        for module in (arch.experts_of(block), arch.router_of(block)):
+        for module in (*arch.experts_of(block).modules(), *arch.router_of(block).modules()):
             _slice_tensors(module, index, total)
         bias = arch.correction_bias_of(block)
         if bias is not None and bias.shape[-1] == total:
@@ -110,11 +110,18 @@ def remove_experts(model, plan: PruningPlan):
             _set_counts(module, total, len(kept))
     if plan.is_uniform:
         total, new = next(iter(plan.num_experts.values())), len(next(iter(plan.kept.values())))
-        for obj in (model, getattr(model, "model", None), model.config.get_text_config()):
+        for obj in (model, getattr(model, "model", None), _decoder(model), model.config.get_text_config()):
             _set_counts(obj, total, new)
         if hasattr(model.config.get_text_config(), arch.num_experts_key):
             setattr(model.config.get_text_config(), arch.num_experts_key, new)
     return model
+
+
+def _decoder(model):
+    try:
+        return model.get_decoder()
+    except Exception:  # noqa: BLE001 - no decoder accessor
+        return None
 
 
 def _slice_tensors(module, index, total):
@@ -159,11 +166,39 @@ def save_pruned(model, plan: PruningPlan, out, *, tokenizer=None, force: bool = 
         config = json.loads(config_path.read_text())
         source = Path(model.name_or_path) / "config.json" if getattr(model, "name_or_path", "") else None
         source_config = json.loads(source.read_text()) if source is not None and source.is_file() else {}
-        keys = {arch.num_experts_key} | {k for k in EXPERT_COUNT_NAMES if k in config or k in source_config}
-        config.update({key: new for key in keys})
+        path = _text_config_path(model.config)
+        text, source_text = _at(config, path), _at(source_config, path)
+        keys = {arch.num_experts_key} | {k for k in EXPERT_COUNT_NAMES if k in text or k in source_text}
+        text.update({key: new for key in keys})
+        mtp = {k: v for k, v in text.items() if k in MTP_KEYS and v}
+        if mtp:  # transformers never builds MTP layers, so the saved checkpoint has none: say so, stay loadable
+            text.update({k: 0 for k in mtp})
+            plan.provenance["mtp_layers"] = f"left out: transformers does not load them; {mtp} set to 0 in config.json"
         config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         plan.save(tmp / "pruning_plan.json")
     return Path(out)
+
+
+#: config keys counting multi-token-prediction layers (their weights are dropped by transformers on load)
+MTP_KEYS = ("num_nextn_predict_layers", "num_mtp_layers", "mtp_num_layers")
+
+
+def _text_config_path(config, path=()) -> tuple[str, ...]:
+    """Keys leading from `config` to its text config (`()` when it is the text config itself)."""
+    target = config.get_text_config()
+    if config is target:
+        return path
+    for key in getattr(config, "sub_configs", {}) or {}:
+        sub = getattr(config, key, None)
+        if sub is target or (sub is not None and hasattr(sub, "get_text_config") and sub.get_text_config() is target):
+            return _text_config_path(sub, path + (key,)) if sub is not target else path + (key,)
+    return path
+
+
+def _at(config: dict, path) -> dict:
+    for key in path:
+        config = config.get(key) or {}
+    return config
 
 
 def prune_checkpoint(model_path, plan: PruningPlan, out, *, force: bool = False, dtype="auto") -> Path:

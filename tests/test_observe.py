@@ -1,10 +1,11 @@
 """Observed statistics against a plain-PyTorch recomputation from the model's own router outputs."""
+import inspect
 import json
 
 import pytest
 import torch
 
-from reapkit.arch import architecture_for
+from reapkit.arch import SCORING, architecture_for
 from reapkit.data import pad_batches
 from reapkit.observations import Observations
 from reapkit.observe import observe, recording
@@ -12,16 +13,10 @@ from tiny_models import ARCHS, tiny_model
 
 
 def _expert_output(experts, j, x):
-    """Expert j's output on inputs x [N, H], from its fused weights (plain PyTorch)."""
-    W, D = experts.gate_up_proj[j], experts.down_proj[j]
-    h = x @ W if experts.is_transposed else x @ W.T
-    if getattr(experts, "has_bias", False):
-        h = h + experts.gate_up_proj_bias[j]
-    h = experts._apply_gate(h)
-    out = h @ D if experts.is_transposed else h @ D.T
-    if getattr(experts, "has_bias", False):
-        out = out + experts.down_proj_bias[j]
-    return out
+    """Expert j's output on inputs x [N, H]: the model's own experts forward, routed to j with gate 1."""
+    forward = getattr(type(experts).forward, "__wrapped__", type(experts).forward)
+    index = torch.full((len(x), 1), j, dtype=torch.long)
+    return forward(experts, x, index, torch.ones(len(x), 1, dtype=x.dtype))
 
 
 def _llama4_output(experts, j, x):
@@ -29,18 +24,30 @@ def _llama4_output(experts, j, x):
     return (up * experts.act_fn(gate)) @ experts.down_proj[j]
 
 
+def _experts_inputs(experts, args, kwargs):
+    """(hidden_states, top_k_index, top_k_weights) as the block passed them to its experts."""
+    forward = getattr(type(experts).forward, "__wrapped__", type(experts).forward)
+    bound = inspect.signature(forward).bind(experts, *args, **kwargs)
+    return list(bound.arguments.values())[1:4]
+
+
 def reference_stats(model, batches):
-    """Recompute the statistics with plain PyTorch from captured router outputs and block inputs."""
+    """Recompute the statistics with plain PyTorch from captured router outputs and experts inputs."""
     arch = architecture_for(model)
     blocks = list(arch.moe_blocks(model))
     L, E = len(blocks), arch.experts_of(blocks[0][1]).num_experts
-    H = model.config.hidden_size
+    H = model.config.get_text_config().hidden_size
     ref = {}
     for batch in batches:
         captured = {}
         hooks = []
         for pos, (_, block) in enumerate(blocks):
-            hooks.append(block.register_forward_pre_hook(lambda m, a, pos=pos: captured.__setitem__(("x", pos), a[0])))
+            experts = arch.experts_of(block)
+            if arch.gated_input:
+                hooks.append(block.register_forward_pre_hook(lambda m, a, pos=pos: captured.__setitem__(("x", pos), a[0])))
+            else:
+                hooks.append(experts.register_forward_pre_hook(
+                    lambda m, a, k, pos=pos: captured.__setitem__(("e", pos), _experts_inputs(m, a, k)), with_kwargs=True))
             hooks.append(arch.router_of(block).register_forward_hook(lambda m, a, o, pos=pos: captured.__setitem__(("r", pos), o)))
         with torch.no_grad():
             model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
@@ -52,16 +59,18 @@ def reference_stats(model, batches):
         acc.setdefault("coselect", torch.zeros(L, E, E, dtype=torch.float64))
         valid = batch.attention_mask.reshape(-1).bool()
         for pos, (_, block) in enumerate(blocks):
-            x = captured[("x", pos)].reshape(-1, H)
             out = captured[("r", pos)]
             experts = arch.experts_of(block)
             if arch.gated_input:
+                x = captured[("x", pos)].reshape(-1, H)
                 scores, logits = out
                 idx = torch.topk(logits, block.top_k, dim=1).indices
                 gates = scores.gather(1, idx)
             else:
-                logits, gates, idx = out
-            probs = torch.sigmoid(logits.float()) if arch.scoring == "sigmoid" else torch.softmax(logits.float(), -1)
+                x, idx, gates = captured[("e", pos)]
+                logits = out[arch.logits_index] if isinstance(out, (tuple, list)) else out
+                x, idx, gates = x.reshape(-1, H), idx.reshape(len(valid), -1), gates.reshape(len(valid), -1)
+            probs = SCORING[arch.scoring](logits.float().reshape(len(valid), -1))
             acc["prob_sum"][pos] += probs[valid].double().sum(0)
             for t in valid.nonzero().flatten().tolist():
                 for i in idx[t].tolist():  # top-k co-selection: every pair of experts this token chose
@@ -84,6 +93,13 @@ def reference_stats(model, batches):
 @pytest.mark.parametrize("name", ARCHS)
 def test_statistics_match_plain_recomputation(name, batches):
     model = tiny_model(name)
+    b = batches[0]
+    with torch.no_grad():
+        plain = model(input_ids=b.input_ids, attention_mask=b.attention_mask)[0]
+        with recording(model) as rec:
+            rec.start_batch("x", b.attention_mask)
+            observed = model(input_ids=b.input_ids, attention_mask=b.attention_mask)[0]
+    torch.testing.assert_close(observed, plain, rtol=0, atol=1e-5, msg=f"observing changed {name}'s outputs")
     obs = observe(model, batches, progress=False)
     ref = reference_stats(model, batches)
     assert obs.domains == sorted(ref) == ["code", "prose"]

@@ -10,17 +10,23 @@ from transformers import AutoModelForCausalLM
 from reapkit.arch import architecture_for
 from reapkit.observe import observe
 from reapkit.plan import PruningPlan
-from reapkit.prune import mask_experts, prune_checkpoint, remove_experts, save_pruned
-from tiny_models import ARCHS, tiny_model
+from reapkit.prune import _text_config_path, mask_experts, prune_checkpoint, remove_experts, save_pruned
+from tiny_models import ARCHS, auto_class, tiny_model
 
 
 def logits(model, batch):
     with torch.no_grad():
-        return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+    return out.logits if "logits" in out else out.last_hidden_state  # an encoder (openai_privacy_filter)
 
 
 def plan_for(model, batches, keep=4):
     return PruningPlan.from_observations(observe(model, batches, progress=False), "reap", keep=keep)
+
+
+#: types whose gate values are not renormalised over the chosen experts, so a -inf selection bias alone
+#: (which leaves the softmax denominator alone) is not the same as -inf router scores
+GATES_SEE_ALL_SCORES = {"ernie4_5_moe": "gates divided by max(sum of top-k, norm_min), not renormalised"}
 
 
 @pytest.mark.parametrize("name", ARCHS)
@@ -32,14 +38,24 @@ def test_remove_equals_mask(name, batches):
         masked = logits(model, batches[0])
     assert torch.equal(logits(model, batches[0]), original), "masking must be undone on exit"
     assert not torch.allclose(masked, original, atol=1e-4), "pruning half the experts should change the logits"
+    arch = architecture_for(model)
+    biases = [(arch.correction_bias_of(block), plan.removed(layer)) for layer, block in arch.moe_blocks(model)]
+    if biases[0][0] is not None and name not in GATES_SEE_ALL_SCORES:  # masking == removed bias entries at -inf
+        saved = [bias.detach().clone() for bias, _ in biases]
+        with torch.no_grad():
+            for bias, removed in biases:
+                bias[..., removed] = float("-inf")
+        torch.testing.assert_close(logits(model, batches[0]), masked, rtol=0, atol=1e-6)
+        with torch.no_grad():
+            for (bias, _), value in zip(biases, saved):
+                bias.copy_(value)
     remove_experts(model, plan)
     torch.testing.assert_close(logits(model, batches[0]), masked, rtol=0, atol=2e-5)
-    arch = architecture_for(model)
     for layer, block in arch.moe_blocks(model):
         assert arch.experts_of(block).num_experts == 4
-        assert arch.experts_of(block).gate_up_proj.shape[0] == 4
-        assert arch.router_of(block).weight.shape[0] == 4
-    assert getattr(model.config, arch.num_experts_key) == 4
+        assert arch.experts_of(block).down_proj.shape[0] == 4
+        assert arch.router_weight_of(block).shape[0] == 4
+    assert getattr(model.config.get_text_config(), arch.num_experts_key) == 4
 
 
 @pytest.mark.parametrize("norm", [True, False])
@@ -91,8 +107,11 @@ def test_saved_checkpoint_reloads_with_stock_transformers(name, batches, tmp_pat
     expected = logits(model, batches[0])
     save_pruned(model, plan, tmp_path / "pruned")
     config = json.loads((tmp_path / "pruned" / "config.json").read_text())
+    for key in _text_config_path(model.config):  # multimodal: the decoder's config is nested
+        config = config[key]
     assert config[architecture_for(model).num_experts_key] == 6
-    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "pruned").eval()
+    reloaded = auto_class(name).from_pretrained(tmp_path / "pruned").eval()
+    assert type(reloaded) is type(model), "reloads as the full model of its Auto class"
     torch.testing.assert_close(logits(reloaded, batches[0]), expected, rtol=0, atol=1e-5)
     assert PruningPlan.load(tmp_path / "pruned" / "pruning_plan.json").kept == plan.kept
 
@@ -177,3 +196,16 @@ def test_save_pruned_refuses_a_model_whose_experts_were_not_removed(batches, tmp
     with pytest.raises(ValueError, match="call remove_experts"):
         save_pruned(model, plan, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_mtp_layers_are_left_out_and_said_so(batches, tmp_path):
+    """transformers never builds GLM's MTP layer: the pruned checkpoint has none, its config says 0, the plan says why."""
+    model = tiny_model("glm4_moe", num_nextn_predict_layers=1)
+    plan = plan_for(model, batches, keep=6)
+    remove_experts(model, plan)
+    save_pruned(model, plan, tmp_path / "pruned")
+    config = json.loads((tmp_path / "pruned" / "config.json").read_text())
+    assert config["num_nextn_predict_layers"] == 0 and config["n_routed_experts"] == 6
+    assert "left out" in PruningPlan.load(tmp_path / "pruned" / "pruning_plan.json").provenance["mtp_layers"]
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "pruned").eval()
+    torch.testing.assert_close(logits(reloaded, batches[0]), logits(model, batches[0]), rtol=0, atol=1e-5)
