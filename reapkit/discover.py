@@ -16,6 +16,7 @@
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 
 import torch
@@ -120,6 +121,13 @@ def _probe_scoring(router, logits_index: int, hidden: int, bias=None) -> str | N
     A router that takes the block's correction bias as a second argument (minimax_m2) gets it.
     """
     weight = next(router.parameters())
+    if weight.is_meta:  # built without weights (observe --sequential): probe a copy with random ones
+        router, g = copy.deepcopy(router).to_empty(device="cpu"), torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for tensor in [*router.parameters(), *router.buffers()]:
+                tensor.copy_(torch.randn(tensor.shape, generator=g) if tensor.is_floating_point() else 0)
+        bias = None if bias is None else torch.zeros(bias.shape, dtype=bias.dtype)
+        weight = next(router.parameters())
     x = torch.randn(1, 6, hidden, generator=torch.Generator().manual_seed(0)).to(weight.device, weight.dtype)
     try:
         with torch.no_grad():
