@@ -1,20 +1,24 @@
-"""Memory and time at scale, side by side: streaming prune vs in-memory prune of a generated checkpoint.
+"""Memory and time at scale, side by side in one run, on a generated checkpoint of a few GB.
 
-    python benchmarks/scale.py                          # ~2.6 GB qwen3_moe, 8 layers x 64 experts, bf16
-    python benchmarks/scale.py --layers 2 --hidden 256  # a quick run
+    python benchmarks/scale.py                    # 16 layers x 64 experts, hidden 1024, bf16: 3.3 GB
+    python benchmarks/scale.py --layers 2 --hidden 256 --only prune    # a quick run of one section
+    python benchmarks/scale.py --keep             # keep the checkpoint under --work for the next run
 
-It writes a random qwen3_moe checkpoint in the hub layout (per-expert tensors, `num_experts` in
-config.json, 4 shards and an index) straight to safetensors, one decoder layer in memory at a
-time, observes it once with `reapkit observe` (a few hundred tokens, for the observations the
-pruner needs), then runs the same `python -m reapkit prune` twice, streaming (the default for a
-folder) and `--in-memory`, and prints each child's peak RSS (`RUSAGE_CHILDREN` of a small wrapper
-process) and wall time, the import baseline, the streaming bound (baseline + 2 x largest
-tensor + 200 MB) and whether both outputs hold bitwise equal tensors. Checkpoint and observations
-are kept under --work between runs when --keep is given.
+It writes a random qwen3_moe checkpoint in the hub layout (one tensor per expert, `num_experts` in
+config.json, shards of at most 512 MiB and an index) straight to safetensors, shard by shard, without
+building the model. Then each section runs real `python -m reapkit ...` subprocesses, each measured
+from a fresh wrapper process (`getrusage(RUSAGE_CHILDREN)` peak RSS, wall time including start-up):
 
-Other measurements at the same scale plug in as sections: functions `section(checkpoint, work)
--> list of rows` (dicts with `what`, optional `peak_rss_mb` and `seconds`, `note`) listed in SECTIONS;
-e.g. `from scale_observe import observe_rows; SECTIONS.append(observe_rows)`.
+- observe: `observe --sequential` vs in-memory `observe` (peak RSS, time, statistics equal);
+- prune: streaming `prune` (the default for a folder) vs `prune --in-memory` (peak RSS, time,
+  outputs bitwise equal, the streaming bound: import baseline + 2 x largest tensor + 200 MB);
+- throughput: tokens/s of an observed forward vs a plain forward of the loaded model.
+
+The targets of issue 9: the checkpoint at least 4x the streaming prune's peak RSS, and the
+sequential observe's peak RSS at most a quarter of the checkpoint (hence 16 layers by default: the
+sequential peak is about the import floor plus two copies of one layer). It ends with a table of
+the ratios. A section is a function `(checkpoint, work) -> rows` in SECTIONS; a row is a
+measurement (`what`, `peak_rss_mib`, `seconds`), a ratio (`ratio`, `value`, `target`) or a line (`what`).
 """
 
 from __future__ import annotations
@@ -22,152 +26,190 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from reapkit.checkpoint import checkpoint_size, largest_tensor
+MIB = 2**20
+CALIBRATION = dict(tokens=512, max_length=256, batch_size=4, group_size=4)
 
-MB = 2**20
-
-
-#: Runs the command given as its arguments and prints that child's peak RSS (KB). Started from a small
-#: process, so the child's own figure does not include pages it inherited from this (larger) one at fork.
+#: Runs the command given as its arguments, then prints that child's peak RSS (KiB) as its last stderr line.
+#: A fresh small process per measurement: RUSAGE_CHILDREN keeps the maximum over every child ever waited
+#: for, and a child forked from this (larger) process would count the pages it inherited.
 _PEAK = (
     "import resource, subprocess, sys; code = subprocess.call(sys.argv[1:]); "
     "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(code)"
 )
 
 
-def run_measured(args: list[str], *, cwd=ROOT) -> dict:
-    """Run a child process; its peak RSS (MB, `RUSAGE_CHILDREN` of a small wrapper) and wall time. Raises if it fails."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+def run_measured(args: list[str]) -> dict:
+    """`{"peak_rss_mib", "seconds", "stdout"}` of a child process, measured from a fresh wrapper. Raises if it fails."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1",
+           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     start = time.perf_counter()
-    run = subprocess.run(
-        [sys.executable, "-c", _PEAK, *args], cwd=cwd, env=env, capture_output=True, text=True, check=False
-    )
+    run = subprocess.run([sys.executable, "-c", _PEAK, *args], cwd=ROOT, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if run.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} failed:\n{run.stderr[-3000:]}")
-    return {"peak_rss_mb": int(run.stderr.strip().splitlines()[-1]) / 1024, "seconds": seconds, "stdout": run.stdout}
+    return {"peak_rss_mib": int(run.stderr.strip().splitlines()[-1]) / 1024, "seconds": seconds, "stdout": run.stdout}
 
 
-def make_checkpoint(
-    folder, *, layers=8, experts=64, hidden=1024, moe_intermediate=768, vocab=32000, top_k=8, shards=4, seed=0
-) -> Path:
-    """A random qwen3_moe checkpoint in the hub layout, written one decoder layer at a time."""
-    from safetensors.torch import save_file
+def reapkit(*args) -> list[str]:
+    return [sys.executable, "-m", "reapkit", *map(str, args)]
+
+
+def write_checkpoint(folder, *, layers=16, experts=64, hidden=1024, moe_intermediate=512, vocab=32000, top_k=2,
+                     shard_mib=512, seed=0) -> Path:
+    """A random bf16 qwen3_moe checkpoint in hub layout (one tensor per expert), written shard by shard."""
+    import torch
     from transformers import Qwen3MoeConfig
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    heads, kv_heads, head_dim = hidden // 64, max(1, hidden // 256), 64
-    config = Qwen3MoeConfig(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
-        head_dim=head_dim,
-        num_experts=experts,
-        num_experts_per_tok=top_k,
-        moe_intermediate_size=moe_intermediate,
-        intermediate_size=4 * hidden,
-        norm_topk_prob=True,
-        tie_word_embeddings=False,
-        dtype="bfloat16",
-    )
-    config.save_pretrained(folder)
-    data = json.loads((folder / "config.json").read_text())
-    data["num_experts"] = data.pop("num_local_experts", experts)  # as the hub's Qwen3-MoE configs say it
-    (folder / "config.json").write_text(json.dumps(data, indent=2))
+    heads, kv_heads, head_dim = 16, 4, 64
+    Qwen3MoeConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                   num_key_value_heads=kv_heads, head_dim=head_dim, num_experts=experts, num_experts_per_tok=top_k,
+                   moe_intermediate_size=moe_intermediate, intermediate_size=4 * hidden, norm_topk_prob=True,
+                   tie_word_embeddings=False, max_position_embeddings=4096, dtype="bfloat16").save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["num_experts"] = config.pop("num_local_experts")  # the key the hub's Qwen3-MoE configs use
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    (folder / "generation_config.json").write_text(json.dumps({"do_sample": False, "eos_token_id": 2}))
+
+    shapes = {"model.embed_tokens.weight": (vocab, hidden)}
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        shapes |= {p + "input_layernorm.weight": (hidden,), p + "post_attention_layernorm.weight": (hidden,),
+                   p + "self_attn.q_proj.weight": (heads * head_dim, hidden),
+                   p + "self_attn.k_proj.weight": (kv_heads * head_dim, hidden),
+                   p + "self_attn.v_proj.weight": (kv_heads * head_dim, hidden),
+                   p + "self_attn.o_proj.weight": (hidden, heads * head_dim),
+                   p + "self_attn.q_norm.weight": (head_dim,), p + "self_attn.k_norm.weight": (head_dim,),
+                   p + "mlp.gate.weight": (experts, hidden)}
+        for e in range(experts):
+            shapes |= {f"{p}mlp.experts.{e}.gate_proj.weight": (moe_intermediate, hidden),
+                       f"{p}mlp.experts.{e}.up_proj.weight": (moe_intermediate, hidden),
+                       f"{p}mlp.experts.{e}.down_proj.weight": (hidden, moe_intermediate)}
+    shapes |= {"model.norm.weight": (hidden,), "lm_head.weight": (vocab, hidden)}
     g = torch.Generator().manual_seed(seed)
 
-    def rand(*shape, std=0.02):
-        return (torch.randn(*shape, generator=g) * std).to(torch.bfloat16)
+    def tensor(name, shape):
+        if len(shape) == 1:
+            return torch.ones(shape, dtype=torch.bfloat16)
+        std = 0.1 if name.endswith("mlp.gate.weight") else 0.02  # routers peaked enough that experts differ
+        return (torch.randn(shape, generator=g) * std).to(torch.bfloat16)
 
-    shards = min(shards, layers)
-    groups = [[] for _ in range(shards)]
-    for layer in range(layers):
-        groups[layer * shards // layers].append(layer)
+    shards, shard, size = [], {}, 0
+    for name, shape in shapes.items():  # one shard in memory at a time
+        t = tensor(name, shape)
+        if shard and size + t.nbytes > shard_mib * MIB:
+            shards.append(_save_shard(folder, shard, len(shards)))
+            shard, size = {}, 0
+        shard[name], size = t, size + t.nbytes
+    shards.append(_save_shard(folder, shard, len(shards)))
     weight_map, total = {}, 0
-    for number, group in enumerate(groups, 1):
-        name = f"model-{number:05d}-of-{shards:05d}.safetensors"
-        for layer in group:
-            p = f"model.layers.{layer}."
-            t = {
-                p + "input_layernorm.weight": torch.ones(hidden, dtype=torch.bfloat16),
-                p + "post_attention_layernorm.weight": torch.ones(hidden, dtype=torch.bfloat16),
-                p + "self_attn.q_proj.weight": rand(heads * head_dim, hidden),
-                p + "self_attn.k_proj.weight": rand(kv_heads * head_dim, hidden),
-                p + "self_attn.v_proj.weight": rand(kv_heads * head_dim, hidden),
-                p + "self_attn.o_proj.weight": rand(hidden, heads * head_dim),
-                p + "self_attn.q_norm.weight": torch.ones(head_dim, dtype=torch.bfloat16),
-                p + "self_attn.k_norm.weight": torch.ones(head_dim, dtype=torch.bfloat16),
-                p + "mlp.gate.weight": rand(experts, hidden, std=0.3),
-            }
-            for e in range(experts):
-                q = f"{p}mlp.experts.{e}."
-                t |= {
-                    q + "gate_proj.weight": rand(moe_intermediate, hidden),
-                    q + "up_proj.weight": rand(moe_intermediate, hidden),
-                    q + "down_proj.weight": rand(hidden, moe_intermediate),
-                }
-            if number == 1 and layer == group[0]:
-                t["model.embed_tokens.weight"] = rand(vocab, hidden)
-            if number == shards and layer == group[-1]:
-                t |= {
-                    "model.norm.weight": torch.ones(hidden, dtype=torch.bfloat16),
-                    "lm_head.weight": rand(vocab, hidden),
-                }
-            part = folder / f".part-{layer}.safetensors"
-            save_file(t, str(part), metadata={"format": "pt"})
-            weight_map |= {k: name for k in t}
-            total += sum(v.numel() * v.element_size() for v in t.values())
-            del t
-        _concatenate_parts(folder, group, folder / name)
-    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+    for number, (part, names, nbytes) in enumerate(shards, 1):
+        final = f"model-{number:05d}-of-{len(shards):05d}.safetensors"
+        (folder / part).rename(folder / final)
+        weight_map |= dict.fromkeys(names, final)
+        total += nbytes
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
-    (folder / "generation_config.json").write_text(json.dumps({"do_sample": False, "eos_token_id": 2}))
     return folder
 
 
-def _concatenate_parts(folder: Path, layers: list[int], target: Path) -> None:
-    """Merge one-layer safetensors files into one shard by copying bytes (headers merged, data appended)."""
-    from reapkit.checkpoint import read_header
+def _save_shard(folder: Path, tensors: dict, number: int) -> tuple[str, list[str], int]:
+    from safetensors.torch import save_file
 
-    parts = [folder / f".part-{layer}.safetensors" for layer in layers]
-    header, offset, starts = {"__metadata__": {"format": "pt"}}, 0, []
-    for part in parts:
-        _, entries = read_header(part)
-        for name, info in sorted(entries.items(), key=lambda kv: kv[1]["data_offsets"]):
-            begin, end = info["data_offsets"]
-            header[name] = {**info, "data_offsets": [offset + begin, offset + end]}
-        size = part.stat().st_size
-        with open(part, "rb") as f:
-            length = int.from_bytes(f.read(8), "little")
-        starts.append(8 + length)
-        offset += size - 8 - length
-    text = json.dumps(header).encode()
-    text += b" " * (-len(text) % 8)
-    with open(target, "wb") as out:
-        out.write(len(text).to_bytes(8, "little") + text)
-        for part, start in zip(parts, starts):
-            with open(part, "rb") as f:
-                f.seek(start)
-                shutil.copyfileobj(f, out, 64 * MB)
-            part.unlink()
+    name = f".part-{number}.safetensors"  # renamed once the shard count is known
+    save_file(tensors, str(folder / name), metadata={"format": "pt"})
+    return name, list(tensors), sum(t.nbytes for t in tensors.values())
+
+
+def calibration_file(work: Path, vocab: int) -> Path:
+    """Random token ids, CALIBRATION["tokens"] of them in rows of max_length (kept between sections)."""
+    path = work / "calibration.jsonl"
+    rng = random.Random(0)
+    rows = CALIBRATION["tokens"] // CALIBRATION["max_length"]
+    path.write_text("".join(json.dumps([rng.randrange(3, vocab) for _ in range(CALIBRATION["max_length"])]) + "\n"
+                            for _ in range(rows)))
+    return path
+
+
+def observe_command(checkpoint: Path, work: Path, out: Path, *extra) -> list[str]:
+    vocab = json.loads((checkpoint / "config.json").read_text())["vocab_size"]
+    return reapkit("observe", checkpoint, "--data", calibration_file(work, vocab), "--out", out, "--force",
+                   "--batch-size", CALIBRATION["batch_size"], "--max-length", CALIBRATION["max_length"], *extra)
+
+
+def import_baseline() -> dict:
+    """Peak RSS of a process that only imports python, torch, transformers and reapkit's commands."""
+    return run_measured([sys.executable, "-c", "import torch, transformers, reapkit.cli, reapkit.observe, reapkit.sequential"])
+
+
+def observe_rows(checkpoint: Path, work: Path) -> list[dict]:
+    """`observe --sequential` vs in-memory `observe`: peak RSS, time, largest relative difference of the statistics."""
+    from reapkit.observations import Observations
+
+    size = _size_mib(checkpoint)
+    sequential = run_measured(observe_command(checkpoint, work, work / "obs-sequential", "--sequential",
+                                              "--group-size", CALIBRATION["group_size"]))
+    memory = run_measured(observe_command(checkpoint, work, work / "obs-memory"))
+    a, b = Observations.load(work / "obs-memory"), Observations.load(work / "obs-sequential")
+    difference = max(
+        float((a.stats[d][k].double() - b.stats[d][k].double()).abs().max()
+              / a.stats[d][k].double().abs().max().clamp_min(1e-30))
+        for d in a.domains for k in a.stats[d])
+    shutil.rmtree(work / "obs-sequential")
+    tokens = CALIBRATION["tokens"]
+    return [
+        {"what": f"observe --sequential ({tokens} tokens, groups of {CALIBRATION['group_size']} batches)", **sequential},
+        {"what": f"observe in memory ({tokens} tokens)", **memory},
+        {"what": f"largest relative difference of the statistics: {difference:.2e}"},
+        {"ratio": "sequential observe peak / checkpoint", "value": sequential["peak_rss_mib"] / size, "target": "<= 0.25"},
+        {"ratio": "in-memory / sequential observe peak", "value": memory["peak_rss_mib"] / sequential["peak_rss_mib"]},
+        {"ratio": "sequential / in-memory observe time", "value": sequential["seconds"] / memory["seconds"]},
+    ]
+
+
+def prune_rows(checkpoint: Path, work: Path, *, ratio: float = 0.5) -> list[dict]:
+    """Streaming vs in-memory `reapkit prune`: peak RSS, time, the streaming bound, outputs bitwise equal."""
+    from reapkit.checkpoint import largest_tensor
+
+    rows = []
+    if not (work / "obs-memory" / "observations.json").is_file():  # the observe section's, else made here
+        rows.append({"what": "observe in memory (the observations to prune from)",
+                     **run_measured(observe_command(checkpoint, work, work / "obs-memory"))})
+    for label, out, extra in (("streaming", "pruned-stream", []), ("--in-memory", "pruned-memory", ["--in-memory"])):
+        result = run_measured(reapkit("prune", checkpoint, "--observations", work / "obs-memory", "--ratio", ratio,
+                                      "--out", work / out, "--force", *extra))
+        rows.append({"what": f"prune {label} ({ratio:.0%} of experts)", **result})
+    stream, memory = rows[-2], rows[-1]
+    base = import_baseline()["peak_rss_mib"]
+    bound = base + 2 * largest_tensor(checkpoint) / MIB + 200
+    equal = tensors_equal(work / "pruned-stream", work / "pruned-memory")
+    for out in ("pruned-stream", "pruned-memory"):
+        shutil.rmtree(work / out)
+    return rows + [
+        {"what": f"outputs bitwise equal: {equal}"},
+        {"what": f"streaming bound: import baseline {base:.0f} + 2 x largest tensor + 200 = {bound:.0f} MiB "
+                 f"({'within' if stream['peak_rss_mib'] <= bound else 'OVER'})"},
+        {"ratio": "checkpoint / streaming prune peak", "value": _size_mib(checkpoint) / stream["peak_rss_mib"],
+         "target": ">= 4"},
+        {"ratio": "in-memory / streaming prune peak", "value": memory["peak_rss_mib"] / stream["peak_rss_mib"]},
+        {"ratio": "streaming / in-memory prune time", "value": stream["seconds"] / memory["seconds"]},
+    ]
 
 
 def tensors_equal(a, b) -> bool:
     """True when two checkpoint folders hold the same tensor names with bitwise equal values (one tensor at a time)."""
+    import torch
     from safetensors import safe_open
 
     from reapkit.checkpoint import stored_tensors
@@ -183,109 +225,103 @@ def tensors_equal(a, b) -> bool:
     return True
 
 
-def prune_rows(checkpoint: Path, work: Path, *, ratio: float = 0.5) -> list[dict]:
-    """Streaming vs in-memory `reapkit prune` of `checkpoint`, plus the import baseline and the bound."""
-    py = sys.executable
-    tokens = work / "tokens.jsonl"
-    g = torch.Generator().manual_seed(0)
-    tokens.write_text("".join(json.dumps(torch.randint(3, 1000, (64,), generator=g).tolist()) + "\n" for _ in range(8)))
-    rows = []
-    base = run_measured([py, "-c", "import torch, transformers, reapkit.cli"])
-    rows.append({"what": "import baseline (python, torch, transformers, reapkit)", **base})
-    if not (work / "obs" / "observations.json").is_file():  # observations to prune from (kept between runs)
-        observe = run_measured(
-            [
-                py,
-                "-m",
-                "reapkit",
-                "observe",
-                str(checkpoint),
-                "--data",
-                str(tokens),
-                "--out",
-                str(work / "obs"),
-                "--batch-size",
-                "4",
-                "--force",
-            ]
-        )
-        rows.append({"what": "in-memory observe (512 tokens, for the observations)", **observe})
-    for label, extra in (("streaming prune", []), ("in-memory prune", ["--in-memory"])):
-        out = work / ("pruned-" + ("memory" if extra else "stream"))
-        result = run_measured(
-            [
-                py,
-                "-m",
-                "reapkit",
-                "prune",
-                str(checkpoint),
-                "--observations",
-                str(work / "obs"),
-                "--ratio",
-                str(ratio),
-                "--out",
-                str(out),
-                "--force",
-                *extra,
-            ]
-        )
-        rows.append({"what": f"{label} ({ratio:.0%} of experts)", **result})
-    size, largest = checkpoint_size(checkpoint) / MB, largest_tensor(checkpoint) / MB
-    bound = base["peak_rss_mb"] + 2 * largest + 200
-    stream, memory = rows[-2], rows[-1]
-    stream["note"] = (
-        f"checkpoint / peak = {size / stream['peak_rss_mb']:.1f}x; bound {bound:.0f} MB "
-        f"({'within' if stream['peak_rss_mb'] <= bound else 'OVER'})"
-    )
-    memory["note"] = (
-        f"checkpoint / peak = {size / memory['peak_rss_mb']:.2f}x; "
-        f"streaming is {memory['seconds'] / stream['seconds']:.1f}x faster, "
-        f"{memory['peak_rss_mb'] / stream['peak_rss_mb']:.1f}x less memory"
-    )
-    equal = tensors_equal(work / "pruned-stream", work / "pruned-memory")
-    rows.append({"what": f"outputs bitwise equal: {equal}"})
-    return rows
+def throughput_rows(checkpoint: Path, work: Path) -> list[dict]:
+    """Tokens/s of observed vs plain forwards of the loaded model over the calibration batches (one subprocess)."""
+    vocab = json.loads((checkpoint / "config.json").read_text())["vocab_size"]
+    data = calibration_file(work, vocab)
+    result = run_measured([sys.executable, __file__, "--throughput-child", str(checkpoint), str(data)])
+    speed = json.loads(result["stdout"].strip().splitlines()[-1])
+    return [
+        {"what": f"forwards in memory: plain {speed['plain']:.1f} tokens/s, observed {speed['observed']:.1f} tokens/s"},
+        {"ratio": "observed / plain tokens/s", "value": speed["observed"] / speed["plain"], "target": ">= 0.91"},
+    ]
 
 
-#: Sections of the benchmark: each takes (checkpoint folder, work folder) and returns rows.
-SECTIONS = [prune_rows]
+def throughput_child(checkpoint: str, data: str) -> None:
+    """In the subprocess: plain and observed forwards, interleaved so background load hits both alike."""
+    import torch
+
+    from reapkit.data import calibration_batches
+    from reapkit.loading import load_model
+    from reapkit.observe import recording
+
+    model, _ = load_model(checkpoint, dtype="auto")
+    batches = calibration_batches(data, None, batch_size=CALIBRATION["batch_size"], max_length=CALIBRATION["max_length"])
+    tokens = sum(b.num_tokens for b in batches)
+    seconds = {"plain": 0.0, "observed": 0.0}
+    with torch.no_grad():
+        model(input_ids=batches[0].input_ids, attention_mask=batches[0].attention_mask, use_cache=False)  # warm-up
+        for b in batches:
+            start = time.perf_counter()
+            model(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False)
+            seconds["plain"] += time.perf_counter() - start
+            start = time.perf_counter()
+            with recording(model) as recorder:
+                recorder.start_batch(b.domain, b.attention_mask)
+                model(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False)
+            seconds["observed"] += time.perf_counter() - start
+    print(json.dumps({mode: tokens / s for mode, s in seconds.items()}))
+
+
+def _size_mib(checkpoint) -> float:
+    from reapkit.checkpoint import checkpoint_size
+
+    return checkpoint_size(checkpoint) / MIB
+
+
+#: The benchmark's sections, in order (observe first: prune reuses its in-memory observations).
+SECTIONS = {"observe": observe_rows, "prune": prune_rows, "throughput": throughput_rows}
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--work", default=str(ROOT / "runs" / "scale"))
-    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--layers", type=int, default=16)
     parser.add_argument("--experts", type=int, default=64)
     parser.add_argument("--hidden", type=int, default=1024)
-    parser.add_argument("--moe-intermediate", type=int, default=768)
-    parser.add_argument("--keep", action="store_true", help="keep the generated checkpoint for the next run")
+    parser.add_argument("--keep", action="store_true", help="keep the checkpoint under --work for the next run")
+    parser.add_argument("--work", default=str(ROOT / "runs" / "scale"), help="folder for the checkpoint and outputs")
+    parser.add_argument("--only", choices=list(SECTIONS), action="append", help="run only this section (repeatable)")
     args = parser.parse_args(argv)
+    from reapkit.checkpoint import largest_tensor
+
     work = Path(args.work)
-    checkpoint = work / f"qwen3_moe-{args.layers}x{args.experts}-h{args.hidden}-i{args.moe_intermediate}"
+    work.mkdir(parents=True, exist_ok=True)
+    checkpoint = work / f"qwen3_moe-{args.layers}x{args.experts}-h{args.hidden}"
     if not (checkpoint / "model.safetensors.index.json").is_file():
         start = time.perf_counter()
         shutil.rmtree(checkpoint, ignore_errors=True)
-        make_checkpoint(
-            checkpoint,
-            layers=args.layers,
-            experts=args.experts,
-            hidden=args.hidden,
-            moe_intermediate=args.moe_intermediate,
-        )
-        print(f"generated {checkpoint} in {time.perf_counter() - start:.0f}s", flush=True)
-    size, largest = checkpoint_size(checkpoint) / MB, largest_tensor(checkpoint) / MB
-    print(
-        f"checkpoint: {size:,.0f} MB of tensors in {len(list(checkpoint.glob('*.safetensors')))} shards, "
-        f"largest tensor {largest:.1f} MB; {os.cpu_count()} CPU cores, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '1')}"
-    )
-    print(f"{'':58s} {'peak RSS':>10s} {'time':>8s}", flush=True)
-    for section in SECTIONS:
-        for row in section(checkpoint, work):
-            figures = f"{row['peak_rss_mb']:8.0f} MB {row['seconds']:7.1f}s" if "seconds" in row else ""
-            print(f"{row['what']:58s} {figures:19s}  {row.get('note', '')}".rstrip(), flush=True)
-    if not args.keep:
-        shutil.rmtree(checkpoint)
+        write_checkpoint(checkpoint, layers=args.layers, experts=args.experts, hidden=args.hidden)
+        print(f"generated {checkpoint} in {time.perf_counter() - start:.0f} s", flush=True)
+    shards = len(list(checkpoint.glob("*.safetensors")))
+    print(f"checkpoint: {_size_mib(checkpoint):,.0f} MiB of bf16 tensors in {shards} shards, largest tensor "
+          f"{largest_tensor(checkpoint) / MIB:.1f} MiB; {os.cpu_count()} CPU cores, "
+          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '1')}, load average {os.getloadavg()[0]:.1f}")
+    print(f"{'':66s} {'peak RSS':>12s} {'time':>8s}", flush=True)
+    base = import_baseline()
+    print(f"{'a process that only imports torch, transformers, reapkit':66s} {base['peak_rss_mib']:8.0f} MiB", flush=True)
+    ratios = []
+    try:
+        for name in args.only or SECTIONS:
+            for row in SECTIONS[name](checkpoint, work):
+                if "ratio" in row:
+                    ratios.append(row)
+                elif "seconds" in row:
+                    print(f"{row['what']:66s} {row['peak_rss_mib']:8.0f} MiB {row['seconds']:7.1f}s", flush=True)
+                else:
+                    print(row["what"], flush=True)
+    finally:
+        if not args.keep:
+            for made in (checkpoint, work / "obs-memory"):
+                shutil.rmtree(made, ignore_errors=True)
+            (work / "calibration.jsonl").unlink(missing_ok=True)
+    print(f"\n{'ratio (same run)':44s} {'value':>7s}  target")
+    for row in ratios:
+        print(f"{row['ratio']:44s} {row['value']:7.3f}  {row.get('target', '')}".rstrip())
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--throughput-child"]:
+        throughput_child(*sys.argv[2:4])
+    else:
+        main()
