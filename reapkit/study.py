@@ -274,7 +274,7 @@ def layer_sensitivity(model, obs, eval_batches, *, criterion: str = "reap", rati
     from .saliency import check_criterion
 
     check_criterion(criterion)
-    ratio = check_ratio(ratio)
+    ratio = _check_ratios(ratio)[0]
     obs.check_model(model)
     if reference is None:
         reference = reference_outputs(model, eval_batches, dtype=torch.float32, progress=False)
@@ -440,7 +440,7 @@ def calibration_sensitivity(model, tokenizer, eval_batches, *, domains=DOMAINS, 
     from .saliency import check_criterion
 
     check_criterion(criterion)
-    ratio = check_ratio(ratio)
+    ratio = _check_ratios(ratio)[0]
     domains = [domains] if isinstance(domains, str) else list(domains)
     calibration_seeds = [seed] if calibration_seeds is None else [int(s) for s in calibration_seeds]
     repeats = _calibration_observations(model, tokenizer, calibration, domains, samples=samples, max_length=max_length,
