@@ -29,8 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .evaluate import interval_columns as _interval
 from .data import DOMAINS
+from .evaluate import interval_columns as _interval
 from .plan import pruned_count
 from .saliency import STUDY_CRITERIA, check_ratio
 from .stats import RESAMPLES, bootstrap
