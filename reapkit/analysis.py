@@ -32,10 +32,11 @@ import numpy as np
 import pandas as pd
 
 from .plan import pruned_count
+from .saliency import DEFAULT_CRITERIA
 
 __all__ = [
     "METHOD", "CRITERION", "LABEL", "SEED", "RATIO", "DOMAIN", "LOSS", "KL", "AGREEMENT", "DELTA_LOSS", "METRICS",
-    "METRIC_LABELS", "lo", "hi", "AGREEMENT_CRITERIA",
+    "METRIC_LABELS", "lo", "hi",
     "expected_jaccard", "jaccard_distribution", "spearman_band",
     "agreement_table", "domain_share_table", "specialisation_table", "mask_frame", "curve_table", "with_delta_loss",
     "uniform_cutoffs", "is_flat", "coselect_order", "select", "value_table", "ALL",
@@ -52,8 +53,6 @@ METRICS = (LOSS, "perplexity", KL, AGREEMENT, DELTA_LOSS)
 #: Axis label of each metric.
 METRIC_LABELS = {LOSS: "loss (nats/token)", "perplexity": "perplexity", KL: "KL to unpruned (nats)",
                  AGREEMENT: "top-1 agreement", DELTA_LOSS: "Δ loss vs unpruned (nats)"}
-#: Criteria compared in the agreement figure by default.
-AGREEMENT_CRITERIA = ("reap", "frequency", "ean_mean", "soft_frequency")
 #: The domain that pools every evaluation domain.
 ALL = "all"
 
@@ -150,7 +149,7 @@ def spearman_band(n: int, *, level: float = 0.95, permutations: int = 20000, see
 # Criteria against each other
 # --------------------------------------------------------------------------------------------
 
-def agreement_table(frame: pd.DataFrame, *, criteria=AGREEMENT_CRITERIA, ratio: float = 0.5, domain: str = ALL) -> pd.DataFrame:
+def agreement_table(frame: pd.DataFrame, *, criteria=DEFAULT_CRITERIA, ratio: float = 0.5, domain: str = ALL) -> pd.DataFrame:
     """Per layer and pair of criteria: Spearman rank correlation of the scores, the overlap (Jaccard
     index) of the sets of experts each would prune at `ratio`, and that overlap's chance level.
 

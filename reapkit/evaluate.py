@@ -30,6 +30,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from .arch import architecture_for
+from .hooks import eval_mode, forward_hooks
 from .stats import LEVEL, RESAMPLES, bootstrap
 
 __all__ = ["evaluate", "sequence_metrics", "aggregate", "METRICS", "interval_columns", "evaluate_plans", "reference_outputs", "ReferenceOutputs", "reconstruction_error", "generate_samples"]
@@ -139,10 +140,8 @@ def reference_outputs(model, batches, *, top_k: int | None = None, dtype=torch.f
     _check_ids(model, batches, "reference model")
     if top_k is not None and not (isinstance(top_k, int) and top_k >= 1):
         raise ValueError(f"top_k must be None (full log-probs) or a positive integer, got {top_k!r}")
-    was_training = model.training
-    model.eval()
     log_probs, indices = [], [] if top_k else None
-    try:
+    with eval_mode(model):
         for batch in tqdm(batches, desc="reference", unit="batch", disable=not progress):
             lp = torch.log_softmax(_forward_logits(model, batch), dim=-1)
             if top_k:
@@ -151,8 +150,6 @@ def reference_outputs(model, batches, *, top_k: int | None = None, dtype=torch.f
                 indices.append(idx.cpu())
             else:
                 log_probs.append(lp.to("cpu", dtype))
-    finally:
-        model.train(was_training)
     return ReferenceOutputs(log_probs, indices, _batches_hash(batches), _vocab_size(model), top_k)
 
 
@@ -223,10 +220,7 @@ def sequence_metrics(model, batches, *, reference=None, progress: bool = True) -
     if reference is not None:
         columns.update(kl=[], agreement=[])
     modules = [model] + ([reference] if reference is not None and not cached else [])
-    states = [m.training for m in modules]
-    for m in modules:
-        m.eval()
-    try:
+    with eval_mode(*modules):
         first = 0
         for i, batch in enumerate(tqdm(batches, desc="evaluate", unit="batch", disable=not progress)):
             logits = _forward_logits(model, batch)
@@ -254,9 +248,6 @@ def sequence_metrics(model, batches, *, reference=None, progress: bool = True) -
             for name, value in sums.items():
                 columns[name] += (value.cpu()[keep] / tokens[keep]).tolist()
             first += size
-    finally:
-        for m, state in zip(modules, states):
-            m.train(state)
     return pd.DataFrame(columns)
 
 
@@ -344,7 +335,6 @@ def reconstruction_error(reference, model, batches, *, compressed=None, progress
     norm = {layer: 0.0 for layer in layers}
     captured: dict[int, tuple] = {}
     capturing = [True]  # off while the compressed blocks run (reference may be model)
-    handles = []
 
     def make_hook(layer):
         def hook(module, args, kwargs, output):
@@ -353,12 +343,8 @@ def reconstruction_error(reference, model, batches, *, compressed=None, progress
         return hook
 
     device = _device(model)
-    states = (reference.training, model.training)
-    reference.eval()
-    model.eval()
-    try:
-        for layer in layers:
-            handles.append(ref_blocks[layer].register_forward_hook(make_hook(layer), with_kwargs=True))
+    hooks = {ref_blocks[layer]: make_hook(layer) for layer in layers}
+    with eval_mode(reference, model), forward_hooks(hooks, with_kwargs=True):
         for batch in tqdm(batches, desc="reconstruction", unit="batch", disable=not progress):
             captured.clear()
             ref_device = _device(reference)
@@ -378,11 +364,6 @@ def reconstruction_error(reference, model, batches, *, compressed=None, progress
                     diff[layer] += float(((y_ref - y) ** 2).sum())
                     norm[layer] += float((y_ref ** 2).sum())
             capturing[0] = True
-    finally:
-        for h in handles:
-            h.remove()
-        reference.train(states[0])
-        model.train(states[1])
     return pd.DataFrame({"layer": layers,
                          "rel_l2": [math.sqrt(diff[l]) / math.sqrt(norm[l]) if norm[l] > 0 else 0.0 for l in layers]})
 
@@ -399,10 +380,8 @@ def generate_samples(model, tokenizer, prompts: dict[str, str], *, max_new_token
     of a model before and after compression.
     """
     device = _device(model)
-    was_training = model.training
-    model.eval()
     out = {}
-    try:
+    with eval_mode(model):
         for domain, prompt in prompts.items():
             encoded = tokenizer(prompt, return_tensors="pt")
             ids = encoded["input_ids"].to(device)
@@ -414,8 +393,6 @@ def generate_samples(model, tokenizer, prompts: dict[str, str], *, max_new_token
             generated = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
                                        max_new_tokens=max_new_tokens, pad_token_id=pad)
             out[domain] = tokenizer.decode(generated[0, ids.shape[1]:], skip_special_tokens=True)
-    finally:
-        model.train(was_training)
     return out
 
 

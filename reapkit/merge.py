@@ -186,9 +186,8 @@ def plan_merge(model, obs, *, method: str, keep: int, seed: int = 0) -> MergePla
             w = c / c.sum() if c.sum() > 0 else np.full(len(members), 1.0 / len(members))
             layer_weights.append([float(v) for v in w])
         groups[layer], reps[layer], weights[layer], num_experts[layer] = layer_groups, rep_of, layer_weights, total
-    provenance = {"observations": obs.meta["fingerprint"], "calibration": obs.meta["calibration"],
-                  "architecture": obs.meta["architecture"],
-                  "similarity": "router weight rows, cosine" if method == "m_smoe" else "mean expert outputs, euclidean, average linkage"}
+    provenance = obs.provenance(
+        similarity="router weight rows, cosine" if method == "m_smoe" else "mean expert outputs, euclidean, average linkage")
     return MergePlan(groups, reps, weights, num_experts, method, int(keep), seed, provenance)
 
 

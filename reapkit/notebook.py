@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import glob
 import json
-import math
 import numbers
 import os
 from pathlib import Path
@@ -32,6 +31,8 @@ from types import SimpleNamespace
 from typing import Any, Callable
 
 import pandas as pd
+
+from .saliency import DEFAULT_CRITERIA, STUDY_CRITERIA, check_ratio
 
 __all__ = ["ParameterError", "Parameter", "PARAMETERS", "NOTEBOOKS_DIR", "check_parameters", "parameters_cell",
            "notebook_defaults", "project_root", "resolve_path", "calibrate", "held_out", "moe_layers", "load_model", "Figures",
@@ -87,9 +88,10 @@ def _integer(low=None):
 
 
 def _fraction_removed(value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value) or not 0 <= value < 1:
-        raise ValueError("expected a fraction of experts removed, a number in [0, 1)" + _number_in_string(value))
-    return float(value)
+    try:
+        return check_ratio(value)
+    except ValueError:
+        raise ValueError("expected a fraction of experts removed, a number in [0, 1)" + _number_in_string(value)) from None
 
 
 def _list_of(item, *, allow_empty=False):
@@ -197,9 +199,6 @@ class Parameter:
     demo: str | None = None
 
 
-CRITERIA = ["reap", "frequency", "ean_mean", "soft_frequency"]
-
-
 def _model_parameters(*, layers=True, interactive=True, calibration_help="calibration spec (built-in domains, files)"):
     out = [
         Parameter("model", "demo", _text, '"demo" (the bundled model), a local checkpoint or a hub name'),
@@ -236,7 +235,7 @@ _EVALUATION = Parameter("evaluation", "code:8,tools:8,prose:8,math:8", _spec,
 PARAMETERS: dict[str, tuple[Parameter, ...]] = {
     "01_saliency": (
         *_model_parameters(),
-        Parameter("criteria", CRITERIA, _list_of(_criterion), "saliency criteria to compare"),
+        Parameter("criteria", list(DEFAULT_CRITERIA), _list_of(_criterion), "saliency criteria to compare"),
         Parameter("ratios", [0.25, 0.5], _list_of(_fraction_removed), "fractions of experts removed (cut-offs, agreement)"),
         *_outputs("01_saliency"),
     ),
@@ -250,7 +249,7 @@ PARAMETERS: dict[str, tuple[Parameter, ...]] = {
     ),
     "03_pruning": (
         *_model_parameters(),
-        Parameter("criteria", CRITERIA, _list_of(_criterion), "criteria of the plans"),
+        Parameter("criteria", list(DEFAULT_CRITERIA), _list_of(_criterion), "criteria of the plans"),
         Parameter("ratios", [0.25, 0.5], _list_of(_fraction_removed), "fractions of experts removed"),
         _EVALUATION,
         Parameter("save_criterion", "reap", _or_none(_criterion), "the plan saved as a checkpoint (None: save nothing)"),
@@ -274,7 +273,7 @@ PARAMETERS: dict[str, tuple[Parameter, ...]] = {
         *_model_parameters(layers=False, calibration_help="calibration spec; its domains are the sets of study (b)"),
         dataclasses.replace(_EVALUATION, default="code:16,tools:16,prose:16,math:16"),
         Parameter("ratios", [0, 0.125, 0.25, 0.375, 0.5, 0.625], _list_of(_fraction_removed), "fractions of experts removed"),
-        Parameter("criteria", ["reap", "frequency", "soft_frequency", "ean_mean"], _list_of(_criterion), "pruning criteria"),
+        Parameter("criteria", list(STUDY_CRITERIA), _list_of(_criterion), "pruning criteria"),
         Parameter("random_seeds", [0, 1, 2], _list_of(_integer(0), allow_empty=True),
                   "random pruning, one run per seed ([]: none)"),
         Parameter("merges", ["m_smoe", "hc_smoe"], _list_of(_merge_method, allow_empty=True), "merging baselines ([]: none)"),

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_write_text
+from .saliency import check_ratio
 
 FORMAT = "reapkit-pruning-plan/1"
 
@@ -68,8 +69,8 @@ class PruningPlan:
         """
         if sum(x is not None for x in (ratio, keep, counts)) != 1:
             raise ValueError("give exactly one of ratio=, keep= or counts=")
-        if ratio is not None and not (isinstance(ratio, (int, float)) and 0 <= ratio < 1):
-            raise ValueError(f"ratio must be in [0, 1) (the fraction of experts removed), got {ratio!r}")
+        if ratio is not None:
+            check_ratio(ratio)
         if counts is not None:
             unknown = sorted(set(counts) - set(layers))
             if unknown:
@@ -89,7 +90,7 @@ class PruningPlan:
                     f"and at most {total}. Choose a smaller ratio or a larger number of experts to keep"
                 )
             row = np.asarray(scores[pos][:total], dtype=np.float64)
-            kept[layer] = _select(row, n, n_group, layer, topk_group=topk_group, top_k=top_k)
+            kept[layer] = _best_experts(row, n, n_group, layer, topk_group=topk_group, top_k=top_k)
             kept_scores[layer] = [float(v) for v in row]
         return cls(kept, dict(zip(layers, num_experts)), criterion, ratio, kept_scores, dict(provenance or {}))
 
@@ -100,14 +101,10 @@ class PruningPlan:
         from .saliency import score
 
         values = score(obs, criterion, domains=domains, seed=seed)
-        provenance = {
-            "observations": obs.meta["fingerprint"], "calibration": obs.meta["calibration"],
-            "domains": domains, "seed": seed, "architecture": obs.meta["architecture"],
-        }
         return cls.from_scores(values, obs.layers, obs.num_experts, top_k=obs.top_k, ratio=ratio, keep=keep,
                                counts=counts, n_group=obs.meta.get("n_group", 1),
                                topk_group=obs.meta.get("topk_group"), criterion=criterion,
-                               provenance=provenance)
+                               provenance=obs.provenance(domains=domains, seed=seed))
 
     @classmethod
     def from_global_budget(cls, obs, criterion: str = "reap", *, total: int, margin: int = 0,
@@ -140,8 +137,7 @@ class PruningPlan:
             candidates += [(-float(normalised[i]), layer, int(i)) for i in order[floor:]]
         for _, layer, expert in sorted(candidates)[: total - minimum]:
             chosen[layer].append(expert)
-        provenance = {"observations": obs.meta["fingerprint"], "calibration": obs.meta["calibration"],
-                      "domains": domains, "seed": seed, "global_budget": total, "margin": margin}
+        provenance = obs.provenance(domains=domains, seed=seed, global_budget=total, margin=margin)
         return cls.from_scores(values, obs.layers, sizes, top_k=obs.top_k, counts={k: len(v) for k, v in chosen.items()},
                                criterion=criterion, provenance=provenance)
 
@@ -177,8 +173,8 @@ def feasible_group_counts(total: int, n_group: int, top_k: int, topk_group: int 
     return [n_group * per for per in range(need, total // n_group + 1)]
 
 
-def _select(row: np.ndarray, n: int, n_group: int, layer: int, *, topk_group: int | None = None,
-            top_k: int = 1) -> list[int]:
+def _best_experts(row: np.ndarray, n: int, n_group: int, layer: int, *, topk_group: int | None = None,
+                  top_k: int = 1) -> list[int]:
     """Indices of the `n` best experts, `n / n_group` from each routing group when grouped."""
     order = lambda values: np.argsort(-values, kind="stable")  # noqa: E731
     if n_group <= 1:

@@ -43,6 +43,7 @@ if TYPE_CHECKING:  # importing saliency stays free of torch, so plotting code ca
 __all__ = [
     "CRITERIA_NAMES",
     "DEFAULT_CRITERIA",
+    "STUDY_CRITERIA",
     "Criterion",
     "register_criterion",
     "check_criterion",
@@ -73,6 +74,9 @@ CRITERIA_NAMES = _REGISTRY.keys()
 
 #: The criteria the notebooks, figures and studies compare unless told otherwise.
 DEFAULT_CRITERIA = ("reap", "frequency", "ean_mean", "soft_frequency")
+#: The same criteria in the compression study's order (rows of its results, its notebook's legend):
+#: the mean criterion last, so that frequency and soft_frequency sit side by side.
+STUDY_CRITERIA = tuple(sorted(DEFAULT_CRITERIA, key=lambda name: name.endswith("_mean")))
 
 
 def register_criterion(name: str, fn: Callable[..., np.ndarray], *, needs) -> Callable[..., np.ndarray]:

@@ -29,18 +29,18 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from .data import DOMAINS
 from .evaluate import interval_columns as _interval
 from .plan import pruned_count
+from .saliency import STUDY_CRITERIA, check_ratio
 from .stats import RESAMPLES, bootstrap
 
-__all__ = ["RATIOS", "CRITERIA", "MERGES", "COLUMNS", "SEQUENCE_COLUMNS", "Job", "study_jobs", "run_job", "study_sequences",
+__all__ = ["RATIOS", "MERGES", "COLUMNS", "SEQUENCE_COLUMNS", "Job", "study_jobs", "run_job", "study_sequences",
            "study_results", "compression_study", "layer_sensitivity", "calibration_sensitivity", "Sensitivity",
            "kept_overlap", "jaccard_by_layer", "chance_overlap", "summarise", "results_table"]
 
 RATIOS = (0.0, 0.125, 0.25, 0.375, 0.5, 0.625)
-CRITERIA = ("reap", "frequency", "soft_frequency", "ean_mean")
 MERGES = ("m_smoe", "hc_smoe")
-DOMAINS = ("code", "prose", "tools", "math")
 _VARIANT = ["method", "criterion", "label", "seed", "ratio", "experts_kept", "experts_total", "kept_routing"]
 #: Columns of the `compression_study` frame, in order.
 COLUMNS = [*_VARIANT, "domain", "tokens", *_interval("loss"), "perplexity", *_interval("kl"), *_interval("agreement"),
@@ -53,10 +53,9 @@ UNPRUNED = "unpruned"
 
 def _check_ratios(ratios) -> list[float]:
     ratios = [ratios] if isinstance(ratios, (int, float)) else list(ratios)
-    bad = [r for r in ratios if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 <= r < 1]
-    if bad or not ratios:
-        raise ValueError(f"ratios must be fractions of experts removed in [0, 1), got {bad or ratios!r}")
-    return sorted(dict.fromkeys(float(r) for r in ratios))
+    if not ratios:
+        raise ValueError("ratios must be fractions of experts removed in [0, 1), got []")
+    return sorted(dict.fromkeys(check_ratio(r, "ratios") for r in ratios))
 
 
 # --------------------------------------------------------------------------------------------
@@ -80,7 +79,7 @@ class Job:
         return f"global_{self.criterion}" if self.method == "global" else self.criterion
 
 
-def study_jobs(obs, *, ratios=RATIOS, criteria=CRITERIA, random_seeds=(0, 1, 2), merges=MERGES,
+def study_jobs(obs, *, ratios=RATIOS, criteria=STUDY_CRITERIA, random_seeds=(0, 1, 2), merges=MERGES,
                global_budget=True) -> tuple[list[Job], list[str]]:
     """The jobs of a compression study and notes on the combinations that cannot be built.
 
@@ -163,7 +162,7 @@ def run_job(model, obs, job: Job, eval_batches, *, reference, unpruned: pd.DataF
                         experts_total=total, kept_routing=routing)
 
 
-def study_sequences(model, obs, eval_batches, *, ratios=RATIOS, criteria=CRITERIA, random_seeds=(0, 1, 2),
+def study_sequences(model, obs, eval_batches, *, ratios=RATIOS, criteria=STUDY_CRITERIA, random_seeds=(0, 1, 2),
                     merges=MERGES, global_budget=True, margin: int = 0, reference=None,
                     progress: bool = True) -> pd.DataFrame:
     """Every job of `study_jobs`, run by `run_job`: one row per job and evaluation sequence, with
@@ -213,7 +212,7 @@ def study_results(sequences: pd.DataFrame, *, resamples: int = RESAMPLES, seed: 
     return results
 
 
-def compression_study(model, obs, eval_batches, *, ratios=RATIOS, criteria=CRITERIA, random_seeds=(0, 1, 2),
+def compression_study(model, obs, eval_batches, *, ratios=RATIOS, criteria=STUDY_CRITERIA, random_seeds=(0, 1, 2),
                       merges=MERGES, global_budget=True, margin: int = 0, reference=None, resamples: int = RESAMPLES,
                       progress: bool = True) -> pd.DataFrame:
     """Every method at every ratio, evaluated per domain against the unpruned model:

@@ -93,9 +93,8 @@ class SaliencyExplorer(_Explorer):
         import ipywidgets as w
 
         from .geometry import angular_distances, cluster, output_vectors
-        from .notebook import CRITERIA
         from .observations import Observations
-        from .saliency import scores_frame
+        from .saliency import DEFAULT_CRITERIA, scores_frame
 
         unknown = [c for c in views if c not in VIEWS]
         if unknown:
@@ -103,7 +102,7 @@ class SaliencyExplorer(_Explorer):
         if not isinstance(obs, Observations):
             obs = Observations.load(obs)
         self.obs = obs
-        criteria = list(criteria or CRITERIA)
+        criteria = list(criteria or DEFAULT_CRITERIA)
         self.views = tuple(views)
         self.seed = seed
         self.scores = scores_frame(obs, criteria, per_domain=True, seed=seed)

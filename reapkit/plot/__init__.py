@@ -17,7 +17,6 @@ imports neither torch nor transformers.
 Modules: theme (sizes, colours, the style, saving), saliency, criteria, domains, geometry, plans, results.
 """
 from ..analysis import (
-                      AGREEMENT_CRITERIA,
                       agreement_table,
                       domain_share_table,
                       mask_frame,
@@ -83,5 +82,5 @@ __all__ = [
     "loss_vs_ratio", "loss_vs_ratio_by_domain", "study_curves", "study_figure", "compression_figure", "layer_sensitivity",
     "reconstruction_by_layer", "calibration_heatmap", "overlap_heatmap", "calibration_figure",
     # tables, kept here for old callers (their home is reapkit.analysis)
-    "AGREEMENT_CRITERIA", "agreement_table", "domain_share_table", "specialisation_table", "mask_frame",
+    "agreement_table", "domain_share_table", "specialisation_table", "mask_frame",
 ]

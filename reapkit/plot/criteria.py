@@ -9,8 +9,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from ..analysis import AGREEMENT_CRITERIA, ALL, agreement_table, select
+from ..analysis import ALL, agreement_table, select
 from ..plan import pruned_count
+from ..saliency import DEFAULT_CRITERIA
 from .theme import (
     COLUMN,
     TWO_COLUMN,
@@ -30,7 +31,7 @@ _PAIR_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "h", "<", ">")
 
 
 @styled
-def criterion_agreement(frame: pd.DataFrame, *, criteria=AGREEMENT_CRITERIA, ratio: float = 0.5, domain: str = ALL,
+def criterion_agreement(frame: pd.DataFrame, *, criteria=DEFAULT_CRITERIA, ratio: float = 0.5, domain: str = ALL,
                         reference: str | None = None, fig=None):
     """Two panels by layer: Spearman correlation between criteria (0 and the 95% band of unrelated
     rankings shaded), and the overlap (Jaccard) of the experts they prune (chance level dotted).
