@@ -304,8 +304,8 @@ def check_plan_against(model, plan: PruningPlan, read) -> None:
     if found != expected:
         diff = {k: (expected.get(k), found.get(k)) for k in found if expected.get(k) != found.get(k)}
         raise CheckpointError(
-            f"the plan was made from observations of a different model (differences, observed vs this checkpoint: {diff}); "
-            "observe this checkpoint with `reapkit observe` and plan again"
+            f"these observations were recorded on a different model (differences, observed vs this checkpoint: {diff}); "
+            "observe this model again with `reapkit observe` and plan again"
         )
 
 
@@ -489,21 +489,19 @@ def stream_prune(source, plan: PruningPlan, out, *, force: bool = False, progres
     try:
         with atomic_directory(out, force=force) as tmp:
             weight_map = {}
-            bar = tqdm(
-                total=sum(len(v) for v in shards.values()), desc="pruning tensors", unit="tensor", disable=not progress
-            )
-            for shard, entries in sorted(shards.items()):
-                entries.sort()  # source order: sequential reads
-                writer = _ShardWriter(tmp / shard, [e[2:] for e in entries], shard_metadata[shard])
-                try:
-                    for _, name, new_name, *_ in entries:
-                        with safe_open(str(source / shard), framework="pt") as f:
-                            writer.write(new_name, _pieces(f, tensors[name], actions[name]))
-                        weight_map[new_name] = shard
-                        bar.update()
-                finally:
-                    writer.close()
-            bar.close()
+            total_tensors = sum(len(v) for v in shards.values())
+            with tqdm(total=total_tensors, desc="pruning tensors", unit="tensor", disable=not progress) as bar:
+                for shard, entries in sorted(shards.items()):
+                    entries.sort()  # source order: sequential reads
+                    writer = _ShardWriter(tmp / shard, [e[2:] for e in entries], shard_metadata[shard])
+                    try:
+                        for _, name, new_name, *_ in entries:
+                            with safe_open(str(source / shard), framework="pt") as f:
+                                writer.write(new_name, _pieces(f, tensors[name], actions[name]))
+                            weight_map[new_name] = shard
+                            bar.update()
+                    finally:
+                        writer.close()
             _copy_other_files(
                 source, tmp, exclude=set(shard_metadata) | {INDEX_FILE, "config.json", "pruning_plan.json"}
             )
@@ -526,8 +524,9 @@ def stream_prune(source, plan: PruningPlan, out, *, force: bool = False, progres
     except OSError as error:
         if error.errno in _OUT_OF_SPACE:
             raise CheckpointError(
-                f"ran out of disk space writing {out} ({error.strerror}); nothing was written. "
-                f"The pruned checkpoint needs {total / 2**30:.2f} GiB; free some space or write elsewhere"
+                f"could not write {out}: the disk is full or a file-size limit (ulimit -f) was reached "
+                f"({error.strerror}); nothing was written. "
+                f"The pruned checkpoint needs {total / 2**30:.2f} GiB: free space or write elsewhere"
             ) from error
         raise
     return out

@@ -259,9 +259,9 @@ def test_output_over_the_source_is_refused(qwen):
 def test_plan_for_a_different_model_is_refused(qwen, tmp_path):
     plan = qwen[2]
     tiny_model("qwen3_moe", seed=5).save_pretrained(tmp_path / "other")
-    with pytest.raises(CheckpointError, match="observations of a different model"):
+    with pytest.raises(CheckpointError, match="recorded on a different model"):
         stream_prune(tmp_path / "other", plan, tmp_path / "out", progress=False)
-    wider = tiny_model("qwen3_moe", num_experts=6)
+    wider = tiny_model("qwen3_moe", num_experts=6, num_local_experts=6)
     wider.save_pretrained(tmp_path / "six")
     with pytest.raises(CheckpointError, match="made for 8 experts in layer 0 but the model has 6"):
         stream_prune(tmp_path / "six", plan, tmp_path / "out", progress=False)
@@ -270,7 +270,7 @@ def test_plan_for_a_different_model_is_refused(qwen, tmp_path):
 
 def test_non_uniform_plan_writes_per_layer_config_where_transformers_reads_it(batches, tmp_path):
     """A model type whose layers are built from `config.per_layer_config[i]` reloads per-layer counts with stock loading."""
-    from tiny_models import COMMON
+    from tiny_models import TEXT
     from transformers import AutoConfig, Qwen3MoeConfig, Qwen3MoeForCausalLM
     from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeSparseMoeBlock
 
@@ -293,7 +293,10 @@ def test_non_uniform_plan_writes_per_layer_config_where_transformers_reads_it(ba
     AutoModelForCausalLM.register(HeteroConfig, HeteroForCausalLM, exist_ok=True)
     register_architecture(Architecture(HeteroConfig.model_type, num_experts_key="num_experts"), overwrite=True)
     torch.manual_seed(0)
-    model = HeteroForCausalLM(HeteroConfig(**COMMON, num_experts=8, moe_intermediate_size=32, head_dim=16)).eval()
+    model = HeteroForCausalLM(HeteroConfig(
+        **{k: TEXT[k] for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                                "num_key_value_heads", "max_position_embeddings", "num_experts_per_tok")},
+        num_experts=8, moe_intermediate_size=32, head_dim=16)).eval()
     model.save_pretrained(tmp_path / "source")
     plan = PruningPlan.from_observations(observe(model, batches, progress=False), "reap", counts={0: 4, 1: 6})
     stream_prune(tmp_path / "source", plan, tmp_path / "out", progress=False)
@@ -322,5 +325,5 @@ def test_cli_out_of_disk_leaves_nothing(qwen, tmp_path):
     )
     run = subprocess.run(["bash", "-c", command], capture_output=True, text=True, check=False)
     assert run.returncode == 2, run.stderr
-    assert "ran out of disk space" in run.stderr and "Traceback" not in run.stderr
+    assert "the disk is full" in run.stderr and "Traceback" not in run.stderr
     assert nothing_written(tmp_path)
