@@ -8,6 +8,7 @@ both alike. Peak memory is the max RSS (CPU) or max allocated (CUDA) of a fresh 
 runs N batches plainly or observed: flat in N means no buffer grows with the calibration set
 (the allocator's own creep shows in both rows).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,15 +25,27 @@ from reapkit.data import Batch
 from reapkit.observe import recording
 
 SHAPES = {
-    "demo (h128, 16 experts, top-2)": dict(hidden_size=128, num_experts=16, num_experts_per_tok=2, moe_intermediate_size=256),
-    "wide (h256, 64 experts, top-8)": dict(hidden_size=256, num_experts=64, num_experts_per_tok=8, moe_intermediate_size=128),
+    "demo (h128, 16 experts, top-2)": dict(
+        hidden_size=128, num_experts=16, num_experts_per_tok=2, moe_intermediate_size=256
+    ),
+    "wide (h256, 64 experts, top-8)": dict(
+        hidden_size=256, num_experts=64, num_experts_per_tok=8, moe_intermediate_size=128
+    ),
 }
 
 
 def build(shape: dict, device: str):
     torch.manual_seed(0)
-    config = Qwen3MoeConfig(vocab_size=4096, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-                            head_dim=32, intermediate_size=512, norm_topk_prob=True, **shape)
+    config = Qwen3MoeConfig(
+        vocab_size=4096,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        intermediate_size=512,
+        norm_topk_prob=True,
+        **shape,
+    )
     model = AutoModelForCausalLM.from_config(config).to(device).eval()
     with torch.no_grad():
         for layer in model.model.layers:
@@ -90,13 +103,21 @@ def peak_memory_child(shape_name: str, batches: int, device: str, mode: str) -> 
         with torch.no_grad():
             for b in data:
                 model(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False)
-    peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = (
+        torch.cuda.max_memory_allocated() / 2**20
+        if device == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    )
     print(json.dumps({"peak_mib": peak}))
 
 
 def peak_memory(shape_name: str, batches: int, device: str, mode: str) -> float:
-    out = subprocess.run([sys.executable, __file__, "--child", shape_name, str(batches), mode, "--device", device],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", shape_name, str(batches), mode, "--device", device],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
 
 
@@ -110,7 +131,9 @@ def main():
     if args.child:
         return peak_memory_child(args.child[0], int(args.child[1]), args.device, args.child[2])
 
-    print(f"device {args.device}, torch {torch.__version__}, threads {torch.get_num_threads()}, {args.tokens} tokens per forward")
+    print(
+        f"device {args.device}, torch {torch.__version__}, threads {torch.get_num_threads()}, {args.tokens} tokens per forward"
+    )
     for name, shape in SHAPES.items():
         model = build(shape, args.device)
         impl = model.config._experts_implementation

@@ -50,8 +50,12 @@ _PEAK = (
 
 def run_measured(args: list[str]) -> dict:
     """`{"peak_rss_mib", "seconds", "stdout"}` of a child process, measured from a fresh wrapper. Raises if it fails."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1",
-           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "TQDM_DISABLE": "1",
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+    }
     start = time.perf_counter()
     run = subprocess.run([sys.executable, "-c", _PEAK, *args], cwd=ROOT, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - start
@@ -64,8 +68,9 @@ def reapkit(*args) -> list[str]:
     return [sys.executable, "-m", "reapkit", *map(str, args)]
 
 
-def write_checkpoint(folder, *, layers=16, experts=64, hidden=1024, moe_intermediate=512, vocab=32000, top_k=2,
-                     shard_mib=512, seed=0) -> Path:
+def write_checkpoint(
+    folder, *, layers=16, experts=64, hidden=1024, moe_intermediate=512, vocab=32000, top_k=2, shard_mib=512, seed=0
+) -> Path:
     """A random bf16 qwen3_moe checkpoint in hub layout (one tensor per expert), written shard by shard."""
     import torch
     from transformers import Qwen3MoeConfig
@@ -73,10 +78,22 @@ def write_checkpoint(folder, *, layers=16, experts=64, hidden=1024, moe_intermed
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     heads, kv_heads, head_dim = 16, 4, 64
-    Qwen3MoeConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                   num_key_value_heads=kv_heads, head_dim=head_dim, num_experts=experts, num_experts_per_tok=top_k,
-                   moe_intermediate_size=moe_intermediate, intermediate_size=4 * hidden, norm_topk_prob=True,
-                   tie_word_embeddings=False, max_position_embeddings=4096, dtype="bfloat16").save_pretrained(folder)
+    Qwen3MoeConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        head_dim=head_dim,
+        num_experts=experts,
+        num_experts_per_tok=top_k,
+        moe_intermediate_size=moe_intermediate,
+        intermediate_size=4 * hidden,
+        norm_topk_prob=True,
+        tie_word_embeddings=False,
+        max_position_embeddings=4096,
+        dtype="bfloat16",
+    ).save_pretrained(folder)
     config = json.loads((folder / "config.json").read_text())
     config["num_experts"] = config.pop("num_local_experts")  # the key the hub's Qwen3-MoE configs use
     (folder / "config.json").write_text(json.dumps(config, indent=2))
@@ -85,17 +102,23 @@ def write_checkpoint(folder, *, layers=16, experts=64, hidden=1024, moe_intermed
     shapes = {"model.embed_tokens.weight": (vocab, hidden)}
     for i in range(layers):
         p = f"model.layers.{i}."
-        shapes |= {p + "input_layernorm.weight": (hidden,), p + "post_attention_layernorm.weight": (hidden,),
-                   p + "self_attn.q_proj.weight": (heads * head_dim, hidden),
-                   p + "self_attn.k_proj.weight": (kv_heads * head_dim, hidden),
-                   p + "self_attn.v_proj.weight": (kv_heads * head_dim, hidden),
-                   p + "self_attn.o_proj.weight": (hidden, heads * head_dim),
-                   p + "self_attn.q_norm.weight": (head_dim,), p + "self_attn.k_norm.weight": (head_dim,),
-                   p + "mlp.gate.weight": (experts, hidden)}
+        shapes |= {
+            p + "input_layernorm.weight": (hidden,),
+            p + "post_attention_layernorm.weight": (hidden,),
+            p + "self_attn.q_proj.weight": (heads * head_dim, hidden),
+            p + "self_attn.k_proj.weight": (kv_heads * head_dim, hidden),
+            p + "self_attn.v_proj.weight": (kv_heads * head_dim, hidden),
+            p + "self_attn.o_proj.weight": (hidden, heads * head_dim),
+            p + "self_attn.q_norm.weight": (head_dim,),
+            p + "self_attn.k_norm.weight": (head_dim,),
+            p + "mlp.gate.weight": (experts, hidden),
+        }
         for e in range(experts):
-            shapes |= {f"{p}mlp.experts.{e}.gate_proj.weight": (moe_intermediate, hidden),
-                       f"{p}mlp.experts.{e}.up_proj.weight": (moe_intermediate, hidden),
-                       f"{p}mlp.experts.{e}.down_proj.weight": (hidden, moe_intermediate)}
+            shapes |= {
+                f"{p}mlp.experts.{e}.gate_proj.weight": (moe_intermediate, hidden),
+                f"{p}mlp.experts.{e}.up_proj.weight": (moe_intermediate, hidden),
+                f"{p}mlp.experts.{e}.down_proj.weight": (hidden, moe_intermediate),
+            }
     shapes |= {"model.norm.weight": (hidden,), "lm_head.weight": (vocab, hidden)}
     g = torch.Generator().manual_seed(seed)
 
@@ -137,20 +160,37 @@ def calibration_file(work: Path, vocab: int) -> Path:
     path = work / "calibration.jsonl"
     rng = random.Random(0)
     rows = CALIBRATION["tokens"] // CALIBRATION["max_length"]
-    path.write_text("".join(json.dumps([rng.randrange(3, vocab) for _ in range(CALIBRATION["max_length"])]) + "\n"
-                            for _ in range(rows)))
+    path.write_text(
+        "".join(
+            json.dumps([rng.randrange(3, vocab) for _ in range(CALIBRATION["max_length"])]) + "\n" for _ in range(rows)
+        )
+    )
     return path
 
 
 def observe_command(checkpoint: Path, work: Path, out: Path, *extra) -> list[str]:
     vocab = json.loads((checkpoint / "config.json").read_text())["vocab_size"]
-    return reapkit("observe", checkpoint, "--data", calibration_file(work, vocab), "--out", out, "--force",
-                   "--batch-size", CALIBRATION["batch_size"], "--max-length", CALIBRATION["max_length"], *extra)
+    return reapkit(
+        "observe",
+        checkpoint,
+        "--data",
+        calibration_file(work, vocab),
+        "--out",
+        out,
+        "--force",
+        "--batch-size",
+        CALIBRATION["batch_size"],
+        "--max-length",
+        CALIBRATION["max_length"],
+        *extra,
+    )
 
 
 def import_baseline() -> dict:
     """Peak RSS of a process that only imports python, torch, transformers and reapkit's commands."""
-    return run_measured([sys.executable, "-c", "import torch, transformers, reapkit.cli, reapkit.observe, reapkit.sequential"])
+    return run_measured(
+        [sys.executable, "-c", "import torch, transformers, reapkit.cli, reapkit.observe, reapkit.sequential"]
+    )
 
 
 def observe_rows(checkpoint: Path, work: Path) -> list[dict]:
@@ -158,21 +198,35 @@ def observe_rows(checkpoint: Path, work: Path) -> list[dict]:
     from reapkit.observations import Observations
 
     size = _size_mib(checkpoint)
-    sequential = run_measured(observe_command(checkpoint, work, work / "obs-sequential", "--sequential",
-                                              "--group-size", CALIBRATION["group_size"]))
+    sequential = run_measured(
+        observe_command(
+            checkpoint, work, work / "obs-sequential", "--sequential", "--group-size", CALIBRATION["group_size"]
+        )
+    )
     memory = run_measured(observe_command(checkpoint, work, work / "obs-memory"))
     a, b = Observations.load(work / "obs-memory"), Observations.load(work / "obs-sequential")
     difference = max(
-        float((a.stats[d][k].double() - b.stats[d][k].double()).abs().max()
-              / a.stats[d][k].double().abs().max().clamp_min(1e-30))
-        for d in a.domains for k in a.stats[d])
+        float(
+            (a.stats[d][k].double() - b.stats[d][k].double()).abs().max()
+            / a.stats[d][k].double().abs().max().clamp_min(1e-30)
+        )
+        for d in a.domains
+        for k in a.stats[d]
+    )
     shutil.rmtree(work / "obs-sequential")
     tokens = CALIBRATION["tokens"]
     return [
-        {"what": f"observe --sequential ({tokens} tokens, groups of {CALIBRATION['group_size']} batches)", **sequential},
+        {
+            "what": f"observe --sequential ({tokens} tokens, groups of {CALIBRATION['group_size']} batches)",
+            **sequential,
+        },
         {"what": f"observe in memory ({tokens} tokens)", **memory},
         {"what": f"largest relative difference of the statistics: {difference:.2e}"},
-        {"ratio": "sequential observe peak / checkpoint", "value": sequential["peak_rss_mib"] / size, "target": "<= 0.25"},
+        {
+            "ratio": "sequential observe peak / checkpoint",
+            "value": sequential["peak_rss_mib"] / size,
+            "target": "<= 0.25",
+        },
         {"ratio": "in-memory / sequential observe peak", "value": memory["peak_rss_mib"] / sequential["peak_rss_mib"]},
         {"ratio": "sequential / in-memory observe time", "value": sequential["seconds"] / memory["seconds"]},
     ]
@@ -184,11 +238,27 @@ def prune_rows(checkpoint: Path, work: Path, *, ratio: float = 0.5) -> list[dict
 
     rows = []
     if not (work / "obs-memory" / "observations.json").is_file():  # the observe section's, else made here
-        rows.append({"what": "observe in memory (the observations to prune from)",
-                     **run_measured(observe_command(checkpoint, work, work / "obs-memory"))})
+        rows.append(
+            {
+                "what": "observe in memory (the observations to prune from)",
+                **run_measured(observe_command(checkpoint, work, work / "obs-memory")),
+            }
+        )
     for label, out, extra in (("streaming", "pruned-stream", []), ("--in-memory", "pruned-memory", ["--in-memory"])):
-        result = run_measured(reapkit("prune", checkpoint, "--observations", work / "obs-memory", "--ratio", ratio,
-                                      "--out", work / out, "--force", *extra))
+        result = run_measured(
+            reapkit(
+                "prune",
+                checkpoint,
+                "--observations",
+                work / "obs-memory",
+                "--ratio",
+                ratio,
+                "--out",
+                work / out,
+                "--force",
+                *extra,
+            )
+        )
         rows.append({"what": f"prune {label} ({ratio:.0%} of experts)", **result})
     stream, memory = rows[-2], rows[-1]
     base = import_baseline()["peak_rss_mib"]
@@ -198,10 +268,15 @@ def prune_rows(checkpoint: Path, work: Path, *, ratio: float = 0.5) -> list[dict
         shutil.rmtree(work / out)
     return rows + [
         {"what": f"outputs bitwise equal: {equal}"},
-        {"what": f"streaming bound: import baseline {base:.0f} + 2 x largest tensor + 200 = {bound:.0f} MiB "
-                 f"({'within' if stream['peak_rss_mib'] <= bound else 'OVER'})"},
-        {"ratio": "checkpoint / streaming prune peak", "value": _size_mib(checkpoint) / stream["peak_rss_mib"],
-         "target": ">= 4"},
+        {
+            "what": f"streaming bound: import baseline {base:.0f} + 2 x largest tensor + 200 = {bound:.0f} MiB "
+            f"({'within' if stream['peak_rss_mib'] <= bound else 'OVER'})"
+        },
+        {
+            "ratio": "checkpoint / streaming prune peak",
+            "value": _size_mib(checkpoint) / stream["peak_rss_mib"],
+            "target": ">= 4",
+        },
         {"ratio": "in-memory / streaming prune peak", "value": memory["peak_rss_mib"] / stream["peak_rss_mib"]},
         {"ratio": "streaming / in-memory prune time", "value": stream["seconds"] / memory["seconds"]},
     ]
@@ -246,7 +321,9 @@ def throughput_child(checkpoint: str, data: str) -> None:
     from reapkit.observe import recording
 
     model, _ = load_model(checkpoint, dtype="auto")
-    batches = calibration_batches(data, None, batch_size=CALIBRATION["batch_size"], max_length=CALIBRATION["max_length"])
+    batches = calibration_batches(
+        data, None, batch_size=CALIBRATION["batch_size"], max_length=CALIBRATION["max_length"]
+    )
     tokens = sum(b.num_tokens for b in batches)
     seconds = {"plain": 0.0, "observed": 0.0}
     with torch.no_grad():
@@ -293,12 +370,16 @@ def main(argv=None):
         write_checkpoint(checkpoint, layers=args.layers, experts=args.experts, hidden=args.hidden)
         print(f"generated {checkpoint} in {time.perf_counter() - start:.0f} s", flush=True)
     shards = len(list(checkpoint.glob("*.safetensors")))
-    print(f"checkpoint: {_size_mib(checkpoint):,.0f} MiB of bf16 tensors in {shards} shards, largest tensor "
-          f"{largest_tensor(checkpoint) / MIB:.1f} MiB; {os.cpu_count()} CPU cores, "
-          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '1')}, load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"checkpoint: {_size_mib(checkpoint):,.0f} MiB of bf16 tensors in {shards} shards, largest tensor "
+        f"{largest_tensor(checkpoint) / MIB:.1f} MiB; {os.cpu_count()} CPU cores, "
+        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '1')}, load average {os.getloadavg()[0]:.1f}"
+    )
     print(f"{'':66s} {'peak RSS':>12s} {'time':>8s}", flush=True)
     base = import_baseline()
-    print(f"{'a process that only imports torch, transformers, reapkit':66s} {base['peak_rss_mib']:8.0f} MiB", flush=True)
+    print(
+        f"{'a process that only imports torch, transformers, reapkit':66s} {base['peak_rss_mib']:8.0f} MiB", flush=True
+    )
     ratios = []
     try:
         for name in args.only or SECTIONS:

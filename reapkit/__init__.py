@@ -9,6 +9,7 @@
 Names load lazily, so `import reapkit.plot` does not import torch. (`reapkit.observe` is the
 module; the function is `reapkit.observe.observe`.)
 """
+
 from .lazy import lazy_exports
 
 __version__ = "0.1.0"

@@ -24,6 +24,7 @@ Results schema (one name per concept; every module reads these names, none renam
 Scores frames (`reapkit.saliency.scores_frame`): layer, expert, domain ("all" = pooled), criterion, value.
 Mask frames (`mask_frame`): layer, expert, kept [, any extra columns such as criterion, ratio].
 """
+
 from __future__ import annotations
 
 import functools
@@ -35,11 +36,35 @@ from .plan import pruned_count
 from .saliency import DEFAULT_CRITERIA
 
 __all__ = [
-    "METHOD", "CRITERION", "LABEL", "SEED", "RATIO", "DOMAIN", "LOSS", "KL", "AGREEMENT", "DELTA_LOSS", "METRICS",
-    "METRIC_LABELS", "lo", "hi",
-    "expected_jaccard", "jaccard_distribution", "spearman_band",
-    "agreement_table", "domain_share_table", "specialisation_table", "mask_frame", "curve_table", "with_delta_loss",
-    "uniform_cutoffs", "is_flat", "coselect_order", "select", "value_table", "ALL",
+    "METHOD",
+    "CRITERION",
+    "LABEL",
+    "SEED",
+    "RATIO",
+    "DOMAIN",
+    "LOSS",
+    "KL",
+    "AGREEMENT",
+    "DELTA_LOSS",
+    "METRICS",
+    "METRIC_LABELS",
+    "lo",
+    "hi",
+    "expected_jaccard",
+    "jaccard_distribution",
+    "spearman_band",
+    "agreement_table",
+    "domain_share_table",
+    "specialisation_table",
+    "mask_frame",
+    "curve_table",
+    "with_delta_loss",
+    "uniform_cutoffs",
+    "is_flat",
+    "coselect_order",
+    "select",
+    "value_table",
+    "ALL",
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -51,8 +76,13 @@ LOSS, KL, AGREEMENT, DELTA_LOSS = "loss", "kl", "agreement", "delta_loss"
 #: Metrics a results frame may carry (each may come with <metric>_lo / <metric>_hi).
 METRICS = (LOSS, "perplexity", KL, AGREEMENT, DELTA_LOSS)
 #: Axis label of each metric.
-METRIC_LABELS = {LOSS: "loss (nats/token)", "perplexity": "perplexity", KL: "KL to unpruned (nats)",
-                 AGREEMENT: "top-1 agreement", DELTA_LOSS: "Δ loss vs unpruned (nats)"}
+METRIC_LABELS = {
+    LOSS: "loss (nats/token)",
+    "perplexity": "perplexity",
+    KL: "KL to unpruned (nats)",
+    AGREEMENT: "top-1 agreement",
+    DELTA_LOSS: "Δ loss vs unpruned (nats)",
+}
 #: The domain that pools every evaluation domain.
 ALL = "all"
 
@@ -70,7 +100,7 @@ def hi(metric: str) -> str:
 def select(frame: pd.DataFrame, **conditions) -> pd.DataFrame:
     """Rows of `frame` where each named column equals its value (None or a missing column: no condition).
 
-        >>> select(scores, criterion="reap", domain="all")
+    >>> select(scores, criterion="reap", domain="all")
     """
     for column, value in conditions.items():
         if value is not None and column in frame.columns:
@@ -91,6 +121,7 @@ def _empty(data) -> bool:
 # Chance levels
 # --------------------------------------------------------------------------------------------
 
+
 def jaccard_distribution(experts: int, size: int, other: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Exact distribution of the Jaccard index of two independent uniformly random subsets of
     `experts` items, of `size` and `other` (default `size`) items: ``(values, probabilities)``.
@@ -103,7 +134,9 @@ def jaccard_distribution(experts: int, size: int, other: int | None = None) -> t
 
     other = size if other is None else other
     if not (0 <= size <= experts and 0 <= other <= experts):
-        raise ValueError(f"subset sizes must be between 0 and the number of experts ({experts}), got {size} and {other}")
+        raise ValueError(
+            f"subset sizes must be between 0 and the number of experts ({experts}), got {size} and {other}"
+        )
     x = np.arange(max(0, size + other - experts), min(size, other) + 1)
     p = hypergeom(experts, other, size).pmf(x)
     union = size + other - x
@@ -149,7 +182,10 @@ def spearman_band(n: int, *, level: float = 0.95, permutations: int = 20000, see
 # Criteria against each other
 # --------------------------------------------------------------------------------------------
 
-def agreement_table(frame: pd.DataFrame, *, criteria=DEFAULT_CRITERIA, ratio: float = 0.5, domain: str = ALL) -> pd.DataFrame:
+
+def agreement_table(
+    frame: pd.DataFrame, *, criteria=DEFAULT_CRITERIA, ratio: float = 0.5, domain: str = ALL
+) -> pd.DataFrame:
     """Per layer and pair of criteria: Spearman rank correlation of the scores, the overlap (Jaccard
     index) of the sets of experts each would prune at `ratio`, and that overlap's chance level.
 
@@ -161,8 +197,17 @@ def agreement_table(frame: pd.DataFrame, *, criteria=DEFAULT_CRITERIA, ratio: fl
     """
     from scipy.stats import spearmanr
 
-    columns = ["layer", "criterion_a", "criterion_b", "experts", "spearman", "overlap", "overlap_chance",
-               "spearman_lo", "spearman_hi"]
+    columns = [
+        "layer",
+        "criterion_a",
+        "criterion_b",
+        "experts",
+        "spearman",
+        "overlap",
+        "overlap_chance",
+        "spearman_lo",
+        "spearman_hi",
+    ]
     if _empty(frame):
         return pd.DataFrame(columns=columns)
     data = select(frame, domain=domain)
@@ -171,7 +216,7 @@ def agreement_table(frame: pd.DataFrame, *, criteria=DEFAULT_CRITERIA, ratio: fl
     rows = []
     for layer in sorted(set(data["layer"])):
         for i, a in enumerate(present):
-            for b in present[i + 1:]:
+            for b in present[i + 1 :]:
                 x, y = tables[a].loc[layer].to_numpy(float), tables[b].loc[layer].to_numpy(float)
                 ok = ~(np.isnan(x) | np.isnan(y))
                 x, y = x[ok], y[ok]
@@ -207,6 +252,7 @@ def uniform_cutoffs(frame: pd.DataFrame, ratio: float) -> pd.DataFrame:
 # --------------------------------------------------------------------------------------------
 # Domains
 # --------------------------------------------------------------------------------------------
+
 
 def domain_share_table(frame: pd.DataFrame, *, criterion: str = "frequency") -> pd.DataFrame:
     """Per layer, expert and domain: the expert's `share` of the domain's total score in that layer
@@ -252,10 +298,15 @@ def specialisation_table(frame: pd.DataFrame, *, criterion: str = "frequency") -
     d = p.shape[1]
     spec = 1 - entropy / np.log(d) if d > 1 else np.zeros(len(q))
     spec[total[:, 0] <= 0] = 0.0
-    out = pd.DataFrame({
-        "layer": pivot.index.get_level_values(0), "expert": pivot.index.get_level_values(1),
-        "dominant": np.asarray(pivot.columns)[np.argmax(p, axis=1)], "specialisation": spec, "usage": p.mean(axis=1),
-    })
+    out = pd.DataFrame(
+        {
+            "layer": pivot.index.get_level_values(0),
+            "expert": pivot.index.get_level_values(1),
+            "dominant": np.asarray(pivot.columns)[np.argmax(p, axis=1)],
+            "specialisation": spec,
+            "usage": p.mean(axis=1),
+        }
+    )
     return out[columns].reset_index(drop=True)
 
 
@@ -263,11 +314,12 @@ def specialisation_table(frame: pd.DataFrame, *, criterion: str = "frequency") -
 # Plans
 # --------------------------------------------------------------------------------------------
 
+
 def mask_frame(kept, num_experts=None, **extra) -> pd.DataFrame:
     """Tidy kept/pruned mask (layer, expert, kept) of a plan; `extra` columns are added.
 
-        >>> mask_frame(plan, criterion="reap", ratio=0.5)
-        >>> mask_frame({0: [0, 2]}, {0: 4})            # {layer: kept experts}, {layer: experts}
+    >>> mask_frame(plan, criterion="reap", ratio=0.5)
+    >>> mask_frame({0: [0, 2]}, {0: 4})            # {layer: kept experts}, {layer: experts}
     """
     if hasattr(kept, "kept") and hasattr(kept, "num_experts"):
         kept, num_experts = kept.kept, kept.num_experts
@@ -283,6 +335,7 @@ def mask_frame(kept, num_experts=None, **extra) -> pd.DataFrame:
 # --------------------------------------------------------------------------------------------
 # Results
 # --------------------------------------------------------------------------------------------
+
 
 def with_delta_loss(results: pd.DataFrame) -> pd.DataFrame:
     """A copy of `results` with `delta_loss` = loss - the unpruned loss (ratio 0) of the same domain
@@ -350,6 +403,7 @@ def curve_table(results: pd.DataFrame, metric: str, *, hue: str = LABEL) -> pd.D
 # Geometry
 # --------------------------------------------------------------------------------------------
 
+
 def is_flat(linkage, *, tolerance: float = 0.1) -> bool:
     """True when a dendrogram has no cluster structure: all its merge heights lie within `tolerance`
     (relative) of the highest one, so where it is cut is arbitrary.
@@ -375,4 +429,3 @@ def coselect_order(coselect) -> np.ndarray:
         return np.arange(m.shape[0])
     np.fill_diagonal(m, 0.0)
     return np.asarray(cluster(angular_distances(m)).order)
-

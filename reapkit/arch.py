@@ -13,6 +13,7 @@ A record in `ARCHITECTURES` names only what cannot be read (the key published ch
 it differs from the config's own, a scoring function, a reason a type is not supported).
 The observer, the planner and the pruner read these records and never branch on a model name.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
@@ -132,44 +133,125 @@ for _arch in (
     # Only what cannot be read from the module tree and the config.
     Architecture("qwen3_moe", num_experts_key="num_experts", notes=_PUBLISHED_NUM_EXPERTS),
     Architecture("qwen3_vl_moe", num_experts_key="num_experts", notes=_PUBLISHED_NUM_EXPERTS),
-    Architecture("flint", unsupported="transformers decorates its MoE block, not its experts, as experts: "
-                 "the experts implementation that observes cannot be swapped in"),
-    Architecture("zaya", unsupported="its router scores E+1 classes (a compute-free skip expert) and routes top-1 "
-                 "only; the skip class has no expert to keep or remove"),
-    Architecture("inkling", unsupported="transformers 5.23 ships its modeling file without a config class or "
-                 "Auto mapping, so no checkpoint of it can be built or loaded"),
-    Architecture("deepseek_v4", unsupported="its first layers route by a frozen token-id hash (hash_moe): no "
-                 "router score can mask an expert those routes point to"),
-    Architecture("ernie4_5_vl_moe", notes="not verified: its blocks hold text and vision experts side by side "
-                 "(two expert groups per block); removing text experts alone does not yet equal masking"),
-    Architecture("diffusion_gemma", notes="not verified: its block-diffusion forward runs a canvas of extra "
-                 "positions beside the prompt, which the per-token padding mask does not describe"),
-    Architecture("qwen3_omni_moe", notes="not verified: its ForConditionalGeneration has no forward of its own "
-                 "(generate drives the thinker), so the suite's logits identities cannot run on it"),
-    Architecture("dots3_note", notes="not verified: its default per-layer config names 45 layers and cannot be "
-                 "shrunk to a tiny model"),
-    Architecture("muse_spark", notes="not verified: its tiny model keeps a full-width (4,096) expert path, "
-                 "observing fails"),
     Architecture(
-        "llama4_text", num_experts_key="num_local_experts", layers="model.layers", block="feed_forward",
-        experts="experts", router="router",
-        scoring="sigmoid", logits_index=1, gated_input=True, notes="gate scales the experts' input (not decorated)",
+        "flint",
+        unsupported="transformers decorates its MoE block, not its experts, as experts: "
+        "the experts implementation that observes cannot be swapped in",
+    ),
+    Architecture(
+        "zaya",
+        unsupported="its router scores E+1 classes (a compute-free skip expert) and routes top-1 "
+        "only; the skip class has no expert to keep or remove",
+    ),
+    Architecture(
+        "inkling",
+        unsupported="transformers 5.23 ships its modeling file without a config class or "
+        "Auto mapping, so no checkpoint of it can be built or loaded",
+    ),
+    Architecture(
+        "deepseek_v4",
+        unsupported="its first layers route by a frozen token-id hash (hash_moe): no "
+        "router score can mask an expert those routes point to",
+    ),
+    Architecture(
+        "ernie4_5_vl_moe",
+        notes="not verified: its blocks hold text and vision experts side by side "
+        "(two expert groups per block); removing text experts alone does not yet equal masking",
+    ),
+    Architecture(
+        "diffusion_gemma",
+        notes="not verified: its block-diffusion forward runs a canvas of extra "
+        "positions beside the prompt, which the per-token padding mask does not describe",
+    ),
+    Architecture(
+        "qwen3_omni_moe",
+        notes="not verified: its ForConditionalGeneration has no forward of its own "
+        "(generate drives the thinker), so the suite's logits identities cannot run on it",
+    ),
+    Architecture(
+        "dots3_note",
+        notes="not verified: its default per-layer config names 45 layers and cannot be shrunk to a tiny model",
+    ),
+    Architecture(
+        "muse_spark", notes="not verified: its tiny model keeps a full-width (4,096) expert path, observing fails"
+    ),
+    Architecture(
+        "llama4_text",
+        num_experts_key="num_local_experts",
+        layers="model.layers",
+        block="feed_forward",
+        experts="experts",
+        router="router",
+        scoring="sigmoid",
+        logits_index=1,
+        gated_input=True,
+        notes="gate scales the experts' input (not decorated)",
     ),
 ):
     register_architecture(_arch)
 
 
 #: model types the test suite runs every identity on (tests/tiny_models.py parametrises over exactly these)
-VERIFIED = frozenset({
-    "afmoe", "aria", "axk1", "axk2", "bailing_hybrid", "beam", "cohere2_moe", "deepseek_ocr2", "deepseek_v2",
-    "deepseek_v3", "deepseek_v32", "dots1", "ernie4_5_moe", "exaone_moe",
-    "flex_olmo", "gemma4", "glm4_moe", "glm4_moe_lite", "glm4v_moe", "glm5_next", "glm_moe_dsa", "gpt_oss",
-    "granitemoe", "granitemoe_swa", "granitemoehybrid", "granitemoeshared", "hunyuan_v1_moe", "hy_v3", "hy_v4",
-    "inkling2", "jamba", "kimi_linear", "kolibri1", "laguna", "lfm2_moe", "llama4_text", "mellum", "minimax",
-    "minimax_m2", "minimax_m3_vl", "mistral_large4", "mixtral", "nemotron_h", "olmoe", "openai_privacy_filter",
-    "phimoe", "qwen2_moe", "qwen3_5_moe", "qwen3_moe", "qwen3_next", "qwen3_vl_moe", "solar_open", "unlimited_ocr",
-    "mistral4", "qwen4_exp", "mimo_v2_flash",
-})
+VERIFIED = frozenset(
+    {
+        "afmoe",
+        "aria",
+        "axk1",
+        "axk2",
+        "bailing_hybrid",
+        "beam",
+        "cohere2_moe",
+        "deepseek_ocr2",
+        "deepseek_v2",
+        "deepseek_v3",
+        "deepseek_v32",
+        "dots1",
+        "ernie4_5_moe",
+        "exaone_moe",
+        "flex_olmo",
+        "gemma4",
+        "glm4_moe",
+        "glm4_moe_lite",
+        "glm4v_moe",
+        "glm5_next",
+        "glm_moe_dsa",
+        "gpt_oss",
+        "granitemoe",
+        "granitemoe_swa",
+        "granitemoehybrid",
+        "granitemoeshared",
+        "hunyuan_v1_moe",
+        "hy_v3",
+        "hy_v4",
+        "inkling2",
+        "jamba",
+        "kimi_linear",
+        "kolibri1",
+        "laguna",
+        "lfm2_moe",
+        "llama4_text",
+        "mellum",
+        "minimax",
+        "minimax_m2",
+        "minimax_m3_vl",
+        "mistral_large4",
+        "mixtral",
+        "nemotron_h",
+        "olmoe",
+        "openai_privacy_filter",
+        "phimoe",
+        "qwen2_moe",
+        "qwen3_5_moe",
+        "qwen3_moe",
+        "qwen3_next",
+        "qwen3_vl_moe",
+        "solar_open",
+        "unlimited_ocr",
+        "mistral4",
+        "qwen4_exp",
+        "mimo_v2_flash",
+    }
+)
 
 
 class UnknownArchitectureError(ValueError):
@@ -188,7 +270,9 @@ def architecture_for(model_or_config) -> Architecture:
         raise UnknownArchitectureError(f"reapkit cannot prune {model_type!r}: {record.unsupported}")
     if not is_model:
         if record is None:
-            raise UnknownArchitectureError(_unknown(model_type, "give the model, not its config, to read its structure"))
+            raise UnknownArchitectureError(
+                _unknown(model_type, "give the model, not its config, to read its structure")
+            )
         return read_config_keys(config, record)
     key = (type(model_or_config), record)
     if key not in _read_cache:
@@ -211,9 +295,22 @@ def _unknown(model_type: str, why: str) -> str:
 def explicit_fields(arch: Architecture) -> list[str]:
     """Names of the fields a table record sets by hand (everything else is read)."""
     default = Architecture(arch.model_type)
-    return [f.name for f in fields(arch) if f.name not in ("model_type", "notes")
-            and getattr(arch, f.name) != getattr(default, f.name)]
+    return [
+        f.name
+        for f in fields(arch)
+        if f.name not in ("model_type", "notes") and getattr(arch, f.name) != getattr(default, f.name)
+    ]
 
 
-__all__ = ["ARCHITECTURES", "EXPERT_COUNT_NAMES", "SCORING", "VERIFIED", "Architecture", "UnknownArchitectureError",
-           "architecture_for", "explicit_fields", "get_path", "register_architecture"]
+__all__ = [
+    "ARCHITECTURES",
+    "EXPERT_COUNT_NAMES",
+    "SCORING",
+    "VERIFIED",
+    "Architecture",
+    "UnknownArchitectureError",
+    "architecture_for",
+    "explicit_fields",
+    "get_path",
+    "register_architecture",
+]

@@ -11,6 +11,7 @@
 An interrupt (Ctrl-C, or SIGTERM once :func:`terminate_as_interrupt` is installed) during the
 final renames is held back until they are done, so an output is never half replaced.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -33,6 +34,7 @@ def terminate_as_interrupt():
 
     Returns the previous handler (give it to `signal.signal(signal.SIGTERM, ...)` to restore it).
     """
+
     def handler(signum, frame):
         raise Interrupted(f"stopped by signal {signal.Signals(signum).name}")
 
@@ -106,8 +108,10 @@ def check_separate(output, *inputs, what: str = "output") -> None:
             relation = "contains"
         else:
             continue
-        raise ValueError(f"{what} {output} {relation} the input {source}; writing there could destroy the input. "
-                         "Choose an output folder outside the inputs")
+        raise ValueError(
+            f"{what} {output} {relation} the input {source}; writing there could destroy the input. "
+            "Choose an output folder outside the inputs"
+        )
 
 
 def check_new_output(path, *, force: bool = False, what: str = "output") -> None:
@@ -117,12 +121,16 @@ def check_new_output(path, *, force: bool = False, what: str = "output") -> None
         raise FileExistsError(f"{what} {path} already exists; choose another output or pass --force to replace it")
     parent = next(p for p in [path.parent, *path.parent.parents] if p.exists() or p == p.parent)
     if not parent.is_dir():
-        raise NotADirectoryError(f"cannot write {what} {path}: {parent} is a file, not a folder; choose another output path")
+        raise NotADirectoryError(
+            f"cannot write {what} {path}: {parent} is a file, not a folder; choose another output path"
+        )
     try:  # a real write test: os.access says yes to root even where nothing can be created
         os.rmdir(tempfile.mkdtemp(prefix=".reapkit-probe-", dir=parent))
     except OSError as error:
-        raise PermissionError(f"cannot write {what} {path}: nothing can be created in {parent} ({error.strerror}); "
-                              "choose a folder you can write to") from None
+        raise PermissionError(
+            f"cannot write {what} {path}: nothing can be created in {parent} ({error.strerror}); "
+            "choose a folder you can write to"
+        ) from None
 
 
 @contextlib.contextmanager

@@ -1,13 +1,14 @@
 """The `reapkit` command line (also `python -m reapkit`).
 
-    reapkit observe MODEL --data code:128,tools:64 --out runs/obs
-    reapkit combine runs/obs-shard0 runs/obs-shard1 --out runs/obs      # observations add up
-    reapkit scores runs/obs --criterion reap --csv scores.csv
-    reapkit prune MODEL --observations runs/obs --criterion reap --ratio 0.25 --out pruned/
-    reapkit prune MODEL_DIR ... --out pruned/     # a local folder streams shard by shard (--in-memory to load)
-    reapkit demo                      # notebooks on the bundled demo model, figures in figures/
-    reapkit sweep sweeps/study.yaml   # papermill runs over a parameter grid
+reapkit observe MODEL --data code:128,tools:64 --out runs/obs
+reapkit combine runs/obs-shard0 runs/obs-shard1 --out runs/obs      # observations add up
+reapkit scores runs/obs --criterion reap --csv scores.csv
+reapkit prune MODEL --observations runs/obs --criterion reap --ratio 0.25 --out pruned/
+reapkit prune MODEL_DIR ... --out pruned/     # a local folder streams shard by shard (--in-memory to load)
+reapkit demo                      # notebooks on the bundled demo model, figures in figures/
+reapkit sweep sweeps/study.yaml   # papermill runs over a parameter grid
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,10 +36,14 @@ def _check_model_name(name: str) -> None:
         return
     if path.exists():
         if not (path / "config.json").is_file():
-            raise ValueError(f"{name} is not a model folder (no config.json in it); pass a folder written by "
-                             "save_pretrained, a hub name (org/name) or `demo`")
+            raise ValueError(
+                f"{name} is not a model folder (no config.json in it); pass a folder written by "
+                "save_pretrained, a hub name (org/name) or `demo`"
+            )
     elif name.startswith(("/", ".", "~")) or name.count("/") != 1:
-        raise FileNotFoundError(f"model folder {name} does not exist; check the path, or pass a hub name (org/name) or `demo`")
+        raise FileNotFoundError(
+            f"model folder {name} does not exist; check the path, or pass a hub name (org/name) or `demo`"
+        )
 
 
 def _load(args, device="cpu"):
@@ -48,15 +53,27 @@ def _load(args, device="cpu"):
 
     _check_model_name(args.model)
     try:
-        return load_model(args.model, dtype=args.dtype, device=device, device_map=args.device_map,
-                          max_memory=parse_max_memory(args.max_memory), offload_folder=args.offload_folder)
+        return load_model(
+            args.model,
+            dtype=args.dtype,
+            device=device,
+            device_map=args.device_map,
+            max_memory=parse_max_memory(args.max_memory),
+            offload_folder=args.offload_folder,
+        )
     except OSError as error:
         if isinstance(error, (FileNotFoundError, PermissionError)) and getattr(error, "filename", None):
             raise
-        offline = " (HF_HUB_OFFLINE is set, so nothing is downloaded)" if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") else ""
+        offline = (
+            " (HF_HUB_OFFLINE is set, so nothing is downloaded)"
+            if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0")
+            else ""
+        )
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"cannot load model {args.model!r} from a local folder or the Hugging Face hub{offline}: {reason} "
-                         "Pass a local checkpoint folder, `demo`, or a hub name you can download") from None
+        raise ValueError(
+            f"cannot load model {args.model!r} from a local folder or the Hugging Face hub{offline}: {reason} "
+            "Pass a local checkpoint folder, `demo`, or a hub name you can download"
+        ) from None
 
 
 def cmd_observe(args):
@@ -71,7 +88,9 @@ def cmd_observe(args):
     args.data = DEFAULT_SPEC if args.data is None else args.data
     items = parse_spec(args.data)  # a bad spec is refused before the model loads
     if args.sequential and (args.device_map or args.max_memory or args.offload_folder):
-        raise ValueError("--sequential loads one layer at a time onto --device; drop --device-map, --max-memory and --offload-folder")
+        raise ValueError(
+            "--sequential loads one layer at a time onto --device; drop --device-map, --max-memory and --offload-folder"
+        )
     if not args.sequential and (args.group_size is not None or args.spill_dir):
         raise ValueError("--group-size and --spill-dir only apply to layer-by-layer calibration; add --sequential")
     resumable = bool(args.checkpoint_every or args.resume)
@@ -81,13 +100,23 @@ def cmd_observe(args):
     checkpoint = ObserveCheckpoint(f"{args.out}.checkpoint", every=args.checkpoint_every, resume=args.resume)
     checkpoint.check()
     device = local_device(args.device)
-    settings = {"spec": args.data, "batch_size": args.batch_size, "max_length": args.max_length, "model": args.model,
-                "dtype": args.dtype, "device": args.device, "device_map": args.device_map, "sequential": args.sequential}
+    settings = {
+        "spec": args.data,
+        "batch_size": args.batch_size,
+        "max_length": args.max_length,
+        "model": args.model,
+        "dtype": args.dtype,
+        "device": args.device,
+        "device_map": args.device_map,
+        "sequential": args.sequential,
+    }
     gpus = args.device_map is not None and torch.cuda.is_available()  # a device-mapped model reduces over NCCL too
     with process_group("cuda" if gpus else device) as (rank, world):
         if resumable and world > 1:
-            raise ValueError("--checkpoint-every and --resume run in one process; under torchrun, shard the data "
-                             "and `reapkit combine` the shards instead")
+            raise ValueError(
+                "--checkpoint-every and --resume run in one process; under torchrun, shard the data "
+                "and `reapkit combine` the shards instead"
+            )
         if args.sequential:
             from transformers import AutoConfig
 
@@ -96,25 +125,46 @@ def cmd_observe(args):
             folder = resolve_name(args.model)
             checkpoint_shards(folder)  # a folder without safetensors stops here, before any work
             vocab = AutoConfig.from_pretrained(folder).get_text_config().vocab_size
-            batches = calibration_batches(args.data, load_tokenizer(args.model), batch_size=args.batch_size,
-                                          max_length=args.max_length, vocab_size=vocab)
+            batches = calibration_batches(
+                args.data,
+                load_tokenizer(args.model),
+                batch_size=args.batch_size,
+                max_length=args.max_length,
+                vocab_size=vocab,
+            )
             spill = args.spill_dir and (f"{args.spill_dir}/rank-{rank}" if world > 1 else args.spill_dir)
-            obs = observe_sequential(folder, my_share(batches, rank, world), dtype=args.dtype, device=device,
-                                     group_size=args.group_size or 8, spill_dir=spill, calibration=settings, progress=rank == 0)
+            obs = observe_sequential(
+                folder,
+                my_share(batches, rank, world),
+                dtype=args.dtype,
+                device=device,
+                group_size=args.group_size or 8,
+                spill_dir=spill,
+                calibration=settings,
+                progress=rank == 0,
+            )
         else:
             model, tokenizer = _load(args, device)
             vocab = model.get_input_embeddings().num_embeddings
-            batches = calibration_batches(args.data, tokenizer, batch_size=args.batch_size, max_length=args.max_length,
-                                          vocab_size=vocab)
-            obs = observe(model, my_share(batches, rank, world), calibration=settings, progress=rank == 0,
-                          checkpoint=checkpoint if resumable else None)
+            batches = calibration_batches(
+                args.data, tokenizer, batch_size=args.batch_size, max_length=args.max_length, vocab_size=vocab
+            )
+            obs = observe(
+                model,
+                my_share(batches, rank, world),
+                calibration=settings,
+                progress=rank == 0,
+                checkpoint=checkpoint if resumable else None,
+            )
         obs = all_reduce_observations(obs, batches)
         if rank == 0:
             obs.save(args.out, force=args.force)
             checkpoint.remove()
             tokens = sum(obs.meta["calibration"]["tokens"].values())
-            print(f"observed {tokens} tokens in {len(obs.domains)} domain(s) {obs.domains} over {len(obs.layers)} MoE layers"
-                  f"{f' in {world} processes' if world > 1 else ''} -> {args.out}")
+            print(
+                f"observed {tokens} tokens in {len(obs.domains)} domain(s) {obs.domains} over {len(obs.layers)} MoE layers"
+                f"{f' in {world} processes' if world > 1 else ''} -> {args.out}"
+            )
 
 
 def cmd_combine(args):
@@ -150,8 +200,14 @@ def _plan(args, obs):
     from .plan import PruningPlan
 
     domains = args.domains.split(",") if args.domains else None
-    return PruningPlan.from_observations(obs, args.criterion, ratio=args.ratio if args.keep is None else None,
-                                         keep=args.keep, domains=domains, seed=args.seed)
+    return PruningPlan.from_observations(
+        obs,
+        args.criterion,
+        ratio=args.ratio if args.keep is None else None,
+        keep=args.keep,
+        domains=domains,
+        seed=args.seed,
+    )
 
 
 def cmd_prune(args):
@@ -168,23 +224,29 @@ def cmd_prune(args):
         from .checkpoint import stream_prune
 
         if args.dtype != "auto":
-            raise ValueError(f"streaming prune keeps the stored dtypes, so --dtype {args.dtype} does nothing; "
-                             "drop it, or add --in-memory to load, convert and save the model")
+            raise ValueError(
+                f"streaming prune keeps the stored dtypes, so --dtype {args.dtype} does nothing; "
+                "drop it, or add --in-memory to load, convert and save the model"
+            )
         stream_prune(args.model, plan, args.out, force=args.force)
     else:
         from .prune import remove_experts, save_pruned
 
         model, tokenizer = _load(args)
         if any(p.device.type == "meta" for p in model.parameters()):
-            raise ValueError("prune cannot slice weights offloaded to disk; give --max-memory room for the whole model "
-                             "or prune the checkpoint folder without --device-map (it streams tensor by tensor)")
+            raise ValueError(
+                "prune cannot slice weights offloaded to disk; give --max-memory room for the whole model "
+                "or prune the checkpoint folder without --device-map (it streams tensor by tensor)"
+            )
         obs.check_model(model)
         remove_experts(model, plan)
         save_pruned(model, plan, args.out, tokenizer=tokenizer, force=args.force)
     kept = {layer: len(k) for layer, k in plan.kept.items()}
     how = "streamed tensor by tensor" if streaming else "in memory"
-    print(f"pruned with {plan.criterion} ({how}): experts per layer {plan.num_experts} -> {kept}; "
-          f"saved to {args.out} in {time.perf_counter() - start:.1f}s")
+    print(
+        f"pruned with {plan.criterion} ({how}): experts per layer {plan.num_experts} -> {kept}; "
+        f"saved to {args.out} in {time.perf_counter() - start:.1f}s"
+    )
 
 
 def cmd_demo(args):
@@ -194,9 +256,9 @@ def cmd_demo(args):
 
 
 def cmd_sweep(args):
-    from .sweep import run_sweep
-
     import yaml
+
+    from .sweep import run_sweep
 
     overrides = {}
     for item in args.set or []:
@@ -208,8 +270,10 @@ def cmd_sweep(args):
     failed = runs[runs.status != "ok"]
     print(f"{len(runs) - len(failed)} of {len(runs)} runs succeeded; see runs.csv and results.csv beside them")
     if len(failed):
-        raise ValueError(f"{len(failed)} run(s) failed: {', '.join(failed.run_id)}; fix them and run "
-                         f"`reapkit sweep {args.params} --resume` to redo only those")
+        raise ValueError(
+            f"{len(failed)} run(s) failed: {', '.join(failed.run_id)}; fix them and run "
+            f"`reapkit sweep {args.params} --resume` to redo only those"
+        )
 
 
 def cmd_architectures(args):
@@ -240,7 +304,9 @@ def placement_args(p):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="reapkit", description="Observe, score and prune the experts of MoE language models.")
+    parser = argparse.ArgumentParser(
+        prog="reapkit", description="Observe, score and prune the experts of MoE language models."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     def model_args(p):
@@ -249,19 +315,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("observe", help="record per-expert statistics over calibration data")
     model_args(p)
-    p.add_argument("--data", help="calibration spec, e.g. code:128,prose:64 or tokens.jsonl (default: the built-in mix)")
+    p.add_argument(
+        "--data", help="calibration spec, e.g. code:128,prose:64 or tokens.jsonl (default: the built-in mix)"
+    )
     p.add_argument("--out", required=True, help="observations folder to write")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-length", type=int, default=256)
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (under torchrun `cuda` is each process's own GPU)")
+    p.add_argument(
+        "--device", default="cpu", help="cpu, cuda, cuda:1, ... (under torchrun `cuda` is each process's own GPU)"
+    )
     placement_args(p)
-    p.add_argument("--sequential", action="store_true",
-                   help="layer by layer from the safetensors shards, for models larger than memory (peak: one layer)")
-    p.add_argument("--group-size", type=int, help="with --sequential: batches whose hidden states move together (default 8)")
+    p.add_argument(
+        "--sequential",
+        action="store_true",
+        help="layer by layer from the safetensors shards, for models larger than memory (peak: one layer)",
+    )
+    p.add_argument(
+        "--group-size", type=int, help="with --sequential: batches whose hidden states move together (default 8)"
+    )
     p.add_argument("--spill-dir", help="with --sequential: keep hidden states in files here instead of memory")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
-    p.add_argument("--checkpoint-every", type=int, metavar="N",
-                   help="save the running statistics to OUT.checkpoint every N batches (resumable with --resume)")
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        metavar="N",
+        help="save the running statistics to OUT.checkpoint every N batches (resumable with --resume)",
+    )
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from OUT.checkpoint")
     p.set_defaults(func=cmd_observe)
 
@@ -287,9 +366,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
-    p.add_argument("--in-memory", action="store_true",
-                   help="load the whole model to prune it (default for a local folder: stream its safetensors "
-                        "tensor by tensor, never building the model; hub names and `demo` always load)")
+    p.add_argument(
+        "--in-memory",
+        action="store_true",
+        help="load the whole model to prune it (default for a local folder: stream its safetensors "
+        "tensor by tensor, never building the model; hub names and `demo` always load)",
+    )
     placement_args(p)
     p.set_defaults(func=cmd_prune)
 
@@ -301,8 +383,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="execute a notebook over a parameter grid with papermill")
     p.add_argument("params", help="sweep YAML file")
     p.add_argument("--jobs", type=int)
-    p.add_argument("--set", action="append", metavar="PARAMETER=VALUE",
-                   help="override a parameter for every run (YAML value; a grid parameter takes that one value)")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="PARAMETER=VALUE",
+        help="override a parameter for every run (YAML value; a grid parameter takes that one value)",
+    )
     p.add_argument("--limit", type=int, help="run only the first N runs of the grid (a quick check)")
     p.add_argument("--resume", action="store_true", help="skip runs that already finished with the same parameters")
     p.set_defaults(func=cmd_sweep)
@@ -311,8 +397,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--markdown", action="store_true", help="print the README's table")
     p.set_defaults(func=cmd_architectures)
     for p in sub.choices.values():
-        p.add_argument("--plugin", action="append", default=[], metavar="MODULE_OR_FILE",
-                       help="import this module or .py file first (it may register criteria or architectures)")
+        p.add_argument(
+            "--plugin",
+            action="append",
+            default=[],
+            metavar="MODULE_OR_FILE",
+            help="import this module or .py file first (it may register criteria or architectures)",
+        )
     return parser
 
 
@@ -323,14 +414,19 @@ def user_error(error: BaseException) -> str | None:
     """The one-line message for an error the user can fix, or None for a bug (shown with its traceback)."""
     text = str(error.args[0]) if isinstance(error, (ValueError, OSError)) and len(error.args) == 1 else str(error)
     if type(error).__name__ == "SafetensorError" or (isinstance(error, OSError) and error.errno in _DISK_FULL):
-        if isinstance(error, OSError) or any(k in text for k in ("FileTooLarge", "StorageFull", "No space", "File too large")):
+        if isinstance(error, OSError) or any(
+            k in text for k in ("FileTooLarge", "StorageFull", "No space", "File too large")
+        ):
             where = f" {error.filename}" if getattr(error, "filename", None) else ""
-            return (f"could not write{where}: the disk is full or a file-size limit (ulimit -f) was reached; "
-                    "free space or write elsewhere and run again (nothing half-written was left)")
+            return (
+                f"could not write{where}: the disk is full or a file-size limit (ulimit -f) was reached; "
+                "free space or write elsewhere and run again (nothing half-written was left)"
+            )
         return None
     if isinstance(error, OSError) and error.strerror and len(error.args) != 1:
-        return (f"{error.strerror}: {error.filename or ''}; check that the path exists and that you may "
-                "read / write it").replace(": ;", ";")
+        return (
+            f"{error.strerror}: {error.filename or ''}; check that the path exists and that you may read / write it"
+        ).replace(": ;", ";")
     if isinstance(error, (ValueError, OSError)):
         return " ".join(text.split("\n"))
     return None
@@ -344,8 +440,11 @@ def main(argv=None) -> int:
         args.func(args)
     except KeyboardInterrupt as error:
         reason = str(error) or "Ctrl-C"
-        print(f"reapkit {args.command}: interrupted ({reason}); outputs not finished were removed, "
-              "nothing half-written is left", file=sys.stderr)
+        print(
+            f"reapkit {args.command}: interrupted ({reason}); outputs not finished were removed, "
+            "nothing half-written is left",
+            file=sys.stderr,
+        )
         return 130
     except Exception as error:
         message = user_error(error)

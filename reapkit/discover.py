@@ -14,6 +14,7 @@
   (softmax: exp of the logit difference; sigmoid: ratio of sigmoids);
 - config keys: the text config's expert-count, top-k and group keys.
 """
+
 from __future__ import annotations
 
 import copy
@@ -28,8 +29,13 @@ N_GROUP_NAMES = ("n_group", "num_expert_group")
 TOPK_GROUP_NAMES = ("topk_group",)
 SCORING_NAMES = ("scoring_func", "expert_selection_fn", "router_score_function", "score_function")
 CORRECTION_BIAS_NAMES = ("correction_bias", "expert_bias")  # selection-only biases: last dimension E
-SHARED_NAMES = ("n_shared_experts", "num_shared_experts", "moe_num_shared_experts",
-                "shared_expert_intermediate_size", "shared_experts_intermediate_size")
+SHARED_NAMES = (
+    "n_shared_experts",
+    "num_shared_experts",
+    "moe_num_shared_experts",
+    "shared_expert_intermediate_size",
+    "shared_experts_intermediate_size",
+)
 
 
 def text_model_type(config) -> str:
@@ -47,11 +53,13 @@ def _first_key(config, names, value=None):
 def read_config_keys(config, record: Architecture, num_experts: int | None = None) -> Architecture:
     """`record` with its unset config keys read from the text config of `config`."""
     text = config.get_text_config()
-    scoring = record.scoring or next((str(text.to_dict()[k]) for k in SCORING_NAMES
-                                      if text.to_dict().get(k) in SCORING), None)
+    scoring = record.scoring or next(
+        (str(text.to_dict()[k]) for k in SCORING_NAMES if text.to_dict().get(k) in SCORING), None
+    )
     return replace(
         record,
-        num_experts_key=record.num_experts_key or _first_key(text, EXPERT_COUNT_NAMES, num_experts)
+        num_experts_key=record.num_experts_key
+        or _first_key(text, EXPERT_COUNT_NAMES, num_experts)
         or _first_key(text, EXPERT_COUNT_NAMES),
         top_k_key=record.top_k_key or _first_key(text, TOP_K_NAMES),
         n_group_key=record.n_group_key or _first_key(text, N_GROUP_NAMES),
@@ -63,8 +71,12 @@ def read_config_keys(config, record: Architecture, num_experts: int | None = Non
 def is_fused_experts(module: torch.nn.Module) -> bool:
     """A module decorated by `use_experts_implementation` holding its own [E, ...] 3-D weights."""
     count = getattr(module, "num_experts", None)
-    return (hasattr(module, "has_gate") and hasattr(module, "is_transposed") and isinstance(count, int)
-            and any(p.dim() == 3 and p.shape[0] == count for p in module.parameters(recurse=False)))
+    return (
+        hasattr(module, "has_gate")
+        and hasattr(module, "is_transposed")
+        and isinstance(count, int)
+        and any(p.dim() == 3 and p.shape[0] == count for p in module.parameters(recurse=False))
+    )
 
 
 def _text_decoder_name(model, names: dict[int, str]) -> str:
@@ -79,7 +91,7 @@ def _split(name: str) -> tuple[str, str, str]:
     """'model.layers.3.mlp.experts' -> ('model.layers', 'mlp', 'experts')."""
     parts = name.split(".")
     i = max(k for k, part in enumerate(parts) if part.isdigit())
-    return ".".join(parts[:i]), ".".join(parts[i + 1:-1]), parts[-1]
+    return ".".join(parts[:i]), ".".join(parts[i + 1 : -1]), parts[-1]
 
 
 def _router_recorders(model):
@@ -97,7 +109,8 @@ def _find_router(model, block, experts_name: str, num_experts: int, hidden: int)
         target = getattr(recorder, "target_class", None)
         for name, module in candidates:
             if (target is not None and isinstance(module, target)) or (
-                    recorder.class_name and type(module).__name__.endswith(recorder.class_name)):
+                recorder.class_name and type(module).__name__.endswith(recorder.class_name)
+            ):
                 return name, int(recorder.index or 0)
     for name, module in candidates:
         weight = getattr(module, "weight", None)
@@ -109,8 +122,11 @@ def _find_router(model, block, experts_name: str, num_experts: int, hidden: int)
 def _find_correction_bias(block, experts_name: str, num_experts: int) -> str | None:
     tensors = list(block.named_buffers()) + list(block.named_parameters())
     for name, tensor in tensors:
-        if (not name.startswith(experts_name + ".") and name.endswith(CORRECTION_BIAS_NAMES)
-                and tensor.shape[-1] == num_experts):
+        if (
+            not name.startswith(experts_name + ".")
+            and name.endswith(CORRECTION_BIAS_NAMES)
+            and tensor.shape[-1] == num_experts
+        ):
             return name
     return None
 
@@ -145,8 +161,11 @@ def _probe_scoring(router, logits_index: int, hidden: int, bias=None) -> str | N
     chosen = logits.gather(1, index[:, :2].long())
     ratio = (weights[:, 0] / weights[:, 1]).log()
     for name in ("softmax", "sigmoid", "sqrtsoftplus"):
-        expected = (chosen[:, 0] - chosen[:, 1]) if name == "softmax" else (
-            SCORING[name](chosen[:, 0]) / SCORING[name](chosen[:, 1])).log()
+        expected = (
+            (chosen[:, 0] - chosen[:, 1])
+            if name == "softmax"
+            else (SCORING[name](chosen[:, 0]) / SCORING[name](chosen[:, 1])).log()
+        )
         if torch.allclose(ratio, expected, atol=1e-4, rtol=1e-4):
             return name
     return None
@@ -156,17 +175,24 @@ def read_architecture(model: torch.nn.Module, record: Architecture) -> Architect
     """`record` completed from the structure of `model` (raises LookupError when it has no routed experts)."""
     names = {id(m): n for n, m in model.named_modules()}
     decoder = _text_decoder_name(model, names)
-    found = [(n, m) for n, m in model.named_modules() if is_fused_experts(m) and n.startswith(decoder + "." if decoder else "")]
+    found = [
+        (n, m)
+        for n, m in model.named_modules()
+        if is_fused_experts(m) and n.startswith(decoder + "." if decoder else "")
+    ]
     found = [(n, m) for n, m in found if any(part.isdigit() for part in n.split("."))]
     if record.layers is not None and record.block is not None:
         return read_config_keys(model.config, _complete_from_block(model, record))
     if not found:
-        raise LookupError(f"{type(model).__name__} has no fused experts module (transformers' "
-                          "@use_experts_implementation) inside numbered decoder layers")
+        raise LookupError(
+            f"{type(model).__name__} has no fused experts module (transformers' "
+            "@use_experts_implementation) inside numbered decoder layers"
+        )
     name, experts = found[0]
     layers, block_path, experts_name = _split(name)
-    record = replace(record, layers=record.layers or layers, block=record.block or block_path,
-                     experts=record.experts or experts_name)
+    record = replace(
+        record, layers=record.layers or layers, block=record.block or block_path, experts=record.experts or experts_name
+    )
     return read_config_keys(model.config, _complete_from_block(model, record), experts.num_experts)
 
 
@@ -177,20 +203,29 @@ def _complete_from_block(model, record: Architecture) -> Architecture:
     experts = get_path(block, experts_name)
     hidden = model.config.get_text_config().hidden_size
     num_experts = experts.num_experts
-    router, logits_index = (record.router, record.logits_index or 0) if record.router else _find_router(
-        model, block, experts_name, num_experts, hidden)
+    router, logits_index = (
+        (record.router, record.logits_index or 0)
+        if record.router
+        else _find_router(model, block, experts_name, num_experts, hidden)
+    )
     if record.logits_index is not None:
         logits_index = record.logits_index
-    shared = record.shared_experts or next((n for n, _ in block.named_children() if "shared" in n and
-                                            isinstance(getattr(block, n), torch.nn.Module)), None)
-    record = replace(record, router=router, logits_index=logits_index, shared_experts=shared,
-                     correction_bias=record.correction_bias or _find_correction_bias(block, experts_name, num_experts))
+    shared = record.shared_experts or next(
+        (n for n, _ in block.named_children() if "shared" in n and isinstance(getattr(block, n), torch.nn.Module)), None
+    )
+    record = replace(
+        record,
+        router=router,
+        logits_index=logits_index,
+        shared_experts=shared,
+        correction_bias=record.correction_bias or _find_correction_bias(block, experts_name, num_experts),
+    )
     if record.scoring is None:
         scoring = read_config_keys(model.config, record).scoring or _probe_scoring(
-            get_path(block, router), logits_index, hidden, record.correction_bias_of(block))
+            get_path(block, router), logits_index, hidden, record.correction_bias_of(block)
+        )
         record = replace(record, scoring=scoring or "softmax")
     return record
-
 
 
 def moe_model_types() -> list[str]:
@@ -213,7 +248,9 @@ def _scoring_in_source(model_type: str) -> str | None:
     try:
         module = importlib.import_module(f"transformers.models.{model_type}.modeling_{model_type}")
         classes = [getattr(module, name) for name in dir(module)]
-        recorders = [r for c in classes for r in _as_list((getattr(c, "_can_record_outputs", None) or {}).get("router_logits"))]
+        recorders = [
+            r for c in classes for r in _as_list((getattr(c, "_can_record_outputs", None) or {}).get("router_logits"))
+        ]
         source = inspect.getsource(recorders[0].target_class.forward)
     except Exception:  # noqa: BLE001 - no recorded router class: scoring is read from the router when loaded
         return None
@@ -234,8 +271,15 @@ def architecture_rows() -> list[dict]:
     rows = []
     for model_type in sorted(set(moe_model_types()) | set(ARCHITECTURES)):
         record = ARCHITECTURES.get(model_type, Architecture(model_type))
-        row = dict(model_type=model_type, experts_key="", scoring="", groups="", shared="",
-                   verified="yes" if model_type in VERIFIED else "no", why_not=record.unsupported)
+        row = dict(
+            model_type=model_type,
+            experts_key="",
+            scoring="",
+            groups="",
+            shared="",
+            verified="yes" if model_type in VERIFIED else "no",
+            why_not=record.unsupported,
+        )
         try:
             config = CONFIG_MAPPING[model_type]()
         except Exception as error:  # noqa: BLE001 - a type whose config class does not build: say so
@@ -256,10 +300,16 @@ def architecture_rows() -> list[dict]:
 def architectures_markdown(rows: list[dict] | None = None) -> str:
     """The README's table of architectures (what `reapkit architectures --markdown` prints)."""
     rows = architecture_rows() if rows is None else rows
-    lines = ["| model type | expert-count key | router scoring | groups | shared experts | verified |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {r['model_type']} | {r['experts_key'] and '`' + r['experts_key'] + '`'} | {r['scoring']} | "
-              f"{r['groups']} | {r['shared']} | {r['verified']} |" for r in rows if not r["why_not"]]
+    lines = [
+        "| model type | expert-count key | router scoring | groups | shared experts | verified |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['model_type']} | {r['experts_key'] and '`' + r['experts_key'] + '`'} | {r['scoring']} | "
+        f"{r['groups']} | {r['shared']} | {r['verified']} |"
+        for r in rows
+        if not r["why_not"]
+    ]
     missing = [r for r in rows if r["why_not"]]
     if missing:
         lines += ["", "Not supported:", ""] + [f"- {r['model_type']}: {r['why_not']}" for r in missing]

@@ -11,6 +11,7 @@ Observations are sums (and maxima), so the total over ranks equals one process o
 Without torchrun (`WORLD_SIZE` unset or 1) everything here is a no-op. Backend: NCCL when the
 model computes on CUDA, gloo otherwise.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -58,8 +59,10 @@ def process_group(device="cpu"):
 def my_share(batches: list, rank: int, world: int) -> list:
     """Every `world`-th batch from `rank` on; each rank gets at least one."""
     if len(batches) < world:
-        raise ValueError(f"{len(batches)} calibration batch(es) cannot be shared by {world} processes; "
-                         "use more calibration data, a smaller --batch-size, or fewer processes")
+        raise ValueError(
+            f"{len(batches)} calibration batch(es) cannot be shared by {world} processes; "
+            "use more calibration data, a smaller --batch-size, or fewer processes"
+        )
     return batches[rank::world]
 
 

@@ -17,6 +17,7 @@ is on. Domain rows and the "all" row are token-weighted means over those positio
 95 % percentile bootstrap interval over evaluation sequences (`reapkit.stats.bootstrap`; seeded,
 so deterministic). `sequence_metrics` gives the per-sequence values the intervals resample.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -33,12 +34,24 @@ from .arch import architecture_for
 from .hooks import eval_mode, forward_hooks
 from .stats import LEVEL, RESAMPLES, bootstrap
 
-__all__ = ["evaluate", "sequence_metrics", "aggregate", "METRICS", "interval_columns", "evaluate_plans", "reference_outputs", "ReferenceOutputs", "reconstruction_error", "generate_samples"]
+__all__ = [
+    "evaluate",
+    "sequence_metrics",
+    "aggregate",
+    "METRICS",
+    "interval_columns",
+    "evaluate_plans",
+    "reference_outputs",
+    "ReferenceOutputs",
+    "reconstruction_error",
+    "generate_samples",
+]
 
 
 # --------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------
+
 
 def _device(model) -> torch.device:
     from .loading import input_device
@@ -91,6 +104,7 @@ def _batches_hash(batches) -> str:
 # Reference outputs
 # --------------------------------------------------------------------------------------------
 
+
 @dataclass
 class ReferenceOutputs:
     """Cached next-token log-probabilities of a reference model on a fixed list of batches.
@@ -131,8 +145,9 @@ class ReferenceOutputs:
 
 
 @torch.no_grad()
-def reference_outputs(model, batches, *, top_k: int | None = None, dtype=torch.float32,
-                      progress: bool = True) -> ReferenceOutputs:
+def reference_outputs(
+    model, batches, *, top_k: int | None = None, dtype=torch.float32, progress: bool = True
+) -> ReferenceOutputs:
     """Run `model` once over `batches` and keep its next-token log-probs (see `ReferenceOutputs`).
 
     `top_k=None` keeps the full distribution (exact KL); `top_k=k` keeps the k most likely tokens.
@@ -193,8 +208,10 @@ def _check_reference(model, batches, reference) -> None:
             raise TypeError(f"reference must be a model or ReferenceOutputs, got {type(reference).__name__}")
         _check_ids(reference, batches, "reference model")
         if _vocab_size(reference) != _vocab_size(model):
-            raise ValueError(f"the reference model has {_vocab_size(reference)} tokens in its vocabulary, the model "
-                             f"{_vocab_size(model)}; compare models that share one tokenizer")
+            raise ValueError(
+                f"the reference model has {_vocab_size(reference)} tokens in its vocabulary, the model "
+                f"{_vocab_size(model)}; compare models that share one tokenizer"
+            )
 
 
 def _per_sequence(values: torch.Tensor, rows: torch.Tensor, size: int) -> torch.Tensor:
@@ -232,12 +249,17 @@ def sequence_metrics(model, batches, *, reference=None, progress: bool = True) -
             if reference is not None:
                 lp = torch.log_softmax(logits, dim=-1)
                 if cached:
-                    ref_lp, ref_idx = reference.log_probs[i], None if reference.indices is None else reference.indices[i]
+                    ref_lp, ref_idx = (
+                        reference.log_probs[i],
+                        None if reference.indices is None else reference.indices[i],
+                    )
                 else:
                     ref_lp, ref_idx = torch.log_softmax(_forward_logits(reference, batch), dim=-1), None
                 if ref_lp.shape[0] != lp.shape[0]:
-                    raise ValueError(f"batch {i}: the reference has {ref_lp.shape[0]} target positions, the model "
-                                     f"{lp.shape[0]}; the reference outputs belong to other batches")
+                    raise ValueError(
+                        f"batch {i}: the reference has {ref_lp.shape[0]} target positions, the model "
+                        f"{lp.shape[0]}; the reference outputs belong to other batches"
+                    )
                 agree, kl = _compare(ref_lp, ref_idx, lp)
                 sums.update(kl=_per_sequence(kl, rows, size), agreement=_per_sequence(agree, rows, size))
             tokens = mask.sum(1)
@@ -251,8 +273,14 @@ def sequence_metrics(model, batches, *, reference=None, progress: bool = True) -
     return pd.DataFrame(columns)
 
 
-def aggregate(sequences: pd.DataFrame, *, baseline: pd.DataFrame | None = None, resamples: int = RESAMPLES,
-              seed: int = 0, level: float = LEVEL) -> pd.DataFrame:
+def aggregate(
+    sequences: pd.DataFrame,
+    *,
+    baseline: pd.DataFrame | None = None,
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+    level: float = LEVEL,
+) -> pd.DataFrame:
     """Token-weighted means of `sequence_metrics` per domain and over all ("all"), with percentile
     bootstrap intervals over sequences (`loss_lo`, `loss_hi`, ...; seeded, deterministic).
 
@@ -265,8 +293,10 @@ def aggregate(sequences: pd.DataFrame, *, baseline: pd.DataFrame | None = None, 
     if baseline is not None:
         mine, theirs = sequences[["sequence", "tokens"]].to_numpy(), baseline[["sequence", "tokens"]].to_numpy()
         if mine.shape != theirs.shape or not (mine == theirs).all():
-            raise ValueError("the baseline was evaluated on other sequences (sequence numbers or token counts differ); "
-                             "pass the sequence_metrics of the unpruned model on the same batches")
+            raise ValueError(
+                "the baseline was evaluated on other sequences (sequence numbers or token counts differ); "
+                "pass the sequence_metrics of the unpruned model on the same batches"
+            )
         sequences = sequences.assign(delta_loss=sequences["loss"].to_numpy() - baseline["loss"].to_numpy())
     metrics = [m for m in (*METRICS, "delta_loss") if m in sequences.columns]
     rows = []
@@ -276,16 +306,27 @@ def aggregate(sequences: pd.DataFrame, *, baseline: pd.DataFrame | None = None, 
         tokens = part["tokens"].to_numpy(np.float64)
         row = {"domain": domain, "tokens": int(tokens.sum())}
         for metric in metrics:  # per-sequence differences (delta_loss) make the interval a paired one
-            row.update(zip(interval_columns(metric),
-                           bootstrap(part[metric].to_numpy() * tokens, tokens, resamples=resamples, seed=seed, level=level)))
+            row.update(
+                zip(
+                    interval_columns(metric),
+                    bootstrap(part[metric].to_numpy() * tokens, tokens, resamples=resamples, seed=seed, level=level),
+                )
+            )
         row["perplexity"] = math.exp(row["loss"]) if row["loss"] < 700 else math.inf
         rows.append(row)
-    order = ["domain", "tokens", *interval_columns("loss"), "perplexity", *[c for m in metrics[1:] for c in interval_columns(m)]]
+    order = [
+        "domain",
+        "tokens",
+        *interval_columns("loss"),
+        "perplexity",
+        *[c for m in metrics[1:] for c in interval_columns(m)],
+    ]
     return pd.DataFrame(rows, columns=order)
 
 
-def evaluate(model, batches, *, reference=None, baseline=None, resamples: int = RESAMPLES, seed: int = 0,
-             progress: bool = True) -> pd.DataFrame:
+def evaluate(
+    model, batches, *, reference=None, baseline=None, resamples: int = RESAMPLES, seed: int = 0, progress: bool = True
+) -> pd.DataFrame:
     """Loss and perplexity of `model` per domain (plus a row "all"), optionally against a reference,
     each with a 95 % bootstrap interval over evaluation sequences (`aggregate`).
 
@@ -303,6 +344,7 @@ def evaluate(model, batches, *, reference=None, baseline=None, resamples: int = 
 # --------------------------------------------------------------------------------------------
 # Reconstruction error of each MoE block
 # --------------------------------------------------------------------------------------------
+
 
 def _first(output) -> torch.Tensor:
     """The hidden states of a block output (gpt_oss and llama4 blocks return tuples)."""
@@ -328,8 +370,10 @@ def reconstruction_error(reference, model, batches, *, compressed=None, progress
     ref_blocks = dict(arch_ref.moe_blocks(reference))
     blocks = dict(arch.moe_blocks(model))
     if set(ref_blocks) != set(blocks):
-        raise ValueError(f"the models have MoE blocks at different decoder layers ({sorted(ref_blocks)} vs {sorted(blocks)}); "
-                         "compare a model with its own compressed version")
+        raise ValueError(
+            f"the models have MoE blocks at different decoder layers ({sorted(ref_blocks)} vs {sorted(blocks)}); "
+            "compare a model with its own compressed version"
+        )
     layers = sorted(blocks)
     diff = {layer: 0.0 for layer in layers}
     norm = {layer: 0.0 for layer in layers}
@@ -340,6 +384,7 @@ def reconstruction_error(reference, model, batches, *, compressed=None, progress
         def hook(module, args, kwargs, output):
             if capturing[0]:
                 captured[layer] = (args, kwargs, _first(output).detach())
+
         return hook
 
     device = _device(model)
@@ -348,8 +393,11 @@ def reconstruction_error(reference, model, batches, *, compressed=None, progress
         for batch in tqdm(batches, desc="reconstruction", unit="batch", disable=not progress):
             captured.clear()
             ref_device = _device(reference)
-            reference(input_ids=batch.input_ids.to(ref_device), attention_mask=batch.attention_mask.to(ref_device),
-                      use_cache=False)
+            reference(
+                input_ids=batch.input_ids.to(ref_device),
+                attention_mask=batch.attention_mask.to(ref_device),
+                use_cache=False,
+            )
             valid = batch.attention_mask.reshape(-1).bool()
             context = compressed() if compressed is not None else contextlib.nullcontext()
             capturing[0] = False
@@ -362,15 +410,17 @@ def reconstruction_error(reference, model, batches, *, compressed=None, progress
                     y_ref = y_ref.reshape(-1, y_ref.shape[-1])[valid.to(y_ref.device)].float()
                     y = y.reshape(-1, y.shape[-1])[valid.to(y.device)].float().to(y_ref.device)
                     diff[layer] += float(((y_ref - y) ** 2).sum())
-                    norm[layer] += float((y_ref ** 2).sum())
+                    norm[layer] += float((y_ref**2).sum())
             capturing[0] = True
-    return pd.DataFrame({"layer": layers,
-                         "rel_l2": [math.sqrt(diff[l]) / math.sqrt(norm[l]) if norm[l] > 0 else 0.0 for l in layers]})
+    return pd.DataFrame(
+        {"layer": layers, "rel_l2": [math.sqrt(diff[i]) / math.sqrt(norm[i]) if norm[i] > 0 else 0.0 for i in layers]}
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # Samples
 # --------------------------------------------------------------------------------------------
+
 
 @torch.no_grad()
 def generate_samples(model, tokenizer, prompts: dict[str, str], *, max_new_tokens: int = 40) -> dict[str, str]:
@@ -387,12 +437,19 @@ def generate_samples(model, tokenizer, prompts: dict[str, str], *, max_new_token
             ids = encoded["input_ids"].to(device)
             vocab = _vocab_size(model)
             if int(ids.max()) >= vocab:
-                raise ValueError(f"the tokenizer produced token id {int(ids.max())} but the model's vocabulary has {vocab} "
-                                 "tokens; pass the model's own tokenizer")
+                raise ValueError(
+                    f"the tokenizer produced token id {int(ids.max())} but the model's vocabulary has {vocab} "
+                    "tokens; pass the model's own tokenizer"
+                )
             pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-            generated = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                       max_new_tokens=max_new_tokens, pad_token_id=pad)
-            out[domain] = tokenizer.decode(generated[0, ids.shape[1]:], skip_special_tokens=True)
+            generated = model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=False,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=pad,
+            )
+            out[domain] = tokenizer.decode(generated[0, ids.shape[1] :], skip_special_tokens=True)
     return out
 
 
@@ -415,10 +472,15 @@ def evaluate_plans(model, plans: dict, batches, *, reference=None, progress: boo
         with mask_experts(model, plan):
             frame = evaluate(model, batches, reference=reference, baseline=unpruned, progress=progress)
         rows.append(frame.assign(ratio=ratio, criterion=criterion))
-        rec = reconstruction_error(model, model, batches, compressed=lambda plan=plan: mask_experts(model, plan), progress=progress)
+        rec = reconstruction_error(
+            model, model, batches, compressed=lambda plan=plan: mask_experts(model, plan), progress=progress
+        )
         errors.append(rec.assign(ratio=ratio, criterion=criterion))
     results = pd.concat(rows, ignore_index=True)
     results = results[["ratio", "criterion", *results.columns.drop(["ratio", "criterion"])]]
-    reconstruction = (pd.concat(errors, ignore_index=True)[["ratio", "criterion", "layer", "rel_l2"]] if errors
-                      else pd.DataFrame(columns=["ratio", "criterion", "layer", "rel_l2"]))
+    reconstruction = (
+        pd.concat(errors, ignore_index=True)[["ratio", "criterion", "layer", "rel_l2"]]
+        if errors
+        else pd.DataFrame(columns=["ratio", "criterion", "layer", "rel_l2"])
+    )
     return results, reconstruction

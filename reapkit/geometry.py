@@ -22,21 +22,39 @@ The functions that read a model (`model_vectors`) or observations (`output_vecto
 separate from the pure numpy ones (`angular_distances`, `cluster`, `clusters_at`); this module
 imports neither torch nor transformers itself.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 SPACES = ("weights", "output", "router")
 
-__all__ = ["SPACES", "Clustering", "cluster_table", "space_agreement", "angular_distances", "cluster", "clusters_at", "model_vectors",
-           "output_vectors", "expert_vectors", "distance_matrix", "distance_matrices"]
+__all__ = [
+    "SPACES",
+    "Clustering",
+    "cluster_table",
+    "space_agreement",
+    "angular_distances",
+    "cluster",
+    "clusters_at",
+    "model_vectors",
+    "output_vectors",
+    "expert_vectors",
+    "distance_matrix",
+    "distance_matrices",
+]
 
 
 # --------------------------------------------------------------------------------------------
 # Pure numpy
 # --------------------------------------------------------------------------------------------
+
 
 def angular_distances(vectors, other=None) -> np.ndarray:
     """arccos(cosine similarity) / pi between the rows of `vectors` ([N, D]; with `other` [M, D]: [N, M]).
@@ -127,6 +145,7 @@ def clusters_at(clustering, n_clusters: int) -> np.ndarray:
 # Reading vectors from observations and models
 # --------------------------------------------------------------------------------------------
 
+
 def _position(layers, layer: int) -> int:
     layers = list(layers)
     if layer not in layers:
@@ -155,8 +174,10 @@ def model_vectors(model, layer: int, space: str) -> np.ndarray:
     from .arch import architecture_for
 
     if space not in ("weights", "router"):
-        raise ValueError(f"model_vectors reads the 'weights' or 'router' space, got {space!r} "
-                         "(the 'output' space comes from observations: output_vectors(obs, layer))")
+        raise ValueError(
+            f"model_vectors reads the 'weights' or 'router' space, got {space!r} "
+            "(the 'output' space comes from observations: output_vectors(obs, layer))"
+        )
     arch = architecture_for(model)
     blocks = dict(arch.moe_blocks(model))
     _position(sorted(blocks), layer)
@@ -165,8 +186,12 @@ def model_vectors(model, layer: int, space: str) -> np.ndarray:
         return arch.router_of(block).weight.detach().float().cpu().numpy().astype(np.float64)
     experts = arch.experts_of(block)
     E = experts.num_experts
-    gram = sum(flat @ flat.T for flat in (p.detach().reshape(E, -1).float() for p in experts.parameters(recurse=False)
-                                          if p.dim() and p.shape[0] == E))
+    gram = sum(
+        flat @ flat.T
+        for flat in (
+            p.detach().reshape(E, -1).float() for p in experts.parameters(recurse=False) if p.dim() and p.shape[0] == E
+        )
+    )
     values, vectors = np.linalg.eigh(gram.cpu().double().numpy())
     return vectors * np.sqrt(np.clip(values, 0, None))
 
@@ -213,7 +238,7 @@ def distance_matrices(*, model=None, obs=None, layers=None, spaces=SPACES) -> di
     return result
 
 
-def cluster_table(clusterings: dict) -> "pd.DataFrame":
+def cluster_table(clusterings: dict) -> pd.DataFrame:
     """Tidy table of {(space, layer): Clustering}: space, layer, expert, cluster, leaf (position in
     the dendrogram order), cluster_size."""
     import pandas as pd
@@ -229,7 +254,7 @@ def cluster_table(clusterings: dict) -> "pd.DataFrame":
     return pd.DataFrame(rows, columns=["space", "layer", "expert", "cluster", "leaf", "cluster_size"])
 
 
-def space_agreement(distances: dict) -> "pd.DataFrame":
+def space_agreement(distances: dict) -> pd.DataFrame:
     """How alike two spaces see the experts of a layer: Spearman correlation of the pairwise
     distances (upper triangles) for every pair of spaces in {(space, layer): [E, E]}.
     Columns: layer, space_a, space_b, spearman."""
@@ -241,10 +266,12 @@ def space_agreement(distances: dict) -> "pd.DataFrame":
     for layer in layers:
         spaces = [s for s in SPACES if (s, layer) in distances]
         for i, a in enumerate(spaces):
-            for b in spaces[i + 1:]:
+            for b in spaces[i + 1 :]:
                 da, db = distances[(a, layer)], distances[(b, layer)]
                 iu = np.triu_indices(len(da), 1)
                 x, y = da[iu], db[iu]
-                rho = float(spearmanr(x, y).statistic) if x.size > 1 and np.ptp(x) > 0 and np.ptp(y) > 0 else float("nan")
+                rho = (
+                    float(spearmanr(x, y).statistic) if x.size > 1 and np.ptp(x) > 0 and np.ptp(y) > 0 else float("nan")
+                )
                 rows.append((layer, a, b, rho))
     return pd.DataFrame(rows, columns=["layer", "space_a", "space_b", "spearman"])

@@ -10,6 +10,7 @@ With `device_map`, transformers/accelerate place each weight on its device while
 checkpoint (never a full copy on the CPU first); layers that fit nowhere go to `offload_folder`
 ("disk"). Checkpoints without tokenizer files give `tokenizer=None` (calibrate them with token-id data).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -49,13 +50,22 @@ def parse_max_memory(text: str | None) -> dict | None:
         device, sep, amount = item.partition("=")
         device, amount = device.strip(), amount.strip()
         if not sep or not device or not amount:
-            raise ValueError(f"cannot read --max-memory item {item!r}; write DEVICE=AMOUNT pairs, e.g. 0=70GiB,1=70GiB,cpu=200GiB")
+            raise ValueError(
+                f"cannot read --max-memory item {item!r}; write DEVICE=AMOUNT pairs, e.g. 0=70GiB,1=70GiB,cpu=200GiB"
+            )
         limits[int(device) if device.isdigit() else device] = amount
     return limits
 
 
-def load_model(name: str, *, dtype="auto", device: str = "cpu", device_map=None, max_memory: dict | None = None,
-               offload_folder=None):
+def load_model(
+    name: str,
+    *,
+    dtype="auto",
+    device: str = "cpu",
+    device_map=None,
+    max_memory: dict | None = None,
+    offload_folder=None,
+):
     """`(model, tokenizer or None)`, the model in eval mode; `name="demo"` is the bundled model.
 
     Without `device_map` the model lands on `device`. With `device_map` (`"auto"`, `"balanced"`,
@@ -66,12 +76,15 @@ def load_model(name: str, *, dtype="auto", device: str = "cpu", device_map=None,
 
     name = resolve_name(name)
     if device_map is None and (max_memory or offload_folder):
-        raise ValueError("max_memory and offload_folder place a model by device map; add device_map='auto' (--device-map auto)")
+        raise ValueError(
+            "max_memory and offload_folder place a model by device map; add device_map='auto' (--device-map auto)"
+        )
     if device_map is None:
         model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype(dtype)).to(device).eval()
     else:
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype(dtype), device_map=device_map,
-                                                     max_memory=max_memory, offload_folder=offload_folder).eval()
+        model = AutoModelForCausalLM.from_pretrained(
+            name, dtype=torch_dtype(dtype), device_map=device_map, max_memory=max_memory, offload_folder=offload_folder
+        ).eval()
     return model, load_tokenizer(name)
 
 

@@ -33,6 +33,7 @@ so it is a normal smaller model of the same class that `save_pretrained` writes 
 `from_pretrained` loads. With group-limited routing (`n_group` > 1) experts are merged only
 within their routing group, `keep / n_group` per group, so the groups stay intact.
 """
+
 from __future__ import annotations
 
 import json
@@ -92,7 +93,7 @@ class MergePlan:
         return atomic_write_text(path, json.dumps(self.to_dict(), indent=2))
 
     @classmethod
-    def load(cls, path) -> "MergePlan":
+    def load(cls, path) -> MergePlan:
         data = json.loads(Path(path).read_text())
         if data.pop("format", None) != FORMAT:
             raise ValueError(f"{path} is not a reapkit merge plan (expected format {FORMAT!r})")
@@ -173,8 +174,11 @@ def plan_merge(model, obs, *, method: str, keep: int, seed: int = 0) -> MergePla
         layer_groups = []
         for g in range(n_group):
             ids = np.arange(g * size, (g + 1) * size)
-            local = (_m_smoe(counts[ids], features[ids], per_group) if method == "m_smoe"
-                     else _hc_smoe(features[ids], per_group))
+            local = (
+                _m_smoe(counts[ids], features[ids], per_group)
+                if method == "m_smoe"
+                else _hc_smoe(features[ids], per_group)
+            )
             layer_groups += [[int(ids[i]) for i in members] for members in local]
         rep_of = [min(members, key=lambda e: (-counts[e], e)) for members in layer_groups]
         order = np.argsort(rep_of)
@@ -187,7 +191,10 @@ def plan_merge(model, obs, *, method: str, keep: int, seed: int = 0) -> MergePla
             layer_weights.append([float(v) for v in w])
         groups[layer], reps[layer], weights[layer], num_experts[layer] = layer_groups, rep_of, layer_weights, total
     provenance = obs.provenance(
-        similarity="router weight rows, cosine" if method == "m_smoe" else "mean expert outputs, euclidean, average linkage")
+        similarity="router weight rows, cosine"
+        if method == "m_smoe"
+        else "mean expert outputs, euclidean, average linkage"
+    )
     return MergePlan(groups, reps, weights, num_experts, method, int(keep), seed, provenance)
 
 
@@ -199,8 +206,11 @@ def apply_merge(model, plan: MergePlan):
     for layer in plan.layers:
         total = plan.num_experts[layer]
         experts = arch.experts_of(blocks[layer])
-        tensors = [t for _, t in list(experts.named_parameters(recurse=False)) + list(experts.named_buffers(recurse=False))
-                   if t.dim() and t.shape[0] == total]
+        tensors = [
+            t
+            for _, t in list(experts.named_parameters(recurse=False)) + list(experts.named_buffers(recurse=False))
+            if t.dim() and t.shape[0] == total
+        ]
         for members, rep, w in zip(plan.groups[layer], plan.representatives[layer], plan.weights[layer]):
             if len(members) == 1:
                 continue

@@ -19,6 +19,7 @@ the project root (the nearest folder above the working directory holding `pyproj
 `notebooks/`), so a kernel started in `notebooks/` (JupyterLab's default) writes where the README
 says.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,18 +27,35 @@ import glob
 import json
 import numbers
 import os
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
 
 from .saliency import DEFAULT_CRITERIA, STUDY_CRITERIA, check_ratio
 
-__all__ = ["ParameterError", "Parameter", "PARAMETERS", "NOTEBOOKS_DIR", "check_parameters", "parameters_cell",
-           "notebook_defaults", "project_root", "resolve_path", "calibrate", "held_out", "moe_layers", "load_model", "Figures",
-           "write_table",
-           "read_results", "DEFAULT_PROMPTS", "sync_notebooks"]
+__all__ = [
+    "ParameterError",
+    "Parameter",
+    "PARAMETERS",
+    "NOTEBOOKS_DIR",
+    "check_parameters",
+    "parameters_cell",
+    "notebook_defaults",
+    "project_root",
+    "resolve_path",
+    "calibrate",
+    "held_out",
+    "moe_layers",
+    "load_model",
+    "Figures",
+    "write_table",
+    "read_results",
+    "DEFAULT_PROMPTS",
+    "sync_notebooks",
+]
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 
@@ -49,6 +67,7 @@ class ParameterError(ValueError):
 # --------------------------------------------------------------------------------------------
 # Checks: each returns the normalised value or raises ValueError(what was expected)
 # --------------------------------------------------------------------------------------------
+
 
 def _number_in_string(value) -> str:
     """A hint for numbers passed as text (papermill -r, quoted YAML)."""
@@ -80,10 +99,13 @@ def _bool(value):
 def _integer(low=None):
     def check(value):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            raise ValueError("expected an integer" + (f" >= {low}" if low is not None else "") + _number_in_string(value))
+            raise ValueError(
+                "expected an integer" + (f" >= {low}" if low is not None else "") + _number_in_string(value)
+            )
         if low is not None and value < low:
             raise ValueError(f"expected an integer >= {low}")
         return int(value)
+
     return check
 
 
@@ -91,7 +113,9 @@ def _fraction_removed(value):
     try:
         return check_ratio(value)
     except ValueError:
-        raise ValueError("expected a fraction of experts removed, a number in [0, 1)" + _number_in_string(value)) from None
+        raise ValueError(
+            "expected a fraction of experts removed, a number in [0, 1)" + _number_in_string(value)
+        ) from None
 
 
 def _list_of(item, *, allow_empty=False):
@@ -107,6 +131,7 @@ def _list_of(item, *, allow_empty=False):
             except ValueError as error:
                 raise ValueError(f"item {i} ({v!r}): {error}") from None
         return out
+
     return check
 
 
@@ -181,6 +206,7 @@ def _global_budget(value):
 # The declarations
 # --------------------------------------------------------------------------------------------
 
+
 @dataclasses.dataclass(frozen=True)
 class Parameter:
     """One notebook parameter: ``Parameter("seed", 0, _integer(0), "random seed")``.
@@ -202,17 +228,29 @@ class Parameter:
 def _model_parameters(*, layers=True, interactive=True, calibration_help="calibration spec (built-in domains, files)"):
     out = [
         Parameter("model", "demo", _text, '"demo" (the bundled model), a local checkpoint or a hub name'),
-        Parameter("device_map", None, _device_map, 'None: load on the CPU; "auto" or a dict spreads the model (accelerate)'),
+        Parameter(
+            "device_map", None, _device_map, 'None: load on the CPU; "auto" or a dict spreads the model (accelerate)'
+        ),
         Parameter("calibration", "code:16,tools:16,prose:16,math:16", _spec, calibration_help),
         Parameter("max_length", 128, _integer(8), "tokens per calibration sample"),
         Parameter("batch_size", 8, _integer(1), "sequences per forward"),
     ]
     if layers:
-        out.append(Parameter("layers", None, _or_none(_list_of(_integer(0))), "MoE layers (decoder indices) to draw; None: all"))
+        out.append(
+            Parameter(
+                "layers", None, _or_none(_list_of(_integer(0))), "MoE layers (decoder indices) to draw; None: all"
+            )
+        )
     out += [
         Parameter("seed", 0, _integer(0), "seed of calibration sampling and random baselines"),
-        Parameter("cache_dir", "runs/cache", _or_none(_path), "observations are reused for the same model and tokens",
-                  path=True, demo="{runs}/cache"),
+        Parameter(
+            "cache_dir",
+            "runs/cache",
+            _or_none(_path),
+            "observations are reused for the same model and tokens",
+            path=True,
+            demo="{runs}/cache",
+        ),
     ]
     if interactive:
         out.append(Parameter("interactive", False, _bool, "True: show the ipywidgets explorer (needs a live kernel)"))
@@ -221,22 +259,27 @@ def _model_parameters(*, layers=True, interactive=True, calibration_help="calibr
 
 def _outputs(notebook: str):
     return [
-        Parameter("output_dir", f"runs/{notebook}", _path, "tables and executed outputs", path=True,
-                  demo="{runs}/{notebook}"),
-        Parameter("figures_dir", f"figures/{notebook}", _path, "figures (PNG and PDF)", path=True,
-                  demo="{figures}/{notebook}"),
+        Parameter(
+            "output_dir", f"runs/{notebook}", _path, "tables and executed outputs", path=True, demo="{runs}/{notebook}"
+        ),
+        Parameter(
+            "figures_dir", f"figures/{notebook}", _path, "figures (PNG and PDF)", path=True, demo="{figures}/{notebook}"
+        ),
     ]
 
 
-_EVALUATION = Parameter("evaluation", "code:8,tools:8,prose:8,math:8", _spec,
-                        "held-out data (validation split of built-in domains)")
+_EVALUATION = Parameter(
+    "evaluation", "code:8,tools:8,prose:8,math:8", _spec, "held-out data (validation split of built-in domains)"
+)
 
 #: Every parameter of every notebook, in the order of its parameters cell.
 PARAMETERS: dict[str, tuple[Parameter, ...]] = {
     "01_saliency": (
         *_model_parameters(),
         Parameter("criteria", list(DEFAULT_CRITERIA), _list_of(_criterion), "saliency criteria to compare"),
-        Parameter("ratios", [0.25, 0.5], _list_of(_fraction_removed), "fractions of experts removed (cut-offs, agreement)"),
+        Parameter(
+            "ratios", [0.25, 0.5], _list_of(_fraction_removed), "fractions of experts removed (cut-offs, agreement)"
+        ),
         *_outputs("01_saliency"),
     ),
     "02_clusters": (
@@ -252,7 +295,9 @@ PARAMETERS: dict[str, tuple[Parameter, ...]] = {
         Parameter("criteria", list(DEFAULT_CRITERIA), _list_of(_criterion), "criteria of the plans"),
         Parameter("ratios", [0.25, 0.5], _list_of(_fraction_removed), "fractions of experts removed"),
         _EVALUATION,
-        Parameter("save_criterion", "reap", _or_none(_criterion), "the plan saved as a checkpoint (None: save nothing)"),
+        Parameter(
+            "save_criterion", "reap", _or_none(_criterion), "the plan saved as a checkpoint (None: save nothing)"
+        ),
         Parameter("save_ratio", 0.5, _fraction_removed, "ratio of the saved plan"),
         Parameter("prompts", None, _prompts, "{name: prompt} for greedy samples; None: one per built-in domain"),
         Parameter("max_new_tokens", 24, _integer(0), "tokens of each greedy sample (0: no samples)"),
@@ -260,11 +305,22 @@ PARAMETERS: dict[str, tuple[Parameter, ...]] = {
     ),
     "04_paper_figures": (
         *_model_parameters(interactive=False),
-        Parameter("results", ["runs/05_study/results.csv", "runs/study/results.csv"], _paths,
-                  "tidy results of the study and its sweeps (paths, globs)", path=True,
-                  demo="{runs}/05_study/results.csv"),
-        Parameter("layer_sensitivity", "runs/05_study/layer_sensitivity.csv", _path,
-                  "per-layer sensitivity table (notebook 5)", path=True, demo="{runs}/05_study/layer_sensitivity.csv"),
+        Parameter(
+            "results",
+            ["runs/05_study/results.csv", "runs/study/results.csv"],
+            _paths,
+            "tidy results of the study and its sweeps (paths, globs)",
+            path=True,
+            demo="{runs}/05_study/results.csv",
+        ),
+        Parameter(
+            "layer_sensitivity",
+            "runs/05_study/layer_sensitivity.csv",
+            _path,
+            "per-layer sensitivity table (notebook 5)",
+            path=True,
+            demo="{runs}/05_study/layer_sensitivity.csv",
+        ),
         Parameter("criterion", "reap", _criterion, "criterion of the per-expert figures and the global budget"),
         Parameter("ratio", 0.5, _fraction_removed, "ratio of the per-expert figures"),
         *_outputs("04_paper_figures"),
@@ -272,18 +328,32 @@ PARAMETERS: dict[str, tuple[Parameter, ...]] = {
     "05_study": (
         *_model_parameters(layers=False, calibration_help="calibration spec; its domains are the sets of study (b)"),
         dataclasses.replace(_EVALUATION, default="code:16,tools:16,prose:16,math:16"),
-        Parameter("ratios", [0, 0.125, 0.25, 0.375, 0.5, 0.625], _list_of(_fraction_removed), "fractions of experts removed"),
+        Parameter(
+            "ratios", [0, 0.125, 0.25, 0.375, 0.5, 0.625], _list_of(_fraction_removed), "fractions of experts removed"
+        ),
         Parameter("criteria", list(STUDY_CRITERIA), _list_of(_criterion), "pruning criteria"),
-        Parameter("random_seeds", [0, 1, 2], _list_of(_integer(0), allow_empty=True),
-                  "random pruning, one run per seed ([]: none)"),
-        Parameter("merges", ["m_smoe", "hc_smoe"], _list_of(_merge_method, allow_empty=True), "merging baselines ([]: none)"),
-        Parameter("global_budget", True, _global_budget,
-                  "non-uniform plan with the same total (True: REAP scores; a criterion; False: none)"),
+        Parameter(
+            "random_seeds",
+            [0, 1, 2],
+            _list_of(_integer(0), allow_empty=True),
+            "random pruning, one run per seed ([]: none)",
+        ),
+        Parameter(
+            "merges", ["m_smoe", "hc_smoe"], _list_of(_merge_method, allow_empty=True), "merging baselines ([]: none)"
+        ),
+        Parameter(
+            "global_budget",
+            True,
+            _global_budget,
+            "non-uniform plan with the same total (True: REAP scores; a criterion; False: none)",
+        ),
         Parameter("margin", 0, _integer(0), "global budget: every layer keeps at least top-k + margin experts"),
         Parameter("sensitivity", True, _bool, "run study (b), calibration sensitivity"),
         Parameter("sensitivity_ratio", 0.5, _fraction_removed, "ratio of study (b)"),
         Parameter("sensitivity_criterion", "reap", _criterion, "criterion of study (b)"),
-        Parameter("layer_sensitivity", True, _bool, "prune sensitivity_ratio of one layer at a time (notebook 4 draws it)"),
+        Parameter(
+            "layer_sensitivity", True, _bool, "prune sensitivity_ratio of one layer at a time (notebook 4 draws it)"
+        ),
         *_outputs("05_study"),
     ),
 }
@@ -322,6 +392,7 @@ def parameters_cell(notebook: str) -> str:
 # Checking
 # --------------------------------------------------------------------------------------------
 
+
 def project_root(start=None) -> Path:
     """The nearest folder at or above `start` (default: the working directory) holding `pyproject.toml`
     and `notebooks/`; `start` itself when there is none."""
@@ -344,8 +415,9 @@ def _check_one(parameter: Parameter, value):
         if check is float and isinstance(value, numbers.Real) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, check) or (check is int and isinstance(value, bool)):
-            raise ParameterError(f"parameter {parameter.name!r} must be of type {check.__name__}, got {value!r} "
-                                 f"({type(value).__name__})")
+            raise ParameterError(
+                f"parameter {parameter.name!r} must be of type {check.__name__}, got {value!r} ({type(value).__name__})"
+            )
         return value
     try:
         value = check(value)
@@ -372,7 +444,9 @@ def check_parameters(params: dict, notebook) -> SimpleNamespace:
     for parameter in declared:
         value = params.get(parameter.name, parameter.default)
         if value is dataclasses.MISSING:
-            raise ParameterError(f"parameter {parameter.name!r} is missing; define it in the notebook's parameters cell")
+            raise ParameterError(
+                f"parameter {parameter.name!r} is missing; define it in the notebook's parameters cell"
+            )
         values[parameter.name] = _check_one(parameter, value)
     _check_outputs(values)
     return SimpleNamespace(**values)
@@ -386,14 +460,19 @@ def check_run(notebook: str, parameters: dict) -> None:
     known = [p.name for p in PARAMETERS[notebook]]
     unknown = sorted(set(parameters) - set(known))
     if unknown:
-        raise ParameterError(f"notebook {notebook} has no parameter(s) {unknown}; its parameters are {', '.join(known)}")
+        raise ParameterError(
+            f"notebook {notebook} has no parameter(s) {unknown}; its parameters are {', '.join(known)}"
+        )
     check_parameters(parameters, notebook)
 
 
 def demo_parameters(notebook: str, *, runs, figures) -> dict:
     """The parameters `reapkit demo` passes a notebook: each declared `demo` template, filled in."""
-    return {p.name: p.demo.format(runs=runs, figures=figures, notebook=notebook)
-            for p in _declared(notebook) if p.demo is not None}
+    return {
+        p.name: p.demo.format(runs=runs, figures=figures, notebook=notebook)
+        for p in _declared(notebook)
+        if p.demo is not None
+    }
 
 
 def load_model(name, *, device_map=None, **kwargs):
@@ -408,15 +487,22 @@ def load_model(name, *, device_map=None, **kwargs):
 def calibrate(P, *, progress: bool = True) -> SimpleNamespace:
     """Load `P.model` and observe it on `P.calibration` (cached in `P.cache_dir`): the first step of notebooks 1-5.
 
-        >>> run = calibrate(P)        # run.model, run.tokenizer, run.obs, run.layers (MoE layers to draw)
+    >>> run = calibrate(P)        # run.model, run.tokenizer, run.obs, run.layers (MoE layers to draw)
     """
     from .data import calibration_batches
     from .observe import observe_cached
 
     model, tokenizer = load_model(P.model, device_map=getattr(P, "device_map", None))
-    batches = calibration_batches(P.calibration, tokenizer, batch_size=P.batch_size, max_length=P.max_length, seed=P.seed)
-    obs = observe_cached(model, batches, P.cache_dir or f"{P.output_dir}/cache", progress=progress,
-                         calibration={"spec": P.calibration, "max_length": P.max_length, "seed": P.seed})
+    batches = calibration_batches(
+        P.calibration, tokenizer, batch_size=P.batch_size, max_length=P.max_length, seed=P.seed
+    )
+    obs = observe_cached(
+        model,
+        batches,
+        P.cache_dir or f"{P.output_dir}/cache",
+        progress=progress,
+        calibration={"spec": P.calibration, "max_length": P.max_length, "seed": P.seed},
+    )
     layers = moe_layers(obs, getattr(P, "layers", None))
     print(f"domains {obs.domains}, MoE layers {obs.layers}, experts {obs.num_experts}, top-k {obs.top_k}")
     return SimpleNamespace(model=model, tokenizer=tokenizer, obs=obs, layers=layers)
@@ -426,8 +512,9 @@ def held_out(P, tokenizer):
     """The evaluation batches of `P.evaluation` (validation split), as every notebook that measures cost builds them."""
     from .data import calibration_batches
 
-    return calibration_batches(P.evaluation, tokenizer, batch_size=P.batch_size, max_length=P.max_length,
-                               split="validation", seed=P.seed)
+    return calibration_batches(
+        P.evaluation, tokenizer, batch_size=P.batch_size, max_length=P.max_length, split="validation", seed=P.seed
+    )
 
 
 def _check_outputs(values: dict) -> None:
@@ -452,14 +539,17 @@ def moe_layers(obs, layers=None) -> list[int]:
         return list(obs.layers)
     unknown = [layer for layer in layers if layer not in obs.layers]
     if unknown:
-        raise ParameterError(f"parameter 'layers' = {list(layers)!r}: layer(s) {unknown} are not MoE layers of this model; "
-                             f"its MoE layers are {obs.layers}")
+        raise ParameterError(
+            f"parameter 'layers' = {list(layers)!r}: layer(s) {unknown} are not MoE layers of this model; "
+            f"its MoE layers are {obs.layers}"
+        )
     return list(layers)
 
 
 # --------------------------------------------------------------------------------------------
 # Figures and tables
 # --------------------------------------------------------------------------------------------
+
 
 class Figures:
     """Saves figures of one run into `folder` as PNG and PDF (see `reapkit.plot.save_figure`).
@@ -513,7 +603,7 @@ def read_results(patterns, *, name: str = "results.csv") -> pd.DataFrame:
 DEFAULT_PROMPTS = {
     "code": "def fibonacci(n):\n    ",
     "prose": "The history of the city",
-    "tools": '<|im_start|>user\nWhat is the weather in Paris?<|im_end|>\n<|im_start|>assistant\n',
+    "tools": "<|im_start|>user\nWhat is the weather in Paris?<|im_end|>\n<|im_start|>assistant\n",
     "math": "Question: Ava has 12 apples and gives 5 to Ben. How many apples does Ava have now?\nAnswer:",
 }
 
@@ -521,6 +611,7 @@ DEFAULT_PROMPTS = {
 # --------------------------------------------------------------------------------------------
 # Notebook sources: notebooks/NN_name.py (jupytext percent format) paired with NN_name.ipynb
 # --------------------------------------------------------------------------------------------
+
 
 def _paired(path: Path):
     """The notebook of a percent-format source, its parameters cell regenerated from :data:`PARAMETERS`,
@@ -551,8 +642,10 @@ def sync_notebooks(folder=NOTEBOOKS_DIR, *, check: bool = False) -> list[Path]:
     changed = []
     for source in sorted(Path(folder).glob("[0-9]*.py")):
         nb = _paired(source)
-        outputs = {source: jupytext.writes(nb, fmt="py:percent"),
-                   source.with_suffix(".ipynb"): nbformat.writes(nb) + "\n"}
+        outputs = {
+            source: jupytext.writes(nb, fmt="py:percent"),
+            source.with_suffix(".ipynb"): nbformat.writes(nb) + "\n",
+        }
         for path, text in outputs.items():
             if not path.is_file() or path.read_text() != text:
                 changed.append(path)

@@ -9,6 +9,7 @@
 
 Saved as a directory: `statistics.safetensors` (tensors) and `observations.json` (metadata).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -36,7 +37,9 @@ def fingerprint(model) -> dict:
     digest = hashlib.sha256()
     blocks = list(arch.moe_blocks(model))
     for index, block in blocks:
-        with align_module_device(arch.router_of(block)):  # weights a device map offloaded to disk are read in for the moment
+        with align_module_device(
+            arch.router_of(block)
+        ):  # weights a device map offloaded to disk are read in for the moment
             weight = arch.router_weight_of(block).detach()
             digest.update(f"{index}:{tuple(weight.shape)}".encode())
             digest.update(weight.float().cpu().numpy().tobytes())
@@ -79,8 +82,12 @@ class Observations:
         """Where a plan made from these observations comes from: model fingerprint, calibration,
         architecture, then `extra` (e.g. ``domains=..., seed=...``)."""
         meta = self.meta
-        return {"observations": meta["fingerprint"], "calibration": meta["calibration"],
-                "architecture": meta["architecture"], **extra}
+        return {
+            "observations": meta["fingerprint"],
+            "calibration": meta["calibration"],
+            "architecture": meta["architecture"],
+            **extra,
+        }
 
     def pooled(self, domains=None, names=None) -> dict[str, torch.Tensor]:
         """Statistics summed over `domains`: None (all), a list (restrict), or {domain: weight}.
@@ -93,7 +100,9 @@ class Observations:
         weights = domains if isinstance(domains, dict) else {d: 1.0 for d in domains}
         unknown = sorted(set(weights) - set(self.stats))
         if unknown or not weights:
-            raise ValueError(f"unknown calibration domain(s) {unknown or '(none given)'}; these observations hold {self.domains}")
+            raise ValueError(
+                f"unknown calibration domain(s) {unknown or '(none given)'}; these observations hold {self.domains}"
+            )
         out: dict[str, torch.Tensor] = {}
         for domain, weight in weights.items():
             for name, value in self.stats[domain].items():
@@ -114,11 +123,13 @@ class Observations:
             >>> c = obs.coselection()[0]; c[3, 5] / c[3, 3]     # share of expert 3's tokens also sent to 5
         """
         if any("coselect" not in self.stats[d] for d in self.stats):
-            raise ValueError("these observations hold no co-selection counts (saved by an older reapkit); "
-                             "observe the model again to record them")
+            raise ValueError(
+                "these observations hold no co-selection counts (saved by an older reapkit); "
+                "observe the model again to record them"
+            )
         return self.pooled(domains, names=("coselect",))["coselect"].double().numpy()
 
-    def __add__(self, other: "Observations") -> "Observations":
+    def __add__(self, other: Observations) -> Observations:
         if self.meta["fingerprint"] != other.meta["fingerprint"]:
             raise ValueError(
                 "cannot add observations of different models: fingerprints "
@@ -139,14 +150,18 @@ class Observations:
     def save(self, path, *, force: bool = False) -> Path:
         """Write to directory `path` (whole or not at all); an existing one needs `force=True`."""
         with atomic_directory(path, force=force) as tmp:
-            tensors = {f"{name}/{i}": value.contiguous() for i, d in enumerate(self.domains) for name, value in self.stats[d].items()}
+            tensors = {
+                f"{name}/{i}": value.contiguous()
+                for i, d in enumerate(self.domains)
+                for name, value in self.stats[d].items()
+            }
             save_file(tensors, str(tmp / STATS_FILE))
             meta = {"format": FORMAT, **self.meta, "domains": self.domains}
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
         return Path(path)
 
     @classmethod
-    def load(cls, path, model=None) -> "Observations":
+    def load(cls, path, model=None) -> Observations:
         """Read observations saved by `save`; with `model`, check they were made on it."""
         path = Path(path)
         meta_path, stats_path = path / META_FILE, path / STATS_FILE
@@ -159,7 +174,9 @@ class Observations:
             meta = json.loads(meta_path.read_text())
             tensors = load_file(str(stats_path))
         except Exception as error:  # corrupted or foreign files
-            raise ValueError(f"{path} holds unreadable observations ({type(error).__name__}: {error}); observe the model again") from error
+            raise ValueError(
+                f"{path} holds unreadable observations ({type(error).__name__}: {error}); observe the model again"
+            ) from error
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
             raise ValueError(f"{meta_path} is not a reapkit observations file (format {found!r}, expected {FORMAT!r})")
@@ -174,8 +191,10 @@ class Observations:
             if missing:
                 raise KeyError(f"metadata lacks {missing}")
         except (KeyError, IndexError, ValueError) as error:
-            raise ValueError(f"{path} holds incomplete or inconsistent observations ({type(error).__name__}: {error}); "
-                             "observe the model again") from error
+            raise ValueError(
+                f"{path} holds incomplete or inconsistent observations ({type(error).__name__}: {error}); "
+                "observe the model again"
+            ) from error
         obs = cls(stats, meta)
         if model is not None:
             obs.check_model(model)
@@ -194,4 +213,3 @@ class Observations:
 
 def _parts(calibration: dict) -> list:
     return list(calibration["parts"]) if "parts" in calibration else [calibration]
-

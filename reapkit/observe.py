@@ -11,6 +11,7 @@ model's device. A forward hook on each router adds the router probability mass. 
 never count. Architectures whose block scales the experts' input by the gate (llama4) are
 observed with a hook on their (dense) experts module instead; see `Architecture.gated_input`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -19,11 +20,11 @@ import torch
 from tqdm.auto import tqdm
 from transformers.integrations import moe as hf_moe
 
+from . import __version__
 from .arch import SCORING, Architecture, architecture_for
 from .hooks import forward_hooks
 from .loading import input_device
 from .observations import Observations, fingerprint
-from . import __version__
 
 IMPLEMENTATION = "reapkit_observe"
 
@@ -32,7 +33,7 @@ IMPLEMENTATION = "reapkit_observe"
 #: is "count") and "tokens" [layers] (non-padding tokens seen by the router).
 EXPERT_STATS = ("count", "gate_sum", "norm_sum", "reap_sum", "max_activation", "prob_sum")
 
-_active: "_Recorder | None" = None
+_active: _Recorder | None = None
 
 
 class _Recorder:
@@ -143,7 +144,9 @@ def recording(model: torch.nn.Module, device=None):
     arch = architecture_for(model)
     blocks = list(arch.moe_blocks(model))
     if not blocks:
-        raise ValueError(f"{type(model).__name__} has no MoE layers reapkit can find under {arch.layers!r}.{arch.block}")
+        raise ValueError(
+            f"{type(model).__name__} has no MoE layers reapkit can find under {arch.layers!r}.{arch.block}"
+        )
     num_experts = max(arch.experts_of(b).num_experts for _, b in blocks)
     device = input_device(model) if device is None else torch.device(device)
     recorder = _Recorder(len(blocks), num_experts, model.config.get_text_config().hidden_size, device)
@@ -243,7 +246,9 @@ def observations_from(model, recorder: _Recorder, batches, calibration: dict | N
     return Observations(stats=stats, meta=meta)
 
 
-def observe_cached(model, batches, cache_dir, *, calibration: dict | None = None, progress: bool = True) -> Observations:
+def observe_cached(
+    model, batches, cache_dir, *, calibration: dict | None = None, progress: bool = True
+) -> Observations:
     """`observe`, reusing observations saved under `cache_dir` for the same model and token ids.
 
     The cache key is the model fingerprint plus the content hash of the batches, so a changed

@@ -1,12 +1,13 @@
 """A pruning plan is data: per MoE layer, which experts stay.
 
-    >>> plan = PruningPlan.from_observations(obs, "reap", ratio=0.25)      # the published recipe
-    >>> plan = PruningPlan.from_observations(obs, "reap", keep=12)         # experts kept per layer
-    >>> plan = PruningPlan.from_observations(obs, "reap", counts={3: 12, 7: 14})   # per layer
-    >>> plan.kept[3], plan.removed(3)
-    ([0, 2, 3, ...], [1, 9, ...])
-    >>> plan.save("pruning_plan.json"); PruningPlan.load("pruning_plan.json")
+>>> plan = PruningPlan.from_observations(obs, "reap", ratio=0.25)      # the published recipe
+>>> plan = PruningPlan.from_observations(obs, "reap", keep=12)         # experts kept per layer
+>>> plan = PruningPlan.from_observations(obs, "reap", counts={3: 12, 7: 14})   # per layer
+>>> plan.kept[3], plan.removed(3)
+([0, 2, 3, ...], [1, 9, ...])
+>>> plan.save("pruning_plan.json"); PruningPlan.load("pruning_plan.json")
 """
+
 from __future__ import annotations
 
 import json
@@ -56,10 +57,21 @@ class PruningPlan:
         return sum(len(k) for k in self.kept.values())
 
     @classmethod
-    def from_scores(cls, scores: np.ndarray, layers: list[int], num_experts: list[int], *, top_k: int,
-                    ratio: float | None = None, keep: int | None = None, counts: dict[int, int] | None = None,
-                    n_group: int = 1, topk_group: int | None = None, criterion: str = "custom",
-                    provenance: dict | None = None) -> "PruningPlan":
+    def from_scores(
+        cls,
+        scores: np.ndarray,
+        layers: list[int],
+        num_experts: list[int],
+        *,
+        top_k: int,
+        ratio: float | None = None,
+        keep: int | None = None,
+        counts: dict[int, int] | None = None,
+        n_group: int = 1,
+        topk_group: int | None = None,
+        criterion: str = "custom",
+        provenance: dict | None = None,
+    ) -> PruningPlan:
         """Keep the highest-scoring experts of each layer; exactly one of ratio / keep / counts.
 
         `ratio` is the fraction of each layer's experts removed (in [0, 1)); `keep` the number kept
@@ -95,20 +107,31 @@ class PruningPlan:
         return cls(kept, dict(zip(layers, num_experts)), criterion, ratio, kept_scores, dict(provenance or {}))
 
     @classmethod
-    def from_observations(cls, obs, criterion: str = "reap", *, ratio=None, keep=None, counts=None,
-                          domains=None, seed: int = 0) -> "PruningPlan":
+    def from_observations(
+        cls, obs, criterion: str = "reap", *, ratio=None, keep=None, counts=None, domains=None, seed: int = 0
+    ) -> PruningPlan:
         """Score `obs` with `criterion` (optionally over `domains`) and build a plan."""
         from .saliency import score
 
         values = score(obs, criterion, domains=domains, seed=seed)
-        return cls.from_scores(values, obs.layers, obs.num_experts, top_k=obs.top_k, ratio=ratio, keep=keep,
-                               counts=counts, n_group=obs.meta.get("n_group", 1),
-                               topk_group=obs.meta.get("topk_group"), criterion=criterion,
-                               provenance=obs.provenance(domains=domains, seed=seed))
+        return cls.from_scores(
+            values,
+            obs.layers,
+            obs.num_experts,
+            top_k=obs.top_k,
+            ratio=ratio,
+            keep=keep,
+            counts=counts,
+            n_group=obs.meta.get("n_group", 1),
+            topk_group=obs.meta.get("topk_group"),
+            criterion=criterion,
+            provenance=obs.provenance(domains=domains, seed=seed),
+        )
 
     @classmethod
-    def from_global_budget(cls, obs, criterion: str = "reap", *, total: int, margin: int = 0,
-                           domains=None, seed: int = 0) -> "PruningPlan":
+    def from_global_budget(
+        cls, obs, criterion: str = "reap", *, total: int, margin: int = 0, domains=None, seed: int = 0
+    ) -> PruningPlan:
         """Keep the best `total` experts across all layers (a non-uniform plan).
 
         Scores are normalised per layer (divided by the layer's mean score over its experts) so
@@ -121,7 +144,9 @@ class PruningPlan:
         values = score(obs, criterion, domains=domains, seed=seed)
         sizes, floor = obs.num_experts, obs.top_k + margin
         if obs.meta.get("n_group", 1) > 1:
-            raise ValueError("a global budget cannot keep routing groups equal in size; use a uniform plan (ratio= or keep=) for group-limited routers")
+            raise ValueError(
+                "a global budget cannot keep routing groups equal in size; use a uniform plan (ratio= or keep=) for group-limited routers"
+            )
         minimum, maximum = floor * len(sizes), sum(sizes)
         if not minimum <= total <= maximum:
             raise ValueError(
@@ -138,8 +163,15 @@ class PruningPlan:
         for _, layer, expert in sorted(candidates)[: total - minimum]:
             chosen[layer].append(expert)
         provenance = obs.provenance(domains=domains, seed=seed, global_budget=total, margin=margin)
-        return cls.from_scores(values, obs.layers, sizes, top_k=obs.top_k, counts={k: len(v) for k, v in chosen.items()},
-                               criterion=criterion, provenance=provenance)
+        return cls.from_scores(
+            values,
+            obs.layers,
+            sizes,
+            top_k=obs.top_k,
+            counts={k: len(v) for k, v in chosen.items()},
+            criterion=criterion,
+            provenance=provenance,
+        )
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -152,7 +184,7 @@ class PruningPlan:
         return atomic_write_text(path, json.dumps(self.to_dict(), indent=2))
 
     @classmethod
-    def load(cls, path) -> "PruningPlan":
+    def load(cls, path) -> PruningPlan:
         data = json.loads(Path(path).read_text())
         if data.pop("format", None) != FORMAT:
             raise ValueError(f"{path} is not a reapkit pruning plan (expected format {FORMAT!r})")
@@ -173,8 +205,9 @@ def feasible_group_counts(total: int, n_group: int, top_k: int, topk_group: int 
     return [n_group * per for per in range(need, total // n_group + 1)]
 
 
-def _best_experts(row: np.ndarray, n: int, n_group: int, layer: int, *, topk_group: int | None = None,
-                  top_k: int = 1) -> list[int]:
+def _best_experts(
+    row: np.ndarray, n: int, n_group: int, layer: int, *, topk_group: int | None = None, top_k: int = 1
+) -> list[int]:
     """Indices of the `n` best experts, `n / n_group` from each routing group when grouped."""
     order = lambda values: np.argsort(-values, kind="stable")  # noqa: E731
     if n_group <= 1:
@@ -190,5 +223,5 @@ def _best_experts(row: np.ndarray, n: int, n_group: int, layer: int, *, topk_gro
             f"nearest feasible: {nearest}"
         )
     size, per_group = len(row) // n_group, n // n_group
-    chosen = [g * size + int(i) for g in range(n_group) for i in order(row[g * size:(g + 1) * size])[:per_group]]
+    chosen = [g * size + int(i) for g in range(n_group) for i in order(row[g * size : (g + 1) * size])[:per_group]]
     return sorted(chosen)

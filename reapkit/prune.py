@@ -8,6 +8,7 @@
 Masking adds -inf to the removed experts' router logits (and to their selection-only correction
 bias), so removing experts gives the same logits as masking them.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -43,7 +44,9 @@ def check_plan(model, plan: PruningPlan):
     blocks = dict(arch.moe_blocks(model))
     for layer in plan.layers:
         if layer not in blocks:
-            raise ValueError(f"the plan prunes layer {layer}, which is not an MoE layer of this model (MoE layers: {sorted(blocks)})")
+            raise ValueError(
+                f"the plan prunes layer {layer}, which is not an MoE layer of this model (MoE layers: {sorted(blocks)})"
+            )
         have = arch.experts_of(blocks[layer]).num_experts
         if have != plan.num_experts[layer]:
             raise ValueError(
@@ -66,7 +69,9 @@ def mask_experts(model, plan: PruningPlan):
             router = arch.router_of(block)
             offset = torch.zeros(plan.num_experts[layer])
             offset[removed] = float("-inf")
-            routers.append((router, router.__dict__.get("forward")))  # an instance forward (accelerate hooks, an outer mask)
+            routers.append(
+                (router, router.__dict__.get("forward"))
+            )  # an instance forward (accelerate hooks, an outer mask)
             router.forward = _masked_forward(router.forward, _AddToRouterLogits(offset))
             bias = arch.correction_bias_of(block)
             if bias is not None:
@@ -125,7 +130,7 @@ def _decoder(model):
 
 
 def _slice_tensors(module, index, total):
-    for name, tensor in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False)):
+    for _, tensor in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False)):
         if tensor.dim() and tensor.shape[0] == total:
             tensor.data = tensor.data.index_select(0, index.to(tensor.device)).contiguous()
     if isinstance(module, torch.nn.Linear):
@@ -156,8 +161,10 @@ def save_pruned(model, plan: PruningPlan, out, *, tokenizer=None, force: bool = 
     for layer in plan.layers:
         have = arch.experts_of(blocks[layer]).num_experts
         if have != new:
-            raise ValueError(f"layer {layer} still has {have} experts, the plan keeps {new}; "
-                             "call remove_experts(model, plan) before save_pruned")
+            raise ValueError(
+                f"layer {layer} still has {have} experts, the plan keeps {new}; "
+                "call remove_experts(model, plan) before save_pruned"
+            )
     with atomic_directory(out, force=force) as tmp:
         model.save_pretrained(tmp)
         if tokenizer is not None:

@@ -9,6 +9,7 @@ domain and `progress.json`: batches done, and a key of the model fingerprint and
 of all batches. Observations are sums over batches taken in order, so a resumed run gives
 bit-identical statistics to an uninterrupted one.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -34,8 +35,10 @@ class ObserveCheckpoint:
     def check(self) -> None:
         """Refuse to start over an interrupted run's checkpoint unless resuming (cheap; call first)."""
         if self.path.exists() and not self.resume:
-            raise FileExistsError(f"{self.path} holds the checkpoint of an interrupted run; pass --resume to continue "
-                                  "from it, or delete it to start over")
+            raise FileExistsError(
+                f"{self.path} holds the checkpoint of an interrupted run; pass --resume to continue "
+                "from it, or delete it to start over"
+            )
 
     def restore(self, recorder, model, batches) -> int:
         """Load saved sums into `recorder`; return the number of batches they cover (0: start)."""
@@ -52,8 +55,10 @@ class ObserveCheckpoint:
             return 0
         progress = json.loads((self.path / PROGRESS_FILE).read_text())
         if progress.get("key") != self.key:
-            raise ValueError(f"the checkpoint {self.path} was made with another model, data or batch size; run the same "
-                             "command as before to resume, or delete the checkpoint to start over")
+            raise ValueError(
+                f"the checkpoint {self.path} was made with another model, data or batch size; run the same "
+                "command as before to resume, or delete the checkpoint to start over"
+            )
         stats: dict = {}
         for name, value in load_file(str(self.path / STATS_FILE)).items():
             domain, stat = name.rsplit("/", 1)
@@ -69,8 +74,11 @@ class ObserveCheckpoint:
     def save(self, stats: dict, done: int) -> None:
         from safetensors.torch import save_file
 
-        tensors = {f"{domain}/{name}": value.detach().cpu().contiguous()
-                   for domain, values in stats.items() for name, value in values.items()}
+        tensors = {
+            f"{domain}/{name}": value.detach().cpu().contiguous()
+            for domain, values in stats.items()
+            for name, value in values.items()
+        }
         with atomic_directory(self.path, force=True) as tmp:
             save_file(tensors, str(tmp / STATS_FILE))
             (tmp / PROGRESS_FILE).write_text(json.dumps({"key": self.key, "batches_done": done, "batches": self.total}))

@@ -13,6 +13,7 @@ group of batches go through transformers' own decoder-layer module while reapkit
 active, and the layer is freed. Peak memory is about the embeddings, one layer and the hidden
 states of one batch group (all batches' hidden states without `spill_dir`).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -39,20 +40,26 @@ def checkpoint_shards(folder) -> dict[str, Path]:
 
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder} is not a local folder; --sequential reads safetensors shards from disk: "
-                                f"download the checkpoint first (hf download {folder} --local-dir DIR)")
+        raise FileNotFoundError(
+            f"{folder} is not a local folder; --sequential reads safetensors shards from disk: "
+            f"download the checkpoint first (hf download {folder} --local-dir DIR)"
+        )
     index = folder / INDEX_FILE
     if index.is_file():
         weight_map = json.loads(index.read_text())["weight_map"]
         missing = sorted({f for f in weight_map.values() if not (folder / f).is_file()})
         if missing:
-            raise FileNotFoundError(f"{index} names shard(s) {', '.join(missing)} that are not in {folder}; "
-                                    "download the complete checkpoint")
+            raise FileNotFoundError(
+                f"{index} names shard(s) {', '.join(missing)} that are not in {folder}; "
+                "download the complete checkpoint"
+            )
         return {name: folder / file for name, file in weight_map.items()}
     files = sorted(folder.glob("*.safetensors"))
     if not files:
-        raise FileNotFoundError(f"{folder} holds no .safetensors weights; --sequential reads one layer at a time from "
-                                "safetensors shards (convert the checkpoint with save_pretrained, or observe without --sequential)")
+        raise FileNotFoundError(
+            f"{folder} holds no .safetensors weights; --sequential reads one layer at a time from "
+            "safetensors shards (convert the checkpoint with save_pretrained, or observe without --sequential)"
+        )
     shards = {}
     for file in files:
         with safe_open(str(file), framework="pt") as f:
@@ -108,8 +115,9 @@ class _Loader:
         by_file = defaultdict(list)
         for name in names:
             by_file[self.shards[name]].append(name)
-        config = LoadStateDictConfig(device_map={"": self.device}, dtype=self.dtype, dtype_plan=self.dtype_plan,
-                                     weight_mapping=self.mapping)
+        config = LoadStateDictConfig(
+            device_map={"": self.device}, dtype=self.dtype, dtype_plan=self.dtype_plan, weight_mapping=self.mapping
+        )
         bars = logging.is_progress_bar_enabled()
         logging.disable_progress_bar()
         # transformers' own switch for loading under memory constraints: one tensor at a time, no thread pool
@@ -166,8 +174,10 @@ def _capture(model, layers, batch, device) -> tuple[torch.Tensor, list]:
         for layer in layers:
             del layer.forward
     if not first or any(call is None for call in calls):
-        raise ValueError(f"{type(model).__name__}'s forward did not call every decoder layer once; "
-                         "--sequential cannot observe it, observe it in memory or with --device-map")
+        raise ValueError(
+            f"{type(model).__name__}'s forward did not call every decoder layer once; "
+            "--sequential cannot observe it, observe it in memory or with --device-map"
+        )
     return first[0], calls
 
 
@@ -219,8 +229,17 @@ def _release(module: torch.nn.Module, keep=()):
 
 
 @torch.no_grad()
-def observe_sequential(folder, batches, *, dtype="auto", device="cpu", group_size: int = 8, spill_dir=None,
-                       progress: bool = True, calibration: dict | None = None) -> Observations:
+def observe_sequential(
+    folder,
+    batches,
+    *,
+    dtype="auto",
+    device="cpu",
+    group_size: int = 8,
+    spill_dir=None,
+    progress: bool = True,
+    calibration: dict | None = None,
+) -> Observations:
     """`observe` of the checkpoint in `folder`, loading one decoder layer at a time; see the module docstring."""
     from .observe import observations_from, recording
 
@@ -267,8 +286,10 @@ def observe_sequential(folder, batches, *, dtype="auto", device="cpu", group_siz
                 loader.load(layer_keys.get(index, []))
                 missing = [n for n, p in layer.named_parameters() if p.device.type == "meta"]
                 if missing:
-                    raise ValueError(f"the checkpoint in {folder} has no weights for {arch.layers}.{index}.{missing[0]} "
-                                     f"({len(missing)} missing in that layer); it does not match its config.json")
+                    raise ValueError(
+                        f"the checkpoint in {folder} has no weights for {arch.layers}.{index}.{missing[0]} "
+                        f"({len(missing)} missing in that layer); it does not match its config.json"
+                    )
                 layer.to(device)
                 for g, group in enumerate(groups):
                     hidden, calls = store.get(g)

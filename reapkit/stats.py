@@ -13,6 +13,7 @@ row per calibration seed) also draws its rows, so the interval holds both source
 With `minus`, every resample uses the same sequences for both terms (a paired difference).
 Resamples come from `numpy.random.default_rng(seed)`: the same inputs give the same interval.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -26,7 +27,9 @@ LEVEL = 0.95
 def _rows(values) -> np.ndarray:
     values = np.asarray(values, dtype=np.float64)
     if values.ndim not in (1, 2):
-        raise ValueError(f"bootstrap takes a 1-D [sequences] or 2-D [repeats, sequences] array, got shape {values.shape}")
+        raise ValueError(
+            f"bootstrap takes a 1-D [sequences] or 2-D [repeats, sequences] array, got shape {values.shape}"
+        )
     return values[None] if values.ndim == 1 else values
 
 
@@ -39,8 +42,9 @@ def _resampled_mean_rows(rows: np.ndarray, weights: np.ndarray, rng) -> np.ndarr
     return np.take_along_axis(sums, picks, axis=1).mean(axis=1)
 
 
-def bootstrap(numerators, denominators, *, minus=None, resamples: int = RESAMPLES, seed: int = 0,
-              level: float = LEVEL) -> tuple[float, float, float]:
+def bootstrap(
+    numerators, denominators, *, minus=None, resamples: int = RESAMPLES, seed: int = 0, level: float = LEVEL
+) -> tuple[float, float, float]:
     """(estimate, lo, hi) of sum(numerators) / sum(denominators), or of its difference to `minus`.
 
     `numerators` and `minus`: [sequences] or [repeats, sequences] (rows averaged); `denominators`:
@@ -50,8 +54,10 @@ def bootstrap(numerators, denominators, *, minus=None, resamples: int = RESAMPLE
     num, den = _rows(numerators), np.asarray(denominators, dtype=np.float64)
     other = None if minus is None else _rows(minus)
     if den.ndim != 1 or num.shape[1] != den.shape[0] or (other is not None and other.shape[1] != den.shape[0]):
-        raise ValueError(f"numerators {num.shape[-1]}, minus {None if other is None else other.shape[-1]} and "
-                         f"denominators {den.shape} must cover the same sequences")
+        raise ValueError(
+            f"numerators {num.shape[-1]}, minus {None if other is None else other.shape[-1]} and "
+            f"denominators {den.shape} must cover the same sequences"
+        )
     if not 0 < level < 1 or resamples < 1:
         raise ValueError(f"level must be in (0, 1) and resamples >= 1, got level={level!r}, resamples={resamples!r}")
     if den.sum() <= 0:

@@ -21,6 +21,7 @@ Observations keep per-domain statistics, and a domain's statistics are exactly t
 calibration pass on that domain alone would record, so (b) needs one calibration pass, not one per
 calibration set.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -35,16 +36,41 @@ from .plan import pruned_count
 from .saliency import STUDY_CRITERIA, check_ratio
 from .stats import RESAMPLES, bootstrap
 
-__all__ = ["RATIOS", "MERGES", "COLUMNS", "SEQUENCE_COLUMNS", "Job", "study_jobs", "run_job", "study_sequences",
-           "study_results", "compression_study", "layer_sensitivity", "calibration_sensitivity", "Sensitivity",
-           "kept_overlap", "jaccard_by_layer", "chance_overlap", "summarise", "results_table"]
+__all__ = [
+    "RATIOS",
+    "MERGES",
+    "COLUMNS",
+    "SEQUENCE_COLUMNS",
+    "Job",
+    "study_jobs",
+    "run_job",
+    "study_sequences",
+    "study_results",
+    "compression_study",
+    "layer_sensitivity",
+    "calibration_sensitivity",
+    "Sensitivity",
+    "kept_overlap",
+    "jaccard_by_layer",
+    "chance_overlap",
+    "summarise",
+    "results_table",
+]
 
 RATIOS = (0.0, 0.125, 0.25, 0.375, 0.5, 0.625)
 MERGES = ("m_smoe", "hc_smoe")
 _VARIANT = ["method", "criterion", "label", "seed", "ratio", "experts_kept", "experts_total", "kept_routing"]
 #: Columns of the `compression_study` frame, in order.
-COLUMNS = [*_VARIANT, "domain", "tokens", *_interval("loss"), "perplexity", *_interval("kl"), *_interval("agreement"),
-           *_interval("delta_loss")]
+COLUMNS = [
+    *_VARIANT,
+    "domain",
+    "tokens",
+    *_interval("loss"),
+    "perplexity",
+    *_interval("kl"),
+    *_interval("agreement"),
+    *_interval("delta_loss"),
+]
 #: Columns of the `study_sequences` frame: one row per variant and evaluation sequence.
 SEQUENCE_COLUMNS = [*_VARIANT, "domain", "sequence", "tokens", "loss", "kl", "agreement", "delta_loss"]
 MIX = "mix"
@@ -61,6 +87,7 @@ def _check_ratios(ratios) -> list[float]:
 # --------------------------------------------------------------------------------------------
 # (a) compression study: job building, one job, result writing
 # --------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Job:
@@ -79,13 +106,14 @@ class Job:
         return f"global_{self.criterion}" if self.method == "global" else self.criterion
 
 
-def study_jobs(obs, *, ratios=RATIOS, criteria=STUDY_CRITERIA, random_seeds=(0, 1, 2), merges=MERGES,
-               global_budget=True) -> tuple[list[Job], list[str]]:
+def study_jobs(
+    obs, *, ratios=RATIOS, criteria=STUDY_CRITERIA, random_seeds=(0, 1, 2), merges=MERGES, global_budget=True
+) -> tuple[list[Job], list[str]]:
     """The jobs of a compression study and notes on the combinations that cannot be built.
 
-        >>> jobs, notes = study_jobs(obs, ratios=[0.5], criteria=["reap"], random_seeds=[], merges=[])
-        >>> jobs
-        [Job(method='prune', criterion='reap', seed=None, ratio=0.5), Job(method='global', ...)]
+    >>> jobs, notes = study_jobs(obs, ratios=[0.5], criteria=["reap"], random_seeds=[], merges=[])
+    >>> jobs
+    [Job(method='prune', criterion='reap', seed=None, ratio=0.5), Job(method='global', ...)]
     """
     from .merge import _check_method
     from .saliency import check_criterion
@@ -103,14 +131,18 @@ def study_jobs(obs, *, ratios=RATIOS, criteria=STUDY_CRITERIA, random_seeds=(0, 
     for ratio in ratios:
         counts = [n - pruned_count(n, ratio) for n in sizes]
         if min(counts) < top_k:
-            notes.append(f"ratio {ratio:g}: a layer would keep {min(counts)} experts, fewer than top-k = {top_k}; "
-                         "every method skipped at this ratio")
+            notes.append(
+                f"ratio {ratio:g}: a layer would keep {min(counts)} experts, fewer than top-k = {top_k}; "
+                "every method skipped at this ratio"
+            )
             continue
         jobs += [Job("prune", c, None, ratio) for c in criteria]
         jobs += [Job("prune", "random", s, ratio) for s in random_seeds]
         if merges and len(set(counts)) > 1:
-            notes.append(f"ratio {ratio:g}: layers have different numbers of experts ({sorted(set(sizes))}), and merging "
-                         "reduces every layer to one count; merges skipped")
+            notes.append(
+                f"ratio {ratio:g}: layers have different numbers of experts ({sorted(set(sizes))}), and merging "
+                "reduces every layer to one count; merges skipped"
+            )
         else:
             jobs += [Job("merge", m, None, ratio) for m in merges]
         if global_criterion:
@@ -157,14 +189,33 @@ def run_job(model, obs, job: Job, eval_batches, *, reference, unpruned: pd.DataF
         if any(plan.removed(layer) for layer in plan.layers):
             with mask_experts(model, plan):
                 frame = sequence_metrics(model, eval_batches, reference=reference, progress=False)
-    return frame.assign(delta_loss=frame["loss"] - unpruned["loss"].to_numpy(), method=job.method,
-                        criterion=job.criterion, label=job.label, seed=job.seed, ratio=job.ratio, experts_kept=kept,
-                        experts_total=total, kept_routing=routing)
+    return frame.assign(
+        delta_loss=frame["loss"] - unpruned["loss"].to_numpy(),
+        method=job.method,
+        criterion=job.criterion,
+        label=job.label,
+        seed=job.seed,
+        ratio=job.ratio,
+        experts_kept=kept,
+        experts_total=total,
+        kept_routing=routing,
+    )
 
 
-def study_sequences(model, obs, eval_batches, *, ratios=RATIOS, criteria=STUDY_CRITERIA, random_seeds=(0, 1, 2),
-                    merges=MERGES, global_budget=True, margin: int = 0, reference=None,
-                    progress: bool = True) -> pd.DataFrame:
+def study_sequences(
+    model,
+    obs,
+    eval_batches,
+    *,
+    ratios=RATIOS,
+    criteria=STUDY_CRITERIA,
+    random_seeds=(0, 1, 2),
+    merges=MERGES,
+    global_budget=True,
+    margin: int = 0,
+    reference=None,
+    progress: bool = True,
+) -> pd.DataFrame:
     """Every job of `study_jobs`, run by `run_job`: one row per job and evaluation sequence, with
     :data:`SEQUENCE_COLUMNS` (the per-sequence values every interval of the study resamples).
     Skipped combinations are in ``frame.attrs["notes"]`` and issued as one warning."""
@@ -173,8 +224,9 @@ def study_sequences(model, obs, eval_batches, *, ratios=RATIOS, criteria=STUDY_C
 
     from .evaluate import reference_outputs, sequence_metrics
 
-    jobs, notes = study_jobs(obs, ratios=ratios, criteria=criteria, random_seeds=random_seeds, merges=merges,
-                             global_budget=global_budget)
+    jobs, notes = study_jobs(
+        obs, ratios=ratios, criteria=criteria, random_seeds=random_seeds, merges=merges, global_budget=global_budget
+    )
     obs.check_model(model)
     if reference is None:
         reference = reference_outputs(model, eval_batches, dtype=torch.float32, progress=False)
@@ -212,9 +264,21 @@ def study_results(sequences: pd.DataFrame, *, resamples: int = RESAMPLES, seed: 
     return results
 
 
-def compression_study(model, obs, eval_batches, *, ratios=RATIOS, criteria=STUDY_CRITERIA, random_seeds=(0, 1, 2),
-                      merges=MERGES, global_budget=True, margin: int = 0, reference=None, resamples: int = RESAMPLES,
-                      progress: bool = True) -> pd.DataFrame:
+def compression_study(
+    model,
+    obs,
+    eval_batches,
+    *,
+    ratios=RATIOS,
+    criteria=STUDY_CRITERIA,
+    random_seeds=(0, 1, 2),
+    merges=MERGES,
+    global_budget=True,
+    margin: int = 0,
+    reference=None,
+    resamples: int = RESAMPLES,
+    progress: bool = True,
+) -> pd.DataFrame:
     """Every method at every ratio, evaluated per domain against the unpruned model:
     ``study_results(study_sequences(...))`` (keep the sequences for `summarise`'s paired gaps).
 
@@ -240,9 +304,19 @@ def compression_study(model, obs, eval_batches, *, ratios=RATIOS, criteria=STUDY
     variant), nats), `agreement` (top-1) and `delta_loss` (loss - the unpruned loss), each metric
     with its 95 % bootstrap interval over evaluation sequences (`loss_lo`, `loss_hi`, ...).
     """
-    sequences = study_sequences(model, obs, eval_batches, ratios=ratios, criteria=criteria, random_seeds=random_seeds,
-                                merges=merges, global_budget=global_budget, margin=margin, reference=reference,
-                                progress=progress)
+    sequences = study_sequences(
+        model,
+        obs,
+        eval_batches,
+        ratios=ratios,
+        criteria=criteria,
+        random_seeds=random_seeds,
+        merges=merges,
+        global_budget=global_budget,
+        margin=margin,
+        reference=reference,
+        progress=progress,
+    )
     return study_results(sequences, resamples=resamples)
 
 
@@ -255,8 +329,19 @@ def results_table(results: pd.DataFrame, **extra) -> pd.DataFrame:
 # Per-layer sensitivity
 # --------------------------------------------------------------------------------------------
 
-def layer_sensitivity(model, obs, eval_batches, *, criterion: str = "reap", ratio: float = 0.5, reference=None,
-                      resamples: int = RESAMPLES, seed: int = 0, progress: bool = True) -> pd.DataFrame:
+
+def layer_sensitivity(
+    model,
+    obs,
+    eval_batches,
+    *,
+    criterion: str = "reap",
+    ratio: float = 0.5,
+    reference=None,
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+    progress: bool = True,
+) -> pd.DataFrame:
     """Prune `ratio` of one MoE layer at a time (by `criterion`, the others untouched) and measure it.
 
         >>> layer_sensitivity(model, obs, eval_batches)[lambda f: f.domain == "all"][["layer", "delta_loss", "delta_loss_lo"]]
@@ -282,7 +367,10 @@ def layer_sensitivity(model, obs, eval_batches, *, criterion: str = "reap", rati
     full = PruningPlan.from_observations(obs, criterion, ratio=ratio, seed=seed)
     frames = []
     for layer in tqdm(full.layers, desc="layers", unit="layer", disable=not progress):
-        kept = {other: (full.kept[other] if other == layer else list(range(full.num_experts[other]))) for other in full.layers}
+        kept = {
+            other: (full.kept[other] if other == layer else list(range(full.num_experts[other])))
+            for other in full.layers
+        }
         with mask_experts(model, PruningPlan(kept, full.num_experts, criterion, ratio)):
             sequences = sequence_metrics(model, eval_batches, reference=reference, progress=False)
         frame = aggregate(sequences, baseline=unpruned, resamples=resamples, seed=seed)
@@ -294,6 +382,7 @@ def layer_sensitivity(model, obs, eval_batches, *, criterion: str = "reap", rati
 # --------------------------------------------------------------------------------------------
 # (b) calibration sensitivity
 # --------------------------------------------------------------------------------------------
+
 
 def jaccard_by_layer(a, b) -> np.ndarray:
     """Jaccard index of the kept experts of two plans, per MoE layer of `a`."""
@@ -348,21 +437,29 @@ class Sensitivity:
     def overlap_matrix(self, value: str = "jaccard") -> pd.DataFrame:
         """Calibration set x calibration set of `value` (symmetric)."""
         names = list(dict.fromkeys(self.overlap["calibration_a"]))
-        matrix = pd.DataFrame(np.nan, index=pd.Index(names, name="calibration"), columns=pd.Index(names, name="calibration"))
+        matrix = pd.DataFrame(
+            np.nan, index=pd.Index(names, name="calibration"), columns=pd.Index(names, name="calibration")
+        )
         for row in self.overlap.itertuples():
-            matrix.loc[row.calibration_a, row.calibration_b] = matrix.loc[row.calibration_b, row.calibration_a] = getattr(row, value)
+            matrix.loc[row.calibration_a, row.calibration_b] = matrix.loc[row.calibration_b, row.calibration_a] = (
+                getattr(row, value)
+            )
         return matrix
 
 
-def _calibration_observations(model, tokenizer, calibration, domains, *, samples, max_length, batch_size,
-                              calibration_seeds, cache_dir, progress) -> list:
+def _calibration_observations(
+    model, tokenizer, calibration, domains, *, samples, max_length, batch_size, calibration_seeds, cache_dir, progress
+) -> list:
     """One `Observations` per calibration repeat (see `calibration_sensitivity`)."""
     from .observations import Observations
     from .observe import observe, observe_cached
 
     def observed(batches, info):
-        return (observe_cached(model, batches, cache_dir, calibration=info, progress=progress) if cache_dir
-                else observe(model, batches, calibration=info, progress=progress))
+        return (
+            observe_cached(model, batches, cache_dir, calibration=info, progress=progress)
+            if cache_dir
+            else observe(model, batches, calibration=info, progress=progress)
+        )
 
     if isinstance(calibration, Observations):
         calibration = [calibration]
@@ -375,11 +472,18 @@ def _calibration_observations(model, tokenizer, calibration, domains, *, samples
     from .data import calibration_batches
 
     if tokenizer is None:
-        raise ValueError("calibration_sensitivity builds its calibration sets from text, so it needs a tokenizer; "
-                         "pass tokenizer=..., or calibration= token-id batches or Observations with per-domain statistics")
+        raise ValueError(
+            "calibration_sensitivity builds its calibration sets from text, so it needs a tokenizer; "
+            "pass tokenizer=..., or calibration= token-id batches or Observations with per-domain statistics"
+        )
     spec = ",".join(f"{d}:{samples}" for d in domains)
-    return [observed(calibration_batches(spec, tokenizer, batch_size=batch_size, max_length=max_length, seed=s),
-                     {"spec": spec, "max_length": max_length, "seed": s}) for s in calibration_seeds]
+    return [
+        observed(
+            calibration_batches(spec, tokenizer, batch_size=batch_size, max_length=max_length, seed=s),
+            {"spec": spec, "max_length": max_length, "seed": s},
+        )
+        for s in calibration_seeds
+    ]
 
 
 def _loss_rows(sequences: pd.DataFrame, *, resamples: int, seed: int) -> pd.DataFrame:
@@ -391,7 +495,9 @@ def _loss_rows(sequences: pd.DataFrame, *, resamples: int, seed: int) -> pd.Data
             cell = part if domain == "all" else part[part["domain"] == domain]
             row = {"eval_domain": domain, "calibration": name}
             for metric in ("loss", "delta_loss"):
-                row.update(zip(_interval(metric), bootstrap(*_grid(cell, metric, "repeat"), resamples=resamples, seed=seed)))
+                row.update(
+                    zip(_interval(metric), bootstrap(*_grid(cell, metric, "repeat"), resamples=resamples, seed=seed))
+                )
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -402,14 +508,18 @@ def _overlap_rows(plans: dict, names: list, *, resamples: int, seed: int) -> pd.
     for i, a in enumerate(names):
         for b in names[i:]:
             if a == b:
-                values = [jaccard_by_layer(x, y) for k, x in enumerate(plans[a]) for y in plans[a][k + 1:]]
+                values = [jaccard_by_layer(x, y) for k, x in enumerate(plans[a]) for y in plans[a][k + 1 :]]
             else:
                 values = [jaccard_by_layer(x, y) for x, y in zip(plans[a], plans[b])]
             row = {"calibration_a": a, "calibration_b": b}
             if values:
                 values = np.stack(values)
-                row.update(zip(_interval("jaccard"), bootstrap(values, np.ones(values.shape[1]), resamples=resamples,
-                                                                seed=seed)))
+                row.update(
+                    zip(
+                        _interval("jaccard"),
+                        bootstrap(values, np.ones(values.shape[1]), resamples=resamples, seed=seed),
+                    )
+                )
             else:
                 row.update(dict.fromkeys(_interval("jaccard"), float("nan")))
             row.update(chance=chance_overlap(plans[a][0]), repeats=len(values))
@@ -417,10 +527,24 @@ def _overlap_rows(plans: dict, names: list, *, resamples: int, seed: int) -> pd.
     return pd.DataFrame(rows)
 
 
-def calibration_sensitivity(model, tokenizer, eval_batches, *, domains=DOMAINS, samples: int = 16, ratio: float = 0.5,
-                            criterion: str = "reap", calibration=None, max_length: int = 128, batch_size: int = 8,
-                            seed: int = 0, calibration_seeds=None, resamples: int = RESAMPLES, cache_dir=None,
-                            progress: bool = True) -> Sensitivity:
+def calibration_sensitivity(
+    model,
+    tokenizer,
+    eval_batches,
+    *,
+    domains=DOMAINS,
+    samples: int = 16,
+    ratio: float = 0.5,
+    criterion: str = "reap",
+    calibration=None,
+    max_length: int = 128,
+    batch_size: int = 8,
+    seed: int = 0,
+    calibration_seeds=None,
+    resamples: int = RESAMPLES,
+    cache_dir=None,
+    progress: bool = True,
+) -> Sensitivity:
     """Prune at `ratio` by `criterion` calibrated on each single domain and on their mix; loss on every domain.
 
         >>> s = calibration_sensitivity(model, tokenizer, eval_batches, calibration_seeds=(0, 1, 2))
@@ -443,38 +567,65 @@ def calibration_sensitivity(model, tokenizer, eval_batches, *, domains=DOMAINS, 
     ratio = _check_ratios(ratio)[0]
     domains = [domains] if isinstance(domains, str) else list(domains)
     calibration_seeds = [seed] if calibration_seeds is None else [int(s) for s in calibration_seeds]
-    repeats = _calibration_observations(model, tokenizer, calibration, domains, samples=samples, max_length=max_length,
-                                        batch_size=batch_size, calibration_seeds=calibration_seeds, cache_dir=cache_dir,
-                                        progress=progress)
+    repeats = _calibration_observations(
+        model,
+        tokenizer,
+        calibration,
+        domains,
+        samples=samples,
+        max_length=max_length,
+        batch_size=batch_size,
+        calibration_seeds=calibration_seeds,
+        cache_dir=cache_dir,
+        progress=progress,
+    )
     held = set.intersection(*(set(obs.domains) for obs in repeats))
     sets = [d for d in domains if d in held]
     if not sets:
-        raise ValueError(f"none of the domains {domains} is in the calibration observations (domains {sorted(held)}); "
-                         "pass domains= that the calibration data holds")
+        raise ValueError(
+            f"none of the domains {domains} is in the calibration observations (domains {sorted(held)}); "
+            "pass domains= that the calibration data holds"
+        )
     missing = [d for d in domains if d not in held]
     if missing:
-        warnings.warn(f"calibration_sensitivity: domain(s) {missing} are not in the calibration data; left out", stacklevel=2)
+        warnings.warn(
+            f"calibration_sensitivity: domain(s) {missing} are not in the calibration data; left out", stacklevel=2
+        )
     names = [*sets, MIX]
-    plans = {name: [PruningPlan.from_observations(obs, criterion, ratio=ratio, domains=[name] if name != MIX else sets,
-                                                  seed=seed) for obs in repeats] for name in names}
+    plans = {
+        name: [
+            PruningPlan.from_observations(
+                obs, criterion, ratio=ratio, domains=[name] if name != MIX else sets, seed=seed
+            )
+            for obs in repeats
+        ]
+        for name in names
+    }
     unpruned = sequence_metrics(model, eval_batches, progress=False)
     frames = [unpruned.assign(delta_loss=0.0, calibration=UNPRUNED, repeat=0)]
     for name in names:
         for repeat, plan in enumerate(plans[name]):
             with mask_experts(model, plan):
                 frame = sequence_metrics(model, eval_batches, progress=False)
-            frames.append(frame.assign(delta_loss=frame["loss"] - unpruned["loss"].to_numpy(), calibration=name,
-                                       repeat=repeat))
+            frames.append(
+                frame.assign(delta_loss=frame["loss"] - unpruned["loss"].to_numpy(), calibration=name, repeat=repeat)
+            )
     sequences = pd.concat(frames, ignore_index=True)[
-        ["calibration", "repeat", "domain", "sequence", "tokens", "loss", "delta_loss"]]
-    return Sensitivity(loss=_loss_rows(sequences, resamples=resamples, seed=seed),
-                       overlap=_overlap_rows(plans, names, resamples=resamples, seed=seed),
-                       sequences=sequences, ratio=ratio, criterion=criterion)
+        ["calibration", "repeat", "domain", "sequence", "tokens", "loss", "delta_loss"]
+    ]
+    return Sensitivity(
+        loss=_loss_rows(sequences, resamples=resamples, seed=seed),
+        overlap=_overlap_rows(plans, names, resamples=resamples, seed=seed),
+        sequences=sequences,
+        ratio=ratio,
+        criterion=criterion,
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # Plain words
 # --------------------------------------------------------------------------------------------
+
 
 def _md_table(frame: pd.DataFrame) -> str:
     head = "| " + " | ".join([str(frame.index.name or "")] + [str(c) for c in frame.columns]) + " |"
@@ -546,8 +697,11 @@ class _Gaps:
 
 def _gap_table(gaps: _Gaps, labels: list, ratios: list, kept, *, domain: str, metric: str):
     """Markdown table (REAP's value, each baseline's paired gap to it) and the gaps {baseline: {ratio: (est, lo, hi)}}."""
-    cells = pd.DataFrame(index=[f"{_pct(r)} ({int(kept[r]) if r in kept.index else '?'} kept)" for r in ratios],
-                         columns=labels, dtype=object)
+    cells = pd.DataFrame(
+        index=[f"{_pct(r)} ({int(kept[r]) if r in kept.index else '?'} kept)" for r in ratios],
+        columns=labels,
+        dtype=object,
+    )
     cells.index.name = "ratio"
     verdicts: dict[str, dict[float, tuple]] = {label: {} for label in labels if label != "reap"}
     for row, r in zip(cells.index, ratios):
@@ -569,14 +723,16 @@ def _baseline_line(gaps: _Gaps, label: str, found: dict, *, domain: str, metric:
     noise = [r for r in found if r not in better and r not in worse]
     name = f"`{label}`" + (" (mean of seeds)" if label == "random" else "")
     text = f"- vs {name}: REAP is better at {len(better)} of {len(found)} ratios"
-    text += (f", worse at {', '.join(_pct(r) for r in worse)}" if worse else "")
-    text += (f", within noise at {', '.join(_pct(r) for r in noise)}" if noise else "")
+    text += f", worse at {', '.join(_pct(r) for r in worse)}" if worse else ""
+    text += f", within noise at {', '.join(_pct(r) for r in noise)}" if noise else ""
     big = max(found, key=lambda r: abs(found[r][0]))
     text += f"; the largest gap is {_interval_text(*found[big], sign=True)} at {_pct(big)}"
     if with_kl:
         kl = [gaps.gap(label, "reap", r, domain, "kl") for r in found]
-        text += (f"; KL to the unpruned model lower for REAP at {sum(g[1] > 0 for g in kl)} of {len(kl)} ratios, "
-                 f"higher at {sum(g[2] < 0 for g in kl)}")
+        text += (
+            f"; KL to the unpruned model lower for REAP at {sum(g[1] > 0 for g in kl)} of {len(kl)} ratios, "
+            f"higher at {sum(g[2] < 0 for g in kl)}"
+        )
     return text + "."
 
 
@@ -603,11 +759,14 @@ def _headline_line(at: dict) -> str:
     beaten = [label for label, g in at.items() if g[1] > 0]
     lost = [label for label, g in at.items() if g[2] < 0]
     noise = [label for label in at if label not in beaten and label not in lost]
-    return ("- At 50% compression (the paper's headline ratio) REAP "
-            + ("beats every baseline." if len(beaten) == len(at) else
-               f"beats {', '.join(f'`{x}`' for x in beaten) or 'no baseline'}"
-               + (f"; loses to {', '.join(f'`{x}`' for x in lost)}" if lost else "")
-               + (f"; within noise of {', '.join(f'`{x}`' for x in noise)}" if noise else "") + "."))
+    return "- At 50% compression (the paper's headline ratio) REAP " + (
+        "beats every baseline."
+        if len(beaten) == len(at)
+        else f"beats {', '.join(f'`{x}`' for x in beaten) or 'no baseline'}"
+        + (f"; loses to {', '.join(f'`{x}`' for x in lost)}" if lost else "")
+        + (f"; within noise of {', '.join(f'`{x}`' for x in noise)}" if noise else "")
+        + "."
+    )
 
 
 def _compression_section(sequences: pd.DataFrame, *, domain: str, metric: str, resamples: int, seed: int) -> list[str]:
@@ -625,20 +784,31 @@ def _compression_section(sequences: pd.DataFrame, *, domain: str, metric: str, r
     base = base.assign(loss=base["loss"] - base["delta_loss"], seed=pd.NA).drop_duplicates("sequence")
     unpruned = bootstrap(*_grid(base, "loss", "seed"), resamples=resamples, seed=seed)
     where = "all evaluation tokens" if domain == "all" else domain
-    lines.append(f"Metric: {metric} on {where} (lower is better); the unpruned model has loss {_interval_text(*unpruned)}. "
-                 f"Brackets: 95 % bootstrap intervals over the {len(base)} evaluation sequences (random pruning: over "
-                 "sequences and seeds); a difference is stated only when its paired interval excludes 0, "
-                 "otherwise it is \"within noise\".")
+    lines.append(
+        f"Metric: {metric} on {where} (lower is better); the unpruned model has loss {_interval_text(*unpruned)}. "
+        f"Brackets: 95 % bootstrap intervals over the {len(base)} evaluation sequences (random pruning: over "
+        "sequences and seeds); a difference is stated only when its paired interval excludes 0, "
+        'otherwise it is "within noise".'
+    )
     if "reap" not in labels:
-        return lines + ["REAP (criterion `reap`, method prune) is not in these results, so there is nothing to compare it with."]
-    lines += ["", f"Each baseline's {metric} minus REAP's, on the same sequences: positive = REAP better; `*` = the "
-              "interval excludes 0. Methods: " + ", ".join(f"`{label}` ({methods[label]})" for label in labels) + ".", ""]
+        return lines + [
+            "REAP (criterion `reap`, method prune) is not in these results, so there is nothing to compare it with."
+        ]
+    lines += [
+        "",
+        f"Each baseline's {metric} minus REAP's, on the same sequences: positive = REAP better; `*` = the "
+        "interval excludes 0. Methods: " + ", ".join(f"`{label}` ({methods[label]})" for label in labels) + ".",
+        "",
+    ]
     kept = data[data["method"] == "prune"].groupby("ratio")["experts_kept"].first()
     table, verdicts = _gap_table(gaps, labels, ratios, kept, domain=domain, metric=metric)
     lines += [table, ""]
     with_kl = metric != "kl" and data["kl"].notna().all()
-    lines += [_baseline_line(gaps, label, found, domain=domain, metric=metric, with_kl=with_kl)
-              for label, found in verdicts.items() if found]
+    lines += [
+        _baseline_line(gaps, label, found, domain=domain, metric=metric, with_kl=with_kl)
+        for label, found in verdicts.items()
+        if found
+    ]
     lines += _ranking_lines(gaps, labels, ratios, domain=domain, metric=metric)
     at = {label: found[0.5] for label, found in verdicts.items() if 0.5 in found}
     if at:
@@ -646,8 +816,11 @@ def _compression_section(sequences: pd.DataFrame, *, domain: str, metric: str, r
     if 0.5 in ratios and data["kept_routing"].notna().any():
         routing = data[data["ratio"] == 0.5].groupby("label", sort=False)["kept_routing"].mean().dropna()
         if "reap" in routing.index and len(routing) > 1:
-            lines.append("- Share of the calibration tokens' expert assignments that the kept experts received, at 50%: "
-                         + ", ".join(f"`{label}` {value:.0%}" for label, value in routing.items()) + ".")
+            lines.append(
+                "- Share of the calibration tokens' expert assignments that the kept experts received, at 50%: "
+                + ", ".join(f"`{label}` {value:.0%}" for label, value in routing.items())
+                + "."
+            )
     if domain == "all":
         lines += _per_domain_lines(sequences[sequences["ratio"] > 0], metric, resamples=resamples, seed=seed)
     return lines
@@ -659,7 +832,9 @@ def _per_domain_lines(data: pd.DataFrame, metric: str, *, resamples: int, seed: 
         return []
     r = min(data["ratio"].unique(), key=lambda v: (abs(v - 0.5), -v))
     gaps = _Gaps(data, resamples=resamples, seed=seed)
-    labels = [label for label in dict.fromkeys(data["label"]) if ((data["label"] == label) & (data["ratio"] == r)).any()]
+    labels = [
+        label for label in dict.fromkeys(data["label"]) if ((data["label"] == label) & (data["ratio"] == r)).any()
+    ]
     if "reap" not in labels:
         return []
     parts = []
@@ -670,22 +845,31 @@ def _per_domain_lines(data: pd.DataFrame, metric: str, *, resamples: int, seed: 
             if len(order) < 2:
                 continue
             gap = gaps.gap(order[1], "reap", r, d, metric)
-            parts.append(f"{d}: REAP lowest, {_verdict(gap[1], gap[2], above='ahead of', below='behind')} "
-                         f"`{order[1]}` ({_interval_text(*gap, sign=True)})")
+            parts.append(
+                f"{d}: REAP lowest, {_verdict(gap[1], gap[2], above='ahead of', below='behind')} "
+                f"`{order[1]}` ({_interval_text(*gap, sign=True)})"
+            )
         else:
             gap = gaps.gap("reap", order[0], r, d, metric)
-            parts.append(f"{d}: `{order[0]}` lowest, REAP {_interval_text(*gap, sign=True)} above it"
-                         + ("" if gap[1] > 0 else " (within noise)"))
+            parts.append(
+                f"{d}: `{order[0]}` lowest, REAP {_interval_text(*gap, sign=True)} above it"
+                + ("" if gap[1] > 0 else " (within noise)")
+            )
     return [f"- Per evaluation domain at {_pct(r)}: " + "; ".join(parts) + "."]
 
 
 def _calibration_section(sensitivity: Sensitivity, *, resamples: int, seed: int) -> list[str]:
     loss, sequences = sensitivity.loss, sensitivity.sequences
     repeats = int(sequences["repeat"].nunique())
-    lines = ["", "### Calibration: which experts survive", "",
-             f"Pruning {_pct(sensitivity.ratio)} by `{sensitivity.criterion}` with calibration on one domain at a time "
-             f"or on the mix ({repeats} calibration sample{'s' if repeats > 1 else ''} each); loss on each evaluation "
-             "domain, 95 % intervals over evaluation sequences" + (" and calibration samples:" if repeats > 1 else ":"), ""]
+    lines = [
+        "",
+        "### Calibration: which experts survive",
+        "",
+        f"Pruning {_pct(sensitivity.ratio)} by `{sensitivity.criterion}` with calibration on one domain at a time "
+        f"or on the mix ({repeats} calibration sample{'s' if repeats > 1 else ''} each); loss on each evaluation "
+        "domain, 95 % intervals over evaluation sequences" + (" and calibration samples:" if repeats > 1 else ":"),
+        "",
+    ]
     text = loss.assign(cell=[_interval_text(a, b, c) for a, b, c in loss[_interval("loss")].to_numpy()])
     table = text.pivot(index="eval_domain", columns="calibration", values="cell")
     table = table.loc[list(dict.fromkeys(loss["eval_domain"])), list(dict.fromkeys(loss["calibration"]))]
@@ -717,10 +901,13 @@ def _calibration_section(sensitivity: Sensitivity, *, resamples: int, seed: int)
         lines.append(line + ".")
     compared = [d for d in dict.fromkeys(loss["eval_domain"]) if d in singles and len(singles) > 1]
     if compared:
-        lines.append(f"- A domain's own calibration gives it a lower loss than every other single-domain set, beyond "
-                     f"noise, for {len(own_best)} of {len(compared)} domains"
-                     + (f" ({', '.join(own_best)})" if own_best else "")
-                     + (f"; within noise of the best other set for {', '.join(own_noise)}" if own_noise else "") + ".")
+        lines.append(
+            f"- A domain's own calibration gives it a lower loss than every other single-domain set, beyond "
+            f"noise, for {len(own_best)} of {len(compared)} domains"
+            + (f" ({', '.join(own_best)})" if own_best else "")
+            + (f"; within noise of the best other set for {', '.join(own_noise)}" if own_noise else "")
+            + "."
+        )
     lines += _overlap_lines(sensitivity.overlap, singles)
     return lines
 
@@ -733,26 +920,45 @@ def _overlap_lines(overlap: pd.DataFrame, singles: list) -> list[str]:
     chance = float(pairs["chance"].iloc[0])
 
     def place(row):
-        return ("above chance" if row.jaccard_lo > row.chance else "below chance" if row.jaccard_hi < row.chance
-                else "at chance")
+        return (
+            "above chance"
+            if row.jaccard_lo > row.chance
+            else "below chance"
+            if row.jaccard_hi < row.chance
+            else "at chance"
+        )
 
-    described = [f"{r.calibration_a}/{r.calibration_b} {_interval_text(r.jaccard, r.jaccard_lo, r.jaccard_hi)} ({place(r)})"
-                 for r in pairs.itertuples()]
-    lines = [f"- Kept experts shared by two single-domain calibration sets (Jaccard, mean over layers; random kept sets "
-             f"of this size give {chance:.2f}): " + "; ".join(described) + "."]
+    described = [
+        f"{r.calibration_a}/{r.calibration_b} {_interval_text(r.jaccard, r.jaccard_lo, r.jaccard_hi)} ({place(r)})"
+        for r in pairs.itertuples()
+    ]
+    lines = [
+        f"- Kept experts shared by two single-domain calibration sets (Jaccard, mean over layers; random kept sets "
+        f"of this size give {chance:.2f}): " + "; ".join(described) + "."
+    ]
     same = rows[(rows["calibration_a"] == rows["calibration_b"]) & (rows["repeats"] > 0)]
     if not same.empty:
-        lines.append("- The same calibration set drawn with another seed keeps "
-                     + "; ".join(f"{r.calibration_a} {_interval_text(r.jaccard, r.jaccard_lo, r.jaccard_hi)}"
-                                 for r in same.itertuples())
-                     + f" (the sampling noise of a kept set; chance {chance:.2f}).")
+        lines.append(
+            "- The same calibration set drawn with another seed keeps "
+            + "; ".join(
+                f"{r.calibration_a} {_interval_text(r.jaccard, r.jaccard_lo, r.jaccard_hi)}" for r in same.itertuples()
+            )
+            + f" (the sampling noise of a kept set; chance {chance:.2f})."
+        )
         own = same.set_index("calibration_a")
-        below = [f"{r.calibration_a}/{r.calibration_b}" for r in pairs.itertuples()
-                 if r.calibration_a in own.index and r.calibration_b in own.index
-                 and r.jaccard_hi < min(own.loc[r.calibration_a, "jaccard_lo"], own.loc[r.calibration_b, "jaccard_lo"])]
-        lines.append(f"- Calibration on another domain changes the kept set beyond the sampling noise (its interval lies below "
-                     f"both sets' own resampling overlap) for {len(below)} of {len(pairs)} pairs"
-                     + (f": {', '.join(below)}" if below else "") + ".")
+        below = [
+            f"{r.calibration_a}/{r.calibration_b}"
+            for r in pairs.itertuples()
+            if r.calibration_a in own.index
+            and r.calibration_b in own.index
+            and r.jaccard_hi < min(own.loc[r.calibration_a, "jaccard_lo"], own.loc[r.calibration_b, "jaccard_lo"])
+        ]
+        lines.append(
+            f"- Calibration on another domain changes the kept set beyond the sampling noise (its interval lies below "
+            f"both sets' own resampling overlap) for {len(below)} of {len(pairs)} pairs"
+            + (f": {', '.join(below)}" if below else "")
+            + "."
+        )
     return lines
 
 
@@ -761,26 +967,49 @@ def _layer_section(layers: pd.DataFrame) -> list[str]:
     if rows.empty:
         return []
     ratio, criterion = rows["ratio"].iloc[0], rows["criterion"].iloc[0]
-    lines = ["", "### Per-layer sensitivity", "",
-             f"Pruning {_pct(ratio)} of one MoE layer at a time by `{criterion}` (the others untouched); Δ loss on all "
-             "evaluation tokens, paired with the unpruned model: "
-             + "; ".join(f"layer {int(r.layer)} {_interval_text(r.delta_loss, r.delta_loss_lo, r.delta_loss_hi, sign=True)}"
-                         for r in rows.itertuples()) + "."]
+    lines = [
+        "",
+        "### Per-layer sensitivity",
+        "",
+        f"Pruning {_pct(ratio)} of one MoE layer at a time by `{criterion}` (the others untouched); Δ loss on all "
+        "evaluation tokens, paired with the unpruned model: "
+        + "; ".join(
+            f"layer {int(r.layer)} {_interval_text(r.delta_loss, r.delta_loss_lo, r.delta_loss_hi, sign=True)}"
+            for r in rows.itertuples()
+        )
+        + ".",
+    ]
     costly = [int(r.layer) for r in rows.itertuples() if r.delta_loss_lo > 0]
     free = [int(r.layer) for r in rows.itertuples() if r.delta_loss_lo <= 0]
-    lines.append(f"- Layers whose pruning costs loss beyond noise: {', '.join(map(str, costly)) or 'none'}"
-                 + (f"; within noise of free: {', '.join(map(str, free))}" if free else "") + ".")
+    lines.append(
+        f"- Layers whose pruning costs loss beyond noise: {', '.join(map(str, costly)) or 'none'}"
+        + (f"; within noise of free: {', '.join(map(str, free))}" if free else "")
+        + "."
+    )
     if len(rows) > 1:
         top, second = rows.iloc[0], rows.iloc[1]
         apart = top.delta_loss_lo > second.delta_loss_hi
-        lines.append(f"- Layer {int(top.layer)} is the most sensitive"
-                     + (f"; its interval lies above layer {int(second.layer)}'s." if apart else
-                        f", but its interval overlaps layer {int(second.layer)}'s: their order is within noise."))
+        lines.append(
+            f"- Layer {int(top.layer)} is the most sensitive"
+            + (
+                f"; its interval lies above layer {int(second.layer)}'s."
+                if apart
+                else f", but its interval overlaps layer {int(second.layer)}'s: their order is within noise."
+            )
+        )
     return lines
 
 
-def summarise(sequences: pd.DataFrame, sensitivity: Sensitivity | None = None, layers: pd.DataFrame | None = None, *,
-              domain: str = "all", metric: str = "loss", resamples: int = RESAMPLES, seed: int = 0) -> str:
+def summarise(
+    sequences: pd.DataFrame,
+    sensitivity: Sensitivity | None = None,
+    layers: pd.DataFrame | None = None,
+    *,
+    domain: str = "all",
+    metric: str = "loss",
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+) -> str:
     """Markdown findings, each stated only when its 95 % interval supports it ("within noise" otherwise).
 
         >>> print(summarise(study_sequences(model, obs, eval_batches), calibration_sensitivity(...), layer_sensitivity(...)))
@@ -792,8 +1021,10 @@ def summarise(sequences: pd.DataFrame, sensitivity: Sensitivity | None = None, l
     `layers` (from `layer_sensitivity`): which layers cost loss when pruned alone.
     """
     if "sequence" not in sequences.columns:
-        raise ValueError("summarise reads the per-sequence frame of study_sequences (it has a `sequence` column), not the "
-                         "results frame; call study_sequences(...) and pass that")
+        raise ValueError(
+            "summarise reads the per-sequence frame of study_sequences (it has a `sequence` column), not the "
+            "results frame; call study_sequences(...) and pass that"
+        )
     lines = _compression_section(sequences, domain=domain, metric=metric, resamples=resamples, seed=seed)
     if sensitivity is not None:
         lines += _calibration_section(sensitivity, resamples=resamples, seed=seed)

@@ -23,6 +23,7 @@ folder; as each run finishes they are appended, with the run id and the grid val
 status to `runs/<name>/runs.csv`. A failed run is reported (parameters, executed notebook) and
 the others go on; an interrupted run leaves no folder behind.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -39,8 +40,21 @@ import pandas as pd
 
 from .notebook import NOTEBOOKS_DIR, ParameterError, check_parameters  # noqa: F401  (re-exported)
 
-__all__ = ["SWEEP_KEYS", "NOTEBOOKS_DIR", "DEMO_NOTEBOOKS", "SweepError", "check_parameters", "ParameterError",
-           "run_notebook", "load_sweep", "build_runs", "run_job", "write_result", "run_sweep", "run_demo"]
+__all__ = [
+    "SWEEP_KEYS",
+    "NOTEBOOKS_DIR",
+    "DEMO_NOTEBOOKS",
+    "SweepError",
+    "check_parameters",
+    "ParameterError",
+    "run_notebook",
+    "load_sweep",
+    "build_runs",
+    "run_job",
+    "write_result",
+    "run_sweep",
+    "run_demo",
+]
 
 SWEEP_KEYS = ("name", "notebook", "parameters", "grid", "jobs", "runs_dir", "description", "kernel", "timeout")
 #: Notebooks `reapkit demo` runs, in order (04 draws from 05's results table).
@@ -63,8 +77,16 @@ def _abs(value):
     return str(Path(value).resolve())
 
 
-def run_notebook(notebook, parameters: dict | None, out_dir, *, kernel: str = "python3", timeout: int | None = None,
-                 threads: int | None = None, log_output: bool = False) -> Path:
+def run_notebook(
+    notebook,
+    parameters: dict | None,
+    out_dir,
+    *,
+    kernel: str = "python3",
+    timeout: int | None = None,
+    threads: int | None = None,
+    log_output: bool = False,
+) -> Path:
     """Execute `notebook` with papermill, `parameters` injected, into `out_dir/<notebook name>`.
 
     `output_dir` and `figures_dir` default to `out_dir` and `out_dir/figures` when the notebook has
@@ -98,9 +120,17 @@ def run_notebook(notebook, parameters: dict | None, out_dir, *, kernel: str = "p
     try:
         for attempt in (1, 2):  # a kernel that dies or never starts (port races under load) gets one retry
             try:
-                pm.execute_notebook(str(notebook), str(output), parameters=params, kernel_name=kernel,
-                                    progress_bar=False, log_output=log_output, execution_timeout=timeout,
-                                    start_timeout=300, cwd=os.getcwd())
+                pm.execute_notebook(
+                    str(notebook),
+                    str(output),
+                    parameters=params,
+                    kernel_name=kernel,
+                    progress_bar=False,
+                    log_output=log_output,
+                    execution_timeout=timeout,
+                    start_timeout=300,
+                    cwd=os.getcwd(),
+                )
                 break
             except pm.PapermillExecutionError:
                 raise
@@ -119,6 +149,7 @@ def run_notebook(notebook, parameters: dict | None, out_dir, *, kernel: str = "p
 # --------------------------------------------------------------------------------------------
 # Sweeps
 # --------------------------------------------------------------------------------------------
+
 
 def _slug(value) -> str:
     if isinstance(value, float):
@@ -153,8 +184,15 @@ def load_sweep(path, *, overrides: dict | None = None, limit: int | None = None)
         grid = {k: v for k, v in grid.items() if k not in overrides}
     runs = build_runs(fixed, grid)[:limit]
     _check_runs(path, notebook, runs)
-    return {"name": name, "notebook": notebook, "runs": runs, "jobs": jobs, "runs_dir": runs_dir,
-            "kernel": spec.get("kernel", "python3"), "timeout": spec.get("timeout")}
+    return {
+        "name": name,
+        "notebook": notebook,
+        "runs": runs,
+        "jobs": jobs,
+        "runs_dir": runs_dir,
+        "kernel": spec.get("kernel", "python3"),
+        "timeout": spec.get("timeout"),
+    }
 
 
 def _check_runs(path: Path, notebook: Path, runs: list[dict]) -> None:
@@ -181,8 +219,10 @@ def _read_sweep_file(path: Path) -> dict:
         raise SweepError(f"{path} must hold a mapping with keys {', '.join(SWEEP_KEYS)}")
     unknown = [k for k in spec if k not in SWEEP_KEYS]
     if unknown:
-        raise SweepError(f"{path}: unknown key(s) {', '.join(repr(k) for k in unknown)}; allowed keys are "
-                         f"{', '.join(SWEEP_KEYS)}. Nothing was run")
+        raise SweepError(
+            f"{path}: unknown key(s) {', '.join(repr(k) for k in unknown)}; allowed keys are "
+            f"{', '.join(SWEEP_KEYS)}. Nothing was run"
+        )
     if "notebook" not in spec:
         raise SweepError(f"{path}: missing key 'notebook' (the notebook to run, e.g. notebooks/03_pruning.ipynb)")
     return spec
@@ -218,16 +258,18 @@ def _check_grid(spec: dict, path: Path, notebook: Path) -> tuple[dict, dict]:
     if declared:
         unknown = sorted((set(fixed) | set(grid)) - set(declared))
         if unknown:
-            raise SweepError(f"{path}: notebook {notebook.name} has no parameter(s) {unknown}; its parameters are "
-                             f"{', '.join(declared)}. Nothing was run")
+            raise SweepError(
+                f"{path}: notebook {notebook.name} has no parameter(s) {unknown}; its parameters are "
+                f"{', '.join(declared)}. Nothing was run"
+            )
     return fixed, grid
 
 
 def build_runs(fixed: dict, grid: dict) -> list[dict]:
     """Job building: one run per combination of the grid's values, with a readable run id.
 
-        >>> [r["run_id"] for r in build_runs({"seed": 0}, {"ratio": [0.25, 0.5]})]
-        ['000-ratio=0.25', '001-ratio=0.5']
+    >>> [r["run_id"] for r in build_runs({"seed": 0}, {"ratio": [0.25, 0.5]})]
+    ['000-ratio=0.25', '001-ratio=0.5']
     """
     runs = []
     keys = list(grid)
@@ -235,8 +277,14 @@ def build_runs(fixed: dict, grid: dict) -> list[dict]:
         varying = dict(zip(keys, values))
         run_id = "-".join([f"{index:03d}"] + [f"{k}={_slug(v)}" for k, v in varying.items()])[:120]
         parameters = {**fixed, **varying}
-        runs.append({"run_id": run_id, "grid": varying, "parameters": parameters,
-                     "key": json.dumps(parameters, sort_keys=True, default=str)})
+        runs.append(
+            {
+                "run_id": run_id,
+                "grid": varying,
+                "parameters": parameters,
+                "key": json.dumps(parameters, sort_keys=True, default=str),
+            }
+        )
     return runs
 
 
@@ -246,8 +294,13 @@ def run_job(notebook: str, run: dict, run_dir: str, kernel: str, timeout, thread
     from .atomic import replacing_directory
 
     start = time.perf_counter()
-    record = {"run_id": run["run_id"], "status": "ok", "error": "", "notebook": str(Path(run_dir) / Path(notebook).name),
-              "parameters": run["key"]}
+    record = {
+        "run_id": run["run_id"],
+        "status": "ok",
+        "error": "",
+        "notebook": str(Path(run_dir) / Path(notebook).name),
+        "parameters": run["key"],
+    }
     with replacing_directory(run_dir):
         try:
             run_notebook(notebook, run["parameters"], run_dir, kernel=kernel, timeout=timeout, threads=threads)
@@ -293,8 +346,9 @@ def write_result(root: Path, run: dict, record: dict) -> None:
                 frame.insert(0, key, _grid_value(value))
         frame.insert(0, "run_id", run["run_id"])
         record["rows"] = len(frame)
-    row = pd.DataFrame([{**{c: record.get(c, "") for c in RUN_COLUMNS},
-                         **{k: _grid_value(v) for k, v in run["grid"].items()}}])
+    row = pd.DataFrame(
+        [{**{c: record.get(c, "") for c in RUN_COLUMNS}, **{k: _grid_value(v) for k, v in run["grid"].items()}}]
+    )
     with locked(root):
         if frame is not None:
             _replace_rows(root / "results.csv", frame, run["run_id"])
@@ -318,8 +372,15 @@ def finished_runs(root: Path) -> dict[str, str]:
     return {r.run_id: r.parameters for r in table.itertuples() if r.status == "ok"}
 
 
-def run_sweep(params_yaml, *, jobs: int | None = None, progress: bool = True, resume: bool = False,
-              overrides: dict | None = None, limit: int | None = None) -> pd.DataFrame:
+def run_sweep(
+    params_yaml,
+    *,
+    jobs: int | None = None,
+    progress: bool = True,
+    resume: bool = False,
+    overrides: dict | None = None,
+    limit: int | None = None,
+) -> pd.DataFrame:
     """Run every parameter combination of a sweep file; returns one row per run.
 
     Columns: run_id, status ("ok" / "failed"), error, notebook (the executed notebook), parameters
@@ -338,8 +399,10 @@ def run_sweep(params_yaml, *, jobs: int | None = None, progress: bool = True, re
     done = finished_runs(root) if resume else {}
     todo = [run for run in runs if done.get(run["run_id"]) != run["key"]]
     if progress and len(todo) < len(runs):
-        print(f"[sweep {sweep['name']}] resuming: {len(runs) - len(todo)} of {len(runs)} runs finished before",
-              file=sys.stderr)
+        print(
+            f"[sweep {sweep['name']}] resuming: {len(runs) - len(todo)} of {len(runs)} runs finished before",
+            file=sys.stderr,
+        )
     root.mkdir(parents=True, exist_ok=True)
     for record, run in _execute(sweep, todo, jobs):
         write_result(root, run, record)
@@ -349,12 +412,14 @@ def run_sweep(params_yaml, *, jobs: int | None = None, progress: bool = True, re
     table["error"] = table["error"].fillna("")
     skipped = {r["run_id"] for r in runs} - {r["run_id"] for r in todo}
     summary = table[RUN_COLUMNS].assign(skipped=table["run_id"].isin(skipped))
-    for key in (runs[0]["grid"] if runs else {}):
+    for key in runs[0]["grid"] if runs else {}:
         summary[key] = [_grid_value(r["grid"][key]) for r in runs]
     failed = summary[summary["status"] != "ok"]
     if len(failed):
-        print(f"[sweep {sweep['name']}] {len(failed)} of {len(summary)} run(s) failed: {', '.join(failed['run_id'])}",
-              file=sys.stderr)
+        print(
+            f"[sweep {sweep['name']}] {len(failed)} of {len(summary)} run(s) failed: {', '.join(failed['run_id'])}",
+            file=sys.stderr,
+        )
     return summary
 
 
@@ -379,8 +444,9 @@ def _execute(sweep: dict, runs: list[dict], jobs: int | None):
 
     from .atomic import terminate_as_interrupt
 
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=terminate_as_interrupt)
+    pool = ProcessPoolExecutor(
+        max_workers=jobs, mp_context=multiprocessing.get_context("spawn"), initializer=terminate_as_interrupt
+    )
     try:
         futures = {pool.submit(run_job, *args(run)): run for run in runs}
         for future in as_completed(futures):
@@ -397,8 +463,11 @@ def _execute(sweep: dict, runs: list[dict], jobs: int | None):
 def _report(name: str, record: dict, progress: bool) -> None:
     if record["status"] != "ok":
         first = record["error"].splitlines()[0] if record["error"] else ""
-        print(f"[sweep {name}] run {record['run_id']} FAILED with parameters {record['parameters']}; "
-              f"see {record['notebook']}\n  {first}", file=sys.stderr)
+        print(
+            f"[sweep {name}] run {record['run_id']} FAILED with parameters {record['parameters']}; "
+            f"see {record['notebook']}\n  {first}",
+            file=sys.stderr,
+        )
     elif progress:
         print(f"[sweep {name}] run {record['run_id']} done in {record['seconds']} s", file=sys.stderr)
 
@@ -413,8 +482,15 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
 # Demo
 # --------------------------------------------------------------------------------------------
 
-def run_demo(figures_dir="figures", runs_dir="runs/demo", *, model: str = "demo", parameters: dict | None = None,
-             progress: bool = True) -> dict[str, float]:
+
+def run_demo(
+    figures_dir="figures",
+    runs_dir="runs/demo",
+    *,
+    model: str = "demo",
+    parameters: dict | None = None,
+    progress: bool = True,
+) -> dict[str, float]:
     """Run the notebooks of :data:`DEMO_NOTEBOOKS` on the bundled demo model; returns {notebook: seconds}.
 
     Executed notebooks and tables go to `runs_dir/<notebook>/`, figures to `figures_dir/<notebook>/`
@@ -447,5 +523,8 @@ def run_demo(figures_dir="figures", runs_dir="runs/demo", *, model: str = "demo"
         if progress:
             print(f"[demo] {name} done in {seconds[name]:.0f} s -> {figures_dir / name}", file=sys.stderr, flush=True)
     if progress:
-        print(f"[demo] all notebooks done in {time.perf_counter() - start:.0f} s; figures in {figures_dir}/", file=sys.stderr)
+        print(
+            f"[demo] all notebooks done in {time.perf_counter() - start:.0f} s; figures in {figures_dir}/",
+            file=sys.stderr,
+        )
     return seconds

@@ -18,6 +18,7 @@ A line of text under the controls says what the plan keeps ("12 of 16 experts ke
 Scores, distances and clusterings are computed once when the explorer is built (from the
 observations alone) and only looked up when a control changes.
 """
+
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
@@ -88,8 +89,17 @@ class _Explorer:
 class SaliencyExplorer(_Explorer):
     """Layer / criterion / domain / ratio controls redrawing saliency, cluster and mask views."""
 
-    def __init__(self, obs, *, criteria=None, n_clusters: int | None = None, views=VIEWS,
-                 distances: dict | None = None, seed: int = 0, ratio: float = 0.25):
+    def __init__(
+        self,
+        obs,
+        *,
+        criteria=None,
+        n_clusters: int | None = None,
+        views=VIEWS,
+        distances: dict | None = None,
+        seed: int = 0,
+        ratio: float = 0.25,
+    ):
         import ipywidgets as w
 
         from .geometry import angular_distances, cluster, output_vectors
@@ -110,20 +120,31 @@ class SaliencyExplorer(_Explorer):
         self.n_clusters = n_clusters or max(2, min(self.experts, self.experts // 4))
         self.distances, self.clusterings = {}, {}
         if "clusters" in self.views:  # {layer: [E, E]}; given distances (e.g. weight space) override the output space
-            self.distances = dict(distances) if distances else {
-                layer: angular_distances(output_vectors(obs, layer)) for layer in obs.layers}
-            self.clusterings = {layer: cluster(d, n_clusters=min(self.n_clusters, len(d)))
-                                for layer, d in self.distances.items()}
+            self.distances = (
+                dict(distances)
+                if distances
+                else {layer: angular_distances(output_vectors(obs, layer)) for layer in obs.layers}
+            )
+            self.clusterings = {
+                layer: cluster(d, n_clusters=min(self.n_clusters, len(d))) for layer, d in self.distances.items()
+            }
 
         style = {"description_width": "70px"}
         options = ratio_options(self.experts, obs.top_k)
         nearest = min(options, key=lambda o: abs(o[1] - ratio))[1]
-        self.layer = w.SelectionSlider(options=obs.layers, value=obs.layers[0], description="layer", style=style,
-                                       continuous_update=False)
+        self.layer = w.SelectionSlider(
+            options=obs.layers, value=obs.layers[0], description="layer", style=style, continuous_update=False
+        )
         self.criterion = w.Dropdown(options=criteria, value=criteria[0], description="criterion", style=style)
         self.domain = w.Dropdown(options=["all", *obs.domains], value="all", description="domain", style=style)
-        self.ratio = w.SelectionSlider(options=options, value=nearest, description="removed", style=style,
-                                       continuous_update=False, layout=w.Layout(width="420px"))
+        self.ratio = w.SelectionSlider(
+            options=options,
+            value=nearest,
+            description="removed",
+            style=style,
+            continuous_update=False,
+            layout=w.Layout(width="420px"),
+        )
         self.summary = w.HTML()
         self.controls = (self.layer, self.criterion, self.domain, self.ratio)
         self._wire([w.HBox([self.layer, self.ratio]), w.HBox([self.criterion, self.domain]), self.summary])
@@ -132,8 +153,11 @@ class SaliencyExplorer(_Explorer):
         """Scores [E] of one layer for the current (or given) criterion and domain."""
         layer = self.layer.value if layer is None else layer
         frame = self.scores
-        part = frame[(frame["layer"] == layer) & (frame["criterion"] == (criterion or self.criterion.value))
-                     & (frame["domain"] == (domain or self.domain.value))].sort_values("expert")
+        part = frame[
+            (frame["layer"] == layer)
+            & (frame["criterion"] == (criterion or self.criterion.value))
+            & (frame["domain"] == (domain or self.domain.value))
+        ].sort_values("expert")
         return part["value"].to_numpy(float)
 
     def plan(self):
@@ -141,15 +165,22 @@ class SaliencyExplorer(_Explorer):
         from .plan import PruningPlan
 
         domain = self.domain.value
-        return PruningPlan.from_observations(self.obs, self.criterion.value, ratio=self.ratio.value, seed=self.seed,
-                                             domains=None if domain == "all" else [domain])
+        return PruningPlan.from_observations(
+            self.obs,
+            self.criterion.value,
+            ratio=self.ratio.value,
+            seed=self.seed,
+            domains=None if domain == "all" else [domain],
+        )
 
     def caption(self) -> str:
         plan = self.plan()
         kept = sorted({len(k) for k in plan.kept.values()})
         count = str(kept[0]) if len(kept) == 1 else f"{kept[0]}-{kept[-1]}"
-        return (f"<b>{ratio_label(self.ratio.value, self.experts)}</b> removed by <b>{plan.criterion}</b>: "
-                f"<span class='reapkit-kept'>{count}</span> of {self.experts} experts kept per layer")
+        return (
+            f"<b>{ratio_label(self.ratio.value, self.experts)}</b> removed by <b>{plan.criterion}</b>: "
+            f"<span class='reapkit-kept'>{count}</span> of {self.experts} experts kept per layer"
+        )
 
     def draw(self) -> dict:
         """Draw the views for the current control values; returns {view: Figure}."""
@@ -170,8 +201,13 @@ class SaliencyExplorer(_Explorer):
             fig = plt.figure(figsize=(plot.TWO_COLUMN, 2.8), layout="constrained")
             left, right = fig.subfigures(1, 2, width_ratios=[1, 1.3])
             plot.distance_heatmap(self.distances[layer], clustering, title=f"layer {layer}: output distances", fig=left)
-            plot.saliency_clusters(self.layer_scores(), clustering, ratio=ratio, ax=right.add_subplot(1, 1, 1),
-                                   title=f"{criterion} by cluster ({self.n_clusters} clusters)")
+            plot.saliency_clusters(
+                self.layer_scores(),
+                clustering,
+                ratio=ratio,
+                ax=right.add_subplot(1, 1, 1),
+                title=f"{criterion} by cluster ({self.n_clusters} clusters)",
+            )
             figures["clusters"] = fig
         if "mask" in self.views:
             fig, (ax,) = plot.panels(1, ncols=1)
@@ -187,8 +223,11 @@ class StudyExplorer(_Explorer):
         import ipywidgets as w
 
         self.results = results
-        metrics = [m for m in (metrics or ("loss", "kl", "top1_agreement", "agreement", "perplexity", "delta_loss"))
-                   if m in results.columns]
+        metrics = [
+            m
+            for m in (metrics or ("loss", "kl", "top1_agreement", "agreement", "perplexity", "delta_loss"))
+            if m in results.columns
+        ]
         if not metrics:
             raise ValueError("the results have none of the metrics loss, kl, agreement, perplexity")
         domains = sorted(set(results["domain"]), key=lambda d: (d != "all", d))

@@ -1,4 +1,5 @@
 """Tables and chance levels behind the figures (reapkit.analysis): exact values, simulations, no matplotlib."""
+
 import subprocess
 import sys
 
@@ -46,7 +47,12 @@ def test_spearman_band_matches_scipy_on_random_scores():
 
 def _scores(experts=6, seed=0):
     rng = np.random.default_rng(seed)
-    rows = [(layer, e, "all", c, float(rng.random())) for c in ("reap", "frequency") for layer in (0, 1) for e in range(experts)]
+    rows = [
+        (layer, e, "all", c, float(rng.random()))
+        for c in ("reap", "frequency")
+        for layer in (0, 1)
+        for e in range(experts)
+    ]
     return pd.DataFrame(rows, columns=["layer", "expert", "domain", "criterion", "value"])
 
 
@@ -66,7 +72,9 @@ def test_specialisation_of_a_pure_specialist():
     domains = ["code", "math", "prose", "tools"]
     rows = [(0, e, d, "frequency", 10.0 if (e == i) else 0.0) for i, d in enumerate(domains) for e in range(4)]
     rows += [(0, 4, d, "frequency", 5.0) for d in domains]  # a generalist
-    table = analysis.specialisation_table(pd.DataFrame(rows, columns=["layer", "expert", "domain", "criterion", "value"]))
+    table = analysis.specialisation_table(
+        pd.DataFrame(rows, columns=["layer", "expert", "domain", "criterion", "value"])
+    )
     spec = dict(zip(table.expert, table.specialisation))
     assert spec[0] == pytest.approx(1.0) and spec[4] == pytest.approx(0.0)
     assert dict(zip(table.expert, table.dominant))[2] == domains[2]

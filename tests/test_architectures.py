@@ -1,4 +1,5 @@
 """The table of architectures: every MoE type of transformers listed, README in step, records minimal."""
+
 import pytest
 from tiny_models import ARCHS, tiny_model
 
@@ -57,12 +58,23 @@ def test_explicit_records_name_only_what_cannot_be_read():
     read = architecture_for(model)
     assert explicit_fields(ARCHITECTURES["qwen3_moe"]) == ["num_experts_key"]
     assert read.num_experts_key == "num_experts" and model.config.to_dict().get("num_experts") is None
-    assert (read.layers, read.block, read.router, read.experts, read.scoring) == ("model.layers", "mlp", "gate", "experts", "softmax")
+    assert (read.layers, read.block, read.router, read.experts, read.scoring) == (
+        "model.layers",
+        "mlp",
+        "gate",
+        "experts",
+        "softmax",
+    )
 
 
-@pytest.mark.parametrize("name, scoring, bias", [("minimax_m2", "sigmoid", "e_score_correction_bias"),
-                                                 ("deepseek_v3", "sigmoid", "gate.e_score_correction_bias"),
-                                                 ("mixtral", "softmax", None)])
+@pytest.mark.parametrize(
+    "name, scoring, bias",
+    [
+        ("minimax_m2", "sigmoid", "e_score_correction_bias"),
+        ("deepseek_v3", "sigmoid", "gate.e_score_correction_bias"),
+        ("mixtral", "softmax", None),
+    ],
+)
 def test_scoring_and_bias_are_read(name, scoring, bias):
     arch = architecture_for(tiny_model(name))
     assert (arch.scoring, arch.correction_bias) == (scoring, bias)

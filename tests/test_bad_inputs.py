@@ -7,6 +7,7 @@ that imported torch and transformers once, so forty commands cost seconds, not m
 that need a fresh process (no network, a full disk) start a real `python -m reapkit` subprocess.
 The notebooks' cases run the real notebooks with papermill.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -21,18 +22,21 @@ from pathlib import Path
 import nbformat
 import pytest
 import yaml
-
 from tiny_models import tiny_checkpoint, tiny_model
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+ENV = {
+    **os.environ,
+    "HF_HUB_OFFLINE": "1",
+    "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+}
 
 DUMMY = {  # a notebook with no heavy imports: writes results.csv, fails when asked to
     "parameters": 'value = 1\nfail = False\noutput_dir = "out"\n',
     "body": 'import pandas as pd\nfrom pathlib import Path\nif fail:\n    raise RuntimeError(f"asked to fail with value={value}")\n'
-            'Path(output_dir).mkdir(parents=True, exist_ok=True)\n'
-            'pd.DataFrame({"value": [value]}).to_csv(Path(output_dir) / "results.csv", index=False)',
+    "Path(output_dir).mkdir(parents=True, exist_ok=True)\n"
+    'pd.DataFrame({"value": [value]}).to_csv(Path(output_dir) / "results.csv", index=False)',
 }
 
 
@@ -62,6 +66,7 @@ def tree_digest(root: Path, skip: Path) -> str:
 # The inputs every case shares
 # --------------------------------------------------------------------------------------------
 
+
 def build_world(root: Path) -> dict:
     from reapkit.data import calibration_batches
     from reapkit.observe import observe
@@ -69,7 +74,9 @@ def build_world(root: Path) -> dict:
     model_dir, spec = tiny_checkpoint(root, domains=("code",))
     tiny_model("qwen3_moe", seed=5).save_pretrained(root / "other")
     observe(tiny_model("qwen3_moe"), calibration_batches(spec, batch_size=2), progress=False).save(root / "obs")
-    observe(tiny_model("qwen3_moe", seed=5), calibration_batches(spec, batch_size=2), progress=False).save(root / "obs_other")
+    observe(tiny_model("qwen3_moe", seed=5), calibration_batches(spec, batch_size=2), progress=False).save(
+        root / "obs_other"
+    )
     (root / "corrupt_obs").mkdir()
     (root / "corrupt_obs" / "observations.json").write_text((root / "obs" / "observations.json").read_text())
     (root / "corrupt_obs" / "statistics.safetensors").write_bytes(b"not safetensors at all")
@@ -97,7 +104,9 @@ def build_world(root: Path) -> dict:
     sweep("typo", grid={"value": [1]}, gird={"value": [2]})
     sweep("nojobs", grid={"value": [1]}, jobs=0)
     sweep("noparam", grid={"valu": [1]})
-    (root / "inside.yaml").write_text(yaml.safe_dump({"name": root.name, "notebook": str(notebook), "runs_dir": str(root.parent)}))
+    (root / "inside.yaml").write_text(
+        yaml.safe_dump({"name": root.name, "notebook": str(notebook), "runs_dir": str(root.parent)})
+    )
     (root / "out").mkdir(exist_ok=True)
     (root / "out" / "exists").mkdir()
     return {"root": root, "model": model_dir, "code": root / "code.jsonl"}
@@ -106,62 +115,257 @@ def build_world(root: Path) -> dict:
 # (class, id, command line with {root} / {out} placeholders, fragments the message must hold, output path)
 CASES = [
     # paths
-    ("paths", "missing-model", "observe ./nosuch --data {root}/code.jsonl --out {out}", ["./nosuch does not exist", "hub name"]),
-    ("paths", "model-is-a-file", "observe {root}/afile --data {root}/code.jsonl --out {out}", ["not a model folder", "save_pretrained"]),
-    ("paths", "model-is-empty-folder", "observe {root}/corrupt_obs --data {root}/code.jsonl --out {out}", ["no config.json", "save_pretrained"]),
-    ("paths", "missing-observations", "prune {root}/model --observations {root}/nosuch --out {out}",
-     ["not a reapkit observations directory", "reapkit observe"]),
-    ("paths", "combine-missing", "combine {root}/obs {root}/nosuch --out {out}", ["not a reapkit observations directory", "reapkit observe"]),
+    (
+        "paths",
+        "missing-model",
+        "observe ./nosuch --data {root}/code.jsonl --out {out}",
+        ["./nosuch does not exist", "hub name"],
+    ),
+    (
+        "paths",
+        "model-is-a-file",
+        "observe {root}/afile --data {root}/code.jsonl --out {out}",
+        ["not a model folder", "save_pretrained"],
+    ),
+    (
+        "paths",
+        "model-is-empty-folder",
+        "observe {root}/corrupt_obs --data {root}/code.jsonl --out {out}",
+        ["no config.json", "save_pretrained"],
+    ),
+    (
+        "paths",
+        "missing-observations",
+        "prune {root}/model --observations {root}/nosuch --out {out}",
+        ["not a reapkit observations directory", "reapkit observe"],
+    ),
+    (
+        "paths",
+        "combine-missing",
+        "combine {root}/obs {root}/nosuch --out {out}",
+        ["not a reapkit observations directory", "reapkit observe"],
+    ),
     ("paths", "scores-of-a-model", "scores {root}/model", ["not a reapkit observations directory", "reapkit observe"]),
     ("paths", "missing-sweep-file", "sweep {root}/nosuch.yaml", ["sweep file", "does not exist"]),
     # calibration specs and data files
-    ("calibration", "unknown-domain", "observe {root}/model --data nosuch:4 --out {out}", ["unknown built-in domain 'nosuch'", "known domains"]),
+    (
+        "calibration",
+        "unknown-domain",
+        "observe {root}/model --data nosuch:4 --out {out}",
+        ["unknown built-in domain 'nosuch'", "known domains"],
+    ),
     ("calibration", "zero-count", "observe {root}/model --data code:0 --out {out}", ["count 0", "positive integer"]),
-    ("calibration", "count-not-integer", "observe {root}/model --data code:many --out {out}", ["'many'", "is not an integer", "code:64"]),
-    ("calibration", "empty-spec", ["observe", "{root}/model", "--data", "", "--out", "{out}"], ["empty calibration spec", "pass e.g."]),
-    ("calibration", "trailing-comma", "observe {root}/model --data {root}/code.jsonl, --out {out}", ["empty entry", "trailing comma"]),
-    ("calibration", "domain-twice", "observe {root}/model --data {root}/code.jsonl,{root}/code.jsonl --out {out}",
-     ["names a domain twice", "name@source"]),
-    ("calibration", "missing-data-file", "observe {root}/model --data x@{root}/nosuch.jsonl:4 --out {out}",
-     ["nosuch.jsonl does not exist", "check the path"]),
-    ("calibration", "malformed-line", "observe {root}/model --data {root}/malformed.jsonl --out {out}",
-     ["malformed.jsonl:3:", "JSON list of integer token ids"]),
-    ("calibration", "empty-token-file", "observe {root}/model --data {root}/empty.jsonl --out {out}", ["empty.jsonl holds no sequences", "one JSON list"]),
-    ("calibration", "text-without-tokenizer", "observe {root}/model --data code:4 --out {out}", ["needs a tokenizer", ".jsonl file of token ids"]),
-    ("calibration", "wrong-schema", "observe demo --data recs@{root}/records.jsonl:2 --out {out}", ["no converter for a record with fields", "expected one of"]),
-    ("calibration", "empty-dataset-file", "observe demo --data e@{root}/empty.json:2 --out {out}", ["empty or holds only whitespace", "at least one record"]),
-    ("calibration", "max-length-too-short", "observe {root}/model --data {root}/code.jsonl --max-length 4 --out {out}", ["too short", "at least 8"]),
-    ("calibration", "batch-size-zero", "observe {root}/model --data {root}/code.jsonl --batch-size 0 --out {out}", ["batch_size must be a positive integer"]),
+    (
+        "calibration",
+        "count-not-integer",
+        "observe {root}/model --data code:many --out {out}",
+        ["'many'", "is not an integer", "code:64"],
+    ),
+    (
+        "calibration",
+        "empty-spec",
+        ["observe", "{root}/model", "--data", "", "--out", "{out}"],
+        ["empty calibration spec", "pass e.g."],
+    ),
+    (
+        "calibration",
+        "trailing-comma",
+        "observe {root}/model --data {root}/code.jsonl, --out {out}",
+        ["empty entry", "trailing comma"],
+    ),
+    (
+        "calibration",
+        "domain-twice",
+        "observe {root}/model --data {root}/code.jsonl,{root}/code.jsonl --out {out}",
+        ["names a domain twice", "name@source"],
+    ),
+    (
+        "calibration",
+        "missing-data-file",
+        "observe {root}/model --data x@{root}/nosuch.jsonl:4 --out {out}",
+        ["nosuch.jsonl does not exist", "check the path"],
+    ),
+    (
+        "calibration",
+        "malformed-line",
+        "observe {root}/model --data {root}/malformed.jsonl --out {out}",
+        ["malformed.jsonl:3:", "JSON list of integer token ids"],
+    ),
+    (
+        "calibration",
+        "empty-token-file",
+        "observe {root}/model --data {root}/empty.jsonl --out {out}",
+        ["empty.jsonl holds no sequences", "one JSON list"],
+    ),
+    (
+        "calibration",
+        "text-without-tokenizer",
+        "observe {root}/model --data code:4 --out {out}",
+        ["needs a tokenizer", ".jsonl file of token ids"],
+    ),
+    (
+        "calibration",
+        "wrong-schema",
+        "observe demo --data recs@{root}/records.jsonl:2 --out {out}",
+        ["no converter for a record with fields", "expected one of"],
+    ),
+    (
+        "calibration",
+        "empty-dataset-file",
+        "observe demo --data e@{root}/empty.json:2 --out {out}",
+        ["empty or holds only whitespace", "at least one record"],
+    ),
+    (
+        "calibration",
+        "max-length-too-short",
+        "observe {root}/model --data {root}/code.jsonl --max-length 4 --out {out}",
+        ["too short", "at least 8"],
+    ),
+    (
+        "calibration",
+        "batch-size-zero",
+        "observe {root}/model --data {root}/code.jsonl --batch-size 0 --out {out}",
+        ["batch_size must be a positive integer"],
+    ),
     # token ids
-    ("token ids", "id-beyond-vocabulary", "observe {root}/model --data {root}/big_ids.jsonl --out {out}",
-     ["big_ids.jsonl:2: token id 500", "96 tokens", "re-tokenize"]),
-    ("token ids", "negative-id", "observe {root}/model --data {root}/negative.jsonl --out {out}", ["negative.jsonl:1: token id -3", "re-tokenize"]),
-    ("token ids", "float-ids", "observe {root}/model --data {root}/floats.jsonl --out {out}", ["floats.jsonl:1:", "integer token ids"]),
+    (
+        "token ids",
+        "id-beyond-vocabulary",
+        "observe {root}/model --data {root}/big_ids.jsonl --out {out}",
+        ["big_ids.jsonl:2: token id 500", "96 tokens", "re-tokenize"],
+    ),
+    (
+        "token ids",
+        "negative-id",
+        "observe {root}/model --data {root}/negative.jsonl --out {out}",
+        ["negative.jsonl:1: token id -3", "re-tokenize"],
+    ),
+    (
+        "token ids",
+        "float-ids",
+        "observe {root}/model --data {root}/floats.jsonl --out {out}",
+        ["floats.jsonl:1:", "integer token ids"],
+    ),
     # plans and observations that do not fit the model
-    ("plans", "observations-of-another-model", "prune {root}/other --observations {root}/obs --out {out}", ["different model", "observe this model again"]),
-    ("plans", "ratio-out-of-range", "prune {root}/model --observations {root}/obs --ratio 1.5 --out {out}", ["ratio must be in [0, 1)"]),
-    ("plans", "ratio-below-top-k", "prune {root}/model --observations {root}/obs --ratio 0.9 --out {out}", ["needs at least top-k"]),
-    ("plans", "keep-more-than-experts", "prune {root}/model --observations {root}/obs --keep 20 --out {out}", ["would keep 20 of 8 experts", "at most 8"]),
-    ("plans", "unknown-scoring-domain", "prune {root}/model --observations {root}/obs --domains math --out {out}", ["unknown calibration domain", "['code']"]),
-    ("plans", "unknown-criterion", "prune {root}/model --observations {root}/obs --criterion nope --out {out}", ["unknown criterion 'nope'"]),
-    ("plans", "combine-different-models", "combine {root}/obs {root}/obs_other --out {out}", ["different models", "fingerprints"]),
-    ("plans", "corrupt-observations", "prune {root}/model --observations {root}/corrupt_obs --out {out}", ["unreadable observations", "observe the model again"]),
+    (
+        "plans",
+        "observations-of-another-model",
+        "prune {root}/other --observations {root}/obs --out {out}",
+        ["different model", "observe this model again"],
+    ),
+    (
+        "plans",
+        "ratio-out-of-range",
+        "prune {root}/model --observations {root}/obs --ratio 1.5 --out {out}",
+        ["ratio must be in [0, 1)"],
+    ),
+    (
+        "plans",
+        "ratio-below-top-k",
+        "prune {root}/model --observations {root}/obs --ratio 0.9 --out {out}",
+        ["needs at least top-k"],
+    ),
+    (
+        "plans",
+        "keep-more-than-experts",
+        "prune {root}/model --observations {root}/obs --keep 20 --out {out}",
+        ["would keep 20 of 8 experts", "at most 8"],
+    ),
+    (
+        "plans",
+        "unknown-scoring-domain",
+        "prune {root}/model --observations {root}/obs --domains math --out {out}",
+        ["unknown calibration domain", "['code']"],
+    ),
+    (
+        "plans",
+        "unknown-criterion",
+        "prune {root}/model --observations {root}/obs --criterion nope --out {out}",
+        ["unknown criterion 'nope'"],
+    ),
+    (
+        "plans",
+        "combine-different-models",
+        "combine {root}/obs {root}/obs_other --out {out}",
+        ["different models", "fingerprints"],
+    ),
+    (
+        "plans",
+        "corrupt-observations",
+        "prune {root}/model --observations {root}/corrupt_obs --out {out}",
+        ["unreadable observations", "observe the model again"],
+    ),
     # outputs
-    ("outputs", "output-exists", "observe {root}/model --data {root}/code.jsonl --out {root}/out/exists", ["already exists", "--force"]),
-    ("outputs", "output-is-the-model", "prune {root}/model --observations {root}/obs --out {root}/model --force", ["is the input", "outside the inputs"]),
-    ("outputs", "output-inside-the-model", "prune {root}/model --observations {root}/obs --out {root}/model/pruned", ["lies inside the input"]),
-    ("outputs", "output-contains-the-model", "prune {root}/model --observations {root}/obs --out {root} --force", ["contains the input"]),
+    (
+        "outputs",
+        "output-exists",
+        "observe {root}/model --data {root}/code.jsonl --out {root}/out/exists",
+        ["already exists", "--force"],
+    ),
+    (
+        "outputs",
+        "output-is-the-model",
+        "prune {root}/model --observations {root}/obs --out {root}/model --force",
+        ["is the input", "outside the inputs"],
+    ),
+    (
+        "outputs",
+        "output-inside-the-model",
+        "prune {root}/model --observations {root}/obs --out {root}/model/pruned",
+        ["lies inside the input"],
+    ),
+    (
+        "outputs",
+        "output-contains-the-model",
+        "prune {root}/model --observations {root}/obs --out {root} --force",
+        ["contains the input"],
+    ),
     ("outputs", "combine-over-its-input", "combine {root}/obs {root}/obs --out {root}/obs --force", ["is the input"]),
-    ("outputs", "observe-into-the-data-file", "observe {root}/model --data {root}/code.jsonl --out {root}/code.jsonl --force", ["is the input"]),
-    ("outputs", "scores-csv-inside-observations", "scores {root}/obs --csv {root}/obs/scores.csv", ["lies inside the input"]),
-    ("outputs", "output-under-a-file", "observe {root}/model --data {root}/code.jsonl --out {root}/afile/obs", ["is a file, not a folder"]),
-    ("outputs", "output-in-proc", "observe {root}/model --data {root}/code.jsonl --out /proc/reapkit-obs", ["nothing can be created", "folder you can write"]),
-    ("outputs", "demo-into-notebooks", f"demo --runs {ROOT}/notebooks/runs --figures {{out}}", ["lies inside the input", "notebooks"]),
-    ("outputs", "sweep-runs-contain-sweep-file", "sweep {root}/inside.yaml", ["contains the input", "outside the inputs"]),
+    (
+        "outputs",
+        "observe-into-the-data-file",
+        "observe {root}/model --data {root}/code.jsonl --out {root}/code.jsonl --force",
+        ["is the input"],
+    ),
+    (
+        "outputs",
+        "scores-csv-inside-observations",
+        "scores {root}/obs --csv {root}/obs/scores.csv",
+        ["lies inside the input"],
+    ),
+    (
+        "outputs",
+        "output-under-a-file",
+        "observe {root}/model --data {root}/code.jsonl --out {root}/afile/obs",
+        ["is a file, not a folder"],
+    ),
+    (
+        "outputs",
+        "output-in-proc",
+        "observe {root}/model --data {root}/code.jsonl --out /proc/reapkit-obs",
+        ["nothing can be created", "folder you can write"],
+    ),
+    (
+        "outputs",
+        "demo-into-notebooks",
+        f"demo --runs {ROOT}/notebooks/runs --figures {{out}}",
+        ["lies inside the input", "notebooks"],
+    ),
+    (
+        "outputs",
+        "sweep-runs-contain-sweep-file",
+        "sweep {root}/inside.yaml",
+        ["contains the input", "outside the inputs"],
+    ),
     # sweeps
     ("sweeps", "unknown-key", "sweep {root}/typo.yaml", ["unknown key(s) 'gird'", "allowed keys"]),
     ("sweeps", "jobs-zero", "sweep {root}/nojobs.yaml", ["jobs must be a positive integer"]),
-    ("sweeps", "unknown-parameter", "sweep {root}/noparam.yaml", ["has no parameter(s) ['valu']", "its parameters are"]),
+    (
+        "sweeps",
+        "unknown-parameter",
+        "sweep {root}/noparam.yaml",
+        ["has no parameter(s) ['valu']", "its parameters are"],
+    ),
     ("sweeps", "failing-run", "sweep {root}/failing.yaml", ["1 run(s) failed: 001-fail=True", "--resume"]),
 ]
 FRESH = {"hub-name-offline", "disk-full-observe", "disk-full-prune"}  # need a process of their own
@@ -226,8 +430,13 @@ def cli_results(world):
     cases = [{"id": cid, "argv": case_argv(cmd, root, root / "out" / cid)} for _, cid, cmd, _ in CASES]
     (root.parent / "cases.json").write_text(json.dumps(cases))
     driver = DRIVER.format(tests=str(TESTS), model=str(world["model"]), root=str(root))
-    run = subprocess.run([sys.executable, "-c", driver, str(root.parent / "cases.json"), str(root.parent / "results.json")],
-                         env=ENV, capture_output=True, text=True, cwd=root.parent)
+    run = subprocess.run(
+        [sys.executable, "-c", driver, str(root.parent / "cases.json"), str(root.parent / "results.json")],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        cwd=root.parent,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     return json.loads((root.parent / "results.json").read_text())
 
@@ -243,7 +452,9 @@ def assert_refused(result: dict, fragments, out: Path | None):
     assert not result.get("inputs_changed"), "an input file changed"
     if out is not None:
         assert not out.exists(), f"{out} was written"
-        assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")], "a temporary sibling was left"
+        assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")], (
+            "a temporary sibling was left"
+        )
 
 
 @pytest.mark.parametrize("cls, cid, command, fragments", CASES, ids=[c[1] for c in CASES])
@@ -258,7 +469,9 @@ def test_cli_refuses(cli_results, world, cls, cid, command, fragments):
         table = pd.read_csv(runs / "runs.csv")
         assert list(table.status) == ["ok", "failed"]
         assert pd.read_csv(runs / "results.csv").value.tolist() == [1]
-        assert "asked to fail" in table.error[1] and "FAILED" in result["stderr"] and "001-fail=True" in result["stderr"]
+        assert (
+            "asked to fail" in table.error[1] and "FAILED" in result["stderr"] and "001-fail=True" in result["stderr"]
+        )
         return
     assert_refused(result, fragments, out if "{out}" in str(command) else None)
 
@@ -267,20 +480,37 @@ def test_cli_refuses(cli_results, world, cls, cid, command, fragments):
 # Cases that need a process of their own: no network, a full disk
 # --------------------------------------------------------------------------------------------
 
+
 def _file_size_limit(limit: int):
     def apply():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead of killing
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
     return apply
 
 
 FRESH_CASES = [
-    ("paths", "hub-name-offline", "observe nosuch-org/nosuch-model --data {root}/code.jsonl --out {out}", None,
-     ["cannot load model 'nosuch-org/nosuch-model'", "HF_HUB_OFFLINE", "local checkpoint folder"]),
-    ("full disk", "disk-full-observe", "observe {root}/model --data {root}/code.jsonl --out {out}", 2000,
-     ["disk is full or a file-size limit", "free space"]),
-    ("full disk", "disk-full-prune", "prune {root}/model --observations {root}/obs --out {out}", 20000,
-     ["disk is full or a file-size limit", "free space"]),
+    (
+        "paths",
+        "hub-name-offline",
+        "observe nosuch-org/nosuch-model --data {root}/code.jsonl --out {out}",
+        None,
+        ["cannot load model 'nosuch-org/nosuch-model'", "HF_HUB_OFFLINE", "local checkpoint folder"],
+    ),
+    (
+        "full disk",
+        "disk-full-observe",
+        "observe {root}/model --data {root}/code.jsonl --out {out}",
+        2000,
+        ["disk is full or a file-size limit", "free space"],
+    ),
+    (
+        "full disk",
+        "disk-full-prune",
+        "prune {root}/model --observations {root}/obs --out {out}",
+        20000,
+        ["disk is full or a file-size limit", "free space"],
+    ),
 ]
 
 
@@ -289,8 +519,14 @@ def test_cli_refuses_in_a_fresh_process(world, cls, cid, command, limit, fragmen
     root = world["root"]
     out = root / "out" / cid
     before = tree_digest(root, root / "out")
-    run = subprocess.run([sys.executable, "-m", "reapkit", *case_argv(command, root, out)], env=ENV, capture_output=True,
-                         text=True, preexec_fn=_file_size_limit(limit) if limit else None, cwd=root.parent)
+    run = subprocess.run(
+        [sys.executable, "-m", "reapkit", *case_argv(command, root, out)],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        preexec_fn=_file_size_limit(limit) if limit else None,
+        cwd=root.parent,
+    )
     result = {"rc": run.returncode, "stderr": run.stderr, "inputs_changed": before != tree_digest(root, root / "out")}
     assert_refused(result, fragments, out)
 
@@ -300,10 +536,28 @@ def test_cli_refuses_in_a_fresh_process(world, cls, cid, command, limit, fragmen
 # --------------------------------------------------------------------------------------------
 
 NOTEBOOK_CASES = [
-    ("notebook parameters", "ratio-as-string", "02_clusters", {"ratio": "0.25"}, ["parameter 'ratio'", "without quotes"]),
+    (
+        "notebook parameters",
+        "ratio-as-string",
+        "02_clusters",
+        {"ratio": "0.25"},
+        ["parameter 'ratio'", "without quotes"],
+    ),
     ("notebook parameters", "seed-as-string", "01_saliency", {"seed": "0"}, ["parameter 'seed'", "integer"]),
-    ("notebook parameters", "cache-inside-model", "01_saliency", {"cache_dir": "{model}/cache"}, ["'cache_dir'", "lies inside the input"]),
-    ("notebook parameters", "output-is-model", "03_pruning", {"output_dir": "{model}"}, ["'output_dir'", "is the input"]),
+    (
+        "notebook parameters",
+        "cache-inside-model",
+        "01_saliency",
+        {"cache_dir": "{model}/cache"},
+        ["'cache_dir'", "lies inside the input"],
+    ),
+    (
+        "notebook parameters",
+        "output-is-model",
+        "03_pruning",
+        {"output_dir": "{model}"},
+        ["'output_dir'", "is the input"],
+    ),
 ]
 
 
@@ -317,9 +571,16 @@ def test_notebook_refuses(world, tmp_path, cls, cid, name, params, fragments):
     root = world["root"]
     before = tree_digest(root, root / "out")
     params = {k: v.format(model=world["model"]) if isinstance(v, str) else v for k, v in params.items()}
-    full = {"model": str(world["model"]), "calibration": str(world["code"]), "max_length": 12, "batch_size": 2,
-            "output_dir": str(tmp_path / "results"), "figures_dir": str(tmp_path / "figures"),
-            "cache_dir": str(tmp_path / "cache"), **params}
+    full = {
+        "model": str(world["model"]),
+        "calibration": str(world["code"]),
+        "max_length": 12,
+        "batch_size": 2,
+        "output_dir": str(tmp_path / "results"),
+        "figures_dir": str(tmp_path / "figures"),
+        "cache_dir": str(tmp_path / "cache"),
+        **params,
+    }
     with pytest.raises(pm.PapermillExecutionError) as info:
         run_notebook(ROOT / "notebooks" / f"{name}.ipynb", full, tmp_path / "executed")
     assert info.value.ename == "ParameterError"
@@ -333,6 +594,15 @@ def test_notebook_refuses(world, tmp_path, cls, cid, name, params, fragments):
 
 def test_every_class_has_cases():
     classes = {c[0] for c in CASES} | {c[0] for c in FRESH_CASES} | {c[0] for c in NOTEBOOK_CASES}
-    assert classes == {"paths", "calibration", "token ids", "plans", "outputs", "full disk", "notebook parameters", "sweeps"}
+    assert classes == {
+        "paths",
+        "calibration",
+        "token ids",
+        "plans",
+        "outputs",
+        "full disk",
+        "notebook parameters",
+        "sweeps",
+    }
     ids = [c[1] for c in CASES + FRESH_CASES + NOTEBOOK_CASES]
     assert len(ids) == len(set(ids)) >= 30

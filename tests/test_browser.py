@@ -5,6 +5,7 @@ moves the layer slider, the criterion dropdown and the ratio slider, and checks 
 redraw (the PNG bytes change) and that the kept-expert count the explorer shows is the plan's.
 Needs Debian's `chromium` (`make test` installs it); Playwright's own browser download is not used.
 """
+
 import base64
 import os
 import re
@@ -17,18 +18,26 @@ from pathlib import Path
 
 import nbformat
 import pytest
-
 from tiny_models import tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
 TOKEN = "reapkit-browser-test"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not CHROMIUM.is_file(), reason="needs /usr/bin/chromium (apt-get install chromium; "
-                                                               "make test installs it)")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not CHROMIUM.is_file(), reason="needs /usr/bin/chromium (apt-get install chromium; make test installs it)"
+    ),
+]
 
 
 def _free_port() -> int:
@@ -45,22 +54,53 @@ def lab(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("lab")
     model, spec = tiny_checkpoint(root / "data")
-    params = dict(model=str(model), calibration=spec, max_length=12, batch_size=4, criteria=["reap", "frequency"],
-                  ratios=[0.5], interactive=True, cache_dir=str(root / "cache"), output_dir=str(root / "out"),
-                  figures_dir=str(root / "figures"))
+    params = dict(
+        model=str(model),
+        calibration=spec,
+        max_length=12,
+        batch_size=4,
+        criteria=["reap", "frequency"],
+        ratios=[0.5],
+        interactive=True,
+        cache_dir=str(root / "cache"),
+        output_dir=str(root / "out"),
+        figures_dir=str(root / "figures"),
+    )
     nb = parameterize_notebook(load_notebook_node(str(ROOT / "notebooks" / "01_saliency.ipynb")), params)
     nbformat.write(nb, str(root / "explore.ipynb"))
     home = root / "jupyter"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "JUPYTER_CONFIG_DIR": str(home / "config"),
-           "JUPYTER_RUNTIME_DIR": str(home / "runtime"), "JUPYTERLAB_WORKSPACES_DIR": str(home / "workspaces"),
-           "JUPYTERLAB_SETTINGS_DIR": str(home / "settings"), "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": "1",
+        "JUPYTER_CONFIG_DIR": str(home / "config"),
+        "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
+        "JUPYTERLAB_WORKSPACES_DIR": str(home / "workspaces"),
+        "JUPYTERLAB_SETTINGS_DIR": str(home / "settings"),
+        "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+    }
     port = _free_port()
     log = open(root / "lab.log", "w")
     server = subprocess.Popen(
-        [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root", f"--port={port}", "--ip=127.0.0.1",
-         f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={root}", "--LabApp.news_url=",
-         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
-        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-m",
+            "jupyter",
+            "lab",
+            "--no-browser",
+            "--allow-root",
+            f"--port={port}",
+            "--ip=127.0.0.1",
+            f"--IdentityProvider.token={TOKEN}",
+            f"--ServerApp.root_dir={root}",
+            "--LabApp.news_url=",
+            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        ],
+        cwd=root,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(240):
@@ -69,7 +109,7 @@ def lab(tmp_path_factory):
                     break
             except OSError:
                 if server.poll() is not None:
-                    raise RuntimeError(f"JupyterLab exited: {(root / 'lab.log').read_text()[-2000:]}")
+                    raise RuntimeError(f"JupyterLab exited: {(root / 'lab.log').read_text()[-2000:]}") from None
                 time.sleep(0.5)
         else:
             raise RuntimeError(f"JupyterLab did not start: {(root / 'lab.log').read_text()[-2000:]}")
@@ -156,16 +196,19 @@ def test_explorer_redraws_in_jupyterlab(lab):
             _drag(page, _slider(page, "layer"), 1.0)  # the last MoE layer
             images = _wait_for_new_images(page, images)
 
-            page.locator(".widget-dropdown", has=page.locator("label", has_text="criterion")).locator("select") \
-                .select_option("frequency")
+            page.locator(".widget-dropdown", has=page.locator("label", has_text="criterion")).locator(
+                "select"
+            ).select_option("frequency")
             images = _wait_for_new_images(page, images)
 
             _drag(page, ratio, 1.0)  # the most a plan can remove: 6 of 8 (each layer keeps top-k = 2)
             images = _wait_for_new_images(page, images)
             label = ratio.locator(".widget-readout").inner_text()
             assert label == "75% (6/8)", label
-            assert "removed by <b>frequency</b>" in page.locator(".widget-html-content", has=page.locator(
-                "span.reapkit-kept")).inner_html()
+            assert (
+                "removed by <b>frequency</b>"
+                in page.locator(".widget-html-content", has=page.locator("span.reapkit-kept")).inner_html()
+            )
             assert _kept_shown(page) == _plan_kept(lab, "frequency", 0.75, 1) == 2
         except Exception:
             page.screenshot(path=str(lab["root"] / "failure.png"), full_page=True)

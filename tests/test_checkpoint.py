@@ -293,10 +293,25 @@ def test_non_uniform_plan_writes_per_layer_config_where_transformers_reads_it(ba
     AutoModelForCausalLM.register(HeteroConfig, HeteroForCausalLM, exist_ok=True)
     register_architecture(Architecture(HeteroConfig.model_type, num_experts_key="num_experts"), overwrite=True)
     torch.manual_seed(0)
-    model = HeteroForCausalLM(HeteroConfig(
-        **{k: TEXT[k] for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                                "num_key_value_heads", "max_position_embeddings", "num_experts_per_tok")},
-        num_experts=8, moe_intermediate_size=32, head_dim=16)).eval()
+    model = HeteroForCausalLM(
+        HeteroConfig(
+            **{
+                k: TEXT[k]
+                for k in (
+                    "vocab_size",
+                    "hidden_size",
+                    "num_hidden_layers",
+                    "num_attention_heads",
+                    "num_key_value_heads",
+                    "max_position_embeddings",
+                    "num_experts_per_tok",
+                )
+            },
+            num_experts=8,
+            moe_intermediate_size=32,
+            head_dim=16,
+        )
+    ).eval()
     model.save_pretrained(tmp_path / "source")
     plan = PruningPlan.from_observations(observe(model, batches, progress=False), "reap", counts={0: 4, 1: 6})
     stream_prune(tmp_path / "source", plan, tmp_path / "out", progress=False)

@@ -1,4 +1,5 @@
 """The command line end to end, as a researcher runs it (real subprocesses, real files)."""
+
 import json
 import subprocess
 import sys
@@ -6,9 +7,8 @@ import sys
 import pandas as pd
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
-
 from tiny_models import tiny_model
+from transformers import AutoModelForCausalLM
 
 
 def reapkit(*args, cwd=None):
@@ -20,7 +20,9 @@ def checkpoint(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     tiny_model("qwen3_moe").save_pretrained(root / "model")
     g = torch.Generator().manual_seed(0)
-    (root / "code.jsonl").write_text("\n".join(json.dumps(torch.randint(3, 96, (n,), generator=g).tolist()) for n in (9, 14, 5, 11)))
+    (root / "code.jsonl").write_text(
+        "\n".join(json.dumps(torch.randint(3, 96, (n,), generator=g).tolist()) for n in (9, 14, 5, 11))
+    )
     return root
 
 
@@ -34,18 +36,32 @@ def test_observe_scores_prune(checkpoint):
     frame = pd.read_csv(root / "scores.csv")
     assert list(frame.columns) == ["layer", "expert", "domain", "value"]
     assert set(frame.domain) == {"all", "code"} and len(frame) == 2 * 2 * 8
-    run = reapkit("prune", root / "model", "--observations", root / "obs", "--criterion", "reap", "--ratio", 0.25, "--out", root / "pruned")
+    run = reapkit(
+        "prune",
+        root / "model",
+        "--observations",
+        root / "obs",
+        "--criterion",
+        "reap",
+        "--ratio",
+        0.25,
+        "--out",
+        root / "pruned",
+    )
     assert run.returncode == 0, run.stderr
     pruned = AutoModelForCausalLM.from_pretrained(root / "pruned")
     assert pruned.model.layers[0].mlp.experts.num_experts == 6
     assert json.loads((root / "pruned" / "pruning_plan.json").read_text())["criterion"] == "reap"
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--ratio", "1.5"], "ratio must be in [0, 1)"),
-    (["--ratio", "0.9"], "needs at least top-k"),
-    (["--criterion", "nope"], "unknown criterion 'nope'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--ratio", "1.5"], "ratio must be in [0, 1)"),
+        (["--ratio", "0.9"], "needs at least top-k"),
+        (["--criterion", "nope"], "unknown criterion 'nope'"),
+    ],
+)
 def test_prune_bad_input_gets_one_clear_line(checkpoint, args, message):
     root = checkpoint
     if not (root / "obs").exists():
@@ -71,8 +87,16 @@ def test_mismatched_observations_and_existing_output(checkpoint, tmp_path):
 def test_unknown_architecture_is_explained(tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                 num_attention_heads=2, num_key_value_heads=2)).save_pretrained(tmp_path / "llama")
+    LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+        )
+    ).save_pretrained(tmp_path / "llama")
     (tmp_path / "t.jsonl").write_text("[1, 2, 3]\n")
     run = reapkit("observe", tmp_path / "llama", "--data", tmp_path / "t.jsonl", "--out", tmp_path / "obs")
     assert run.returncode == 2
@@ -93,7 +117,10 @@ def test_combine_shards_equals_one_pass(tmp_path, capsys):
     for i, shard in enumerate(shards):
         observe(model, shard, progress=False).save(tmp_path / f"shard{i}")
     assert main(["combine", str(tmp_path / "shard0"), str(tmp_path / "shard1"), "--out", str(tmp_path / "all")]) == 0
-    combined, whole = Observations.load(tmp_path / "all", model=model), observe(model, shards[0] + shards[1], progress=False)
+    combined, whole = (
+        Observations.load(tmp_path / "all", model=model),
+        observe(model, shards[0] + shards[1], progress=False),
+    )
     for d in whole.domains:
         for k in whole.stats[d]:
             torch.testing.assert_close(combined.stats[d][k], whole.stats[d][k])

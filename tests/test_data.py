@@ -1,12 +1,12 @@
 """reapkit.data: built-in domains, spec parsing, data-set converters, batches and bad input."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
-import torch
-
 from fixtures.tiny_tokenizer import tiny_tokenizer
+
 from reapkit import data
 from reapkit.data import SpecItem
 
@@ -28,6 +28,7 @@ def write_jsonl(path, records):
 
 # --- built-in domains -------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", list(data.BUILTIN_DOMAINS))
 def test_builtin_domain_nonempty_disjoint_deterministic(name):
     splits = {s: data.domain_texts(name, s) for s in data.SPLITS}
@@ -47,7 +48,11 @@ def test_generated_domains_are_reproduced(name):
 
 
 def test_split_of_is_stable():
-    assert (data.split_of("hello"), data.split_of("reapkit"), data.split_of("x")) == ("validation", "train", "calibration")
+    assert (data.split_of("hello"), data.split_of("reapkit"), data.split_of("x")) == (
+        "validation",
+        "train",
+        "calibration",
+    )
 
 
 def test_domain_contents():
@@ -59,7 +64,9 @@ def test_domain_contents():
     schemas = json.loads(head.removeprefix("Tools: "))
     call = json.loads(answer.removeprefix("Assistant: <tool_call>").removesuffix("</tool_call>"))
     assert call["name"] in {s["name"] for s in schemas} and user.startswith("User: ")
-    assert set(call["arguments"]) <= set(next(s for s in schemas if s["name"] == call["name"])["parameters"]["properties"])
+    assert set(call["arguments"]) <= set(
+        next(s for s in schemas if s["name"] == call["name"])["parameters"]["properties"]
+    )
     assert all("\nAnswer: " in t for t in data.domain_texts("math", "validation")[:100])
     assert any("statement" in t for t in data.domain_texts("prose", "validation"))
 
@@ -73,11 +80,15 @@ def test_domain_texts_unknown():
 
 # --- spec parser ------------------------------------------------------------------------------
 
+
 def test_parse_default_and_builtin():
     items = data.parse_spec(data.DEFAULT_SPEC)
     assert [i.domain for i in items] == ["code", "tools", "prose", "math"]
     assert all(i.kind == "builtin" and i.count and i.count > 0 for i in items)
-    assert data.parse_spec("code:128, math") == [SpecItem("code", "code", 128, "builtin"), SpecItem("math", "math", None, "builtin")]
+    assert data.parse_spec("code:128, math") == [
+        SpecItem("code", "code", 128, "builtin"),
+        SpecItem("math", "math", None, "builtin"),
+    ]
     assert data.parse_spec({"code": 4, "prose": 2}) == [SpecItem("code", "code", 4), SpecItem("prose", "prose", 2)]
     assert ",".join(map(str, data.parse_spec("code:128,tools:64"))) == "code:128,tools:64"
 
@@ -96,24 +107,58 @@ def test_parse_files(tmp_path):
 # --- converters -------------------------------------------------------------------------------
 
 SCHEMA_FIXTURES = {
-    "evol-codealpaca": [{"instruction": "Write a function that adds one.", "output": "def f(x):\n    return x + 1"}] * 3,
-    "xlam-function-calling": [{"query": "What is 3 + 4?", "id": 1,
-                               "tools": json.dumps([{"name": "add", "description": "Add", "parameters": {"a": {"type": "int"}, "b": {"type": "int"}}}]),
-                               "answers": json.dumps([{"name": "add", "arguments": {"a": 3, "b": 4}}])}],
-    "swe-smith-trajectories": [{"instance_id": "x", "messages": json.dumps([
-        {"role": "system", "content": "You are a coding agent."},
-        {"role": "user", "content": [{"type": "text", "text": "Fix the bug in foo.py"}]},
-        {"role": "assistant", "content": "Let me look.", "tool_calls": [
-            {"id": "c1", "type": "function", "function": {"name": "bash", "arguments": "{\"command\": \"cat foo.py\"}"}}]},
-        {"role": "tool", "content": "print('hi')", "tool_call_id": "c1"},
-        {"role": "assistant", "content": "Done."}])}],
-    "mixture-of-thoughts": [{"messages": [{"role": "user", "content": "Why is the sky blue?"},
-                                          {"role": "assistant", "content": "<think>scattering</think> Rayleigh scattering."}],
-                             "num_tokens": 12, "source": "science"}],
+    "evol-codealpaca": [{"instruction": "Write a function that adds one.", "output": "def f(x):\n    return x + 1"}]
+    * 3,
+    "xlam-function-calling": [
+        {
+            "query": "What is 3 + 4?",
+            "id": 1,
+            "tools": json.dumps(
+                [{"name": "add", "description": "Add", "parameters": {"a": {"type": "int"}, "b": {"type": "int"}}}]
+            ),
+            "answers": json.dumps([{"name": "add", "arguments": {"a": 3, "b": 4}}]),
+        }
+    ],
+    "swe-smith-trajectories": [
+        {
+            "instance_id": "x",
+            "messages": json.dumps(
+                [
+                    {"role": "system", "content": "You are a coding agent."},
+                    {"role": "user", "content": [{"type": "text", "text": "Fix the bug in foo.py"}]},
+                    {
+                        "role": "assistant",
+                        "content": "Let me look.",
+                        "tool_calls": [
+                            {
+                                "id": "c1",
+                                "type": "function",
+                                "function": {"name": "bash", "arguments": '{"command": "cat foo.py"}'},
+                            }
+                        ],
+                    },
+                    {"role": "tool", "content": "print('hi')", "tool_call_id": "c1"},
+                    {"role": "assistant", "content": "Done."},
+                ]
+            ),
+        }
+    ],
+    "mixture-of-thoughts": [
+        {
+            "messages": [
+                {"role": "user", "content": "Why is the sky blue?"},
+                {"role": "assistant", "content": "<think>scattering</think> Rayleigh scattering."},
+            ],
+            "num_tokens": 12,
+            "source": "science",
+        }
+    ],
     "text": [{"text": "The quick brown fox jumps over the lazy dog.", "url": "http://x", "timestamp": "2020"}],
     "gsm8k": [{"question": "Sam has 3 apples and buys 2. How many?", "answer": "3 + 2 = 5\n#### 5"}],
-    "alpaca": [{"instruction": "Translate to French.", "input": "Hello", "output": "Bonjour"},
-               {"instruction": "Say hi.", "input": "", "output": "Hi"}],
+    "alpaca": [
+        {"instruction": "Translate to French.", "input": "Hello", "output": "Bonjour"},
+        {"instruction": "Say hi.", "input": "", "output": "Hi"},
+    ],
 }
 
 
@@ -159,6 +204,7 @@ def test_chat_without_template_falls_back_or_raises(tmp_path, tok_plain):
 
 # --- batches ----------------------------------------------------------------------------------
 
+
 def test_token_file_uneven_lengths_and_padding(tmp_path):
     seqs = [[5, 6, 7], [1], [9, 9, 9, 9, 9, 9], [2, 3], [4, 4, 4, 4, 4]]
     path = write_jsonl(tmp_path / "ids.jsonl", seqs)
@@ -196,6 +242,7 @@ def test_calibration_batches_builtin(tok):
 
 
 # --- bad input --------------------------------------------------------------------------------
+
 
 def test_bad_empty_dataset(tmp_path, tok):
     (tmp_path / "empty.jsonl").write_text("")

@@ -1,4 +1,5 @@
 """`torchrun -m reapkit observe` over 2 gloo processes on the CPU equals one process (a real torchrun)."""
+
 import json
 import os
 import subprocess
@@ -7,13 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_sequential import assert_same
+from tiny_models import tiny_model
 
 from reapkit.cli import main
 from reapkit.distributed import my_share
 from reapkit.observations import Observations
-
-from test_sequential import assert_same
-from tiny_models import tiny_model
 
 
 def torchrun() -> list[str]:
@@ -27,13 +27,23 @@ def test_two_processes_equal_one(tmp_path):
     files = []
     for domain, count in (("code", 4), ("prose", 2)):  # batches code, code, prose: rank 1 never sees prose
         path = tmp_path / f"{domain}.jsonl"
-        path.write_text("".join(json.dumps(torch.randint(3, 96, (n,), generator=g).tolist()) + "\n" for n in range(6, 6 + count)))
+        path.write_text(
+            "".join(json.dumps(torch.randint(3, 96, (n,), generator=g).tolist()) + "\n" for n in range(6, 6 + count))
+        )
         files.append(str(path))
     args = ["observe", str(tmp_path / "model"), "--data", ",".join(files), "--batch-size", "2"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent.parent), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
-    run = subprocess.run([*torchrun(), "--standalone", "--nproc-per-node", "2", "-m", "reapkit", *args, "--out", str(tmp_path / "two")],
-                         capture_output=True, text=True, env=env, timeout=300)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent.parent), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+    }
+    run = subprocess.run(
+        [*torchrun(), "--standalone", "--nproc-per-node", "2", "-m", "reapkit", *args, "--out", str(tmp_path / "two")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     assert "in 2 processes" in run.stdout and run.stdout.count("observed") == 1  # rank 0 alone reports and writes
     assert main([*args, "--out", str(tmp_path / "one")]) == 0

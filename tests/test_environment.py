@@ -1,4 +1,5 @@
 """The pins in pyproject.toml and environment.yml agree; the package reads its own architecture table."""
+
 import tomllib
 from pathlib import Path
 

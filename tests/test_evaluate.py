@@ -1,4 +1,5 @@
 """reapkit.evaluate on real tiny models: loss, agreement, KL, padding, reconstruction error, samples."""
+
 from __future__ import annotations
 
 import copy
@@ -6,14 +7,21 @@ import copy
 import pandas as pd
 import pytest
 import torch
+from tiny_models import tiny_model
 from torch.nn import functional as F
 
 from reapkit.data import Batch, pad_batches
-from reapkit.evaluate import (ReferenceOutputs, aggregate, evaluate, generate_samples, reconstruction_error,
-                              reference_outputs, sequence_metrics)
+from reapkit.evaluate import (
+    ReferenceOutputs,
+    aggregate,
+    evaluate,
+    generate_samples,
+    reconstruction_error,
+    reference_outputs,
+    sequence_metrics,
+)
 from reapkit.plan import PruningPlan
 from reapkit.prune import mask_experts, remove_experts
-from tiny_models import tiny_model
 
 VOCAB = 96
 
@@ -53,12 +61,26 @@ def test_unpruned_model_against_itself(eval_batches):
     model = model_of("qwen3_moe")
     frame = evaluate(model, batches, reference=model, progress=False)
     assert list(frame.domain) == ["code", "prose", "all"]
-    assert list(frame.columns) == ["domain", "tokens", "loss", "loss_lo", "loss_hi", "perplexity", "kl", "kl_lo", "kl_hi",
-                                   "agreement", "agreement_lo", "agreement_hi"]
+    assert list(frame.columns) == [
+        "domain",
+        "tokens",
+        "loss",
+        "loss_lo",
+        "loss_hi",
+        "perplexity",
+        "kl",
+        "kl_lo",
+        "kl_hi",
+        "agreement",
+        "agreement_lo",
+        "agreement_hi",
+    ]
     assert (frame.agreement == 1.0).all()
     assert frame.kl.abs().max() < 1e-6
-    for ref in (reference_outputs(model, batches, dtype=torch.float32, progress=False),
-                reference_outputs(model, batches, top_k=5, dtype=torch.float32, progress=False)):
+    for ref in (
+        reference_outputs(model, batches, dtype=torch.float32, progress=False),
+        reference_outputs(model, batches, top_k=5, dtype=torch.float32, progress=False),
+    ):
         cached = evaluate(model, batches, reference=ref, progress=False)
         assert (cached.agreement == 1.0).all()
         assert cached.kl.abs().max() < 1e-5
@@ -84,7 +106,9 @@ def test_loss_is_token_weighted_cross_entropy(eval_batches):
     for domain in ("code", "prose"):
         assert frame.loc[domain, "tokens"] == counts[domain]
         assert frame.loc[domain, "loss"] == pytest.approx(losses[domain] / counts[domain], rel=1e-5)
-        assert frame.loc[domain, "perplexity"] == pytest.approx(torch.tensor(losses[domain] / counts[domain]).exp().item(), rel=1e-5)
+        assert frame.loc[domain, "perplexity"] == pytest.approx(
+            torch.tensor(losses[domain] / counts[domain]).exp().item(), rel=1e-5
+        )
     assert frame.loc["all", "tokens"] == sum(counts.values())
     assert frame.loc["all", "loss"] == pytest.approx(sum(losses.values()) / sum(counts.values()), rel=1e-5)
 
@@ -95,7 +119,12 @@ def test_sequence_metrics_are_each_sequence_alone(eval_batches):
     ref = reference_outputs(other, eval_batches, dtype=torch.float32, progress=False)
     sequences = sequence_metrics(model, eval_batches, reference=ref, progress=False)
     assert list(sequences.columns) == ["domain", "sequence", "tokens", "loss", "kl", "agreement"]
-    assert sequences.sequence.tolist() == [0, 1, 2, 3] and sequences.domain.tolist() == ["code", "code", "prose", "prose"]
+    assert sequences.sequence.tolist() == [0, 1, 2, 3] and sequences.domain.tolist() == [
+        "code",
+        "code",
+        "prose",
+        "prose",
+    ]
     rows = [(b, r) for b in eval_batches for r in range(b.input_ids.shape[0])]
     with torch.no_grad():
         for (b, r), seq in zip(rows, sequences.itertuples()):
@@ -120,7 +149,9 @@ def test_bootstrap_intervals_and_paired_delta(eval_batches):
         pruned = sequence_metrics(model, eval_batches, reference=ref, progress=False)
     frame = aggregate(pruned, baseline=unpruned, resamples=200, seed=3)
     for metric in ("loss", "kl", "agreement", "delta_loss"):
-        assert (frame[f"{metric}_lo"] <= frame[metric] + 1e-12).all() and (frame[metric] <= frame[f"{metric}_hi"] + 1e-12).all()
+        assert (frame[f"{metric}_lo"] <= frame[metric] + 1e-12).all() and (
+            frame[metric] <= frame[f"{metric}_hi"] + 1e-12
+        ).all()
     assert (frame.loss_hi > frame.loss_lo).all()  # sequences differ: a real interval
     assert frame.delta_loss.tolist() == pytest.approx((frame.loss - aggregate(unpruned).loss).tolist())
     pd.testing.assert_frame_equal(frame, aggregate(pruned, baseline=unpruned, resamples=200, seed=3))  # deterministic
@@ -136,8 +167,14 @@ def test_padding_is_excluded(eval_batches):
     batches = eval_batches
     model = model_of("qwen3_moe")
     ref = reference_outputs(model, batches, progress=False)
-    other = [Batch(torch.where(b.attention_mask.bool(), b.input_ids, torch.full_like(b.input_ids, 77)), b.attention_mask, b.domain)
-             for b in batches]
+    other = [
+        Batch(
+            torch.where(b.attention_mask.bool(), b.input_ids, torch.full_like(b.input_ids, 77)),
+            b.attention_mask,
+            b.domain,
+        )
+        for b in batches
+    ]
     assert any(not torch.equal(a.input_ids, b.input_ids) for a, b in zip(batches, other))
     before = evaluate(model, batches, progress=False)
     after = evaluate(model, other, progress=False)
@@ -180,9 +217,11 @@ def test_reconstruction_error(name, eval_batches):
 def test_token_ids_beyond_the_vocabulary():
     model = model_of("qwen3_moe")
     foreign = [Batch(torch.tensor([[1, 5, 300, 7]]), torch.ones(1, 4, dtype=torch.long), "code")]
-    for call in (lambda: evaluate(model, foreign, progress=False),
-                 lambda: reference_outputs(model, foreign, progress=False),
-                 lambda: reconstruction_error(model, model, foreign, progress=False)):
+    for call in (
+        lambda: evaluate(model, foreign, progress=False),
+        lambda: reference_outputs(model, foreign, progress=False),
+        lambda: reconstruction_error(model, model, foreign, progress=False),
+    ):
         with pytest.raises(ValueError, match=r"(?s)token id 300.*96 tokens.*(?i:re-tokenise).*own tokenizer"):
             call()
 
@@ -195,7 +234,9 @@ def test_reference_outputs_of_other_batches(eval_batches):
     with pytest.raises(ValueError, match="different batches"):
         evaluate(model, batches, reference=ref, progress=False)
     with pytest.raises(ValueError, match="different batches"):
-        evaluate(model, make_batches(seed=1), reference=reference_outputs(model, batches, progress=False), progress=False)
+        evaluate(
+            model, make_batches(seed=1), reference=reference_outputs(model, batches, progress=False), progress=False
+        )
 
 
 def word_tokenizer():
@@ -206,7 +247,9 @@ def word_tokenizer():
     vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, **{w: i + 4 for i, w in enumerate(words)}}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
 
 
 def test_generate_samples_is_greedy_and_deterministic():

@@ -1,18 +1,18 @@
 import numpy as np
 import pytest
 import torch
+from tiny_models import tiny_model
 
 from reapkit import geometry
 from reapkit.observe import observe
-from tiny_models import tiny_model
 
 
 def test_angular_distance_hand_values():
     v = np.array([[1.0, 0.0], [0.0, 2.0], [3.0, 0.0], [-1.0, 0.0], [1.0, 1.0]])
     d = geometry.angular_distances(v)
-    assert d[0, 1] == pytest.approx(0.5)   # orthogonal
-    assert d[0, 2] == pytest.approx(0.0)   # same direction, other length
-    assert d[0, 3] == pytest.approx(1.0)   # opposite
+    assert d[0, 1] == pytest.approx(0.5)  # orthogonal
+    assert d[0, 2] == pytest.approx(0.0)  # same direction, other length
+    assert d[0, 3] == pytest.approx(1.0)  # opposite
     assert d[0, 4] == pytest.approx(0.25)  # 45 degrees
     assert np.allclose(np.diag(d), 0) and np.allclose(d, d.T)
     assert ((d >= 0) & (d <= 1)).all()
@@ -58,10 +58,14 @@ def test_spaces_from_model_and_observations(batches):
     block = dict(model.model.layers[layer].named_children())["mlp"]
     assert np.allclose(router, block.gate.weight.detach().numpy())
     weights = geometry.model_vectors(model, layer, "weights")
-    flat = torch.cat([block.experts.gate_up_proj.detach().reshape(8, -1), block.experts.down_proj.detach().reshape(8, -1)], 1)
+    flat = torch.cat(
+        [block.experts.gate_up_proj.detach().reshape(8, -1), block.experts.down_proj.detach().reshape(8, -1)], 1
+    )
     assert weights.shape == (8, 8)
     assert np.allclose(weights @ weights.T, (flat @ flat.T).double().numpy(), rtol=1e-4, atol=1e-6)
-    assert np.allclose(geometry.distance_matrix(model, layer, "weights"), geometry.angular_distances(flat.double().numpy()), atol=1e-5)
+    assert np.allclose(
+        geometry.distance_matrix(model, layer, "weights"), geometry.angular_distances(flat.double().numpy()), atol=1e-5
+    )
     out = geometry.output_vectors(obs, layer)
     stats = obs.pooled()
     e = int(torch.argmax(stats["count"][1]))
@@ -73,4 +77,4 @@ def test_spaces_from_model_and_observations(batches):
     with pytest.raises(ValueError, match="unknown space"):
         geometry.distance_matrix(obs, layer, "nope")
     all_ = geometry.distance_matrices(model=model, obs=obs)
-    assert set(all_) == {(s, l) for s in geometry.SPACES for l in obs.layers}
+    assert set(all_) == {(s, layer) for s in geometry.SPACES for layer in obs.layers}

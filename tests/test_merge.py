@@ -1,4 +1,5 @@
 """reapkit.merge on real tiny models: identity, shapes, partitions, dominants, router rows, bad input."""
+
 from __future__ import annotations
 
 import copy
@@ -6,13 +7,13 @@ import copy
 import numpy as np
 import pytest
 import torch
+from tiny_models import tiny_model
 
 from reapkit.arch import architecture_for
 from reapkit.data import pad_batches
 from reapkit.evaluate import evaluate
 from reapkit.merge import METHODS, MergePlan, apply_merge, merge_experts, plan_merge
 from reapkit.observe import observe
-from tiny_models import tiny_model
 
 ARCHS = ["qwen3_moe", "gpt_oss", "deepseek_v3"]  # plain, transposed + biases, grouped routing + correction bias
 _CACHE: dict[str, tuple] = {}
@@ -118,8 +119,12 @@ def test_weights_are_frequency_averaged_and_router_rows_kept(name):
             for pname, old in old_e.named_parameters():  # includes gpt_oss biases
                 expected = (old.detach()[group].double() * w.view(-1, *[1] * (old.dim() - 1))).sum(0).float()
                 torch.testing.assert_close(dict(new_e.named_parameters())[pname][i], expected, rtol=1e-5, atol=1e-6)
-            for pname, old in list(old_r.named_parameters()) + list(old_r.named_buffers()):  # weight, bias, correction bias
-                assert torch.equal(dict(list(new_r.named_parameters()) + list(new_r.named_buffers()))[pname][i], old[rep])
+            for pname, old in list(old_r.named_parameters()) + list(
+                old_r.named_buffers()
+            ):  # weight, bias, correction bias
+                assert torch.equal(
+                    dict(list(new_r.named_parameters()) + list(new_r.named_buffers()))[pname][i], old[rep]
+                )
     if name == "deepseek_v3":  # grouped routing: merging stays inside each routing group of 4
         for layer in plan.layers:
             assert all(len({e // 4 for e in g}) == 1 for g in plan.groups[layer])
@@ -140,7 +145,7 @@ def test_plan_round_trip_and_apply(tmp_path):
     for a, b in zip(logits(merged, batches), logits(reloaded, batches)):
         torch.testing.assert_close(a, b)
     with pytest.raises(ValueError, match="not a reapkit merge plan"):
-        MergePlan.load((tmp_path / "ckpt" / "config.json"))
+        MergePlan.load(tmp_path / "ckpt" / "config.json")
 
 
 def test_bad_input():

@@ -1,4 +1,5 @@
 """The notebooks: committed clean, parameters checked, executed by papermill on a tiny model; widgets."""
+
 import json
 from pathlib import Path
 
@@ -8,10 +9,10 @@ matplotlib.use("Agg")
 import nbformat  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
+from tiny_models import tiny_checkpoint, tiny_model  # noqa: E402
 
 from reapkit.notebook import ParameterError, check_parameters  # noqa: E402
 from reapkit.sweep import run_notebook  # noqa: E402
-from tiny_models import tiny_checkpoint, tiny_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -25,6 +26,7 @@ def _figures(folder: Path) -> dict[str, int]:
 # --------------------------------------------------------------------------------------------
 # Committed notebooks
 # --------------------------------------------------------------------------------------------
+
 
 def test_all_notebooks_are_committed():
     assert set(NAMES) <= {p.stem for p in NOTEBOOKS}
@@ -40,7 +42,7 @@ def test_committed_notebook_is_clean(path):
             assert cell.execution_count is None, f"{path.name} cell {i} has an execution count"
     tagged = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1, f"{path.name} needs exactly one cell tagged 'parameters'"
-    following = next(c for c in nb.cells[tagged[0] + 1:] if c.cell_type == "code")
+    following = next(c for c in nb.cells[tagged[0] + 1 :] if c.cell_type == "code")
     assert "check_parameters(" in following.source
     assert nb.metadata.kernelspec.name == "python3"
 
@@ -57,8 +59,8 @@ def test_each_ipynb_matches_its_percent_source():
         paired = jupytext.read(str(source), fmt="py:percent")
         committed = nbformat.read(str(source.with_suffix(".ipynb")), as_version=4)
         assert [(c.cell_type, c.source, c.metadata.get("tags", [])) for c in committed.cells] == [
-            (c.cell_type, c.source, c.metadata.get("tags", [])) for c in paired.cells], (
-            f"{source.stem}.ipynb differs from {source.name}; edit one and run python -m reapkit.notebook sync")
+            (c.cell_type, c.source, c.metadata.get("tags", [])) for c in paired.cells
+        ], f"{source.stem}.ipynb differs from {source.name}; edit one and run python -m reapkit.notebook sync"
         assert committed.metadata["jupytext"]["formats"] == "ipynb,py:percent"
     assert sync_notebooks(check=True) == [], "run python -m reapkit.notebook sync"
 
@@ -91,19 +93,34 @@ def test_no_notebook_quotes_a_commit_id():
 # Parameter checks
 # --------------------------------------------------------------------------------------------
 
-GOOD = dict(model="demo", calibration="code:4,prose:4", seed=0, max_length=16, batch_size=2, layers=None,
-            output_dir="out", figures_dir="fig", cache_dir=None, interactive=False, criteria=["reap"], ratios=[0.5])
+GOOD = dict(
+    model="demo",
+    calibration="code:4,prose:4",
+    seed=0,
+    max_length=16,
+    batch_size=2,
+    layers=None,
+    output_dir="out",
+    figures_dir="fig",
+    cache_dir=None,
+    interactive=False,
+    criteria=["reap"],
+    ratios=[0.5],
+)
 
 
-@pytest.mark.parametrize("name, value, message", [
-    ("criteria", ["reap", "nope"], "unknown criterion"),
-    ("ratios", [0.5, 1.5], r"\[0, 1\)"),
-    ("ratios", "half", r"\[0, 1\)"),
-    ("seed", "0", "integer"),
-    ("interactive", "yes", "True or False"),
-    ("max_length", 2, "integer"),
-    ("calibration", "nosuchdomain:4", "unknown built-in domain"),
-])
+@pytest.mark.parametrize(
+    "name, value, message",
+    [
+        ("criteria", ["reap", "nope"], "unknown criterion"),
+        ("ratios", [0.5, 1.5], r"\[0, 1\)"),
+        ("ratios", "half", r"\[0, 1\)"),
+        ("seed", "0", "integer"),
+        ("interactive", "yes", "True or False"),
+        ("max_length", 2, "integer"),
+        ("calibration", "nosuchdomain:4", "unknown built-in domain"),
+    ],
+)
 def test_check_parameters_names_the_bad_one(name, value, message):
     with pytest.raises(ParameterError, match=rf"parameter '{name}'.*{message}"):
         check_parameters({**GOOD, name: value}, "01_saliency")
@@ -122,7 +139,9 @@ def test_check_parameters_normalises_and_fills_declared_defaults():
 
 def test_numbers_as_strings_are_refused_with_the_fix():
     """papermill -r ratio 0.25 (or a quoted YAML value) passes the string "0.25"."""
-    with pytest.raises(ParameterError, match=r"parameter 'ratio' = '0.25'.*string '0.25': pass the number without quotes"):
+    with pytest.raises(
+        ParameterError, match=r"parameter 'ratio' = '0.25'.*string '0.25': pass the number without quotes"
+    ):
         check_parameters({"ratio": "0.25"}, "02_clusters")
     with pytest.raises(ParameterError, match="'seed'.*without quotes"):
         check_parameters({"seed": "3"}, "02_clusters")
@@ -151,8 +170,11 @@ def test_sweeps_are_checked_against_the_declarations(tmp_path):
     from reapkit.sweep import SweepError, load_sweep
 
     path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump({"notebook": str(ROOT / "notebooks" / "03_pruning.ipynb"),
-                                    "grid": {"ratios": [[0.5], ["0.75"]]}}))
+    path.write_text(
+        yaml.safe_dump(
+            {"notebook": str(ROOT / "notebooks" / "03_pruning.ipynb"), "grid": {"ratios": [[0.5], ["0.75"]]}}
+        )
+    )
     with pytest.raises(SweepError, match=r"run 001-ratios=0.75.*'ratios'.*without quotes.*Nothing was run"):
         load_sweep(path)
     sweep = load_sweep(ROOT / "sweeps" / "ratios.yaml", overrides={"ratios": [0.5], "seed": 3}, limit=1)
@@ -163,12 +185,16 @@ def test_sweeps_are_checked_against_the_declarations(tmp_path):
 # Executed notebooks (tiny qwen3_moe saved to disk, token-id calibration files)
 # --------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
     model, spec = tiny_checkpoint(root)
-    return {"root": root, "params": dict(model=str(model), calibration=spec, max_length=12, batch_size=4,
-                                         cache_dir=str(root / "cache")), "spec": spec}
+    return {
+        "root": root,
+        "params": dict(model=str(model), calibration=spec, max_length=12, batch_size=4, cache_dir=str(root / "cache")),
+        "spec": spec,
+    }
 
 
 def _has_figures(folder: Path, *names):
@@ -179,8 +205,12 @@ def _has_figures(folder: Path, *names):
 
 def _readings(nb) -> int:
     """Markdown outputs that read a figure (written by reapkit.readings)."""
-    return sum("**Reading.**" in "".join(o.get("data", {}).get("text/markdown", ""))
-               for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    return sum(
+        "**Reading.**" in "".join(o.get("data", {}).get("text/markdown", ""))
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.outputs
+    )
 
 
 def _executed_ok(path: Path, figures: Path | None = None):
@@ -199,8 +229,14 @@ def _executed_ok(path: Path, figures: Path | None = None):
 def test_notebook_01_saliency(tiny, tmp_path):
     out = run_notebook(ROOT / "notebooks/01_saliency.ipynb", {**tiny["params"], "ratios": [0.5]}, tmp_path)
     nb = _executed_ok(out, tmp_path / "figures")
-    _has_figures(tmp_path / "figures", "saliency_heatmaps", "saliency_curves", "criterion_agreement", "domain_frequency",
-                 "specialisation_by_depth")
+    _has_figures(
+        tmp_path / "figures",
+        "saliency_heatmaps",
+        "saliency_curves",
+        "criterion_agreement",
+        "domain_frequency",
+        "specialisation_by_depth",
+    )
     assert _readings(nb) == 5
     results = pd.read_csv(tmp_path / "results.csv")
     assert set(results.columns) >= {"layer", "criterion_a", "criterion_b", "spearman", "overlap", "ratio"}
@@ -211,7 +247,9 @@ def test_notebook_01_saliency(tiny, tmp_path):
 
 @pytest.mark.slow
 def test_notebook_02_clusters(tiny, tmp_path):
-    out = run_notebook(ROOT / "notebooks/02_clusters.ipynb", {**tiny["params"], "layers": [1], "n_clusters": 3}, tmp_path)
+    out = run_notebook(
+        ROOT / "notebooks/02_clusters.ipynb", {**tiny["params"], "layers": [1], "n_clusters": 3}, tmp_path
+    )
     nb = _executed_ok(out, tmp_path / "figures")
     _has_figures(tmp_path / "figures", "distances_weights", "distances_output", "distances_router", "saliency_clusters")
     assert _readings(nb) == 3
@@ -222,12 +260,23 @@ def test_notebook_02_clusters(tiny, tmp_path):
 
 @pytest.mark.slow
 def test_notebook_03_pruning(tiny, tmp_path):
-    params = {**tiny["params"], "evaluation": tiny["spec"], "criteria": ["reap", "frequency"], "ratios": [0.5],
-              "max_new_tokens": 0}
+    params = {
+        **tiny["params"],
+        "evaluation": tiny["spec"],
+        "criteria": ["reap", "frequency"],
+        "ratios": [0.5],
+        "max_new_tokens": 0,
+    }
     out = run_notebook(ROOT / "notebooks/03_pruning.ipynb", params, tmp_path)
     nb = _executed_ok(out, tmp_path / "figures")
-    _has_figures(tmp_path / "figures", "plan_masks", "loss_vs_ratio_by_domain", "agreement_vs_ratio", "kl_vs_ratio",
-                 "reconstruction_error")
+    _has_figures(
+        tmp_path / "figures",
+        "plan_masks",
+        "loss_vs_ratio_by_domain",
+        "agreement_vs_ratio",
+        "kl_vs_ratio",
+        "reconstruction_error",
+    )
     assert _readings(nb) == 5
     results = pd.read_csv(tmp_path / "results.csv")
     assert {"ratio", "criterion", "domain", "loss", "loss_lo", "loss_hi", "kl", "agreement"} <= set(results.columns)
@@ -256,18 +305,39 @@ def test_notebook_04_paper_figures(tiny, tmp_path):
     model, _ = load_model(tiny["params"]["model"])
     batches = calibration_batches(tiny["spec"], None, batch_size=4, max_length=12)
     obs = observe(model, batches, progress=False)
-    results = study.compression_study(model, obs, batches, ratios=[0, 0.5], criteria=["reap", "frequency"], random_seeds=[],
-                                      merges=[], global_budget=True, resamples=50, progress=False)
+    results = study.compression_study(
+        model,
+        obs,
+        batches,
+        ratios=[0, 0.5],
+        criteria=["reap", "frequency"],
+        random_seeds=[],
+        merges=[],
+        global_budget=True,
+        resamples=50,
+        progress=False,
+    )
     study_dir = tmp_path / "study"
     study_dir.mkdir()
     study.results_table(results, model="tiny").to_csv(study_dir / "results.csv", index=False)
     study.layer_sensitivity(model, obs, batches, resamples=50, progress=False).to_csv(
-        study_dir / "layer_sensitivity.csv", index=False)
-    params = {**tiny["params"], "results": [str(study_dir / "results.csv")],
-              "layer_sensitivity": str(study_dir / "layer_sensitivity.csv")}
+        study_dir / "layer_sensitivity.csv", index=False
+    )
+    params = {
+        **tiny["params"],
+        "results": [str(study_dir / "results.csv")],
+        "layer_sensitivity": str(study_dir / "layer_sensitivity.csv"),
+    }
     out = run_notebook(ROOT / "notebooks/04_paper_figures.ipynb", params, tmp_path / "out")
     nb = _executed_ok(out, tmp_path / "out" / "figures")
-    names = ("reap_vs_frequency", "global_budget", "saliency_dendrogram", "coactivation", "layer_sensitivity", "compression")
+    names = (
+        "reap_vs_frequency",
+        "global_budget",
+        "saliency_dendrogram",
+        "coactivation",
+        "layer_sensitivity",
+        "compression",
+    )
     _has_figures(tmp_path / "out" / "figures", *names)
     assert len(list((tmp_path / "out" / "figures").glob("*.png"))) == len(names)
     assert _readings(nb) == len(names)
@@ -297,13 +367,14 @@ def test_bad_parameter_stops_at_the_checking_cell(tmp_path):
     code = [c for c in nb.cells if c.cell_type == "code"]
     failing = [i for i, c in enumerate(code) if any(o.output_type == "error" for o in c.outputs)]
     assert len(failing) == 1 and "check_parameters(" in code[failing[0]].source
-    assert all(c.execution_count is None for c in code[failing[0] + 1:])
+    assert all(c.execution_count is None for c in code[failing[0] + 1 :])
     assert not (tmp_path / "figures").exists()
 
 
 # --------------------------------------------------------------------------------------------
 # Widgets
 # --------------------------------------------------------------------------------------------
+
 
 def test_explorer_redraws_on_every_control(batches, tmp_path):
     from reapkit.observe import observe
@@ -324,9 +395,10 @@ def test_explorer_redraws_on_every_control(batches, tmp_path):
     assert e.redraws == 5
     plan = e.plan()
     assert plan.criterion == "frequency" and all(len(k) == 2 for k in plan.kept.values())
-    assert '<span class=\'reapkit-kept\'>2</span> of 8' in e.summary.value and "75% (6/8)" in e.summary.value
+    assert "<span class='reapkit-kept'>2</span> of 8" in e.summary.value and "75% (6/8)" in e.summary.value
     assert list(e.layer_scores()) == list(
-        pd.Series(obs.pooled(["code"])["count"][1].numpy()))  # frequency in the code domain, layer 1
+        pd.Series(obs.pooled(["code"])["count"][1].numpy())
+    )  # frequency in the code domain, layer 1
     e.update()
     assert e.redraws == 6
     with pytest.raises(ValueError, match="unknown view"):
@@ -337,8 +409,22 @@ def test_study_explorer_draws(tmp_path):
     """The study explorer shows a figure (it used to print `<Axes ...>`)."""
     from reapkit.widgets import study_explorer
 
-    rows = [dict(method="prune", criterion=c, label=c, seed=None, ratio=r, domain=d, loss=2 + r + (c == "reap"),
-                 kl=r, agreement=1 - r) for c in ("reap", "frequency") for r in (0.0, 0.5) for d in ("all", "code")]
+    rows = [
+        dict(
+            method="prune",
+            criterion=c,
+            label=c,
+            seed=None,
+            ratio=r,
+            domain=d,
+            loss=2 + r + (c == "reap"),
+            kl=r,
+            agreement=1 - r,
+        )
+        for c in ("reap", "frequency")
+        for r in (0.0, 0.5)
+        for d in ("all", "code")
+    ]
     e = study_explorer(pd.DataFrame(rows))
     assert list(e.metric.options) == ["loss", "kl", "agreement"] and e.domain.options[0] == "all"
     e.metric.value = "kl"
@@ -352,14 +438,24 @@ def test_study_explorer_draws(tmp_path):
 # Shipped sweep files run (a reduced grid: the tiny model, one run each)
 # --------------------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sweep", sorted((ROOT / "sweeps").glob("*.yaml")), ids=lambda p: p.stem)
 def test_shipped_sweep_runs(sweep, tiny, tmp_path, monkeypatch):
     from reapkit.notebook import PARAMETERS
     from reapkit.sweep import load_sweep, run_sweep
 
-    quick = {**tiny["params"], "evaluation": tiny["spec"], "ratios": [0.5], "criteria": ["reap", "frequency"],
-             "random_seeds": [], "merges": [], "sensitivity": False, "layer_sensitivity": False, "spaces": ["output"]}
+    quick = {
+        **tiny["params"],
+        "evaluation": tiny["spec"],
+        "ratios": [0.5],
+        "criteria": ["reap", "frequency"],
+        "random_seeds": [],
+        "merges": [],
+        "sensitivity": False,
+        "layer_sensitivity": False,
+        "spaces": ["output"],
+    }
     notebook = load_sweep(sweep)["notebook"].stem
     overrides = {k: v for k, v in quick.items() if k in {p.name for p in PARAMETERS[notebook]}}
     monkeypatch.chdir(tmp_path)  # runs/<name>/ lands here
@@ -373,12 +469,16 @@ def test_readings_quote_the_data():
     """The readings under the figures are computed from the tables, not pasted."""
     from reapkit import readings
 
-    rows = [dict(ratio=r, criterion=c, domain="all", loss=2.0 + r * k, loss_lo=1.9 + r * k, loss_hi=2.1 + r * k)
-            for c, k in (("reap", 1.0), ("frequency", 3.0)) for r in (0.5,)] + [
-        dict(ratio=0.0, criterion="none", domain="all", loss=2.0, loss_lo=1.9, loss_hi=2.1)]
+    rows = [
+        dict(ratio=r, criterion=c, domain="all", loss=2.0 + r * k, loss_lo=1.9 + r * k, loss_hi=2.1 + r * k)
+        for c, k in (("reap", 1.0), ("frequency", 3.0))
+        for r in (0.5,)
+    ] + [dict(ratio=0.0, criterion="none", domain="all", loss=2.0, loss_lo=1.9, loss_hi=2.1)]
     text = readings.costs(pd.DataFrame(rows))
     assert "unpruned 2.00 [1.90, 2.10]" in text and "best reap; reap 2.50 [2.40, 2.60], frequency 3.50" in text
     assert "overlap" not in text.split("\n")[-1]  # 2.60 < 3.40: the intervals separate them
-    agreement = pd.DataFrame([dict(layer=0, criterion_a="reap", criterion_b="frequency", spearman=0.3, overlap=0.6, ratio=0.5)])
+    agreement = pd.DataFrame(
+        [dict(layer=0, criterion_a="reap", criterion_b="frequency", spearman=0.3, overlap=0.6, ratio=0.5)]
+    )
     text = readings.criterion_agreement(agreement, experts=16, ratio=0.5)
     assert "overlap by 0.34" in text and "reap / frequency: rho 0.30, overlap 0.60 (above chance)" in text

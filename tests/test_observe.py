@@ -1,15 +1,15 @@
 """Observed statistics against a plain-PyTorch recomputation from the model's own router outputs."""
+
 import inspect
 import json
 
 import pytest
 import torch
+from tiny_models import ARCHS, tiny_model
 
 from reapkit.arch import SCORING, architecture_for
-from reapkit.data import pad_batches
 from reapkit.observations import Observations
 from reapkit.observe import observe, recording
-from tiny_models import ARCHS, tiny_model
 
 
 def _expert_output(experts, j, x):
@@ -44,17 +44,36 @@ def reference_stats(model, batches):
         for pos, (_, block) in enumerate(blocks):
             experts = arch.experts_of(block)
             if arch.gated_input:
-                hooks.append(block.register_forward_pre_hook(lambda m, a, pos=pos: captured.__setitem__(("x", pos), a[0])))
+                hooks.append(
+                    block.register_forward_pre_hook(
+                        lambda m, a, pos=pos, store=captured: store.__setitem__(("x", pos), a[0])
+                    )
+                )
             else:
-                hooks.append(experts.register_forward_pre_hook(
-                    lambda m, a, k, pos=pos: captured.__setitem__(("e", pos), _experts_inputs(m, a, k)), with_kwargs=True))
-            hooks.append(arch.router_of(block).register_forward_hook(lambda m, a, o, pos=pos: captured.__setitem__(("r", pos), o)))
+                hooks.append(
+                    experts.register_forward_pre_hook(
+                        lambda m, a, k, pos=pos, store=captured: store.__setitem__(
+                            ("e", pos), _experts_inputs(m, a, k)
+                        ),
+                        with_kwargs=True,
+                    )
+                )
+            hooks.append(
+                arch.router_of(block).register_forward_hook(
+                    lambda m, a, o, pos=pos, store=captured: store.__setitem__(("r", pos), o)
+                )
+            )
         with torch.no_grad():
             model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
         for h in hooks:
             h.remove()
-        acc = ref.setdefault(batch.domain, {k: torch.zeros(L, E, dtype=torch.float64) for k in
-                                            ("count", "gate_sum", "norm_sum", "reap_sum", "max_activation", "prob_sum")})
+        acc = ref.setdefault(
+            batch.domain,
+            {
+                k: torch.zeros(L, E, dtype=torch.float64)
+                for k in ("count", "gate_sum", "norm_sum", "reap_sum", "max_activation", "prob_sum")
+            },
+        )
         acc.setdefault("output_sum", torch.zeros(L, E, H, dtype=torch.float64))
         acc.setdefault("coselect", torch.zeros(L, E, E, dtype=torch.float64))
         valid = batch.attention_mask.reshape(-1).bool()
@@ -79,8 +98,11 @@ def reference_stats(model, batches):
                 for k in range(idx.shape[1]):
                     j, g = int(idx[t, k]), float(gates[t, k])
                     with torch.no_grad():
-                        f = (_llama4_output(experts, j, g * x[t:t + 1]) / g if arch.gated_input
-                             else _expert_output(experts, j, x[t:t + 1]))[0].double()
+                        f = (
+                            _llama4_output(experts, j, g * x[t : t + 1]) / g
+                            if arch.gated_input
+                            else _expert_output(experts, j, x[t : t + 1])
+                        )[0].double()
                     acc["count"][pos, j] += 1
                     acc["gate_sum"][pos, j] += g
                     acc["norm_sum"][pos, j] += f.norm()

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
+from tiny_models import tiny_model
 
 from reapkit.observe import observe
 from reapkit.plan import PruningPlan
 from reapkit.saliency import CRITERIA_NAMES, score, scores_frame
-from tiny_models import tiny_model
 
 
 @pytest.fixture
@@ -52,13 +52,16 @@ def test_ratio_keep_counts(obs, tmp_path):
     assert back.kept == plan.kept and back.criterion == "reap" and back.ratio == 0.25
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(ratio=1.0), r"ratio must be in \[0, 1\)"),
-    (dict(ratio=-0.1), r"ratio must be in \[0, 1\)"),
-    (dict(ratio=0.9), "needs at least top-k = 2"),
-    (dict(keep=1), "needs at least top-k = 2"),
-    (dict(counts={7: 4}), "not MoE layers"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(ratio=1.0), r"ratio must be in \[0, 1\)"),
+        (dict(ratio=-0.1), r"ratio must be in \[0, 1\)"),
+        (dict(ratio=0.9), "needs at least top-k = 2"),
+        (dict(keep=1), "needs at least top-k = 2"),
+        (dict(counts={7: 4}), "not MoE layers"),
+    ],
+)
 def test_bad_plans_are_refused(obs, kwargs, message):
     with pytest.raises(ValueError, match=message):
         PruningPlan.from_observations(obs, "reap", **kwargs)

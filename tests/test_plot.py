@@ -1,4 +1,5 @@
 """Plot functions on small frames, including empty and single-layer input; deterministic saving."""
+
 import subprocess
 import sys
 
@@ -100,7 +101,9 @@ def test_masks():
     frame = plot.mask_frame(Plan())
     assert frame.kept.sum() == 4 and len(frame) == 8
     assert isinstance(plot.plan_mask(Plan()), matplotlib.axes.Axes)
-    grid = pd.concat([plot.mask_frame(Plan(), criterion=c, ratio=r) for c in ("reap", "frequency") for r in (0.25, 0.5)])
+    grid = pd.concat(
+        [plot.mask_frame(Plan(), criterion=c, ratio=r) for c in ("reap", "frequency") for r in (0.25, 0.5)]
+    )
     assert len(plot.plan_masks(grid).axes) == 4
     single = plot.mask_frame({7: [1]}, {7: 3})
     assert not _has_no_data_note(plot.plan_mask(single))
@@ -147,7 +150,9 @@ def test_grids_and_reconstruction():
     d = {f"layer {i}": angular_distances(rng.normal(size=(5, 3))) for i in range(2)}
     assert isinstance(plot.distance_heatmaps(d, n_clusters=2), matplotlib.figure.Figure)
     assert _has_no_data_note(plot.distance_heatmaps({}))
-    rec = pd.DataFrame({"layer": [0, 1, 0, 1], "rel_l2": [0.1, 0.2, 0.3, 0.4], "criterion": "reap", "ratio": [0.25, 0.25, 0.5, 0.5]})
+    rec = pd.DataFrame(
+        {"layer": [0, 1, 0, 1], "rel_l2": [0.1, 0.2, 0.3, 0.4], "criterion": "reap", "ratio": [0.25, 0.25, 0.5, 0.5]}
+    )
     assert len(plot.reconstruction_by_layer(rec).lines) == 2
     assert _has_no_data_note(plot.reconstruction_by_layer(pd.DataFrame()))
 
@@ -156,9 +161,20 @@ def test_grids_and_reconstruction():
 # One style: sizes, text, colours
 # --------------------------------------------------------------------------------------------
 
+
 def test_one_colour_per_criterion_and_print_sizes():
-    named = ["reap", "frequency", "soft_frequency", "ean_mean", "ean_sum", "weighted_ean_sum", "max_activation", "random",
-             "m_smoe", "hc_smoe"]
+    named = [
+        "reap",
+        "frequency",
+        "soft_frequency",
+        "ean_mean",
+        "ean_sum",
+        "weighted_ean_sum",
+        "max_activation",
+        "random",
+        "m_smoe",
+        "hc_smoe",
+    ]
     colours = [plot.criterion_color(n) for n in named]
     assert len(set(colours)) == len(colours)  # every built-in method its own colour
     assert plot.criterion_color("global_reap") == plot.criterion_color("reap") == theme.OKABE_ITO["vermillion"]
@@ -186,6 +202,7 @@ def test_style_keeps_interactive_mode_switched_on_inside():
 # --------------------------------------------------------------------------------------------
 # Defects the figures must not have
 # --------------------------------------------------------------------------------------------
+
 
 def test_saliency_heatmap_shows_raw_scale_and_greys_never_routed():
     frame = scores(layers=(0, 1))
@@ -230,8 +247,10 @@ def test_domain_saliency_masks_never_routed_cells():
 
 
 def test_calibration_heatmap_puts_own_domain_on_the_diagonal():
-    loss = pd.DataFrame({"unpruned": [2.0, 2.0, 2.0], "math": [3.0, 2.1, 2.8], "code": [2.2, 3.0, 2.9], "mix": [2.5, 2.5, 2.5]},
-                        index=pd.Index(["code", "math", "all"], name="eval_domain"))
+    loss = pd.DataFrame(
+        {"unpruned": [2.0, 2.0, 2.0], "math": [3.0, 2.1, 2.8], "code": [2.2, 3.0, 2.9], "mix": [2.5, 2.5, 2.5]},
+        index=pd.Index(["code", "math", "all"], name="eval_domain"),
+    )
     ax = plot.calibration_heatmap(loss)
     rows = [t.get_text() for t in ax.get_yticklabels()]
     cols = [t.get_text() for t in ax.get_xticklabels()]
@@ -254,7 +273,9 @@ def test_rank_axes_have_integer_ticks_and_masks_a_legend():
     ax = plot.saliency_curves(scores(experts=8), criterion="reap", ratio=0.5)
     ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
     assert ticks and all(float(t).is_integer() for t in ticks)
-    masks = pd.concat([plot.mask_frame({0: [0, 1], 1: [2]}, {0: 4, 1: 4}, criterion=c, ratio=0.5) for c in ("reap", "frequency")])
+    masks = pd.concat(
+        [plot.mask_frame({0: [0, 1], 1: [2]}, {0: 4, 1: 4}, criterion=c, ratio=0.5) for c in ("reap", "frequency")]
+    )
     fig = plot.plan_masks(masks)
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["kept", "pruned"]
 
@@ -275,6 +296,7 @@ def test_curves_draw_bootstrap_intervals():
 # New figures
 # --------------------------------------------------------------------------------------------
 
+
 def test_reap_vs_frequency_marks_who_keeps_each_expert():
     frame = scores(layers=(0, 1), experts=8)
     ax = plot.reap_vs_frequency(frame, layer=0, ratio=0.5)
@@ -294,8 +316,12 @@ def test_saliency_distributions_and_kept_per_layer():
     assert ax.get_yscale() == "log" and len(ax.lines) == 3  # one cut-off per layer
     hollow = [c for c in ax.collections if c.get_label() == "pruned by budget"]
     assert len(hollow[0].get_offsets()) == 2  # layer 0 prunes 2 (the legend's collection)
-    ax = plot.kept_per_layer({"uniform": plot.mask_frame({0: [0, 1, 2, 3], 1: [0, 1, 2, 3], 2: [0, 1, 2, 3]}, {0: 8, 1: 8, 2: 8}),
-                              "global reap": plan})
+    ax = plot.kept_per_layer(
+        {
+            "uniform": plot.mask_frame({0: [0, 1, 2, 3], 1: [0, 1, 2, 3], 2: [0, 1, 2, 3]}, {0: 8, 1: 8, 2: 8}),
+            "global reap": plan,
+        }
+    )
     heights = [p.get_height() for p in ax.patches]
     assert heights == [4, 4, 4, 6, 2, 4]
     assert _has_no_data_note(plot.kept_per_layer({}))
@@ -321,10 +347,18 @@ def test_saliency_dendrogram_and_coactivation():
 
 
 def test_layer_sensitivity_and_compression_figure():
-    frame = pd.DataFrame({"layer": [0, 1, 2], "delta_loss": [0.3, 0.1, 0.05], "delta_loss_lo": [0.2, 0.05, 0.0],
-                          "delta_loss_hi": [0.4, 0.15, 0.1]})
+    frame = pd.DataFrame(
+        {
+            "layer": [0, 1, 2],
+            "delta_loss": [0.3, 0.1, 0.05],
+            "delta_loss_lo": [0.2, 0.05, 0.0],
+            "delta_loss_hi": [0.4, 0.15, 0.1],
+        }
+    )
     ax = plot.layer_sensitivity(frame)
-    assert [p.get_height() for p in ax.patches] == pytest.approx([0.3, 0.1, 0.05]) and any(getattr(c, "has_yerr", False) for c in ax.containers)
+    assert [p.get_height() for p in ax.patches] == pytest.approx([0.3, 0.1, 0.05]) and any(
+        getattr(c, "has_yerr", False) for c in ax.containers
+    )
     assert _has_no_data_note(plot.layer_sensitivity(pd.DataFrame(columns=["layer", "delta_loss"])))
     res = results().assign(label=lambda f: f.criterion, method="prune")
     fig = plot.compression_figure(res)

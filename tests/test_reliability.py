@@ -3,6 +3,7 @@ calibration resumes after a crash, sweeps resume and share a results table, runs
 
 Real subprocesses are signalled (SIGINT, SIGTERM, SIGKILL) while they work and write.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,7 +19,6 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-
 from test_bad_inputs import write_dummy_notebook
 from tiny_models import tiny_checkpoint, tiny_model
 
@@ -27,12 +27,19 @@ ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("P
 
 
 def reapkit(*args, **kwargs):
-    return subprocess.run([sys.executable, "-m", "reapkit", *map(str, args)], capture_output=True, text=True, env=ENV, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "reapkit", *map(str, args)], capture_output=True, text=True, env=ENV, **kwargs
+    )
 
 
 def start(*args):
-    return subprocess.Popen([sys.executable, "-m", "reapkit", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=ENV)
+    return subprocess.Popen(
+        [sys.executable, "-m", "reapkit", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
 
 
 def files_of(folder: Path) -> dict[str, bytes]:
@@ -59,6 +66,7 @@ def tiny(tmp_path_factory):
 # --------------------------------------------------------------------------------------------
 # Defects: modes, concurrent writers, outputs over inputs
 # --------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("mask", [0o022, 0o027])
 def test_outputs_follow_the_umask(tmp_path, batches, mask):
@@ -118,6 +126,7 @@ def test_output_overlapping_an_input_is_refused(tmp_path):
 # Interrupts: the complete output or none, and no temporary folders
 # --------------------------------------------------------------------------------------------
 
+
 def _signal_while_writing(process, folder: Path, name: str, signum, timeout=240):
     """Send `signum` as soon as a temporary sibling of `name` appears in `folder` (or the process ends)."""
     deadline = time.monotonic() + timeout
@@ -130,14 +139,18 @@ def _signal_while_writing(process, folder: Path, name: str, signum, timeout=240)
     return process.returncode, err
 
 
-@pytest.mark.parametrize("command, signum", [("observe", signal.SIGINT), ("prune", signal.SIGTERM), ("combine", signal.SIGTERM)])
+@pytest.mark.parametrize(
+    "command, signum", [("observe", signal.SIGINT), ("prune", signal.SIGTERM), ("combine", signal.SIGTERM)]
+)
 def test_interrupt_leaves_the_whole_output_or_none(tiny, tmp_path, command, signum):
     from reapkit.observations import Observations
 
     out = tmp_path / "out"
-    args = {"observe": ["observe", tiny["model"], "--data", tiny["long"], "--batch-size", 1, "--checkpoint-every", 5],
-            "prune": ["prune", tiny["model"], "--observations", tiny["obs"], "--ratio", 0.5],
-            "combine": ["combine", tiny["obs"], tiny["obs"]]}[command]
+    args = {
+        "observe": ["observe", tiny["model"], "--data", tiny["long"], "--batch-size", 1, "--checkpoint-every", 5],
+        "prune": ["prune", tiny["model"], "--observations", tiny["obs"], "--ratio", 0.5],
+        "combine": ["combine", tiny["obs"], tiny["obs"]],
+    }[command]
     # observe: signalled while it writes a checkpoint; prune / combine: while they write the output
     watch = "out.checkpoint" if command == "observe" else "out"
     code, err = _signal_while_writing(start(*args, "--out", out), tmp_path, watch, signum)
@@ -155,8 +168,17 @@ def test_interrupt_leaves_the_whole_output_or_none(tiny, tmp_path, command, sign
 def test_interrupted_sweep_keeps_finished_runs_and_no_half_run(tmp_path):
     notebook = write_dummy_notebook(tmp_path / "dummy.ipynb")
     sweep = tmp_path / "s.yaml"
-    sweep.write_text(yaml.safe_dump({"name": "s", "notebook": str(notebook), "runs_dir": str(tmp_path / "runs"),
-                                     "grid": {"value": [1, 2, 3]}, "jobs": 1}))
+    sweep.write_text(
+        yaml.safe_dump(
+            {
+                "name": "s",
+                "notebook": str(notebook),
+                "runs_dir": str(tmp_path / "runs"),
+                "grid": {"value": [1, 2, 3]},
+                "jobs": 1,
+            }
+        )
+    )
     process = start("sweep", sweep)
     root = tmp_path / "runs" / "s"
     deadline = time.monotonic() + 240
@@ -182,6 +204,7 @@ def test_interrupted_sweep_keeps_finished_runs_and_no_half_run(tmp_path):
 # --------------------------------------------------------------------------------------------
 # Resumable calibration
 # --------------------------------------------------------------------------------------------
+
 
 def test_observe_resumes_after_sigkill_and_equals_an_uninterrupted_run(tiny, tmp_path):
     args = ["observe", tiny["model"], "--data", tiny["long"], "--batch-size", 1]
@@ -224,7 +247,9 @@ def test_resume_in_process_and_with_other_data(tmp_path, batches):
     with pytest.raises(KeyboardInterrupt):
         observe(model, batches, progress=False, checkpoint=checkpoint)
     assert json.loads((tmp_path / "c" / "progress.json").read_text())["batches_done"] == 2
-    resumed = observe(model, batches, progress=False, checkpoint=ObserveCheckpoint(tmp_path / "c", every=1, resume=True))
+    resumed = observe(
+        model, batches, progress=False, checkpoint=ObserveCheckpoint(tmp_path / "c", every=1, resume=True)
+    )
     whole = observe(model, batches, progress=False)
     for d in whole.domains:
         for name in whole.stats[d]:
@@ -254,8 +279,10 @@ for i in range(15):
 
 
 def test_two_sweeps_writing_one_table_lose_no_rows(tmp_path):
-    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), who], env=ENV, stderr=subprocess.PIPE, text=True)
-               for who in ("a", "b")]
+    writers = [
+        subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), who], env=ENV, stderr=subprocess.PIPE, text=True)
+        for who in ("a", "b")
+    ]
     for w in writers:
         assert w.wait(timeout=300) == 0, w.stderr.read()
     results, runs = pd.read_csv(tmp_path / "results.csv"), pd.read_csv(tmp_path / "runs.csv")
@@ -268,13 +295,26 @@ def test_two_sweeps_writing_one_table_lose_no_rows(tmp_path):
 # Determinism: the same command twice gives the same bytes
 # --------------------------------------------------------------------------------------------
 
+
 def test_observe_and_prune_are_bit_identical(tiny, tmp_path):
     run = reapkit("observe", tiny["model"], "--data", tiny["spec"], "--out", tmp_path / "obs", "--batch-size", 2)
     assert run.returncode == 0, run.stderr
     assert files_of(tmp_path / "obs") == files_of(tiny["obs"])  # the fixture ran the same command
     for i in (1, 2):
-        run = reapkit("prune", tiny["model"], "--observations", tiny["obs"], "--ratio", 0.5, "--criterion", "random",
-                      "--seed", 3, "--out", tmp_path / f"pruned{i}")
+        run = reapkit(
+            "prune",
+            tiny["model"],
+            "--observations",
+            tiny["obs"],
+            "--ratio",
+            0.5,
+            "--criterion",
+            "random",
+            "--seed",
+            3,
+            "--out",
+            tmp_path / f"pruned{i}",
+        )
         assert run.returncode == 0, run.stderr
     assert files_of(tmp_path / "pruned1") == files_of(tmp_path / "pruned2")  # weights, configs and the plan
 
@@ -284,8 +324,17 @@ def test_sweep_results_are_bit_identical(tmp_path):
     tables = []
     for i in (1, 2):
         sweep = tmp_path / f"s{i}.yaml"
-        sweep.write_text(yaml.safe_dump({"name": "s", "notebook": str(notebook), "runs_dir": str(tmp_path / f"runs{i}"),
-                                         "grid": {"value": [1, 2]}, "jobs": 2}))
+        sweep.write_text(
+            yaml.safe_dump(
+                {
+                    "name": "s",
+                    "notebook": str(notebook),
+                    "runs_dir": str(tmp_path / f"runs{i}"),
+                    "grid": {"value": [1, 2]},
+                    "jobs": 2,
+                }
+            )
+        )
         run = reapkit("sweep", sweep)
         assert run.returncode == 0, run.stderr
         tables.append((tmp_path / f"runs{i}" / "s" / "results.csv").read_bytes())
@@ -296,11 +345,20 @@ def test_sweep_results_are_bit_identical(tmp_path):
 def test_notebook_is_bit_identical(tiny, tmp_path):
     from reapkit.sweep import run_notebook
 
-    params = {"model": str(tiny["model"]), "calibration": tiny["spec"], "max_length": 12, "batch_size": 2, "ratios": [0.5],
-              "criteria": ["reap", "frequency"]}
+    params = {
+        "model": str(tiny["model"]),
+        "calibration": tiny["spec"],
+        "max_length": 12,
+        "batch_size": 2,
+        "ratios": [0.5],
+        "criteria": ["reap", "frequency"],
+    }
     for i in (1, 2):
-        run_notebook(ROOT / "notebooks" / "01_saliency.ipynb", {**params, "cache_dir": str(tmp_path / f"cache{i}")},
-                     tmp_path / f"run{i}")
+        run_notebook(
+            ROOT / "notebooks" / "01_saliency.ipynb",
+            {**params, "cache_dir": str(tmp_path / f"cache{i}")},
+            tmp_path / f"run{i}",
+        )
     one, two = (files_of(tmp_path / f"run{i}") for i in (1, 2))
     for files in (one, two):
         files.pop("01_saliency.ipynb")  # the executed notebook holds timings and paths

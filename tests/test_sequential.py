@@ -1,17 +1,17 @@
 """Layer-by-layer calibration (`observe --sequential`) gives the statistics of in-memory `observe`."""
+
 import json
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from tiny_models import tiny_checkpoint, tiny_model
 
 from reapkit.arch import _read_cache
 from reapkit.cli import main
 from reapkit.observations import Observations
 from reapkit.observe import observe
 from reapkit.sequential import observe_sequential
-
-from tiny_models import tiny_checkpoint, tiny_model
 
 
 def assert_same(a: Observations, b: Observations, rtol=1e-6):
@@ -24,12 +24,15 @@ def assert_same(a: Observations, b: Observations, rtol=1e-6):
             assert (value.double() - other.double()).abs().max() <= rtol * scale, (domain, name)
 
 
-@pytest.mark.parametrize("name, shard_size, group_size, spill", [
-    ("qwen3_moe", "30KB", 1, True),      # sharded with an index; one batch per group; hidden states on disk
-    ("qwen3_next", None, 2, False),      # hybrid: linear-attention and full-attention layers get different masks
-    ("deepseek_v3", None, 8, True),      # dense first layer, group-limited sigmoid routing, MLA
-    ("gpt_oss", None, 2, False),         # transposed, biased experts; sliding-window layers
-])
+@pytest.mark.parametrize(
+    "name, shard_size, group_size, spill",
+    [
+        ("qwen3_moe", "30KB", 1, True),  # sharded with an index; one batch per group; hidden states on disk
+        ("qwen3_next", None, 2, False),  # hybrid: linear-attention and full-attention layers get different masks
+        ("deepseek_v3", None, 8, True),  # dense first layer, group-limited sigmoid routing, MLA
+        ("gpt_oss", None, 2, False),  # transposed, biased experts; sliding-window layers
+    ],
+)
 def test_sequential_equals_in_memory(tmp_path, batches, name, shard_size, group_size, spill):
     model = tiny_model(name)
     folder = tmp_path / "model"
@@ -50,8 +53,23 @@ def test_cli_sequential_equals_cli_observe(tmp_path):
     folder, spec = tiny_checkpoint(tmp_path)
     common = ["--data", spec, "--batch-size", "3"]
     assert main(["observe", str(folder), *common, "--out", str(tmp_path / "mem")]) == 0
-    assert main(["observe", str(folder), *common, "--sequential", "--group-size", "2", "--spill-dir", str(tmp_path / "spill"),
-                 "--out", str(tmp_path / "seq")]) == 0
+    assert (
+        main(
+            [
+                "observe",
+                str(folder),
+                *common,
+                "--sequential",
+                "--group-size",
+                "2",
+                "--spill-dir",
+                str(tmp_path / "spill"),
+                "--out",
+                str(tmp_path / "seq"),
+            ]
+        )
+        == 0
+    )
     assert_same(Observations.load(tmp_path / "mem"), Observations.load(tmp_path / "seq"))
 
 
@@ -71,9 +89,16 @@ def _bad_checkpoints(tmp_path):
     partial = tmp_path / "partial"
     model.save_pretrained(partial)
     tensors = load_file(partial / "model.safetensors")
-    save_file({k: v for k, v in tensors.items() if "layers.1.mlp.gate." not in k}, partial / "model.safetensors", metadata={"format": "pt"})
-    return [(plain, "holds no .safetensors weights"), (sharded, f"names shard(s) {lost}"),
-            (partial, "has no weights for model.layers.1.mlp.gate.weight")]
+    save_file(
+        {k: v for k, v in tensors.items() if "layers.1.mlp.gate." not in k},
+        partial / "model.safetensors",
+        metadata={"format": "pt"},
+    )
+    return [
+        (plain, "holds no .safetensors weights"),
+        (sharded, f"names shard(s) {lost}"),
+        (partial, "has no weights for model.layers.1.mlp.gate.weight"),
+    ]
 
 
 def test_unusable_checkpoints_get_one_clear_message(tmp_path, capsys):
@@ -91,7 +116,9 @@ def test_unusable_checkpoints_get_one_clear_message(tmp_path, capsys):
 
 def test_options_that_do_not_go_together(tmp_path, capsys):
     folder, spec = tiny_checkpoint(tmp_path)
-    for extra, message in [(["--sequential", "--device-map", "auto"], "drop --device-map"),
-                           (["--spill-dir", str(tmp_path / "s")], "add --sequential")]:
+    for extra, message in [
+        (["--sequential", "--device-map", "auto"], "drop --device-map"),
+        (["--spill-dir", str(tmp_path / "s")], "add --sequential"),
+    ]:
         assert main(["observe", str(folder), "--data", spec, *extra, "--out", str(tmp_path / "obs")]) == 2
         assert message in capsys.readouterr().err

@@ -1,4 +1,5 @@
 """reapkit.stats.bootstrap against a plain loop, pairing, repeats and bad input."""
+
 import numpy as np
 import pytest
 

@@ -1,4 +1,5 @@
 """The REAP study: compression study frame, calibration sensitivity, summary, figures, notebook 05."""
+
 import warnings
 from pathlib import Path
 
@@ -10,11 +11,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from tiny_models import tiny_checkpoint, tiny_model  # noqa: E402
 
 from reapkit import plot, study  # noqa: E402
 from reapkit.data import pad_batches  # noqa: E402
 from reapkit.observe import observe  # noqa: E402
-from tiny_models import tiny_checkpoint, tiny_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RATIOS = (0.0, 0.25, 0.5, 0.75)  # tiny model: 8 experts, top-2 -> keeps 8, 6, 4, 2
@@ -45,14 +46,32 @@ def setup():
         sequences = study.study_sequences(model, obs, evaluation, ratios=(*RATIOS, 0.875), progress=False)
     results = study.study_results(sequences, resamples=200)
     # two calibration samples: the first and the second half of each domain's calibration sequences
-    repeats = [observe(model, calibration[0:1] + calibration[2:3], progress=False),
-               observe(model, calibration[1:2] + calibration[3:4], progress=False)]
-    sensitivity = study.calibration_sensitivity(model, None, evaluation, domains=("code", "prose"), calibration=repeats,
-                                                ratio=0.5, resamples=200, progress=False)
+    repeats = [
+        observe(model, calibration[0:1] + calibration[2:3], progress=False),
+        observe(model, calibration[1:2] + calibration[3:4], progress=False),
+    ]
+    sensitivity = study.calibration_sensitivity(
+        model,
+        None,
+        evaluation,
+        domains=("code", "prose"),
+        calibration=repeats,
+        ratio=0.5,
+        resamples=200,
+        progress=False,
+    )
     layers = study.layer_sensitivity(model, obs, evaluation, ratio=0.5, resamples=200, progress=False)
-    return {"model": model, "calibration": calibration, "evaluation": evaluation, "obs": obs, "results": results,
-            "sequences": sequences, "sensitivity": sensitivity, "layers": layers,
-            "warnings": [str(w.message) for w in caught]}
+    return {
+        "model": model,
+        "calibration": calibration,
+        "evaluation": evaluation,
+        "obs": obs,
+        "results": results,
+        "sequences": sequences,
+        "sensitivity": sensitivity,
+        "layers": layers,
+        "warnings": [str(w.message) for w in caught],
+    }
 
 
 def test_study_frame_columns_and_rows(setup):
@@ -88,15 +107,21 @@ def test_results_carry_intervals_over_sequences(setup):
 
 
 def test_study_jobs_are_the_variants():
-    jobs, notes = study.study_jobs(_FakeObs(), ratios=[0.5, 0.875], criteria=["reap"], random_seeds=[1], merges=["m_smoe"])
+    jobs, notes = study.study_jobs(
+        _FakeObs(), ratios=[0.5, 0.875], criteria=["reap"], random_seeds=[1], merges=["m_smoe"]
+    )
     assert [(j.method, j.label, j.seed, j.ratio) for j in jobs] == [
-        ("prune", "reap", None, 0.5), ("prune", "random", 1, 0.5), ("merge", "m_smoe", None, 0.5),
-        ("global", "global_reap", None, 0.5)]
+        ("prune", "reap", None, 0.5),
+        ("prune", "random", 1, 0.5),
+        ("merge", "m_smoe", None, 0.5),
+        ("global", "global_reap", None, 0.5),
+    ]
     assert len(notes) == 1 and "0.875" in notes[0]
 
 
 class _FakeObs:
     """What study_jobs reads of Observations (no model pass needed to plan jobs)."""
+
     num_experts, top_k = [8, 8], 2
 
 
@@ -152,7 +177,9 @@ def test_layer_sensitivity_prunes_one_layer_at_a_time(setup):
     assert ((frame.delta_loss_lo <= frame.delta_loss) & (frame.delta_loss <= frame.delta_loss_hi)).all()
     full = PruningPlan.from_observations(obs, "reap", ratio=0.5)
     layer = obs.layers[1]
-    only = PruningPlan({i: full.kept[i] if i == layer else list(range(8)) for i in obs.layers}, full.num_experts, "reap")
+    only = PruningPlan(
+        {i: full.kept[i] if i == layer else list(range(8)) for i in obs.layers}, full.num_experts, "reap"
+    )
     with mask_experts(model, only):
         expected = evaluate(model, evaluation, progress=False).set_index("domain").loss
     got = frame[frame.layer == layer].set_index("domain")
@@ -168,36 +195,73 @@ def test_calibration_sensitivity_with_repeats(setup):
 
     sens = setup["sensitivity"]
     matrix = sens.loss_matrix()
-    assert list(matrix.columns) == ["unpruned", "code", "prose", "mix"] and list(matrix.index) == ["code", "prose", "all"]
+    assert list(matrix.columns) == ["unpruned", "code", "prose", "mix"] and list(matrix.index) == [
+        "code",
+        "prose",
+        "all",
+    ]
     assert np.isfinite(matrix.to_numpy()).all()
     loss = sens.loss
     assert ((loss.loss_lo <= loss.loss + 1e-9) & (loss.loss <= loss.loss_hi + 1e-9)).all()
     assert (loss[loss.calibration == "unpruned"].delta_loss == 0).all()
     assert set(sens.sequences.repeat) == {0, 1}
     overlap = sens.overlap
-    assert list(overlap.columns) == ["calibration_a", "calibration_b", "jaccard", "jaccard_lo", "jaccard_hi", "chance",
-                                     "repeats"]
+    assert list(overlap.columns) == [
+        "calibration_a",
+        "calibration_b",
+        "jaccard",
+        "jaccard_lo",
+        "jaccard_hi",
+        "chance",
+        "repeats",
+    ]
     assert overlap.chance.tolist() == pytest.approx([expected_jaccard(8, 4)] * len(overlap))
     same = overlap[overlap.calibration_a == overlap.calibration_b]
     assert (same.repeats == 1).all() and same.jaccard.between(0, 1).all()  # two samples of one set: their overlap
     pairs = overlap[overlap.calibration_a != overlap.calibration_b]
-    assert (pairs.repeats == 2).all() and ((pairs.jaccard_lo <= pairs.jaccard) & (pairs.jaccard <= pairs.jaccard_hi)).all()
+    assert (pairs.repeats == 2).all() and (
+        (pairs.jaccard_lo <= pairs.jaccard) & (pairs.jaccard <= pairs.jaccard_hi)
+    ).all()
     wide = sens.overlap_matrix()
     assert np.allclose(wide, wide.T, equal_nan=True) and list(wide.index) == ["code", "prose", "mix"]
 
 
 def test_calibration_sensitivity_single_sample(setup):
     model, evaluation = setup["model"], setup["evaluation"]
-    one = study.calibration_sensitivity(model, None, evaluation, domains=("code", "prose"), calibration=setup["calibration"],
-                                        ratio=0.5, resamples=50, progress=False)
+    one = study.calibration_sensitivity(
+        model,
+        None,
+        evaluation,
+        domains=("code", "prose"),
+        calibration=setup["calibration"],
+        ratio=0.5,
+        resamples=50,
+        progress=False,
+    )
     assert one.overlap[one.overlap.calibration_a == one.overlap.calibration_b].jaccard.isna().all()  # no second sample
     # per-domain statistics of one pass == observing each domain alone
-    alone = study.calibration_sensitivity(model, None, evaluation, domains=("code",), calibration=setup["calibration"][:2],
-                                          ratio=0.5, resamples=50, progress=False)
+    alone = study.calibration_sensitivity(
+        model,
+        None,
+        evaluation,
+        domains=("code",),
+        calibration=setup["calibration"][:2],
+        ratio=0.5,
+        resamples=50,
+        progress=False,
+    )
     assert alone.loss_matrix().loc["all", "code"] == pytest.approx(one.loss_matrix().loc["all", "code"])
     with pytest.warns(UserWarning, match="'math'"):
-        again = study.calibration_sensitivity(model, None, evaluation, domains=("code", "prose", "math"),
-                                              calibration=setup["obs"], ratio=0.5, resamples=50, progress=False)
+        again = study.calibration_sensitivity(
+            model,
+            None,
+            evaluation,
+            domains=("code", "prose", "math"),
+            calibration=setup["obs"],
+            ratio=0.5,
+            resamples=50,
+            progress=False,
+        )
     pd.testing.assert_frame_equal(again.loss_matrix(), one.loss_matrix())
     with pytest.raises(ValueError, match="needs a tokenizer"):
         study.calibration_sensitivity(model, None, evaluation)
@@ -207,8 +271,18 @@ def test_calibration_sensitivity_single_sample(setup):
 
 def test_summarise_mentions_every_method(setup):
     text = study.summarise(setup["sequences"], setup["sensitivity"], setup["layers"], resamples=200)
-    for name in ("frequency", "soft_frequency", "ean_mean", "random", "m_smoe", "hc_smoe", "global_reap",
-                 "prune", "merge", "global"):
+    for name in (
+        "frequency",
+        "soft_frequency",
+        "ean_mean",
+        "random",
+        "m_smoe",
+        "hc_smoe",
+        "global_reap",
+        "prune",
+        "merge",
+        "global",
+    ):
         assert f"`{name}`" in text or f"({name})" in text, name
     for ratio in ("25%", "50%", "75%"):
         assert ratio in text
@@ -227,10 +301,27 @@ def _synthetic_sequences(gaps: dict, noise: float, n: int = 40, seed: int = 0) -
     rows = []
     for label, gap in gaps.items():
         loss = base + gap + rng.normal(0, noise, n) * (label != "reap")
-        rows.append(pd.DataFrame({"method": "prune", "criterion": label, "label": label, "seed": pd.NA, "ratio": 0.5,
-                                  "experts_kept": 4, "experts_total": 8, "kept_routing": 0.5, "domain": "code",
-                                  "sequence": np.arange(n), "tokens": 20, "loss": loss, "kl": gap + 0.1,
-                                  "agreement": 0.5, "delta_loss": loss - base + 1.0}))
+        rows.append(
+            pd.DataFrame(
+                {
+                    "method": "prune",
+                    "criterion": label,
+                    "label": label,
+                    "seed": pd.NA,
+                    "ratio": 0.5,
+                    "experts_kept": 4,
+                    "experts_total": 8,
+                    "kept_routing": 0.5,
+                    "domain": "code",
+                    "sequence": np.arange(n),
+                    "tokens": 20,
+                    "loss": loss,
+                    "kl": gap + 0.1,
+                    "agreement": 0.5,
+                    "delta_loss": loss - base + 1.0,
+                }
+            )
+        )
     frame = pd.concat(rows, ignore_index=True)
     frame["seed"] = frame["seed"].astype("Int64")
     return frame
@@ -252,7 +343,18 @@ def test_summary_states_a_claim_only_when_its_interval_supports_it():
 
 def test_results_table_is_what_notebook_04_reads(setup):
     table = study.results_table(setup["results"], model="tiny")
-    assert {"ratio", "criterion", "label", "domain", "loss", "loss_lo", "kl", "agreement", "delta_loss", "model"} <= set(table.columns)
+    assert {
+        "ratio",
+        "criterion",
+        "label",
+        "domain",
+        "loss",
+        "loss_lo",
+        "kl",
+        "agreement",
+        "delta_loss",
+        "model",
+    } <= set(table.columns)
     assert {"global_reap", "m_smoe", "reap"} <= set(table.label)
 
 
@@ -280,13 +382,22 @@ def test_bad_input(setup):
 # Notebook 05 under papermill (tiny qwen3_moe saved to disk, token-id files)
 # --------------------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_notebook_05_study(tmp_path):
     from reapkit.sweep import run_notebook
 
     model, spec = tiny_checkpoint(tmp_path)
-    params = dict(model=str(model), calibration=spec, evaluation=spec, max_length=12, batch_size=4,
-                  cache_dir=str(tmp_path / "cache"), ratios=[0, 0.5], random_seeds=[0, 1])
+    params = dict(
+        model=str(model),
+        calibration=spec,
+        evaluation=spec,
+        max_length=12,
+        batch_size=4,
+        cache_dir=str(tmp_path / "cache"),
+        ratios=[0, 0.5],
+        random_seeds=[0, 1],
+    )
     out = run_notebook(ROOT / "notebooks/05_study.ipynb", params, tmp_path / "run", threads=1)
     nb = nbformat.read(str(out), as_version=4)
     assert not [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
@@ -304,10 +415,27 @@ def test_notebook_05_study(tmp_path):
 def test_notebook_05_bad_parameter(tmp_path):
     from reapkit.notebook import ParameterError, check_parameters
 
-    good = dict(model="demo", calibration="code:4", evaluation="code:4", seed=0, max_length=16, batch_size=2,
-                output_dir="o", figures_dir="f", cache_dir=None, interactive=False, ratios=[0, 0.5], criteria=["reap"],
-                random_seeds=[], merges=[], global_budget=False, margin=0, sensitivity=True, sensitivity_ratio=0.5,
-                sensitivity_criterion="reap")
+    good = dict(
+        model="demo",
+        calibration="code:4",
+        evaluation="code:4",
+        seed=0,
+        max_length=16,
+        batch_size=2,
+        output_dir="o",
+        figures_dir="f",
+        cache_dir=None,
+        interactive=False,
+        ratios=[0, 0.5],
+        criteria=["reap"],
+        random_seeds=[],
+        merges=[],
+        global_budget=False,
+        margin=0,
+        sensitivity=True,
+        sensitivity_ratio=0.5,
+        sensitivity_criterion="reap",
+    )
     assert check_parameters(good, "05_study").merges == []
     with pytest.raises(ParameterError, match="'merges'.*unknown merge method"):
         check_parameters({**good, "merges": ["zip"]}, "05_study")

@@ -1,5 +1,6 @@
 """Sweeps: a bad file is refused before any run; a failing run is reported while the others finish;
 results are appended to one table."""
+
 import json
 from pathlib import Path
 
@@ -13,13 +14,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # A notebook with no heavy imports: writes results.csv, fails when asked to.
 DUMMY_PARAMETERS = 'value = 1\nfail = False\noutput_dir = "out"\n'
-DUMMY_BODY = '''\
+DUMMY_BODY = """\
 import pandas as pd
 from pathlib import Path
 if fail:
     raise RuntimeError(f"asked to fail with value={value}")
 Path(output_dir).mkdir(parents=True, exist_ok=True)
-pd.DataFrame({"value": [value, value * 10], "kind": ["a", "b"]}).to_csv(Path(output_dir) / "results.csv", index=False)'''
+pd.DataFrame({"value": [value, value * 10], "kind": ["a", "b"]}).to_csv(Path(output_dir) / "results.csv", index=False)"""
 
 
 @pytest.fixture
@@ -38,7 +39,11 @@ def write_sweep(tmp_path, notebook, name="s", **spec):
     path = tmp_path / f"{name}.yaml"
     import yaml
 
-    path.write_text(yaml.safe_dump({"name": name, "notebook": str(notebook), "runs_dir": str(tmp_path / "runs"), **spec}, sort_keys=False))
+    path.write_text(
+        yaml.safe_dump(
+            {"name": name, "notebook": str(notebook), "runs_dir": str(tmp_path / "runs"), **spec}, sort_keys=False
+        )
+    )
     return path
 
 
@@ -51,12 +56,15 @@ def test_unknown_key_refuses_the_file_before_any_run(tmp_path, dummy):
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize("spec, message", [
-    ({"grid": {"nope": [1]}}, "no parameter"),
-    ({"grid": {"value": 3}}, "non-empty list"),
-    ({"parameters": {"value": 1}, "grid": {"value": [2]}}, "both"),
-    ({"jobs": 0}, "jobs"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ({"grid": {"nope": [1]}}, "no parameter"),
+        ({"grid": {"value": 3}}, "non-empty list"),
+        ({"parameters": {"value": 1}, "grid": {"value": [2]}}, "both"),
+        ({"jobs": 0}, "jobs"),
+    ],
+)
 def test_malformed_sweeps_are_refused(tmp_path, dummy, spec, message):
     with pytest.raises(SweepError, match=message):
         run_sweep(write_sweep(tmp_path, dummy, **spec))
@@ -64,7 +72,9 @@ def test_malformed_sweeps_are_refused(tmp_path, dummy, spec, message):
 
 
 def test_grid_product_and_run_ids(tmp_path, dummy):
-    sweep = load_sweep(write_sweep(tmp_path, dummy, parameters={"fail": False}, grid={"value": [1, 2], "output_dir": ["x"]}))
+    sweep = load_sweep(
+        write_sweep(tmp_path, dummy, parameters={"fail": False}, grid={"value": [1, 2], "output_dir": ["x"]})
+    )
     assert [r["run_id"] for r in sweep["runs"]] == ["000-value=1-output_dir=x", "001-value=2-output_dir=x"]
     assert sweep["runs"][1]["parameters"] == {"fail": False, "value": 2, "output_dir": "x"}
 
@@ -124,8 +134,14 @@ def test_run_demo_on_the_bundled_model(tmp_path):
 
     if not (DEMO_PATH / "config.json").is_file():
         pytest.skip("the bundled demo model is not built (python -m reapkit.demo train)")
-    quick = {"calibration": "code:4,tools:4,prose:4,math:4", "evaluation": "code:2,tools:2,prose:2,math:2",
-             "criteria": ["reap", "frequency"], "ratios": [0.5], "max_length": 64, "max_new_tokens": 4}
+    quick = {
+        "calibration": "code:4,tools:4,prose:4,math:4",
+        "evaluation": "code:2,tools:2,prose:2,math:2",
+        "criteria": ["reap", "frequency"],
+        "ratios": [0.5],
+        "max_length": 64,
+        "max_new_tokens": 4,
+    }
     run_demo(tmp_path / "figures", tmp_path / "runs", parameters=quick, progress=False)
     for name in DEMO_NOTEBOOKS:
         assert (tmp_path / "runs" / name / f"{name}.ipynb").is_file()
@@ -142,7 +158,11 @@ def test_resume_skips_runs_finished_with_the_same_parameters(tmp_path, dummy):
     stamp = notebook.stat().st_mtime_ns
     again = run_sweep(write_sweep(tmp_path, dummy, grid={"value": [1, 2]}), jobs=1, resume=True, progress=False)
     assert again.skipped.all() and list(again.status) == ["ok", "ok"] and notebook.stat().st_mtime_ns == stamp
-    changed = run_sweep(write_sweep(tmp_path, dummy, parameters={"fail": False}, grid={"value": [1, 2]}), jobs=1,
-                        resume=True, progress=False)
+    changed = run_sweep(
+        write_sweep(tmp_path, dummy, parameters={"fail": False}, grid={"value": [1, 2]}),
+        jobs=1,
+        resume=True,
+        progress=False,
+    )
     assert not changed.skipped.any()  # other parameters: run again
     assert sorted(pd.read_csv(tmp_path / "runs" / "s" / "results.csv").value) == [1, 2, 10, 20]

@@ -7,6 +7,7 @@
 config) or VISION (on the other sub-configs, recursively), per-layer lists keep their last entries.
 OVERRIDES holds what one type needs beyond that (a validator, MLA sizes, a layer pattern).
 """
+
 from __future__ import annotations
 
 import torch
@@ -15,18 +16,62 @@ from transformers.models.auto import configuration_auto, modeling_auto
 
 from reapkit.arch import VERIFIED
 
-TEXT = dict(vocab_size=96, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4, head_dim=16,
-            intermediate_size=64, moe_intermediate_size=32, shared_expert_intermediate_size=32, max_position_embeddings=128,
-            pad_token_id=0, bos_token_id=1, eos_token_id=2, use_cache=False,
-            num_experts=8, num_local_experts=8, n_routed_experts=8, moe_num_experts=8,
-            num_experts_per_tok=2, num_experts_per_token=2, moe_k=2, top_k_experts=2, n_group=1, num_expert_group=1, topk_group=1,
-            kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16,
-            linear_num_value_heads=4, linear_num_key_heads=2, linear_key_head_dim=16, linear_value_head_dim=16,
-            first_k_dense_replace=0, moe_layer_start_index=0, decoder_sparse_step=1, interleave_moe_layer_step=1,
-            intermediate_size_mlp=64, sliding_window=16)
-VISION = dict(hidden_size=32, num_hidden_layers=1, depth=1, intermediate_size=64, num_attention_heads=2, num_heads=2,
-              out_hidden_size=64, embed_dim=32, vocab_size=96)
-MLA = dict(num_key_value_heads=4, kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16)
+TEXT = dict(
+    vocab_size=96,
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    head_dim=16,
+    intermediate_size=64,
+    moe_intermediate_size=32,
+    shared_expert_intermediate_size=32,
+    max_position_embeddings=128,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+    use_cache=False,
+    num_experts=8,
+    num_local_experts=8,
+    n_routed_experts=8,
+    moe_num_experts=8,
+    num_experts_per_tok=2,
+    num_experts_per_token=2,
+    moe_k=2,
+    top_k_experts=2,
+    n_group=1,
+    num_expert_group=1,
+    topk_group=1,
+    kv_lora_rank=16,
+    q_lora_rank=16,
+    qk_rope_head_dim=8,
+    qk_nope_head_dim=8,
+    v_head_dim=16,
+    linear_num_value_heads=4,
+    linear_num_key_heads=2,
+    linear_key_head_dim=16,
+    linear_value_head_dim=16,
+    first_k_dense_replace=0,
+    moe_layer_start_index=0,
+    decoder_sparse_step=1,
+    interleave_moe_layer_step=1,
+    intermediate_size_mlp=64,
+    sliding_window=16,
+)
+VISION = dict(
+    hidden_size=32,
+    num_hidden_layers=1,
+    depth=1,
+    intermediate_size=64,
+    num_attention_heads=2,
+    num_heads=2,
+    out_hidden_size=64,
+    embed_dim=32,
+    vocab_size=96,
+)
+MLA = dict(
+    num_key_value_heads=4, kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16
+)
 
 #: per-type settings beyond TEXT (the text config's keys; a sub-config's under its name)
 _ROPE_HALF = {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5}
@@ -40,19 +85,24 @@ OVERRIDES = {
     "glm4v_moe": dict(rope_parameters={**_ROPE_HALF, "mrope_section": [2, 1, 1]}),
     "inkling2": dict(vision_config=dict(text_hidden_size=64)),
     "lfm2_moe": dict(layer_types=["full_attention", "full_attention"], num_dense_layers=0),
-    "mimo_v2_flash": dict(num_key_value_heads=2,  # its sliding-window layers double the KV heads
-                          rope_parameters={"full_attention": _ROPE_HALF, "sliding_attention": _ROPE_HALF}),
+    "mimo_v2_flash": dict(
+        num_key_value_heads=2,  # its sliding-window layers double the KV heads
+        rope_parameters={"full_attention": _ROPE_HALF, "sliding_attention": _ROPE_HALF},
+    ),
     "qwen3_omni_moe": dict(enable_audio_output=False),
     "mistral4": dict(head_dim=16),
     "beam": dict(mlp_layer_types=["sparse", "sparse"]),
-    "glm5_next": dict(qk_rope_head_dim=0, mlp_layer_types=["sparse", "sparse"],
-                      layer_types=["indexed_attention", "indexed_attention"]),  # no KDA layer: its reference kernel is slow
+    "glm5_next": dict(
+        qk_rope_head_dim=0, mlp_layer_types=["sparse", "sparse"], layer_types=["indexed_attention", "indexed_attention"]
+    ),  # no KDA layer: its reference kernel is slow
     "gemma4": dict(enable_moe_block=True),
     "diffusion_gemma": dict(enable_moe_block=True),
     "granitemoehybrid": dict(mamba_n_heads=4, mamba_d_state=8, mamba_d_head=16, mamba_chunk_size=8, mamba_expand=1),
     "kimi_linear": dict(linear_head_dim=16, linear_num_heads=4),
-    "ernie4_5_vl_moe": dict(moe_intermediate_size=[32, 32],
-                            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [3, 3, 2]}),
+    "ernie4_5_vl_moe": dict(
+        moe_intermediate_size=[32, 32],
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [3, 3, 2]},
+    ),
 }
 
 AUTO_CLASSES = (
@@ -94,8 +144,11 @@ def tiny_config(name: str, **overrides):
     if text is default:
         return cls(**{**_shrink(default.to_dict(), TEXT), **overrides})
     subs = {}
-    outer = {k: v for k, v in overrides.items() if k in (getattr(cls, "sub_configs", {}) or {}) or hasattr(default, k)
-             and not hasattr(text, k)}
+    outer = {
+        k: v
+        for k, v in overrides.items()
+        if k in (getattr(cls, "sub_configs", {}) or {}) or hasattr(default, k) and not hasattr(text, k)
+    }
     inner = {k: v for k, v in overrides.items() if k not in outer}
     for key in getattr(cls, "sub_configs", {}) or {}:
         sub = getattr(default, key, None)
@@ -151,6 +204,8 @@ def tiny_checkpoint(root, domains=("code", "prose"), sequences: int = 4, length:
     files = []
     for domain in domains:
         path = root / f"{domain}.jsonl"
-        path.write_text("".join(json.dumps(torch.randint(3, 96, (length,), generator=g).tolist()) + "\n" for _ in range(sequences)))
+        path.write_text(
+            "".join(json.dumps(torch.randint(3, 96, (length,), generator=g).tolist()) + "\n" for _ in range(sequences))
+        )
         files.append(str(path))
     return root / "model", ",".join(files)

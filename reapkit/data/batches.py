@@ -77,7 +77,11 @@ def read_token_file(path: str | Path, vocab_size: int | None = None) -> list[lis
             raise ValueError(f"{path}:{number}: expected a non-empty JSON list of integer token ids, got {line[:60]!r}")
         bad = [t for t in seq if t < 0 or (vocab_size is not None and t >= vocab_size)]
         if bad:
-            limit = f"the model's vocabulary has {vocab_size} tokens (ids 0..{vocab_size - 1})" if vocab_size else "ids are >= 0"
+            limit = (
+                f"the model's vocabulary has {vocab_size} tokens (ids 0..{vocab_size - 1})"
+                if vocab_size
+                else "ids are >= 0"
+            )
             raise ValueError(
                 f"{path}:{number}: token id {bad[0]} is outside the vocabulary ({limit}); the file was made "
                 "for another tokenizer: re-tokenize the text with this model's tokenizer"

@@ -1,8 +1,9 @@
 """Figures comparing criteria: agreement by layer (with chance levels) and REAP against frequency per expert.
 
-    >>> criterion_agreement(scores, criteria=["reap", "frequency", "ean_mean"], ratio=0.5)
-    >>> reap_vs_frequency(scores, layer=3, ratio=0.5)
+>>> criterion_agreement(scores, criteria=["reap", "frequency", "ean_mean"], ratio=0.5)
+>>> reap_vs_frequency(scores, layer=3, ratio=0.5)
 """
+
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
@@ -31,8 +32,15 @@ _PAIR_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "h", "<", ">")
 
 
 @styled
-def criterion_agreement(frame: pd.DataFrame, *, criteria=DEFAULT_CRITERIA, ratio: float = 0.5, domain: str = ALL,
-                        reference: str | None = None, fig=None):
+def criterion_agreement(
+    frame: pd.DataFrame,
+    *,
+    criteria=DEFAULT_CRITERIA,
+    ratio: float = 0.5,
+    domain: str = ALL,
+    reference: str | None = None,
+    fig=None,
+):
     """Two panels by layer: Spearman correlation between criteria (0 and the 95% band of unrelated
     rankings shaded), and the overlap (Jaccard) of the experts they prune (chance level dotted).
 
@@ -42,7 +50,11 @@ def criterion_agreement(frame: pd.DataFrame, *, criteria=DEFAULT_CRITERIA, ratio
     the colour of its second criterion and a marker of its first; `reference` (default: the first
     criterion) keeps only the pairs with it. Returns the Figure.
     """
-    table = frame if (not is_empty(frame) and "spearman" in frame.columns) else agreement_table(frame, criteria=criteria, ratio=ratio, domain=domain)
+    table = (
+        frame
+        if (not is_empty(frame) and "spearman" in frame.columns)
+        else agreement_table(frame, criteria=criteria, ratio=ratio, domain=domain)
+    )
     if is_empty(table):
         return no_data_figure(fig, message="no data (needs two criteria)", title="criterion agreement")
     if reference is not None:
@@ -52,17 +64,34 @@ def criterion_agreement(frame: pd.DataFrame, *, criteria=DEFAULT_CRITERIA, ratio
     pairs = list(dict.fromkeys(zip(table["criterion_a"], table["criterion_b"])))
     firsts = list(dict.fromkeys(a for a, _ in pairs))
     layers = sorted(set(table["layer"]))
-    band = table.groupby("layer")[["spearman_lo", "spearman_hi"]].mean().reindex(layers) if "spearman_lo" in table else None
+    band = (
+        table.groupby("layer")[["spearman_lo", "spearman_hi"]].mean().reindex(layers)
+        if "spearman_lo" in table
+        else None
+    )
     if band is not None:
-        ax_rho.fill_between(layers, band["spearman_lo"], band["spearman_hi"], color="0.9", linewidth=0, zorder=0,
-                            label="95% of random rankings", step="mid" if len(layers) > 1 else None)
+        ax_rho.fill_between(
+            layers,
+            band["spearman_lo"],
+            band["spearman_hi"],
+            color="0.9",
+            linewidth=0,
+            zorder=0,
+            label="95% of random rankings",
+            step="mid" if len(layers) > 1 else None,
+        )
         if len(layers) == 1:
             ax_rho.axhspan(band["spearman_lo"].iloc[0], band["spearman_hi"].iloc[0], color="0.9", zorder=0)
     ax_rho.axhline(0, color="0.5", linewidth=0.6, zorder=1)
     for a, b in pairs:
         part = table[(table["criterion_a"] == a) & (table["criterion_b"] == b)].sort_values("layer")
-        kwargs = dict(color=criterion_color(b), marker=_PAIR_MARKERS[firsts.index(a) % len(_PAIR_MARKERS)],
-                      markersize=3, linewidth=1.0, label=f"{a} vs {b}")
+        kwargs = dict(
+            color=criterion_color(b),
+            marker=_PAIR_MARKERS[firsts.index(a) % len(_PAIR_MARKERS)],
+            markersize=3,
+            linewidth=1.0,
+            label=f"{a} vs {b}",
+        )
         ax_rho.plot(part["layer"], part["spearman"], **kwargs)
         ax_overlap.plot(part["layer"], part["overlap"], **kwargs)
     if "overlap_chance" in table:
@@ -70,14 +99,19 @@ def criterion_agreement(frame: pd.DataFrame, *, criteria=DEFAULT_CRITERIA, ratio
         if np.ptp(chance.to_numpy()) < 1e-9:
             chance_line(ax_overlap, float(chance.iloc[0]))
         else:
-            ax_overlap.plot(layers, chance.to_numpy(), color="0.45", linestyle=(0, (1, 1.5)), linewidth=0.8, label="chance")
+            ax_overlap.plot(
+                layers, chance.to_numpy(), color="0.45", linestyle=(0, (1, 1.5)), linewidth=0.8, label="chance"
+            )
     ax_rho.set_ylim(-1.05, 1.05)
     ax_rho.set_title("rank correlation of scores")
     ax_rho.set_xlabel("layer")
     ax_rho.set_ylabel("Spearman ρ")
     ax_overlap.set_ylim(-0.02, 1.02)
-    ax_overlap.set_title(f"overlap of pruned sets at {ratio:.0%} removed" if "spearman" not in getattr(frame, "columns", [])
-                         else "overlap of pruned sets")
+    ax_overlap.set_title(
+        f"overlap of pruned sets at {ratio:.0%} removed"
+        if "spearman" not in getattr(frame, "columns", [])
+        else "overlap of pruned sets"
+    )
     ax_overlap.set_xlabel("layer")
     ax_overlap.set_ylabel("Jaccard index")
     integer_axis(ax_rho, "x")
@@ -98,8 +132,16 @@ def _pruned_mask(values: np.ndarray, ratio: float) -> np.ndarray:
 
 
 @styled
-def reap_vs_frequency(frame: pd.DataFrame, *, layer=None, ratio: float = 0.5, domain: str = ALL, x: str = "frequency",
-                      y: str = "reap", ax=None):
+def reap_vs_frequency(
+    frame: pd.DataFrame,
+    *,
+    layer=None,
+    ratio: float = 0.5,
+    domain: str = ALL,
+    x: str = "frequency",
+    y: str = "reap",
+    ax=None,
+):
     """Each expert as a point: routing frequency (x) against its REAP score, mean gate x ||output|| (y),
     marked by which criterion keeps it at `ratio`: kept by both (black), only by REAP (REAP's colour),
     only by frequency (frequency's colour), pruned by both (hollow grey).
@@ -124,27 +166,52 @@ def reap_vs_frequency(frame: pd.DataFrame, *, layer=None, ratio: float = 0.5, do
         xv, yv = table[x].to_numpy(float), table[y].to_numpy(float)
         total = xv.sum()
         share = xv / total if (layer is None and total > 0) else xv
-        rows.append(pd.DataFrame({"layer": lay, "expert": table.index, "x": share, "y": yv,
-                                  "pruned_x": _pruned_mask(xv, ratio), "pruned_y": _pruned_mask(yv, ratio)}))
+        rows.append(
+            pd.DataFrame(
+                {
+                    "layer": lay,
+                    "expert": table.index,
+                    "x": share,
+                    "y": yv,
+                    "pruned_x": _pruned_mask(xv, ratio),
+                    "pruned_y": _pruned_mask(yv, ratio),
+                }
+            )
+        )
     points = pd.concat(rows, ignore_index=True)
     groups = [
         ("kept by both", ~points.pruned_x & ~points.pruned_y, dict(color="black")),
         (f"kept by {y} only", points.pruned_x & ~points.pruned_y, dict(color=criterion_color(y), marker="^")),
         (f"kept by {x} only", ~points.pruned_x & points.pruned_y, dict(color=criterion_color(x), marker="v")),
-        ("pruned by both", points.pruned_x & points.pruned_y, dict(facecolors="none", edgecolors="0.5", linewidths=0.6)),
+        (
+            "pruned by both",
+            points.pruned_x & points.pruned_y,
+            dict(facecolors="none", edgecolors="0.5", linewidths=0.6),
+        ),
     ]
     for label, selected, kwargs in groups:
         part = points[selected]
-        ax.scatter(part["x"], part["y"], s=12, label=f"{label} ({len(part)})", zorder=2,
-                   **({"linewidths": 0} | kwargs) if "edgecolors" not in kwargs else kwargs)
+        ax.scatter(
+            part["x"],
+            part["y"],
+            s=12,
+            label=f"{label} ({len(part)})",
+            zorder=2,
+            **({"linewidths": 0} | kwargs) if "edgecolors" not in kwargs else kwargs,
+        )
     if layer is not None and len(points):
         for col, pruned, draw in (("x", "pruned_x", ax.axvline), ("y", "pruned_y", ax.axhline)):
             kept_values = points.loc[~points[pruned], col]
             gone_values = points.loc[points[pruned], col]
             if len(kept_values) and len(gone_values):
                 draw((kept_values.min() + gone_values.max()) / 2, color="0.5", linestyle="--", linewidth=0.6, zorder=1)
-    ax.set_xlabel(f"{x} (share of layer's routed tokens)" if layer is None and x == "frequency" else
-                  "routing frequency (tokens)" if x == "frequency" else x)
+    ax.set_xlabel(
+        f"{x} (share of layer's routed tokens)"
+        if layer is None and x == "frequency"
+        else "routing frequency (tokens)"
+        if x == "frequency"
+        else x
+    )
     ax.set_ylabel("REAP score: mean gate × ‖output‖" if y == "reap" else y)
     ax.margins(0.05)
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), borderaxespad=0, handletextpad=0.2)

@@ -1,8 +1,9 @@
 """Figures of calibration domains: which experts serve which domain, and specialisation by depth.
 
-    >>> domain_saliency(scores, criterion="frequency")
-    >>> specialisation_by_depth(scores)
+>>> domain_saliency(scores, criterion="frequency")
+>>> specialisation_by_depth(scores)
 """
+
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
@@ -72,10 +73,18 @@ def domain_saliency(frame: pd.DataFrame, *, criterion: str = "frequency", layers
                 ax.plot(cols[expert], where[(layer, domain)], marker=".", color="black", markersize=2.5)
     bar = fig.colorbar(image, ax=ax, label="enrichment", shrink=0.95, pad=0.01, extend=extend)
     bar.set_ticks(np.arange(-limit, limit + 1, max(1, limit // 2)))
-    bar.set_ticklabels([f"{2 ** t:g}" if t >= 0 else f"1/{2 ** -t:g}" for t in bar.get_ticks()])
+    bar.set_ticklabels([f"{2**t:g}" if t >= 0 else f"1/{2**-t:g}" for t in bar.get_ticks()])
     if np.ma.getmaskarray(values).any():
-        ax.text(1.0, 1.0, "grey: never routed; dot: dominant domain", transform=ax.transAxes, ha="right", va="bottom",
-                fontsize=6, color="0.35")
+        ax.text(
+            1.0,
+            1.0,
+            "grey: never routed; dot: dominant domain",
+            transform=ax.transAxes,
+            ha="right",
+            va="bottom",
+            fontsize=6,
+            color="0.35",
+        )
     return ax
 
 
@@ -103,18 +112,40 @@ def specialisation_by_depth(frame: pd.DataFrame, *, criterion: str = "frequency"
         for domain in sorted(set(table["dominant"])):
             part = table[table["dominant"] == domain]
             jitter = rng.uniform(-0.18, 0.18, len(part))
-            ax.scatter(part["layer"] + jitter, part["specialisation"], s=9, marker=domain_marker(domain), facecolors="none",
-                       edgecolors="0.45", linewidths=0.5, label=f"{domain}", zorder=2)
+            ax.scatter(
+                part["layer"] + jitter,
+                part["specialisation"],
+                s=9,
+                marker=domain_marker(domain),
+                facecolors="none",
+                edgecolors="0.45",
+                linewidths=0.5,
+                label=f"{domain}",
+                zorder=2,
+            )
     for name, part in groups:
         weights = part["usage"].where(part["usage"] > 0, 0) + 1e-12
         mean = (part["specialisation"] * weights).groupby(part["layer"]).sum() / weights.groupby(part["layer"]).sum()
-        ax.plot(mean.index, mean.to_numpy(), color="black" if name is None else criterion_color(name), marker="o",
-                markersize=2.5, label="mean (usage-weighted)" if name is None else str(name), zorder=3)
+        ax.plot(
+            mean.index,
+            mean.to_numpy(),
+            color="black" if name is None else criterion_color(name),
+            marker="o",
+            markersize=2.5,
+            label="mean (usage-weighted)" if name is None else str(name),
+            zorder=3,
+        )
     integer_axis(ax, "x")
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("layer")
     ax.set_ylabel("specialisation (0 = all domains alike)")
-    legend = ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), borderaxespad=0, handletextpad=0.2,
-                       title=None if grouped else "dominant domain", title_fontsize=6)
+    legend = ax.legend(
+        loc="upper left",
+        bbox_to_anchor=(1.0, 1.0),
+        borderaxespad=0,
+        handletextpad=0.2,
+        title=None if grouped else "dominant domain",
+        title_fontsize=6,
+    )
     legend._legend_box.align = "left"
     return ax

@@ -1,10 +1,11 @@
 """Figures of expert geometry: distance matrices with dendrograms, saliency on the dendrogram, co-selection.
 
-    >>> distance_heatmap(d, n_clusters=4, title="layer 3")          # d: [E, E] angular distances
-    >>> distance_heatmaps({("output", 3): d1, ("weights", 3): d2})   # one colour scale, one colour bar
-    >>> saliency_dendrogram(d, scores, ratio=0.5)                   # leaves coloured by saliency, pruned marked
-    >>> coactivation_matrix(coselect[layer])                        # [E, E] top-k co-selection counts
+>>> distance_heatmap(d, n_clusters=4, title="layer 3")          # d: [E, E] angular distances
+>>> distance_heatmaps({("output", 3): d1, ("weights", 3): d2})   # one colour scale, one colour bar
+>>> saliency_dendrogram(d, scores, ratio=0.5)                   # leaves coloured by saliency, pruned marked
+>>> coactivation_matrix(coselect[layer])                        # [E, E] top-k co-selection counts
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -38,7 +39,9 @@ def _offdiagonal(d: np.ndarray) -> np.ndarray:
 
 def _distance_norm(matrices) -> matplotlib.colors.Normalize:
     """Colour scale over the off-diagonal entries of every matrix (the zero diagonal does not set it)."""
-    values = np.concatenate([_offdiagonal(np.asarray(d, float)) for d in matrices if np.asarray(d).shape[0] > 1] or [np.zeros(0)])
+    values = np.concatenate(
+        [_offdiagonal(np.asarray(d, float)) for d in matrices if np.asarray(d).shape[0] > 1] or [np.zeros(0)]
+    )
     if values.size == 0:
         return matplotlib.colors.Normalize(0, 1)
     lo, hi = float(values.min()), float(values.max())
@@ -63,8 +66,14 @@ def _draw_distance(ax_tree, ax_map, d, clustering, norm, title):
     order = np.asarray(clustering.order)
     flat = is_flat(clustering.linkage)
     if clustering.linkage.size:
-        hierarchy.dendrogram(clustering.linkage, ax=ax_tree, no_labels=True, color_threshold=0,
-                             above_threshold_color="0.3", link_color_func=lambda _: "0.3")
+        hierarchy.dendrogram(
+            clustering.linkage,
+            ax=ax_tree,
+            no_labels=True,
+            color_threshold=0,
+            above_threshold_color="0.3",
+            link_color_func=lambda _: "0.3",
+        )
         ax_tree.set_xlim(0, 10 * len(order))
     ax_tree.axis("off")
     shown = np.ma.masked_where(np.eye(len(order), dtype=bool), d[np.ix_(order, order)])
@@ -79,16 +88,27 @@ def _draw_distance(ax_tree, ax_map, d, clustering, norm, title):
         start = 0
         for i in range(1, len(labels) + 1):
             if i == len(labels) or labels[i] != labels[start]:
-                ax_map.add_patch(matplotlib.patches.Rectangle((start - 0.5, start - 0.5), i - start, i - start,
-                                                              fill=False, edgecolor="#56B4E9", linewidth=1.0))
+                ax_map.add_patch(
+                    matplotlib.patches.Rectangle(
+                        (start - 0.5, start - 0.5), i - start, i - start, fill=False, edgecolor="#56B4E9", linewidth=1.0
+                    )
+                )
                 start = i
     ax_tree.set_title(title + ("\nflat tree: no cluster structure" if flat and len(order) > 2 else ""))
     return image
 
 
 @styled
-def distance_heatmap(distances, clustering=None, *, n_clusters: int | None = None, title: str | None = None,
-                     norm=None, colorbar: bool = True, fig=None):
+def distance_heatmap(
+    distances,
+    clustering=None,
+    *,
+    n_clusters: int | None = None,
+    title: str | None = None,
+    norm=None,
+    colorbar: bool = True,
+    fig=None,
+):
     """Angular distance matrix ordered by average-linkage clustering, with its dendrogram above.
 
         >>> distance_heatmap(d, n_clusters=4, title="output space, layer 3")
@@ -111,7 +131,9 @@ def distance_heatmap(distances, clustering=None, *, n_clusters: int | None = Non
 
 
 @styled
-def distance_heatmaps(distances: dict, clusterings: dict | None = None, *, n_clusters: int | None = None, ncols: int = 4):
+def distance_heatmaps(
+    distances: dict, clusterings: dict | None = None, *, n_clusters: int | None = None, ncols: int = 4
+):
     """One :func:`distance_heatmap` per entry of `distances` ({title or (space, layer): [E, E] matrix}),
     side by side, on one colour scale with one colour bar; `clusterings` {same key: Clustering}
     reuses clusterings. Returns the Figure.
@@ -149,13 +171,21 @@ def distance_heatmaps(distances: dict, clusterings: dict | None = None, *, n_clu
 def _pruned(scores: np.ndarray, ratio) -> np.ndarray:
     pruned = np.zeros(scores.size, bool)
     if ratio is not None:
-        pruned[np.argsort(-scores, kind="stable")[scores.size - pruned_count(scores.size, ratio):]] = True
+        pruned[np.argsort(-scores, kind="stable")[scores.size - pruned_count(scores.size, ratio) :]] = True
     return pruned
 
 
 @styled
-def saliency_clusters(scores, clustering=None, *, labels=None, ratio: float | None = None, title: str | None = None,
-                      log: bool = False, ax=None):
+def saliency_clusters(
+    scores,
+    clustering=None,
+    *,
+    labels=None,
+    ratio: float | None = None,
+    title: str | None = None,
+    log: bool = False,
+    ax=None,
+):
     """Saliency of each expert of one layer as bars in dendrogram order, grouped by cluster (alternating
     grey shades, cluster ids above); with `ratio`, the experts a plan would prune are hatched and pale.
 
@@ -171,7 +201,9 @@ def saliency_clusters(scores, clustering=None, *, labels=None, ratio: float | No
         return no_data(ax)
     order = np.asarray(clustering.order) if clustering is not None else np.arange(s.size)
     if labels is None:
-        labels = clustering.labels if clustering is not None and clustering.labels is not None else np.zeros(s.size, int)
+        labels = (
+            clustering.labels if clustering is not None and clustering.labels is not None else np.zeros(s.size, int)
+        )
     labels = np.asarray(labels)
     pruned = _pruned(s, ratio)
     shades = ("0.25", "0.6")
@@ -184,30 +216,65 @@ def saliency_clusters(scores, clustering=None, *, labels=None, ratio: float | No
     for i, (_, first, last) in enumerate(runs):
         for x in range(first, last + 1):
             e = order[x]
-            ax.bar(x, s[e], width=0.8, color=shades[i % 2], alpha=0.35 if pruned[e] else 1.0,
-                   hatch="/////" if pruned[e] else None, edgecolor="0.2" if pruned[e] else "none", linewidth=0.4)
+            ax.bar(
+                x,
+                s[e],
+                width=0.8,
+                color=shades[i % 2],
+                alpha=0.35 if pruned[e] else 1.0,
+                hatch="/////" if pruned[e] else None,
+                edgecolor="0.2" if pruned[e] else "none",
+                linewidth=0.4,
+            )
     if len(runs) > 1:
         top = float(np.nanmax(s)) if np.isfinite(s).any() else 1.0
         ax.set_ylim(top=top * (3 if log else 1.18))
         for cid, first, last in runs:
-            ax.plot([first - 0.35, last + 0.35], [0.965, 0.965], color="0.3", linewidth=0.8,
-                    transform=ax.get_xaxis_transform(), clip_on=False)
-            ax.text((first + last) / 2, 0.955, str(cid), transform=ax.get_xaxis_transform(), ha="center", va="top",
-                    fontsize=5.5, color="0.3")
+            ax.plot(
+                [first - 0.35, last + 0.35],
+                [0.965, 0.965],
+                color="0.3",
+                linewidth=0.8,
+                transform=ax.get_xaxis_transform(),
+                clip_on=False,
+            )
+            ax.text(
+                (first + last) / 2,
+                0.955,
+                str(cid),
+                transform=ax.get_xaxis_transform(),
+                ha="center",
+                va="top",
+                fontsize=5.5,
+                color="0.3",
+            )
     if log and (s > 0).any():
         ax.set_yscale("log")
     index_ticks(ax, order, "x", max_ticks=32, rotation=90)
     ax.tick_params(axis="x", labelsize=5.5)
     ax.set_xlim(-0.6, s.size - 0.4)
-    ax.set_xlabel("expert (dendrogram order)" + ("; brackets: clusters" if len(runs) > 1 else "")
-                  + ("; hatched: pruned" if ratio is not None else ""))
+    ax.set_xlabel(
+        "expert (dendrogram order)"
+        + ("; brackets: clusters" if len(runs) > 1 else "")
+        + ("; hatched: pruned" if ratio is not None else "")
+    )
     ax.set_ylabel("score")
     return ax
 
 
 @styled
-def saliency_dendrogram(distances, scores, *, clustering=None, ratio: float | None = 0.5, pruned=None, criterion: str = "reap",
-                        log: bool = True, title: str | None = None, ax=None):
+def saliency_dendrogram(
+    distances,
+    scores,
+    *,
+    clustering=None,
+    ratio: float | None = 0.5,
+    pruned=None,
+    criterion: str = "reap",
+    log: bool = True,
+    title: str | None = None,
+    ax=None,
+):
     """The dendrogram of angular distances with each leaf (expert) coloured by its saliency and the
     experts a plan prunes marked with a cross below their leaf (the REAP paper's figure).
 
@@ -232,22 +299,53 @@ def saliency_dendrogram(distances, scores, *, clustering=None, ratio: float | No
         mask = _pruned(s, ratio)
     else:
         pruned = np.asarray(pruned)
-        mask = pruned.astype(bool) if pruned.dtype == bool and pruned.size == s.size else np.isin(np.arange(s.size), pruned)
+        mask = (
+            pruned.astype(bool)
+            if pruned.dtype == bool and pruned.size == s.size
+            else np.isin(np.arange(s.size), pruned)
+        )
     if clustering.linkage.size:
-        hierarchy.dendrogram(clustering.linkage, ax=ax, no_labels=True, color_threshold=0,
-                             above_threshold_color="0.35", link_color_func=lambda _: "0.35")
+        hierarchy.dendrogram(
+            clustering.linkage,
+            ax=ax,
+            no_labels=True,
+            color_threshold=0,
+            above_threshold_color="0.35",
+            link_color_func=lambda _: "0.35",
+        )
     x = 5 + 10 * np.arange(s.size)
     top = float(clustering.linkage[:, 2].max()) if clustering.linkage.size else 1.0
-    norm = (matplotlib.colors.LogNorm(s[s > 0].min(), s.max()) if log and (s > 0).sum() > 1 and s[s > 0].min() < s.max()
-            else matplotlib.colors.Normalize(s.min(), s.max() if s.max() > s.min() else s.min() + 1))
+    norm = (
+        matplotlib.colors.LogNorm(s[s > 0].min(), s.max())
+        if log and (s > 0).sum() > 1 and s[s > 0].min() < s.max()
+        else matplotlib.colors.Normalize(s.min(), s.max() if s.max() > s.min() else s.min() + 1)
+    )
     cmap = plt.get_cmap("viridis").with_extremes(under=MISSING_COLOR, bad=MISSING_COLOR)
     leaf = s[order]
-    points = ax.scatter(x, np.zeros(s.size), c=np.where(leaf > 0, leaf, np.nan) if isinstance(norm, matplotlib.colors.LogNorm) else leaf,
-                        cmap=cmap, norm=norm, s=22, edgecolors="0.2", linewidths=0.3, zorder=3, clip_on=False,
-                        plotnonfinite=True)
+    points = ax.scatter(
+        x,
+        np.zeros(s.size),
+        c=np.where(leaf > 0, leaf, np.nan) if isinstance(norm, matplotlib.colors.LogNorm) else leaf,
+        cmap=cmap,
+        norm=norm,
+        s=22,
+        edgecolors="0.2",
+        linewidths=0.3,
+        zorder=3,
+        clip_on=False,
+        plotnonfinite=True,
+    )
     gone = mask[order]
-    ax.scatter(x[gone], np.full(gone.sum(), -0.07 * top), marker="x", color="black", s=12, linewidths=0.7, zorder=3,
-               clip_on=False)
+    ax.scatter(
+        x[gone],
+        np.full(gone.sum(), -0.07 * top),
+        marker="x",
+        color="black",
+        s=12,
+        linewidths=0.7,
+        zorder=3,
+        clip_on=False,
+    )
     ax.set_ylim(-0.12 * top, top * 1.05)
     ax.set_xlim(0, 10 * s.size)
     ax.set_xticks(x, [str(e) for e in order], rotation=90)
@@ -255,16 +353,22 @@ def saliency_dendrogram(distances, scores, *, clustering=None, ratio: float | No
     ax.set_xlabel(f"expert (×: pruned, {gone.sum()} of {s.size})" if gone.any() else "expert")
     ax.set_ylabel("angular distance")
     ax.spines["bottom"].set_visible(False)
-    fig.colorbar(points, ax=ax, label=f"{criterion} score" + (" (log)" if isinstance(norm, matplotlib.colors.LogNorm) else ""),
-                 pad=0.01, shrink=0.9)
+    fig.colorbar(
+        points,
+        ax=ax,
+        label=f"{criterion} score" + (" (log)" if isinstance(norm, matplotlib.colors.LogNorm) else ""),
+        pad=0.01,
+        shrink=0.9,
+    )
     if is_flat(clustering.linkage) and s.size > 2:
         ax.text(0.01, 0.98, "flat: no cluster structure", transform=ax.transAxes, va="top", fontsize=6, color="0.3")
     return ax
 
 
 @styled
-def coactivation_matrix(coselect, *, order=None, clustering=None, normalise: str | None = "jaccard",
-                        title: str | None = None, ax=None):
+def coactivation_matrix(
+    coselect, *, order=None, clustering=None, normalise: str | None = "jaccard", title: str | None = None, ax=None
+):
     """Expert x expert co-selection of one layer (how often two experts are in the same token's top-k),
     in dendrogram order, the diagonal blank.
 

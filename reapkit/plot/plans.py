@@ -1,8 +1,9 @@
 """Figures of pruning plans: which experts each plan keeps.
 
-    >>> plan_mask(plan)                                             # layers x experts, kept dark
-    >>> plan_masks(pd.concat([mask_frame(p, criterion=c, ratio=r) for (c, r), p in plans.items()]))
+>>> plan_mask(plan)                                             # layers x experts, kept dark
+>>> plan_masks(pd.concat([mask_frame(p, criterion=c, ratio=r) for (c, r), p in plans.items()]))
 """
+
 from __future__ import annotations
 
 import matplotlib
@@ -28,8 +29,10 @@ _KEPT, _PRUNED = "#1F3A5F", "#EDE3D6"
 
 
 def _legend_handles():
-    return [matplotlib.patches.Patch(facecolor=_KEPT, label="kept"),
-            matplotlib.patches.Patch(facecolor=_PRUNED, edgecolor="0.6", linewidth=0.4, label="pruned")]
+    return [
+        matplotlib.patches.Patch(facecolor=_KEPT, label="kept"),
+        matplotlib.patches.Patch(facecolor=_PRUNED, edgecolor="0.6", linewidth=0.4, label="pruned"),
+    ]
 
 
 @styled
@@ -60,11 +63,24 @@ def plan_mask(mask, *, title: str | None = None, legend: bool = True, ax=None):
     ax.set_xlabel("expert")
     ax.set_ylabel("layer")
     kept_n = int(np.nansum(values))
-    ax.text(1.0, 1.0, f"{kept_n}/{int(np.isfinite(values).sum())} kept", transform=ax.transAxes, ha="right", va="bottom",
-            fontsize=6)
+    ax.text(
+        1.0,
+        1.0,
+        f"{kept_n}/{int(np.isfinite(values).sum())} kept",
+        transform=ax.transAxes,
+        ha="right",
+        va="bottom",
+        fontsize=6,
+    )
     if legend:
-        ax.legend(handles=_legend_handles(), loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0,
-                  handlelength=1.0, handleheight=1.0)
+        ax.legend(
+            handles=_legend_handles(),
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1.0),
+            borderaxespad=0,
+            handlelength=1.0,
+            handleheight=1.0,
+        )
     return ax
 
 
@@ -86,7 +102,9 @@ def plan_masks(masks: pd.DataFrame, *, row: str = "criterion", col: str = "ratio
         for j, c in enumerate(cols):
             ax = grid[i, j]
             part = select(masks, **{row: r, col: c})
-            name = ", ".join(f"{v:.0%} removed" if k == "ratio" else f"{v}" for k, v in ((row, r), (col, c)) if v is not None)
+            name = ", ".join(
+                f"{v:.0%} removed" if k == "ratio" else f"{v}" for k, v in ((row, r), (col, c)) if v is not None
+            )
             plan_mask(part, title=name, legend=False, ax=ax)
             if i < len(rows) - 1:
                 ax.set_xlabel("")

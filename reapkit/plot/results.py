@@ -11,6 +11,7 @@ kl, agreement, <metric>_lo / <metric>_hi). Curves are keyed by `label` (one name
 in frames without it, by `criterion`; colours come from :func:`reapkit.plot.theme.criterion_color`
 and line styles from the method (merges dashed, global budget dotted).
 """
+
 from __future__ import annotations
 
 import matplotlib
@@ -49,8 +50,18 @@ from .theme import (
     styled,
 )
 
-__all__ = ["loss_vs_ratio", "loss_vs_ratio_by_domain", "study_curves", "study_figure", "compression_figure",
-           "layer_sensitivity", "reconstruction_by_layer", "calibration_heatmap", "overlap_heatmap", "calibration_figure"]
+__all__ = [
+    "loss_vs_ratio",
+    "loss_vs_ratio_by_domain",
+    "study_curves",
+    "study_figure",
+    "compression_figure",
+    "layer_sensitivity",
+    "reconstruction_by_layer",
+    "calibration_heatmap",
+    "overlap_heatmap",
+    "calibration_figure",
+]
 
 _BAND_NOTE = {"ci": "bands: 95% bootstrap CI", "range": "bands: min-max over runs"}
 
@@ -66,7 +77,12 @@ def _hue(results: pd.DataFrame, hue):
 
 
 def _prepare(results, metric):
-    if metric == DELTA_LOSS and DELTA_LOSS not in results.columns and LOSS in results.columns and (results[RATIO] == 0).any():
+    if (
+        metric == DELTA_LOSS
+        and DELTA_LOSS not in results.columns
+        and LOSS in results.columns
+        and (results[RATIO] == 0).any()
+    ):
         return with_delta_loss(results)
     return results
 
@@ -101,14 +117,26 @@ def _draw_curves(ax, data, metric, hue, *, markers=True):
         if hue == DOMAIN:
             color, linestyle = "black", domain_linestyle(name)
         else:
-            color, linestyle = criterion_color(name if name is not None else metric), method_linestyle(name, methods.get(name))
+            color, linestyle = (
+                criterion_color(name if name is not None else metric),
+                method_linestyle(name, methods.get(name)),
+            )
         bold = str(name) == "reap"
         label = str(name) if name is not None else metric
         runs = int(part.loc[part[RATIO] != 0, "runs"].max()) if (part[RATIO] != 0).any() else 1
         if runs > 1:
             label += f" (mean of {runs})"
-        ax.plot(part[RATIO], part["mean"], color=color, linestyle=linestyle, marker="o" if markers else None, markersize=2.2,
-                linewidth=1.6 if bold else 1.0, zorder=3 if bold else 2, label=label)
+        ax.plot(
+            part[RATIO],
+            part["mean"],
+            color=color,
+            linestyle=linestyle,
+            marker="o" if markers else None,
+            markersize=2.2,
+            linewidth=1.6 if bold else 1.0,
+            zorder=3 if bold else 2,
+            label=label,
+        )
         banded = part[part["band"] != "none"]
         if not banded.empty and (part["hi"] > part["lo"]).any():
             ax.fill_between(part[RATIO], part["lo"], part["hi"], color=color, alpha=0.18, linewidth=0, zorder=1)
@@ -126,7 +154,7 @@ def _band_note(axes_list) -> str | None:
     for ax in axes_list:
         label = ax.get_xlabel()
         if label.startswith(_XLABEL + " ("):
-            note = note or label[len(_XLABEL) + 2:-1]
+            note = note or label[len(_XLABEL) + 2 : -1]
             ax.set_xlabel(_XLABEL)
     return note
 
@@ -140,8 +168,16 @@ def _finish(ax, metric, kinds):
 
 
 @styled
-def loss_vs_ratio(results: pd.DataFrame, *, metric: str = LOSS, domain: str | None = ALL, hue: str | None = None,
-                  focus: bool = False, legend: bool = True, ax=None):
+def loss_vs_ratio(
+    results: pd.DataFrame,
+    *,
+    metric: str = LOSS,
+    domain: str | None = ALL,
+    hue: str | None = None,
+    focus: bool = False,
+    legend: bool = True,
+    ax=None,
+):
     """`metric` (loss, delta_loss, kl, agreement, ...) against the fraction of experts removed, one
     line per `hue` value (default: `label`, else `criterion`), with the ratio-0 baseline starting every line.
 
@@ -161,9 +197,16 @@ def loss_vs_ratio(results: pd.DataFrame, *, metric: str = LOSS, domain: str | No
     limits = _focus_limits(data, metric, hue) if focus else None
     if limits:
         ax.set_ylim(limits[0], limits[1])
-        ax.text(0.98, 0.02 if metric != "agreement" else 0.98, f"random: {limits[2][0]:.3g} to {limits[2][1]:.3g}, off scale",
-                transform=ax.transAxes, ha="right", va="bottom" if metric != "agreement" else "top", fontsize=5.5,
-                color=criterion_color("random"))
+        ax.text(
+            0.98,
+            0.02 if metric != "agreement" else 0.98,
+            f"random: {limits[2][0]:.3g} to {limits[2][1]:.3g}, off scale",
+            transform=ax.transAxes,
+            ha="right",
+            va="bottom" if metric != "agreement" else "top",
+            fontsize=5.5,
+            color=criterion_color("random"),
+        )
     _finish(ax, metric, kinds)
     if legend:
         ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), borderaxespad=0)
@@ -173,7 +216,7 @@ def loss_vs_ratio(results: pd.DataFrame, *, metric: str = LOSS, domain: str | No
 def study_curves(results: pd.DataFrame, *, metric: str = LOSS, domain: str = ALL, focus: bool = True, ax=None):
     """:func:`loss_vs_ratio` of a study frame with `focus` on (random pruning off scale when far worse) and no legend.
 
-        >>> study_curves(results, metric="kl", domain="code")
+    >>> study_curves(results, metric="kl", domain="code")
     """
     return loss_vs_ratio(results, metric=metric, domain=domain, focus=focus, legend=False, ax=ax)
 
@@ -229,16 +272,24 @@ def study_figure(results: pd.DataFrame, *, metrics=(DELTA_LOSS, "kl"), domains=N
         limits = _focus_limits(data, metric, hue) if focus and metric in data.columns else None
         if limits:
             grid[i, 0].set_ylim(limits[0], limits[1])
-            grid[i, -1].text(0.98, 0.98 if metric == "agreement" else 0.02, "random: off scale", transform=grid[i, -1].transAxes,
-                             ha="right", va="top" if metric == "agreement" else "bottom", fontsize=5.5,
-                             color=criterion_color("random"))
+            grid[i, -1].text(
+                0.98,
+                0.98 if metric == "agreement" else 0.02,
+                "random: off scale",
+                transform=grid[i, -1].transAxes,
+                ha="right",
+                va="top" if metric == "agreement" else "bottom",
+                fontsize=5.5,
+                color=criterion_color("random"),
+            )
     _figure_legend(fig, grid.ravel())
     return fig
 
 
 @styled
-def compression_figure(results: pd.DataFrame, *, domain: str = ALL, metrics=(DELTA_LOSS, "agreement"), focus: bool = True,
-                       fig=None):
+def compression_figure(
+    results: pd.DataFrame, *, domain: str = ALL, metrics=(DELTA_LOSS, "agreement"), focus: bool = True, fig=None
+):
     """Loss against compression for every method with intervals, and top-1 agreement beside it
     (two columns wide, one legend below). Returns the Figure.
 
@@ -270,13 +321,17 @@ def layer_sensitivity(frame: pd.DataFrame, *, metric: str = DELTA_LOSS, ratio: f
     ax.set_title("per-layer sensitivity" + (f": {ratio:.0%} of one layer pruned" if ratio is not None else ""))
     if is_empty(frame) or metric not in frame.columns:
         return no_data(ax)
-    data = frame.groupby("layer")[[c for c in (metric, lo(metric), hi(metric)) if c in frame.columns]].mean().sort_index()
+    data = (
+        frame.groupby("layer")[[c for c in (metric, lo(metric), hi(metric)) if c in frame.columns]].mean().sort_index()
+    )
     x = np.arange(len(data))
     errors = None
     if lo(metric) in data and hi(metric) in data:
         errors = np.vstack([data[metric] - data[lo(metric)], data[hi(metric)] - data[metric]]).clip(min=0)
     color = criterion_color(frame[CRITERION].iloc[0]) if CRITERION in frame.columns else criterion_color("reap")
-    ax.bar(x, data[metric], width=0.7, color=color, yerr=errors, error_kw=dict(elinewidth=0.7, capsize=1.5, ecolor="black"))
+    ax.bar(
+        x, data[metric], width=0.7, color=color, yerr=errors, error_kw=dict(elinewidth=0.7, capsize=1.5, ecolor="black")
+    )
     ax.axhline(0, color="0.4", linewidth=0.5)
     ax.set_xticks(x, [str(v) for v in data.index])
     ax.set_xlabel("layer pruned" + (" (error bars: 95% bootstrap CI)" if errors is not None else ""))
@@ -331,8 +386,15 @@ def reconstruction_by_layer(frame: pd.DataFrame, *, hue: str = CRITERION, style_
             if part.empty:
                 continue
             label = " ".join(f"{v:.0%}" if isinstance(v, float) else str(v) for v in (h, st) if v is not None)
-            ax.plot(part.index, part.to_numpy(), marker="o", markersize=2.2, color=criterion_color(h),
-                    linestyle=dashes[j % 4], label=label or None)
+            ax.plot(
+                part.index,
+                part.to_numpy(),
+                marker="o",
+                markersize=2.2,
+                color=criterion_color(h),
+                linestyle=dashes[j % 4],
+                label=label or None,
+            )
     integer_axis(ax, "x")
     ax.set_xlabel("layer")
     ax.set_ylabel("relative L2 error")
@@ -343,6 +405,7 @@ def reconstruction_by_layer(frame: pd.DataFrame, *, hue: str = CRITERION, style_
 # --------------------------------------------------------------------------------------------
 # Calibration sensitivity (reapkit.study.calibration_sensitivity)
 # --------------------------------------------------------------------------------------------
+
 
 def _diagonal_order(table: pd.DataFrame) -> pd.DataFrame:
     """Rows in the columns' order (so row i and column i are the same domain), the rest after."""
@@ -355,8 +418,9 @@ def _diagonal_order(table: pd.DataFrame) -> pd.DataFrame:
 def _annotated_heatmap(ax, table: pd.DataFrame, *, cmap, fmt: str, norm, label="", outline_diagonal=False, mask=None):
     values = table.to_numpy(dtype=float)
     shown = np.ma.masked_where(mask if mask is not None else ~np.isfinite(values), values)
-    image = ax.imshow(shown, aspect="auto", interpolation="nearest", cmap=plt.get_cmap(cmap).with_extremes(bad="white"),
-                      norm=norm)
+    image = ax.imshow(
+        shown, aspect="auto", interpolation="nearest", cmap=plt.get_cmap(cmap).with_extremes(bad="white"), norm=norm
+    )
     ax.set_xticks(np.arange(table.shape[1]), [str(c) for c in table.columns], rotation=30, ha="right")
     ax.set_yticks(np.arange(table.shape[0]), [str(r) for r in table.index])
     for (r, c), v in np.ndenumerate(values):
@@ -368,7 +432,9 @@ def _annotated_heatmap(ax, table: pd.DataFrame, *, cmap, fmt: str, norm, label="
         for i, name in enumerate(table.index):
             if name in list(table.columns):
                 j = list(table.columns).index(name)
-                ax.add_patch(matplotlib.patches.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=1.0))
+                ax.add_patch(
+                    matplotlib.patches.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=1.0)
+                )
     bar = ax.figure.colorbar(image, ax=ax, shrink=0.9, label=label, pad=0.02)
     return ax, bar
 
@@ -390,10 +456,18 @@ def calibration_heatmap(loss_matrix: pd.DataFrame, *, delta: bool = True, ax=Non
     table = _diagonal_order(table)
     ax.set_title("Δ loss after pruning" if delta else "loss after pruning")
     values = table.to_numpy(float)
-    norm = matplotlib.colors.Normalize(min(0.0, float(np.nanmin(values))) if delta else float(np.nanmin(values)),
-                                       float(np.nanmax(values)))
-    _annotated_heatmap(ax, table, cmap="magma_r", fmt=".2f", norm=norm, label="Δ loss (nats)" if delta else "loss (nats)",
-                       outline_diagonal=True)
+    norm = matplotlib.colors.Normalize(
+        min(0.0, float(np.nanmin(values))) if delta else float(np.nanmin(values)), float(np.nanmax(values))
+    )
+    _annotated_heatmap(
+        ax,
+        table,
+        cmap="magma_r",
+        fmt=".2f",
+        norm=norm,
+        label="Δ loss (nats)" if delta else "loss (nats)",
+        outline_diagonal=True,
+    )
     ax.set_xlabel("calibration set")
     ax.set_ylabel("evaluation domain")
     return ax
@@ -431,12 +505,19 @@ def overlap_heatmap(overlap: pd.DataFrame, *, chance: float | None = None, ax=No
 
 
 @styled
-def calibration_figure(loss_matrix, overlap: pd.DataFrame | None = None, *, delta: bool = True, chance: float | None = None,
-                       title: str | None = None, fig=None):
+def calibration_figure(
+    loss_matrix,
+    overlap: pd.DataFrame | None = None,
+    *,
+    delta: bool = True,
+    chance: float | None = None,
+    title: str | None = None,
+    fig=None,
+):
     """:func:`calibration_heatmap` next to :func:`overlap_heatmap` (two columns wide). Returns the Figure.
 
-        >>> calibration_figure(sensitivity)        # a reapkit.study.Sensitivity: chance and title from it
-        >>> calibration_figure(loss_matrix, overlap, chance=expected_jaccard(16, 8), title="REAP at 50%")
+    >>> calibration_figure(sensitivity)        # a reapkit.study.Sensitivity: chance and title from it
+    >>> calibration_figure(loss_matrix, overlap, chance=expected_jaccard(16, 8), title="REAP at 50%")
     """
     if hasattr(loss_matrix, "loss_matrix") and hasattr(loss_matrix, "overlap_matrix"):
         result = loss_matrix

@@ -1,10 +1,11 @@
 """Figures of expert saliency: heatmaps, sorted curves, raw distributions per layer, experts kept per layer.
 
-    >>> saliency_heatmap(scores, criterion="reap")                 # raw scale, log colours, shared bar
-    >>> saliency_curves(scores, criterion="reap", ratio=0.5)
-    >>> saliency_distributions(scores, criterion="reap", ratio=0.5, budget=plan_global)
-    >>> kept_per_layer({"uniform": plan, "global budget": plan_global})
+>>> saliency_heatmap(scores, criterion="reap")                 # raw scale, log colours, shared bar
+>>> saliency_curves(scores, criterion="reap", ratio=0.5)
+>>> saliency_distributions(scores, criterion="reap", ratio=0.5, budget=plan_global)
+>>> kept_per_layer({"uniform": plan, "global budget": plan_global})
 """
+
 from __future__ import annotations
 
 import matplotlib
@@ -33,8 +34,9 @@ __all__ = ["saliency_heatmap", "saliency_heatmaps", "saliency_curves", "saliency
 
 def _legend_below(ax):
     """A two-column legend under the x label (keeps the panel's width for the data)."""
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=2, borderaxespad=0, handletextpad=0.3,
-              columnspacing=1.0)
+    ax.legend(
+        loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=2, borderaxespad=0, handletextpad=0.3, columnspacing=1.0
+    )
 
 
 def _title(criterion, domain):
@@ -67,9 +69,19 @@ def _heatmap_values(frame, criterion, domain, sort, normalise):
 
 
 @styled
-def saliency_heatmap(frame: pd.DataFrame, *, criterion: str = "reap", domain: str = ALL, sort: bool = False,
-                     normalise: bool = False, log: bool = True, norm=None, ax=None, cmap: str = "viridis",
-                     colorbar: bool = True):
+def saliency_heatmap(
+    frame: pd.DataFrame,
+    *,
+    criterion: str = "reap",
+    domain: str = ALL,
+    sort: bool = False,
+    normalise: bool = False,
+    log: bool = True,
+    norm=None,
+    ax=None,
+    cmap: str = "viridis",
+    colorbar: bool = True,
+):
     """Layers x experts heatmap of one criterion's raw scores (the scale of each layer stays visible).
 
         >>> saliency_heatmap(scores, criterion="reap", sort=True)
@@ -85,8 +97,10 @@ def saliency_heatmap(frame: pd.DataFrame, *, criterion: str = "reap", domain: st
     if table is None:
         return no_data(ax)
     norm = norm or _norm(values, log and not normalise)
-    masked = np.ma.masked_where(~np.isfinite(values) | (values <= 0) if isinstance(norm, matplotlib.colors.LogNorm)
-                                else ~np.isfinite(values), values)
+    masked = np.ma.masked_where(
+        ~np.isfinite(values) | (values <= 0) if isinstance(norm, matplotlib.colors.LogNorm) else ~np.isfinite(values),
+        values,
+    )
     colormap = plt.get_cmap(cmap).with_extremes(bad=MISSING_COLOR)
     image = ax.imshow(masked, aspect="auto", interpolation="nearest", cmap=colormap, norm=norm, origin="upper")
     ax.set_xlabel("expert rank in layer" if sort else "expert")
@@ -97,16 +111,30 @@ def saliency_heatmap(frame: pd.DataFrame, *, criterion: str = "reap", domain: st
     else:
         index_ticks(ax, table.columns, "x", max_ticks=16)
     if colorbar:
-        label = "score / layer max" if normalise else f"{criterion} score" + (" (log)" if isinstance(norm, matplotlib.colors.LogNorm) else "")
+        label = (
+            "score / layer max"
+            if normalise
+            else f"{criterion} score" + (" (log)" if isinstance(norm, matplotlib.colors.LogNorm) else "")
+        )
         fig.colorbar(image, ax=ax, label=label, shrink=0.95, pad=0.02)
     if np.ma.getmaskarray(masked).any() & np.isfinite(values).any():
-        ax.text(1.0, 1.0, "grey: never routed", transform=ax.transAxes, ha="right", va="bottom", fontsize=6, color="0.35")
+        ax.text(
+            1.0, 1.0, "grey: never routed", transform=ax.transAxes, ha="right", va="bottom", fontsize=6, color="0.35"
+        )
     return ax
 
 
 @styled
-def saliency_heatmaps(frame: pd.DataFrame, *, criteria=None, domain: str = ALL, sort: bool = False,
-                      normalise: bool = False, log: bool = True, fig=None):
+def saliency_heatmaps(
+    frame: pd.DataFrame,
+    *,
+    criteria=None,
+    domain: str = ALL,
+    sort: bool = False,
+    normalise: bool = False,
+    log: bool = True,
+    fig=None,
+):
     """One :func:`saliency_heatmap` per criterion, stacked, each with its own colour bar (criteria
     have different units); two columns wide. Returns the Figure."""
     if criteria is None:
@@ -131,8 +159,16 @@ def saliency_heatmaps(frame: pd.DataFrame, *, criteria=None, domain: str = ALL, 
 
 
 @styled
-def saliency_curves(frame: pd.DataFrame, *, criterion: str = "reap", domain: str = ALL, ratio=None,
-                    normalise: bool = False, log: bool = True, ax=None):
+def saliency_curves(
+    frame: pd.DataFrame,
+    *,
+    criterion: str = "reap",
+    domain: str = ALL,
+    ratio=None,
+    normalise: bool = False,
+    log: bool = True,
+    ax=None,
+):
     """Scores of each layer sorted in descending order, one line per layer (shades of grey to
     black by depth), with the cut-off of `ratio` (a fraction of experts removed, or a list of them).
 
@@ -155,8 +191,15 @@ def saliency_curves(frame: pd.DataFrame, *, criterion: str = "reap", domain: str
         if normalise and values.size and np.max(np.abs(values)) > 0:
             values = values / np.max(np.abs(values))
         positive &= bool((values > 0).all())
-        ax.plot(np.arange(1, values.size + 1), values, color=cmap(0.85 * i / max(n_layers - 1, 1)), linewidth=1.0,
-                label=f"layer {layer}", marker="o" if values.size <= 16 else None, markersize=2)
+        ax.plot(
+            np.arange(1, values.size + 1),
+            values,
+            color=cmap(0.85 * i / max(n_layers - 1, 1)),
+            linewidth=1.0,
+            label=f"layer {layer}",
+            marker="o" if values.size <= 16 else None,
+            markersize=2,
+        )
     if log and (table.to_numpy(float) > 0).any():
         ax.set_yscale("log")
         if not positive:
@@ -166,8 +209,17 @@ def saliency_curves(frame: pd.DataFrame, *, criterion: str = "reap", domain: str
     for r in sorted(ratios):
         keep = n - pruned_count(n, r)
         ax.axvline(keep + 0.5, color="0.3", linestyle="--", linewidth=0.7, zorder=0)
-        ax.annotate(f"{r:.0%}", xy=(keep + 0.5, 0.0), xycoords=("data", "axes fraction"), xytext=(1.5, 1.5),
-                    textcoords="offset points", ha="left", va="bottom", fontsize=6, color="0.3")
+        ax.annotate(
+            f"{r:.0%}",
+            xy=(keep + 0.5, 0.0),
+            xycoords=("data", "axes fraction"),
+            xytext=(1.5, 1.5),
+            textcoords="offset points",
+            ha="left",
+            va="bottom",
+            fontsize=6,
+            color="0.3",
+        )
     integer_axis(ax, "x")
     ax.set_xlim(0.5, n + 0.5)
     ax.set_xlabel("expert rank in layer" + ("  (dashed: cut-off at % removed)" if ratios else ""))
@@ -175,15 +227,18 @@ def saliency_curves(frame: pd.DataFrame, *, criterion: str = "reap", domain: str
     if n_layers <= 6:
         ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), borderaxespad=0)
     else:
-        sm = matplotlib.cm.ScalarMappable(cmap=matplotlib.colors.LinearSegmentedColormap.from_list(
-            "depth", [cmap(0.0), cmap(0.85)]), norm=matplotlib.colors.Normalize(table.index.min(), table.index.max()))
+        sm = matplotlib.cm.ScalarMappable(
+            cmap=matplotlib.colors.LinearSegmentedColormap.from_list("depth", [cmap(0.0), cmap(0.85)]),
+            norm=matplotlib.colors.Normalize(table.index.min(), table.index.max()),
+        )
         fig.colorbar(sm, ax=ax, label="layer", pad=0.02)
     return ax
 
 
 @styled
-def saliency_distributions(frame: pd.DataFrame, *, criterion: str = "reap", domain: str = ALL, ratio: float | None = 0.5,
-                           budget=None, ax=None):
+def saliency_distributions(
+    frame: pd.DataFrame, *, criterion: str = "reap", domain: str = ALL, ratio: float | None = 0.5, budget=None, ax=None
+):
     """Raw scores of every expert, one column of dots per layer, on a log axis: the scale each layer
     has, which a global budget compares across layers.
 
@@ -214,19 +269,44 @@ def saliency_distributions(frame: pd.DataFrame, *, criterion: str = "reap", doma
         gone = np.array([(int(layer), int(e)) in pruned for e in row.index])
         zero = ~(v > 0)
         kept_ = ~gone & ~zero
-        ax.scatter(x + jitter[kept_], v[kept_], s=7, color=color, linewidths=0, label="kept" if x == 0 else None, zorder=2)
+        ax.scatter(
+            x + jitter[kept_], v[kept_], s=7, color=color, linewidths=0, label="kept" if x == 0 else None, zorder=2
+        )
         if budget is not None:
-            ax.scatter(x + jitter[gone & ~zero], v[gone & ~zero], s=7, facecolors="none", edgecolors=color, linewidths=0.6,
-                       label="pruned by budget" if x == 0 else None, zorder=2)
+            ax.scatter(
+                x + jitter[gone & ~zero],
+                v[gone & ~zero],
+                s=7,
+                facecolors="none",
+                edgecolors=color,
+                linewidths=0.6,
+                label="pruned by budget" if x == 0 else None,
+                zorder=2,
+            )
         if zero.any():
-            ax.scatter(x + jitter[zero], np.full(zero.sum(), floor), s=8, marker="x", color="0.55", linewidths=0.6,
-                       label="never routed" if x == 0 else None, zorder=2, clip_on=False)
+            ax.scatter(
+                x + jitter[zero],
+                np.full(zero.sum(), floor),
+                s=8,
+                marker="x",
+                color="0.55",
+                linewidths=0.6,
+                label="never routed" if x == 0 else None,
+                zorder=2,
+                clip_on=False,
+            )
     if ratio is not None:
         cut = uniform_cutoffs(data, ratio)
         for x, threshold in enumerate(cut["threshold"]):
             if threshold > 0:
-                ax.plot([x - 0.36, x + 0.36], [threshold, threshold], color="black", linewidth=1.0, zorder=3,
-                        label=f"uniform cut-off, {ratio:.0%} removed" if x == 0 else None)
+                ax.plot(
+                    [x - 0.36, x + 0.36],
+                    [threshold, threshold],
+                    color="black",
+                    linewidth=1.0,
+                    zorder=3,
+                    label=f"uniform cut-off, {ratio:.0%} removed" if x == 0 else None,
+                )
     if positive.size:
         ax.set_yscale("log")
         if (~(values > 0)).any():
@@ -270,11 +350,26 @@ def kept_per_layer(plans, *, ax=None):
             criterion = plan.criterion
             is_global = bool(plan.provenance.get("global_budget")) or "global" in str(name)
         x = np.arange(len(layers)) - 0.4 + width * (i + 0.5)
-        ax.bar(x, counts.to_numpy(), width=width * 0.92, color=criterion_color(criterion) if not is_global else "white",
-               edgecolor=criterion_color(criterion), hatch="/////" if is_global else None, linewidth=0.6, label=str(name))
+        ax.bar(
+            x,
+            counts.to_numpy(),
+            width=width * 0.92,
+            color=criterion_color(criterion) if not is_global else "white",
+            edgecolor=criterion_color(criterion),
+            hatch="/////" if is_global else None,
+            linewidth=0.6,
+            label=str(name),
+        )
     total = mask.groupby("layer")["expert"].count().reindex(layers)
-    ax.step(np.arange(len(layers) + 1) - 0.5, np.r_[total.to_numpy(), total.to_numpy()[-1]], where="post", color="0.4",
-            linestyle="--", linewidth=0.7, label="experts before pruning")
+    ax.step(
+        np.arange(len(layers) + 1) - 0.5,
+        np.r_[total.to_numpy(), total.to_numpy()[-1]],
+        where="post",
+        color="0.4",
+        linestyle="--",
+        linewidth=0.7,
+        label="experts before pruning",
+    )
     ax.set_xticks(np.arange(len(layers)), [str(v) for v in layers])
     integer_axis(ax, "y")
     ax.set_ylim(0, float(total.max()) * 1.05)

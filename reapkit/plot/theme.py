@@ -11,6 +11,7 @@ a colour from the spare ones by a hash of its name, so it is the same in every f
 budget of a criterion takes the criterion's colour and a dotted line; merges are dashed. Domains
 are told apart by marker and line style, in black and greys, never by the criteria's colours.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -67,8 +68,15 @@ STYLE = {
 }
 
 #: Okabe & Ito (2008), "Color Universal Design", the colour-blind safe palette; yellow left out (unreadable on white).
-OKABE_ITO = {"vermillion": "#D55E00", "blue": "#0072B2", "sky": "#56B4E9", "green": "#009E73",
-             "orange": "#E69F00", "purple": "#CC79A7", "black": "#000000"}
+OKABE_ITO = {
+    "vermillion": "#D55E00",
+    "blue": "#0072B2",
+    "sky": "#56B4E9",
+    "green": "#009E73",
+    "orange": "#E69F00",
+    "purple": "#CC79A7",
+    "black": "#000000",
+}
 #: Paul Tol's "muted" scheme (personal.sron.nl/~pault), colour-blind safe: the spare colours.
 TOL_MUTED = ("#332288", "#88CCEE", "#44AA99", "#117733", "#999933", "#DDCC77", "#CC6677", "#882255", "#AA4499")
 
@@ -87,15 +95,26 @@ CRITERION_COLORS = {
     "none": OKABE_ITO["black"],
     "unpruned": OKABE_ITO["black"],
 }
-_ALIASES = {"msmoe": "m_smoe", "hcsmoe": "hc_smoe", "expert_frequency": "frequency", "max_activations": "max_activation"}
+_ALIASES = {
+    "msmoe": "m_smoe",
+    "hcsmoe": "hc_smoe",
+    "expert_frequency": "frequency",
+    "max_activations": "max_activation",
+}
 _SPARE = tuple(c for c in TOL_MUTED if c not in CRITERION_COLORS.values())
 
 #: Line style of each method (column `method` of a study frame).
 METHOD_LINESTYLES = {"prune": "-", "merge": "--", "global": ":"}
 #: Domains: marker and line style (drawn in black or grey).
 DOMAIN_MARKERS = {"code": "o", "prose": "s", "tools": "^", "math": "D", "mix": "P", "all": "*"}
-DOMAIN_LINESTYLES = {"all": "-", "code": (0, (4, 1.5)), "prose": (0, (1, 1)), "tools": (0, (4, 1, 1, 1)),
-                     "math": (0, (6, 1.5, 1, 1.5, 1, 1.5)), "mix": (0, (2, 2))}
+DOMAIN_LINESTYLES = {
+    "all": "-",
+    "code": (0, (4, 1.5)),
+    "prose": (0, (1, 1)),
+    "tools": (0, (4, 1, 1, 1)),
+    "math": (0, (6, 1.5, 1, 1.5, 1, 1.5)),
+    "mix": (0, (2, 2)),
+}
 _SPARE_MARKERS = ("v", "<", ">", "p", "h", "X", "d")
 _SPARE_DASHES = ((0, (3, 3)), (0, (5, 1, 1, 1, 1, 1)), (0, (1, 2)), (0, (8, 2)))
 
@@ -113,7 +132,7 @@ def criterion_color(name) -> str:
     """
     name = str(name)
     if name.startswith("global_"):
-        name = name[len("global_"):]
+        name = name[len("global_") :]
     name = _ALIASES.get(name, name)
     if name in CRITERION_COLORS:
         return CRITERION_COLORS[name]
@@ -164,6 +183,7 @@ def style():
 
 def styled(fn):
     """Decorator: run a plot function inside :func:`style`."""
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         with style():
@@ -183,7 +203,9 @@ _METADATA = {
 }
 
 
-def save_figure(fig, folder, name: str, *, formats=("png", "pdf"), dpi: int | None = None, close: bool = False) -> list[Path]:
+def save_figure(
+    fig, folder, name: str, *, formats=("png", "pdf"), dpi: int | None = None, close: bool = False
+) -> list[Path]:
     """Write `fig` as `folder/name.png` (300 dpi) and `folder/name.pdf` (vector), byte-for-byte reproducibly.
 
         >>> save_figure(fig, "figures/demo", "agreement")     # [.../agreement.png, .../agreement.pdf]
@@ -221,6 +243,7 @@ def save_figure(fig, folder, name: str, *, formats=("png", "pdf"), dpi: int | No
 # Layout helpers
 # --------------------------------------------------------------------------------------------
 
+
 def figure(width: float = COLUMN, height: float = 2.2):
     """A constrained-layout Figure of `width` inches (:data:`COLUMN` or :data:`TWO_COLUMN`) in the reapkit style."""
     with style():
@@ -252,7 +275,7 @@ def panels(n: int, *, ncols: int = 3, size=(2.2, 1.8), sharex=False, sharey=Fals
 def per_criterion(function, frame, criteria=None, *, ncols: int = 2, **kwargs):
     """One panel per criterion: `function(frame, criterion=c, ax=ax, **kwargs)`; returns the Figure.
 
-        >>> per_criterion(saliency_curves, scores, ["reap", "frequency"], ratio=[0.25, 0.5])
+    >>> per_criterion(saliency_curves, scores, ["reap", "frequency"], ratio=[0.25, 0.5])
     """
     if criteria is None:
         criteria = list(dict.fromkeys(frame["criterion"])) if not is_empty(frame) else []
@@ -319,9 +342,19 @@ def percent_axis(ax, axis: str = "x"):
 
 def chance_line(ax, value: float, *, axis: str = "y", label: str | None = "chance", text: bool = True):
     """A thin grey dotted line at a chance level, labelled at its right end inside the axes."""
-    line = (ax.axhline if axis == "y" else ax.axvline)(value, color="0.45", linestyle=(0, (1, 1.5)), linewidth=0.8,
-                                                      zorder=1, label=None)
+    line = (ax.axhline if axis == "y" else ax.axvline)(
+        value, color="0.45", linestyle=(0, (1, 1.5)), linewidth=0.8, zorder=1, label=None
+    )
     if text and label:
-        ax.annotate(f"{label} {value:.2f}", xy=(1.0, value), xycoords=("axes fraction", "data"), xytext=(-1, 1.5),
-                    textcoords="offset points", ha="right", va="bottom", fontsize=6, color="0.35")
+        ax.annotate(
+            f"{label} {value:.2f}",
+            xy=(1.0, value),
+            xycoords=("axes fraction", "data"),
+            xytext=(-1, 1.5),
+            textcoords="offset points",
+            ha="right",
+            va="bottom",
+            fontsize=6,
+            color="0.35",
+        )
     return line
