@@ -139,6 +139,8 @@ def test_run_demo_on_the_bundled_model(tmp_path):
         "evaluation": "code:2,tools:2,prose:2,math:2",
         "criteria": ["reap", "frequency"],
         "ratios": [0.5],
+        "random_seeds": [0],
+        "merges": ["m_smoe"],
         "max_length": 64,
         "max_new_tokens": 4,
     }
