@@ -264,23 +264,11 @@ def study_results(sequences: pd.DataFrame, *, resamples: int = RESAMPLES, seed: 
     return results
 
 
-def compression_study(
-    model,
-    obs,
-    eval_batches,
-    *,
-    ratios=RATIOS,
-    criteria=STUDY_CRITERIA,
-    random_seeds=(0, 1, 2),
-    merges=MERGES,
-    global_budget=True,
-    margin: int = 0,
-    reference=None,
-    resamples: int = RESAMPLES,
-    progress: bool = True,
-) -> pd.DataFrame:
+def compression_study(model, obs, eval_batches, *, resamples: int = RESAMPLES, **options) -> pd.DataFrame:
     """Every method at every ratio, evaluated per domain against the unpruned model:
-    ``study_results(study_sequences(...))`` (keep the sequences for `summarise`'s paired gaps).
+    ``study_results(study_sequences(model, obs, eval_batches, **options))`` (keep the sequences
+    for `summarise`'s paired gaps; `options` are `study_sequences`'s: ratios, criteria, random_seeds,
+    merges, global_budget, margin, reference, progress).
 
     Pruning criteria are applied by masking the router (`mask_experts`, identical to removing the
     experts); ``random`` runs once per seed of `random_seeds`; each merge method of `merges` is
@@ -304,20 +292,7 @@ def compression_study(
     variant), nats), `agreement` (top-1) and `delta_loss` (loss - the unpruned loss), each metric
     with its 95 % bootstrap interval over evaluation sequences (`loss_lo`, `loss_hi`, ...).
     """
-    sequences = study_sequences(
-        model,
-        obs,
-        eval_batches,
-        ratios=ratios,
-        criteria=criteria,
-        random_seeds=random_seeds,
-        merges=merges,
-        global_budget=global_budget,
-        margin=margin,
-        reference=reference,
-        progress=progress,
-    )
-    return study_results(sequences, resamples=resamples)
+    return study_results(study_sequences(model, obs, eval_batches, **options), resamples=resamples)
 
 
 def results_table(results: pd.DataFrame, **extra) -> pd.DataFrame:

@@ -61,20 +61,7 @@ def test_registered_criterion_in_scores_plans_and_notebook_checks(obs, plugin):
     assert plan.criterion == "loudest" and all(len(k) == 6 for k in plan.kept.values())
     ranked = np.argsort(-score(obs, "ean_mean")[0], kind="stable")[:6]
     assert plan.kept[obs.layers[0]] == sorted(ranked.tolist())
-    params = dict(
-        model="demo",
-        calibration="code:4",
-        seed=0,
-        max_length=16,
-        batch_size=2,
-        layers=None,
-        output_dir="o",
-        figures_dir="f",
-        cache_dir=None,
-        interactive=False,
-        criteria=["loudest", "reap"],
-        ratios=[0.5],
-    )
+    params = {"criteria": ["loudest", "reap"]}  # the other parameters take their declared defaults
     assert check_parameters(params, "01_saliency").criteria == ["loudest", "reap"]
     with pytest.raises(ParameterError, match="unknown criterion"):
         check_parameters({**params, "criteria": ["quietest"]}, "01_saliency")
