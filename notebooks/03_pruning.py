@@ -22,6 +22,7 @@
 # before and after.
 
 # %% tags=["parameters"]
+plugins = []                        # modules or .py files imported first (e.g. criteria they register)
 model = "demo"                      # "demo" (the bundled model), a local checkpoint or a hub name
 device_map = None                   # None: load on the CPU; "auto" or a dict spreads the model (accelerate)
 calibration = "code:16,tools:16,prose:16,math:16"  # calibration spec (built-in domains, files)

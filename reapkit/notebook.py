@@ -198,6 +198,18 @@ def _device_map(value):
     raise ValueError('expected None, a device map name such as "auto", or a dict {module: device}')
 
 
+def _plugins(value):
+    """Import each plugin (a module name or a .py file) now, so that the criteria it registers pass the checks below."""
+    from .plugins import load_plugins
+
+    items = [value] if isinstance(value, (str, Path)) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(v, (str, Path)) for v in items):
+        raise ValueError("expected a list of module names or .py files")
+    items = [resolve_path(v) if str(v).endswith(".py") else str(v) for v in items]
+    load_plugins(items)
+    return items
+
+
 def _global_budget(value):
     return value if isinstance(value, bool) else _criterion(value)
 
@@ -227,6 +239,7 @@ class Parameter:
 
 def _model_parameters(*, layers=True, interactive=True, calibration_help="calibration spec (built-in domains, files)"):
     out = [
+        Parameter("plugins", [], _plugins, "modules or .py files imported first (e.g. criteria they register)"),
         Parameter("model", "demo", _text, '"demo" (the bundled model), a local checkpoint or a hub name'),
         Parameter(
             "device_map", None, _device_map, 'None: load on the CPU; "auto" or a dict spreads the model (accelerate)'

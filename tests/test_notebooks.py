@@ -227,7 +227,20 @@ def _executed_ok(path: Path, figures: Path | None = None):
 
 @pytest.mark.slow
 def test_notebook_01_saliency(tiny, tmp_path):
-    out = run_notebook(ROOT / "notebooks/01_saliency.ipynb", {**tiny["params"], "ratios": [0.5]}, tmp_path)
+    """Run with a plugin that registers an outside criterion, compared beside three built-in ones."""
+    plugin = tmp_path / "quiet.py"
+    plugin.write_text(
+        "import reapkit\n"
+        "reapkit.register_criterion('quietest', lambda stats, seed: -stats['norm_sum'], needs=['norm_sum'])\n"
+    )
+    params = {
+        **tiny["params"],
+        "ratios": [0.5],
+        "plugins": [str(plugin)],
+        "criteria": ["reap", "frequency", "ean_mean", "quietest"],
+    }
+    out = run_notebook(ROOT / "notebooks/01_saliency.ipynb", params, tmp_path / "run")
+    tmp_path = tmp_path / "run"
     nb = _executed_ok(out, tmp_path / "figures")
     _has_figures(
         tmp_path / "figures",
@@ -241,6 +254,7 @@ def test_notebook_01_saliency(tiny, tmp_path):
     results = pd.read_csv(tmp_path / "results.csv")
     assert set(results.columns) >= {"layer", "criterion_a", "criterion_b", "spearman", "overlap", "ratio"}
     assert len(results) == 2 * 6  # 2 MoE layers x 6 pairs of 4 criteria
+    assert "quietest" in set(results.criterion_a) | set(results.criterion_b)
     scores = pd.read_csv(tmp_path / "scores.csv")
     assert set(scores.domain) == {"all", "code", "prose"}
 
