@@ -94,7 +94,7 @@ def _draw_distance(ax_tree, ax_map, d, clustering, norm, title):
                     )
                 )
                 start = i
-    ax_tree.set_title(title + ("\nflat tree: no cluster structure" if flat and len(order) > 2 else ""))
+    ax_tree.set_title(title + ("\n(flat tree: no clusters)" if flat and len(order) > 2 else ""))
     return image
 
 
