@@ -145,8 +145,10 @@ def atomic_directory(path, *, force: bool = False):
     if path.exists() and not force:
         raise FileExistsError(f"{path} already exists; choose another output directory or pass force=True (--force)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    tmp = None
     try:
+        with signals_held():  # an interrupt between creating the folder and this block would leave it behind
+            tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
         yield tmp
         _public_tree(tmp)
         with signals_held():
@@ -162,8 +164,9 @@ def atomic_directory(path, *, force: bool = False):
             else:
                 tmp.rename(path)
     except BaseException:
-        with signals_held():
-            shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            with signals_held():
+                shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
@@ -171,16 +174,19 @@ def atomic_write_text(path, text: str) -> Path:
     """Write a text file via a temporary sibling (unique to this writer) and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        with signals_held():  # as in atomic_directory: the file exists only inside this try
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
         _public(Path(tmp), directory=False)
         with signals_held():
             os.replace(tmp, path)
     except BaseException:
-        with signals_held():
-            Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            with signals_held():
+                Path(tmp).unlink(missing_ok=True)
         raise
     return path
 
