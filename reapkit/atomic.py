@@ -9,7 +9,9 @@
     ...     ...
 
 An interrupt (Ctrl-C, or SIGTERM once :func:`terminate_as_interrupt` is installed) during the
-final renames is held back until they are done, so an output is never half replaced.
+final renames is held back until they are done, so an output is never half replaced. A process
+killed outright (SIGKILL, power loss) cannot clean up: its temporary sibling carries its process id,
+and the next write of the same output removes it once that process is gone.
 """
 
 from __future__ import annotations
@@ -133,6 +135,37 @@ def check_new_output(path, *, force: bool = False, what: str = "output") -> None
         ) from None
 
 
+def _temp_prefix(path: Path) -> str:
+    """`.NAME.tmp-PID-`: the writer's process id lets a later writer tell a dead one's leftovers."""
+    return f".{path.name}.tmp-{os.getpid()}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(path) -> list[Path]:
+    """Remove temporary siblings of `path` left by writers that were killed (their process is gone).
+
+    >>> remove_stale_temporaries("out/pruned")    # e.g. [Path('out/.pruned.tmp-4242-x1y2')]
+    """
+    path = Path(path)
+    removed = []
+    for stale in path.parent.glob(f".{path.name}.tmp-*-*"):
+        pid = stale.name[len(f".{path.name}.tmp-") :].split("-", 1)[0]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+        removed.append(stale)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_directory(path, *, force: bool = False):
     """Yield a temporary sibling directory of `path`; on success rename it to `path`.
@@ -145,10 +178,11 @@ def atomic_directory(path, *, force: bool = False):
     if path.exists() and not force:
         raise FileExistsError(f"{path} already exists; choose another output directory or pass force=True (--force)")
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     tmp = None
     try:
         with signals_held():  # an interrupt between creating the folder and this block would leave it behind
-            tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+            tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), dir=path.parent))
         yield tmp
         _public_tree(tmp)
         with signals_held():
@@ -170,16 +204,22 @@ def atomic_directory(path, *, force: bool = False):
         raise
 
 
-def atomic_write_text(path, text: str) -> Path:
-    """Write a text file via a temporary sibling (unique to this writer) and a rename."""
+@contextlib.contextmanager
+def atomic_file(path):
+    """Yield a temporary sibling file name of `path` (unique to this writer); rename it to `path` on success.
+
+    >>> with atomic_file("figures/a.png") as tmp:
+    ...     fig.savefig(tmp, format="png")
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     tmp = None
     try:
         with signals_held():  # as in atomic_directory: the file exists only inside this try
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
+            fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), dir=path.parent)
+            os.close(fd)
+        yield Path(tmp)
         _public(Path(tmp), directory=False)
         with signals_held():
             os.replace(tmp, path)
@@ -188,7 +228,13 @@ def atomic_write_text(path, text: str) -> Path:
             with signals_held():
                 Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+
+
+def atomic_write_text(path, text: str) -> Path:
+    """Write a text file via :func:`atomic_file`."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
 
 
 @contextlib.contextmanager

@@ -109,6 +109,35 @@ def test_concurrent_atomic_writes_never_share_a_temporary(tmp_path):
     assert os.listdir(tmp_path) == ["table.csv"]
 
 
+def test_a_killed_writers_temporary_is_removed_by_the_next_write(tmp_path):
+    # Two real writers stop inside atomic_directory: one is SIGKILLed (nothing of its own can clean
+    # up), the other is still running. The next write of the same output removes only the dead one's.
+    writer = (
+        "import sys, time; from reapkit.atomic import atomic_directory\n"
+        "with atomic_directory(sys.argv[1]) as tmp:\n"
+        "    (tmp / 'part').write_text('half'); print(tmp.name, flush=True); time.sleep(600)\n"
+    )
+    out = tmp_path / "out"
+    dead, alive = (
+        subprocess.Popen([sys.executable, "-c", writer, out], stdout=subprocess.PIPE, text=True) for _ in "ab"
+    )
+    try:
+        names = [dead.stdout.readline().strip(), alive.stdout.readline().strip()]
+        dead.kill()
+        dead.wait(timeout=60)
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names)  # the killed writer left its folder
+
+        from reapkit.atomic import atomic_directory
+
+        with atomic_directory(out) as tmp:
+            (tmp / "whole").write_text("done")
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out", names[1]])  # the live one's kept
+        assert os.listdir(out) == ["whole"]
+    finally:
+        alive.kill()
+        alive.wait(timeout=60)
+
+
 def test_output_overlapping_an_input_is_refused(tmp_path):
     from reapkit.atomic import check_separate
 

@@ -17,14 +17,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-import os
-import tempfile
 import zlib
 from pathlib import Path
 
 import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
+
+from ..atomic import atomic_file
 
 #: Width of one column / two columns of a paper, inches.
 COLUMN, TWO_COLUMN = 3.3, 6.8
@@ -225,14 +225,8 @@ def save_figure(
             if fmt not in _METADATA:
                 raise ValueError(f"unsupported figure format {fmt!r}; use one of {', '.join(_METADATA)}")
             path = folder / f"{name}.{fmt}"
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-            os.close(fd)
-            try:
+            with atomic_file(path) as tmp:
                 fig.savefig(tmp, format=fmt, dpi=dpi or STYLE["savefig.dpi"], metadata=_METADATA[fmt])
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
             paths.append(path)
     if close:
         plt.close(fig)
