@@ -62,7 +62,7 @@ import time
 
 from IPython.display import Markdown, display
 
-from reapkit import plot, readings, study
+from reapkit import findings, plot, readings, study
 from reapkit.atomic import atomic_write_text
 from reapkit.notebook import Figures, calibrate, held_out, write_table
 
@@ -126,11 +126,11 @@ if P.layer_sensitivity:
 # %% [markdown]
 # ## Reading
 #
-# Generated from the tables above by `reapkit.study.summarise` on every run (also written to `summary.md`):
+# Generated from the tables above by `reapkit.findings.summarise` on every run (also written to `summary.md`):
 # each claim is stated only when its 95% interval supports it.
 
 # %%
-summary = study.summarise(sequences, sensitivity, layers)
+summary = findings.summarise(sequences, sensitivity, layers)
 atomic_write_text(f"{P.output_dir}/summary.md", summary + "\n")
 print(f"notebook run time {time.perf_counter() - start:.0f} s")
 Markdown(summary)

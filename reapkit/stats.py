@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["bootstrap", "RESAMPLES", "LEVEL"]
+__all__ = ["bootstrap", "sequence_grid", "RESAMPLES", "LEVEL"]
 
 RESAMPLES = 1000
 LEVEL = 0.95
@@ -77,3 +77,21 @@ def bootstrap(
     tail = (1 - level) / 2
     lo, hi = np.quantile(values, [tail, 1 - tail]) if len(values) else (np.nan, np.nan)
     return float(estimate), float(lo), float(hi)
+
+
+def sequence_grid(frame, metric: str, repeat: str) -> tuple[np.ndarray, np.ndarray]:
+    """`bootstrap`'s inputs from a per-sequence table: (`metric` x tokens as [repeats, sequences], tokens).
+
+        >>> sums, tokens = sequence_grid(sequences[sequences.label == "reap"], "loss", "seed")
+        >>> estimate, lo, hi = bootstrap(sums, tokens)
+
+    `frame` (a pandas DataFrame) has columns `sequence`, `tokens`, `metric` and `repeat` (e.g. the
+    calibration seed; missing values count as one repeat).
+    """
+    rows = np.unique(frame[repeat].fillna(-1).to_numpy(np.int64), return_inverse=True)[1]
+    sequences, columns = np.unique(frame["sequence"].to_numpy(), return_inverse=True)
+    tokens = np.zeros(len(sequences))
+    tokens[columns] = frame["tokens"].to_numpy(np.float64)
+    grid = np.full((rows.max() + 1 if len(rows) else 0, len(sequences)), np.nan)
+    grid[rows, columns] = tokens[columns] * frame[metric].to_numpy(np.float64)
+    return grid, tokens

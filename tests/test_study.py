@@ -13,7 +13,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from tiny_models import tiny_checkpoint, tiny_model  # noqa: E402
 
-from reapkit import plot, study  # noqa: E402
+from reapkit import findings, plot, study  # noqa: E402
 from reapkit.data import pad_batches  # noqa: E402
 from reapkit.observe import observe  # noqa: E402
 
@@ -270,7 +270,7 @@ def test_calibration_sensitivity_single_sample(setup):
 
 
 def test_summarise_mentions_every_method(setup):
-    text = study.summarise(setup["sequences"], setup["sensitivity"], setup["layers"], resamples=200)
+    text = findings.summarise(setup["sequences"], setup["sensitivity"], setup["layers"], resamples=200)
     for name in (
         "frequency",
         "soft_frequency",
@@ -288,10 +288,10 @@ def test_summarise_mentions_every_method(setup):
         assert ratio in text
     assert "Calibration" in text and "**code**" in text and "Jaccard" in text and "chance" in text
     assert "Per-layer sensitivity" in text and "[" in text
-    assert "REAP" in study.summarise(setup["sequences"])  # without the sensitivity part
-    assert "not in these results" in study.summarise(setup["sequences"][setup["sequences"].criterion != "reap"])
+    assert "REAP" in findings.summarise(setup["sequences"])  # without the sensitivity part
+    assert "not in these results" in findings.summarise(setup["sequences"][setup["sequences"].criterion != "reap"])
     with pytest.raises(ValueError, match="study_sequences"):
-        study.summarise(setup["results"])
+        findings.summarise(setup["results"])
 
 
 def _synthetic_sequences(gaps: dict, noise: float, n: int = 40, seed: int = 0) -> pd.DataFrame:
@@ -329,7 +329,7 @@ def _synthetic_sequences(gaps: dict, noise: float, n: int = 40, seed: int = 0) -
 
 def test_summary_states_a_claim_only_when_its_interval_supports_it():
     """frequency is 0.5 nats worse on every sequence; ean_mean differs from REAP by noise only."""
-    text = study.summarise(_synthetic_sequences({"reap": 0.0, "frequency": 0.5, "ean_mean": 0.0}, noise=0.3))
+    text = findings.summarise(_synthetic_sequences({"reap": 0.0, "frequency": 0.5, "ean_mean": 0.0}, noise=0.3))
     lines = {line.split(":")[0]: line for line in text.splitlines() if line.startswith("- vs")}
     assert "REAP is better at 1 of 1 ratios" in lines["- vs `frequency`"]
     assert "REAP is better at 0 of 1 ratios, within noise at 50%" in lines["- vs `ean_mean`"]
@@ -337,7 +337,7 @@ def test_summary_states_a_claim_only_when_its_interval_supports_it():
     assert "lowest loss is `reap`" in text or "lowest loss is `ean_mean`" in text
     assert "within noise of it: `ean_mean`" in text or "within noise of it: `reap`" in text
     # the same gaps with no noise at all: every difference is real
-    sharp = study.summarise(_synthetic_sequences({"reap": 0.0, "frequency": 0.5, "ean_mean": 0.01}, noise=0.0))
+    sharp = findings.summarise(_synthetic_sequences({"reap": 0.0, "frequency": 0.5, "ean_mean": 0.01}, noise=0.0))
     assert "beats every baseline" in sharp
 
 
