@@ -168,6 +168,11 @@ def usable_criteria(obs: Observations, criteria) -> list[str]:
             print(f"skipped: {error}")
             continue
         usable.append(criterion)
+    if criteria and not usable:
+        holds = [name for name, entry in _REGISTRY.items() if not obs.lacks(*entry.needs)]
+        raise ValueError(
+            f"none of the criteria {list(criteria)} can be scored from these observations; choose from {holds}"
+        )
     return usable
 
 

@@ -5,6 +5,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -290,3 +291,43 @@ def test_bad_inputs_one_line_exit_2_nothing_written(case, tmp_path, capsys, kind
     assert [line for line in stderr.splitlines() if "error" in line] == [stderr.splitlines()[-1]]
     assert "Traceback" not in stderr and re.search(message, stderr.splitlines()[-1]), stderr
     assert not (tmp_path / "out").exists() and source.read_bytes() == before
+
+
+@pytest.mark.slow
+def test_notebook_shows_imported_saliency_and_plans(case, tmp_path):
+    """Notebook 1 on observations imported from the REAP observer (no model loaded) and a plan from llm-compressor:
+    criteria and figures that need what the import lacks are skipped with the reason, the rest show inline."""
+    import nbformat
+    import pandas as pd
+
+    from reapkit.sweep import run_notebook
+
+    state = {
+        i: {k: v for k, v in row.items() if k != "routed_characteristic_activation"} for i, row in case["state"].items()
+    }
+    torch.save(state, tmp_path / "observer.pt")
+    read_reap_observer(tmp_path / "observer.pt", domain="code").save(tmp_path / "obs")
+    retained = {"model.layers.0.mlp": [0, 2, 3, 5], "model.layers.1.mlp": [1, 2, 6, 7]}
+    (tmp_path / "llmcompressor.json").write_text(json.dumps(retained))
+    read_llmcompressor_report(tmp_path / "llmcompressor.json", num_experts=8).save(tmp_path / "llmc_plan.json")
+    params = {
+        "observations": str(tmp_path / "obs"),
+        "plans": [str(tmp_path / "llmc_plan.json")],
+        "model": "no/such-model",  # never loaded: the observations are enough
+        "ratios": [0.5],
+    }
+    out = run_notebook(Path(__file__).parent.parent / "notebooks/01_saliency.ipynb", params, tmp_path / "run")
+    nb = nbformat.read(str(out), as_version=4)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert "skipped: criterion 'soft_frequency' needs the statistic 'prob_sum'" in text
+    assert "skipped: domain experts need several calibration domains" in text
+    figures = sorted(p.stem for p in (tmp_path / "run/figures").glob("*.png"))
+    assert figures == ["criterion_agreement", "plans_beside", "saliency_curves", "saliency_heatmaps"]
+    assert sum("image/png" in o.get("data", {}) for o in outputs) >= len(figures)
+    overlap = pd.read_csv(tmp_path / "run/plan_overlap.csv")
+    assert set(overlap.criterion) == {"reap", "frequency", "ean_mean"} and set(overlap.plan) == {"llmc_plan"}
+    ours = PruningPlan.from_observations(case["obs"], "reap", ratio=0.5)
+    row = overlap[(overlap.criterion == "reap") & (overlap.layer == 0)].iloc[0]
+    assert row.shared == len(set(ours.kept[0]) & {0, 2, 3, 5})
