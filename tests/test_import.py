@@ -3,6 +3,7 @@ following their documented formats (see reapkit/importers.py), read back as Obse
 
 import json
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -331,3 +332,41 @@ def test_notebook_shows_imported_saliency_and_plans(case, tmp_path):
     ours = PruningPlan.from_observations(case["obs"], "reap", ratio=0.5)
     row = overlap[(overlap.criterion == "reap") & (overlap.layer == 0)].iloc[0]
     assert row.shared == len(set(ours.kept[0]) & {0, 2, 3, 5})
+
+
+def test_readme_block_runs_as_written(tmp_path, monkeypatch, capsys):
+    """README "Bring saliency from other tools", line by line (in process), on files made for the demo model."""
+    from test_readme import readme_block
+
+    from reapkit.loading import load_model
+
+    demo, _ = load_model("demo")
+    g = torch.Generator().manual_seed(0)
+    state = {}
+    for i, layer in enumerate(demo.model.layers):
+        E = layer.mlp.experts.num_experts
+        frequency = torch.randint(1, 50, (E,), generator=g)
+        weighted = torch.rand(E, generator=g, dtype=torch.float64) * frequency
+        state[i] = {
+            "expert_frequency": frequency,
+            "total_tokens": frequency.sum() // 2,  # top-2
+            "weighted_ean_sum": weighted,
+            "ean_sum": weighted * 3,
+            "reap": (weighted / frequency).float(),
+        }
+    torch.save(state, tmp_path / "observations_1024_cosine.pt")
+    (tmp_path / "reap_report.json").write_text(
+        json.dumps({f"model.layers.{i}.mlp": list(range(0, 16, 2)) for i in state})
+    )
+    monkeypatch.chdir(tmp_path)
+    lines = readme_block("## Bring saliency from other tools")
+    assert len(lines) == 4
+    for line in lines:
+        words = shlex.split(line, comments=True)
+        assert words[0] == "reapkit" and main(words[1:]) == 0, capsys.readouterr().err
+    imported = Observations.load("runs/imported")
+    assert imported.meta["fingerprint"] is not None and imported.domains == ["code"]
+    np.testing.assert_allclose(score(imported, "reap"), np.stack([state[i]["reap"].numpy() for i in state]), rtol=1e-6)
+    pruned = json.loads(Path("pruned-imported/pruning_plan.json").read_text())
+    assert pruned["provenance"]["observations"] == imported.meta["fingerprint"]
+    assert PruningPlan.load("runs/llmc_plan.json").kept[3] == list(range(0, 16, 2))
