@@ -68,7 +68,6 @@ NOT_RECORDED = {
     "largest signed element, a different quantity",
     "output_sum": "each expert's output summed over its routed tokens; the observer records it "
     "(routed_characteristic_activation) only when run without record_pruning_metrics_only",
-    "tokens": "tokens seen by each router; this file has no total_tokens",
 }
 
 #: Keys of the observer's state that have no reapkit statistic, and why they are left out.
@@ -194,12 +193,14 @@ def read_reap_observer(path, *, domain: str = "calibration", model=None, top_k: 
             stats[name][pos, : value.shape[0]] = value
     if all("total_tokens" in rows[layer] for layer in layers):
         stats["tokens"] = torch.tensor([float(rows[layer]["total_tokens"]) for layer in layers], dtype=torch.float64)
-    for name in ("prob_sum", "coselect", "max_activation") + (() if "tokens" in stats else ("tokens",)):
+    for name in ("prob_sum", "coselect", "max_activation"):
         missing[name] = NOT_RECORDED[name]
 
     reap_difference = _check_reap(rows, layers, stats, where)
     shape = _attach_model(model, layers, num_experts, stats, path) if model is not None else None
     top_k = _top_k(top_k, shape, stats, path)
+    if "tokens" not in stats:  # every token is routed to exactly top-k experts
+        stats["tokens"] = stats["count"].sum(1) / top_k
     meta = {
         "reapkit_version": __version__,
         "architecture": shape and shape["architecture"],
@@ -212,7 +213,7 @@ def read_reap_observer(path, *, domain: str = "calibration", model=None, top_k: 
         "calibration": {
             "source": str(path),
             "sha256": _digest(path),
-            "tokens": {domain: int(stats["tokens"][0]) if "tokens" in stats else None},
+            "tokens": {domain: int(stats["tokens"][0])},
         },
         "source": {
             "tool": REAP_OBSERVER,

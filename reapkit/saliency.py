@@ -156,9 +156,10 @@ def score(obs: Observations, criterion: str = "reap", *, domains=None, seed: int
 def usable_criteria(obs: Observations, criteria) -> list[str]:
     """The `criteria` whose statistics `obs` holds, in order; each one skipped is printed with the reason.
 
-    >>> usable_criteria(imported, ["reap", "soft_frequency"])    # observations imported from the REAP observer
-    skipped: criterion 'soft_frequency' needs the statistic 'prob_sum' (...) ...
-    ['reap']
+    >>> usable_criteria(obs, ["reap", "soft_frequency"])
+    ['reap', 'soft_frequency']
+
+    (observations imported from the REAP observer lack `prob_sum`: there, `soft_frequency` is skipped.)
     """
     usable = []
     for criterion in criteria:

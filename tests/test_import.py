@@ -128,6 +128,7 @@ def test_missing_statistics_are_refused_by_name(case, tmp_path):
     torch.save(state, tmp_path / "pruning_only.pt")
     imported = read_reap_observer(tmp_path / "pruning_only.pt", top_k=TOP_K)  # no total_tokens: top-k given
     np.testing.assert_allclose(score(imported, "reap"), score(case["obs"], "reap"), rtol=1e-5)
+    torch.testing.assert_close(imported.stats["calibration"]["tokens"], case["obs"].stats["code"]["tokens"])
     with pytest.raises(
         ValueError,
         match=(
@@ -234,6 +235,11 @@ def test_cli_round_trips(case, tmp_path, capsys):
     np.testing.assert_allclose(score(loaded, "reap"), score(case["obs"], "reap"), rtol=1e-5)
     assert loaded.meta["missing"] and case["path"].read_bytes() == source  # the source is never modified
     assert main(["scores", str(tmp_path / "obs"), "--criterion", "soft_frequency"]) == 2
+    assert (
+        main(["import", "reap-observer", str(case["path"]), "--out", str(tmp_path / "obs2"), "--domain", "prose"]) == 0
+    )
+    assert main(["combine", str(tmp_path / "obs"), str(tmp_path / "obs2"), "--out", str(tmp_path / "both")]) == 0
+    assert Observations.load(tmp_path / "both").domains == ["code", "prose"]  # one file per category, then combined
     assert "needs the statistic 'prob_sum'" in capsys.readouterr().err
     ours = PruningPlan.from_observations(case["obs"], "frequency", ratio=0.25)
     out = tmp_path / "plan.json"
@@ -316,6 +322,7 @@ def test_notebook_shows_imported_saliency_and_plans(case, tmp_path):
         "plans": [str(tmp_path / "llmc_plan.json")],
         "model": "no/such-model",  # never loaded: the observations are enough
         "ratios": [0.5],
+        "criteria": ["reap", "frequency", "soft_frequency"],
     }
     out = run_notebook(Path(__file__).parent.parent / "notebooks/01_saliency.ipynb", params, tmp_path / "run")
     nb = nbformat.read(str(out), as_version=4)
@@ -328,7 +335,7 @@ def test_notebook_shows_imported_saliency_and_plans(case, tmp_path):
     assert figures == ["criterion_agreement", "plans_beside", "saliency_curves", "saliency_heatmaps"]
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= len(figures)
     overlap = pd.read_csv(tmp_path / "run/plan_overlap.csv")
-    assert set(overlap.criterion) == {"reap", "frequency", "ean_mean"} and set(overlap.plan) == {"llmc_plan"}
+    assert set(overlap.criterion) == {"reap", "frequency"} and set(overlap.plan) == {"llmc_plan"}
     ours = PruningPlan.from_observations(case["obs"], "reap", ratio=0.5)
     row = overlap[(overlap.criterion == "reap") & (overlap.layer == 0)].iloc[0]
     assert row.shared == len(set(ours.kept[0]) & {0, 2, 3, 5})
