@@ -261,8 +261,11 @@ def _check_reap(rows: dict, layers: list[int], stats: dict, where: str) -> float
         return None
     worst = 0.0
     for pos, layer in enumerate(layers):
-        count = stats["count"][pos, : rows[layer]["reap"].numel()]
-        theirs = rows[layer]["reap"].double()[count > 0]
+        count = stats["count"][pos, : rows[layer]["expert_frequency"].numel()]
+        reap = rows[layer]["reap"]
+        if not isinstance(reap, torch.Tensor) or reap.shape != count.shape:
+            raise ValueError(f"{where}: layer {layer} reap is not a tensor [experts] like its expert_frequency")
+        theirs = reap.double()[count > 0]
         mine = (stats["reap_sum"][pos, : count.numel()] / count.clamp_min(1))[count > 0]
         scale = mine.abs().max().clamp_min(1e-30) if mine.numel() else torch.tensor(1.0)
         worst = max(worst, float(((theirs - mine).abs() / scale).max()) if mine.numel() else 0.0)

@@ -257,6 +257,36 @@ def test_cli_round_trips(case, tmp_path, capsys):
         ("reap-observer", "pickled", [], "needs pickled Python objects to load"),
         ("reap-observer", {"a": {}}, [], "key 'a' is not a decoder layer index"),
         ("reap-observer", {0: {"reap": torch.ones(8)}}, [], "layer 0 has no expert_frequency"),
+        (
+            "reap-observer",
+            {
+                0: {
+                    "expert_frequency": torch.ones(8, dtype=torch.long),
+                    "weighted_ean_sum": torch.ones(8),
+                    "reap": torch.ones(4),
+                }
+            },
+            ["--top-k", "2"],
+            "layer 0 reap is not a tensor",
+        ),
+        (
+            "reap-observer",
+            {
+                0: {
+                    "expert_frequency": torch.ones(8, dtype=torch.long),
+                    "weighted_ean_sum": torch.ones(8),
+                    "reap": 2 * torch.ones(8),
+                }
+            },
+            ["--top-k", "2"],
+            r"its reap differs from weighted_ean_sum / expert_frequency by up to 1 \(relative\)",
+        ),
+        (
+            "reap-observer",
+            {0: {"expert_frequency": torch.ones(8), "reap": torch.ones(8)}},
+            [],
+            "cannot tell .* --top-k K",
+        ),
         ("reap-observer", "state", ["--domain", "all"], "domain 'all' must be a name"),
         (
             "reap-observer",
