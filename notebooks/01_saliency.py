@@ -20,7 +20,9 @@
 # agree, and which experts serve which kind of data?
 #
 # Everything below comes from one calibration pass (`reapkit.notebook.calibrate`): the per-expert,
-# per-domain statistics are recorded once and every criterion is derived from them.
+# per-domain statistics are recorded once and every criterion is derived from them. With `observations`
+# set, they are read from that folder instead, e.g. saliency computed by another tool and brought in with
+# `reapkit import`; criteria and figures that need a statistic it lacks are skipped, with the reason.
 
 # %% tags=["parameters"]
 plugins = []                        # modules or .py files imported first (e.g. criteria they register)
@@ -33,8 +35,10 @@ layers = None                       # MoE layers (decoder indices) to draw; None
 seed = 0                            # seed of calibration sampling and random baselines
 cache_dir = "runs/cache"            # observations are reused for the same model and tokens
 interactive = False                 # True: show the ipywidgets explorer (needs a live kernel)
+observations = None                 # saved observations to show instead of calibrating (e.g. `reapkit import`)
 criteria = ["reap", "frequency", "ean_mean", "soft_frequency"]  # saliency criteria to compare
 ratios = [0.25, 0.5]                # fractions of experts removed (cut-offs, agreement)
+plans = []                          # plan .json files made elsewhere, compared with reapkit's
 output_dir = "runs/01_saliency"     # tables and executed outputs
 figures_dir = "figures/01_saliency"  # figures (PNG and PDF)
 
@@ -49,12 +53,14 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 from reapkit import analysis, plot, readings
-from reapkit.notebook import Figures, calibrate, write_table
-from reapkit.saliency import scores_frame
+from reapkit.notebook import Figures, calibrate, plans_beside, write_table
+from reapkit.saliency import scores_frame, usable_criteria
 
 figures = Figures(P.figures_dir)
 run = calibrate(P)
-scores = scores_frame(run.obs, P.criteria, per_domain=True, seed=P.seed)
+criteria = usable_criteria(run.obs, P.criteria)  # those whose statistics the observations hold
+several_domains = len(run.obs.domains) > 1
+scores = scores_frame(run.obs, criteria, per_domain=True, seed=P.seed)
 scores = scores[scores.layer.isin(run.layers)]
 write_table(scores, P.output_dir, "scores")
 
@@ -64,8 +70,8 @@ write_table(scores, P.output_dir, "scores")
 # Layers x experts, raw scores on one logarithmic colour scale per criterion: the scale of each layer stays visible.
 
 # %%
-figures.save(plot.saliency_heatmaps(scores, criteria=P.criteria), "saliency_heatmaps")
-display(Markdown(readings.saliency_scale(scores, P.criteria[0])))
+figures.save(plot.saliency_heatmaps(scores, criteria=criteria), "saliency_heatmaps")
+display(Markdown(readings.saliency_scale(scores, criteria[0])))
 
 # %% [markdown]
 # ## Sorted scores and the cut-off
@@ -73,8 +79,8 @@ display(Markdown(readings.saliency_scale(scores, P.criteria[0])))
 # Each layer's scores in descending order; experts right of a dashed line are removed at that ratio.
 
 # %%
-figures.save(plot.per_criterion(plot.saliency_curves, scores, P.criteria, ratio=P.ratios), "saliency_curves")
-display(Markdown(readings.cutoff(scores, P.criteria[0], P.ratios[-1])))
+figures.save(plot.per_criterion(plot.saliency_curves, scores, criteria, ratio=P.ratios), "saliency_curves")
+display(Markdown(readings.cutoff(scores, criteria[0], P.ratios[-1])))
 
 # %% [markdown]
 # ## Do the criteria agree?
@@ -83,10 +89,10 @@ display(Markdown(readings.cutoff(scores, P.criteria[0], P.ratios[-1])))
 # prune; the grey line is what two random choices give.
 
 # %%
-agreement = pd.concat([analysis.agreement_table(scores, criteria=P.criteria, ratio=r).assign(ratio=r) for r in P.ratios],
+agreement = pd.concat([analysis.agreement_table(scores, criteria=criteria, ratio=r).assign(ratio=r) for r in P.ratios],
                       ignore_index=True)
 write_table(agreement, P.output_dir, "results")
-figures.save(plot.criterion_agreement(scores, criteria=P.criteria, ratio=P.ratios[-1]), "criterion_agreement")
+figures.save(plot.criterion_agreement(scores, criteria=criteria, ratio=P.ratios[-1]), "criterion_agreement")
 display(Markdown(readings.criterion_agreement(agreement, experts=min(run.obs.num_experts), ratio=P.ratios[-1])))
 
 # %% [markdown]
@@ -98,8 +104,11 @@ display(Markdown(readings.criterion_agreement(agreement, experts=min(run.obs.num
 # %%
 routing = scores_frame(run.obs, ["frequency"], per_domain=True)
 routing = routing[routing.layer.isin(run.layers)]
-figures.save(plot.domain_saliency(routing, criterion="frequency").figure, "domain_frequency")
-display(Markdown(readings.domain_experts(analysis.domain_share_table(routing, criterion="frequency"))))
+if several_domains:
+    figures.save(plot.domain_saliency(routing, criterion="frequency").figure, "domain_frequency")
+    display(Markdown(readings.domain_experts(analysis.domain_share_table(routing, criterion="frequency"))))
+else:
+    print(f"skipped: domain experts need several calibration domains; these observations hold {run.obs.domains}")
 
 # %% [markdown]
 # ## Specialisation by depth
@@ -107,10 +116,31 @@ display(Markdown(readings.domain_experts(analysis.domain_share_table(routing, cr
 # 1 - normalised entropy of each expert's distribution over domains.
 
 # %%
-specialisation = analysis.specialisation_table(routing, criterion="frequency")
-write_table(specialisation, P.output_dir, "specialisation")
-figures.save(plot.specialisation_by_depth(routing).figure, "specialisation_by_depth")
-display(Markdown(readings.specialisation(specialisation)))
+if several_domains:
+    specialisation = analysis.specialisation_table(routing, criterion="frequency")
+    write_table(specialisation, P.output_dir, "specialisation")
+    figures.save(plot.specialisation_by_depth(routing).figure, "specialisation_by_depth")
+    display(Markdown(readings.specialisation(specialisation)))
+else:
+    print("skipped: specialisation needs several calibration domains")
+
+# %% [markdown]
+# ## Plans made elsewhere
+#
+# Each plan in `plans` (e.g. from `reapkit import llm-compressor`) beside reapkit's plan of every criterion
+# keeping as many experts per layer; the table gives the overlap (Jaccard) of the kept experts and its chance level.
+
+# %%
+if P.plans:
+    beside, overlap = plans_beside(run.obs, P.plans, criteria, seed=P.seed)
+    write_table(overlap, P.output_dir, "plan_overlap")
+    masks = pd.concat([analysis.mask_frame(plan, criterion=c, ratio=r) for (c, r), plan in beside.items()],
+                      ignore_index=True)
+    figures.save(plot.plan_masks(masks[masks.layer.isin(run.layers)]), "plans_beside")
+    display(Markdown(readings.plans(beside)))
+    display(overlap)
+else:
+    print("skipped: no plans made elsewhere to compare (parameter `plans`)")
 
 # %% [markdown]
 # ## Explore
@@ -121,4 +151,4 @@ display(Markdown(readings.specialisation(specialisation)))
 if P.interactive:
     from reapkit.widgets import explorer
 
-    display(explorer(run.obs, criteria=P.criteria, seed=P.seed, ratio=P.ratios[-1]))
+    display(explorer(run.obs, criteria=criteria, seed=P.seed, ratio=P.ratios[-1]))

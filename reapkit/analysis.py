@@ -57,6 +57,7 @@ __all__ = [
     "domain_share_table",
     "specialisation_table",
     "mask_frame",
+    "plan_overlap",
     "curve_table",
     "with_delta_loss",
     "uniform_cutoffs",
@@ -330,6 +331,38 @@ def mask_frame(kept, num_experts=None, **extra) -> pd.DataFrame:
     for key, value in extra.items():
         frame[key] = value
     return frame
+
+
+def plan_overlap(a, b) -> pd.DataFrame:
+    """Per layer both plans prune: how far plan `a`'s kept experts agree with plan `b`'s.
+
+    >>> plan_overlap(imported_plan, PruningPlan.from_observations(obs, "reap", ratio=0.5))
+
+    Columns: layer, experts, kept_a, kept_b, shared (experts both keep), overlap (Jaccard index of
+    the kept sets) and overlap_chance (its expectation for two random choices of those sizes).
+    """
+    rows = []
+    for layer in sorted(set(a.kept) & set(b.kept)):
+        if a.num_experts[layer] != b.num_experts[layer]:
+            raise ValueError(
+                f"the plans disagree on the experts of layer {layer} ({a.num_experts[layer]} and "
+                f"{b.num_experts[layer]}); compare plans made for the same model"
+            )
+        experts, kept_a, kept_b = a.num_experts[layer], set(a.kept[layer]), set(b.kept[layer])
+        shared = len(kept_a & kept_b)
+        union = len(kept_a | kept_b)
+        rows.append(
+            {
+                "layer": layer,
+                "experts": experts,
+                "kept_a": len(kept_a),
+                "kept_b": len(kept_b),
+                "shared": shared,
+                "overlap": shared / union if union else 1.0,
+                "overlap_chance": expected_jaccard(experts, len(kept_a), len(kept_b)),
+            }
+        )
+    return pd.DataFrame(rows, columns=["layer", "experts", "kept_a", "kept_b", "shared", "overlap", "overlap_chance"])
 
 
 # --------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ reapkit combine runs/obs-shard0 runs/obs-shard1 --out runs/obs      # observatio
 reapkit scores runs/obs --criterion reap --csv scores.csv
 reapkit prune MODEL --observations runs/obs --criterion reap --ratio 0.25 --out pruned/
 reapkit prune MODEL_DIR ... --out pruned/     # a local folder streams shard by shard (--in-memory to load)
+reapkit import reap-observer observations.pt --out runs/imported   # saliency from other tools
 reapkit demo                      # notebooks on the bundled demo model, figures in figures/
 reapkit sweep sweeps/study.yaml   # papermill runs over a parameter grid
 """
@@ -249,6 +250,42 @@ def cmd_prune(args):
     )
 
 
+def cmd_import(args):
+    from .importers import read_llmcompressor_report, read_reap_observer
+
+    reap_observer = args.format == "reap-observer"
+    misplaced = [
+        flag
+        for flag, value, allowed in (
+            ("--domain", args.domain, reap_observer),
+            ("--num-experts", args.num_experts, not reap_observer),
+        )
+        if value is not None and not allowed
+    ]
+    if misplaced:
+        raise ValueError(f"{', '.join(misplaced)} does not apply to `reapkit import {args.format}`; drop it")
+    if not reap_observer and (args.model is None) == (args.num_experts is None):
+        raise ValueError(
+            "an llm-compressor report does not say how many experts each layer had; "
+            "pass --model MODEL (also checks the layers) or --num-experts N, one of the two"
+        )
+    _check_output(args.out, args.force, args.file, *([args.model] if args.model else []))
+    model = _load(args)[0] if args.model else None
+    if reap_observer:
+        obs = read_reap_observer(args.file, domain=args.domain or "calibration", model=model, top_k=args.top_k)
+        obs.save(args.out, force=args.force)
+        lacking = ", ".join(obs.meta["missing"]) or "nothing"
+        print(
+            f"imported {len(obs.layers)} MoE layers x {max(obs.num_experts)} experts (top-{obs.top_k}) as domain "
+            f"{obs.domains[0]!r}; lacks {lacking} -> {args.out}"
+        )
+        return
+    plan = read_llmcompressor_report(args.file, model=model, num_experts=args.num_experts, top_k=args.top_k)
+    plan.save(args.out)
+    kept = {layer: len(k) for layer, k in plan.kept.items()}
+    print(f"imported a plan keeping {kept} of {plan.num_experts} experts per layer -> {args.out}")
+
+
 def cmd_demo(args):
     from .sweep import run_demo
 
@@ -374,6 +411,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     placement_args(p)
     p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("import", help="bring saliency from other tools: REAP observer state, llm-compressor report")
+    p.add_argument(
+        "format",
+        choices=["reap-observer", "llm-compressor"],
+        help="reap-observer: the .pt state CerebrasResearch/reap saves (-> observations folder); "
+        "llm-compressor: the report_path .json of its REAPPruningModifier (-> pruning plan .json)",
+    )
+    p.add_argument("file", help="the file to import (never modified)")
+    p.add_argument("--out", required=True, help="observations folder (reap-observer) or plan .json (llm-compressor)")
+    p.add_argument("--model", help="the model the file was made on: attach its fingerprint, check layers and experts")
+    p.add_argument("--dtype", default="auto", help="with --model: auto, float32, bfloat16, float16")
+    p.add_argument("--domain", help="reap-observer: the calibration domain the file becomes (default: calibration)")
+    p.add_argument("--num-experts", type=int, help="llm-compressor without --model: experts per layer before pruning")
+    p.add_argument("--top-k", type=int, help="experts per token, when neither --model nor the file tells")
+    p.add_argument("--force", action="store_true", help="replace an existing output")
+    placement_args(p)
+    p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("demo", help="run the notebooks on the bundled demo model and write figures")
     p.add_argument("--figures", default="figures")

@@ -159,7 +159,8 @@ def output_vectors(obs, layer: int, *, domains=None) -> np.ndarray:
     Experts that received no tokens get a zero vector.
     """
     pos = _position(obs.layers, layer)
-    stats = obs.pooled(domains)
+    obs.require("output_sum", "count", purpose="the 'output' space (mean routed output of each expert)")
+    stats = obs.pooled(domains, names=("output_sum", "count"))
     total = stats["output_sum"][pos].double().numpy()
     count = stats["count"][pos].double().numpy()
     E = obs.num_experts[pos]

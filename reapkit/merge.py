@@ -143,6 +143,7 @@ def plan_merge(model, obs, *, method: str, keep: int, seed: int = 0) -> MergePla
     is recorded for provenance.
     """
     _check_method(method)
+    obs.require("count", *(("output_sum",) if method != "m_smoe" else ()), purpose=f"merging with {method!r}")
     obs.check_model(model)
     arch = architecture_for(model)
     blocks = dict(arch.moe_blocks(model))

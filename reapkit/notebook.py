@@ -48,6 +48,7 @@ __all__ = [
     "resolve_path",
     "calibrate",
     "held_out",
+    "plans_beside",
     "moe_layers",
     "load_model",
     "Figures",
@@ -289,9 +290,23 @@ _EVALUATION = Parameter(
 PARAMETERS: dict[str, tuple[Parameter, ...]] = {
     "01_saliency": (
         *_model_parameters(),
+        Parameter(
+            "observations",
+            None,
+            _or_none(_path),
+            "saved observations to show instead of calibrating (e.g. `reapkit import`)",
+            path=True,
+        ),
         Parameter("criteria", list(DEFAULT_CRITERIA), _list_of(_criterion), "saliency criteria to compare"),
         Parameter(
             "ratios", [0.25, 0.5], _list_of(_fraction_removed), "fractions of experts removed (cut-offs, agreement)"
+        ),
+        Parameter(
+            "plans",
+            [],
+            _list_of(_path, allow_empty=True),
+            "plan .json files made elsewhere, compared with reapkit's",
+            path=True,
         ),
         *_outputs("01_saliency"),
     ),
@@ -505,6 +520,14 @@ def calibrate(P, *, progress: bool = True) -> SimpleNamespace:
     from .data import calibration_batches
     from .observe import observe_cached
 
+    if getattr(P, "observations", None) is not None:  # saved elsewhere (e.g. `reapkit import`): no model needed
+        from .observations import Observations
+
+        obs = Observations.load(P.observations)
+        source = (obs.meta.get("source") or {}).get("tool", "reapkit")
+        print(f"observations {P.observations} (from {source}; the model parameters are not used)")
+        print(f"domains {obs.domains}, MoE layers {obs.layers}, experts {obs.num_experts}, top-k {obs.top_k}")
+        return SimpleNamespace(model=None, tokenizer=None, obs=obs, layers=moe_layers(obs, getattr(P, "layers", None)))
     model, tokenizer = load_model(P.model, device_map=getattr(P, "device_map", None))
     batches = calibration_batches(
         P.calibration, tokenizer, batch_size=P.batch_size, max_length=P.max_length, seed=P.seed
@@ -519,6 +542,46 @@ def calibrate(P, *, progress: bool = True) -> SimpleNamespace:
     layers = moe_layers(obs, getattr(P, "layers", None))
     print(f"domains {obs.domains}, MoE layers {obs.layers}, experts {obs.num_experts}, top-k {obs.top_k}")
     return SimpleNamespace(model=model, tokenizer=tokenizer, obs=obs, layers=layers)
+
+
+def plans_beside(obs, paths, criteria, *, seed: int = 0) -> tuple[dict, pd.DataFrame]:
+    """Plans saved elsewhere (e.g. by `reapkit import llm-compressor`) beside reapkit's plan of each criterion
+    keeping as many experts per layer: ``({(label, ratio): plan}, overlap)``; label = the file's name,
+    overlap = `analysis.plan_overlap` of each saved plan with each of reapkit's (columns plan, criterion, ...).
+
+    >>> plans, overlap = plans_beside(run.obs, ["runs/llmc_plan.json"], ["reap", "frequency"])
+    """
+    from .analysis import plan_overlap
+    from .plan import PruningPlan
+
+    plans, frames = {}, []
+    for path in paths:
+        theirs = PruningPlan.load(path)
+        shapes = dict(zip(obs.layers, obs.num_experts))
+        if any(shapes.get(layer) != n for layer, n in theirs.num_experts.items()):
+            raise ValueError(
+                f"plan {path} prunes layers {theirs.num_experts} (layer: experts), but the observations hold "
+                f"{shapes}; compare plans made for the model the observations come from"
+            )
+        total = sum(theirs.num_experts.values())
+        ratio = theirs.ratio if theirs.ratio is not None else round(1 - theirs.total_kept / total, 4)
+        label = Path(path).stem
+        plans[(label, ratio)] = theirs
+        for criterion in criteria:
+            counts = {layer: len(kept) for layer, kept in theirs.kept.items()}
+            ours = PruningPlan.from_observations(obs, criterion, counts=counts, seed=seed)
+            plans[(criterion, ratio)] = ours
+            overlap = plan_overlap(theirs, ours)
+            frames.append(
+                pd.concat(
+                    [
+                        pd.DataFrame({"plan": label, "criterion": criterion, "ratio": ratio}, index=overlap.index),
+                        overlap,
+                    ],
+                    axis=1,
+                )
+            )
+    return plans, pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def held_out(P, tokenizer):

@@ -115,6 +115,26 @@ class Observations:
                     out[name] = value * weight if name not in out else out[name] + value * weight
         return out
 
+    def lacks(self, *names) -> list[str]:
+        """The statistics among `names` that some domain of these observations does not hold."""
+        return [n for n in names if any(n not in self.stats[d] for d in self.stats)]
+
+    def require(self, *names, purpose: str) -> None:
+        """Raise a ValueError naming each statistic of `names` these observations lack, why, and how to
+        record it: ``obs.require("prob_sum", purpose="criterion 'soft_frequency'")``."""
+        lacking = self.lacks(*names)
+        if not lacking:
+            return
+        source = self.meta.get("source") or {}
+        which = f"observations imported from {source['tool']}" if source.get("tool") else "these observations"
+        reasons = self.meta.get("missing") or {}
+        what = "; ".join(f"'{n}'" + (f" ({reasons[n]})" if n in reasons else "") for n in lacking)
+        plural = "s" if len(lacking) > 1 else ""
+        raise ValueError(
+            f"{purpose} needs the statistic{plural} {what}, which {which} do not hold; "
+            f"observe the model with reapkit (`reapkit observe`) to record {'them' if plural else 'it'}"
+        )
+
     def coselection(self, domains=None):
         """Top-k co-selection counts as a numpy array [moe layers, experts, experts]: entry (i, j)
         counts the calibration tokens that selected both expert i and expert j (the diagonal is
@@ -122,11 +142,7 @@ class Observations:
 
             >>> c = obs.coselection()[0]; c[3, 5] / c[3, 3]     # share of expert 3's tokens also sent to 5
         """
-        if any("coselect" not in self.stats[d] for d in self.stats):
-            raise ValueError(
-                "these observations hold no co-selection counts (saved by an older reapkit); "
-                "observe the model again to record them"
-            )
+        self.require("coselect", purpose="co-selection counts")
         return self.pooled(domains, names=("coselect",))["coselect"].double().numpy()
 
     def __add__(self, other: Observations) -> Observations:
@@ -201,8 +217,25 @@ class Observations:
         return obs
 
     def check_model(self, model) -> None:
-        """Raise if these observations were not made on `model` (router weights and shapes differ)."""
-        mine, theirs = self.meta["fingerprint"], fingerprint(model)
+        """Raise if these observations were not made on `model` (router weights and shapes differ).
+
+        Observations without a fingerprint (imported without the model, see `reapkit.importers`) can
+        only be checked for their MoE layers and expert counts.
+        """
+        mine = self.meta["fingerprint"]
+        if mine is None:
+            from .arch import architecture_for
+
+            arch = architecture_for(model)
+            blocks = list(arch.moe_blocks(model))
+            theirs = ([i for i, _ in blocks], [arch.experts_of(b).num_experts for _, b in blocks])
+            if (self.layers, self.num_experts) != theirs:
+                raise ValueError(
+                    f"these observations hold MoE layers {self.layers} with {self.num_experts} experts, but the model "
+                    f"has MoE layers {theirs[0]} with {theirs[1]} experts; use the model they were recorded on"
+                )
+            return
+        theirs = fingerprint(model)
         if mine != theirs:
             diff = {k: (mine.get(k), theirs.get(k)) for k in theirs if mine.get(k) != theirs.get(k)}
             raise ValueError(

@@ -50,6 +50,7 @@ __all__ = [
     "check_ratio",
     "score",
     "scores_frame",
+    "usable_criteria",
 ]
 
 
@@ -140,13 +141,8 @@ def score(obs: Observations, criterion: str = "reap", *, domains=None, seed: int
     `domains`: None (all pooled), a list of domains, or {domain: weight}.
     """
     entry = _REGISTRY[check_criterion(criterion)]
+    obs.require(*entry.needs, purpose=f"criterion {criterion!r}")
     pooled = obs.pooled(domains, names=entry.needs)
-    missing = [n for n in entry.needs if n not in pooled]
-    if missing:
-        raise ValueError(
-            f"criterion {criterion!r} needs the statistic(s) {missing}, which these observations do not hold "
-            f"(they hold {sorted(obs.stats[obs.domains[0]])})"
-        )
     values = np.asarray(entry.fn({k: v.numpy() for k, v in pooled.items()}, seed=seed), dtype=np.float64)
     expected = (len(obs.layers), max(obs.num_experts))
     if values.shape != expected:
@@ -155,6 +151,30 @@ def score(obs: Observations, criterion: str = "reap", *, domains=None, seed: int
             f"it must return one score per MoE layer and expert, shape {expected}"
         )
     return values
+
+
+def usable_criteria(obs: Observations, criteria) -> list[str]:
+    """The `criteria` whose statistics `obs` holds, in order; each one skipped is printed with the reason.
+
+    >>> usable_criteria(obs, ["reap", "soft_frequency"])
+    ['reap', 'soft_frequency']
+
+    (observations imported from the REAP observer lack `prob_sum`: there, `soft_frequency` is skipped.)
+    """
+    usable = []
+    for criterion in criteria:
+        try:
+            obs.require(*_REGISTRY[check_criterion(criterion)].needs, purpose=f"criterion {criterion!r}")
+        except ValueError as error:
+            print(f"skipped: {error}")
+            continue
+        usable.append(criterion)
+    if criteria and not usable:
+        holds = [name for name, entry in _REGISTRY.items() if not obs.lacks(*entry.needs)]
+        raise ValueError(
+            f"none of the criteria {list(criteria)} can be scored from these observations; choose from {holds}"
+        )
+    return usable
 
 
 def scores_frame(obs: Observations, criteria=("reap",), *, per_domain: bool = True, seed: int = 0) -> pd.DataFrame:

@@ -125,7 +125,10 @@ def test_bad_registrations_and_bad_criteria_say_what_to_do(obs):
         register_criterion("unknown_stat", lambda stats, seed: stats["nope"], needs=["nope"])
         with pytest.raises(ValueError, match=r"shape \(2,\).*shape \(2, 8\)"):
             score(obs, "flat")
-        with pytest.raises(ValueError, match=r"needs the statistic\(s\) \['nope'\]"):
+        with pytest.raises(
+            ValueError,
+            match=r"criterion 'unknown_stat' needs the statistic 'nope', which these observations do not hold; observe",
+        ):
             score(obs, "unknown_stat")
     finally:
         saliency._REGISTRY.pop("flat", None)
