@@ -33,6 +33,7 @@ from ..analysis import (
     hi,
     lo,
     select,
+    wide_results,
     with_delta_loss,
 )
 from .theme import (
@@ -77,6 +78,7 @@ def _hue(results: pd.DataFrame, hue):
 
 
 def _prepare(results, metric):
+    results = wide_results(results)  # long-form rows (lm-eval scores) as columns
     if (
         metric == DELTA_LOSS
         and DELTA_LOSS not in results.columns
@@ -221,11 +223,15 @@ def study_curves(results: pd.DataFrame, *, metric: str = LOSS, domain: str = ALL
     return loss_vs_ratio(results, metric=metric, domain=domain, focus=focus, legend=False, ax=ax)
 
 
-def _domains(results, domains):
+def _domains(results, domains, metrics=()):
+    """The domains to draw: `domains`, or those of `results` with a value of one of `metrics`, "all" first."""
     if domains is not None:
         return list(domains)
     if DOMAIN not in results.columns:
         return [None]
+    present = [m for m in metrics if m in results.columns]
+    if present:
+        results = results[results[present].notna().any(axis=1)]
     return sorted(dict.fromkeys(results[DOMAIN]), key=lambda d: (d != ALL, str(d)))
 
 
@@ -253,7 +259,8 @@ def study_figure(results: pd.DataFrame, *, metrics=(DELTA_LOSS, "kl"), domains=N
     metrics = [metrics] if isinstance(metrics, str) else list(metrics)
     if is_empty(results):
         return no_data_figure(fig, title="compression study")
-    domains = _domains(results, domains)
+    results = wide_results(results)
+    domains = _domains(results, domains, metrics)
     fig = fig or plt.figure(figsize=(TWO_COLUMN, 0.5 + 1.55 * len(metrics)), layout="constrained")
     grid = fig.subplots(len(metrics), len(domains), squeeze=False, sharex=True, sharey="row")
     for i, metric in enumerate(metrics):
@@ -346,9 +353,10 @@ def loss_vs_ratio_by_domain(results: pd.DataFrame, *, metric: str = DELTA_LOSS, 
 
         >>> loss_vs_ratio_by_domain(results, metric="delta_loss")
     """
-    if is_empty(results) or (metric not in results.columns and not (metric == DELTA_LOSS and LOSS in results.columns)):
+    results = results if is_empty(results) else _prepare(results, metric)
+    if is_empty(results) or metric not in results.columns:
         return no_data_figure(fig, title=f"{metric} vs compression by domain")
-    domains = _domains(results, None)
+    domains = _domains(results, None, [metric])
     n = len(domains)
     ncols = min(n, 5)
     nrows = -(-n // ncols)
