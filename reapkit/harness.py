@@ -30,7 +30,16 @@ import pandas as pd
 
 from .analysis import CRITERION, DOMAIN, LABEL, METHOD, RATIO, SEED
 
-__all__ = ["lm_eval", "find_tasks", "offline", "result_rows", "write_demo_tasks", "DEMO_TASKS", "INSTALL_HINT"]
+__all__ = [
+    "lm_eval",
+    "lm_eval_plans",
+    "find_tasks",
+    "offline",
+    "result_rows",
+    "write_demo_tasks",
+    "DEMO_TASKS",
+    "INSTALL_HINT",
+]
 
 INSTALL_HINT = "pip install -e '.[eval]'"
 #: z of the normal 95% interval drawn around an lm-eval score from its stderr
@@ -62,6 +71,9 @@ _OFFLINE = {
 def offline():
     """Inside: the Hugging Face hub is off limits (HF_HUB_OFFLINE=1, HF_DATASETS_OFFLINE=1), also for
     huggingface_hub and datasets already imported (they read the variables once, at import)."""
+    import datasets.config  # noqa: F401 - imported before the switch, so leaving it restores them
+    import huggingface_hub.constants  # noqa: F401
+
     saved_env = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
     os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     saved = [
@@ -174,16 +186,18 @@ def lm_eval(
     include_path=None,
     limit: int | float | None = None,
     batch_size: int = 8,
-    offline_hub: bool = True,
+    offline_hub: bool | None = None,
     **lm_eval_kwargs,
 ) -> pd.DataFrame:
     """Score `model` (with `plan` masked in, when given) on lm-eval `tasks`; long-form results rows.
 
     `tasks`: lm-eval task names, found in the folder `include_path` (task YAML files) or, without it,
-    among lm-eval's own tasks. `tokenizer`: the model's (default: loaded from `model.name_or_path`). `limit`: documents
-    per task (a fraction: a share of them); `task_manager`: one from `find_tasks`. With `offline_hub` (default) nothing is fetched from the
-    Hugging Face hub: tasks must read local data (`dataset_path: json` with `data_files`); pass False for
-    lm-eval's own tasks, which download their data sets. Other keywords go to `lm_eval.simple_evaluate`
+    among lm-eval's own tasks. `tokenizer`: the model's (default: loaded from `model.name_or_path`).
+    `limit`: documents per task (a fraction: a share of them); `task_manager`: one from `find_tasks`.
+    `batch_size`: documents per forward. `offline_hub`: nothing
+    is fetched from the Hugging Face hub (HF_HUB_OFFLINE): by default when the tasks come from
+    `include_path`, whose YAML files then read local data (`dataset_path: json` with `data_files`);
+    lm-eval's own tasks download their data sets. Other keywords go to `lm_eval.simple_evaluate`
     (e.g. `num_fewshot`, `bootstrap_iters`).
     """
     from .loading import input_device, load_tokenizer
@@ -196,6 +210,7 @@ def lm_eval(
         tokenizer = load_tokenizer(getattr(model, "name_or_path", "") or "")
         if tokenizer is None:
             raise ValueError("the model's folder has no tokenizer; pass tokenizer= (lm-eval needs one)")
+    offline_hub = include_path is not None if offline_hub is None else offline_hub
     hub = offline() if offline_hub else contextlib.nullcontext()
     with hub:
         harness, HFLM, _ = _import_lm_eval()
@@ -208,6 +223,19 @@ def lm_eval(
                 model=lm, tasks=tasks, task_manager=manager, limit=limit, log_samples=False, **lm_eval_kwargs
             )
     return result_rows(output, plan)
+
+
+def lm_eval_plans(model, plans: dict, tasks, **kwargs) -> pd.DataFrame:
+    """`lm_eval` of the unpruned model and of each plan of {(criterion, ratio): PruningPlan} (masked in
+    turn), as one long-form results frame; keywords as `lm_eval`.
+
+        >>> lm_eval_plans(model, plans, DEMO_TASKS, tokenizer=tokenizer, include_path=folder, limit=8)
+    """
+    manager = kwargs.pop("task_manager", None)
+    with offline():  # indexing task files reads no data set
+        manager = manager or find_tasks(tasks, kwargs.get("include_path"))
+    frames = [lm_eval(model, plan, tasks, task_manager=manager, **kwargs) for plan in (None, *plans.values())]
+    return pd.concat(frames, ignore_index=True)
 
 
 # --------------------------------------------------------------------------------------------

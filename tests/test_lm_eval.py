@@ -15,6 +15,7 @@ import pytest
 
 pytest.importorskip("lm_eval", reason="lm-eval is part of the test environment: pip install -e '.[dev]'")
 
+from reapkit import plot  # noqa: E402
 from reapkit.analysis import curve_table, long_results, wide_results  # noqa: E402
 from reapkit.cli import main  # noqa: E402
 from reapkit.data import DOMAINS, calibration_batches, domain_texts  # noqa: E402
@@ -134,6 +135,16 @@ def test_masked_score_equals_the_saved_checkpoint_and_differs_from_unpruned(demo
     assert {"acc", "acc_lo", "acc_hi", "acc_stderr", "bits_per_byte", "loss"} <= set(wide.columns)
     assert len(long_results(wide)) == len(long_results(table)) == 2 + len(unpruned) + len(masked)
 
+    # the figures draw the one table: reapkit's loss per domain, a panel per lm-eval task and metric
+    fig = plot.loss_vs_ratio_by_domain(table, metric="loss")
+    assert [ax.get_title() for ax in fig.axes if ax.lines] == ["all"]
+    fig = plot.scores_figure(table)
+    assert sorted(ax.get_title() for ax in fig.axes if ax.lines) == [
+        "acc\nwhich_ending",
+        "bits_per_byte\nheld_out_text",
+    ]
+    assert all(len(ax.lines[0].get_xdata()) == 2 for ax in fig.axes if ax.lines)  # ratio 0 and 0.5
+
 
 def test_device_mapped_model_scores_the_same(demo, tasks, masked, tmp_path):
     mapped, _ = load_model("demo", device_map="auto", max_memory={"cpu": "1KB"}, offload_folder=tmp_path / "off")
@@ -191,3 +202,22 @@ def test_bad_input_is_one_clear_line(demo, tasks, tmp_path, capsys, case, messag
     err = capsys.readouterr().err.strip()
     assert err.startswith("reapkit evaluate: error: ") and message in err and "\n" not in err
     assert (out.read_text() == "mine\n") if case == "output exists" else not out.exists()
+
+
+@pytest.mark.slow
+def test_lm_eval_sweep_runs(demo, tmp_path, monkeypatch):
+    """sweeps/lm_eval.yaml, one run of its grid, shrunk: lm-eval rows join notebook 03's results table."""
+    from reapkit.sweep import run_sweep
+
+    quick = {"ratios": [0.5], "calibration": "code:4,prose:4", "evaluation": "code:2,prose:2", "max_length": 48}
+    quick.update(lm_eval_limit=2, cache_dir=str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)  # runs/lm_eval/ lands here
+    summary = run_sweep(ROOT / "sweeps" / "lm_eval.yaml", overrides=quick, limit=1, jobs=1, progress=False)
+    assert list(summary.status) == ["ok"], summary.error.tolist()
+    results = pd.read_csv(tmp_path / "runs" / "lm_eval" / "results.csv")
+    scores = results.dropna(subset=["metric"])
+    assert set(scores.domain) == {"reapkit_heldout", "reapkit_continuation"}
+    assert set(scores.ratio) == {0.0, 0.5} and set(scores.criterion) == {"none", "reap"}
+    assert (scores.samples == 2).all() and results.loss.notna().sum() == 3 * 2  # (unpruned + plan) x (code, prose, all)
+    figure = next((tmp_path / "runs" / "lm_eval").glob("*/figures/lm_eval_vs_ratio.png"))
+    assert figure.stat().st_size > 0

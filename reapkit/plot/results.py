@@ -4,6 +4,7 @@ sensitivity, block reconstruction error, calibration sensitivity.
     >>> compression_figure(results)                     # loss and top-1 agreement, every method, 95% CIs
     >>> study_figure(results, metrics=["delta_loss", "kl"])   # one column per domain, shared y per row
     >>> layer_sensitivity(sensitivity)                   # layer, delta_loss [, delta_loss_lo, delta_loss_hi]
+    >>> scores_figure(lm_rows)                           # long-form scores (lm-eval): a panel per task and metric
     >>> calibration_figure(loss_matrix, overlap, chance=expected_jaccard(16, 8))
 
 Results frames follow the schema of :mod:`reapkit.analysis` (label, method, ratio, domain, loss,
@@ -58,6 +59,7 @@ __all__ = [
     "study_figure",
     "compression_figure",
     "layer_sensitivity",
+    "scores_figure",
     "reconstruction_by_layer",
     "calibration_heatmap",
     "overlap_heatmap",
@@ -79,6 +81,8 @@ def _hue(results: pd.DataFrame, hue):
 
 def _prepare(results, metric):
     results = wide_results(results)  # long-form rows (lm-eval scores) as columns
+    if LABEL in results.columns and CRITERION in results.columns and results[LABEL].isna().any():
+        results = results.assign(**{LABEL: results[LABEL].fillna(results[CRITERION])})  # a plain prune's label
     if (
         metric == DELTA_LOSS
         and DELTA_LOSS not in results.columns
@@ -314,6 +318,34 @@ def compression_figure(
     for ax, metric in zip(panels, metrics):
         loss_vs_ratio(results, metric=metric, domain=domain, focus=focus, legend=False, ax=ax)
     _figure_legend(fig, panels, loc="outside lower center", ncols=5)
+    return fig
+
+
+@styled
+def scores_figure(results: pd.DataFrame, *, hue: str | None = None, fig=None):
+    """One :func:`loss_vs_ratio` panel per task and metric of long-form results (e.g. lm-eval scores
+    from `reapkit.harness.lm_eval_plans`), one legend. Returns the Figure.
+
+        >>> scores_figure(lm_rows)                         # e.g. acc on one task, bits_per_byte on another
+
+    Bands: the normal 95% interval from each score's stderr, where the task gives one.
+    """
+    from ..analysis import METRIC
+
+    if is_empty(results) or METRIC not in results.columns or results[METRIC].dropna().empty:
+        return no_data_figure(fig, title="scores vs compression")
+    panels = results.dropna(subset=[METRIC])[[DOMAIN, METRIC]].drop_duplicates().values.tolist()
+    ncols = min(len(panels), 3)
+    nrows = -(-len(panels) // ncols)
+    fig = fig or plt.figure(figsize=(TWO_COLUMN, 0.55 + 1.7 * nrows), layout="constrained")
+    grid = fig.subplots(nrows, ncols, squeeze=False, sharex=True).ravel()
+    for (domain, metric), ax in zip(panels, grid):
+        loss_vs_ratio(results, metric=metric, domain=domain, hue=hue, legend=False, ax=ax)
+        ax.set_title(f"{metric}\n{domain}")
+        ax.set_xlabel(ax.get_xlabel().replace("95% bootstrap CI", "95% CI, value ± 1.96 stderr"))
+    for ax in grid[len(panels) :]:
+        ax.axis("off")
+    _figure_legend(fig, grid[: len(panels)])
     return fig
 
 
