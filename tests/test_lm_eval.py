@@ -176,9 +176,10 @@ def test_cli_evaluate_as_a_user_would(demo, tasks, masked, tmp_path):
         ("plan options without observations", "add --observations"),
         ("criterion needs a missing statistic", "needs the statistic(s) ['max_activation']"),
         ("output exists", "already exists"),
+        ("lm-eval not installed", "install it with `pip install -e '.[eval]'`"),
     ],
 )
-def test_bad_input_is_one_clear_line(demo, tasks, tmp_path, capsys, case, message):
+def test_bad_input_is_one_clear_line(demo, tasks, tmp_path, capsys, monkeypatch, case, message):
     from reapkit.observations import Observations
 
     obs = demo["obs"]
@@ -195,7 +196,10 @@ def test_bad_input_is_one_clear_line(demo, tasks, tmp_path, capsys, case, messag
         "plan options without observations": ["--ratio", "0.5"],
         "criterion needs a missing statistic": ["--observations", str(partial_dir), "--criterion", "max_activation"],
         "output exists": [],
+        "lm-eval not installed": [],
     }[case]
+    if case == "lm-eval not installed":
+        monkeypatch.setitem(sys.modules, "lm_eval", None)  # `import lm_eval` fails as without the extra
     if case == "output exists":
         out.write_text("mine\n")
     assert main(args) == 2
@@ -221,3 +225,18 @@ def test_lm_eval_sweep_runs(demo, tmp_path, monkeypatch):
     assert (scores.samples == 2).all() and results.loss.notna().sum() == 3 * 2  # (unpruned + plan) x (code, prose, all)
     figure = next((tmp_path / "runs" / "lm_eval").glob("*/figures/lm_eval_vs_ratio.png"))
     assert figure.stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_readme_lm_eval_block_runs_as_written(demo, tmp_path):
+    """The README's "Benchmark a plan with lm-eval" commands, line by line, in a fresh folder."""
+    from test_readme import as_subprocess, readme_block
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    for line in readme_block("## Benchmark a plan with lm-eval"):
+        run = subprocess.run(as_subprocess(line), cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert run.returncode == 0, f"README line failed: {line}\n{run.stderr[-3000:]}"
+    unpruned, pruned = pd.read_csv(tmp_path / "unpruned.csv"), pd.read_csv(tmp_path / "reap-0.5.csv")
+    assert set(unpruned.domain) == set(pruned.domain) == {"reapkit_heldout", "reapkit_continuation"}
+    bpb = ("reapkit_heldout", "bits_per_byte")
+    assert _scores(pruned)[bpb] > _scores(unpruned)[bpb]  # half the experts gone: the held-out text costs more bits
