@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .analysis import CRITERION, DOMAIN, LABEL, METHOD, RATIO, SEED
+from .analysis import CRITERION, DOMAIN, LABEL, METHOD, METRIC, RATIO, SEED, STDERR, VALUE, hi, lo
 
 __all__ = [
     "lm_eval",
@@ -133,15 +133,16 @@ def find_tasks(tasks, include_path=None):
 
 def provenance_columns(plan=None) -> dict:
     """The results-schema columns that say which plan a score belongs to (the unpruned model: ratio 0,
-    criterion "none")."""
+    criterion "none"); `ratio` of a plan made with keep= or counts= is the fraction of all experts removed."""
     if plan is None:
         return {METHOD: "none", CRITERION: "none", LABEL: "none", RATIO: 0.0, SEED: None, "observations": None}
     origin = plan.provenance.get("observations") or {}
+    removed = 1 - plan.total_kept / sum(plan.num_experts.values())
     return {
         METHOD: "prune",
         CRITERION: plan.criterion,
         LABEL: plan.criterion,
-        RATIO: plan.ratio,
+        RATIO: plan.ratio if plan.ratio is not None else removed,
         SEED: plan.provenance.get("seed"),
         "observations": origin.get("router_sha256") if isinstance(origin, dict) else origin,
     }
@@ -166,11 +167,11 @@ def result_rows(output: dict, plan=None) -> pd.DataFrame:
                 {
                     **provenance_columns(plan),
                     DOMAIN: task,
-                    "metric": metric if filter_name == "none" else f"{metric}/{filter_name}",
-                    "value": value,
-                    "stderr": stderr,
-                    "value_lo": value - Z95 * stderr,
-                    "value_hi": value + Z95 * stderr,
+                    METRIC: metric if filter_name == "none" else f"{metric}/{filter_name}",
+                    VALUE: value,
+                    STDERR: stderr,
+                    lo(VALUE): value - Z95 * stderr,
+                    hi(VALUE): value + Z95 * stderr,
                     "samples": samples,
                 }
             )
