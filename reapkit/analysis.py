@@ -17,7 +17,8 @@ Results schema (one name per concept; every module reads these names, none renam
     label        one name per curve: the criterion, or global_<criterion> for the global budget
     seed         random pruning only
     ratio        fraction of experts removed (0 = the unpruned model)
-    domain       evaluation domain, "all" = every domain pooled
+    domain       evaluation domain, "all" = every domain pooled, or an lm-eval task
+    observations the router fingerprint of the model the plan's observations were made on (lm-eval rows)
     loss, perplexity, kl, agreement     (agreement = top-1 agreement with the unpruned model)
     delta_loss   loss minus the same domain's unpruned loss (`with_delta_loss`)
     <metric>_lo, <metric>_hi            95% confidence interval of <metric> (e.g. loss_lo, loss_hi)
