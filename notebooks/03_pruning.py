@@ -39,6 +39,9 @@ save_criterion = "reap"             # the plan saved as a checkpoint (None: save
 save_ratio = 0.5                    # ratio of the saved plan
 prompts = None                      # {name: prompt} for greedy samples; None: one per built-in domain
 max_new_tokens = 24                 # tokens of each greedy sample (0: no samples)
+lm_eval_tasks = None                # lm-eval tasks scored for every plan; None: no lm-eval
+lm_eval_include = "demo"            # folder of lm-eval task YAMLs; "demo": reapkit's demo tasks; None: lm-eval's own
+lm_eval_limit = None                # lm-eval documents per task; None: all
 output_dir = "runs/03_pruning"      # tables and executed outputs
 figures_dir = "figures/03_pruning"  # figures (PNG and PDF)
 
@@ -55,6 +58,7 @@ from transformers import AutoModelForCausalLM
 
 from reapkit import analysis, plot, readings
 from reapkit.evaluate import evaluate, evaluate_plans, generate_samples
+from reapkit.harness import lm_eval_plans, write_demo_tasks
 from reapkit.notebook import DEFAULT_PROMPTS, Figures, calibrate, held_out, write_table
 from reapkit.plan import PruningPlan
 from reapkit.prune import remove_experts, save_pruned
@@ -101,6 +105,24 @@ display(Markdown(readings.costs(results, metric="kl")))
 figures.save(plot.reconstruction_by_layer(reconstruction[reconstruction.layer.isin(run.layers)]).figure,
              "reconstruction_error")
 display(Markdown(readings.reconstruction(reconstruction)))
+
+# %% [markdown]
+# ## Benchmarks (lm-evaluation-harness)
+#
+# With `lm_eval_tasks`, lm-eval scores the unpruned model and every plan, each masked in memory (no
+# checkpoint written). Its rows join the results table in the long form of the results schema (task as
+# `domain`, `metric`, `value`, `stderr`); bands: value ± 1.96 stderr where the task gives one.
+# `lm_eval_include = "demo"` writes reapkit's demo tasks (held-out text, which-continuation) to the output folder.
+
+# %%
+if P.lm_eval_tasks:
+    include = write_demo_tasks(f"{P.output_dir}/lm_eval_tasks") if P.lm_eval_include == "demo" else P.lm_eval_include
+    scores = lm_eval_plans(run.model, plans, P.lm_eval_tasks, tokenizer=run.tokenizer, include_path=include,
+                           limit=P.lm_eval_limit, batch_size=P.batch_size).assign(model=P.model, seed=P.seed)
+    results = pd.concat([results, scores], ignore_index=True)
+    write_table(results, P.output_dir, "results")
+    figures.save(plot.scores_figure(scores), "lm_eval_vs_ratio")
+    display(analysis.wide_results(scores).dropna(axis=1, how="all"))
 
 # %% [markdown]
 # ## The saved checkpoint, and samples before and after

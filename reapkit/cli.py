@@ -6,6 +6,7 @@ reapkit scores runs/obs --criterion reap --csv scores.csv
 reapkit prune MODEL --observations runs/obs --criterion reap --ratio 0.25 --out pruned/
 reapkit prune MODEL_DIR ... --out pruned/     # a local folder streams shard by shard (--in-memory to load)
 reapkit import reap-observer observations.pt --out runs/imported   # saliency from other tools
+reapkit evaluate MODEL --observations runs/obs --ratio 0.5 --tasks T1,T2 --include-path tasks/   # lm-eval, in memory
 reapkit demo                      # notebooks on the bundled demo model, figures in figures/
 reapkit sweep sweeps/study.yaml   # papermill runs over a parameter grid
 """
@@ -286,6 +287,57 @@ def cmd_import(args):
     print(f"imported a plan keeping {kept} of {plan.num_experts} experts per layer -> {args.out}")
 
 
+def cmd_evaluate(args):
+    from .harness import find_tasks, lm_eval, offline
+
+    check_separate(args.out, args.model, args.observations, args.include_path, what="--out")
+    if args.out:
+        check_new_output(args.out, force=args.force)
+    _check_model_name(args.model)
+    plan = obs = None
+    if args.observations:
+        from .observations import Observations
+
+        obs = Observations.load(args.observations)
+        args.criterion = args.criterion or "reap"
+        args.ratio = 0.25 if args.ratio is None and args.keep is None else args.ratio
+        plan = _plan(args, obs)  # a bad ratio or criterion stops here, before the model loads
+        plan.provenance["source_model"] = args.model
+    elif args.criterion or args.ratio is not None or args.keep is not None or args.domains:
+        raise ValueError("--criterion, --ratio, --keep and --domains make a plan; add --observations OBS to prune")
+    try:
+        with offline():
+            manager = find_tasks(args.tasks.split(","), args.include_path)  # unknown tasks stop here too
+    except ImportError as error:  # the optional `eval` extra is not installed: one line, with the command
+        raise ValueError(str(error)) from None
+    model, tokenizer = _load(args)
+    if obs is not None:
+        obs.check_model(model)
+    start = time.perf_counter()
+    limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
+    rows = lm_eval(
+        model,
+        plan,
+        args.tasks.split(","),
+        tokenizer=tokenizer,
+        include_path=args.include_path,
+        limit=limit,
+        batch_size=args.batch_size,
+        task_manager=manager,
+        num_fewshot=args.num_fewshot,
+    ).assign(model=args.model)
+    shown = rows[["criterion", "ratio", "domain", "metric", "value", "stderr"]].rename(columns={"domain": "task"})
+    print(shown.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    if args.out:
+        from .atomic import atomic_write_text
+
+        atomic_write_text(args.out, rows.to_csv(index=False))
+    print(
+        f"scored {len(rows)} metric(s) in {time.perf_counter() - start:.1f}s"
+        + (f"; wrote them to {args.out}" if args.out else "")
+    )
+
+
 def cmd_demo(args):
     from .sweep import run_demo
 
@@ -429,6 +481,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing output")
     placement_args(p)
     p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser(
+        "evaluate", help="score the model, or a plan masked into it, with lm-evaluation-harness (no checkpoint written)"
+    )
+    model_args(p)
+    p.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
+    p.add_argument(
+        "--include-path",
+        help="folder of lm-eval task YAML files, where --tasks are looked up (default: lm-eval's own tasks)",
+    )
+    p.add_argument("--observations", help="observations to make the plan from (none: the unpruned model)")
+    p.add_argument("--criterion", help="criterion of the plan (default with --observations: reap)")
+    p.add_argument("--ratio", type=float, help="fraction of each layer's experts to remove (default 0.25)")
+    p.add_argument("--keep", type=int, help="experts to keep per layer (instead of --ratio)")
+    p.add_argument("--domains", help="comma-separated calibration domains to score on (default: all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=float, help="documents per task (below 1: a fraction of them)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--num-fewshot", type=int, help="few-shot examples per document (default: each task's own)")
+    p.add_argument("--out", help="write the results rows (CSV) here")
+    p.add_argument("--force", action="store_true", help="replace an existing --out file")
+    placement_args(p)
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("demo", help="run the notebooks on the bundled demo model and write figures")
     p.add_argument("--figures", default="figures")

@@ -10,6 +10,7 @@
        layer  rel_l2
     0      0  0.183
     >>> generate_samples(model, tokenizer, {"code": "def add(a, b):"})   # greedy, deterministic
+    >>> lm_eval(model, plan, ["hellaswag"], tokenizer=tokenizer)       # lm-evaluation-harness, in memory (reapkit.harness)
 
 Every metric is computed over *target* positions: position t predicts token t + 1, and it counts
 only when both t and t + 1 are real (attention mask 1), so padding never counts, whichever side it
@@ -31,6 +32,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from .arch import architecture_for
+from .harness import lm_eval
 from .hooks import eval_mode, forward_hooks
 from .stats import LEVEL, RESAMPLES, bootstrap
 
@@ -45,6 +47,7 @@ __all__ = [
     "ReferenceOutputs",
     "reconstruction_error",
     "generate_samples",
+    "lm_eval",
 ]
 
 

@@ -211,6 +211,11 @@ def _plugins(value):
     return items
 
 
+def _tasks_folder(value):
+    """None (lm-eval's own tasks), "demo" (`reapkit.harness.write_demo_tasks`) or a folder, resolved like other paths."""
+    return value if value in (None, "demo") else str(resolve_path(_path(value)))
+
+
 def _global_budget(value):
     return value if isinstance(value, bool) else _criterion(value)
 
@@ -329,6 +334,16 @@ PARAMETERS: dict[str, tuple[Parameter, ...]] = {
         Parameter("save_ratio", 0.5, _fraction_removed, "ratio of the saved plan"),
         Parameter("prompts", None, _prompts, "{name: prompt} for greedy samples; None: one per built-in domain"),
         Parameter("max_new_tokens", 24, _integer(0), "tokens of each greedy sample (0: no samples)"),
+        Parameter(
+            "lm_eval_tasks", None, _or_none(_list_of(_text)), "lm-eval tasks scored for every plan; None: no lm-eval"
+        ),
+        Parameter(
+            "lm_eval_include",
+            "demo",
+            _tasks_folder,
+            "folder of lm-eval task YAMLs; \"demo\": reapkit's demo tasks; None: lm-eval's own",
+        ),
+        Parameter("lm_eval_limit", None, _or_none(_integer(1)), "lm-eval documents per task; None: all"),
         *_outputs("03_pruning"),
     ),
     "04_paper_figures": (

@@ -469,6 +469,7 @@ def test_shipped_sweep_runs(sweep, tiny, tmp_path, monkeypatch):
         "sensitivity": False,
         "layer_sensitivity": False,
         "spaces": ["output"],
+        "lm_eval_tasks": None,  # the tiny model has no tokenizer; tests/test_lm_eval.py runs sweeps/lm_eval.yaml on the demo
     }
     notebook = load_sweep(sweep)["notebook"].stem
     overrides = {k: v for k, v in quick.items() if k in {p.name for p in PARAMETERS[notebook]}}

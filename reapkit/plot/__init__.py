@@ -42,6 +42,7 @@ from .results import (
     loss_vs_ratio_by_domain,
     overlap_heatmap,
     reconstruction_by_layer,
+    scores_figure,
     study_curves,
     study_figure,
 )
@@ -108,6 +109,7 @@ __all__ = [
     "study_figure",
     "compression_figure",
     "layer_sensitivity",
+    "scores_figure",
     "reconstruction_by_layer",
     "calibration_heatmap",
     "overlap_heatmap",

@@ -4,6 +4,7 @@ sensitivity, block reconstruction error, calibration sensitivity.
     >>> compression_figure(results)                     # loss and top-1 agreement, every method, 95% CIs
     >>> study_figure(results, metrics=["delta_loss", "kl"])   # one column per domain, shared y per row
     >>> layer_sensitivity(sensitivity)                   # layer, delta_loss [, delta_loss_lo, delta_loss_hi]
+    >>> scores_figure(lm_rows)                           # long-form scores (lm-eval): a panel per task and metric
     >>> calibration_figure(loss_matrix, overlap, chance=expected_jaccard(16, 8))
 
 Results frames follow the schema of :mod:`reapkit.analysis` (label, method, ratio, domain, loss,
@@ -33,6 +34,7 @@ from ..analysis import (
     hi,
     lo,
     select,
+    wide_results,
     with_delta_loss,
 )
 from .theme import (
@@ -57,6 +59,7 @@ __all__ = [
     "study_figure",
     "compression_figure",
     "layer_sensitivity",
+    "scores_figure",
     "reconstruction_by_layer",
     "calibration_heatmap",
     "overlap_heatmap",
@@ -77,6 +80,9 @@ def _hue(results: pd.DataFrame, hue):
 
 
 def _prepare(results, metric):
+    results = wide_results(results)  # long-form rows (lm-eval scores) as columns
+    if LABEL in results.columns and CRITERION in results.columns and results[LABEL].isna().any():
+        results = results.assign(**{LABEL: results[LABEL].fillna(results[CRITERION])})  # a plain prune's label
     if (
         metric == DELTA_LOSS
         and DELTA_LOSS not in results.columns
@@ -221,11 +227,15 @@ def study_curves(results: pd.DataFrame, *, metric: str = LOSS, domain: str = ALL
     return loss_vs_ratio(results, metric=metric, domain=domain, focus=focus, legend=False, ax=ax)
 
 
-def _domains(results, domains):
+def _domains(results, domains, metrics=()):
+    """The domains to draw: `domains`, or those of `results` with a value of one of `metrics`, "all" first."""
     if domains is not None:
         return list(domains)
     if DOMAIN not in results.columns:
         return [None]
+    present = [m for m in metrics if m in results.columns]
+    if present:
+        results = results[results[present].notna().any(axis=1)]
     return sorted(dict.fromkeys(results[DOMAIN]), key=lambda d: (d != ALL, str(d)))
 
 
@@ -253,7 +263,8 @@ def study_figure(results: pd.DataFrame, *, metrics=(DELTA_LOSS, "kl"), domains=N
     metrics = [metrics] if isinstance(metrics, str) else list(metrics)
     if is_empty(results):
         return no_data_figure(fig, title="compression study")
-    domains = _domains(results, domains)
+    results = wide_results(results)
+    domains = _domains(results, domains, metrics)
     fig = fig or plt.figure(figsize=(TWO_COLUMN, 0.5 + 1.55 * len(metrics)), layout="constrained")
     grid = fig.subplots(len(metrics), len(domains), squeeze=False, sharex=True, sharey="row")
     for i, metric in enumerate(metrics):
@@ -311,6 +322,34 @@ def compression_figure(
 
 
 @styled
+def scores_figure(results: pd.DataFrame, *, hue: str | None = None, fig=None):
+    """One :func:`loss_vs_ratio` panel per task and metric of long-form results (e.g. lm-eval scores
+    from `reapkit.harness.lm_eval_plans`), one legend. Returns the Figure.
+
+        >>> scores_figure(lm_rows)                         # e.g. acc on one task, bits_per_byte on another
+
+    Bands: the normal 95% interval from each score's stderr, where the task gives one.
+    """
+    from ..analysis import METRIC
+
+    if is_empty(results) or METRIC not in results.columns or results[METRIC].dropna().empty:
+        return no_data_figure(fig, title="scores vs compression")
+    panels = results.dropna(subset=[METRIC])[[DOMAIN, METRIC]].drop_duplicates().values.tolist()
+    ncols = min(len(panels), 3)
+    nrows = -(-len(panels) // ncols)
+    fig = fig or plt.figure(figsize=(TWO_COLUMN, 0.55 + 1.7 * nrows), layout="constrained")
+    grid = fig.subplots(nrows, ncols, squeeze=False, sharex=True).ravel()
+    for (domain, metric), ax in zip(panels, grid):
+        loss_vs_ratio(results, metric=metric, domain=domain, hue=hue, legend=False, ax=ax)
+        ax.set_title(f"{metric}\n{domain}")
+        ax.set_xlabel(ax.get_xlabel().replace("95% bootstrap CI", "95% CI, value ± 1.96 stderr"))
+    for ax in grid[len(panels) :]:
+        ax.axis("off")
+    _figure_legend(fig, grid[: len(panels)])
+    return fig
+
+
+@styled
 def layer_sensitivity(frame: pd.DataFrame, *, metric: str = DELTA_LOSS, ratio: float | None = 0.5, ax=None):
     """Per-layer sensitivity: Δ loss when `ratio` of the experts of one layer at a time are pruned,
     one bar per layer, with the 95% interval when the frame has <metric>_lo / <metric>_hi.
@@ -346,9 +385,10 @@ def loss_vs_ratio_by_domain(results: pd.DataFrame, *, metric: str = DELTA_LOSS, 
 
         >>> loss_vs_ratio_by_domain(results, metric="delta_loss")
     """
-    if is_empty(results) or (metric not in results.columns and not (metric == DELTA_LOSS and LOSS in results.columns)):
+    results = results if is_empty(results) else _prepare(results, metric)
+    if is_empty(results) or metric not in results.columns:
         return no_data_figure(fig, title=f"{metric} vs compression by domain")
-    domains = _domains(results, None)
+    domains = _domains(results, None, [metric])
     n = len(domains)
     ncols = min(n, 5)
     nrows = -(-n // ncols)
