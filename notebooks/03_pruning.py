@@ -58,7 +58,7 @@ from transformers import AutoModelForCausalLM
 
 from reapkit import analysis, plot, readings
 from reapkit.evaluate import evaluate, evaluate_plans, generate_samples
-from reapkit.harness import lm_eval_plans, write_demo_tasks
+from reapkit.harness import lm_eval_plans, task_folder
 from reapkit.notebook import DEFAULT_PROMPTS, Figures, calibrate, held_out, write_table
 from reapkit.plan import PruningPlan
 from reapkit.prune import remove_experts, save_pruned
@@ -116,7 +116,7 @@ display(Markdown(readings.reconstruction(reconstruction)))
 
 # %%
 if P.lm_eval_tasks:
-    include = write_demo_tasks(f"{P.output_dir}/lm_eval_tasks") if P.lm_eval_include == "demo" else P.lm_eval_include
+    include = task_folder(P.lm_eval_include, P.output_dir)
     scores = lm_eval_plans(run.model, plans, P.lm_eval_tasks, tokenizer=run.tokenizer, include_path=include,
                            limit=P.lm_eval_limit, batch_size=P.batch_size).assign(model=P.model, seed=P.seed)
     results = pd.concat([results, scores], ignore_index=True)

@@ -18,6 +18,7 @@ import errno
 import os
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -288,6 +289,13 @@ def cmd_import(args):
 
 
 def cmd_evaluate(args):
+    from .harness import task_folder
+
+    with tempfile.TemporaryDirectory(prefix="reapkit-tasks-") as scratch:
+        _evaluate(args, task_folder(args.include_path, scratch))
+
+
+def _evaluate(args, include_path):
     from .harness import find_tasks, lm_eval, offline
 
     check_separate(args.out, args.model, args.observations, args.include_path, what="--out")
@@ -307,7 +315,7 @@ def cmd_evaluate(args):
         raise ValueError("--criterion, --ratio, --keep and --domains make a plan; add --observations OBS to prune")
     try:
         with offline():
-            manager = find_tasks(args.tasks.split(","), args.include_path)  # unknown tasks stop here too
+            manager = find_tasks(args.tasks.split(","), include_path)  # unknown tasks stop here too
     except ImportError as error:  # the optional `eval` extra is not installed: one line, with the command
         raise ValueError(str(error)) from None
     model, tokenizer = _load(args)
@@ -320,7 +328,7 @@ def cmd_evaluate(args):
         plan,
         args.tasks.split(","),
         tokenizer=tokenizer,
-        include_path=args.include_path,
+        include_path=include_path,
         limit=limit,
         batch_size=args.batch_size,
         task_manager=manager,
@@ -489,7 +497,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
     p.add_argument(
         "--include-path",
-        help="folder of lm-eval task YAML files, where --tasks are looked up (default: lm-eval's own tasks)",
+        help="folder of lm-eval task YAML files, where --tasks are looked up; demo: reapkit's demo suite "
+        "(reapkit_heldout, reapkit_continuation); default: lm-eval's own tasks",
     )
     p.add_argument("--observations", help="observations to make the plan from (none: the unpruned model)")
     p.add_argument("--criterion", help="criterion of the plan (default with --observations: reap)")

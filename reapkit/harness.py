@@ -37,6 +37,8 @@ __all__ = [
     "offline",
     "result_rows",
     "write_demo_tasks",
+    "task_folder",
+    "DEMO_TASKS",
     "DEMO_TASKS",
     "INSTALL_HINT",
 ]
@@ -287,6 +289,23 @@ metric_list:
 metadata:
   version: 1.0
 """
+
+
+#: The include path that names reapkit's demo task suite (written by :func:`write_demo_tasks`).
+DEMO_TASKS = "demo"
+
+
+def task_folder(include_path, scratch):
+    """The folder of task YAML files `include_path` names: "demo" writes the demo suite into `scratch`.
+
+        >>> task_folder("demo", "runs/03")       # Path('runs/03/lm_eval_tasks'), the demo suite
+        >>> task_folder("my_tasks", "runs/03")   # 'my_tasks', as it is (None: lm-eval's own tasks)
+
+    A folder that is really called ``demo`` is taken as it is.
+    """
+    if include_path == DEMO_TASKS and not Path(include_path).is_dir():
+        return write_demo_tasks(Path(scratch) / "lm_eval_tasks")
+    return include_path
 
 
 def write_demo_tasks(folder, *, per_domain: int = 4, chars: int = 240) -> Path:
