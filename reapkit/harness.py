@@ -39,7 +39,7 @@ __all__ = [
     "write_demo_tasks",
     "task_folder",
     "DEMO_TASKS",
-    "DEMO_TASKS",
+    "DEMO_SUITE",
     "INSTALL_HINT",
 ]
 
@@ -292,7 +292,7 @@ metadata:
 
 
 #: The include path that names reapkit's demo task suite (written by :func:`write_demo_tasks`).
-DEMO_TASKS = "demo"
+DEMO_SUITE = "demo"
 
 
 def task_folder(include_path, scratch):
@@ -303,7 +303,7 @@ def task_folder(include_path, scratch):
 
     A folder that is really called ``demo`` is taken as it is.
     """
-    if include_path == DEMO_TASKS and not Path(include_path).is_dir():
+    if include_path == DEMO_SUITE and not Path(include_path).is_dir():
         return write_demo_tasks(Path(scratch) / "lm_eval_tasks")
     return include_path
 
