@@ -174,7 +174,7 @@ def test_cli_evaluate_as_a_user_would(demo, tasks, masked, tmp_path):
         ("no task folder", "does not exist"),
         ("ratio out of range", "ratio must be in [0, 1)"),
         ("plan options without observations", "add --observations"),
-        ("criterion needs a missing statistic", "needs the statistic(s) ['max_activation']"),
+        ("criterion needs a missing statistic", "needs the statistic 'max_activation'"),
         ("output exists", "already exists"),
         ("lm-eval not installed", "install it with `pip install -e '.[eval]'`"),
     ],
