@@ -260,9 +260,6 @@ metric_list:
   - metric: bits_per_byte
     aggregation: bits_per_byte
     higher_is_better: false
-  - metric: byte_perplexity
-    aggregation: weighted_perplexity
-    higher_is_better: false
 metadata:
   version: 1.0
 """
@@ -315,7 +312,7 @@ def write_demo_tasks(folder, *, per_domain: int = 4, chars: int = 240) -> Path:
 
     Both tasks are made from the held-out (validation) texts of the built-in domains, `per_domain` texts
     of each, cut to `chars` characters: `reapkit_heldout` scores them as documents (rolling
-    log-likelihood: bits per byte, byte perplexity); `reapkit_continuation` shows a text's first half
+    log-likelihood: bits per byte); `reapkit_continuation` shows a text's first half
     and asks which of four second halves (its own, and those of texts of the other domains) follows
     (accuracy). Deterministic; nothing is downloaded.
     """

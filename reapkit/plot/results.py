@@ -343,6 +343,7 @@ def scores_figure(results: pd.DataFrame, *, hue: str | None = None, fig=None):
         loss_vs_ratio(results, metric=metric, domain=domain, hue=hue, legend=False, ax=ax)
         ax.set_title(f"{metric}\n{domain}")
         ax.set_xlabel(ax.get_xlabel().replace("95% bootstrap CI", "95% CI, value ± 1.96 stderr"))
+        ax.tick_params(labelbottom=True)  # every panel reads on its own (shared x hides inner labels)
     for ax in grid[len(panels) :]:
         ax.axis("off")
     _figure_legend(fig, grid[: len(panels)])
