@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: setup demo test sweep benchmark benchmark-scale clean browser
+.PHONY: setup demo test sweep benchmark benchmark-scale check-handoffs clean browser
 
 setup: $(STAMP)
 
@@ -45,6 +45,12 @@ benchmark: setup
 
 benchmark-scale: setup
 	$(PY) benchmarks/scale.py
+
+# `make check-handoffs`: the pruned demo in vLLM (CPU build), lm-eval and AutoRound W4A16, each in its own
+# environment under .handoffs/ (about 7 GB, 8 minutes to build once; reused after). Not part of `make test`.
+# Results: runs/handoffs/summary.json and check_handoffs.log; the commands: docs/serving.md.
+check-handoffs: setup
+	$(PY) scripts/check_handoffs.py
 
 clean:
 	rm -rf $(VENV) runs out
