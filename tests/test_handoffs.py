@@ -56,7 +56,7 @@ def test_command_line(tmp_path):
     helped = subprocess.run([*run, "--help"], capture_output=True, text=True)
     assert helped.returncode == 0 and "--only" in helped.stdout
     listed = subprocess.run([*run, "--print-commands"], capture_output=True, text=True)
-    assert listed.returncode == 0 and "vllm serve" in listed.stdout and "lm_eval --model hf" in listed.stdout
+    assert listed.returncode == 0 and "openai.api_server" in listed.stdout and "lm_eval --model hf" in listed.stdout
     missing = subprocess.run([*run, "--python311", str(tmp_path / "nope")], capture_output=True, text=True)
     assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1 and "--python311" in missing.stderr
     assert not (tmp_path / "nope").exists()
@@ -122,6 +122,8 @@ def test_checked_doc_blocks_are_what_the_script_runs(handoffs, checked_blocks):
     names = handoffs.DOC_NAMES | {"port": 8000, "task": handoffs.TASK, "tasks": "tasks", "results": "results"}
     expected = {n: handoffs.command(n, **names, env="vllm-env") for n in ("observe", "prune", "serve")}
     expected["lm_eval"] = handoffs.command("lm_eval", **names, env="lmeval-env")
+    expected["llama_cpp_source"] = handoffs.command("llama_cpp_source", env="llama-env", dest="llama-cpp-source")
+    expected["gguf"] = handoffs.command("gguf", **names, llama_cpp="llama.cpp", gguf="pruned-f32.gguf")
     for env in handoffs.ENVS:
         expected |= {f"{env}:{i}": c for i, c in enumerate(handoffs.env_commands(env, f"{env}-env"))}
     shown = set()
