@@ -24,9 +24,16 @@ def quantise(model: str, out: str, texts: list[str]) -> Path:
     """Quantise `model` into a folder under `out` (AutoRound names it `<model>-w4g128`); return that folder."""
     tokenizer = AutoTokenizer.from_pretrained(model)
     autoround = AutoRound(
-        model, tokenizer=tokenizer, scheme="W4A16", dataset=texts, iters=ITERS, nsamples=NSAMPLES,
-        seqlen=SEQLEN, batch_size=4, device_map="cpu",
-    )  # fmt: skip
+        model,
+        tokenizer=tokenizer,
+        scheme="W4A16",
+        dataset=texts,
+        iters=ITERS,
+        nsamples=NSAMPLES,
+        seqlen=SEQLEN,
+        batch_size=4,
+        device_map="cpu",
+    )
     autoround.quantize_and_save(out, format="auto_round")
     return next(path.parent for path in Path(out).rglob("config.json"))
 
