@@ -78,7 +78,7 @@ COMMANDS = {
 DOC_NAMES = {"py": "python", "obs": "runs/obs", "ckpt": "pruned", "python311": "python3.11"}
 TASK = "reapkit_code_mc"
 PROMPTS = ["def add(a, b):\n    return", "The meaning of", '{"name": "', "import os\nimport"]
-TOLERANCE = {"vllm_logprob": 1e-4, "lm_eval_loglik": 1e-4, "gguf_logprob": 1e-3}
+TOLERANCE = {"vllm_logprob": 1e-4, "lm_eval_loglik": 1e-4, "gguf_logprob": 1e-4}
 
 
 def command(name: str, **values) -> str:

@@ -21,7 +21,8 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 def main(request_path: str, reply_path: str) -> None:
     request = json.loads(open(request_path).read())
     model, max_tokens, prompts = request["model"], request["max_tokens"], request["prompts"]
-    llm = Llama(model_path=model, n_ctx=512, logits_all=True, n_threads=1, verbose=False)
+    f32 = llama_cpp.GGML_TYPE_F32  # the KV cache in float32 too (its default is float16)
+    llm = Llama(model_path=model, n_ctx=512, logits_all=True, n_threads=1, type_k=f32, type_v=f32, verbose=False)
     outputs = []
     for ids in prompts:
         llm.reset()
