@@ -46,8 +46,9 @@ benchmark: setup
 benchmark-scale: setup
 	$(PY) benchmarks/scale.py
 
-# `make check-handoffs`: the pruned demo in vLLM (CPU build), lm-eval and AutoRound W4A16, each in its own
-# environment under .handoffs/ (about 7 GB, 8 minutes to build once; reused after). Not part of `make test`.
+# `make check-handoffs`: the pruned demo in vLLM (CPU build), lm-eval, AutoRound W4A16 and llama.cpp (GGUF), each
+# in its own environment under .handoffs/ (about 7 GB; the first build takes 10-30 minutes, as llama-cpp-python
+# compiles llama.cpp with cmake and g++; reused after). Not part of `make test`.
 # Results: runs/handoffs/summary.json and check_handoffs.log; the commands: docs/serving.md.
 check-handoffs: setup
 	$(PY) scripts/check_handoffs.py
