@@ -71,7 +71,7 @@ COMMANDS = {
     "install": "{env}/bin/pip install {packages}",
     "remove": "{env}/bin/pip uninstall -y {remove}",
     "lm_eval": (
-        "HF_HUB_OFFLINE=1 {env}/bin/lm_eval --model hf --model_args pretrained={ckpt},dtype=float32 "
+        "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 {env}/bin/lm_eval --model hf --model_args pretrained={ckpt},dtype=float32 "
         "--tasks {task} --include_path {tasks} --batch_size 1 --output_path {results} --log_samples"
     ),
 }
@@ -343,7 +343,7 @@ def check_lm_eval(ckpt: Path, env_path: Path, work: Path, log) -> dict:
     shutil.rmtree(results, ignore_errors=True)
     cmd = command("lm_eval", env=env_path, ckpt=ckpt, task=TASK, tasks=tasks, results=results)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    shell(cmd, log, env=env | {"HF_DATASETS_OFFLINE": "1"})
+    shell(cmd, log, env=env)
     samples = sorted(read_samples(results), key=lambda s: s["doc_id"])
     pairs, theirs = [], []
     for s in samples:
