@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: setup demo test sweep benchmark benchmark-scale clean browser
+.PHONY: setup demo test sweep benchmark benchmark-scale check-handoffs clean browser
 
 setup: $(STAMP)
 
@@ -45,6 +45,13 @@ benchmark: setup
 
 benchmark-scale: setup
 	$(PY) benchmarks/scale.py
+
+# `make check-handoffs`: the pruned demo in vLLM (CPU build), lm-eval, AutoRound W4A16 and llama.cpp (GGUF), each
+# in its own environment under .handoffs/ (about 7 GB; the first build takes 10-30 minutes, as llama-cpp-python
+# compiles llama.cpp with cmake and g++; reused after). Not part of `make test`.
+# Results: runs/handoffs/summary.json and check_handoffs.log; the commands: docs/serving.md.
+check-handoffs: setup
+	$(PY) scripts/check_handoffs.py
 
 clean:
 	rm -rf $(VENV) runs out
