@@ -289,9 +289,9 @@ def cmd_import(args):
 
 
 def cmd_evaluate(args):
-    from .harness import task_folder
+    from .harness import SCRATCH, task_folder
 
-    with tempfile.TemporaryDirectory(prefix="reapkit-tasks-") as scratch:
+    with tempfile.TemporaryDirectory(prefix=SCRATCH) as scratch:
         _evaluate(args, task_folder(args.include_path, scratch))
 
 

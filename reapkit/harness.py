@@ -124,6 +124,8 @@ def find_tasks(tasks, include_path=None):
     unknown = [task for task in tasks if task not in known]
     if unknown:
         where = f"the task folder {include_path}" if include_path is not None else "lm-eval's own tasks"
+        if Path(include_path or "").name == DEMO_FOLDER and Path(include_path).parent.name.startswith(SCRATCH):
+            where = f"reapkit's demo suite (--include-path {DEMO_SUITE})"
         hint = (
             f"its tasks are {', '.join(sorted(known)) or 'none'}; drop the include path to use lm-eval's own tasks"
             if include_path is not None
@@ -290,6 +292,8 @@ metadata:
 
 #: The include path that names reapkit's demo task suite (written by :func:`write_demo_tasks`).
 DEMO_SUITE = "demo"
+#: Where `task_folder` writes the demo suite (inside `scratch`), and the prefix of the CLI's scratch folder.
+DEMO_FOLDER, SCRATCH = "lm_eval_tasks", "reapkit-tasks-"
 
 
 def task_folder(include_path, scratch):
@@ -301,7 +305,7 @@ def task_folder(include_path, scratch):
     A folder that is really called ``demo`` is taken as it is.
     """
     if include_path == DEMO_SUITE and not Path(include_path).is_dir():
-        return write_demo_tasks(Path(scratch) / "lm_eval_tasks")
+        return write_demo_tasks(Path(scratch) / DEMO_FOLDER)
     return include_path
 
 

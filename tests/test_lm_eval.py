@@ -171,6 +171,10 @@ def test_cli_evaluate_as_a_user_would(demo, tasks, masked, tmp_path):
     "case, message",
     [
         ("unknown task", "unknown lm-eval task(s) nope in the task folder"),
+        (
+            "unknown task in the demo suite",
+            "nope in reapkit's demo suite (--include-path demo); its tasks are reapkit_",
+        ),
         ("no task folder", "does not exist"),
         ("ratio out of range", "ratio must be in [0, 1)"),
         ("plan options without observations", "add --observations"),
@@ -191,6 +195,7 @@ def test_bad_input_is_one_clear_line(demo, tasks, tmp_path, capsys, monkeypatch,
     args = ["evaluate", "demo", "--tasks", TASKS[0], "--include-path", str(tasks), "--out", str(out)]
     args += {
         "unknown task": ["--tasks", "nope"],
+        "unknown task in the demo suite": ["--tasks", "nope", "--include-path", "demo"],
         "no task folder": ["--include-path", str(tmp_path / "missing")],
         "ratio out of range": ["--observations", str(demo["obs_dir"]), "--ratio", "1.5"],
         "plan options without observations": ["--ratio", "0.5"],
