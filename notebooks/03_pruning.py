@@ -122,6 +122,7 @@ if P.lm_eval_tasks:
     results = pd.concat([results, scores], ignore_index=True)
     write_table(results, P.output_dir, "results")
     figures.save(plot.scores_figure(scores), "lm_eval_vs_ratio")
+    display(Markdown(readings.benchmark_scores(scores)))
     display(analysis.wide_results(scores).dropna(axis=1, how="all"))
 
 # %% [markdown]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .analysis import ALL, expected_jaccard, select, spearman_band, uniform_cutoffs, value_table
+from .analysis import ALL, expected_jaccard, select, spearman_band, uniform_cutoffs, value_table, wide_results
 from .plan import pruned_count
 
 __all__ = [
@@ -28,6 +28,8 @@ __all__ = [
     "clusters",
     "plans",
     "costs",
+    "benchmark_scores",
+    "LOWER_IS_BETTER",
     "reconstruction",
     "disagreement",
     "global_budget",
@@ -239,6 +241,33 @@ def plans(plans_: dict) -> str:
     return "\n".join(lines)
 
 
+#: Metrics where lower is better; every other metric (accuracy, agreement, ...) is read as higher = better.
+LOWER_IS_BETTER = {"loss", "kl", "perplexity", "delta_loss", "bits_per_byte", "byte_perplexity", "word_perplexity"}
+
+
+def _ratio_lines(data: pd.DataFrame, metric: str) -> list[str]:
+    """One line per ratio > 0: the best criterion, every criterion's value and interval, and whether the
+    two best intervals overlap."""
+    better = "min" if metric in LOWER_IS_BETTER else "max"
+    lines = []
+    for ratio, group in data[data["ratio"] > 0].groupby("ratio"):
+        group = group.set_index("criterion")
+        best = getattr(group[metric], f"idx{better}")()
+        ordered = group.sort_values(metric, ascending=better == "min")
+        parts = [f"{c} {_f(r[metric])}{_interval(r, metric)}" for c, r in ordered.iterrows()]
+        line = f"- {ratio:.0%} removed: best {best}; " + ", ".join(parts)
+        bounds = [f"{metric}_lo", f"{metric}_hi"]
+        if len(ordered) > 1 and set(bounds) <= set(ordered.columns) and np.isfinite(ordered[bounds].iloc[:2]).all(None):
+            first, second = ordered.iloc[0], ordered.iloc[1]
+            if better == "min":
+                apart = first[f"{metric}_hi"] < second[f"{metric}_lo"]
+            else:
+                apart = first[f"{metric}_lo"] > second[f"{metric}_hi"]
+            line += "" if apart else f" (the intervals of {ordered.index[0]} and {ordered.index[1]} overlap)"
+        lines.append(line)
+    return lines
+
+
 def costs(results: pd.DataFrame, *, metric: str = "loss", domain: str = ALL) -> str:
     """Each criterion's cost at each ratio, with intervals when the results carry them."""
     data = results[results["domain"] == domain]
@@ -250,21 +279,34 @@ def costs(results: pd.DataFrame, *, metric: str = "loss", domain: str = ALL) -> 
         f"{_interval(base.iloc[0], metric)}. Brackets: 95% bootstrap intervals over evaluation sequences.",
         "",
     ]
-    better = "min" if metric in ("loss", "kl", "perplexity", "delta_loss") else "max"
-    for ratio, group in data[data["ratio"] > 0].groupby("ratio"):
-        group = group.set_index("criterion")
-        best = getattr(group[metric], f"idx{better}")()
-        ordered = group.sort_values(metric, ascending=better == "min")
-        parts = [f"{c} {_f(r[metric])}{_interval(r, metric)}" for c, r in ordered.iterrows()]
-        line = f"- {ratio:.0%} removed: best {best}; " + ", ".join(parts)
-        if len(ordered) > 1 and f"{metric}_lo" in ordered.columns:
-            first, second = ordered.iloc[0], ordered.iloc[1]
-            if better == "min":
-                apart = first[f"{metric}_hi"] < second[f"{metric}_lo"]
-            else:
-                apart = first[f"{metric}_lo"] > second[f"{metric}_hi"]
-            line += "" if apart else f" (the intervals of {ordered.index[0]} and {ordered.index[1]} overlap)"
-        lines.append(line)
+    return "\n".join(lines + _ratio_lines(data, metric))
+
+
+def benchmark_scores(scores: pd.DataFrame) -> str:
+    """lm-eval scores (long rows of `reapkit.harness.lm_eval_plans`) per task and metric, as `costs` reads loss.
+
+    >>> readings.benchmark_scores(scores)   # "**acc** on reapkit_continuation: unpruned 0.44 [0.19, 0.69] ..."
+    """
+    if scores.empty or "metric" not in scores.columns:
+        return "No benchmark scores to read."
+    wide = wide_results(scores)
+    lines = [
+        "**Reading.** lm-eval scores of the unpruned model and of each plan, masked in memory. Brackets: value "
+        "± 1.96 stderr (a normal approximation), where the task reports a stderr; overlapping brackets are "
+        "within noise at this number of documents.",
+    ]
+    for task, metric in scores[["domain", "metric"]].drop_duplicates().itertuples(index=False):
+        data = wide[wide["domain"] == task].dropna(subset=[metric])
+        base = data[data["ratio"] == 0]
+        if base.empty:
+            continue
+        direction = "lower" if metric in LOWER_IS_BETTER else "higher"
+        lines += [
+            "",
+            f"**{metric}** on {task} ({direction} is better): unpruned {_f(base[metric].iloc[0])}"
+            f"{_interval(base.iloc[0], metric)}",
+            *_ratio_lines(data, metric),
+        ]
     return "\n".join(lines)
 
 

@@ -482,6 +482,38 @@ def test_shipped_sweep_runs(sweep, tiny, tmp_path, monkeypatch):
     assert len(pd.read_csv(tmp_path / "runs" / name / "results.csv")) == summary.rows.sum() > 0
 
 
+def test_benchmark_reading_quotes_lm_eval_rows():
+    """lm-eval rows (long form) read per task and metric, in each metric's direction; no interval, no claim."""
+    from reapkit import readings
+
+    def row(criterion, ratio, metric, value, stderr=float("nan")):
+        return dict(
+            criterion=criterion,
+            label=criterion,
+            ratio=ratio,
+            domain="t",
+            metric=metric,
+            value=value,
+            stderr=stderr,
+            value_lo=value - 1.96 * stderr,
+            value_hi=value + 1.96 * stderr,
+        )
+
+    rows = [
+        row("none", 0.0, "bits_per_byte", 1.2),
+        row("reap", 0.5, "bits_per_byte", 1.5),
+        row("frequency", 0.5, "bits_per_byte", 1.9),
+        row("none", 0.0, "acc", 0.8, 0.01),
+        row("reap", 0.5, "acc", 0.3, 0.01),
+        row("frequency", 0.5, "acc", 0.7, 0.01),
+    ]
+    text = readings.benchmark_scores(pd.DataFrame(rows))
+    bits, acc = text.split("**bits_per_byte**")[1].split("**acc**")
+    assert "lower is better" in bits and "best reap; reap 1.50, frequency 1.90" in bits and "overlap" not in bits
+    assert "higher is better" in acc and "unpruned 0.80 [0.78, 0.82]" in acc
+    assert "best frequency; frequency 0.70 [0.68, 0.72], reap 0.30 [0.28, 0.32]" in acc and "overlap" not in acc
+
+
 def test_readings_quote_the_data():
     """The readings under the figures are computed from the tables, not pasted."""
     from reapkit import readings
