@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nbformat
 import pandas as pd
 import pytest
 
@@ -228,8 +229,15 @@ def test_lm_eval_sweep_runs(demo, tmp_path, monkeypatch):
     assert set(scores.domain) == {"reapkit_heldout", "reapkit_continuation"}
     assert set(scores.ratio) == {0.0, 0.5} and set(scores.criterion) == {"none", "reap"}
     assert (scores.samples == 2).all() and results.loss.notna().sum() == 3 * 2  # (unpruned + plan) x (code, prose, all)
-    figure = next((tmp_path / "runs" / "lm_eval").glob("*/figures/lm_eval_vs_ratio.png"))
-    assert figure.stat().st_size > 0
+    run = next((tmp_path / "runs" / "lm_eval").glob("*/figures/lm_eval_vs_ratio.png")).parent.parent
+    notebook = nbformat.read(str(run / "03_pruning.ipynb"), as_version=4)
+    outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs]
+    inline = sum("image/png" in o.get("data", {}) for o in outputs)
+    assert inline >= len(list((run / "figures").glob("*.png"))) > 0  # every saved figure, lm-eval's too, shows
+    reading = [
+        o["data"]["text/markdown"] for o in outputs if "**bits_per_byte** on reapkit_heldout" in str(o.get("data"))
+    ]
+    assert reading and "unpruned" in reading[0]  # the computed reading under the lm-eval figure
 
 
 @pytest.mark.slow
