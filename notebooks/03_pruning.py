@@ -32,6 +32,7 @@ layers = None                       # MoE layers (decoder indices) to draw; None
 seed = 0                            # seed of calibration sampling and random baselines
 cache_dir = "runs/cache"            # observations are reused for the same model and tokens
 interactive = False                 # True: show the ipywidgets explorer (needs a live kernel)
+observations = None                 # saved observations to use instead of calibrating (e.g. `reapkit import`)
 criteria = ["reap", "frequency", "ean_mean", "soft_frequency"]  # criteria of the plans
 ratios = [0.25, 0.5]                # fractions of experts removed
 evaluation = "code:8,tools:8,prose:8,math:8"  # held-out data (validation split of built-in domains)
@@ -62,9 +63,11 @@ from reapkit.harness import lm_eval_plans, task_folder
 from reapkit.notebook import DEFAULT_PROMPTS, Figures, calibrate, held_out, write_table
 from reapkit.plan import PruningPlan
 from reapkit.prune import remove_experts, save_pruned
+from reapkit.saliency import usable_criteria
 
 figures = Figures(P.figures_dir)
-run = calibrate(P)
+run = calibrate(P, model_needed=True)
+criteria = usable_criteria(run.obs, P.criteria)  # those whose statistics the observations hold
 
 # %% [markdown]
 # ## Plans
@@ -72,7 +75,7 @@ run = calibrate(P)
 # Dark = kept, light = pruned; one row of panels per criterion, one column per ratio.
 
 # %%
-plans = {(c, r): PruningPlan.from_observations(run.obs, c, ratio=r, seed=P.seed) for c in P.criteria for r in P.ratios}
+plans = {(c, r): PruningPlan.from_observations(run.obs, c, ratio=r, seed=P.seed) for c in criteria for r in P.ratios}
 masks = pd.concat([analysis.mask_frame(plan, criterion=c, ratio=r) for (c, r), plan in plans.items()], ignore_index=True)
 figures.save(plot.plan_masks(masks[masks.layer.isin(run.layers)]), "plan_masks")
 display(Markdown(readings.plans(plans)))

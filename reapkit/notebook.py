@@ -291,17 +291,19 @@ _EVALUATION = Parameter(
     "evaluation", "code:8,tools:8,prose:8,math:8", _spec, "held-out data (validation split of built-in domains)"
 )
 
+_OBSERVATIONS = Parameter(
+    "observations",
+    None,
+    _or_none(_path),
+    "saved observations to use instead of calibrating (e.g. `reapkit import`)",
+    path=True,
+)
+
 #: Every parameter of every notebook, in the order of its parameters cell.
 PARAMETERS: dict[str, tuple[Parameter, ...]] = {
     "01_saliency": (
         *_model_parameters(),
-        Parameter(
-            "observations",
-            None,
-            _or_none(_path),
-            "saved observations to show instead of calibrating (e.g. `reapkit import`)",
-            path=True,
-        ),
+        _OBSERVATIONS,
         Parameter("criteria", list(DEFAULT_CRITERIA), _list_of(_criterion), "saliency criteria to compare"),
         Parameter(
             "ratios", [0.25, 0.5], _list_of(_fraction_removed), "fractions of experts removed (cut-offs, agreement)"
@@ -325,6 +327,7 @@ PARAMETERS: dict[str, tuple[Parameter, ...]] = {
     ),
     "03_pruning": (
         *_model_parameters(),
+        _OBSERVATIONS,
         Parameter("criteria", list(DEFAULT_CRITERIA), _list_of(_criterion), "criteria of the plans"),
         Parameter("ratios", [0.25, 0.5], _list_of(_fraction_removed), "fractions of experts removed"),
         _EVALUATION,
@@ -527,22 +530,32 @@ def load_model(name, *, device_map=None, **kwargs):
     return load(name, **kwargs)
 
 
-def calibrate(P, *, progress: bool = True) -> SimpleNamespace:
+def calibrate(P, *, progress: bool = True, model_needed: bool = False) -> SimpleNamespace:
     """Load `P.model` and observe it on `P.calibration` (cached in `P.cache_dir`): the first step of notebooks 1-5.
 
     >>> run = calibrate(P)        # run.model, run.tokenizer, run.obs, run.layers (MoE layers to draw)
+
+    With `P.observations` (saved elsewhere, e.g. by `reapkit import`) nothing is observed; the model is
+    loaded only when `model_needed` (then checked against the observations), else run.model is None.
     """
     from .data import calibration_batches
     from .observe import observe_cached
 
-    if getattr(P, "observations", None) is not None:  # saved elsewhere (e.g. `reapkit import`): no model needed
+    if getattr(P, "observations", None) is not None:
         from .observations import Observations
 
         obs = Observations.load(P.observations)
         source = (obs.meta.get("source") or {}).get("tool", "reapkit")
-        print(f"observations {P.observations} (from {source}; the model parameters are not used)")
+        model = tokenizer = None
+        if model_needed:
+            model, tokenizer = load_model(P.model, device_map=getattr(P, "device_map", None))
+            obs.check_model(model)
+        used = "the calibration parameters are not used" if model_needed else "the model parameters are not used"
+        print(f"observations {P.observations} (from {source}; {used})")
         print(f"domains {obs.domains}, MoE layers {obs.layers}, experts {obs.num_experts}, top-k {obs.top_k}")
-        return SimpleNamespace(model=None, tokenizer=None, obs=obs, layers=moe_layers(obs, getattr(P, "layers", None)))
+        return SimpleNamespace(
+            model=model, tokenizer=tokenizer, obs=obs, layers=moe_layers(obs, getattr(P, "layers", None))
+        )
     model, tokenizer = load_model(P.model, device_map=getattr(P, "device_map", None))
     batches = calibration_batches(
         P.calibration, tokenizer, batch_size=P.batch_size, max_length=P.max_length, seed=P.seed

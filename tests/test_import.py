@@ -85,7 +85,7 @@ def case(tmp_path_factory):
     from transformers import AutoModelForCausalLM
 
     root = tmp_path_factory.mktemp("import")
-    folder, _ = tiny_checkpoint(root)
+    folder, spec = tiny_checkpoint(root)
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
     g = torch.Generator().manual_seed(0)
     batches = pad_batches([torch.randint(3, 96, (10,), generator=g).tolist() for _ in range(6)], "code", 3)
@@ -93,7 +93,7 @@ def case(tmp_path_factory):
     state = observer_state(model, batches)
     path = root / "observations_1024_cosine.pt"
     torch.save(state, path)
-    return {"root": root, "model": model, "folder": folder, "obs": obs, "state": state, "path": path}
+    return {"root": root, "model": model, "folder": folder, "spec": spec, "obs": obs, "state": state, "path": path}
 
 
 def test_imported_statistics_equal_reapkits_own(case):
@@ -369,6 +369,43 @@ def test_notebook_shows_imported_saliency_and_plans(case, tmp_path):
     ours = PruningPlan.from_observations(case["obs"], "reap", ratio=0.5)
     row = overlap[(overlap.criterion == "reap") & (overlap.layer == 0)].iloc[0]
     assert row.shared == len(set(ours.kept[0]) & {0, 2, 3, 5})
+
+
+@pytest.mark.slow
+def test_notebook_03_prunes_and_evaluates_from_imported_saliency(case, tmp_path):
+    """Notebook 3 with observations imported from the REAP observer: the model is loaded to evaluate, nothing is
+    observed, criteria the import cannot score are skipped, and the saved checkpoint follows the imported reap."""
+    import nbformat
+    import pandas as pd
+
+    from reapkit.sweep import run_notebook
+
+    imported = read_reap_observer(case["path"], domain="code", model=case["model"])
+    imported.save(tmp_path / "obs")
+    params = {
+        "model": str(case["folder"]),
+        "observations": str(tmp_path / "obs"),
+        "evaluation": case["spec"],
+        "max_length": 12,
+        "criteria": ["reap", "soft_frequency"],
+        "ratios": [0.5],
+        "max_new_tokens": 0,
+        "cache_dir": str(tmp_path / "cache"),
+    }
+    out = run_notebook(Path(__file__).parent.parent / "notebooks/03_pruning.ipynb", params, tmp_path / "run")
+    nb = nbformat.read(str(out), as_version=4)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert "skipped: criterion 'soft_frequency' needs the statistic 'prob_sum'" in text
+    assert not (tmp_path / "cache").exists()  # nothing was observed
+    figures = list((tmp_path / "run/figures").glob("*.png"))
+    assert len(figures) >= 5 and sum("image/png" in o.get("data", {}) for o in outputs) >= len(figures)
+    results = pd.read_csv(tmp_path / "run/results.csv")
+    assert set(results.criterion) == {"none", "reap"}
+    saved = json.loads((tmp_path / "run/pruned_checkpoint/pruning_plan.json").read_text())
+    expected = PruningPlan.from_observations(imported, "reap", ratio=0.5).kept
+    assert {int(k): v for k, v in saved["kept"].items()} == expected
 
 
 def test_readme_block_runs_as_written(tmp_path, monkeypatch, capsys):
