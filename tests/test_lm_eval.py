@@ -27,7 +27,7 @@ from reapkit.observe import observe  # noqa: E402
 from reapkit.plan import PruningPlan  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-TASKS = ["held_out_text", "which_ending"]
+TASKS = ["held_out_text", "second_half", "which_ending"]
 LIMIT = 4  # documents per task
 
 ROLLING = """\
@@ -44,6 +44,25 @@ metric_list:
   - metric: bits_per_byte
     aggregation: bits_per_byte
     higher_is_better: false
+"""
+
+CONTINUATION = """\
+task: second_half
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: loglikelihood
+doc_to_text: "{{{{context}}}}"
+doc_to_target: "{{{{ending}}}}"
+metric_list:
+  - metric: perplexity
+    aggregation: perplexity
+    higher_is_better: false
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
 """
 
 CHOICE = """\
@@ -66,12 +85,18 @@ metric_list:
 
 @pytest.fixture(scope="module")
 def tasks(tmp_path_factory):
-    """A folder of two lm-eval tasks, written as a user would: YAML files and jsonl documents."""
+    """A folder of three lm-eval tasks (loglikelihood_rolling, loglikelihood, multiple_choice), written as a user
+    would: YAML files and jsonl documents."""
     folder = tmp_path_factory.mktemp("tasks")
     texts = [domain_texts(d, "validation")[0][:160] for d in DOMAINS]
     docs = [{"text": t} for t in texts]
+    halves = [{"context": t[:80], "ending": t[80:]} for t in texts]
     endings = [{"context": t[:80], "endings": [u[80:] for u in texts], "label": i} for i, t in enumerate(texts)]
-    for name, records, template in (("held_out_text", docs, ROLLING), ("which_ending", endings, CHOICE)):
+    for name, records, template in (
+        ("held_out_text", docs, ROLLING),
+        ("second_half", halves, CONTINUATION),
+        ("which_ending", endings, CHOICE),
+    ):
         data = folder / f"{name}.jsonl"
         data.write_text("".join(json.dumps(r) + "\n" for r in records))
         (folder / f"{name}.yaml").write_text(template.format(data=json.dumps(str(data))))
@@ -109,14 +134,20 @@ def test_masked_score_equals_the_saved_checkpoint_and_differs_from_unpruned(demo
     assert pruned.config.num_experts == 8
     saved = lm_eval(pruned, None, TASKS, tokenizer=demo["tokenizer"], include_path=tasks, limit=LIMIT)
     unpruned = lm_eval(demo["model"], None, TASKS, tokenizer=demo["tokenizer"], include_path=tasks, limit=LIMIT)
-    assert set(_scores(masked)) == {("held_out_text", "bits_per_byte"), ("which_ending", "acc")}
+    assert set(_scores(masked)) == {
+        ("held_out_text", "bits_per_byte"),
+        ("second_half", "perplexity"),
+        ("second_half", "acc"),
+        ("which_ending", "acc"),
+    }
     assert _scores(masked) == pytest.approx(_scores(saved), rel=1e-5, abs=1e-6)
-    bpb = ("held_out_text", "bits_per_byte")
-    assert abs(_scores(masked)[bpb] - _scores(unpruned)[bpb]) > 1e-3  # the plan was applied
-    assert masked.samples.tolist() == [LIMIT, LIMIT]
+    for task in ("held_out_text", "second_half"):  # the plan was applied
+        metric = "bits_per_byte" if task == "held_out_text" else "perplexity"
+        assert abs(_scores(masked)[task, metric] - _scores(unpruned)[task, metric]) > 1e-3, task
+    assert masked.samples.tolist() == [LIMIT] * 4
 
     # the rows carry the plan's provenance and live in one table with reapkit's own metrics
-    row = masked.set_index("metric").loc["acc"]
+    row = masked[masked.domain == "which_ending"].set_index("metric").loc["acc"]
     assert (row.method, row.criterion, row.label, row.ratio, row.seed) == ("prune", "reap", "reap", 0.5, 0)
     assert row.observations == demo["obs"].meta["fingerprint"]["router_sha256"]
     assert row.value_lo == pytest.approx(row.value - 1.96 * row.stderr, abs=1e-3) and row.stderr > 0
@@ -133,7 +164,7 @@ def test_masked_score_equals_the_saved_checkpoint_and_differs_from_unpruned(demo
     assert curve.band.eq("ci").all()
     assert curve_table(table, "loss", hue="criterion")["mean"].tolist() == [3.0, 3.5]
     wide = wide_results(table)
-    assert {"acc", "acc_lo", "acc_hi", "acc_stderr", "bits_per_byte", "loss"} <= set(wide.columns)
+    assert {"acc", "acc_lo", "acc_hi", "acc_stderr", "bits_per_byte", "perplexity", "loss"} <= set(wide.columns)
     assert len(long_results(wide)) == len(long_results(table)) == 2 + len(unpruned) + len(masked)
 
     # the figures draw the one table: reapkit's loss per domain, a panel per lm-eval task and metric
@@ -141,8 +172,10 @@ def test_masked_score_equals_the_saved_checkpoint_and_differs_from_unpruned(demo
     assert [ax.get_title() for ax in fig.axes if ax.lines] == ["all"]
     fig = plot.scores_figure(table)
     assert sorted(ax.get_title() for ax in fig.axes if ax.lines) == [
+        "acc\nsecond_half",
         "acc\nwhich_ending",
         "bits_per_byte\nheld_out_text",
+        "perplexity\nsecond_half",
     ]
     assert all(len(ax.lines[0].get_xdata()) == 2 for ax in fig.axes if ax.lines)  # ratio 0 and 0.5
 
