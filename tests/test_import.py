@@ -330,14 +330,23 @@ def test_bad_inputs_one_line_exit_2_nothing_written(case, tmp_path, capsys, kind
     assert not (tmp_path / "out").exists() and source.read_bytes() == before
 
 
+def _run_notebook(name: str, params: dict, folder: Path) -> tuple[list, str]:
+    """Run notebooks/<name> with papermill; its outputs (none an error) and the text it printed."""
+    import nbformat
+
+    from reapkit.sweep import run_notebook
+
+    out = run_notebook(Path(__file__).parent.parent / f"notebooks/{name}.ipynb", params, folder)
+    outputs = [o for c in nbformat.read(str(out), as_version=4).cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    return outputs, "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+
+
 @pytest.mark.slow
 def test_notebook_shows_imported_saliency_and_plans(case, tmp_path):
     """Notebook 1 on observations imported from the REAP observer (no model loaded) and a plan from llm-compressor:
     criteria and figures that need what the import lacks are skipped with the reason, the rest show inline."""
-    import nbformat
     import pandas as pd
-
-    from reapkit.sweep import run_notebook
 
     state = {
         i: {k: v for k, v in row.items() if k != "routed_characteristic_activation"} for i, row in case["state"].items()
@@ -354,11 +363,7 @@ def test_notebook_shows_imported_saliency_and_plans(case, tmp_path):
         "ratios": [0.5],
         "criteria": ["reap", "frequency", "soft_frequency"],
     }
-    out = run_notebook(Path(__file__).parent.parent / "notebooks/01_saliency.ipynb", params, tmp_path / "run")
-    nb = nbformat.read(str(out), as_version=4)
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
-    assert not [o for o in outputs if o.output_type == "error"]
-    text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    outputs, text = _run_notebook("01_saliency", params, tmp_path / "run")
     assert "skipped: criterion 'soft_frequency' needs the statistic 'prob_sum'" in text
     assert "skipped: domain experts need several calibration domains" in text
     figures = sorted(p.stem for p in (tmp_path / "run/figures").glob("*.png"))
@@ -375,10 +380,7 @@ def test_notebook_shows_imported_saliency_and_plans(case, tmp_path):
 def test_notebook_03_prunes_and_evaluates_from_imported_saliency(case, tmp_path):
     """Notebook 3 with observations imported from the REAP observer: the model is loaded to evaluate, nothing is
     observed, criteria the import cannot score are skipped, and the saved checkpoint follows the imported reap."""
-    import nbformat
     import pandas as pd
-
-    from reapkit.sweep import run_notebook
 
     imported = read_reap_observer(case["path"], domain="code", model=case["model"])
     imported.save(tmp_path / "obs")
@@ -392,11 +394,7 @@ def test_notebook_03_prunes_and_evaluates_from_imported_saliency(case, tmp_path)
         "max_new_tokens": 0,
         "cache_dir": str(tmp_path / "cache"),
     }
-    out = run_notebook(Path(__file__).parent.parent / "notebooks/03_pruning.ipynb", params, tmp_path / "run")
-    nb = nbformat.read(str(out), as_version=4)
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
-    assert not [o for o in outputs if o.output_type == "error"]
-    text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    outputs, text = _run_notebook("03_pruning", params, tmp_path / "run")
     assert "skipped: criterion 'soft_frequency' needs the statistic 'prob_sum'" in text
     assert not (tmp_path / "cache").exists()  # nothing was observed
     figures = list((tmp_path / "run/figures").glob("*.png"))
