@@ -27,10 +27,15 @@ from .loading import load_model
 from .plugins import load_plugins
 
 
-def _check_output(out, force: bool, *inputs) -> None:
-    """Before any work: the output is new (or --force), writable, and apart from every input."""
+def _check_output(out, force: bool, *inputs, file: bool = False) -> None:
+    """Before any work: the output is new (or --force), writable, and apart from every input; with `file`,
+    not an existing folder (a file cannot replace one)."""
     check_separate(out, *inputs, what="output")
     check_new_output(out, force=force)
+    if file and Path(out).is_dir():
+        raise ValueError(
+            f"output {out} is a folder; this command writes one file: give a file path inside or beside it"
+        )
 
 
 def _check_model_name(name: str) -> None:
@@ -271,7 +276,7 @@ def cmd_import(args):
             "an llm-compressor report does not say how many experts each layer had; "
             "pass --model MODEL (also checks the layers) or --num-experts N, one of the two"
         )
-    _check_output(args.out, args.force, args.file, *([args.model] if args.model else []))
+    _check_output(args.out, args.force, args.file, *([args.model] if args.model else []), file=not reap_observer)
     model = _load(args)[0] if args.model else None
     if reap_observer:
         obs = read_reap_observer(args.file, domain=args.domain or "calibration", model=model, top_k=args.top_k)
@@ -298,9 +303,8 @@ def cmd_evaluate(args):
 def _evaluate(args, include_path):
     from .harness import find_tasks, lm_eval, offline
 
-    check_separate(args.out, args.model, args.observations, args.include_path, what="--out")
     if args.out:
-        check_new_output(args.out, force=args.force)
+        _check_output(args.out, args.force, args.model, args.observations, args.include_path, file=True)
     _check_model_name(args.model)
     plan = obs = None
     if args.observations:

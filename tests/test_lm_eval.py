@@ -214,6 +214,7 @@ def test_cli_evaluate_as_a_user_would(demo, tasks, masked, tmp_path):
         ("plan options without observations", "add --observations"),
         ("criterion needs a missing statistic", "needs the statistic 'max_activation'"),
         ("output exists", "already exists"),
+        ("output is a folder", "is a folder; this command writes one file"),
         ("lm-eval not installed", "install it with `pip install -e '.[eval]'`"),
     ],
 )
@@ -235,16 +236,22 @@ def test_bad_input_is_one_clear_line(demo, tasks, tmp_path, capsys, monkeypatch,
         "plan options without observations": ["--ratio", "0.5"],
         "criterion needs a missing statistic": ["--observations", str(partial_dir), "--criterion", "max_activation"],
         "output exists": [],
+        "output is a folder": ["--force"],
         "lm-eval not installed": [],
     }[case]
     if case == "lm-eval not installed":
         monkeypatch.setitem(sys.modules, "lm_eval", None)  # `import lm_eval` fails as without the extra
     if case == "output exists":
         out.write_text("mine\n")
+    if case == "output is a folder":
+        out.mkdir()
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("reapkit evaluate: error: ") and message in err and "\n" not in err
-    assert (out.read_text() == "mine\n") if case == "output exists" else not out.exists()
+    if case == "output is a folder":
+        assert out.is_dir() and not any(out.iterdir())
+    else:
+        assert (out.read_text() == "mine\n") if case == "output exists" else not out.exists()
 
 
 @pytest.mark.slow
