@@ -23,36 +23,13 @@ from ..analysis import (
     mask_frame,
     specialisation_table,
 )
-from .criteria import criterion_agreement, reap_vs_frequency
-from .domains import domain_saliency, specialisation_by_depth
-from .geometry import (
-    coactivation_matrix,
-    distance_heatmap,
-    distance_heatmaps,
-    saliency_clusters,
-    saliency_dendrogram,
-)
-from .plans import plan_mask, plan_masks
-from .results import (
-    calibration_figure,
-    calibration_heatmap,
-    compression_figure,
-    layer_sensitivity,
-    loss_vs_ratio,
-    loss_vs_ratio_by_domain,
-    overlap_heatmap,
-    reconstruction_by_layer,
-    scores_figure,
-    study_curves,
-    study_figure,
-)
-from .saliency import (
-    kept_per_layer,
-    saliency_curves,
-    saliency_distributions,
-    saliency_heatmap,
-    saliency_heatmaps,
-)
+from . import criteria, domains, geometry, plans, results, saliency
+from .criteria import *  # noqa: F403 - each figure module's __all__ is the package's too
+from .domains import *  # noqa: F403
+from .geometry import *  # noqa: F403
+from .plans import *  # noqa: F403
+from .results import *  # noqa: F403
+from .saliency import *  # noqa: F403
 from .theme import (
     COLUMN,
     CRITERION_COLORS,
@@ -82,38 +59,13 @@ __all__ = [
     "save_figure",
     "panels",
     "per_criterion",
-    # saliency
-    "saliency_heatmap",
-    "saliency_heatmaps",
-    "saliency_curves",
-    "saliency_distributions",
-    "kept_per_layer",
-    # criteria and domains
-    "criterion_agreement",
-    "reap_vs_frequency",
-    "domain_saliency",
-    "specialisation_by_depth",
-    # geometry
-    "distance_heatmap",
-    "distance_heatmaps",
-    "saliency_clusters",
-    "saliency_dendrogram",
-    "coactivation_matrix",
-    # plans
-    "plan_mask",
-    "plan_masks",
-    # results
-    "loss_vs_ratio",
-    "loss_vs_ratio_by_domain",
-    "study_curves",
-    "study_figure",
-    "compression_figure",
-    "layer_sensitivity",
-    "scores_figure",
-    "reconstruction_by_layer",
-    "calibration_heatmap",
-    "overlap_heatmap",
-    "calibration_figure",
+    # figures, by subject
+    *saliency.__all__,
+    *criteria.__all__,
+    *domains.__all__,
+    *geometry.__all__,
+    *plans.__all__,
+    *results.__all__,
     # tables, kept here for old callers (their home is reapkit.analysis)
     "agreement_table",
     "domain_share_table",
