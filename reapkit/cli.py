@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import gc
 import os
 import signal
 import sys
@@ -575,6 +576,18 @@ def user_error(error: BaseException) -> str | None:
     return None
 
 
+def _release_quietly(error: BaseException) -> None:
+    """Free the frames an interrupt cut short, and with them objects it left half-built (e.g. a progress
+    bar stopped inside its constructor), without the noise their finalisers print ("Exception ignored")."""
+    hook, sys.unraisablehook = sys.unraisablehook, lambda unraisable: None
+    try:
+        while error is not None:
+            error.__traceback__, error = None, error.__context__
+        gc.collect()
+    finally:
+        sys.unraisablehook = hook
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     previous = terminate_as_interrupt()  # SIGTERM cleans up like Ctrl-C: temporary outputs are removed
@@ -583,6 +596,7 @@ def main(argv=None) -> int:
         args.func(args)
     except KeyboardInterrupt as error:
         reason = str(error) or "Ctrl-C"
+        _release_quietly(error)
         print(
             f"reapkit {args.command}: interrupted ({reason}); outputs not finished were removed, "
             "nothing half-written is left",
