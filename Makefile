@@ -24,13 +24,13 @@ demo: setup
 test: setup browser
 	$(PY) -m pytest -q -n 2
 
-# Headless Chromium for tests/test_browser.py (Debian's package; Playwright drives it). apt-get runs
+# Headless Chromium for tests/acceptance/test_browser.py (Debian's package; Playwright drives it). apt-get runs
 # only when it is missing and apt is there; otherwise the browser test is skipped with its reason.
 CHROMIUM ?= /usr/bin/chromium
 browser:
 	@test -x $(CHROMIUM) || { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] \
 		&& apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; } \
-		|| echo "make: no $(CHROMIUM) (install Debian's chromium as root); tests/test_browser.py will be skipped" >&2
+		|| echo "make: no $(CHROMIUM) (install Debian's chromium as root); tests/acceptance/test_browser.py will be skipped" >&2
 
 # make sweep SWEEP=sweeps/study.yaml   (papermill runs over a grid; results in runs/<name>/)
 SWEEP ?= sweeps/ratios.yaml

@@ -22,7 +22,7 @@ import torch
 from transformers import AutoModelForCausalLM, Qwen3MoeConfig
 
 from reapkit.data import Batch
-from reapkit.observe import recording
+from reapkit.observe.recorder import recording
 
 SHAPES = {
     "demo (h128, 16 experts, top-2)": dict(
@@ -91,7 +91,7 @@ def peak_memory_child(shape_name: str, batches: int, device: str, mode: str) -> 
     """Run in a subprocess: forward (`plain`) or observe `batches` batches of 2,048 tokens; print peak MiB."""
     import resource
 
-    from reapkit.observe import observe
+    from reapkit.observe.recorder import observe
 
     model = build(SHAPES[shape_name], device)
     data = [batch(2048, device, seed=i) for i in range(batches)]

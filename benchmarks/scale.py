@@ -189,13 +189,17 @@ def observe_command(checkpoint: Path, work: Path, out: Path, *extra) -> list[str
 def import_baseline() -> dict:
     """Peak RSS of a process that only imports python, torch, transformers and reapkit's commands."""
     return run_measured(
-        [sys.executable, "-c", "import torch, transformers, reapkit.cli, reapkit.observe, reapkit.sequential"]
+        [
+            sys.executable,
+            "-c",
+            "import torch, transformers, reapkit.run.cli, reapkit.observe.recorder, reapkit.observe.sequential",
+        ]
     )
 
 
 def observe_rows(checkpoint: Path, work: Path) -> list[dict]:
     """`observe --sequential` vs in-memory `observe`: peak RSS, time, largest relative difference of the statistics."""
-    from reapkit.observations import Observations
+    from reapkit.observe.observations import Observations
 
     size = _size_mib(checkpoint)
     sequential = run_measured(
@@ -234,7 +238,7 @@ def observe_rows(checkpoint: Path, work: Path) -> list[dict]:
 
 def prune_rows(checkpoint: Path, work: Path, *, ratio: float = 0.5) -> list[dict]:
     """Streaming vs in-memory `reapkit prune`: peak RSS, time, the streaming bound, outputs bitwise equal."""
-    from reapkit.checkpoint import largest_tensor
+    from reapkit.compress.stream import largest_tensor
 
     rows = []
     if not (work / "obs-memory" / "observations.json").is_file():  # the observe section's, else made here
@@ -287,7 +291,7 @@ def tensors_equal(a, b) -> bool:
     import torch
     from safetensors import safe_open
 
-    from reapkit.checkpoint import stored_tensors
+    from reapkit.compress.stream import stored_tensors
 
     ta, tb = stored_tensors(a)[0], stored_tensors(b)[0]
     if set(ta) != set(tb):
@@ -317,8 +321,8 @@ def throughput_child(checkpoint: str, data: str) -> None:
     import torch
 
     from reapkit.data import calibration_batches
-    from reapkit.loading import load_model
-    from reapkit.observe import recording
+    from reapkit.model.loading import load_model
+    from reapkit.observe.recorder import recording
 
     model, _ = load_model(checkpoint, dtype="auto")
     batches = calibration_batches(
@@ -341,7 +345,7 @@ def throughput_child(checkpoint: str, data: str) -> None:
 
 
 def _size_mib(checkpoint) -> float:
-    from reapkit.checkpoint import checkpoint_size
+    from reapkit.compress.stream import checkpoint_size
 
     return checkpoint_size(checkpoint) / MIB
 
@@ -359,7 +363,7 @@ def main(argv=None):
     parser.add_argument("--work", default=str(ROOT / "runs" / "scale"), help="folder for the checkpoint and outputs")
     parser.add_argument("--only", choices=list(SECTIONS), action="append", help="run only this section (repeatable)")
     args = parser.parse_args(argv)
-    from reapkit.checkpoint import largest_tensor
+    from reapkit.compress.stream import largest_tensor
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@
 # **Question:** in each MoE layer, which experts does each saliency criterion rank high, do the criteria
 # agree, and which experts serve which kind of data?
 #
-# Everything below comes from one calibration pass (`reapkit.notebook.calibrate`): the per-expert,
+# Everything below comes from one calibration pass (`reapkit.run.notebook.calibrate`): the per-expert,
 # per-domain statistics are recorded once and every criterion is derived from them. With `observations`
 # set, they are read from that folder instead, e.g. saliency computed by another tool and brought in with
 # `reapkit import`; criteria and figures that need a statistic it lacks are skipped, with the reason.
@@ -43,7 +43,7 @@ output_dir = "runs/01_saliency"     # tables and executed outputs
 figures_dir = "figures/01_saliency"  # figures (PNG and PDF)
 
 # %%
-from reapkit.notebook import check_parameters
+from reapkit.run.notebook import check_parameters
 
 P = check_parameters(globals(), "01_saliency")
 P
@@ -52,9 +52,10 @@ P
 import pandas as pd
 from IPython.display import Markdown, display
 
-from reapkit import analysis, plot, readings
-from reapkit.notebook import Figures, calibrate, plans_beside, write_table
-from reapkit.saliency import scores_frame, usable_criteria
+from reapkit import plot
+from reapkit.run.notebook import Figures, calibrate, plans_beside, write_table
+from reapkit.select.criteria import scores_frame, usable_criteria
+from reapkit.study import readings, tables
 
 figures = Figures(P.figures_dir)
 run = calibrate(P)
@@ -89,7 +90,7 @@ display(Markdown(readings.cutoff(scores, criteria[0], P.ratios[-1])))
 # prune; the grey line is what two random choices give.
 
 # %%
-agreement = pd.concat([analysis.agreement_table(scores, criteria=criteria, ratio=r).assign(ratio=r) for r in P.ratios],
+agreement = pd.concat([tables.agreement_table(scores, criteria=criteria, ratio=r).assign(ratio=r) for r in P.ratios],
                       ignore_index=True)
 write_table(agreement, P.output_dir, "results")
 figures.save(plot.criterion_agreement(scores, criteria=criteria, ratio=P.ratios[-1]), "criterion_agreement")
@@ -106,7 +107,7 @@ routing = scores_frame(run.obs, ["frequency"], per_domain=True)
 routing = routing[routing.layer.isin(run.layers)]
 if several_domains:
     figures.save(plot.domain_saliency(routing, criterion="frequency").figure, "domain_frequency")
-    display(Markdown(readings.domain_experts(analysis.domain_share_table(routing, criterion="frequency"))))
+    display(Markdown(readings.domain_experts(tables.domain_share_table(routing, criterion="frequency"))))
 else:
     print(f"skipped: domain experts need several calibration domains; these observations hold {run.obs.domains}")
 
@@ -117,7 +118,7 @@ else:
 
 # %%
 if several_domains:
-    specialisation = analysis.specialisation_table(routing, criterion="frequency")
+    specialisation = tables.specialisation_table(routing, criterion="frequency")
     write_table(specialisation, P.output_dir, "specialisation")
     figures.save(plot.specialisation_by_depth(routing).figure, "specialisation_by_depth")
     display(Markdown(readings.specialisation(specialisation)))
@@ -134,7 +135,7 @@ else:
 if P.plans:
     beside, overlap = plans_beside(run.obs, P.plans, criteria, seed=P.seed)
     write_table(overlap, P.output_dir, "plan_overlap")
-    masks = pd.concat([analysis.mask_frame(plan, criterion=c, ratio=r) for (c, r), plan in beside.items()],
+    masks = pd.concat([tables.mask_frame(plan, criterion=c, ratio=r) for (c, r), plan in beside.items()],
                       ignore_index=True)
     figures.save(plot.plan_masks(masks[masks.layer.isin(run.layers)]), "plans_beside")
     display(Markdown(readings.plans(beside)))
@@ -149,6 +150,6 @@ else:
 
 # %%
 if P.interactive:
-    from reapkit.widgets import explorer
+    from reapkit.plot.widgets import explorer
 
     display(explorer(run.obs, criteria=criteria, seed=P.seed, ratio=P.ratios[-1]))

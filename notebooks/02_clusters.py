@@ -41,7 +41,7 @@ output_dir = "runs/02_clusters"     # tables and executed outputs
 figures_dir = "figures/02_clusters"  # figures (PNG and PDF)
 
 # %%
-from reapkit.notebook import check_parameters
+from reapkit.run.notebook import check_parameters
 
 P = check_parameters(globals(), "02_clusters")
 P
@@ -49,9 +49,11 @@ P
 # %%
 from IPython.display import Markdown, display
 
-from reapkit import geometry, plot, readings
-from reapkit.notebook import Figures, calibrate, write_table
-from reapkit.saliency import score
+from reapkit import plot
+from reapkit.run.notebook import Figures, calibrate, write_table
+from reapkit.select import geometry
+from reapkit.select.criteria import score
+from reapkit.study import readings
 
 figures = Figures(P.figures_dir)
 run = calibrate(P)
@@ -109,6 +111,6 @@ display(Markdown(readings.clusters(by_layer, {layer: clusterings[space, layer].l
 
 # %%
 if P.interactive:
-    from reapkit.widgets import explorer
+    from reapkit.plot.widgets import explorer
 
     display(explorer(run.obs, n_clusters=P.n_clusters, seed=P.seed, ratio=P.ratio))

@@ -47,7 +47,7 @@ output_dir = "runs/03_pruning"      # tables and executed outputs
 figures_dir = "figures/03_pruning"  # figures (PNG and PDF)
 
 # %%
-from reapkit.notebook import check_parameters
+from reapkit.run.notebook import check_parameters
 
 P = check_parameters(globals(), "03_pruning")
 P
@@ -57,13 +57,15 @@ import pandas as pd
 from IPython.display import Markdown, display
 from transformers import AutoModelForCausalLM
 
-from reapkit import analysis, plot, readings
-from reapkit.evaluate import evaluate, evaluate_plans, generate_samples
-from reapkit.harness import lm_eval_plans, task_folder
-from reapkit.notebook import DEFAULT_PROMPTS, Figures, calibrate, held_out, write_table
-from reapkit.plan import PruningPlan
-from reapkit.prune import remove_experts, save_pruned
-from reapkit.saliency import usable_criteria
+from reapkit import plot
+from reapkit.compress.prune import remove_experts, save_pruned
+from reapkit.measure import schema
+from reapkit.measure.evaluate import evaluate, evaluate_plans, generate_samples
+from reapkit.measure.harness import lm_eval_plans, task_folder
+from reapkit.run.notebook import DEFAULT_PROMPTS, Figures, calibrate, held_out, write_table
+from reapkit.select.criteria import usable_criteria
+from reapkit.select.plan import PruningPlan
+from reapkit.study import readings, tables
 
 figures = Figures(P.figures_dir)
 run = calibrate(P, model_needed=True)
@@ -76,7 +78,7 @@ criteria = usable_criteria(run.obs, P.criteria)  # those whose statistics the ob
 
 # %%
 plans = {(c, r): PruningPlan.from_observations(run.obs, c, ratio=r, seed=P.seed) for c in criteria for r in P.ratios}
-masks = pd.concat([analysis.mask_frame(plan, criterion=c, ratio=r) for (c, r), plan in plans.items()], ignore_index=True)
+masks = pd.concat([tables.mask_frame(plan, criterion=c, ratio=r) for (c, r), plan in plans.items()], ignore_index=True)
 figures.save(plot.plan_masks(masks[masks.layer.isin(run.layers)]), "plan_masks")
 display(Markdown(readings.plans(plans)))
 
@@ -126,7 +128,7 @@ if P.lm_eval_tasks:
     write_table(results, P.output_dir, "results")
     figures.save(plot.scores_figure(scores), "lm_eval_vs_ratio")
     display(Markdown(readings.benchmark_scores(scores)))
-    display(analysis.wide_results(scores).dropna(axis=1, how="all"))
+    display(schema.wide_results(scores).dropna(axis=1, how="all"))
 
 # %% [markdown]
 # ## The saved checkpoint, and samples before and after
@@ -166,6 +168,6 @@ if before:
 
 # %%
 if P.interactive:
-    from reapkit.widgets import explorer
+    from reapkit.plot.widgets import explorer
 
     display(explorer(run.obs, criteria=P.criteria, views=("saliency", "mask"), seed=P.seed, ratio=P.ratios[-1]))

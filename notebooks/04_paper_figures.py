@@ -42,7 +42,7 @@ output_dir = "runs/04_paper_figures"  # tables and executed outputs
 figures_dir = "figures/04_paper_figures"  # figures (PNG and PDF)
 
 # %%
-from reapkit.notebook import check_parameters
+from reapkit.run.notebook import check_parameters
 
 P = check_parameters(globals(), "04_paper_figures")
 P
@@ -53,10 +53,12 @@ from pathlib import Path
 import pandas as pd
 from IPython.display import Markdown, display
 
-from reapkit import geometry, plot, readings
-from reapkit.notebook import Figures, calibrate, read_results, write_table
-from reapkit.plan import PruningPlan
-from reapkit.saliency import score, scores_frame
+from reapkit import plot
+from reapkit.run.notebook import Figures, calibrate, read_results, write_table
+from reapkit.select import geometry
+from reapkit.select.criteria import score, scores_frame
+from reapkit.select.plan import PruningPlan
+from reapkit.study import readings
 
 figures = Figures(P.figures_dir)
 run = calibrate(P)

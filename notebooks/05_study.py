@@ -52,7 +52,7 @@ output_dir = "runs/05_study"        # tables and executed outputs
 figures_dir = "figures/05_study"    # figures (PNG and PDF)
 
 # %%
-from reapkit.notebook import check_parameters
+from reapkit.run.notebook import check_parameters
 
 P = check_parameters(globals(), "05_study")
 P
@@ -62,9 +62,10 @@ import time
 
 from IPython.display import Markdown, display
 
-from reapkit import findings, plot, readings, study
+from reapkit import plot
 from reapkit.atomic import atomic_write_text
-from reapkit.notebook import Figures, calibrate, held_out, write_table
+from reapkit.run.notebook import Figures, calibrate, held_out, write_table
+from reapkit.study import experiments, findings, readings
 
 figures = Figures(P.figures_dir)
 start = time.perf_counter()
@@ -75,16 +76,16 @@ print(f"{sum(b.num_tokens for b in eval_batches)} evaluation tokens")
 # %% [markdown]
 # ## (a) Every method at every ratio
 #
-# `study.csv` holds every domain and metric; `results.csv` the same in the tidy results schema that
+# `experiments.csv` holds every domain and metric; `results.csv` the same in the tidy results schema that
 # notebook 4 and the sweeps read.
 
 # %%
-sequences = study.study_sequences(run.model, run.obs, eval_batches, ratios=P.ratios, criteria=P.criteria,
+sequences = experiments.study_sequences(run.model, run.obs, eval_batches, ratios=P.ratios, criteria=P.criteria,
                                   random_seeds=P.random_seeds, merges=P.merges, global_budget=P.global_budget,
                                   margin=P.margin)
-results = study.study_results(sequences)
+results = experiments.study_results(sequences)
 write_table(results.assign(model=P.model, calibration=P.calibration), P.output_dir, "study")
-write_table(study.results_table(results, model=P.model, calibration=P.calibration), P.output_dir, "results")
+write_table(experiments.results_table(results, model=P.model, calibration=P.calibration), P.output_dir, "results")
 figures.save(plot.study_figure(results, metrics=["loss", "kl"]), "study")
 display(Markdown(readings.study_curves(results, ratio=min(P.ratios, key=lambda r: abs(r - 0.5)))))
 
@@ -99,7 +100,7 @@ display(Markdown(readings.study_curves(results, ratio=min(P.ratios, key=lambda r
 # %%
 sensitivity = None
 if P.sensitivity:
-    sensitivity = study.calibration_sensitivity(run.model, run.tokenizer, eval_batches, domains=run.obs.domains,
+    sensitivity = experiments.calibration_sensitivity(run.model, run.tokenizer, eval_batches, domains=run.obs.domains,
                                                 calibration=run.obs, ratio=P.sensitivity_ratio,
                                                 criterion=P.sensitivity_criterion, seed=P.seed)
     write_table(sensitivity.loss, P.output_dir, "sensitivity")  # tidy, with intervals
@@ -118,7 +119,7 @@ if P.sensitivity:
 # %%
 layers = None
 if P.layer_sensitivity:
-    layers = study.layer_sensitivity(run.model, run.obs, eval_batches, criterion=P.sensitivity_criterion,
+    layers = experiments.layer_sensitivity(run.model, run.obs, eval_batches, criterion=P.sensitivity_criterion,
                                      ratio=P.sensitivity_ratio, seed=P.seed)
     write_table(layers, P.output_dir, "layer_sensitivity")
     display(Markdown(readings.sensitivity(layers[layers.domain == "all"])))
@@ -126,7 +127,7 @@ if P.layer_sensitivity:
 # %% [markdown]
 # ## Reading
 #
-# Generated from the tables above by `reapkit.findings.summarise` on every run (also written to `summary.md`):
+# Generated from the tables above by `reapkit.study.findings.summarise` on every run (also written to `summary.md`):
 # each claim is stated only when its 95% interval supports it.
 
 # %%
@@ -142,6 +143,6 @@ Markdown(summary)
 
 # %%
 if P.interactive:
-    from reapkit.widgets import study_explorer
+    from reapkit.plot.widgets import study_explorer
 
     display(study_explorer(results))

@@ -6,20 +6,23 @@
     >>> plan = PruningPlan.from_observations(obs, "reap", ratio=0.25)
     >>> remove_experts(model, plan); save_pruned(model, plan, "pruned/", tokenizer=tokenizer)
 
-Names load lazily, so `import reapkit.plot` does not import torch. (`reapkit.observe` is the
-module; the function is `reapkit.observe.observe`.)
+Names load lazily, so `import reapkit.plot` does not import torch. The subpackages follow the
+stages of the work, and each imports only from the ones before it:
+
+    model -> data -> observe -> select -> compress -> measure -> study -> plot -> run
 """
 
-from .lazy import lazy_exports
+from reapkit.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "arch": ["Architecture", "architecture_for", "register_architecture"],
+    "model.records": ["Architecture", "register_architecture"],
+    "model.discover": ["architecture_for"],
     "data": ["Batch", "calibration_batches"],
-    "observations": ["Observations"],
-    "plan": ["PruningPlan"],
-    "prune": ["mask_experts", "prune_checkpoint", "remove_experts", "save_pruned"],
-    "saliency": ["CRITERIA_NAMES", "DEFAULT_CRITERIA", "register_criterion", "score", "scores_frame"],
+    "observe.observations": ["Observations"],
+    "select.plan": ["PruningPlan"],
+    "compress.prune": ["mask_experts", "prune_checkpoint", "remove_experts", "save_pruned"],
+    "select.criteria": ["CRITERIA_NAMES", "DEFAULT_CRITERIA", "register_criterion", "score", "scores_frame"],
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

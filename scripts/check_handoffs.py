@@ -55,7 +55,7 @@ ENVS = {
 }
 
 #: the shell commands the checks run; `{py}` is the project's Python, `{env}` a tool's environment.
-#: docs/serving.md shows them with the names in DOC_NAMES (tests/test_handoffs.py compares the two).
+#: docs/serving.md shows them with the names in DOC_NAMES (tests/acceptance/test_handoffs.py compares the two).
 COMMANDS = {
     "observe": "{py} -m reapkit observe demo --data code:32,tools:16,prose:16,math:16 --out {obs}",
     "prune": "{py} -m reapkit prune demo --observations {obs} --criterion reap --ratio 0.25 --out {ckpt}",

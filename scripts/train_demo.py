@@ -9,7 +9,7 @@
 domains, and writes `config.json`, `model.safetensors`, the tokenizer, `training_metrics.json` and
 `MODEL_CARD.md` (from MODEL_CARD.md.jinja beside this script) into a temporary sibling of `--out`
 that is renamed into place at the end. The defaults are the run that made data/demo. Running the
-model needs none of this: `reapkit.loading.load_model("demo")`.
+model needs none of this: `reapkit.model.loading.load_model("demo")`.
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ from pathlib import Path
 
 import torch
 
-from reapkit.arch import architecture_for
 from reapkit.atomic import atomic_directory
 from reapkit.data import DOMAINS, SpecItem, calibration_batches, domain_texts
-from reapkit.demo import DEMO_PATH
-from reapkit.hooks import eval_mode, forward_hooks
-from reapkit.loading import load_model
+from reapkit.model.demo import DEMO_PATH
+from reapkit.model.discover import architecture_for
+from reapkit.model.hooks import eval_mode, forward_hooks
+from reapkit.model.loading import load_model
 
 CARD_TEMPLATE = Path(__file__).resolve().parent / "MODEL_CARD.md.jinja"
 

@@ -14,7 +14,7 @@ import torch
 import transformers as T
 from transformers.models.auto import configuration_auto, modeling_auto
 
-from reapkit.arch import VERIFIED
+from reapkit.model.records import VERIFIED
 
 TEXT = dict(
     vocab_size=96,
@@ -177,7 +177,7 @@ def _build(name: str, seed: int, router_scale: float, **overrides):
     """Router weights scaled so that experts differ, correction biases and expert biases random."""
     torch.manual_seed(seed)
     model = auto_class(name).from_config(tiny_config(name, **overrides)).eval()
-    from reapkit.arch import architecture_for
+    from reapkit.model.discover import architecture_for
 
     arch = architecture_for(model)
     with torch.no_grad():

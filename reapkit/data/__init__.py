@@ -42,7 +42,7 @@ domains) and :mod:`~reapkit.data.schemas` (data-set schemas). Names load lazily,
 domain names does not import torch.
 """
 
-from ..lazy import lazy_exports
+from reapkit.lazy import lazy_exports
 
 _EXPORTS = {
     "batches": [

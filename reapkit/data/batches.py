@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from .domains import SPLITS, domain_texts
-from .schemas import detect_schema, load_records, to_sample
-from .spec import parse_spec
+from reapkit.data.domains import SPLITS, domain_texts
+from reapkit.data.schemas import detect_schema, load_records, to_sample
+from reapkit.data.spec import parse_spec
 
 
 @dataclass

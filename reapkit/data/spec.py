@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .domains import DOMAINS
+from reapkit.data.domains import DOMAINS
 
 
 @dataclass(frozen=True)

@@ -1,36 +1,30 @@
 """Figures for a paper: saliency, criteria, domains, expert geometry, plans and what compression costs.
 
     >>> from reapkit import plot
-    >>> frame = scores_frame(obs, ["reap", "frequency"])        # reapkit.saliency: tidy scores
+    >>> frame = scores_frame(obs, ["reap", "frequency"])        # reapkit.select.criteria: tidy scores
     >>> ax = plot.saliency_heatmap(frame, criterion="reap")      # raw scale, log colours
     >>> fig = plot.criterion_agreement(frame, ratio=0.5)         # with chance levels
     >>> fig = plot.compression_figure(results)                   # loss + agreement, 95% CIs
     >>> plot.save_figure(fig, "figures/demo", "agreement")       # agreement.pdf (vector) + .png (300 dpi)
 
-Every function takes data (pandas frames in the layouts of :mod:`reapkit.analysis`, numpy arrays),
+Every function takes data (pandas frames in the layouts of :mod:`reapkit.study.tables`, numpy arrays),
 keyword-only options and an optional `ax=` (or `fig=` for multi-panel figures), and returns the
 Axes or the Figure; empty input gives a "no data" note instead of an error. One style
 (:mod:`reapkit.plot.theme`: print sizes, 7-8 pt text, one colour per criterion) applies to all.
-The tables behind the figures live in :mod:`reapkit.analysis` (no matplotlib). This package
+The tables behind the figures live in :mod:`reapkit.study.tables` (no matplotlib). This package
 imports neither torch nor transformers.
 
 Modules: theme (sizes, colours, the style, saving), saliency, criteria, domains, geometry, plans, results.
 """
 
-from ..analysis import (
-    agreement_table,
-    domain_share_table,
-    mask_frame,
-    specialisation_table,
-)
-from . import criteria, domains, geometry, plans, results, saliency
-from .criteria import *  # noqa: F403 - each figure module's __all__ is the package's too
-from .domains import *  # noqa: F403
-from .geometry import *  # noqa: F403
-from .plans import *  # noqa: F403
-from .results import *  # noqa: F403
-from .saliency import *  # noqa: F403
-from .theme import (
+from reapkit.plot import criteria, domains, geometry, plans, results, saliency
+from reapkit.plot.criteria import *  # noqa: F403 - each figure module's __all__ is the package's too
+from reapkit.plot.domains import *  # noqa: F403
+from reapkit.plot.geometry import *  # noqa: F403
+from reapkit.plot.plans import *  # noqa: F403
+from reapkit.plot.results import *  # noqa: F403
+from reapkit.plot.saliency import *  # noqa: F403
+from reapkit.plot.theme import (
     COLUMN,
     CRITERION_COLORS,
     STYLE,
@@ -43,6 +37,12 @@ from .theme import (
     per_criterion,
     save_figure,
     style,
+)
+from reapkit.study.tables import (
+    agreement_table,
+    domain_share_table,
+    mask_frame,
+    specialisation_table,
 )
 
 __all__ = [
@@ -66,7 +66,7 @@ __all__ = [
     *geometry.__all__,
     *plans.__all__,
     *results.__all__,
-    # tables, kept here for old callers (their home is reapkit.analysis)
+    # tables, kept here for old callers (their home is reapkit.study.tables)
     "agreement_table",
     "domain_share_table",
     "specialisation_table",

@@ -10,10 +10,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from ..analysis import ALL, agreement_table, select
-from ..plan import pruned_count
-from ..saliency import DEFAULT_CRITERIA
-from .theme import (
+from reapkit.measure.schema import ALL, select
+from reapkit.plot.theme import (
     COLUMN,
     TWO_COLUMN,
     axes,
@@ -25,6 +23,9 @@ from .theme import (
     no_data_figure,
     styled,
 )
+from reapkit.select.criteria import DEFAULT_CRITERIA
+from reapkit.select.plan import pruned_count
+from reapkit.study.tables import agreement_table
 
 __all__ = ["criterion_agreement", "reap_vs_frequency"]
 
@@ -46,7 +47,7 @@ def criterion_agreement(
 
         >>> criterion_agreement(scores, criteria=["reap", "frequency", "ean_mean"], ratio=0.5)
 
-    `frame` is a scores frame, or an :func:`reapkit.analysis.agreement_table`. Each pair is drawn in
+    `frame` is a scores frame, or an :func:`reapkit.study.tables.agreement_table`. Each pair is drawn in
     the colour of its second criterion and a marker of its first; `reference` (default: the first
     criterion) keeps only the pairs with it. Returns the Figure.
     """

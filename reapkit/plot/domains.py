@@ -10,8 +10,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from ..analysis import domain_share_table, specialisation_table
-from .theme import (
+from reapkit.plot.theme import (
     COLUMN,
     MISSING_COLOR,
     TWO_COLUMN,
@@ -24,6 +23,7 @@ from .theme import (
     no_data,
     styled,
 )
+from reapkit.study.tables import domain_share_table, specialisation_table
 
 __all__ = ["domain_saliency", "specialisation_by_depth"]
 
@@ -95,7 +95,7 @@ def specialisation_by_depth(frame: pd.DataFrame, *, criterion: str = "frequency"
 
         >>> specialisation_by_depth(scores)
 
-    `frame` is a scores frame or a :func:`reapkit.analysis.specialisation_table`; with `hue` (a column
+    `frame` is a scores frame or a :func:`reapkit.study.tables.specialisation_table`; with `hue` (a column
     such as "run" or "model") one line per value (colour per value) and no markers.
     """
     fig, ax = axes(ax, (COLUMN, 2.1))

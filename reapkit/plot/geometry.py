@@ -15,9 +15,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 
-from ..analysis import coselect_order, is_flat
-from ..plan import pruned_count
-from .theme import (
+from reapkit.plot.theme import (
     COLUMN,
     MISSING_COLOR,
     TWO_COLUMN,
@@ -27,6 +25,8 @@ from .theme import (
     no_data_figure,
     styled,
 )
+from reapkit.select.plan import pruned_count
+from reapkit.study.tables import coselect_order, is_flat
 
 __all__ = ["distance_heatmap", "distance_heatmaps", "saliency_clusters", "saliency_dendrogram", "coactivation_matrix"]
 
@@ -51,7 +51,7 @@ def _distance_norm(matrices) -> matplotlib.colors.Normalize:
 
 
 def _clustering(d, clustering, n_clusters):
-    from ..geometry import cluster, clusters_at
+    from reapkit.select.geometry import cluster, clusters_at
 
     if clustering is None:
         return cluster(d, n_clusters=n_clusters)
@@ -113,9 +113,9 @@ def distance_heatmap(
 
         >>> distance_heatmap(d, n_clusters=4, title="output space, layer 3")
 
-    `clustering` is a :class:`reapkit.geometry.Clustering` (computed when omitted); cluster
+    `clustering` is a :class:`reapkit.select.geometry.Clustering` (computed when omitted); cluster
     boundaries are outlined when it has labels or `n_clusters` is given, unless the dendrogram is
-    flat (:func:`reapkit.analysis.is_flat`: any cut would be arbitrary). The colour scale spans the
+    flat (:func:`reapkit.study.tables.is_flat`: any cut would be arbitrary). The colour scale spans the
     off-diagonal distances (the diagonal is blank); `norm` fixes it. Returns the Figure.
     """
     d = np.asarray(distances if distances is not None else np.zeros((0, 0)), dtype=float)
@@ -191,7 +191,7 @@ def saliency_clusters(
 
         >>> saliency_clusters(reap_scores[layer], clustering, ratio=0.5)
 
-    `scores` [E]; `clustering` a :class:`reapkit.geometry.Clustering` (for order and labels) or
+    `scores` [E]; `clustering` a :class:`reapkit.select.geometry.Clustering` (for order and labels) or
     None; `labels` overrides the cluster ids.
     """
     fig, ax = axes(ax, (TWO_COLUMN, 1.8))

@@ -11,8 +11,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from ..analysis import mask_frame, select
-from .theme import (
+from reapkit.measure.schema import select
+from reapkit.plot.theme import (
     COLUMN,
     TWO_COLUMN,
     axes,
@@ -22,6 +22,7 @@ from .theme import (
     no_data_figure,
     styled,
 )
+from reapkit.study.tables import mask_frame
 
 __all__ = ["plan_mask", "plan_masks"]
 
@@ -41,7 +42,7 @@ def plan_mask(mask, *, title: str | None = None, legend: bool = True, ax=None):
 
         >>> plan_mask(plan)                  # or a mask frame (layer, expert, kept)
 
-    `mask` is a :func:`reapkit.analysis.mask_frame` or a plan (anything with `.kept` and `.num_experts`).
+    `mask` is a :func:`reapkit.study.tables.mask_frame` or a plan (anything with `.kept` and `.num_experts`).
     """
     if mask is not None and hasattr(mask, "kept") and not isinstance(mask, pd.DataFrame):
         mask = mask_frame(mask)

@@ -7,7 +7,7 @@ sensitivity, block reconstruction error, calibration sensitivity.
     >>> scores_figure(lm_rows)                           # long-form scores (lm-eval): a panel per task and metric
     >>> calibration_figure(loss_matrix, overlap, chance=expected_jaccard(16, 8))
 
-Results frames follow the schema of :mod:`reapkit.analysis` (label, method, ratio, domain, loss,
+Results frames follow the schema of :mod:`reapkit.study.tables` (label, method, ratio, domain, loss,
 kl, agreement, <metric>_lo / <metric>_hi). Curves are keyed by `label` (one name per curve) or,
 in frames without it, by `criterion`; colours come from :func:`reapkit.plot.theme.criterion_color`
 and line styles from the method (merges dashed, global budget dotted).
@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from ..analysis import (
+from reapkit.measure.schema import (
     ALL,
     CRITERION,
     DELTA_LOSS,
@@ -30,14 +30,13 @@ from ..analysis import (
     METHOD,
     METRIC_LABELS,
     RATIO,
-    curve_table,
     hi,
     lo,
     select,
     wide_results,
     with_delta_loss,
 )
-from .theme import (
+from reapkit.plot.theme import (
     COLUMN,
     TWO_COLUMN,
     axes,
@@ -51,6 +50,7 @@ from .theme import (
     percent_axis,
     styled,
 )
+from reapkit.study.tables import curve_table
 
 __all__ = [
     "loss_vs_ratio",
@@ -304,7 +304,7 @@ def compression_figure(
     """Loss against compression for every method with intervals, and top-1 agreement beside it
     (two columns wide, one legend below). Returns the Figure.
 
-        >>> compression_figure(results)                    # results of reapkit.study.compression_study
+        >>> compression_figure(results)                    # results of reapkit.study.experiments.compression_study
         >>> compression_figure(results, metrics=["loss", "agreement"])   # absolute loss
 
     Loss is drawn as Δ loss against the unpruned model by default: its interval (paired, when the
@@ -324,13 +324,13 @@ def compression_figure(
 @styled
 def scores_figure(results: pd.DataFrame, *, hue: str | None = None, fig=None):
     """One :func:`loss_vs_ratio` panel per task and metric of long-form results (e.g. lm-eval scores
-    from `reapkit.harness.lm_eval_plans`), one legend. Returns the Figure.
+    from `reapkit.measure.harness.lm_eval_plans`), one legend. Returns the Figure.
 
         >>> scores_figure(lm_rows)                         # e.g. acc on one task, bits_per_byte on another
 
     Bands: the normal 95% interval from each score's stderr, where the task gives one.
     """
-    from ..analysis import METRIC
+    from reapkit.measure.schema import METRIC
 
     if is_empty(results) or METRIC not in results.columns or results[METRIC].dropna().empty:
         return no_data_figure(fig, title="scores vs compression")
@@ -444,7 +444,7 @@ def reconstruction_by_layer(frame: pd.DataFrame, *, hue: str = CRITERION, style_
 
 
 # --------------------------------------------------------------------------------------------
-# Calibration sensitivity (reapkit.study.calibration_sensitivity)
+# Calibration sensitivity (reapkit.study.experiments.calibration_sensitivity)
 # --------------------------------------------------------------------------------------------
 
 
@@ -486,7 +486,7 @@ def calibration_heatmap(loss_matrix: pd.DataFrame, *, delta: bool = True, ax=Non
     the unpruned model (column ``"unpruned"``). Rows and columns are in the same order, so
     own-domain calibration is the outlined diagonal.
 
-        >>> calibration_heatmap(loss_matrix)              # from reapkit.study.calibration_sensitivity
+        >>> calibration_heatmap(loss_matrix)              # from reapkit.study.experiments.calibration_sensitivity
     """
     fig, ax = axes(ax, (COLUMN, 2.4))
     if is_empty(loss_matrix):
@@ -517,7 +517,7 @@ def calibration_heatmap(loss_matrix: pd.DataFrame, *, delta: bool = True, ax=Non
 @styled
 def overlap_heatmap(overlap: pd.DataFrame, *, chance: float | None = None, ax=None):
     """Calibration set x calibration set: mean over layers of the Jaccard index of the kept experts.
-    With `chance` (:func:`reapkit.analysis.expected_jaccard`), colours diverge at the chance level
+    With `chance` (:func:`reapkit.study.tables.expected_jaccard`), colours diverge at the chance level
     (white = what random expert sets share) and the colour bar marks it.
 
         >>> overlap_heatmap(overlap, chance=expected_jaccard(16, 8))
@@ -557,7 +557,7 @@ def calibration_figure(
 ):
     """:func:`calibration_heatmap` next to :func:`overlap_heatmap` (two columns wide). Returns the Figure.
 
-    >>> calibration_figure(sensitivity)        # a reapkit.study.Sensitivity: chance and title from it
+    >>> calibration_figure(sensitivity)        # a reapkit.study.experiments.Sensitivity: chance and title from it
     >>> calibration_figure(loss_matrix, overlap, chance=expected_jaccard(16, 8), title="REAP at 50%")
     """
     if hasattr(loss_matrix, "loss_matrix") and hasattr(loss_matrix, "overlap_matrix"):

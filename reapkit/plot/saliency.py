@@ -13,9 +13,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from ..analysis import ALL, mask_frame, select, uniform_cutoffs, value_table
-from ..plan import pruned_count
-from .theme import (
+from reapkit.measure.schema import ALL, select
+from reapkit.plot.theme import (
     COLUMN,
     MISSING_COLOR,
     TWO_COLUMN,
@@ -28,6 +27,8 @@ from .theme import (
     no_data_figure,
     styled,
 )
+from reapkit.select.plan import pruned_count
+from reapkit.study.tables import mask_frame, uniform_cutoffs, value_table
 
 __all__ = ["saliency_heatmap", "saliency_heatmaps", "saliency_curves", "saliency_distributions", "kept_per_layer"]
 

@@ -24,7 +24,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 
-from ..atomic import atomic_file
+from reapkit.atomic import atomic_file
 
 #: Width of one column / two columns of a paper, inches.
 COLUMN, TWO_COLUMN = 3.3, 6.8

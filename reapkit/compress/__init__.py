@@ -1,0 +1,13 @@
+"""Compressing: apply a plan in memory (mask, remove, merge) or to a checkpoint on disk, and save.
+
+Names load lazily on first use.
+"""
+
+from reapkit.lazy import lazy_exports
+
+_EXPORTS = {
+    "prune": ["mask_experts", "remove_experts", "save_pruned", "load_pruned", "prune_checkpoint"],
+    "merge": ["apply_merge", "merge_experts"],
+    "stream": ["stream_prune"],
+}
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,0 +1,51 @@
+"""Apply a `MergePlan` to a model: average each group's expert tensors, keep the representatives.
+
+    >>> plan = merge_experts(model, obs, method="hc_smoe", keep=8)   # plan and apply: 8 experts per layer
+    >>> apply_merge(other_copy_of_model, plan)                       # a saved plan, applied later
+
+The plans and their methods are described in `reapkit.select.merge`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from reapkit.compress.prune import check_plan, remove_experts
+from reapkit.select.merge import MergePlan, plan_merge
+
+__all__ = ["apply_merge", "merge_experts"]
+
+
+@torch.no_grad()
+def apply_merge(model, plan: MergePlan):
+    """Merge `model`'s experts in place as `plan` says; returns the model (now `plan.keep` experts per layer)."""
+    pruning = plan.to_pruning_plan()
+    arch, blocks = check_plan(model, pruning)
+    for layer in plan.layers:
+        total = plan.num_experts[layer]
+        experts = arch.experts_of(blocks[layer])
+        tensors = [
+            t
+            for _, t in list(experts.named_parameters(recurse=False)) + list(experts.named_buffers(recurse=False))
+            if t.dim() and t.shape[0] == total
+        ]
+        for members, rep, w in zip(plan.groups[layer], plan.representatives[layer], plan.weights[layer]):
+            if len(members) == 1:
+                continue
+            index = torch.tensor(members, dtype=torch.long)
+            for tensor in tensors:
+                weight = torch.tensor(w, dtype=torch.float32, device=tensor.device).view(-1, *[1] * (tensor.dim() - 1))
+                merged = (tensor.data[index.to(tensor.device)].float() * weight).sum(0)
+                tensor.data[rep] = merged.to(tensor.dtype)
+    return remove_experts(model, pruning)
+
+
+def merge_experts(model, obs, *, method: str, keep: int, seed: int = 0) -> MergePlan:
+    """Merge the experts of `model` in place down to `keep` per MoE layer; returns the `MergePlan`.
+
+    `method` is ``"m_smoe"`` or ``"hc_smoe"`` (see the module docstring); `obs` are observations
+    of this model before merging.
+    """
+    plan = plan_merge(model, obs, method=method, keep=keep, seed=seed)
+    apply_merge(model, plan)
+    return plan

@@ -1,0 +1,13 @@
+"""Measuring: what compression costs (loss, agreement, KL, lm-eval), bootstrap intervals, the results schema.
+
+Names load lazily on first use.
+"""
+
+from reapkit.lazy import lazy_exports
+
+_EXPORTS = {
+    "evaluate": ["evaluate", "reference_outputs"],
+    "harness": ["lm_eval", "lm_eval_plans"],
+    "stats": ["bootstrap"],
+}
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,0 +1,198 @@
+"""The one results schema: column names every table of results uses, and its long and wide forms.
+
+    >>> with_delta_loss(results)                  # adds delta_loss: loss - the domain's unpruned loss
+    >>> long_results(results)                     # one row per measurement: metric, value, value_lo, ...
+    >>> lo("loss"), hi("loss")
+    ('loss_lo', 'loss_hi')
+
+Results schema (one name per concept; every module reads these names, none renames them):
+
+    method       prune / merge / global
+    criterion    the pruning criterion, "random", or the merge method
+    label        one name per curve: the criterion, or global_<criterion> for the global budget
+    seed         random pruning only
+    ratio        fraction of experts removed (0 = the unpruned model)
+    domain       evaluation domain, "all" = every domain pooled, or an lm-eval task
+    observations the router fingerprint of the model the plan's observations were made on (lm-eval rows)
+    loss, perplexity, kl, agreement     (agreement = top-1 agreement with the unpruned model)
+    delta_loss   loss minus the same domain's unpruned loss (`with_delta_loss`)
+    <metric>_lo, <metric>_hi            95% confidence interval of <metric> (e.g. loss_lo, loss_hi)
+    <metric>_stderr                     standard error of <metric>, where the source gives one (lm-eval)
+
+The same table in long form: one row per measurement, the columns above that say what was measured
+(method ... domain, any others such as model or observations) plus
+
+    metric       the metric's name: loss, kl, ... or an lm-eval metric (acc, bits_per_byte, ...)
+    value, stderr, value_lo, value_hi   its value, standard error and 95% interval
+
+`reapkit.measure.harness.lm_eval` writes lm-eval scores in this form, the task as the `domain`; `long_results`
+and `wide_results` turn one form into the other (in a frame holding both, the rows without a metric are
+already wide), and `curve_table` and the figures accept either, so lm-eval scores and reapkit's own
+metrics plot against ratio and criterion alike.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "METHOD",
+    "CRITERION",
+    "LABEL",
+    "SEED",
+    "RATIO",
+    "DOMAIN",
+    "LOSS",
+    "KL",
+    "AGREEMENT",
+    "DELTA_LOSS",
+    "METRICS",
+    "METRIC_LABELS",
+    "METRIC",
+    "VALUE",
+    "STDERR",
+    "ALL",
+    "lo",
+    "hi",
+    "stderr",
+    "select",
+    "with_delta_loss",
+    "long_results",
+    "wide_results",
+]
+
+METHOD, CRITERION, LABEL, SEED, RATIO, DOMAIN = "method", "criterion", "label", "seed", "ratio", "domain"
+LOSS, KL, AGREEMENT, DELTA_LOSS = "loss", "kl", "agreement", "delta_loss"
+METRIC, VALUE, STDERR = "metric", "value", "stderr"
+#: Metrics a results frame may carry (each may come with <metric>_lo / <metric>_hi).
+METRICS = (LOSS, "perplexity", KL, AGREEMENT, DELTA_LOSS)
+#: Axis label of each metric.
+METRIC_LABELS = {
+    LOSS: "loss (nats/token)",
+    "perplexity": "perplexity",
+    KL: "KL to unpruned (nats)",
+    AGREEMENT: "top-1 agreement",
+    DELTA_LOSS: "Δ loss vs unpruned (nats)",
+}
+#: The domain that pools every evaluation domain.
+ALL = "all"
+
+
+def lo(metric: str) -> str:
+    """Column of the lower end of `metric`'s confidence interval: ``lo("loss") == "loss_lo"``."""
+    return f"{metric}_lo"
+
+
+def hi(metric: str) -> str:
+    """Column of the upper end of `metric`'s confidence interval: ``hi("loss") == "loss_hi"``."""
+    return f"{metric}_hi"
+
+
+def stderr(metric: str) -> str:
+    """Column of `metric`'s standard error: ``stderr("acc") == "acc_stderr"``."""
+    return f"{metric}_{STDERR}"
+
+
+def select(frame: pd.DataFrame, **conditions) -> pd.DataFrame:
+    """Rows of `frame` where each named column equals its value (None or a missing column: no condition).
+
+    >>> select(scores, criterion="reap", domain="all")
+    """
+    for column, value in conditions.items():
+        if value is not None and column in frame.columns:
+            frame = frame[frame[column] == value]
+    return frame
+
+
+def with_delta_loss(results: pd.DataFrame) -> pd.DataFrame:
+    """A copy of `results` with `delta_loss` = loss - the unpruned loss (ratio 0) of the same domain
+    (and the same value of any `model` column), and its interval when loss_lo / loss_hi exist.
+
+        >>> with_delta_loss(results)[["label", "ratio", "domain", "delta_loss"]]
+
+    The interval is the loss interval shifted by the baseline. A frame that has `delta_loss`
+    already (e.g. with a paired bootstrap interval from `reapkit.study.experiments`) is returned as it is.
+    """
+    out = results.copy()
+    if DELTA_LOSS in out.columns:
+        return out
+    keys = [DOMAIN] + [c for c in ("model", "calibration") if c in out.columns]
+    base = out[out[RATIO] == 0].groupby(keys)[LOSS].mean().rename("_base")
+    if base.empty:
+        raise ValueError("with_delta_loss needs the unpruned model's rows (ratio 0) to measure Δ loss against")
+    out = out.join(base, on=keys)
+    out[DELTA_LOSS] = out[LOSS] - out["_base"]
+    if lo(LOSS) in out.columns and hi(LOSS) in out.columns:
+        out[lo(DELTA_LOSS)] = out[lo(LOSS)] - out["_base"]
+        out[hi(DELTA_LOSS)] = out[hi(LOSS)] - out["_base"]
+    return out.drop(columns="_base")
+
+
+#: The measurement columns of the long form (the other columns say what was measured).
+LONG_VALUES = (METRIC, VALUE, STDERR, lo(VALUE), hi(VALUE))
+
+
+def _metric_columns(frame: pd.DataFrame) -> list[str]:
+    """The metrics of a wide frame: the known ones and any column with an interval or a stderr beside it."""
+    columns = set(frame.columns)
+    return [
+        c
+        for c in frame.columns
+        if c not in LONG_VALUES and (c in METRICS or {lo(c), hi(c)} <= columns or stderr(c) in columns)
+    ]
+
+
+def long_results(results: pd.DataFrame) -> pd.DataFrame:
+    """The long form of a wide results frame: one row per measurement (metric, value, stderr, value_lo,
+    value_hi) beside the columns that say what was measured; rows already long stay as they are.
+
+        >>> long_results(results)[["criterion", "ratio", "domain", "metric", "value", "value_lo"]]
+    """
+    if METRIC in results.columns:
+        long, wide = results[results[METRIC].notna()], results[results[METRIC].isna()]
+        wide = wide.drop(columns=list(LONG_VALUES))
+    else:
+        long, wide = results.iloc[:0], results
+    metrics = _metric_columns(wide)
+    companions = {f(m) for m in metrics for f in (lo, hi, stderr)}
+    keys = [c for c in wide.columns if c not in metrics and c not in companions]
+    frames = [long.drop(columns=[c for c in long.columns if c in metrics or c in companions])]
+    for m in metrics:
+        part = wide[wide[m].notna()]
+        frames.append(
+            part[keys].assign(
+                **{
+                    METRIC: m,
+                    VALUE: part[m],
+                    STDERR: part[stderr(m)] if stderr(m) in part else np.nan,
+                    lo(VALUE): part[lo(m)] if lo(m) in part else np.nan,
+                    hi(VALUE): part[hi(m)] if hi(m) in part else np.nan,
+                }
+            )
+        )
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*keys, *LONG_VALUES])
+
+
+def wide_results(results: pd.DataFrame) -> pd.DataFrame:
+    """The wide form of a results frame: the long rows (those with a `metric`) become columns <metric>,
+    <metric>_stderr, <metric>_lo, <metric>_hi, one row per what-was-measured; rows already wide stay.
+    A wide frame is returned as it is; duplicate measurements are averaged.
+
+        >>> wide_results(lm_rows)[["criterion", "ratio", "domain", "acc", "acc_lo", "acc_hi"]]
+    """
+    if METRIC not in results.columns:
+        return results
+    long, wide = results[results[METRIC].notna()], results[results[METRIC].isna()]
+    keys = [c for c in results.columns if c not in LONG_VALUES and long[c].notna().any()]
+    if long.empty:
+        return wide.drop(columns=list(LONG_VALUES), errors="ignore")
+    values = [c for c in (VALUE, STDERR, lo(VALUE), hi(VALUE)) if c in long.columns]
+    table = long.groupby(keys + [METRIC], dropna=False, sort=False)[values].mean().unstack(METRIC)
+    names = {VALUE: "{}", STDERR: "{}_" + STDERR, lo(VALUE): "{}_lo", hi(VALUE): "{}_hi"}
+    table.columns = [names[value].format(metric) for value, metric in table.columns]
+    order = [c for m in dict.fromkeys(long[METRIC]) for c in (m, lo(m), hi(m), stderr(m)) if c in table.columns]
+    table = table[order].reset_index()
+    wide = wide.drop(columns=list(LONG_VALUES), errors="ignore")
+    return pd.concat([wide, table], ignore_index=True) if len(wide) else table

@@ -1,0 +1,14 @@
+"""The model: one record per MoE architecture, discovery from the module tree, loading, hooks, the demo.
+
+Names load lazily on first use.
+"""
+
+from reapkit.lazy import lazy_exports
+
+_EXPORTS = {
+    "records": ["Architecture", "ARCHITECTURES", "VERIFIED", "register_architecture"],
+    "discover": ["architecture_for", "UnknownArchitectureError"],
+    "loading": ["load_model", "load_tokenizer"],
+    "demo": ["DEMO_PATH"],
+}
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

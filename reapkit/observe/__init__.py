@@ -1,0 +1,14 @@
+"""Observing: record per-expert statistics in one calibration pass, in memory, layer by layer or over processes.
+
+Names load lazily on first use.
+"""
+
+from reapkit.lazy import lazy_exports
+
+_EXPORTS = {
+    "recorder": ["observe", "observe_cached"],
+    "observations": ["Observations"],
+    "sequential": ["observe_sequential"],
+    "importers": ["read_reap_observer"],
+}
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,0 +1,305 @@
+"""Saliency computed by other tools, brought into the workbench.
+
+    >>> obs = read_reap_observer("artifacts/observations_1024_cosine.pt", domain="code")
+    >>> sorted(obs.meta["missing"])            # what that file does not hold, each with the reason
+    ['coselect', 'max_activation', 'output_sum', 'prob_sum']
+    >>> score(obs, "reap")                     # equals the file's own `reap`
+
+Plans (no scores) from llm-compressor are read by `reapkit.select.imported`.
+
+The format, as its source writes it:
+
+- **REAP observer** (CerebrasResearch/reap, ``src/reap/observer.py``: ``MoETransformerObserver``,
+  ``save_state`` and ``report_state``; ``src/reap/metrics.py``: ``OnlineStatsTracker``): one
+  ``torch.save`` of ``{decoder layer index (int): {name: tensor}}``. Per layer and expert j, over the
+  tokens routed to j (top-k of the router logits), with g = the softmax router probability
+  (renormalised over the top-k when the run set ``renormalize_router_weights``) and f = the expert's
+  output: ``expert_frequency`` int64 [E] (routed tokens), ``ean_sum`` float64 [E] (sum ||f||),
+  ``weighted_ean_sum`` float64 [E] (sum g ||f||), ``weighted_expert_frequency_sum`` float64 [E]
+  (sum g), ``ean_mean`` and ``reap`` float32 [E] (running means of ||f|| and g ||f||, so ``reap`` =
+  ``weighted_ean_sum / expert_frequency``), ``max_activations`` float32 [E] (largest *signed* element
+  of f), ``total_tokens`` int64 [] and ``pairwise_expert_frequency`` int64 [E, E] (= frequency[i] +
+  frequency[j]); without ``record_pruning_metrics_only`` also running means such as
+  ``routed_characteristic_activation`` float32 [E, H] (mean f over the routed tokens) and distance
+  matrices for merging (``ttm_similarity_matrix``, ``characteristic_activation``, ...).
+
+Files are read with ``torch.load(weights_only=True)``: plain tensors only, no code runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from reapkit import __version__
+
+__all__ = ["REAP_OBSERVER", "read_reap_observer", "file_digest", "model_shape"]
+
+REAP_OBSERVER = "the REAP observer (CerebrasResearch/reap)"
+
+#: reapkit statistic <- the REAP observer's sum of the same quantity (per layer, [E]).
+SUMS = {
+    "count": "expert_frequency",
+    "norm_sum": "ean_sum",
+    "reap_sum": "weighted_ean_sum",
+    "gate_sum": "weighted_expert_frequency_sum",
+}
+#: reapkit statistic <- the observer's mean over routed tokens (x expert_frequency), when the sum is absent.
+MEANS = {"norm_sum": "ean_mean", "reap_sum": "reap", "output_sum": "routed_characteristic_activation"}
+
+#: What reapkit records that the REAP observer does not, and why.
+NOT_RECORDED = {
+    "prob_sum": "the router probability summed over every token; the REAP observer sums it only over the tokens "
+    "routed to each expert (weighted_expert_frequency_sum)",
+    "coselect": "tokens that chose both expert i and expert j; the observer's pairwise_expert_frequency is "
+    "expert_frequency[i] + expert_frequency[j]",
+    "max_activation": "the largest |element| of each expert's output; the observer's max_activations is the "
+    "largest signed element, a different quantity",
+    "output_sum": "each expert's output summed over its routed tokens; the observer records it "
+    "(routed_characteristic_activation) only when run without record_pruning_metrics_only",
+}
+
+#: Keys of the observer's state that have no reapkit statistic, and why they are left out.
+UNMAPPED = {
+    "max_activations": NOT_RECORDED["max_activation"],
+    "pairwise_expert_frequency": NOT_RECORDED["coselect"],
+}
+
+
+def file_digest(path: Path) -> str:
+    """The first 20 hex digits of the SHA-256 of a file, recorded as provenance."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:20]
+
+
+def _load_tensors(path: Path) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; pass the .pt file the REAP observer saved (save_state)")
+    with open(path, "rb") as file:
+        pickled = file.read(1) == b"\x80"  # torch.save's legacy format is a pickle stream
+    if not (zipfile.is_zipfile(path) or pickled):
+        raise ValueError(f"{path} is not a torch.save file; pass the .pt file the REAP observer saved (save_state)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ValueError(
+            f"{path} needs pickled Python objects to load, and reapkit reads only plain tensors "
+            "(torch.load weights_only=True) so that no code from a file runs; save the observer's "
+            "report_state() (tensors only) with torch.save and import that"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as error:
+        if isinstance(error, OSError) and not isinstance(error, EOFError) and error.errno is not None:
+            raise
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(
+            f"{path} is not a torch.save file ({first}); pass the .pt file the REAP observer saved (save_state)"
+        ) from None
+
+
+def _layer_index(key) -> int:
+    if isinstance(key, bool) or not isinstance(key, (int, str)) or not str(key).isdigit():
+        raise ValueError(f"key {key!r} is not a decoder layer index")
+    return int(key)
+
+
+def model_shape(model) -> dict:
+    """Architecture, fingerprint, MoE layers, experts per layer and routing of `model`."""
+    from reapkit.model.discover import architecture_for
+    from reapkit.observe.observations import fingerprint
+
+    arch = architecture_for(model)
+    blocks = list(arch.moe_blocks(model))
+    config = model.config.get_text_config()
+    return {
+        "architecture": arch.model_type,
+        "fingerprint": fingerprint(model),
+        "layers": [i for i, _ in blocks],
+        "num_experts": [arch.experts_of(b).num_experts for _, b in blocks],
+        "top_k": arch.top_k(config),
+        "n_group": arch.n_group(config),
+        "topk_group": arch.topk_group(config),
+        "hidden_size": config.hidden_size,
+    }
+
+
+def read_reap_observer(path, *, domain: str = "calibration", model=None, top_k: int | None = None):
+    """`Observations` from the state the REAP observer saved (see the module docstring for the format).
+
+    The whole file becomes one calibration `domain`. With `model` (the model it was recorded on) the
+    observations get its fingerprint, architecture and routing, after checking the MoE layers and
+    expert counts agree; without it the fingerprint is None (plans are then checked for layers and
+    expert counts only) and `top_k` is read from expert_frequency / total_tokens unless given.
+    What the file lacks is listed in ``meta["missing"]``; criteria that need it refuse, naming it.
+    """
+    from reapkit.observe.observations import Observations
+
+    path = Path(path)
+    if not isinstance(domain, str) or not domain.isidentifier() or domain == "all":
+        raise ValueError(
+            f"domain {domain!r} must be a name such as code or calibration ('all' means every domain pooled)"
+        )
+    state = _load_tensors(path)
+    where = f"{path} is not a REAP observer state"
+    if not isinstance(state, dict) or not state:
+        raise ValueError(f"{where}: expected a dict {{layer index: {{name: tensor}}}}, got {type(state).__name__}")
+    layers, rows, unmapped = [], {}, {}
+    for key in sorted(state, key=lambda k: (str(k).isdigit() and int(k), str(k))):
+        try:
+            layer = _layer_index(key)
+        except ValueError as error:
+            raise ValueError(f"{where}: {error} (the observer keys its state by layer index)") from None
+        values = state[key]
+        if not isinstance(values, dict) or "expert_frequency" not in values:
+            raise ValueError(f"{where}: layer {key} has no expert_frequency (the tokens routed to each expert)")
+        if not any(name in values for name in ("weighted_ean_sum", "reap")):
+            raise ValueError(
+                f"{where}: layer {key} has neither weighted_ean_sum nor reap, so it holds no REAP saliency"
+            )
+        layers.append(layer)
+        rows[layer] = values
+        unmapped.update({k: UNMAPPED.get(k, "no reapkit statistic") for k in values if k not in _READ})
+    if len(set(layers)) != len(layers):
+        raise ValueError(f"{where}: layer indices {layers} repeat")
+    counts = [rows[layer]["expert_frequency"] for layer in layers]
+    if any(not isinstance(c, torch.Tensor) or c.dim() != 1 for c in counts):
+        raise ValueError(f"{where}: expert_frequency must be a 1-D tensor [experts] in every layer")
+    num_experts = [int(c.numel()) for c in counts]
+    width = max(num_experts)
+
+    stats: dict[str, torch.Tensor] = {}
+    missing = {}
+    for name in ("count", "norm_sum", "reap_sum", "gate_sum", "output_sum"):
+        per_layer = [_statistic(rows[layer], name, layer, where) for layer in layers]
+        if any(v is None for v in per_layer):
+            missing[name] = NOT_RECORDED.get(name, f"this file has no {SUMS.get(name, MEANS.get(name))}")
+            continue
+        shape = (len(layers), width, *per_layer[0].shape[1:])
+        stats[name] = torch.zeros(shape, dtype=torch.float32 if name == "output_sum" else torch.float64)
+        for pos, value in enumerate(per_layer):
+            if value.shape[0] != num_experts[pos] or value.shape[1:] != per_layer[0].shape[1:]:
+                raise ValueError(
+                    f"{where}: layer {layers[pos]} holds {tuple(value.shape)} values for {SUMS.get(name, name)} "
+                    f"but {num_experts[pos]} experts"
+                )
+            stats[name][pos, : value.shape[0]] = value
+    if all("total_tokens" in rows[layer] for layer in layers):
+        stats["tokens"] = torch.tensor([float(rows[layer]["total_tokens"]) for layer in layers], dtype=torch.float64)
+    for name in ("prob_sum", "coselect", "max_activation"):
+        missing[name] = NOT_RECORDED[name]
+
+    reap_difference = _check_reap(rows, layers, stats, where)
+    shape = _attach_model(model, layers, num_experts, stats, path) if model is not None else None
+    top_k = _top_k(top_k, shape, stats, path)
+    if "tokens" not in stats:  # every token is routed to exactly top-k experts
+        stats["tokens"] = stats["count"].sum(1) / top_k
+    meta = {
+        "reapkit_version": __version__,
+        "architecture": shape and shape["architecture"],
+        "fingerprint": shape and shape["fingerprint"],
+        "layers": layers,
+        "num_experts": num_experts,
+        "top_k": top_k,
+        "n_group": shape["n_group"] if shape else 1,
+        "topk_group": shape and shape["topk_group"],
+        "calibration": {
+            "source": str(path),
+            "sha256": file_digest(path),
+            "tokens": {domain: int(stats["tokens"][0])},
+        },
+        "source": {
+            "tool": REAP_OBSERVER,
+            "file": str(path),
+            "gate": "softmax of the router logits, renormalised over the top-k if the run set "
+            "renormalize_router_weights (not recorded in the file)",
+            "routing": "known from --model" if shape else "unknown: imported without the model (n_group taken as 1)",
+            "reap_max_relative_difference": reap_difference,
+            "unmapped": dict(sorted(unmapped.items())),
+        },
+        "missing": missing,
+    }
+    return Observations({domain: stats}, meta)
+
+
+#: Keys of the observer's state that `read_reap_observer` reads.
+_READ = {*SUMS.values(), *MEANS.values(), "total_tokens"}
+
+
+def _statistic(values: dict, name: str, layer: int, where: str) -> torch.Tensor | None:
+    """reapkit's `name` for one layer: the observer's sum, or its mean over routed tokens x the count."""
+    count = values["expert_frequency"].double()
+    source = SUMS.get(name)
+    if source in values:
+        tensor = values[source]
+    elif MEANS.get(name) in values:
+        source, mean = MEANS[name], values[MEANS[name]]
+        if not isinstance(mean, torch.Tensor):
+            raise ValueError(f"{where}: layer {layer} {source} is a {type(mean).__name__}, not a tensor")
+        scale = count.reshape(-1, *([1] * (mean.dim() - 1)))
+        tensor = mean.double() * scale if name != "output_sum" else mean.float() * scale.float()
+    else:
+        return None
+    if not isinstance(tensor, torch.Tensor) or tensor.dim() < 1 or not tensor.is_floating_point() and name != "count":
+        kind = (
+            type(tensor).__name__ if not isinstance(tensor, torch.Tensor) else f"{tensor.dtype} {tuple(tensor.shape)}"
+        )
+        raise ValueError(f"{where}: layer {layer} {source} is {kind}, expected a float tensor [experts]")
+    return tensor.float() if name == "output_sum" else tensor.double()
+
+
+def _check_reap(rows: dict, layers: list[int], stats: dict, where: str) -> float | None:
+    """The largest relative difference between the file's `reap` and weighted_ean_sum / expert_frequency."""
+    if not all("reap" in rows[layer] and "weighted_ean_sum" in rows[layer] for layer in layers):
+        return None
+    worst = 0.0
+    for pos, layer in enumerate(layers):
+        count = stats["count"][pos, : rows[layer]["expert_frequency"].numel()]
+        reap = rows[layer]["reap"]
+        if not isinstance(reap, torch.Tensor) or reap.shape != count.shape:
+            raise ValueError(f"{where}: layer {layer} reap is not a tensor [experts] like its expert_frequency")
+        theirs = reap.double()[count > 0]
+        mine = (stats["reap_sum"][pos, : count.numel()] / count.clamp_min(1))[count > 0]
+        scale = mine.abs().max().clamp_min(1e-30) if mine.numel() else torch.tensor(1.0)
+        worst = max(worst, float(((theirs - mine).abs() / scale).max()) if mine.numel() else 0.0)
+    if worst > 1e-3:
+        raise ValueError(
+            f"{where} as documented: its reap differs from weighted_ean_sum / expert_frequency by up to "
+            f"{worst:.2g} (relative); the file is inconsistent or from another tool"
+        )
+    return worst
+
+
+def _attach_model(model, layers, num_experts, stats, path) -> dict:
+    shape = model_shape(model)
+    if (shape["layers"], shape["num_experts"]) != (layers, num_experts):
+        raise ValueError(
+            f"{path} holds MoE layers {layers} with {num_experts} experts, but the model has MoE layers "
+            f"{shape['layers']} with {shape['num_experts']} experts; pass the model the observer ran on"
+        )
+    if "output_sum" in stats and stats["output_sum"].shape[-1] != shape["hidden_size"]:
+        raise ValueError(
+            f"{path} holds expert outputs of width {stats['output_sum'].shape[-1]}, but the model's hidden size is "
+            f"{shape['hidden_size']}; pass the model the observer ran on"
+        )
+    return shape
+
+
+def _top_k(given, shape, stats, path) -> int:
+    if shape is not None:
+        if given is not None and given != shape["top_k"]:
+            raise ValueError(f"--top-k {given} disagrees with the model, which routes each token to {shape['top_k']}")
+        return shape["top_k"]
+    if given is not None:
+        if isinstance(given, bool) or not isinstance(given, int) or given < 1:
+            raise ValueError(f"top-k must be a positive number of experts per token, got {given!r}")
+        return given
+    if "tokens" in stats and bool((stats["tokens"] > 0).all()):
+        per_token = stats["count"].sum(1) / stats["tokens"]
+        k = round(float(per_token[0]))
+        if k >= 1 and bool(((per_token - k).abs() < 1e-9).all()):
+            return k
+    raise ValueError(
+        f"cannot tell from {path} how many experts each token is routed to; pass --top-k K, or --model MODEL"
+    )

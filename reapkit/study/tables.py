@@ -1,0 +1,373 @@
+"""Tables behind the figures and chance levels (pure numpy / scipy / pandas).
+
+    >>> agreement_table(scores, criteria=["reap", "frequency"], ratio=0.5)   # layer, criterion_a, criterion_b, spearman, overlap
+    >>> expected_jaccard(16, 8)                   # two random 8-of-16 subsets: 0.3434...
+    >>> spearman_band(16)                         # (lo, hi): 95% of Spearman rho between random rankings of 16
+    >>> curve_table(results, "loss", hue="label") # one row per (curve, ratio): mean, lo, hi
+
+This module imports no matplotlib (and neither torch nor transformers): the figures of
+`reapkit.plot` draw these tables, and a study or a notebook can print them.
+
+Scores frames (`reapkit.select.criteria.scores_frame`): layer, expert, domain ("all" = pooled), criterion, value.
+Mask frames (`mask_frame`): layer, expert, kept [, any extra columns such as criterion, ratio].
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pandas as pd
+
+from reapkit.measure.schema import ALL, LABEL, RATIO, hi, lo, select, wide_results
+from reapkit.select.criteria import DEFAULT_CRITERIA
+from reapkit.select.plan import pruned_count
+
+__all__ = [
+    "expected_jaccard",
+    "jaccard_distribution",
+    "spearman_band",
+    "agreement_table",
+    "domain_share_table",
+    "specialisation_table",
+    "mask_frame",
+    "plan_overlap",
+    "curve_table",
+    "uniform_cutoffs",
+    "is_flat",
+    "coselect_order",
+    "value_table",
+]
+
+
+def value_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """layer x expert table of a scores frame's `value` (mean over duplicates), layers ascending."""
+    return frame.pivot_table(index="layer", columns="expert", values="value", aggfunc="mean").sort_index()
+
+
+def _empty(data) -> bool:
+    return data is None or len(data) == 0
+
+
+# --------------------------------------------------------------------------------------------
+# Chance levels
+# --------------------------------------------------------------------------------------------
+
+
+def jaccard_distribution(experts: int, size: int, other: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Exact distribution of the Jaccard index of two independent uniformly random subsets of
+    `experts` items, of `size` and `other` (default `size`) items: ``(values, probabilities)``.
+
+        >>> values, p = jaccard_distribution(16, 8)
+
+    The intersection is hypergeometric: P(|A & B| = x) = C(b, x) C(E - b, a - x) / C(E, a).
+    """
+    from scipy.stats import hypergeom
+
+    other = size if other is None else other
+    if not (0 <= size <= experts and 0 <= other <= experts):
+        raise ValueError(
+            f"subset sizes must be between 0 and the number of experts ({experts}), got {size} and {other}"
+        )
+    x = np.arange(max(0, size + other - experts), min(size, other) + 1)
+    p = hypergeom(experts, other, size).pmf(x)
+    union = size + other - x
+    values = np.divide(x, union, out=np.ones(x.shape, float), where=union > 0)  # two empty sets: 1
+    return values.astype(float), p
+
+
+def expected_jaccard(experts: int, size: int, other: int | None = None) -> float:
+    """Expected Jaccard index of two random subsets (sizes `size`, `other`) of `experts` items.
+
+        >>> round(expected_jaccard(16, 8), 4)        # two random halves of 16 experts
+        0.3434
+
+    Overlap figures draw it as the chance line: an overlap at this level says the two sets agree
+    no more than random choices would.
+    """
+    values, p = jaccard_distribution(experts, size, other)
+    return float(np.sum(values * p))
+
+
+@functools.lru_cache(maxsize=64)
+def spearman_band(n: int, *, level: float = 0.95, permutations: int = 20000, seed: int = 0) -> tuple[float, float]:
+    """Central `level` interval of Spearman's rho between two independent random rankings of `n` items
+    (a permutation null, `permutations` draws from `seed`; deterministic): ``(lo, hi)``.
+
+        >>> spearman_band(16)
+        (-0.5, 0.5)              # roughly: |rho| < 0.5 is what unrelated scores of 16 experts give
+
+    n < 3 gives (-1, 1): every value is possible by chance.
+    """
+    if n < 3:
+        return -1.0, 1.0
+    rng = np.random.default_rng(seed)
+    ranks = np.argsort(rng.random((permutations, n)), axis=1).astype(float)
+    centred = ranks - (n - 1) / 2
+    base = np.arange(n, dtype=float) - (n - 1) / 2
+    rho = centred @ base / float(base @ base)
+    tail = (1 - level) / 2
+    return float(np.quantile(rho, tail)), float(np.quantile(rho, 1 - tail))
+
+
+# --------------------------------------------------------------------------------------------
+# Criteria against each other
+# --------------------------------------------------------------------------------------------
+
+
+def agreement_table(
+    frame: pd.DataFrame, *, criteria=DEFAULT_CRITERIA, ratio: float = 0.5, domain: str = ALL
+) -> pd.DataFrame:
+    """Per layer and pair of criteria: Spearman rank correlation of the scores, the overlap (Jaccard
+    index) of the sets of experts each would prune at `ratio`, and that overlap's chance level.
+
+        >>> agreement_table(scores, criteria=["reap", "frequency"], ratio=0.5)
+
+    Columns: layer, criterion_a, criterion_b, experts, spearman, overlap, overlap_chance,
+    spearman_lo, spearman_hi (the 95% band of rho between unrelated rankings). Criteria missing
+    from `frame` are skipped.
+    """
+    from scipy.stats import spearmanr
+
+    columns = [
+        "layer",
+        "criterion_a",
+        "criterion_b",
+        "experts",
+        "spearman",
+        "overlap",
+        "overlap_chance",
+        "spearman_lo",
+        "spearman_hi",
+    ]
+    if _empty(frame):
+        return pd.DataFrame(columns=columns)
+    data = select(frame, domain=domain)
+    present = [c for c in criteria if c in set(data["criterion"])]
+    tables = {c: value_table(data[data["criterion"] == c]) for c in present}
+    rows = []
+    for layer in sorted(set(data["layer"])):
+        for i, a in enumerate(present):
+            for b in present[i + 1 :]:
+                x, y = tables[a].loc[layer].to_numpy(float), tables[b].loc[layer].to_numpy(float)
+                ok = ~(np.isnan(x) | np.isnan(y))
+                x, y = x[ok], y[ok]
+                rho = float("nan")
+                if x.size > 1 and np.ptp(x) > 0 and np.ptp(y) > 0:
+                    rho = float(spearmanr(x, y).statistic)
+                k = pruned_count(x.size, ratio)
+                if k == 0:
+                    overlap = 1.0
+                else:
+                    pa = set(np.argsort(x, kind="stable")[:k].tolist())
+                    pb = set(np.argsort(y, kind="stable")[:k].tolist())
+                    overlap = len(pa & pb) / len(pa | pb)
+                band = spearman_band(x.size)
+                rows.append((layer, a, b, x.size, rho, overlap, expected_jaccard(x.size, k), *band))
+    return pd.DataFrame(rows, columns=columns)
+
+
+def uniform_cutoffs(frame: pd.DataFrame, ratio: float) -> pd.DataFrame:
+    """Per layer of a scores frame (one criterion, one domain): the score of the weakest expert a
+    uniform plan at `ratio` keeps (`threshold`), experts and kept count.
+
+    Columns: layer, experts, kept, threshold.
+    """
+    rows = []
+    for layer, row in value_table(frame).iterrows():
+        values = np.sort(row.dropna().to_numpy(float))[::-1]
+        keep = values.size - pruned_count(values.size, ratio)
+        rows.append((layer, values.size, keep, float(values[keep - 1]) if keep else float("nan")))
+    return pd.DataFrame(rows, columns=["layer", "experts", "kept", "threshold"])
+
+
+# --------------------------------------------------------------------------------------------
+# Domains
+# --------------------------------------------------------------------------------------------
+
+
+def domain_share_table(frame: pd.DataFrame, *, criterion: str = "frequency") -> pd.DataFrame:
+    """Per layer, expert and domain: the expert's `share` of the domain's total score in that layer
+    (sums to 1 over experts) and its `enrichment` = share x experts (1 = what a uniform router gives).
+
+        >>> domain_share_table(scores, criterion="frequency")
+
+    Columns: layer, expert, domain, share, enrichment. Uses the per-domain rows (not "all").
+    """
+    columns = ["layer", "expert", "domain", "share", "enrichment"]
+    if _empty(frame):
+        return pd.DataFrame(columns=columns)
+    data = frame[(frame["criterion"] == criterion) & (frame["domain"] != ALL)]
+    if data.empty:
+        return pd.DataFrame(columns=columns)
+    data = data.groupby(["layer", "domain", "expert"], as_index=False)["value"].mean()
+    total = data.groupby(["layer", "domain"])["value"].transform("sum")
+    experts = data.groupby(["layer", "domain"])["expert"].transform("count")
+    data["share"] = np.where(total > 0, data["value"] / total.where(total > 0, 1), 0.0)
+    data["enrichment"] = data["share"] * experts
+    return data[columns].sort_values(["layer", "domain", "expert"], ignore_index=True)
+
+
+def specialisation_table(frame: pd.DataFrame, *, criterion: str = "frequency") -> pd.DataFrame:
+    """Per layer and expert: `dominant` domain and `specialisation` = 1 - H(p(domain | expert)) / log(#domains).
+
+        >>> specialisation_table(scores)
+
+    p(domain | expert) is proportional to the expert's share of each domain (domain sizes cancel);
+    0 = serves all domains alike, 1 = serves one domain only. `usage` = the expert's mean share.
+    Columns: layer, expert, dominant, specialisation, usage.
+    """
+    columns = ["layer", "expert", "dominant", "specialisation", "usage"]
+    shares = domain_share_table(frame, criterion=criterion)
+    if shares.empty:
+        return pd.DataFrame(columns=columns)
+    pivot = shares.pivot_table(index=["layer", "expert"], columns="domain", values="share").fillna(0.0)
+    p = pivot.to_numpy(float)
+    total = p.sum(axis=1, keepdims=True)
+    q = np.divide(p, total, out=np.zeros_like(p), where=total > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        entropy = -np.nansum(np.where(q > 0, q * np.log(q), 0.0), axis=1)
+    d = p.shape[1]
+    spec = 1 - entropy / np.log(d) if d > 1 else np.zeros(len(q))
+    spec[total[:, 0] <= 0] = 0.0
+    out = pd.DataFrame(
+        {
+            "layer": pivot.index.get_level_values(0),
+            "expert": pivot.index.get_level_values(1),
+            "dominant": np.asarray(pivot.columns)[np.argmax(p, axis=1)],
+            "specialisation": spec,
+            "usage": p.mean(axis=1),
+        }
+    )
+    return out[columns].reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Plans
+# --------------------------------------------------------------------------------------------
+
+
+def mask_frame(kept, num_experts=None, **extra) -> pd.DataFrame:
+    """Tidy kept/pruned mask (layer, expert, kept) of a plan; `extra` columns are added.
+
+    >>> mask_frame(plan, criterion="reap", ratio=0.5)
+    >>> mask_frame({0: [0, 2]}, {0: 4})            # {layer: kept experts}, {layer: experts}
+    """
+    if hasattr(kept, "kept") and hasattr(kept, "num_experts"):
+        kept, num_experts = kept.kept, kept.num_experts
+    if num_experts is None:
+        raise ValueError("mask_frame needs num_experts ({layer: experts}) when given a dict of kept experts")
+    rows = [(int(layer), e, e in set(kept[layer])) for layer in sorted(kept) for e in range(int(num_experts[layer]))]
+    frame = pd.DataFrame(rows, columns=["layer", "expert", "kept"])
+    for key, value in extra.items():
+        frame[key] = value
+    return frame
+
+
+def plan_overlap(a, b) -> pd.DataFrame:
+    """Per layer both plans prune: how far plan `a`'s kept experts agree with plan `b`'s.
+
+    >>> plan_overlap(imported_plan, PruningPlan.from_observations(obs, "reap", ratio=0.5))
+
+    Columns: layer, experts, kept_a, kept_b, shared (experts both keep), overlap (Jaccard index of
+    the kept sets) and overlap_chance (its expectation for two random choices of those sizes).
+    """
+    rows = []
+    for layer in sorted(set(a.kept) & set(b.kept)):
+        if a.num_experts[layer] != b.num_experts[layer]:
+            raise ValueError(
+                f"the plans disagree on the experts of layer {layer} ({a.num_experts[layer]} and "
+                f"{b.num_experts[layer]}); compare plans made for the same model"
+            )
+        experts, kept_a, kept_b = a.num_experts[layer], set(a.kept[layer]), set(b.kept[layer])
+        shared = len(kept_a & kept_b)
+        union = len(kept_a | kept_b)
+        rows.append(
+            {
+                "layer": layer,
+                "experts": experts,
+                "kept_a": len(kept_a),
+                "kept_b": len(kept_b),
+                "shared": shared,
+                "overlap": shared / union if union else 1.0,
+                "overlap_chance": expected_jaccard(experts, len(kept_a), len(kept_b)),
+            }
+        )
+    return pd.DataFrame(rows, columns=["layer", "experts", "kept_a", "kept_b", "shared", "overlap", "overlap_chance"])
+
+
+# --------------------------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------------------------
+
+
+def curve_table(results: pd.DataFrame, metric: str, *, hue: str = LABEL) -> pd.DataFrame:
+    """One row per curve (`hue` value) and ratio: the `mean` of `metric` over repeats (seeds) and its
+    interval `lo`..`hi`; ratio-0 rows (the unpruned model) start every curve.
+
+        >>> curve_table(results[results.domain == "all"], "loss")
+
+    The interval is the mean of the <metric>_lo / <metric>_hi columns when the frame has them
+    (bootstrap intervals) and otherwise the min..max over repeats (e.g. random seeds; lo = hi = mean
+    for a single run). `band` says which: "ci", "range" or "none". `runs` counts the repeats.
+    Columns: <hue>, ratio, mean, lo, hi, runs, band. Long-form results (lm-eval scores) are read
+    through `wide_results`.
+    """
+    columns = [hue, RATIO, "mean", "lo", "hi", "runs", "band"]
+    results = results if _empty(results) else wide_results(results)
+    if _empty(results) or metric not in results.columns:
+        return pd.DataFrame(columns=columns)
+    data = results.dropna(subset=[metric])
+    has_ci = lo(metric) in data.columns and hi(metric) in data.columns
+    baseline = data[data[RATIO] == 0]
+    rest = data[data[RATIO] != 0]
+    names = list(dict.fromkeys(rest[hue])) if hue in rest.columns and not rest.empty else [None]
+    frames = []
+    for name in names:
+        part = rest if name is None else rest[rest[hue] == name]
+        part = pd.concat([baseline, part]) if not baseline.empty else part
+        grouped = part.groupby(RATIO)
+        stats = grouped[metric].agg(mean="mean", lo="min", hi="max", runs="count")
+        stats["band"] = np.where(stats["runs"] > 1, "range", "none")
+        if has_ci:
+            ci = grouped[[lo(metric), hi(metric)]].mean()
+            ok = ci.notna().all(axis=1)
+            stats.loc[ok, "lo"] = ci.loc[ok, lo(metric)]
+            stats.loc[ok, "hi"] = ci.loc[ok, hi(metric)]
+            stats.loc[ok, "band"] = "ci"
+        stats = stats.reset_index().sort_values(RATIO)
+        stats.insert(0, hue, name)
+        frames.append(stats)
+    return pd.concat(frames, ignore_index=True)[columns]
+
+
+# --------------------------------------------------------------------------------------------
+# Geometry
+# --------------------------------------------------------------------------------------------
+
+
+def is_flat(linkage, *, tolerance: float = 0.1) -> bool:
+    """True when a dendrogram has no cluster structure: all its merge heights lie within `tolerance`
+    (relative) of the highest one, so where it is cut is arbitrary.
+
+        >>> is_flat(cluster(weight_distances).linkage)     # weight space: every distance about 0.5
+        True
+    """
+    heights = np.asarray(linkage, dtype=float)
+    if heights.size == 0:
+        return True
+    heights = heights[:, 2]
+    top = float(heights.max())
+    return top <= 0 or (top - float(heights.min())) <= tolerance * top
+
+
+def coselect_order(coselect) -> np.ndarray:
+    """Dendrogram order of experts by co-selection profile (average linkage on the angular distances
+    between the rows of the [E, E] co-selection matrix, diagonal left out)."""
+    from reapkit.select.geometry import angular_distances, cluster
+
+    m = np.asarray(coselect, dtype=float).copy()
+    if m.shape[0] < 2:
+        return np.arange(m.shape[0])
+    np.fill_diagonal(m, 0.0)
+    return np.asarray(cluster(angular_distances(m)).order)

@@ -1,0 +1,231 @@
+"""Observed statistics against a plain-PyTorch recomputation from the model's own router outputs."""
+
+import inspect
+import json
+
+import pytest
+import torch
+from tiny_models import ARCHS, tiny_model
+
+from reapkit.model.discover import architecture_for
+from reapkit.model.records import SCORING
+from reapkit.observe.observations import Observations
+from reapkit.observe.recorder import observe, recording
+
+
+def _expert_output(experts, j, x):
+    """Expert j's output on inputs x [N, H]: the model's own experts forward, routed to j with gate 1."""
+    forward = getattr(type(experts).forward, "__wrapped__", type(experts).forward)
+    index = torch.full((len(x), 1), j, dtype=torch.long)
+    return forward(experts, x, index, torch.ones(len(x), 1, dtype=x.dtype))
+
+
+def _llama4_output(experts, j, x):
+    gate, up = (x @ experts.gate_up_proj[j]).chunk(2, dim=-1)
+    return (up * experts.act_fn(gate)) @ experts.down_proj[j]
+
+
+def _experts_inputs(experts, args, kwargs):
+    """(hidden_states, top_k_index, top_k_weights) as the block passed them to its experts."""
+    forward = getattr(type(experts).forward, "__wrapped__", type(experts).forward)
+    bound = inspect.signature(forward).bind(experts, *args, **kwargs)
+    return list(bound.arguments.values())[1:4]
+
+
+def reference_stats(model, batches):
+    """Recompute the statistics with plain PyTorch from captured router outputs and experts inputs."""
+    arch = architecture_for(model)
+    blocks = list(arch.moe_blocks(model))
+    L, E = len(blocks), arch.experts_of(blocks[0][1]).num_experts
+    H = model.config.get_text_config().hidden_size
+    ref = {}
+    for batch in batches:
+        captured = {}
+        hooks = []
+        for pos, (_, block) in enumerate(blocks):
+            experts = arch.experts_of(block)
+            if arch.gated_input:
+                hooks.append(
+                    block.register_forward_pre_hook(
+                        lambda m, a, pos=pos, store=captured: store.__setitem__(("x", pos), a[0])
+                    )
+                )
+            else:
+                hooks.append(
+                    experts.register_forward_pre_hook(
+                        lambda m, a, k, pos=pos, store=captured: store.__setitem__(
+                            ("e", pos), _experts_inputs(m, a, k)
+                        ),
+                        with_kwargs=True,
+                    )
+                )
+            hooks.append(
+                arch.router_of(block).register_forward_hook(
+                    lambda m, a, o, pos=pos, store=captured: store.__setitem__(("r", pos), o)
+                )
+            )
+        with torch.no_grad():
+            model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+        for h in hooks:
+            h.remove()
+        acc = ref.setdefault(
+            batch.domain,
+            {
+                k: torch.zeros(L, E, dtype=torch.float64)
+                for k in ("count", "gate_sum", "norm_sum", "reap_sum", "max_activation", "prob_sum")
+            },
+        )
+        acc.setdefault("output_sum", torch.zeros(L, E, H, dtype=torch.float64))
+        acc.setdefault("coselect", torch.zeros(L, E, E, dtype=torch.float64))
+        valid = batch.attention_mask.reshape(-1).bool()
+        for pos, (_, block) in enumerate(blocks):
+            out = captured[("r", pos)]
+            experts = arch.experts_of(block)
+            if arch.gated_input:
+                x = captured[("x", pos)].reshape(-1, H)
+                scores, logits = out
+                idx = torch.topk(logits, block.top_k, dim=1).indices
+                gates = scores.gather(1, idx)
+            else:
+                x, idx, gates = captured[("e", pos)]
+                logits = out[arch.logits_index] if isinstance(out, (tuple, list)) else out
+                x, idx, gates = x.reshape(-1, H), idx.reshape(len(valid), -1), gates.reshape(len(valid), -1)
+            probs = SCORING[arch.scoring](logits.float().reshape(len(valid), -1))
+            acc["prob_sum"][pos] += probs[valid].double().sum(0)
+            for t in valid.nonzero().flatten().tolist():
+                for i in idx[t].tolist():  # top-k co-selection: every pair of experts this token chose
+                    for j in idx[t].tolist():
+                        acc["coselect"][pos, i, j] += 1
+                for k in range(idx.shape[1]):
+                    j, g = int(idx[t, k]), float(gates[t, k])
+                    with torch.no_grad():
+                        f = (
+                            _llama4_output(experts, j, g * x[t : t + 1]) / g
+                            if arch.gated_input
+                            else _expert_output(experts, j, x[t : t + 1])
+                        )[0].double()
+                    acc["count"][pos, j] += 1
+                    acc["gate_sum"][pos, j] += g
+                    acc["norm_sum"][pos, j] += f.norm()
+                    acc["reap_sum"][pos, j] += g * f.norm()
+                    acc["max_activation"][pos, j] = max(acc["max_activation"][pos, j], f.abs().max())
+                    acc["output_sum"][pos, j] += f
+    return ref
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_statistics_match_plain_recomputation(name, batches):
+    model = tiny_model(name)
+    b = batches[0]
+    with torch.no_grad():
+        plain = model(input_ids=b.input_ids, attention_mask=b.attention_mask)[0]
+        with recording(model) as rec:
+            rec.start_batch("x", b.attention_mask)
+            observed = model(input_ids=b.input_ids, attention_mask=b.attention_mask)[0]
+    torch.testing.assert_close(observed, plain, rtol=0, atol=1e-5, msg=f"observing changed {name}'s outputs")
+    obs = observe(model, batches, progress=False)
+    ref = reference_stats(model, batches)
+    assert obs.domains == sorted(ref) == ["code", "prose"]
+    for domain in ref:
+        for stat, expected in ref[domain].items():
+            got = obs.stats[domain][stat].double()
+            torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5, msg=f"{name} {domain} {stat}")
+        tokens = sum(int(b.attention_mask.sum()) for b in batches if b.domain == domain)
+        assert obs.stats[domain]["tokens"].tolist() == [tokens] * len(obs.layers)
+        assert obs.stats[domain]["count"].sum(1).tolist() == [tokens * obs.top_k] * len(obs.layers)
+        coselection = obs.coselection([domain])
+        assert coselection.shape == (len(obs.layers), obs.num_experts[0], obs.num_experts[0])
+        assert (coselection.diagonal(axis1=1, axis2=2) == obs.stats[domain]["count"].numpy()).all()
+
+
+@pytest.mark.parametrize("name", ["qwen3_moe", "gpt_oss", "deepseek_v3", "llama4_text"])
+def test_observing_does_not_change_the_model(name, batches):
+    model = tiny_model(name)
+    b = batches[0]
+    with torch.no_grad():
+        plain = model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits
+        with recording(model) as rec:
+            rec.start_batch("x", b.attention_mask)
+            observed = model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits
+        after = model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits
+    torch.testing.assert_close(observed, plain, rtol=0, atol=1e-5)
+    assert torch.equal(after, plain)
+
+
+def test_padding_never_counts(batches):
+    model = tiny_model("qwen3_moe")
+    a = observe(model, batches, progress=False)
+    for b in batches:
+        b.input_ids[b.attention_mask == 0] = 50  # different padding content
+    c = observe(model, batches, progress=False)
+    for d in a.domains:
+        for k in a.stats[d]:
+            torch.testing.assert_close(a.stats[d][k], c.stats[d][k])
+
+
+def test_dense_layers_are_skipped(batches):
+    model = tiny_model("deepseek_v3")  # first_k_dense_replace=1
+    obs = observe(model, batches, progress=False)
+    assert obs.layers == [1, 2]
+
+
+def test_observations_add_up(batches):
+    model = tiny_model("mixtral")
+    whole = observe(model, batches, progress=False)
+    parts = observe(model, batches[:2], progress=False) + observe(model, batches[2:], progress=False)
+    for d in whole.domains:
+        for k in whole.stats[d]:
+            torch.testing.assert_close(parts.stats[d][k], whole.stats[d][k])
+    assert len(parts.meta["calibration"]["parts"]) == 2
+
+
+def test_save_load_roundtrip(tmp_path, batches):
+    model = tiny_model("glm4_moe")
+    obs = observe(model, batches, progress=False, calibration={"spec": "test"})
+    obs.save(tmp_path / "obs")
+    back = Observations.load(tmp_path / "obs", model=model)
+    assert back.meta == obs.meta
+    for d in obs.domains:
+        for k, v in obs.stats[d].items():
+            assert torch.equal(back.stats[d][k], v)
+    assert obs.meta["calibration"]["content_hash"].keys() == {"code", "prose"}
+    assert obs.meta["reapkit_version"] and obs.meta["architecture"] == "glm4_moe"
+
+
+def test_load_against_other_model_or_bad_files(tmp_path, batches):
+    obs = observe(tiny_model("qwen3_moe", seed=0), batches, progress=False)
+    obs.save(tmp_path / "obs")
+    with pytest.raises(ValueError, match="different model"):
+        Observations.load(tmp_path / "obs", model=tiny_model("qwen3_moe", seed=1))
+    with pytest.raises(ValueError, match="different models"):
+        obs + observe(tiny_model("qwen3_moe", seed=1), batches, progress=False)
+    with pytest.raises(FileNotFoundError, match="not a reapkit observations directory"):
+        Observations.load(tmp_path)
+    (tmp_path / "obs" / "statistics.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="unreadable"):
+        Observations.load(tmp_path / "obs")
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "observations.json").write_text(json.dumps({"hello": 1}))
+    (foreign / "statistics.safetensors").write_bytes((tmp_path / "obs" / "statistics.safetensors").read_bytes())
+    with pytest.raises(ValueError):
+        Observations.load(foreign)
+
+
+def test_save_refuses_to_overwrite(tmp_path, batches):
+    obs = observe(tiny_model("olmoe"), batches, progress=False)
+    obs.save(tmp_path / "obs")
+    with pytest.raises(FileExistsError, match="force"):
+        obs.save(tmp_path / "obs")
+    obs.save(tmp_path / "obs", force=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["obs"]
+
+
+def test_token_file_domains(tmp_path):
+    path = tmp_path / "mine.jsonl"
+    path.write_text("[5, 6, 7]\n[8, 9]\n[10, 11, 12, 13]\n")
+    from reapkit.data import calibration_batches
+
+    obs = observe(tiny_model("qwen3_moe"), calibration_batches(str(path), batch_size=2), progress=False)
+    assert obs.domains == ["mine"]
+    assert obs.stats["mine"]["tokens"][0] == 9
