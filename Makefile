@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: setup demo test sweep benchmark benchmark-scale check-handoffs clean browser
+.PHONY: setup demo test test-fast sweep benchmark benchmark-scale check-handoffs clean browser
 
 setup: $(STAMP)
 
@@ -23,6 +23,10 @@ demo: setup
 
 test: setup browser
 	$(PY) -m pytest -q -n 2
+
+# The unit layer only (tests/unit: functions and tiny models in-process, about a minute); `make test` runs all three.
+test-fast: setup
+	$(PY) -m pytest -q -n 2 tests/unit
 
 # Headless Chromium for tests/acceptance/test_browser.py (Debian's package; Playwright drives it). apt-get runs
 # only when it is missing and apt is there; otherwise the browser test is skipped with its reason.

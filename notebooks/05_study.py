@@ -76,7 +76,7 @@ print(f"{sum(b.num_tokens for b in eval_batches)} evaluation tokens")
 # %% [markdown]
 # ## (a) Every method at every ratio
 #
-# `experiments.csv` holds every domain and metric; `results.csv` the same in the tidy results schema that
+# `study.csv` holds every domain and metric; `results.csv` the same in the tidy results schema that
 # notebook 4 and the sweeps read.
 
 # %%

@@ -409,7 +409,7 @@ def test_notebook_05_study(tmp_path):
     figures = tmp_path / "run" / "figures"
     for name in ("study", "calibration_sensitivity"):
         assert (figures / f"{name}.png").stat().st_size > 0 and (figures / f"{name}.pdf").stat().st_size > 0
-    results = pd.read_csv(tmp_path / "run" / "experiments.csv")
+    results = pd.read_csv(tmp_path / "run" / "study.csv")
     assert len(results) == 2 * (4 + 2 + 2 + 1) * 3
     assert {"agreement", "criterion"} <= set(pd.read_csv(tmp_path / "run" / "results.csv").columns)
     loss = pd.read_csv(tmp_path / "run" / "sensitivity_loss.csv")
@@ -451,5 +451,5 @@ def test_notebook_05_bad_parameter(tmp_path):
 def test_study_sweep_file_is_valid():
     from reapkit.run.sweep import load_sweep
 
-    sweep = load_sweep(ROOT / "sweeps" / "experiments.yaml")
+    sweep = load_sweep(ROOT / "sweeps" / "study.yaml")
     assert sweep["notebook"].name == "05_study.ipynb" and len(sweep["runs"]) == 3
