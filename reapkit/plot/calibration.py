@@ -1,10 +1,10 @@
 """Figures of calibration sensitivity: how loss and kept sets change with the calibration domain.
 
     >>> calibration_heatmap(loss_matrix)                # calibrated on (rows) x evaluated on (columns)
-    >>> calibration_figure(sensitivity)                 # a reapkit.study.experiments.Sensitivity
+    >>> calibration_figure(sensitivity)                 # a reapkit.study.sensitivity.Sensitivity
     >>> calibration_figure(loss_matrix, overlap, chance=expected_jaccard(16, 8))
 
-The tables come from `reapkit.study.experiments.calibration_sensitivity`.
+The tables come from `reapkit.study.sensitivity.calibration_sensitivity`.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def calibration_heatmap(loss_matrix: pd.DataFrame, *, delta: bool = True, ax=Non
     the unpruned model (column ``"unpruned"``). Rows and columns are in the same order, so
     own-domain calibration is the outlined diagonal.
 
-        >>> calibration_heatmap(loss_matrix)              # from reapkit.study.experiments.calibration_sensitivity
+        >>> calibration_heatmap(loss_matrix)              # from reapkit.study.sensitivity.calibration_sensitivity
     """
     fig, ax = axes(ax, (COLUMN, 2.4))
     if is_empty(loss_matrix):
@@ -135,7 +135,7 @@ def calibration_figure(
 ):
     """:func:`calibration_heatmap` next to :func:`overlap_heatmap` (two columns wide). Returns the Figure.
 
-    >>> calibration_figure(sensitivity)        # a reapkit.study.experiments.Sensitivity: chance and title from it
+    >>> calibration_figure(sensitivity)        # a reapkit.study.sensitivity.Sensitivity: chance and title from it
     >>> calibration_figure(loss_matrix, overlap, chance=expected_jaccard(16, 8), title="REAP at 50%")
     """
     if hasattr(loss_matrix, "loss_matrix") and hasattr(loss_matrix, "overlap_matrix"):

@@ -16,7 +16,8 @@ import pandas as pd
 
 from reapkit.measure.evaluate import interval_columns as _interval
 from reapkit.measure.stats import RESAMPLES, bootstrap, sequence_grid
-from reapkit.study.experiments import MIX, UNPRUNED, Sensitivity
+from reapkit.study.experiments import MIX, UNPRUNED
+from reapkit.study.sensitivity import Sensitivity
 
 __all__ = ["summarise"]
 
