@@ -7,7 +7,8 @@ docstrings are rendered:
 - each run of `>>>` lines, with its `...` continuations and its output, becomes a `pycon` code block
   (doctest flags such as `# doctest: +SKIP` dropped);
 - each role becomes a cross-reference (`~` keeps the last name only), so a role naming something that
-  does not exist fails `mkdocs build --strict`.
+  does not exist fails `mkdocs build --strict`;
+- reST's `::` before a literal block becomes `:` (the indented block is code in Markdown too).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import griffe
 ROLE = re.compile(r":(?:func|mod|class|data|meth|attr|obj|exc):`(~?)([\w.]+)`")
 FLAGS = re.compile(r"\s*# doctest:[^\n]*$")
 FENCE = re.compile(r"^\s*(```|~~~)")
+LITERAL = re.compile(r"(?<=\S)::$")
 
 
 def _role(match: re.Match) -> str:
@@ -41,7 +43,7 @@ def markdown(text: str) -> str:
         if FENCE.match(line):
             fenced = not fenced
         if fenced or not line.lstrip().startswith(">>>"):
-            out.append(line if fenced else ROLE.sub(_role, line))
+            out.append(line if fenced else LITERAL.sub(":", ROLE.sub(_role, line)))
             i += 1
             continue
         indent = _indent(line)

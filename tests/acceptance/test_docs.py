@@ -109,5 +109,6 @@ def test_docstring_extension_fences_examples_and_links_roles():
     assert markdown(text) == (
         "Use [`score`][reapkit.select.criteria.score]:\n\n```pycon\n>>> score(obs)\n[1, 2]\n```\n\nAfter."
     )
+    assert markdown("Grammar::\n\n    a:1") == "Grammar:\n\n    a:1"  # reST's literal-block marker
     fenced = "```python\n>>> kept :class:`as is`\n```"
     assert markdown(fenced) == fenced  # code that is already fenced is left alone

@@ -38,6 +38,8 @@ def test_front_page_is_short_and_its_links_resolve():
     assert "make demo" in text and "make test" in text
     for target in re.findall(r"\]\(((?!https?://)[^)#]+)(?:#[^)]*)?\)", text):
         assert (ROOT / target).exists(), f"README links to {target}, which does not exist"
+    verified = re.search(r"(\d+) of (\d+) model types verified", (ROOT / "docs" / "architectures.md").read_text())
+    assert f"{verified[1]} of the {verified[2]} MoE model types" in text  # the count of the generated table
     linked = set(re.findall(r"\]\(docs/([^)#]+\.md)", text))
     pages = {p.relative_to(ROOT / "docs").as_posix() for p in (ROOT / "docs").glob("*.md")}
     assert pages - {"index.md"} <= linked, f"README does not point to {sorted(pages - {'index.md'} - linked)}"
