@@ -239,7 +239,7 @@ def save_figure(
 
 
 def figure(width: float = COLUMN, height: float = 2.2):
-    """A constrained-layout Figure of `width` inches (:data:`COLUMN` or :data:`TWO_COLUMN`) in the reapkit style."""
+    """A constrained-layout Figure of `width` inches (`COLUMN` or `TWO_COLUMN`) in the reapkit style."""
     with style():
         return plt.figure(figsize=(width, height), layout="constrained")
 
