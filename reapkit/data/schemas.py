@@ -166,7 +166,14 @@ def load_records(source: str | Path):
         if path.stat().st_size == 0 or (suffix != ".parquet" and not path.read_text(encoding="utf-8").strip()):
             raise InvalidInput(f"data set file {path} is empty or holds only whitespace; put at least one record in it")
         builder = "parquet" if suffix == ".parquet" else "json"
-        ds = datasets.load_dataset(builder, data_files=str(path), split="train")
+        try:
+            ds = datasets.load_dataset(builder, data_files=str(path), split="train")
+        except (ValueError, datasets.exceptions.DatasetGenerationError) as error:  # the file's content, as read
+            reason = str(error.__cause__ or error).strip().splitlines()[0]
+            raise InvalidInput(
+                f"cannot read data set file {path} ({reason}); write one JSON record per line (.jsonl), "
+                "a JSON list of records (.json) or a table (.parquet), with at least one record"
+            ) from None
     else:
         parts = text.split("#")
         if len(parts) > 3:
