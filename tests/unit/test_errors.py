@@ -16,10 +16,7 @@ import numpy as np
 import pytest
 
 from reapkit import errors
-from reapkit.errors import (
-    ReapkitError,
-    user_message,
-)
+from reapkit.errors import ReapkitError, user_message
 
 ROOT = Path(__file__).resolve().parents[2]
 
