@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from reapkit.errors import InvalidInput, ReapkitError
 from reapkit.measure.evaluate import interval_columns as _interval
 from reapkit.measure.stats import RESAMPLES
 from reapkit.select.criteria import STUDY_CRITERIA, check_ratio
@@ -68,7 +69,7 @@ UNPRUNED = "unpruned"
 def check_ratios(ratios) -> list[float]:
     ratios = [ratios] if isinstance(ratios, (int, float)) else list(ratios)
     if not ratios:
-        raise ValueError("ratios must be fractions of experts removed in [0, 1), got []")
+        raise InvalidInput("ratios must be fractions of experts removed in [0, 1), got []")
     return sorted(dict.fromkeys(check_ratio(r, "ratios") for r in ratios))
 
 
@@ -148,7 +149,7 @@ def _kept_routing(obs, plan) -> float:
 def run_job(model, obs, job: Job, eval_batches, *, reference, unpruned: pd.DataFrame, margin: int = 0) -> pd.DataFrame:
     """Evaluate one job: its `sequence_metrics` with `delta_loss` against `unpruned` (the unpruned
     model's) per sequence, and the job's columns (method, criterion, label, seed, ratio,
-    experts_kept, experts_total, kept_routing). Raises ValueError when the job cannot be built."""
+    experts_kept, experts_total, kept_routing). Raises a ReapkitError when the job cannot be built."""
     import copy
 
     from reapkit.compress.merge import apply_merge
@@ -224,7 +225,7 @@ def study_sequences(
     for job in tqdm(jobs, desc="study", unit="variant", disable=not progress):
         try:
             frames.append(run_job(model, obs, job, eval_batches, reference=reference, unpruned=unpruned, margin=margin))
-        except ValueError as error:
+        except ReapkitError as error:  # a combination these observations cannot make; a bug still stops
             notes.append(f"{job.method} {job.criterion} at ratio {job.ratio:g}: skipped ({error})")
     sequences = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=SEQUENCE_COLUMNS)
     sequences["seed"] = sequences["seed"].astype("Int64")

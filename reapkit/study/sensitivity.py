@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from reapkit.data import DOMAINS
+from reapkit.errors import InvalidInput
 from reapkit.measure.evaluate import interval_columns as _interval
 from reapkit.measure.stats import RESAMPLES, bootstrap, sequence_grid
 from reapkit.study.experiments import MIX, UNPRUNED, check_ratios
@@ -177,7 +178,7 @@ def _calibration_observations(
     from reapkit.data import calibration_batches
 
     if tokenizer is None:
-        raise ValueError(
+        raise InvalidInput(
             "calibration_sensitivity builds its calibration sets from text, so it needs a tokenizer; "
             "pass tokenizer=..., or calibration= token-id batches or Observations with per-domain statistics"
         )
@@ -290,7 +291,7 @@ def calibration_sensitivity(
     held = set.intersection(*(set(obs.domains) for obs in repeats))
     sets = [d for d in domains if d in held]
     if not sets:
-        raise ValueError(
+        raise InvalidInput(
             f"none of the domains {domains} is in the calibration observations (domains {sorted(held)}); "
             "pass domains= that the calibration data holds"
         )

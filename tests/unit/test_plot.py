@@ -12,6 +12,7 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from reapkit import plot  # noqa: E402
+from reapkit.errors import InvalidInput
 from reapkit.plot import theme  # noqa: E402
 from reapkit.select.geometry import angular_distances, cluster  # noqa: E402
 from reapkit.study import tables
@@ -133,7 +134,7 @@ def test_save_figure_is_deterministic_and_atomic(tmp_path):
     assert first[0][:8] == b"\x89PNG\r\n\x1a\n" and first[1][:5] == b"%PDF-"
     assert b"CreationDate" not in first[1] and b"Matplotlib" not in first[0]
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["heat.pdf", "heat.png"]
-    with pytest.raises(ValueError, match="plain file name"):
+    with pytest.raises(InvalidInput, match="plain file name"):
         plot.save_figure(draw(), tmp_path, "sub/heat")
 
 
