@@ -48,7 +48,7 @@ from reapkit.select import criteria, geometry
 from reapkit.select.imported import read_llmcompressor_report
 from reapkit.select.merge import MergePlan, plan_merge
 from reapkit.select.plan import PruningPlan
-from reapkit.study import experiments, findings, tables
+from reapkit.study import experiments, findings, sensitivity, tables
 
 E, H, TOP_K = 8, 64, 2  # tiny qwen3_moe: 2 MoE layers of 8 experts, hidden 64, top-2
 
@@ -351,13 +351,13 @@ REFUSALS = [
         "sensitivity-tokenizer",
         InvalidInput,
         "needs a tokenizer",
-        lambda w, m: experiments.calibration_sensitivity(w.model, None, w.batches, progress=False),
+        lambda w, m: sensitivity.calibration_sensitivity(w.model, None, w.batches, progress=False),
     ),
     (
         "sensitivity-domains",
         InvalidInput,
         "none of the domains",
-        lambda w, m: experiments.calibration_sensitivity(
+        lambda w, m: sensitivity.calibration_sensitivity(
             w.model, None, w.batches, calibration=w.obs, domains=["math"], progress=False
         ),
     ),
