@@ -19,9 +19,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import nbformat
 import pytest
 import yaml
+from fixtures.notebooks import write_dummy_notebook
 from tiny_models import tiny_checkpoint, tiny_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,23 +31,6 @@ ENV = {
     "HF_HUB_OFFLINE": "1",
     "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
 }
-
-DUMMY = {  # a notebook with no heavy imports: writes results.csv, fails when asked to
-    "parameters": 'value = 1\nfail = False\noutput_dir = "out"\n',
-    "body": 'import pandas as pd\nfrom pathlib import Path\nif fail:\n    raise RuntimeError(f"asked to fail with value={value}")\n'
-    "Path(output_dir).mkdir(parents=True, exist_ok=True)\n"
-    'pd.DataFrame({"value": [value]}).to_csv(Path(output_dir) / "results.csv", index=False)',
-}
-
-
-def write_dummy_notebook(path: Path) -> Path:
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    params = nbformat.v4.new_code_cell(DUMMY["parameters"])
-    params.metadata["tags"] = ["parameters"]
-    nb.cells = [params, nbformat.v4.new_code_cell(DUMMY["body"])]
-    nbformat.write(nb, str(path))
-    return path
 
 
 def tree_digest(root: Path, skip: Path) -> str:

@@ -410,7 +410,7 @@ def test_notebook_03_prunes_and_evaluates_from_imported_saliency(case, tmp_path)
 
 def test_readme_block_runs_as_written(tmp_path, monkeypatch, capsys):
     """README "Bring saliency from other tools", line by line (in process), on files made for the demo model."""
-    from test_readme import readme_block
+    from doc_blocks import readme_block
 
     from reapkit.model.loading import load_model
 

@@ -284,7 +284,7 @@ def test_lm_eval_sweep_runs(demo, tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_readme_lm_eval_block_runs_as_written(demo, tmp_path):
     """The README's "Benchmark a plan with lm-eval" commands, line by line, in a fresh folder."""
-    from test_readme import as_subprocess, readme_block
+    from doc_blocks import as_subprocess, readme_block
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     for line in readme_block("## Benchmark a plan with lm-eval"):

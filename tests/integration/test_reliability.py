@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from test_bad_inputs import write_dummy_notebook
+from fixtures.notebooks import write_dummy_notebook
 from tiny_models import tiny_checkpoint, tiny_model
 
 ROOT = Path(__file__).resolve().parents[2]
