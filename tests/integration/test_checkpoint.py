@@ -12,8 +12,9 @@ from tiny_models import tiny_model
 from transformers import AutoModelForCausalLM
 
 from reapkit.compress.prune import remove_experts, save_pruned
-from reapkit.compress.stream import CheckpointError, stream_prune
+from reapkit.compress.stream import stream_prune
 from reapkit.data import pad_batches
+from reapkit.errors import CheckpointError
 from reapkit.model.discover import architecture_for
 from reapkit.observe.recorder import observe
 from reapkit.select.plan import PruningPlan
@@ -245,6 +246,29 @@ def test_missing_shard_is_named(qwen, tmp_path):
     (source / shard).unlink()
     with pytest.raises(CheckpointError, match=f"names shard.* missing .*{shard}"):
         stream_prune(source, plan, tmp_path / "out", progress=False)
+    assert nothing_written(tmp_path)
+
+
+def test_truncated_shard_is_named_on_one_line(qwen, tmp_path, capsys):
+    """A shard cut short (an interrupted download) is named as incomplete before anything is written."""
+    from reapkit.run.cli import main
+
+    root, _, _ = qwen
+    source = tmp_path / "source"
+    source.mkdir()
+    for path in (root / "model").iterdir():
+        (source / path.name).write_bytes(path.read_bytes())
+    shard = json.loads((source / "model.safetensors.index.json").read_text())["weight_map"][
+        "model.layers.1.mlp.gate.weight"
+    ]
+    data = (source / shard).read_bytes()
+    (source / shard).write_bytes(data[: len(data) // 2])
+    out = tmp_path / "out"
+    command = ["prune", str(source), "--observations", str(root / "obs"), "--keep", "4", "--out", str(out)]
+    assert main(command) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"the shard {source / shard} is incomplete (cut short)" in err.splitlines()[-1], err
+    assert "Traceback" not in err and "SafetensorError" not in err
     assert nothing_written(tmp_path)
 
 
