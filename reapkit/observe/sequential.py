@@ -4,20 +4,22 @@
     ...                          group_size=8, spill_dir="/scratch/hidden")
     >>> obs.save("runs/obs")                      # the same Observations as `observe`
 
-The model is built on the meta device from the checkpoint's config (`reapkit.model.checkpoint`),
-and the weights outside its decoder layers are loaded (not the output head). Then one decoder
-layer at a time is loaded from the safetensors shards, each fused expert parameter filled expert
-by expert in place, and every batch goes through the model's own forward once more: the layers
-before it return the stored output of the previous layer, this layer runs while reapkit's recorder
-is active, and the forward stops when it returns. So transformers calls each layer with exactly
-the arguments of a full forward (position embeddings, the mask of its type, what the previous
-layer returned beside its hidden states). The layer is freed after the last batch; its router
-weight stays for the fingerprint. Peak memory is about the embeddings, one layer and the layer
-outputs of one batch group (of all batches without `spill_dir`).
+The model is built on the meta device from the checkpoint's config (`reapkit.model.checkpoint`)
+and the weights outside its decoder layers are loaded (not the output head). The output of the
+input embeddings is kept for every batch and their weights are freed. Then one decoder layer at a
+time is loaded from the safetensors shards, each fused expert parameter filled expert by expert
+in place, and every batch goes through the model's own forward once more: the embeddings replay
+their output, the layers before this one return the previous layer's stored output, this layer
+runs while reapkit's recorder is active, and the forward stops when it returns. So transformers
+calls each layer with exactly the arguments of a full forward (position embeddings, the mask of
+its type, what the previous layer returned beside its hidden states). The layer is freed after
+the last batch; its router weight stays for the fingerprint. Peak memory is about one layer and
+two hidden states per batch of a group (of every batch without `spill_dir`).
 """
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
@@ -34,35 +36,86 @@ class _Stop(Exception):
     pass
 
 
-def _layer_output(model, layers, index: int, batch, previous, device):
-    """Layer `index`'s output for `batch` from the model's own forward; the layers before it return `previous`."""
-    outputs = []
-    run = layers[index].forward
-
-    def through(*args, **kwargs):
-        outputs.append(run(*args, **kwargs))
-        raise _Stop
-
-    for layer in layers[:index]:
-        layer.forward = lambda *args, **kwargs: previous
-    layers[index].forward = through
+def _run(model, batch, device, forwards: dict) -> None:
+    """The model's own forward on `batch`, with the forwards of some modules replaced, until one raises `_Stop`."""
+    for module, forward in forwards.items():
+        module.forward = forward
     try:
         model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device), use_cache=False)
     except _Stop:
         pass
     finally:
-        for layer in layers[: index + 1]:
-            del layer.forward
+        for module in forwards:
+            del module.forward
+
+
+def _cannot(model, what: str) -> InvalidInput:
+    return InvalidInput(
+        f"{type(model).__name__}'s forward did not call {what} once; --sequential cannot observe it: "
+        "observe it in memory or with --device-map"
+    )
+
+
+def _embedded(model, layers, batch, device) -> list:
+    """What the input embeddings return for `batch` in the model's forward (each call, in order)."""
+    embeddings = model.get_input_embeddings()
+    run, seen = embeddings.forward, []
+
+    def record(*args, **kwargs):
+        seen.append(run(*args, **kwargs))
+        return seen[-1]
+
+    def stop(*args, **kwargs):
+        raise _Stop
+
+    _run(model, batch, device, {embeddings: record, layers[0]: stop})
+    if not seen:
+        raise _cannot(model, "its input embeddings")
+    return seen
+
+
+def _free_embeddings(model, layers, batch, embedded: list, device) -> bool:
+    """Free the input embeddings' weights, and say whether the forward still reaches the first layer without them.
+
+    Their output is replayed from here on, but a model may also read their weights directly (gemma4 takes
+    its padding row): then the forward fails on the meta device and the weights must be loaded again.
+    """
+    embeddings = model.get_input_embeddings()
+    _release(model, embeddings)
+    replay = iter(embedded)
+
+    def stop(*args, **kwargs):
+        raise _Stop
+
+    try:
+        _run(model, batch, device, {embeddings: lambda *args, **kwargs: next(replay), layers[0]: stop})
+    except (RuntimeError, NotImplementedError):  # an operation on a freed (meta) weight
+        return False
+    return True
+
+
+def _layer_output(model, layers, index: int, batch, embedded: list, previous, device):
+    """Layer `index`'s output for `batch` from the model's own forward.
+
+    The input embeddings replay `embedded` and the layers before `index` return `previous`.
+    """
+    outputs, replay, run = [], iter(embedded), layers[index].forward
+
+    def through(*args, **kwargs):
+        outputs.append(run(*args, **kwargs))
+        raise _Stop
+
+    forwards = {model.get_input_embeddings(): lambda *args, **kwargs: next(replay)}
+    forwards |= {layer: (lambda *args, **kwargs: previous) for layer in layers[:index]}
+    forwards[layers[index]] = through
+    _run(model, batch, device, forwards)
     if len(outputs) != 1:
-        raise InvalidInput(
-            f"{type(model).__name__}'s forward did not call its decoder layer {index} once; "
-            "--sequential cannot observe it: observe it in memory or with --device-map"
-        )
+        raise _cannot(model, f"its decoder layer {index}")
     return outputs[0]
 
 
 class _Outputs:
-    """Per batch group: what the last layer returned for each batch, in memory or in `spill_dir` (a file per group)."""
+    """Per batch group, a list with an entry per batch, in memory or in `spill_dir` (a file per group)."""
 
     def __init__(self, spill_dir=None, device="cpu"):
         self.spill = Path(spill_dir) if spill_dir is not None else None
@@ -81,9 +134,8 @@ class _Outputs:
 
     def get(self, group: int) -> list:
         if self.spill is None:
-            return self.memory.get(group, [])
-        path = self.spill / f"outputs-{group}.pt"
-        return torch.load(path, map_location=self.device, weights_only=False) if path.is_file() else []
+            return self.memory[group]
+        return torch.load(self.spill / f"outputs-{group}.pt", map_location=self.device, weights_only=False)
 
     def clear(self):
         self.memory.clear()
@@ -145,10 +197,15 @@ def observe_sequential(
     routers = {index: tensor_name(model, arch.router_weight_of(block)) for index, block in arch.moe_blocks(model)}
 
     groups = [batches[start : start + group_size] for start in range(0, len(batches), group_size)]
-    store = _Outputs(spill_dir, device)
+    store = _Outputs(spill_dir, device)  # per batch: (what the input embeddings returned, the last layer's output)
     try:
         with checkpoint.reading() as read:
             load_tensors(model, renamer, read, outer, device=device)
+        for g, group in enumerate(groups):
+            store.put(g, [(_embedded(model, layers, batch, device), None) for batch in group])
+        if not _free_embeddings(model, layers, batches[0], store.get(0)[0][0], device):
+            with checkpoint.reading() as read:
+                load_tensors(model, renamer, read, outer, device=device)
         with recording(model, device=device) as recorder:
             for index, layer in enumerate(tqdm(layers, desc="layers", unit="layer", disable=not progress)):
                 with checkpoint.reading() as read:
@@ -161,23 +218,39 @@ def observe_sequential(
                     )
                 layer.to(device)
                 for g, group in enumerate(groups):
-                    previous = store.get(g)
+                    stored = store.get(g)
                     outputs = []
-                    for number, batch in enumerate(group):
+                    for batch, (embedded, previous) in zip(group, stored):
                         recorder.start_batch(batch.domain, batch.attention_mask)
-                        before = previous[number] if previous else None
-                        outputs.append(_layer_output(model, layers, index, batch, before, device))
+                        outputs.append(
+                            (embedded, _layer_output(model, layers, index, batch, embedded, previous, device))
+                        )
                     store.put(g, outputs)
-                    del previous, outputs
+                    del stored, outputs
                 _release(model, layer, keep=[routers[index]] if index in routers else [])
         return observations_from(model, recorder, batches, calibration)
     finally:
         store.clear()
 
 
-def _release(model, layer: torch.nn.Module, keep=()):
-    """Free `layer`'s weights (back to the meta device), except the tensors of `model` named in `keep`."""
+def _release(model, module: torch.nn.Module, keep=()):
+    """Free `module`'s weights (back to the meta device), except the tensors of `model` named in `keep`.
+
+    The C heap's free pages go back to the operating system at once: without that, the fragments
+    each layer leaves (its per-expert reads) keep growing the resident memory from layer to layer.
+    """
     kept = [(name, model.get_parameter(name).detach().to("cpu", copy=True)) for name in keep]
-    layer.to("meta")
+    module.to("meta")
     for name, value in kept:
         set_tensor(model, name, value)
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim():
+    """glibc's `malloc_trim`, or None where the C library has none (macOS, musl)."""
+    import ctypes
+
+    return getattr(ctypes.CDLL(None), "malloc_trim", None)
