@@ -5,7 +5,8 @@
     PosixPath('Qwen3-30B-A3B-REAP-50')
 
 A checkpoint is a set of named tensors; pruning drops, slices and renumbers some of them. Each
-tensor is read from the source shards (safetensors), changed if it belongs to an expert, a router
+tensor is read from the source shards (safetensors, through `reapkit.model.checkpoint`, which
+names a missing, truncated or inconsistent shard first), changed if it belongs to an expert, a router
 or a correction bias, and written to a shard of the same name, one tensor in memory at a time.
 Which tensors those are comes from the model's module tree built on the meta device (no weights)
 and transformers' own checkpoint renamings:
@@ -32,8 +33,8 @@ from pathlib import Path
 
 import torch
 
-from reapkit.atomic import atomic_directory
-from reapkit.errors import CheckpointError
+from reapkit.atomic import atomic_directory, check_separate
+from reapkit.errors import CheckpointError, InvalidInput, Mismatch
 from reapkit.model.checkpoint import INDEX_FILE, Checkpoint, Renamer, StoredTensor, set_tensor, tensor_name
 from reapkit.model.discover import architecture_for
 from reapkit.model.records import EXPERT_COUNT_NAMES
@@ -169,12 +170,12 @@ def check_plan_against(model, plan: PruningPlan, read) -> None:
     try:
         check_plan(model, plan)
     except ValueError as error:
-        raise CheckpointError(f"the plan does not fit this checkpoint: {error}") from error
+        raise Mismatch(f"the plan does not fit this checkpoint: {error}") from error
     arch = architecture_for(model)
     blocks = list(arch.moe_blocks(model))
     unplanned = sorted({layer for layer, _ in blocks} - set(plan.layers))
     if unplanned:
-        raise CheckpointError(
+        raise Mismatch(
             f"the plan says nothing about MoE layer(s) {unplanned} of this checkpoint; "
             "a stock config.json needs one expert count for every MoE layer, so plan every layer"
         )
@@ -198,7 +199,7 @@ def check_plan_against(model, plan: PruningPlan, read) -> None:
         found = fingerprint(model)
     if found != expected:
         diff = {k: (expected.get(k), found.get(k)) for k in found if expected.get(k) != found.get(k)}
-        raise CheckpointError(
+        raise Mismatch(
             f"these observations were recorded on a different model (differences, observed vs this checkpoint: {diff}); "
             "observe this model again with `reapkit observe` and plan again"
         )
@@ -322,7 +323,7 @@ def per_layer_counts(model, arch, plan: PruningPlan) -> dict | None:
 def _refuse_non_uniform(model, plan: PruningPlan):
     import transformers
 
-    raise CheckpointError(
+    raise InvalidInput(
         f"this plan keeps different numbers of experts per layer ({ {k: len(v) for k, v in plan.kept.items()} }), and "
         f"transformers {transformers.__version__} builds every MoE layer of {model.config.model_type} with one expert "
         "count (its modeling code does not read per_layer_config for experts), so no stock config.json can describe "
@@ -341,8 +342,7 @@ def stream_prune(source, plan: PruningPlan, out, *, force: bool = False, progres
     from tqdm.auto import tqdm
 
     source, out = Path(source), Path(out)
-    if out.resolve() == source.resolve() or source.resolve() in out.resolve().parents:
-        raise CheckpointError(f"the output {out} would overwrite or sit inside the source {source}; write it elsewhere")
+    check_separate(out, source)
     checkpoint = Checkpoint.open(source)
     tensors = checkpoint.tensors
     model = checkpoint.meta_model()

@@ -104,6 +104,8 @@ class Checkpoint:
                 raise CheckpointError(
                     f"{index_path} is not a safetensors index (no weight_map: {error}); download it again"
                 ) from error
+            if not shards:
+                raise CheckpointError(f"{index_path} lists no tensors (an empty weight_map); download it again")
         elif (folder / SINGLE_FILE).is_file():
             index, weight_map, shards = {}, None, [SINGLE_FILE]
         else:
