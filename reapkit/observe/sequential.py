@@ -36,6 +36,16 @@ class _Stop(Exception):
     pass
 
 
+def _stop(*args, **kwargs):
+    raise _Stop
+
+
+def _replay(outputs: list):
+    """A forward that returns `outputs`, one per call."""
+    calls = iter(outputs)
+    return lambda *args, **kwargs: next(calls)
+
+
 def _run(model, batch, device, forwards: dict) -> None:
     """The model's own forward on `batch`, with the forwards of some modules replaced, until one raises `_Stop`."""
     for module, forward in forwards.items():
@@ -65,10 +75,7 @@ def _embedded(model, layers, batch, device) -> list:
         seen.append(run(*args, **kwargs))
         return seen[-1]
 
-    def stop(*args, **kwargs):
-        raise _Stop
-
-    _run(model, batch, device, {embeddings: record, layers[0]: stop})
+    _run(model, batch, device, {embeddings: record, layers[0]: _stop})
     if not seen:
         raise _cannot(model, "its input embeddings")
     return seen
@@ -82,13 +89,8 @@ def _free_embeddings(model, layers, batch, embedded: list, device) -> bool:
     """
     embeddings = model.get_input_embeddings()
     _release(model, embeddings)
-    replay = iter(embedded)
-
-    def stop(*args, **kwargs):
-        raise _Stop
-
     try:
-        _run(model, batch, device, {embeddings: lambda *args, **kwargs: next(replay), layers[0]: stop})
+        _run(model, batch, device, {embeddings: _replay(embedded), layers[0]: _stop})
     except (RuntimeError, NotImplementedError):  # an operation on a freed (meta) weight
         return False
     return True
@@ -99,13 +101,13 @@ def _layer_output(model, layers, index: int, batch, embedded: list, previous, de
 
     The input embeddings replay `embedded` and the layers before `index` return `previous`.
     """
-    outputs, replay, run = [], iter(embedded), layers[index].forward
+    outputs, run = [], layers[index].forward
 
     def through(*args, **kwargs):
         outputs.append(run(*args, **kwargs))
         raise _Stop
 
-    forwards = {model.get_input_embeddings(): lambda *args, **kwargs: next(replay)}
+    forwards = {model.get_input_embeddings(): _replay(embedded)}
     forwards |= {layer: (lambda *args, **kwargs: previous) for layer in layers[:index]}
     forwards[layers[index]] = through
     _run(model, batch, device, forwards)
@@ -144,23 +146,37 @@ class _Outputs:
                 file.unlink()
 
 
+def _head(model) -> str | None:
+    """The name prefix of the output head's tensors (`lm_head.`): the forward stops before it, so it is not loaded."""
+    head = model.get_output_embeddings()
+    names = {id(module): name for name, module in model.named_modules()}
+    return None if head is None else names[id(head)] + "."
+
+
 def _stored_by_layer(checkpoint, renamer, model, arch, count: int) -> tuple[list[list[str]], list[str]]:
     """`([stored names of each decoder layer], stored names outside the layers)`, by the model tensor each loads into.
 
-    Tensors of the output head (unless tied to the input embeddings) and tensors the model has no place for are left out.
+    Tensors of the output head (not needed) and tensors the model has no place for are left out.
     """
-    head = model.get_output_embeddings()
-    head = None if head is None or head.weight is model.get_input_embeddings().weight else head
-    head_name = None if head is None else tensor_name(model, head.weight).rpartition(".")[0] + "."
+    head = _head(model)
     by_layer, outer = [[] for _ in range(count)], []
     for name in checkpoint.tensors:
         target = renamer.target(name)[0]
-        if target is None or (head_name and target.startswith(head_name)):
+        if target is None or (head and target.startswith(head)):
             continue
         number, _, rest = target.removeprefix(arch.layers + ".").partition(".")
         inside = target.startswith(arch.layers + ".") and number.isdigit() and rest
         (by_layer[int(number)] if inside else outer).append(name)
     return by_layer, outer
+
+
+def _check_loaded(folder, names: list[str]) -> None:
+    """Raise if a model tensor in `names` (parameters still on the meta device) was not in the checkpoint."""
+    if names:
+        raise CheckpointError(
+            f"the checkpoint in {folder} has no weights for {names[0]} ({len(names)} missing there); "
+            "it is incomplete or does not match its config.json"
+        )
 
 
 @torch.no_grad()
@@ -201,6 +217,15 @@ def observe_sequential(
     try:
         with checkpoint.reading() as read:
             load_tensors(model, renamer, read, outer, device=device)
+        layer_names, head = arch.layers + ".", _head(model)
+        _check_loaded(
+            folder,
+            [
+                n
+                for n, p in model.named_parameters()
+                if p.is_meta and not n.startswith(layer_names) and not (head and n.startswith(head))
+            ],
+        )
         for g, group in enumerate(groups):
             store.put(g, [(_embedded(model, layers, batch, device), None) for batch in group])
         if not _free_embeddings(model, layers, batches[0], store.get(0)[0][0], device):
@@ -210,12 +235,7 @@ def observe_sequential(
             for index, layer in enumerate(tqdm(layers, desc="layers", unit="layer", disable=not progress)):
                 with checkpoint.reading() as read:
                     load_tensors(model, renamer, read, by_layer[index], device=device)
-                missing = [n for n, p in layer.named_parameters() if p.device.type == "meta"]
-                if missing:
-                    raise CheckpointError(
-                        f"the checkpoint in {folder} has no weights for {arch.layers}.{index}.{missing[0]} "
-                        f"({len(missing)} missing in that layer); it does not match its config.json"
-                    )
+                _check_loaded(folder, [f"{layer_names}{index}.{n}" for n, p in layer.named_parameters() if p.is_meta])
                 layer.to(device)
                 for g, group in enumerate(groups):
                     stored = store.get(g)
