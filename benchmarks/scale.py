@@ -3,6 +3,7 @@
     python benchmarks/scale.py                    # 16 layers x 64 experts, hidden 1024, bf16: 3.3 GB
     python benchmarks/scale.py --layers 2 --hidden 256 --only prune    # a quick run of one section
     python benchmarks/scale.py --keep             # keep the checkpoint under --work for the next run
+    python benchmarks/scale.py --layers 12 --experts 32 --dtype float32     # 2.7 GB, 201 MB of experts per layer
 
 It writes a random qwen3_moe checkpoint in the hub layout (one tensor per expert, `num_experts` in
 config.json, shards of at most 512 MiB and an index) straight to safetensors, shard by shard, without
