@@ -129,10 +129,11 @@ def cmd_observe(args):
         if args.sequential:
             from transformers import AutoConfig
 
-            from reapkit.observe.sequential import checkpoint_shards, observe_sequential
+            from reapkit.model.checkpoint import Checkpoint
+            from reapkit.observe.sequential import observe_sequential
 
             folder = resolve_name(args.model)
-            checkpoint_shards(folder)  # a folder without safetensors stops here, before any work
+            Checkpoint.open(folder)  # a folder without complete safetensors shards stops here, before any work
             vocab = AutoConfig.from_pretrained(folder).get_text_config().vocab_size
             batches = calibration_batches(
                 args.data,
