@@ -9,6 +9,7 @@ _EXPORTS = {
     "records": ["Architecture", "ARCHITECTURES", "VERIFIED", "register_architecture"],
     "discover": ["architecture_for", "UnknownArchitectureError"],
     "loading": ["load_model", "load_tokenizer"],
+    "checkpoint": ["Checkpoint"],
     "demo": ["DEMO_PATH"],
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
