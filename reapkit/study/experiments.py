@@ -32,6 +32,7 @@ import pandas as pd
 
 from reapkit.data import DOMAINS
 from reapkit.measure.evaluate import interval_columns as _interval
+from reapkit.measure.schema import UNPRUNED
 from reapkit.measure.stats import RESAMPLES, bootstrap, sequence_grid
 from reapkit.select.criteria import STUDY_CRITERIA, check_ratio
 from reapkit.select.plan import pruned_count
@@ -43,7 +44,7 @@ __all__ = [
     "SEQUENCE_COLUMNS",
     "Job",
     "study_jobs",
-    "run_job",
+    "evaluate_job",
     "study_sequences",
     "study_results",
     "compression_study",
@@ -73,7 +74,6 @@ COLUMNS = [
 #: Columns of the `study_sequences` frame: one row per variant and evaluation sequence.
 SEQUENCE_COLUMNS = [*_VARIANT, "domain", "sequence", "tokens", "loss", "kl", "agreement", "delta_loss"]
 MIX = "mix"
-UNPRUNED = "unpruned"
 
 
 def _check_ratios(ratios) -> list[float]:
@@ -92,7 +92,7 @@ def _check_ratios(ratios) -> list[float]:
 class Job:
     """One variant of the study: `method` (prune / merge / global) by `criterion` at `ratio`
     (`seed`: random pruning only). A new study arm is a new kind of job: add it in `study_jobs`
-    and give `run_job` the plan or model it evaluates."""
+    and give `evaluate_job` the plan or model it evaluates."""
 
     method: str
     criterion: str
@@ -156,7 +156,9 @@ def _kept_routing(obs, plan) -> float:
     return float(np.mean([shares[pos, plan.kept[layer]].sum() for pos, layer in enumerate(obs.layers)]))
 
 
-def run_job(model, obs, job: Job, eval_batches, *, reference, unpruned: pd.DataFrame, margin: int = 0) -> pd.DataFrame:
+def evaluate_job(
+    model, obs, job: Job, eval_batches, *, reference, unpruned: pd.DataFrame, margin: int = 0
+) -> pd.DataFrame:
     """Evaluate one job: its `sequence_metrics` with `delta_loss` against `unpruned` (the unpruned
     model's) per sequence, and the job's columns (method, criterion, label, seed, ratio,
     experts_kept, experts_total, kept_routing). Raises ValueError when the job cannot be built."""
@@ -216,7 +218,7 @@ def study_sequences(
     reference=None,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """Every job of `study_jobs`, run by `run_job`: one row per job and evaluation sequence, with
+    """Every job of `study_jobs`, run by `evaluate_job`: one row per job and evaluation sequence, with
     :data:`SEQUENCE_COLUMNS` (the per-sequence values every interval of the study resamples).
     Skipped combinations are in ``frame.attrs["notes"]`` and issued as one warning."""
     import torch
@@ -234,7 +236,9 @@ def study_sequences(
     frames = []
     for job in tqdm(jobs, desc="study", unit="variant", disable=not progress):
         try:
-            frames.append(run_job(model, obs, job, eval_batches, reference=reference, unpruned=unpruned, margin=margin))
+            frames.append(
+                evaluate_job(model, obs, job, eval_batches, reference=reference, unpruned=unpruned, margin=margin)
+            )
         except ValueError as error:
             notes.append(f"{job.method} {job.criterion} at ratio {job.ratio:g}: skipped ({error})")
     sequences = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=SEQUENCE_COLUMNS)

@@ -15,8 +15,9 @@ import numpy as np
 import pandas as pd
 
 from reapkit.measure.evaluate import interval_columns as _interval
+from reapkit.measure.schema import UNPRUNED
 from reapkit.measure.stats import RESAMPLES, bootstrap, sequence_grid
-from reapkit.study.experiments import MIX, UNPRUNED, Sensitivity
+from reapkit.study.experiments import MIX, Sensitivity
 
 __all__ = ["summarise"]
 

@@ -297,7 +297,7 @@ def test_notebook_03_pruning(tiny, tmp_path):
     results = pd.read_csv(tmp_path / "results.csv")
     assert {"ratio", "criterion", "domain", "loss", "loss_lo", "loss_hi", "kl", "agreement"} <= set(results.columns)
     assert len(results) == 3 * 3  # (unpruned + 2 plans) x (code, prose, all)
-    base = results[results.criterion == "none"]
+    base = results[results.criterion == "unpruned"]
     assert (base.agreement == 1).all() and (base.kl.abs() < 1e-6).all()
     assert len(pd.read_csv(tmp_path / "reconstruction.csv")) == 2 * 2
     assert not (tmp_path / "samples.csv").exists()  # max_new_tokens = 0: no samples
@@ -502,10 +502,10 @@ def test_benchmark_reading_quotes_lm_eval_rows():
         )
 
     rows = [
-        row("none", 0.0, "bits_per_byte", 1.2),
+        row("unpruned", 0.0, "bits_per_byte", 1.2),
         row("reap", 0.5, "bits_per_byte", 1.5),
         row("frequency", 0.5, "bits_per_byte", 1.9),
-        row("none", 0.0, "acc", 0.8, 0.01),
+        row("unpruned", 0.0, "acc", 0.8, 0.01),
         row("reap", 0.5, "acc", 0.3, 0.01),
         row("frequency", 0.5, "acc", 0.7, 0.01),
     ]
@@ -524,7 +524,7 @@ def test_readings_quote_the_data():
         dict(ratio=r, criterion=c, domain="all", loss=2.0 + r * k, loss_lo=1.9 + r * k, loss_hi=2.1 + r * k)
         for c, k in (("reap", 1.0), ("frequency", 3.0))
         for r in (0.5,)
-    ] + [dict(ratio=0.0, criterion="none", domain="all", loss=2.0, loss_lo=1.9, loss_hi=2.1)]
+    ] + [dict(ratio=0.0, criterion="unpruned", domain="all", loss=2.0, loss_lo=1.9, loss_hi=2.1)]
     text = readings.costs(pd.DataFrame(rows))
     assert "unpruned 2.00 [1.90, 2.10]" in text and "best reap; reap 2.50 [2.40, 2.60], frequency 3.50" in text
     assert "overlap" not in text.split("\n")[-1]  # 2.60 < 3.40: the intervals separate them
