@@ -9,6 +9,6 @@ _EXPORTS = {
     "records": ["Architecture", "ARCHITECTURES", "VERIFIED", "register_architecture"],
     "discover": ["architecture_for", "UnknownArchitectureError"],
     "loading": ["load_model", "load_tokenizer"],
-    "demo": ["DEMO_PATH"],
+    "demo": ["DEMO", "DEMO_PATH", "resolve_name"],
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -566,7 +566,7 @@ NOTEBOOK_CASES = [
 def test_notebook_refuses(world, tmp_path, cls, cid, name, params, fragments):
     import papermill as pm
 
-    from reapkit.run.sweep import run_notebook
+    from reapkit.run.execute import run_notebook
 
     root = world["root"]
     before = tree_digest(root, root / "out")

@@ -11,8 +11,8 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from tiny_models import tiny_checkpoint, tiny_model  # noqa: E402
 
-from reapkit.run.notebook import ParameterError, check_parameters  # noqa: E402
-from reapkit.run.sweep import run_notebook  # noqa: E402
+from reapkit.run.execute import run_notebook  # noqa: E402
+from reapkit.run.parameters import ParameterError, check_parameters  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -69,7 +69,7 @@ def test_each_ipynb_matches_its_percent_source():
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_parameters_cell_is_the_declaration(path):
-    from reapkit.run.notebook import PARAMETERS, notebook_defaults, parameters_cell
+    from reapkit.run.parameters import PARAMETERS, notebook_defaults, parameters_cell
 
     nb = nbformat.read(str(path), as_version=4)
     cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
@@ -310,6 +310,51 @@ def test_notebook_03_pruning(tiny, tmp_path):
     assert model.config.num_experts == 4 and model.model.layers[0].mlp.experts.gate_up_proj.shape[0] == 4
 
 
+def _shown(cell) -> list[str]:
+    """What a cell showed in words: its text and Markdown outputs (figures aside)."""
+    return [
+        "".join(o.get("text", ""))
+        + "".join(o.get("data", {}).get(kind, "") for kind in ("text/markdown", "text/plain"))
+        for o in cell.outputs
+    ]
+
+
+@pytest.mark.slow
+def test_notebook_03_cells_give_the_same_result_when_run_again(tiny, tmp_path):
+    """A person runs notebook 03 top to bottom in one kernel, then the cost cell again (after the checkpoint
+    cell pruned a model) and the results cell again: the same readings, the same results.csv."""
+    from nbclient import NotebookClient
+    from papermill.parameterize import parameterize_notebook
+
+    params = {
+        **tiny["params"],
+        "evaluation": tiny["spec"],
+        "criteria": ["reap"],
+        "ratios": [0.5],
+        "max_new_tokens": 0,
+        "output_dir": str(tmp_path),
+        "figures_dir": str(tmp_path / "figures"),
+    }
+    nb = parameterize_notebook(nbformat.read(str(ROOT / "notebooks/03_pruning.ipynb"), as_version=4), params)
+    code = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+    writes = [i for i in code if 'P.output_dir, "results")' in nb.cells[i].source]
+    assert len(writes) == 1, "results.csv is written by one cell"
+    costs = next(i for i in code if "evaluate_plans(" in nb.cells[i].source)
+    saved = next(i for i in code if "pruned_checkpoint" in nb.cells[i].source)
+    assert costs < writes[0] < saved
+    client = NotebookClient(nb, kernel_name="python3", timeout=600, resources={"metadata": {"path": str(tmp_path)}})
+    with client.setup_kernel():
+        for index in code:
+            client.execute_cell(nb.cells[index], index)
+        first, table = _shown(nb.cells[costs]), (tmp_path / "results.csv").read_text()
+        assert (tmp_path / "pruned_checkpoint" / "pruning_plan.json").is_file()
+        for index in (costs, writes[0]):  # run again, as a person does after changing their mind
+            client.execute_cell(nb.cells[index], index)
+    assert not [o for i in code for o in nb.cells[i].outputs if o.output_type == "error"]
+    assert "**Reading.**" in "".join(first) and _shown(nb.cells[costs]) == first
+    assert (tmp_path / "results.csv").read_text() == table
+
+
 @pytest.mark.slow
 def test_notebook_04_paper_figures(tiny, tmp_path):
     """Drawn from a real study of the tiny model (results table and per-layer sensitivity, as notebook 05 writes them)."""
@@ -461,7 +506,7 @@ def test_study_explorer_draws(tmp_path):
     "sweep", sorted(p for p in (ROOT / "sweeps").glob("*.yaml") if p.stem != "lm_eval"), ids=lambda p: p.stem
 )
 def test_shipped_sweep_runs(sweep, tiny, tmp_path, monkeypatch):
-    from reapkit.run.notebook import PARAMETERS
+    from reapkit.run.parameters import PARAMETERS
     from reapkit.run.sweep import load_sweep, run_sweep
 
     quick = {
