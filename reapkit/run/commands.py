@@ -1,6 +1,7 @@
 """The commands that record, read and report: observe, combine, scores, import, demo, sweep, architectures.
 
-    >>> cmd_observe(build_parser().parse_args(["observe", "demo", "--out", "runs/obs"]))
+    >>> from reapkit.run.parser import build_parser
+    >>> cmd_scores(build_parser().parse_args(["scores", "runs/obs"]))   # as `reapkit scores runs/obs`  # doctest: +SKIP
 
 Each `cmd_<name>(args)` takes the parsed arguments of `reapkit <name>` (`reapkit.run.parser`),
 checks them before any work and prints one summary line. The commands that make and apply plans

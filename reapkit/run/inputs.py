@@ -1,12 +1,16 @@
 """What a command checks before any work, and how it loads the model it names.
 
-    >>> check_output("runs/obs", False, "models/qwen3")   # new (or --force), writable, apart from the inputs
-    >>> check_model_name("./nosuch")                      # MissingInput: not a folder, not a hub name
-    >>> model, tokenizer = load(args)                     # --dtype, --device-map, --max-memory, --offload-folder
-    >>> check_limit(0)                                    # InvalidInput: documents per task, or a fraction
+    >>> check_limit(8.0), check_limit(0.5)               # --limit: documents per task, or a fraction of them
+    (8, 0.5)
+    >>> check_model_name("./nosuch")
+    Traceback (most recent call last):
+    ...
+    reapkit.errors.MissingInput: model folder ./nosuch does not exist; check the path, or pass a hub name (org/name) or `demo`
 
-Each refusal is a `reapkit.errors` class whose message names the problem and the fix, so that the
-command stops with one line before it loads a model or writes a byte.
+`check_output(out, force, *inputs)` refuses an output that exists (without --force), cannot be
+written, or lies inside an input (or holds one); `load(args)` loads the model with the placement
+options. Each refusal is a `reapkit.errors` class whose message names the problem and the fix, so
+that the command stops with one line before it loads a model or writes a byte.
 """
 
 from __future__ import annotations

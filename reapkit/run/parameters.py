@@ -25,6 +25,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from reapkit.errors import ParameterError
+from reapkit.measure.harness import DEMO_SUITE
 from reapkit.model.demo import DEMO, resolve_name
 from reapkit.run import checks
 from reapkit.run.checks import resolve_path
@@ -191,9 +192,9 @@ PARAMETERS: dict[str, tuple[Parameter, ...]] = {
         ),
         Parameter(
             "lm_eval_include",
-            "demo",
+            DEMO_SUITE,
             checks.tasks_folder,
-            "folder of lm-eval task YAMLs; \"demo\": reapkit's demo tasks; None: lm-eval's own",
+            f"folder of lm-eval task YAMLs; \"{DEMO_SUITE}\": reapkit's demo tasks; None: lm-eval's own",
         ),
         Parameter("lm_eval_limit", None, checks.or_none(checks.integer(1)), "lm-eval documents per task; None: all"),
         *_outputs("03_pruning"),

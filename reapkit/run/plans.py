@@ -39,6 +39,7 @@ PLAN_OPTIONS = ("criterion", "ratio", "keep", "global_budget", "margin", "domain
 #: The file beside a merged checkpoint that says how it was merged (`reapkit merge --plan` reads it).
 MERGE_PLAN_FILE = "merge_plan.json"
 DEFAULT_RATIO = 0.25
+STREAM_HINT = " or prune the checkpoint folder without --device-map (it streams tensor by tensor)"
 
 
 def _flags(args, names) -> list[str]:
@@ -145,15 +146,10 @@ def _plan_of(args, *, required: bool, merges: bool):
     return plan
 
 
-def _refuse_offloaded(model, command: str) -> None:
+def _refuse_offloaded(model, command: str, hint: str = "") -> None:
     if any(p.device.type == "meta" for p in model.parameters()):
         raise InvalidInput(
-            f"{command} cannot change weights offloaded to disk; give --max-memory room for the whole model"
-            + (
-                " or prune the checkpoint folder without --device-map (it streams tensor by tensor)"
-                if command == "prune"
-                else ""
-            )
+            f"{command} cannot change weights offloaded to disk; give --max-memory room for the whole model{hint}"
         )
 
 
@@ -194,7 +190,7 @@ def cmd_prune(args):
         from reapkit.compress.prune import remove_experts, save_non_uniform
 
         model, tokenizer = load(args)
-        _refuse_offloaded(model, "prune")
+        _refuse_offloaded(model, "prune", STREAM_HINT)
         check_fits(model, plan)
         remove_experts(model, plan)
         save_non_uniform(model, plan, args.out, tokenizer=tokenizer, force=args.force)  # a uniform plan: stock
