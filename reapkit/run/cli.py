@@ -32,22 +32,7 @@ from reapkit.errors import user_message
 from reapkit.run.parser import build_parser
 from reapkit.run.plugins import load_plugins
 
-__all__ = ["main", "error_line"]
-
-
-def error_line(error: BaseException) -> str | None:
-    """The one-line message of an error the user can fix (`reapkit.errors.user_message`), or None for a bug."""
-    message = user_message(error)
-    # LEGACY: removed when every module raises ReapkitError
-    if message is None and isinstance(error, (ValueError, OSError)):
-        text = str(error.args[0]) if len(error.args) == 1 else str(error)
-        if isinstance(error, OSError) and error.strerror and len(error.args) != 1:
-            text = (
-                f"{error.strerror}: {error.filename or ''}; check that the path exists and that you may read / write it"
-            )
-        message = " ".join(text.replace(": ;", ";").split("\n"))
-    # end LEGACY
-    return message
+__all__ = ["main"]
 
 
 def _release_quietly(error: BaseException) -> None:
@@ -78,7 +63,15 @@ def main(argv=None) -> int:
         )
         return 130
     except Exception as error:
-        message = error_line(error)
+        message = user_message(error)  # None: a bug, shown with its traceback
+        # LEGACY: removed when every module raises ReapkitError
+        if message is None and isinstance(error, (ValueError, OSError)):
+            text = str(error.args[0]) if len(error.args) == 1 else str(error)
+            if isinstance(error, OSError) and error.strerror and len(error.args) != 1:
+                text = f"{error.strerror}: {error.filename or ''}; check that the path exists and that you may read / write it"
+                text = text.replace(": ;", ";")
+            message = " ".join(text.split("\n"))
+        # end LEGACY
         if message is None:
             raise
         print(f"reapkit {args.command}: error: {message}", file=sys.stderr)

@@ -295,3 +295,27 @@ def test_evaluate_takes_a_pruning_plan_or_a_merge_plan(tmp_path, capsys):
     assert set(merge_rows.method) == {"merge"} and set(merge_rows.criterion) == {"m_smoe"}
     assert set(merge_rows.ratio) == {0.5} and set(scored["plan"].criterion) == {"reap"}
     assert set(scored["merged checkpoint"].criterion) == {"unpruned"}  # a checkpoint scored as it is
+
+
+def test_a_mistake_is_one_line_and_a_bug_keeps_its_traceback(observed, tmp_path, capsys):
+    """A `ReapkitError` (here: a plugin file that is missing) is one line and exit 2; an exception of any other
+    kind (here: a criterion plugin with a bug) is not dressed up as a user mistake."""
+    from reapkit.select import criteria
+
+    root = observed
+    plugin = tmp_path / "buggy.py"
+    plugin.write_text(
+        "import reapkit\n"
+        "def buggy(stats, seed):\n"
+        "    return stats['count'].nosuchmethod()\n"
+        "reapkit.register_criterion('buggy', buggy, needs=['count'])\n"
+    )
+    assert cli("scores", root / "obs", "--plugin", tmp_path / "missing.py") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("reapkit scores: error: plugin file") and err.count("\n") == 1
+    try:
+        with pytest.raises(AttributeError, match="nosuchmethod"):
+            cli("scores", root / "obs", "--criterion", "buggy", "--plugin", plugin)
+    finally:
+        criteria._REGISTRY.pop("buggy", None)
+    assert "error:" not in capsys.readouterr().err
