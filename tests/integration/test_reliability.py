@@ -276,9 +276,7 @@ def test_resume_in_process_and_with_other_data(tmp_path, batches):
     with pytest.raises(KeyboardInterrupt):
         observe(model, batches, progress=False, partial=partial)
     assert json.loads((tmp_path / "c" / "progress.json").read_text())["batches_done"] == 2
-    resumed = observe(
-        model, batches, progress=False, partial=PartialObservations(tmp_path / "c", every=1, resume=True)
-    )
+    resumed = observe(model, batches, progress=False, partial=PartialObservations(tmp_path / "c", every=1, resume=True))
     whole = observe(model, batches, progress=False)
     for d in whole.domains:
         for name in whole.stats[d]:
