@@ -10,6 +10,6 @@ _EXPORTS = {
     "discover": ["architecture_for", "UnknownArchitectureError"],
     "loading": ["load_model", "load_tokenizer"],
     "checkpoint": ["Checkpoint"],
-    "demo": ["DEMO_PATH"],
+    "demo": ["DEMO", "DEMO_PATH", "resolve_name"],
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
