@@ -1,10 +1,15 @@
 """reapkit: observe, score, plan and prune the experts of Mixture-of-Experts language models.
 
-    >>> from reapkit.observe import observe
     >>> from reapkit import PruningPlan, calibration_batches, remove_experts, save_pruned
-    >>> obs = observe(model, calibration_batches("code:64,tools:32", tokenizer))
+    >>> from reapkit.model import load_model
+    >>> from reapkit.observe import observe
+    >>> model, tokenizer = load_model("demo")             # the bundled demo model, or a hub name
+    >>> obs = observe(model, calibration_batches("code:16,tools:8", tokenizer))
     >>> plan = PruningPlan.from_observations(obs, "reap", ratio=0.25)
-    >>> remove_experts(model, plan); save_pruned(model, plan, "pruned/", tokenizer=tokenizer)
+    >>> remove_experts(model, plan).config.num_experts    # in place: 16 -> 12 experts per layer
+    12
+    >>> save_pruned(model, plan, "pruned/", tokenizer=tokenizer)   # stock from_pretrained loads it
+    PosixPath('pruned')
 
 Names load lazily, so `import reapkit.plot` does not import torch. The subpackages follow the
 stages of the work, and each imports only from the ones before it:

@@ -4,9 +4,11 @@
     >>> with atomic_directory("out/pruned", force=False) as tmp:
     ...     model.save_pretrained(tmp)            # written into a temporary sibling
     >>> # renamed to out/pruned only when the block succeeds; an interrupt removes the sibling
-    >>> atomic_write_text("out/table.csv", text)  # a unique temporary name per writer
-    >>> with locked("runs/sweep"):                # one writer at a time (fcntl lock on the folder)
-    ...     ...
+    >>> atomic_write_text("out/table.csv", "a,b")  # a unique temporary name per writer
+    PosixPath('out/table.csv')
+    >>> with locked("out"):                       # one writer at a time (fcntl lock on the folder)
+    ...     sorted(path.name for path in Path("out").iterdir())
+    ['pruned', 'table.csv']
 
 An interrupt (Ctrl-C, or SIGTERM once :func:`terminate_as_interrupt` is installed) during the
 final renames is held back until they are done, so an output is never half replaced. A process
@@ -155,7 +157,8 @@ def _alive(pid: int) -> bool:
 def remove_stale_temporaries(path) -> list[Path]:
     """Remove temporary siblings of `path` left by writers that were killed (their process is gone).
 
-    >>> remove_stale_temporaries("out/pruned")    # e.g. [Path('out/.pruned.tmp-4242-x1y2')]
+    >>> remove_stale_temporaries("out/pruned")    # e.g. [PosixPath('out/.pruned.tmp-4242-x1y2')]
+    []
     """
     path = Path(path)
     removed = []
@@ -210,8 +213,11 @@ def atomic_directory(path, *, force: bool = False):
 def atomic_file(path):
     """Yield a temporary sibling file name of `path` (unique to this writer); rename it to `path` on success.
 
+    >>> fig = plt.figure(figsize=(1, 1))
     >>> with atomic_file("figures/a.png") as tmp:
-    ...     fig.savefig(tmp, format="png")
+    ...     fig.savefig(tmp, format="png")        # the format from the name, not from tmp's suffix
+    >>> sorted(path.name for path in Path("figures").iterdir())
+    ['a.png']
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,10 @@
 """Names a package exports from its submodules, each imported on first use.
 
-    >>> __all__, __getattr__, __dir__ = lazy_exports(__name__, {"batches": ["Batch", "pad_batches"]})  # doctest: +SKIP
+    >>> __all__, __getattr__, __dir__ = lazy_exports("reapkit.data", {"batches": ["Batch", "pad_batches"]})
+    >>> __all__, __getattr__("pad_batches").__module__    # imported when first asked for
+    (['Batch', 'pad_batches'], 'reapkit.data.batches')
+
+In a package's ``__init__.py`` the first argument is ``__name__``.
 
 This keeps ``import reapkit`` (and reading light constants such as ``reapkit.data.DOMAINS``) free
 of torch until a name that needs it is used.

@@ -1,12 +1,15 @@
 """The model on disk: a local checkpoint folder of safetensors shards, read tensor by tensor.
 
-    >>> checkpoint = Checkpoint.open("models/Qwen3-30B-A3B")      # headers only: names, shapes, shards
+    >>> from reapkit.model import DEMO_PATH                # or a downloaded checkpoint's folder
+    >>> checkpoint = Checkpoint.open(DEMO_PATH)           # headers only: names, shapes, shards
     >>> checkpoint.tensors["model.layers.0.mlp.gate.weight"].shape
-    (128, 2048)
+    (16, 128)
     >>> model = checkpoint.meta_model()           # the module tree from config.json, no weights
     >>> names = Renamer(model)                    # stored names -> the model's, as transformers loads them
     >>> with checkpoint.reading() as read:
     ...     load_tensors(model, names, read, ["model.layers.0.mlp.gate.weight"], device="cpu")
+    >>> model.model.layers[0].mlp.gate.weight.device, model.model.layers[1].mlp.gate.weight.device
+    (device(type='cpu'), device(type='meta'))
 
 A checkpoint is what `save_pretrained` writes: `config.json` and either `model.safetensors` or
 shards listed by `model.safetensors.index.json`. Opening it reads every shard's header and checks

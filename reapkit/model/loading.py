@@ -1,10 +1,15 @@
 """Load a causal LM and its tokenizer by name, on one device or straight onto several (device map).
 
     >>> model, tokenizer = load_model("demo")                 # the bundled demo model
-    >>> model, tokenizer = load_model("path/or/hub-name", dtype="bfloat16", device="cuda")
-    >>> model, tokenizer = load_model("zai-org/GLM-4.7", dtype="bfloat16", device_map="auto",
-    ...                               max_memory={0: "130GiB", 1: "130GiB", "cpu": "500GiB"},
-    ...                               offload_folder="/scratch/offload")
+    >>> type(model).__name__, model.dtype, model.training
+    ('Qwen3MoeForCausalLM', torch.float32, False)
+
+A local folder or a hub name, on a GPU, or spread over the GPUs of a node and the CPU::
+
+    model, tokenizer = load_model("path/or/hub-name", dtype="bfloat16", device="cuda")
+    model, tokenizer = load_model("zai-org/GLM-4.7", dtype="bfloat16", device_map="auto",
+                                  max_memory={0: "130GiB", 1: "130GiB", "cpu": "500GiB"},
+                                  offload_folder="/scratch/offload")
 
 With `device_map`, transformers/accelerate place each weight on its device while reading the
 checkpoint (never a full copy on the CPU first); layers that fit nowhere go to `offload_folder`

@@ -1,9 +1,11 @@
 """One declarative record per MoE architecture, completed by reading the model's own structure.
 
+    >>> from reapkit.model import architecture_for
     >>> arch = architecture_for(model)            # read from the module tree, completed by the table
     >>> [(i, block) for i, block in arch.moe_blocks(model)][:1]
     [(0, Qwen3MoeSparseMoeBlock(...))]
     >>> register_architecture(Architecture("my_moe", num_experts_key="num_experts"))
+    Architecture(model_type='my_moe', num_experts_key='num_experts', ...)
 
 What can be read is read (`reapkit.model.discover`): the fused experts module (transformers'
 `@use_experts_implementation`), its block and decoder layers, the router (the module transformers

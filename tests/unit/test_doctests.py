@@ -1,56 +1,71 @@
-"""The `>>>` examples in the docstrings of these modules run, on a tiny model and the bundled demo tokenizer."""
+"""Every `>>>` example in reapkit's docstrings runs, and prints what it shows.
+
+Each module of the package is found (`pkgutil.walk_packages`); the examples of its docstrings (module,
+functions, classes, methods) run in the names of `doctest_namespace` (the demo model, its observations,
+a plan, a small study ...), in a folder of their own that holds `doctest_namespace`'s input files. An
+example that cannot run here (a hub checkpoint, a GPU, torchrun, a browser) is written as a plain code
+block instead (an indented ``::`` block), which the docs show the same way.
+"""
 
 import doctest
 import importlib
+import pkgutil
+import shutil
 
 import pytest
-import torch
-from tiny_models import tiny_model
+from doctest_namespace import build
 
-from reapkit.data import pad_batches
-from reapkit.model.demo import DEMO_PATH
-from reapkit.observe.recorder import observe
+import reapkit
 from reapkit.select import criteria
 
-#: Modules whose examples run; add a module here once its examples do.
-MODULES = [
-    "reapkit.model.hooks",
-    "reapkit.select.criteria",
-    "reapkit.model.demo",
-    "reapkit.data",
-    "reapkit.data.batches",
-    "reapkit.data.domains",
-    "reapkit.data.schemas",
-    "reapkit.data.spec",
-]
+#: Every module of the package (`__main__` modules run a command when imported).
+MODULES = ["reapkit"] + sorted(
+    info.name
+    for info in pkgutil.walk_packages(reapkit.__path__, "reapkit.")
+    if info.name.rsplit(".", 1)[-1] != "__main__"
+)
+
+#: Modules whose examples need an optional extra: skipped without it.
+EXTRAS = {"reapkit.measure.harness": "lm_eval", "reapkit.plot.widgets": "ipywidgets"}
+
+FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 
 
-@pytest.fixture(scope="module")
-def namespace():
-    """What the examples may use: `obs` of a tiny qwen3_moe (2 MoE layers, 8 experts), the demo `tokenizer`."""
-    from transformers import AutoTokenizer
+@pytest.fixture(scope="session")
+def namespace(tmp_path_factory):
+    """The shared names (see `doctest_namespace`), built once, and the folder of input files each module copies."""
+    inputs = tmp_path_factory.mktemp("doctest_inputs")
+    return build(inputs), inputs
 
-    g = torch.Generator().manual_seed(0)
-    seqs = [torch.randint(3, 96, (n,), generator=g).tolist() for n in (12, 7, 10, 5, 9, 12)]
-    batches = pad_batches(seqs[:3], "code", 3) + pad_batches(seqs[3:], "prose", 2)
-    return {
-        "obs": observe(tiny_model("qwen3_moe"), batches, progress=False),
-        "tokenizer": AutoTokenizer.from_pretrained(str(DEMO_PATH)),
-    }
+
+def test_every_module_is_found():
+    assert {"reapkit", "reapkit.select.criteria", "reapkit.run.cli"} <= set(MODULES)
+    assert len(MODULES) > 50
 
 
 @pytest.mark.parametrize("name", MODULES)
-def test_docstring_examples_run(name, namespace):
+def test_docstring_examples_run(name, namespace, tmp_path, monkeypatch):
+    if name in EXTRAS:
+        pytest.importorskip(EXTRAS[name])
+    import matplotlib.pyplot as plt
+
+    names, inputs = namespace
     module = importlib.import_module(name)
+    tests = [t for t in doctest.DocTestFinder().find(module, name, globs={**vars(module), **names}) if t.examples]
+    if not tests:
+        return
+    shutil.copytree(inputs, tmp_path, dirs_exist_ok=True)
+    monkeypatch.chdir(tmp_path)  # examples that write files write here
     registered = set(criteria.CRITERIA_NAMES)
-    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    runner = doctest.DocTestRunner(optionflags=FLAGS)
     report = []
     try:
-        for test in doctest.DocTestFinder().find(module, name, globs={**vars(module), **namespace}):
+        for test in tests:
             runner.run(test, out=report.append)
     finally:
         for criterion in set(criteria.CRITERIA_NAMES) - registered:  # examples may register criteria
             criteria._REGISTRY.pop(criterion)
+        plt.close("all")
     result = runner.summarize(verbose=False)
-    assert result.failed == 0, "".join(report)
-    assert result.attempted > 0, f"{name} has no examples that run; remove it from MODULES"
+    assert result.failed == 0, f"{result.failed} of {result.attempted} examples of {name} failed:\n" + "".join(report)
+    assert result.attempted > 0, f"{name}: every `>>>` example is skipped; run it, or write it as a plain code block"

@@ -1,0 +1,105 @@
+"""The names reapkit's docstring examples use, built once: the bundled demo model and what a study makes of it.
+
+    >>> names = build(Path("inputs"))       # a dict; `inputs` gets the files the examples read
+    >>> names["obs"].layers, names["obs"].num_experts
+    ([0, 1, 2, 3], [16, 16, 16, 16])
+
+Every docstring example runs in these names (tests/unit/test_doctests.py), so an example reads like a
+notebook cell on the demo model: ``score(obs, "reap")``, ``saliency_heatmap(scores)``,
+``compression_figure(results)``. What an example may use:
+
+- ``model``, ``tokenizer``: the demo model (4 MoE layers, 16 experts, top-2) and its tokenizer;
+- ``batches`` (calibration, 8 sequences of each built-in domain, 64 tokens) and ``eval_batches``
+  (held-out, 4 of each domain);
+- ``obs``: the demo model observed on ``batches``; ``scores``: `scores_frame` of reap, frequency and
+  ean_mean; ``plan`` (REAP, ratio 0.5) and ``global_plan`` (the same total, one global budget);
+- ``sequences`` and ``results``: a small compression study (reap and frequency at 0.25 and 0.5,
+  random seed 0, the global budget); ``sensitivity``, ``loss_matrix``, ``overlap`` (calibration
+  sensitivity from ``obs``); ``reconstruction`` (per-layer error of ``plan``); ``lm_rows``
+  (long-form lm-eval rows of the unpruned model and ``plan``);
+- ``d`` (output-space angular distances of layer 3) and ``coselect`` ([layers, E, E] co-selection);
+- ``np``, ``pd``, ``torch``, ``plt``; and in the working folder (each module's own copy of `inputs`):
+  ``runs/obs`` (``obs`` saved), ``plan.json``, ``tokens.jsonl``, ``data.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+
+def build(inputs: Path) -> dict:
+    """The shared names of the docstring examples; writes the files they read under `inputs`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    from reapkit.compress.prune import mask_experts
+    from reapkit.data import calibration_batches
+    from reapkit.measure.evaluate import reconstruction_error
+    from reapkit.measure.harness import result_rows
+    from reapkit.model.loading import load_model
+    from reapkit.observe.recorder import observe
+    from reapkit.select.criteria import scores_frame
+    from reapkit.select.geometry import distance_matrix
+    from reapkit.select.plan import PruningPlan
+    from reapkit.study.experiments import study_results, study_sequences
+    from reapkit.study.sensitivity import calibration_sensitivity
+
+    model, tokenizer = load_model("demo")
+    batches = calibration_batches("code:8,prose:8,tools:8,math:8", tokenizer, batch_size=8, max_length=64)
+    eval_batches = calibration_batches(
+        "code:4,prose:4,tools:4,math:4", tokenizer, batch_size=4, max_length=64, split="validation"
+    )
+    obs = observe(model, batches, progress=False)
+    plan = PruningPlan.from_observations(obs, "reap", ratio=0.5)
+    global_plan = PruningPlan.from_global_budget(obs, "reap", total=plan.total_kept)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sequences = study_sequences(
+            model, obs, eval_batches, ratios=[0.25, 0.5], criteria=["reap", "frequency"], random_seeds=[0],
+            merges=[], progress=False,
+        )  # fmt: skip
+    sensitivity = calibration_sensitivity(model, tokenizer, eval_batches, calibration=obs, resamples=200, progress=False)
+    lm_output = {
+        "results": {
+            "reapkit_heldout": {"bits_per_byte,none": 1.94},
+            "reapkit_continuation": {"acc,none": 0.625, "acc_stderr,none": 0.183},
+        }
+    }
+    names = dict(
+        np=np,
+        pd=pd,
+        torch=torch,
+        plt=plt,
+        model=model,
+        tokenizer=tokenizer,
+        batches=batches,
+        eval_batches=eval_batches,
+        obs=obs,
+        scores=scores_frame(obs, ["reap", "frequency", "ean_mean"]),
+        plan=plan,
+        global_plan=global_plan,
+        sequences=sequences,
+        results=study_results(sequences, resamples=200),
+        sensitivity=sensitivity,
+        loss_matrix=sensitivity.loss_matrix(),
+        overlap=sensitivity.overlap_matrix(),
+        reconstruction=reconstruction_error(
+            model, model, eval_batches, compressed=lambda: mask_experts(model, plan), progress=False
+        ),
+        lm_rows=pd.concat([result_rows(lm_output), result_rows(lm_output, plan)], ignore_index=True),
+        d=distance_matrix(obs, 3, "output"),
+        coselect=obs.coselection(),
+    )
+
+    obs.save(inputs / "runs" / "obs")
+    plan.save(inputs / "plan.json")
+    (inputs / "tokens.jsonl").write_text("".join(json.dumps(b.input_ids[0].tolist()) + "\n" for b in batches))
+    (inputs / "data.jsonl").write_text(json.dumps({"question": "2 + 2?", "answer": "4"}) + "\n")
+    return names
