@@ -100,6 +100,9 @@ def build(inputs: Path) -> dict:
 
     obs.save(inputs / "runs" / "obs")
     plan.save(inputs / "plan.json")
+    frequency = PruningPlan.from_observations(obs, "frequency", ratio=0.5)  # as llm-compressor's REAP report writes it
+    report = {f"model.layers.{layer}.mlp": kept for layer, kept in frequency.kept.items()}
+    (inputs / "reap_report.json").write_text(json.dumps(report))
     (inputs / "tokens.jsonl").write_text("".join(json.dumps(b.input_ids[0].tolist()) + "\n" for b in batches))
     (inputs / "data.jsonl").write_text(json.dumps({"question": "2 + 2?", "answer": "4"}) + "\n")
     return names

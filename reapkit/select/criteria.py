@@ -2,7 +2,7 @@
 
     >>> s = score(obs, "reap")                              # numpy [moe layers, experts]
     >>> s.shape
-    (2, 8)
+    (4, 16)
     >>> s_code = score(obs, "reap", domains=["code"])       # restricted to one domain
     >>> s_mix = score(obs, "reap", domains={"code": 2, "prose": 1})   # weighted
     >>> frame = scores_frame(obs, ["reap", "frequency"])    # tidy: layer, expert, domain, criterion, value
@@ -90,7 +90,7 @@ def register_criterion(name: str, fn: Callable[..., np.ndarray], *, needs) -> Ca
     ...     return count / count.sum(axis=1, keepdims=True)
     >>> _ = register_criterion("busy_share", busy_share, needs=["count"])
     >>> "busy_share" in CRITERIA_NAMES, score(obs, "busy_share").sum(axis=1).round(6).tolist()
-    (True, [1.0, 1.0])
+    (True, [1.0, 1.0, 1.0, 1.0])
 
     `needs` names the statistics `fn` reads. Registering a name again replaces the earlier
     criterion; the built-in names cannot be replaced. Returns `fn`.

@@ -5,7 +5,8 @@
     >>> d = distance_matrix(obs, 2, "output")                   # the same in one call
     >>> d = distance_matrix(model, 2, "weights")                # flattened expert weights
     >>> c = cluster(d, n_clusters=8)                            # average linkage
-    >>> c.linkage, c.order, c.labels                            # scipy linkage, leaf order, cluster ids
+    >>> c.linkage.shape, c.order.shape, c.labels.shape          # scipy linkage, leaf order, cluster ids
+    ((15, 4), (16,), (16,))
 
 The angular distance of two vectors is arccos(cosine similarity) / pi: 0 for the same direction,
 0.5 for orthogonal vectors, 1 for opposite ones. It is a metric, so average linkage on it is

@@ -1,7 +1,8 @@
 """Pruning plans made by other tools, read as `PruningPlan`s.
 
-    >>> plan = read_llmcompressor_report("reap_report.json", num_experts=64, top_k=8)
-    >>> plan.kept[3]                           # a PruningPlan, comparable with reapkit's own
+    >>> imported = read_llmcompressor_report("reap_report.json", model=model)   # or num_experts=16, top_k=2
+    >>> imported.kept[3], imported.criterion   # a PruningPlan, comparable with reapkit's own
+    ([0, 3, 5, 7, 11, 12, 14, 15], 'reap')
 
 The format, as its source writes it:
 

@@ -2,8 +2,11 @@
 
     >>> plan = plan_merge(model, obs, method="hc_smoe", keep=8)     # model unchanged
     >>> plan.groups[3][0], plan.representatives[3][0]                # original ids merged into new expert 0
-    ([0, 5, 11], 5)
-    >>> plan.save("merge_plan.json"); MergePlan.load("merge_plan.json")
+    ([0, 1, 2, 3, 4, 6, 8, 9, 14], 0)
+    >>> plan.save("merge_plan.json")
+    PosixPath('merge_plan.json')
+    >>> MergePlan.load("merge_plan.json") == plan
+    True
 
 `reapkit.compress.merge.apply_merge` applies a plan to a model.
 

@@ -2,10 +2,13 @@
 
 >>> plan = PruningPlan.from_observations(obs, "reap", ratio=0.25)      # the published recipe
 >>> plan = PruningPlan.from_observations(obs, "reap", keep=12)         # experts kept per layer
->>> plan = PruningPlan.from_observations(obs, "reap", counts={3: 12, 7: 14})   # per layer
+>>> plan = PruningPlan.from_observations(obs, "reap", counts={2: 12, 3: 14})   # per layer
 >>> plan.kept[3], plan.removed(3)
-([0, 2, 3, ...], [1, 9, ...])
->>> plan.save("pruning_plan.json"); PruningPlan.load("pruning_plan.json")
+([0, 1, 3, ...], [2, 8])
+>>> plan.save("pruning_plan.json")
+PosixPath('pruning_plan.json')
+>>> PruningPlan.load("pruning_plan.json") == plan
+True
 """
 
 from __future__ import annotations
