@@ -103,6 +103,23 @@ def build(inputs: Path) -> dict:
     frequency = PruningPlan.from_observations(obs, "frequency", ratio=0.5)  # as llm-compressor's REAP report writes it
     report = {f"model.layers.{layer}.mlp": kept for layer, kept in frequency.kept.items()}
     (inputs / "reap_report.json").write_text(json.dumps(report))
-    (inputs / "tokens.jsonl").write_text("".join(json.dumps(b.input_ids[0].tolist()) + "\n" for b in batches))
-    (inputs / "data.jsonl").write_text(json.dumps({"question": "2 + 2?", "answer": "4"}) + "\n")
+    code = obs.pooled(["code"])  # the REAP observer's state (pruning metrics only) of the code batches
+    state = {
+        layer: {
+            "expert_frequency": code["count"][pos].long(),
+            "ean_sum": code["norm_sum"][pos].double(),
+            "weighted_ean_sum": code["reap_sum"][pos].double(),
+            "weighted_expert_frequency_sum": code["gate_sum"][pos].double(),
+            "reap": (code["reap_sum"][pos] / code["count"][pos].clamp_min(1)).float(),
+            "total_tokens": code["tokens"][pos].long(),
+        }
+        for pos, layer in enumerate(obs.layers)
+    }
+    torch.save(state, inputs / "observations_1024_cosine.pt")
+    tokens = [b.input_ids[0][b.attention_mask[0].bool()].tolist() for b in batches]
+    (inputs / "tokens.jsonl").write_text("".join(json.dumps(ids) + "\n" for ids in tokens))
+    (inputs / "data").mkdir()
+    evol = [{"instruction": "Add two numbers in Python.", "output": "def add(a, b):\n    return a + b"},
+            {"instruction": "Reverse a list.", "output": "items[::-1]"}]  # fmt: skip
+    (inputs / "data" / "evol.jsonl").write_text("".join(json.dumps(r) + "\n" for r in evol))
     return names

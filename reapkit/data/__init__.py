@@ -4,7 +4,7 @@
     >>> batches = data.calibration_batches("math:8", tokenizer, batch_size=8, max_length=64)
     >>> batches[0].domain, batches[0].input_ids.shape
     ('math', torch.Size([8, 64]))
-    >>> data.calibration_batches("tokens.jsonl", None)[0].domain   # token ids, no tokenizer needed  # doctest: +SKIP
+    >>> data.calibration_batches("tokens.jsonl", None)[0].domain   # token ids, no tokenizer needed
     'tokens'
 
 Three kinds of source, combined in one *spec* (a string, a list of :class:`~reapkit.data.spec.SpecItem`, or a dict

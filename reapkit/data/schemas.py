@@ -4,7 +4,9 @@
     'gsm8k'
     >>> to_sample({"question": "2 + 2?", "answer": "4"})
     [{'role': 'user', 'content': '2 + 2?'}, {'role': 'assistant', 'content': '4'}]
-    >>> records = load_records("data.jsonl")          # doctest: +SKIP
+    >>> records = load_records("data/evol.jsonl")     # a .json, .jsonl or .parquet file, or a hub name
+    >>> len(records), detect_schema(records[0]).name
+    (2, 'evol-codealpaca')
 
 The schemas of :data:`DATASET_SCHEMAS` are detected from the field names of a record.
 """

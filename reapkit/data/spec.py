@@ -1,6 +1,6 @@
 """Calibration specs: which samples of which sources, under which domain names.
 
-    >>> [str(item) for item in parse_spec("code:128,evol@data/evol.jsonl:256")]     # doctest: +SKIP
+    >>> [str(item) for item in parse_spec("code:128,evol@data/evol.jsonl:256")]
     ['code:128', 'evol@data/evol.jsonl:256']
     >>> parse_spec({"math": 4, "prose": 2})
     [SpecItem(domain='math', source='math', count=4, kind='builtin'), SpecItem(domain='prose', source='prose', count=2, kind='builtin')]

@@ -2,10 +2,14 @@
 
     torchrun --nproc-per-node 8 -m reapkit observe MODEL --data code:1024 --device cuda --out runs/obs
 
+    >>> from reapkit.observe import observe
     >>> with process_group("cuda") as (rank, world):        # reads torchrun's environment
     ...     obs = observe(model, my_share(batches, rank, world))
     ...     obs = all_reduce_observations(obs, batches)    # every rank holds the total
-    ...     if rank == 0: obs.save("runs/obs")
+    ...     if rank == 0: obs.save("runs/obs_all")
+    PosixPath('runs/obs_all')
+    >>> rank, world                                         # here without torchrun: one process
+    (0, 1)
 
 Observations are sums (and maxima), so the total over ranks equals one process over all batches.
 Without torchrun (`WORLD_SIZE` unset or 1) everything here is a no-op. Backend: NCCL when the

@@ -1,11 +1,15 @@
 """Observations: the per-layer, per-expert, per-domain statistics of one calibration pass.
 
-    >>> obs = Observations.load("runs/demo/observations")
+    >>> obs = Observations.load("runs/obs")       # as `reapkit observe --out runs/obs` saved it
     >>> obs.domains, obs.layers
     (['code', 'math', 'prose', 'tools'], [0, 1, 2, 3])
     >>> pooled = obs.pooled()                     # summed over domains
-    >>> both = obs_shard_a + obs_shard_b          # additive: one pass over both shards
-    >>> obs.coselection(["code"])[0]              # [experts, experts]: tokens that chose both i and j
+    >>> from reapkit.observe import observe
+    >>> both = observe(model, batches[:2]) + observe(model, batches[2:])   # additive: shards of the data
+    >>> both.pooled()["count"].equal(pooled["count"])
+    True
+    >>> obs.coselection(["code"]).shape           # [layers, experts, experts]: tokens that chose both i and j
+    (4, 16, 16)
 
 Saved as a directory: `statistics.safetensors` (tensors) and `observations.json` (metadata).
 """
@@ -140,7 +144,8 @@ class Observations:
         counts the calibration tokens that selected both expert i and expert j (the diagonal is
         each expert's token count); `domains` as in `pooled`.
 
-            >>> c = obs.coselection()[0]; c[3, 5] / c[3, 3]     # share of expert 3's tokens also sent to 5
+            >>> c = obs.coselection()[0]; round(float(c[3, 5] / c[3, 3]), 3)   # share of expert 3's tokens also sent to 5
+            0.233
         """
         self.require("coselect", purpose="co-selection counts")
         return self.pooled(domains, names=("coselect",))["coselect"].double().numpy()

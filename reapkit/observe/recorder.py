@@ -1,6 +1,7 @@
 """Record per-expert statistics inside the model's own expert computation.
 
-    >>> obs = observe(model, calibration_batches("code:64,prose:64", tokenizer))
+    >>> from reapkit.data import calibration_batches
+    >>> obs = observe(model, calibration_batches("code:16,prose:16", tokenizer))
     >>> obs.stats["code"]["reap_sum"].shape          # [moe layers, experts]
     torch.Size([4, 16])
 

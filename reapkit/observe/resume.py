@@ -1,6 +1,7 @@
 """Resumable calibration: the additive statistics saved every N batches, continued after a crash.
 
-    >>> partial = PartialObservations("runs/obs.partial", every=50, resume=True)
+    >>> from reapkit.observe import observe
+    >>> partial = PartialObservations("runs/obs.partial", every=2, resume=True)
     >>> obs = observe(model, batches, partial=partial)   # starts after the last saved batch
     >>> partial.remove()                                  # once the observations are saved
 

@@ -1,8 +1,14 @@
 """Observe a model larger than memory, one decoder layer at a time.
 
-    >>> obs = observe_sequential("path/to/GLM-4.7", batches, dtype="bfloat16", device="cuda",
-    ...                          group_size=8, spill_dir="/scratch/hidden")
-    >>> obs.save("runs/obs")                      # the same Observations as `observe`
+    >>> from reapkit.model import DEMO_PATH       # any checkpoint folder
+    >>> sequential = observe_sequential(DEMO_PATH, batches, group_size=2, spill_dir="hidden")
+    >>> torch.allclose(sequential.stats["code"]["reap_sum"], obs.stats["code"]["reap_sum"])   # as `observe`
+    True
+
+At scale, on a GPU, with the hidden states of each group of batches spilled to disk::
+
+    obs = observe_sequential("path/to/GLM-4.7", batches, dtype="bfloat16", device="cuda",
+                             group_size=8, spill_dir="/scratch/hidden")
 
 The model is built on the meta device from the checkpoint's config (`reapkit.model.checkpoint`)
 and the weights outside its decoder layers are loaded (not the output head). The output of the
