@@ -1,7 +1,12 @@
 """Apply a `MergePlan` to a model: average each group's expert tensors, keep the representatives.
 
     >>> plan = merge_experts(model, obs, method="hc_smoe", keep=8)   # plan and apply: 8 experts per layer
-    >>> apply_merge(other_copy_of_model, plan)                       # a saved plan, applied later
+    >>> model.config.num_experts, plan.save("merge_plan.json")
+    (8, PosixPath('merge_plan.json'))
+    >>> from reapkit.model import load_model
+    >>> original, _ = load_model("demo")
+    >>> apply_merge(original, MergePlan.load("merge_plan.json")).config.num_experts   # a saved plan, applied later
+    8
 
 The plans and their methods are described in `reapkit.select.merge`.
 """

@@ -1,9 +1,14 @@
 """Apply a `PruningPlan` to a model: mask experts (what-if) or remove them (smaller model), and save.
 
+    >>> ids = batches[0].input_ids
     >>> with mask_experts(model, plan):           # the router can no longer pick removed experts
     ...     masked_logits = model(ids).logits
-    >>> remove_experts(model, plan)               # slices router rows, biases and fused expert tensors
-    >>> save_pruned(model, plan, "out/pruned", tokenizer=tok)   # stock from_pretrained loads it
+    >>> remove_experts(model, plan).config.num_experts   # slices router rows, biases and fused expert tensors
+    8
+    >>> torch.allclose(model(ids).logits, masked_logits, atol=1e-5)   # removing is masking
+    True
+    >>> save_pruned(model, plan, "out/pruned", tokenizer=tokenizer)   # stock from_pretrained loads it
+    PosixPath('out/pruned')
 
 Masking adds -inf to the removed experts' router logits (and to their selection-only correction
 bias), so removing experts gives the same logits as masking them.

@@ -1,8 +1,10 @@
 """Prune a checkpoint on disk tensor by tensor, without building the model.
 
+    >>> from reapkit.model import DEMO_PATH       # a checkpoint folder, e.g. Qwen3-30B-A3B's
+    >>> from reapkit.observe import Observations
     >>> plan = PruningPlan.from_observations(Observations.load("runs/obs"), "reap", ratio=0.5)
-    >>> stream_prune("Qwen3-30B-A3B", plan, "Qwen3-30B-A3B-REAP-50")
-    PosixPath('Qwen3-30B-A3B-REAP-50')
+    >>> stream_prune(DEMO_PATH, plan, "demo-REAP-50")
+    PosixPath('demo-REAP-50')
 
 A checkpoint is a set of named tensors; pruning drops, slices and renumbers some of them. Each
 tensor is read from the source shards (safetensors, through `reapkit.model.checkpoint`, which

@@ -7,6 +7,7 @@ example that cannot run here (a hub checkpoint, a GPU, torchrun, a browser) is w
 block instead (an indented ``::`` block), which the docs show the same way.
 """
 
+import copy
 import doctest
 import importlib
 import pkgutil
@@ -51,7 +52,9 @@ def test_docstring_examples_run(name, namespace, tmp_path, monkeypatch):
 
     names, inputs = namespace
     module = importlib.import_module(name)
-    tests = [t for t in doctest.DocTestFinder().find(module, name, globs={**vars(module), **names}) if t.examples]
+    # each module gets its own copy of the model: its examples may remove or merge experts
+    globs = {**vars(module), **names, "model": copy.deepcopy(names["model"])}
+    tests = [t for t in doctest.DocTestFinder().find(module, name, globs=globs) if t.examples]
     if not tests:
         return
     shutil.copytree(inputs, tmp_path, dirs_exist_ok=True)
