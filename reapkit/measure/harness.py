@@ -1,11 +1,12 @@
 """Score a model, or a plan applied to it in memory, with lm-evaluation-harness: no checkpoint is written.
 
     >>> rows = lm_eval(model, plan, ["reapkit_heldout", "reapkit_continuation"],
-    ...                tokenizer=tokenizer, include_path=write_demo_tasks("runs/tasks"))
-    >>> rows[["criterion", "ratio", "domain", "metric", "value", "stderr"]]
-      criterion  ratio                 domain         metric   value  stderr
-    0      reap    0.5        reapkit_heldout  bits_per_byte  1.9437     NaN
-    1      reap    0.5   reapkit_continuation            acc  0.6250  0.1830
+    ...                tokenizer=tokenizer, include_path=write_demo_tasks("runs/tasks"), limit=4)
+    >>> rows[["criterion", "ratio", "domain", "metric", "value", "stderr"]].round(3)
+      criterion  ratio                domain         metric  value  stderr
+    0      reap    0.5       reapkit_heldout  bits_per_byte  2.302     NaN
+    1      reap    0.5  reapkit_continuation            acc  0.250    0.25
+    2      reap    0.5  reapkit_continuation       acc_norm  0.250    0.25
 
 The plan is applied with `reapkit.compress.prune.mask_experts`, which gives the logits of the pruned
 checkpoint, so the scores equal those of `save_pruned` + a stock reload. Device-mapped models (accelerate,
@@ -116,7 +117,8 @@ def offline():
 def find_tasks(tasks, include_path=None):
     """An lm-eval TaskManager that knows every task of `tasks`, or InvalidInput naming the unknown ones.
 
-        >>> find_tasks(["reapkit_heldout"], "runs/lm_eval_tasks")
+        >>> find_tasks(["reapkit_heldout"], write_demo_tasks("runs/lm_eval_tasks"))
+        <lm_eval.tasks...TaskManager object at ...>
 
     With `include_path` the tasks are looked up in that folder of task YAML files only; without it,
     among lm-eval's own tasks (indexing their ~14,000 YAML files takes ~10 s).
@@ -248,7 +250,12 @@ def lm_eval_plans(model, plans: dict, tasks, **kwargs) -> pd.DataFrame:
     """`lm_eval` of the unpruned model and of each plan of {(criterion, ratio): PruningPlan} (masked in
     turn), as one long-form results frame; keywords as `lm_eval`.
 
-        >>> lm_eval_plans(model, plans, DEMO_TASKS, tokenizer=tokenizer, include_path=folder, limit=8)
+        >>> rows = lm_eval_plans(model, {("reap", 0.5): plan}, ["reapkit_heldout"], tokenizer=tokenizer,
+        ...                      include_path=write_demo_tasks("tasks"), limit=4)
+        >>> rows[["label", "ratio", "metric", "value"]].round(3)
+              label  ratio         metric  value
+        0  unpruned    0.0  bits_per_byte  1.684
+        1      reap    0.5  bits_per_byte  2.302
     """
     manager = kwargs.pop("task_manager", None)
     with offline():  # indexing task files reads no data set
@@ -313,8 +320,10 @@ DEMO_FOLDER, SCRATCH = "lm_eval_tasks", "reapkit-tasks-"
 def task_folder(include_path, scratch):
     """The folder of task YAML files `include_path` names: "demo" writes the demo suite into `scratch`.
 
-        >>> task_folder("demo", "runs/03")       # Path('runs/03/lm_eval_tasks'), the demo suite
-        >>> task_folder("my_tasks", "runs/03")   # 'my_tasks', as it is (None: lm-eval's own tasks)
+        >>> task_folder("demo", "runs/03")       # the demo suite, written there
+        PosixPath('runs/03/lm_eval_tasks')
+        >>> task_folder("my_tasks", "runs/03")   # as it is (None: lm-eval's own tasks)
+        'my_tasks'
 
     A folder that is really called ``demo`` is taken as it is.
     """
@@ -326,7 +335,8 @@ def task_folder(include_path, scratch):
 def write_demo_tasks(folder, *, per_domain: int = 4, chars: int = 240) -> Path:
     """Write reapkit's demo lm-eval task suite into `folder` and return it (usable as `include_path`).
 
-        >>> write_demo_tasks("runs/lm_eval_tasks")        # reapkit_heldout.yaml, reapkit_continuation.yaml + jsonl
+        >>> sorted(path.name for path in write_demo_tasks("runs/lm_eval_tasks").iterdir())
+        ['reapkit_continuation.jsonl', 'reapkit_continuation.yaml', 'reapkit_heldout.jsonl', 'reapkit_heldout.yaml']
 
     Both tasks are made from the held-out (validation) texts of the built-in domains, `per_domain` texts
     of each, cut to `chars` characters: `reapkit_heldout` scores them as documents (rolling

@@ -1,7 +1,10 @@
 """The one results schema: column names every table of results uses, and its long and wide forms.
 
-    >>> with_delta_loss(results)                  # adds delta_loss: loss - the domain's unpruned loss
-    >>> long_results(results)                     # one row per measurement: metric, value, value_lo, ...
+    >>> long_results(results)[["label", "ratio", "domain", "metric", "value", "value_lo"]].head(3).round(3)
+      label  ratio domain metric  value  value_lo
+    0  reap   0.25   code   loss  4.326     3.978
+    1  reap   0.25  prose   loss  4.255     4.086
+    2  reap   0.25  tools   loss  1.548     1.395
     >>> lo("loss"), hi("loss")
     ('loss_lo', 'loss_hi')
 
@@ -102,7 +105,8 @@ def stderr(metric: str) -> str:
 def select(frame: pd.DataFrame, **conditions) -> pd.DataFrame:
     """Rows of `frame` where each named column equals its value (None or a missing column: no condition).
 
-    >>> select(scores, criterion="reap", domain="all")
+    >>> len(select(scores, criterion="reap", domain="all"))     # 4 layers x 16 experts
+    64
     """
     for column, value in conditions.items():
         if value is not None and column in frame.columns:
@@ -114,7 +118,11 @@ def with_delta_loss(results: pd.DataFrame) -> pd.DataFrame:
     """A copy of `results` with `delta_loss` = loss - the unpruned loss (ratio 0) of the same domain
     (and the same value of any `model` column), and its interval when loss_lo / loss_hi exist.
 
-        >>> with_delta_loss(results)[["label", "ratio", "domain", "delta_loss"]]
+        >>> frame = pd.DataFrame({"label": ["unpruned", "reap"], "ratio": [0, 0.5], "domain": "code", "loss": [2.0, 2.5]})
+        >>> with_delta_loss(frame)[["label", "ratio", "domain", "delta_loss"]]
+              label  ratio domain  delta_loss
+        0  unpruned    0.0   code         0.0
+        1      reap    0.5   code         0.5
 
     The interval is the loss interval shifted by the baseline. A frame that has `delta_loss`
     already (e.g. with a paired bootstrap interval from `reapkit.study.experiments`) is returned as it is.
@@ -154,7 +162,11 @@ def long_results(results: pd.DataFrame) -> pd.DataFrame:
     """The long form of a wide results frame: one row per measurement (metric, value, stderr, value_lo,
     value_hi) beside the columns that say what was measured; rows already long stay as they are.
 
-        >>> long_results(results)[["criterion", "ratio", "domain", "metric", "value", "value_lo"]]
+        >>> long_results(results)[["criterion", "ratio", "domain", "metric", "value", "value_lo"]].head(3).round(3)
+          criterion  ratio domain metric  value  value_lo
+        0      reap   0.25   code   loss  4.326     3.978
+        1      reap   0.25  prose   loss  4.255     4.086
+        2      reap   0.25  tools   loss  1.548     1.395
     """
     if METRIC in results.columns:
         long, wide = results[results[METRIC].notna()], results[results[METRIC].isna()]
@@ -187,7 +199,12 @@ def wide_results(results: pd.DataFrame) -> pd.DataFrame:
     <metric>_stderr, <metric>_lo, <metric>_hi, one row per what-was-measured; rows already wide stay.
     A wide frame is returned as it is; duplicate measurements are averaged.
 
-        >>> wide_results(lm_rows)[["criterion", "ratio", "domain", "acc", "acc_lo", "acc_hi"]]
+        >>> wide_results(lm_rows)[["criterion", "ratio", "domain", "acc", "acc_lo", "acc_hi"]].round(2)
+          criterion  ratio                domain   acc  acc_lo  acc_hi
+        0  unpruned    0.0       reapkit_heldout   NaN     NaN     NaN
+        1  unpruned    0.0  reapkit_continuation  0.50   -0.07    1.07
+        2      reap    0.5       reapkit_heldout   NaN     NaN     NaN
+        3      reap    0.5  reapkit_continuation  0.25   -0.24    0.74
     """
     if METRIC not in results.columns:
         return results

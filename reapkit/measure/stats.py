@@ -84,7 +84,10 @@ def bootstrap(
 def sequence_grid(frame, metric: str, repeat: str) -> tuple[np.ndarray, np.ndarray]:
     """`bootstrap`'s inputs from a per-sequence table: (`metric` x tokens as [repeats, sequences], tokens).
 
-        >>> sums, tokens = sequence_grid(sequences[sequences.label == "reap"], "loss", "seed")
+        >>> random = sequences[(sequences.label == "random") & (sequences.ratio == 0.5)]   # two seeds
+        >>> sums, tokens = sequence_grid(random, "loss", "seed")
+        >>> sums.shape, tokens.shape                  # [seeds, sequences], [sequences]
+        ((2, 16), (16,))
         >>> estimate, lo, hi = bootstrap(sums, tokens)
 
     `frame` (a pandas DataFrame) has columns `sequence`, `tokens`, `metric` and `repeat` (e.g. the
