@@ -1,9 +1,19 @@
 """The compression study: REAP against other criteria, random pruning, merging and a global budget.
 
-    >>> results = compression_study(model, obs, eval_batches)          # tidy frame, one row per
-    >>> results[results.domain == "all"].pivot_table(                  # method x ratio x domain
-    ...     index="ratio", columns="label", values="loss")
-    >>> print(findings.summarise(sequences, sensitivity))               # the numbers in plain words (reapkit.study.findings)
+    >>> sequences = study_sequences(model, obs, eval_batches, ratios=[0.5], criteria=["reap", "frequency"],
+    ...                             random_seeds=[0], merges=["hc_smoe"])   # one row per variant and sequence
+    >>> results = study_results(sequences)      # one row per variant and domain; compression_study does both
+    >>> results[results.domain == "all"][["label", "ratio", "loss", "loss_lo", "loss_hi", "delta_loss"]].round(2)
+              label  ratio  loss  loss_lo  loss_hi  delta_loss
+    4          reap    0.5  4.02     3.47     4.56        1.46
+    9     frequency    0.5  3.70     2.70     4.69        1.14
+    14       random    0.5  4.45     3.63     5.17        1.88
+    19      hc_smoe    0.5  5.21     4.57     5.79        2.65
+    24  global_reap    0.5  3.75     3.19     4.26        1.18
+    >>> from reapkit.study.findings import summarise
+    >>> print(summarise(sequences))             # the numbers in plain words
+    ### Compression: REAP against each baseline
+    ...
 
 At each ratio, REAP against the other pruning criteria (frequency, soft
 frequency, mean activation norm), random pruning (several seeds), expert merging (M-SMoE-, HC-SMoE-

@@ -1,9 +1,14 @@
 """The compression study's findings in plain words: each stated only where its 95 % interval supports it.
 
-    >>> sequences = study.study_sequences(model, obs, eval_batches)
-    >>> print(summarise(sequences, study.calibration_sensitivity(...), study.layer_sensitivity(...)))
-    ## Compression (domain all, loss)
-    - REAP is better than frequency at 25 % ... (Δ −0.031 [−0.052, −0.012])
+    >>> from reapkit.study import layer_sensitivity
+    >>> layers = layer_sensitivity(model, obs, eval_batches)
+    >>> print(summarise(sequences, sensitivity, layers))    # of study_sequences and calibration_sensitivity
+    ### Compression: REAP against each baseline
+    ...
+    ### Calibration: which experts survive
+    ...
+    ### Per-layer sensitivity
+    ...
 
 Reads the per-sequence frames of :mod:`reapkit.study.experiments` and bootstraps every gap it reports
 (`reapkit.measure.stats.bootstrap`), so the words never claim more than the data show.
@@ -400,7 +405,9 @@ def summarise(
 ) -> str:
     """Markdown findings, each stated only when its 95 % interval supports it ("within noise" otherwise).
 
-        >>> print(summarise(study_sequences(model, obs, eval_batches), calibration_sensitivity(...), layer_sensitivity(...)))
+        >>> print(summarise(sequences))          # sequences: study_sequences(model, obs, eval_batches)
+        ### Compression: REAP against each baseline
+        ...
 
     `sequences` (from `study_sequences`): where REAP wins or loses against each baseline at each
     ratio, by `metric` on `domain`, with paired bootstrap intervals of each gap (random: the mean of

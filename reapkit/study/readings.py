@@ -1,8 +1,14 @@
 """Short readings of the notebooks' figures, in Markdown, with every number computed from the run.
 
-    >>> from IPython.display import Markdown, display
-    >>> display(Markdown(readings.saliency_scale(scores, "reap")))
-    >>> display(Markdown(readings.criterion_agreement(agreement, experts=16, ratio=0.5)))
+    >>> from reapkit.study import readings
+    >>> print(readings.saliency_scale(scores, "reap"))    # in a notebook: display(Markdown(...))
+    **Reading.** The largest reap score of a layer goes from 3.845 (layer 1) to 11.735 (layer 3), a
+    factor of 3.1; ...
+    >>> from reapkit.study.tables import agreement_table
+    >>> agreement = agreement_table(scores, criteria=["reap", "frequency"], ratio=0.5)
+    >>> print(readings.criterion_agreement(agreement, experts=16, ratio=0.5))
+    **Reading.** Mean over layers, at 50% removed. ...
+    - reap / frequency: rho 0.28, overlap 0.46 (above chance)
 
 Each function takes the table a figure was drawn from and returns a few sentences saying what to
 look at and what this run shows; nothing is pasted by hand, so the text follows the data. No
@@ -286,7 +292,10 @@ def costs(results: pd.DataFrame, *, metric: str = "loss", domain: str = ALL) -> 
 def benchmark_scores(scores: pd.DataFrame) -> str:
     """lm-eval scores (long rows of `reapkit.measure.harness.lm_eval_plans`) per task and metric, as `costs` reads loss.
 
-    >>> readings.benchmark_scores(scores)   # "**acc** on reapkit_continuation: unpruned 0.44 [0.19, 0.69] ..."
+    >>> print(benchmark_scores(lm_rows))
+    **Reading.** lm-eval scores of the unpruned model and of each plan, masked in memory. ...
+    **acc** on reapkit_continuation (higher is better): unpruned 0.50 [-0.07, 1.07]
+    - 50% removed: best reap; reap 0.25 [-0.24, 0.74]
     """
     if scores.empty or "metric" not in scores.columns:
         return "No benchmark scores to read."

@@ -1,9 +1,21 @@
 """How sensitive pruning is: to each MoE layer on its own, and to the calibration data.
 
-    >>> layer_sensitivity(model, obs, eval_batches)               # prune one layer at a time
     >>> sensitivity = calibration_sensitivity(model, tokenizer, eval_batches, calibration=obs)
-    >>> sensitivity.loss_matrix()                                 # evaluation domain x calibration set
-    >>> kept_overlap({"code": plan_a, "prose": plan_b})           # mean Jaccard of the kept sets
+    >>> sensitivity.loss_matrix().round(2)                        # evaluation domain x calibration set
+    calibration  unpruned  code  prose  tools  math   mix
+    eval_domain
+    code             4.03  4.75   5.11   5.45  5.64  5.09
+    prose            4.01  4.95   4.50   5.37  5.83  4.54
+    tools            0.86  2.84   2.82   2.49  4.80  2.44
+    math             0.79  4.00   2.67   6.24  1.26  4.03
+    all              2.57  4.14   3.87   4.76  4.66  4.02
+    >>> from reapkit.select.plan import PruningPlan
+    >>> plans = {d: PruningPlan.from_observations(obs, "reap", ratio=0.5, domains=[d]) for d in ("code", "prose")}
+    >>> kept_overlap(plans).round(2)                              # mean Jaccard of the kept sets
+    calibration  code  prose
+    calibration
+    code         1.00   0.43
+    prose        0.43   1.00
 
 **Calibration decides which experts survive**: prune with REAP from statistics of each single
 calibration domain and of their mix, and measure every evaluation domain; plus how much the kept
@@ -51,7 +63,13 @@ def layer_sensitivity(
 ) -> pd.DataFrame:
     """Prune `ratio` of one MoE layer at a time (by `criterion`, the others untouched) and measure it.
 
-        >>> layer_sensitivity(model, obs, eval_batches)[lambda f: f.domain == "all"][["layer", "delta_loss", "delta_loss_lo"]]
+        >>> layers = layer_sensitivity(model, obs, eval_batches)    # prune one layer at a time
+        >>> layers[layers.domain == "all"][["layer", "delta_loss", "delta_loss_lo", "delta_loss_hi"]].round(2)
+            layer  delta_loss  delta_loss_lo  delta_loss_hi
+        4       0        1.29           0.93           1.74
+        9       1        0.06           0.03           0.10
+        14      2        0.05           0.01           0.08
+        19      3        0.08           0.05           0.12
 
     Returns one row per MoE layer and evaluation domain (and ``"all"``): layer, criterion, ratio,
     experts_kept, then the columns of `reapkit.measure.evaluate.aggregate` with `delta_loss` (+ interval)
@@ -257,8 +275,16 @@ def calibration_sensitivity(
 ) -> Sensitivity:
     """Prune at `ratio` by `criterion` calibrated on each single domain and on their mix; loss on every domain.
 
-        >>> s = calibration_sensitivity(model, tokenizer, eval_batches, calibration_seeds=(0, 1, 2))
-        >>> s.loss_matrix("delta_loss"); s.overlap          # tidy frames with intervals: see `Sensitivity`
+        >>> s = calibration_sensitivity(model, tokenizer, eval_batches, domains=["code", "math"], samples=4,
+        ...                             calibration_seeds=(0, 1))      # two calibration repeats, observed here
+        >>> s.overlap[["calibration_a", "calibration_b", "jaccard", "jaccard_lo", "jaccard_hi", "chance"]].round(2)
+          calibration_a calibration_b  jaccard  jaccard_lo  jaccard_hi  chance
+        0          code          code     0.70        0.60        0.90    0.34
+        1          code          math     0.36        0.26        0.49    0.34
+        2          code           mix     0.72        0.57        0.86    0.34
+        3          math          math     0.53        0.45        0.60    0.34
+        4          math           mix     0.38        0.33        0.45    0.34
+        5           mix           mix     0.69        0.60        0.78    0.34
 
     Calibration: `calibration` may be `Observations` (with per-domain statistics, e.g. those of the
     main study: no model pass at all), a list of `Observations` (one per calibration repeat), a list
