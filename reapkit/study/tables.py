@@ -1,9 +1,19 @@
 """Tables behind the figures and chance levels (pure numpy / scipy / pandas).
 
-    >>> agreement_table(scores, criteria=["reap", "frequency"], ratio=0.5)   # layer, criterion_a, criterion_b, spearman, overlap
-    >>> expected_jaccard(16, 8)                   # two random 8-of-16 subsets: 0.3434...
-    >>> spearman_band(16)                         # (lo, hi): 95% of Spearman rho between random rankings of 16
-    >>> curve_table(results, "loss", hue="label") # one row per (curve, ratio): mean, lo, hi
+    >>> agreement_table(scores, criteria=["reap", "frequency"], ratio=0.5)[["layer", "spearman", "overlap"]].round(2)
+       layer  spearman  overlap
+    0      0      0.15     0.45
+    1      1      0.30     0.33
+    2      2      0.22     0.45
+    3      3      0.47     0.60
+    >>> round(expected_jaccard(16, 8), 4)         # two random 8-of-16 subsets overlap this much
+    0.3434
+    >>> [round(rho, 2) for rho in spearman_band(16)]   # 95% of Spearman rho between random rankings of 16
+    [-0.49, 0.5]
+    >>> curve_table(results, "loss", hue="label").head(2).round(2)   # one row per (curve, ratio): mean, lo, hi
+      label  ratio  mean    lo    hi  runs band
+    0  reap   0.25  2.79  2.47  3.09     5   ci
+    1  reap   0.50  4.03  3.71  4.35     5   ci
 
 This module imports no matplotlib (and neither torch nor transformers): the figures of
 `reapkit.plot` draw these tables, and a study or a notebook can print them.
@@ -60,6 +70,8 @@ def jaccard_distribution(experts: int, size: int, other: int | None = None) -> t
     `experts` items, of `size` and `other` (default `size`) items: ``(values, probabilities)``.
 
         >>> values, p = jaccard_distribution(16, 8)
+        >>> values[4], p[4].round(3)                 # two random halves of 16 share 4 experts: Jaccard 1/3
+        (np.float64(0.3333333333333333), np.float64(0.381))
 
     The intersection is hypergeometric: P(|A & B| = x) = C(b, x) C(E - b, a - x) / C(E, a).
     """
@@ -95,8 +107,8 @@ def spearman_band(n: int, *, level: float = 0.95, permutations: int = 20000, see
     """Central `level` interval of Spearman's rho between two independent random rankings of `n` items
     (a permutation null, `permutations` draws from `seed`; deterministic): ``(lo, hi)``.
 
-        >>> spearman_band(16)
-        (-0.5, 0.5)              # roughly: |rho| < 0.5 is what unrelated scores of 16 experts give
+        >>> [round(rho, 2) for rho in spearman_band(16)]   # |rho| < 0.5 is what unrelated scores of 16 experts give
+        [-0.49, 0.5]
 
     n < 3 gives (-1, 1): every value is possible by chance.
     """
@@ -122,7 +134,12 @@ def agreement_table(
     """Per layer and pair of criteria: Spearman rank correlation of the scores, the overlap (Jaccard
     index) of the sets of experts each would prune at `ratio`, and that overlap's chance level.
 
-        >>> agreement_table(scores, criteria=["reap", "frequency"], ratio=0.5)
+        >>> table = agreement_table(scores, criteria=["reap", "frequency", "ean_mean"], ratio=0.5)
+        >>> table[["layer", "criterion_a", "criterion_b", "spearman", "overlap", "overlap_chance"]].head(3).round(2)
+           layer criterion_a criterion_b  spearman  overlap  overlap_chance
+        0      0        reap   frequency      0.15     0.45            0.34
+        1      0        reap    ean_mean      0.76     0.60            0.34
+        2      0   frequency    ean_mean      0.08     0.33            0.34
 
     Columns: layer, criterion_a, criterion_b, experts, spearman, overlap, overlap_chance,
     spearman_lo, spearman_hi (the 95% band of rho between unrelated rankings). Criteria missing
@@ -191,7 +208,10 @@ def domain_share_table(frame: pd.DataFrame, *, criterion: str = "frequency") -> 
     """Per layer, expert and domain: the expert's `share` of the domain's total score in that layer
     (sums to 1 over experts) and its `enrichment` = share x experts (1 = what a uniform router gives).
 
-        >>> domain_share_table(scores, criterion="frequency")
+        >>> domain_share_table(scores, criterion="frequency").head(2).round(2)
+           layer  expert domain  share  enrichment
+        0      0       0   code   0.10        1.57
+        1      0       1   code   0.09        1.45
 
     Columns: layer, expert, domain, share, enrichment. Uses the per-domain rows (not "all").
     """
@@ -212,7 +232,10 @@ def domain_share_table(frame: pd.DataFrame, *, criterion: str = "frequency") -> 
 def specialisation_table(frame: pd.DataFrame, *, criterion: str = "frequency") -> pd.DataFrame:
     """Per layer and expert: `dominant` domain and `specialisation` = 1 - H(p(domain | expert)) / log(#domains).
 
-        >>> specialisation_table(scores)
+        >>> specialisation_table(scores).head(2).round(2)
+           layer  expert dominant  specialisation  usage
+        0      0       0    tools            0.22   0.08
+        1      0       1    prose            0.24   0.06
 
     p(domain | expert) is proportional to the expert's share of each domain (domain sizes cancel);
     0 = serves all domains alike, 1 = serves one domain only. `usage` = the expert's mean share.
@@ -251,8 +274,16 @@ def specialisation_table(frame: pd.DataFrame, *, criterion: str = "frequency") -
 def mask_frame(kept, num_experts=None, **extra) -> pd.DataFrame:
     """Tidy kept/pruned mask (layer, expert, kept) of a plan; `extra` columns are added.
 
-    >>> mask_frame(plan, criterion="reap", ratio=0.5)
+    >>> mask_frame(plan, criterion="reap", ratio=0.5).head(2)
+       layer  expert   kept criterion  ratio
+    0      0       0  False      reap    0.5
+    1      0       1   True      reap    0.5
     >>> mask_frame({0: [0, 2]}, {0: 4})            # {layer: kept experts}, {layer: experts}
+       layer  expert   kept
+    0      0       0   True
+    1      0       1  False
+    2      0       2   True
+    3      0       3  False
     """
     if hasattr(kept, "kept") and hasattr(kept, "num_experts"):
         kept, num_experts = kept.kept, kept.num_experts
@@ -268,7 +299,13 @@ def mask_frame(kept, num_experts=None, **extra) -> pd.DataFrame:
 def plan_overlap(a, b) -> pd.DataFrame:
     """Per layer both plans prune: how far plan `a`'s kept experts agree with plan `b`'s.
 
-    >>> plan_overlap(imported_plan, PruningPlan.from_observations(obs, "reap", ratio=0.5))
+    >>> from reapkit.select.plan import PruningPlan
+    >>> plan_overlap(plan, PruningPlan.from_observations(obs, "frequency", ratio=0.5)).round(2)
+       layer  experts  kept_a  kept_b  shared  overlap  overlap_chance
+    0      0       16       8       8       5     0.45            0.34
+    1      1       16       8       8       4     0.33            0.34
+    2      2       16       8       8       5     0.45            0.34
+    3      3       16       8       8       6     0.60            0.34
 
     Columns: layer, experts, kept_a, kept_b, shared (experts both keep), overlap (Jaccard index of
     the kept sets) and overlap_chance (its expectation for two random choices of those sizes).
@@ -306,7 +343,16 @@ def curve_table(results: pd.DataFrame, metric: str, *, hue: str = LABEL) -> pd.D
     """One row per curve (`hue` value) and ratio: the `mean` of `metric` over repeats (seeds) and its
     interval `lo`..`hi`; ratio-0 rows (the unpruned model) start every curve.
 
-        >>> curve_table(results[results.domain == "all"], "loss")
+        >>> curve_table(results[results.domain == "all"], "loss").round(2)
+                 label  ratio  mean    lo    hi  runs band
+        0         reap   0.25  2.92  2.15  3.54     1   ci
+        1         reap   0.50  4.02  3.42  4.56     1   ci
+        2    frequency   0.25  3.02  1.98  3.91     1   ci
+        3    frequency   0.50  3.70  2.63  4.61     1   ci
+        4       random   0.25  3.39  2.44  4.12     2   ci
+        5       random   0.50  4.69  4.00  5.22     2   ci
+        6  global_reap   0.25  2.83  2.11  3.40     1   ci
+        7  global_reap   0.50  3.75  3.16  4.24     1   ci
 
     The interval is the mean of the <metric>_lo / <metric>_hi columns when the frame has them
     (bootstrap intervals) and otherwise the min..max over repeats (e.g. random seeds; lo = hi = mean
@@ -351,7 +397,8 @@ def is_flat(linkage, *, tolerance: float = 0.1) -> bool:
     """True when a dendrogram has no cluster structure: all its merge heights lie within `tolerance`
     (relative) of the highest one, so where it is cut is arbitrary.
 
-        >>> is_flat(cluster(weight_distances).linkage)     # weight space: every distance about 0.5
+        >>> from reapkit.select.geometry import cluster, distance_matrix
+        >>> is_flat(cluster(distance_matrix(model, 3, "weights")).linkage)   # weight space: every distance about 0.5
         True
     """
     heights = np.asarray(linkage, dtype=float)
