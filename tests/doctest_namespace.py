@@ -13,7 +13,7 @@ notebook cell on the demo model: ``score(obs, "reap")``, ``saliency_heatmap(scor
   (held-out, 4 of each domain);
 - ``obs``: the demo model observed on ``batches``; ``scores``: `scores_frame` of reap, frequency and
   ean_mean; ``plan`` (REAP, ratio 0.5) and ``global_plan`` (the same total, one global budget);
-- ``sequences`` and ``results``: a small compression study (reap and frequency at 0.25 and 0.5,
+- ``sequences`` and ``results``: a small compression study (reap and frequency at 0, 0.25 and 0.5,
   random seed 0, the global budget); ``sensitivity``, ``loss_matrix``, ``overlap`` (calibration
   sensitivity from ``obs``); ``reconstruction`` (per-layer error of ``plan``); ``lm_rows``
   (long-form lm-eval rows of the unpruned model and ``plan``);
@@ -62,7 +62,7 @@ def build(inputs: Path) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sequences = study_sequences(
-            model, obs, eval_batches, ratios=[0.25, 0.5], criteria=["reap", "frequency"], random_seeds=[0, 1],
+            model, obs, eval_batches, ratios=[0.0, 0.25, 0.5], criteria=["reap", "frequency"], random_seeds=[0, 1],
             merges=[], progress=False,
         )  # fmt: skip
     sensitivity = calibration_sensitivity(model, tokenizer, eval_batches, calibration=obs, resamples=200, progress=False)

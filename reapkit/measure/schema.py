@@ -1,10 +1,10 @@
 """The one results schema: column names every table of results uses, and its long and wide forms.
 
-    >>> long_results(results)[["label", "ratio", "domain", "metric", "value", "value_lo"]].head(3).round(3)
-      label  ratio domain metric  value  value_lo
-    0  reap   0.25   code   loss  4.326     3.978
-    1  reap   0.25  prose   loss  4.255     4.086
-    2  reap   0.25  tools   loss  1.548     1.395
+    >>> long_results(results[results.ratio == 0.5])[["label", "domain", "metric", "value", "value_lo"]].head(3).round(3)
+      label domain metric  value  value_lo
+    0  reap   code   loss  5.088     4.613
+    1  reap  prose   loss  4.542     4.338
+    2  reap  tools   loss  2.442     2.307
     >>> lo("loss"), hi("loss")
     ('loss_lo', 'loss_hi')
 
@@ -164,9 +164,9 @@ def long_results(results: pd.DataFrame) -> pd.DataFrame:
 
         >>> long_results(results)[["criterion", "ratio", "domain", "metric", "value", "value_lo"]].head(3).round(3)
           criterion  ratio domain metric  value  value_lo
-        0      reap   0.25   code   loss  4.326     3.978
-        1      reap   0.25  prose   loss  4.255     4.086
-        2      reap   0.25  tools   loss  1.548     1.395
+        0      reap    0.0   code   loss  4.035     3.602
+        1      reap    0.0  prose   loss  4.014     3.826
+        2      reap    0.0  tools   loss  0.863     0.640
     """
     if METRIC in results.columns:
         long, wide = results[results[METRIC].notna()], results[results[METRIC].isna()]

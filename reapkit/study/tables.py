@@ -10,10 +10,11 @@
     0.3434
     >>> [round(rho, 2) for rho in spearman_band(16)]   # 95% of Spearman rho between random rankings of 16
     [-0.49, 0.5]
-    >>> curve_table(results, "loss", hue="label").head(2).round(2)   # one row per (curve, ratio): mean, lo, hi
+    >>> curve_table(results[results.domain == "all"], "loss").head(3).round(2)   # per (curve, ratio): mean, lo, hi
       label  ratio  mean    lo    hi  runs band
-    0  reap   0.25  2.79  2.47  3.09     5   ci
-    1  reap   0.50  4.03  3.71  4.35     5   ci
+    0  reap   0.00  2.57  1.72  3.21     5   ci
+    1  reap   0.25  2.92  2.15  3.54     1   ci
+    2  reap   0.50  4.02  3.42  4.56     1   ci
 
 This module imports no matplotlib (and neither torch nor transformers): the figures of
 `reapkit.plot` draw these tables, and a study or a notebook can print them.
@@ -343,16 +344,12 @@ def curve_table(results: pd.DataFrame, metric: str, *, hue: str = LABEL) -> pd.D
     """One row per curve (`hue` value) and ratio: the `mean` of `metric` over repeats (seeds) and its
     interval `lo`..`hi`; ratio-0 rows (the unpruned model) start every curve.
 
-        >>> curve_table(results[results.domain == "all"], "loss").round(2)
-                 label  ratio  mean    lo    hi  runs band
-        0         reap   0.25  2.92  2.15  3.54     1   ci
-        1         reap   0.50  4.02  3.42  4.56     1   ci
-        2    frequency   0.25  3.02  1.98  3.91     1   ci
-        3    frequency   0.50  3.70  2.63  4.61     1   ci
-        4       random   0.25  3.39  2.44  4.12     2   ci
-        5       random   0.50  4.69  4.00  5.22     2   ci
-        6  global_reap   0.25  2.83  2.11  3.40     1   ci
-        7  global_reap   0.50  3.75  3.16  4.24     1   ci
+        >>> random = results[(results.label == "random") & (results.domain == "all")]   # two seeds
+        >>> curve_table(random, "loss").round(2)
+            label  ratio  mean    lo    hi  runs band
+        0  random   0.00  2.57  1.72  3.21     2   ci
+        1  random   0.25  3.39  2.44  4.12     2   ci
+        2  random   0.50  4.69  4.00  5.22     2   ci
 
     The interval is the mean of the <metric>_lo / <metric>_hi columns when the frame has them
     (bootstrap intervals) and otherwise the min..max over repeats (e.g. random seeds; lo = hi = mean
