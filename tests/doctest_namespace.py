@@ -12,12 +12,15 @@ notebook cell on the demo model: ``score(obs, "reap")``, ``saliency_heatmap(scor
 - ``batches`` (calibration, 8 sequences of each built-in domain, 64 tokens) and ``eval_batches``
   (held-out, 4 of each domain);
 - ``obs``: the demo model observed on ``batches``; ``scores``: `scores_frame` of reap, frequency and
-  ean_mean; ``plan`` (REAP, ratio 0.5) and ``global_plan`` (the same total, one global budget);
+  ean_mean; ``reap_scores``: `score(obs, "reap")` [layers, experts]; ``plan`` (REAP, ratio 0.5),
+  ``global_plan`` (the same total, one global budget) and ``plans`` {(criterion, ratio): plan} of reap
+  and frequency at 0.25 and 0.5;
 - ``sequences`` and ``results``: a small compression study (reap and frequency at 0, 0.25 and 0.5,
   random seed 0, the global budget); ``sensitivity``, ``loss_matrix``, ``overlap`` (calibration
-  sensitivity from ``obs``); ``reconstruction`` (per-layer error of ``plan``); ``lm_rows``
+  sensitivity from ``obs``); ``reconstruction`` (per-layer error of ``plan``: criterion, ratio, layer, rel_l2); ``lm_rows``
   (long-form lm-eval rows of the unpruned model and ``plan``);
-- ``d`` (output-space angular distances of layer 3) and ``coselect`` ([layers, E, E] co-selection);
+- ``distances`` ({(space, 3): [E, E]} angular distances of layer 3 in output and weight space), ``d``
+  (the output-space one), ``clustering`` (`cluster(d, n_clusters=4)`) and ``coselect`` ([layers, E, E]);
 - ``np``, ``pd``, ``torch``, ``plt``; and in the working folder (each module's own copy of `inputs`):
   ``runs/obs`` (``obs`` saved), ``plan.json``, ``tokens.jsonl``, ``data.jsonl``.
 """
@@ -45,8 +48,8 @@ def build(inputs: Path) -> dict:
     from reapkit.measure.harness import result_rows
     from reapkit.model.loading import load_model
     from reapkit.observe.recorder import observe
-    from reapkit.select.criteria import scores_frame
-    from reapkit.select.geometry import distance_matrix
+    from reapkit.select.criteria import score, scores_frame
+    from reapkit.select.geometry import cluster, distance_matrices
     from reapkit.select.plan import PruningPlan
     from reapkit.study.experiments import study_results, study_sequences
     from reapkit.study.sensitivity import calibration_sensitivity
@@ -59,6 +62,8 @@ def build(inputs: Path) -> dict:
     obs = observe(model, batches, progress=False)
     plan = PruningPlan.from_observations(obs, "reap", ratio=0.5)
     global_plan = PruningPlan.from_global_budget(obs, "reap", total=plan.total_kept)
+    plans = {(c, r): PruningPlan.from_observations(obs, c, ratio=r) for c in ("reap", "frequency") for r in (0.25, 0.5)}
+    distances = distance_matrices(model=model, obs=obs, layers=[3])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sequences = study_sequences(
@@ -85,8 +90,10 @@ def build(inputs: Path) -> dict:
         eval_batches=eval_batches,
         obs=obs,
         scores=scores_frame(obs, ["reap", "frequency", "ean_mean"]),
+        reap_scores=score(obs, "reap"),
         plan=plan,
         global_plan=global_plan,
+        plans=plans,
         sequences=sequences,
         results=study_results(sequences, resamples=200),
         sensitivity=sensitivity,
@@ -94,12 +101,14 @@ def build(inputs: Path) -> dict:
         overlap=sensitivity.overlap_matrix(),
         reconstruction=reconstruction_error(
             model, model, eval_batches, compressed=lambda: mask_experts(model, plan), progress=False
-        ),
+        ).assign(criterion="reap", ratio=0.5),
         lm_rows=pd.concat(
             [result_rows(lm_output(1.684, 0.5, 0.289)), result_rows(lm_output(2.302, 0.25, 0.25), plan)],
             ignore_index=True,
         ),
-        d=distance_matrix(obs, 3, "output"),
+        distances=distances,
+        d=distances["output", 3],
+        clustering=cluster(distances["output", 3], n_clusters=4),
         coselect=obs.coselection(),
     )
 

@@ -1,11 +1,13 @@
 """Figures for a paper: saliency, criteria, domains, expert geometry, plans and what compression costs.
 
     >>> from reapkit import plot
-    >>> frame = scores_frame(obs, ["reap", "frequency"])        # reapkit.select.criteria: tidy scores
+    >>> from reapkit.select.criteria import scores_frame
+    >>> frame = scores_frame(obs, ["reap", "frequency"])        # tidy scores
     >>> ax = plot.saliency_heatmap(frame, criterion="reap")      # raw scale, log colours
     >>> fig = plot.criterion_agreement(frame, ratio=0.5)         # with chance levels
     >>> fig = plot.compression_figure(results)                   # loss + agreement, 95% CIs
     >>> plot.save_figure(fig, "figures/demo", "agreement")       # agreement.pdf (vector) + .png (300 dpi)
+    [PosixPath('figures/demo/agreement.png'), PosixPath('figures/demo/agreement.pdf')]
 
 Every function takes data (pandas frames in the layouts of :mod:`reapkit.study.tables`, numpy arrays),
 keyword-only options and an optional `ax=` (or `fig=` for multi-panel figures), and returns the

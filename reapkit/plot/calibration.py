@@ -1,8 +1,12 @@
 """Figures of calibration sensitivity: how loss and kept sets change with the calibration domain.
 
     >>> calibration_heatmap(loss_matrix)                # calibrated on (rows) x evaluated on (columns)
+    <Axes: title={'center': 'Δ loss after pruning'}, ...>
     >>> calibration_figure(sensitivity)                 # a reapkit.study.sensitivity.Sensitivity
+    <Figure size 1020x375 with 4 Axes>
+    >>> from reapkit.study.tables import expected_jaccard
     >>> calibration_figure(loss_matrix, overlap, chance=expected_jaccard(16, 8))
+    <Figure size 1020x375 with 4 Axes>
 
 The tables come from `reapkit.study.sensitivity.calibration_sensitivity`.
 """
@@ -66,6 +70,7 @@ def calibration_heatmap(loss_matrix: pd.DataFrame, *, delta: bool = True, ax=Non
     own-domain calibration is the outlined diagonal.
 
         >>> calibration_heatmap(loss_matrix)              # from reapkit.study.sensitivity.calibration_sensitivity
+        <Axes: title={'center': 'Δ loss after pruning'}, ...>
     """
     fig, ax = axes(ax, (COLUMN, 2.4))
     if is_empty(loss_matrix):
@@ -99,7 +104,9 @@ def overlap_heatmap(overlap: pd.DataFrame, *, chance: float | None = None, ax=No
     With `chance` (:func:`reapkit.study.tables.expected_jaccard`), colours diverge at the chance level
     (white = what random expert sets share) and the colour bar marks it.
 
+        >>> from reapkit.study.tables import expected_jaccard
         >>> overlap_heatmap(overlap, chance=expected_jaccard(16, 8))
+        <Axes: title={'center': 'kept-expert overlap (Jaccard), chance 0.34'}, ...>
     """
     fig, ax = axes(ax, (COLUMN, 2.4))
     if is_empty(overlap):
@@ -137,7 +144,10 @@ def calibration_figure(
     """:func:`calibration_heatmap` next to :func:`overlap_heatmap` (two columns wide). Returns the Figure.
 
     >>> calibration_figure(sensitivity)        # a reapkit.study.sensitivity.Sensitivity: chance and title from it
+    <Figure size 1020x375 with 4 Axes>
+    >>> from reapkit.study.tables import expected_jaccard
     >>> calibration_figure(loss_matrix, overlap, chance=expected_jaccard(16, 8), title="REAP at 50%")
+    <Figure size 1020x375 with 4 Axes>
     """
     if hasattr(loss_matrix, "loss_matrix") and hasattr(loss_matrix, "overlap_matrix"):
         result = loss_matrix

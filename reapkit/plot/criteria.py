@@ -1,7 +1,9 @@
 """Figures comparing criteria: agreement by layer (with chance levels) and REAP against frequency per expert.
 
 >>> criterion_agreement(scores, criteria=["reap", "frequency", "ean_mean"], ratio=0.5)
+<Figure size 1020x315 with 2 Axes>
 >>> reap_vs_frequency(scores, layer=3, ratio=0.5)
+<Axes: title={'center': 'reap vs frequency, layer 3 (50% removed)'}, ...>
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ def criterion_agreement(
     rankings shaded), and the overlap (Jaccard) of the experts they prune (chance level dotted).
 
         >>> criterion_agreement(scores, criteria=["reap", "frequency", "ean_mean"], ratio=0.5)
+        <Figure size 1020x315 with 2 Axes>
 
     `frame` is a scores frame, or an :func:`reapkit.study.tables.agreement_table`. Each pair is drawn in
     the colour of its second criterion and a marker of its first; `reference` (default: the first
@@ -148,6 +151,7 @@ def reap_vs_frequency(
     only by frequency (frequency's colour), pruned by both (hollow grey).
 
         >>> reap_vs_frequency(scores, layer=3, ratio=0.5)
+        <Axes: title={'center': 'reap vs frequency, layer 3 (50% removed)'}, ...>
 
     This shows when the two disagree: rarely routed experts with large gated outputs (top left) are
     kept by REAP only. `layer=None` pools every layer (frequency as the share of its layer's tokens,

@@ -1,7 +1,9 @@
 """Figures of calibration domains: which experts serve which domain, and specialisation by depth.
 
 >>> domain_saliency(scores, criterion="frequency")
+<Axes: title={'left': 'domain enrichment (frequency)'}, ...>
 >>> specialisation_by_depth(scores)
+<Axes: title={'center': 'specialisation by depth (frequency)'}, ...>
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ def domain_saliency(frame: pd.DataFrame, *, criterion: str = "frequency", layers
     (share of the domain's score x experts; 1 = uniform; log2 scale, symmetric around 1).
 
         >>> domain_saliency(scores, criterion="frequency", layers=[1, 3])
+        <Axes: title={'left': 'domain enrichment (frequency)'}, ...>
 
     Experts a domain never routes to are grey (not the loudest colour); each expert's dominant
     domain is marked with a dot in its row.
@@ -94,6 +97,7 @@ def specialisation_by_depth(frame: pd.DataFrame, *, criterion: str = "frequency"
     the usage-weighted mean per layer as a black line.
 
         >>> specialisation_by_depth(scores)
+        <Axes: title={'center': 'specialisation by depth (frequency)'}, ...>
 
     `frame` is a scores frame or a :func:`reapkit.study.tables.specialisation_table`; with `hue` (a column
     such as "run" or "model") one line per value (colour per value) and no markers.

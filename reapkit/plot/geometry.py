@@ -1,9 +1,13 @@
 """Figures of expert geometry: distance matrices with dendrograms, saliency on the dendrogram, co-selection.
 
 >>> distance_heatmap(d, n_clusters=4, title="layer 3")          # d: [E, E] angular distances
->>> distance_heatmaps({("output", 3): d1, ("weights", 3): d2})   # one colour scale, one colour bar
->>> saliency_dendrogram(d, scores, ratio=0.5)                   # leaves coloured by saliency, pruned marked
->>> coactivation_matrix(coselect[layer])                        # [E, E] top-k co-selection counts
+<Figure size 495x525 with 3 Axes>
+>>> distance_heatmaps(distances)        # {("output", 3): d, ("weights", 3): ...}: one colour scale and bar
+<Figure size 1020x438 with 7 Axes>
+>>> saliency_dendrogram(d, reap_scores[3], ratio=0.5)           # leaves coloured by saliency, pruned marked
+<Axes: title={'center': 'expert dendrogram, leaves coloured by reap'}, ...>
+>>> coactivation_matrix(coselect[3])                            # [E, E] top-k co-selection counts of layer 3
+<Axes: title={'center': 'expert co-selection (top-k)'}, ...>
 """
 
 from __future__ import annotations
@@ -113,6 +117,7 @@ def distance_heatmap(
     """Angular distance matrix ordered by average-linkage clustering, with its dendrogram above.
 
         >>> distance_heatmap(d, n_clusters=4, title="output space, layer 3")
+        <Figure size 495x525 with 3 Axes>
 
     `clustering` is a :class:`reapkit.select.geometry.Clustering` (computed when omitted); cluster
     boundaries are outlined when it has labels or `n_clusters` is given, unless the dendrogram is
@@ -139,7 +144,8 @@ def distance_heatmaps(
     side by side, on one colour scale with one colour bar; `clusterings` {same key: Clustering}
     reuses clusterings. Returns the Figure.
 
-        >>> distance_heatmaps({("output", 3): d_out, ("weights", 3): d_w}, n_clusters=4)
+        >>> distance_heatmaps(distances, n_clusters=4)     # {("output", 3): d, ("weights", 3): ...}
+        <Figure size 1020x438 with 7 Axes>
     """
     if not distances:
         return no_data_figure(title="expert distances")
@@ -190,7 +196,8 @@ def saliency_clusters(
     """Saliency of each expert of one layer as bars in dendrogram order, grouped by cluster (alternating
     grey shades, cluster ids above); with `ratio`, the experts a plan would prune are hatched and pale.
 
-        >>> saliency_clusters(reap_scores[layer], clustering, ratio=0.5)
+        >>> saliency_clusters(reap_scores[3], clustering, ratio=0.5)      # clustering of layer 3
+        <Axes: title={'left': 'saliency by cluster'}, ...>
 
     `scores` [E]; `clustering` a :class:`reapkit.select.geometry.Clustering` (for order and labels) or
     None; `labels` overrides the cluster ids.
@@ -279,7 +286,8 @@ def saliency_dendrogram(
     """The dendrogram of angular distances with each leaf (expert) coloured by its saliency and the
     experts a plan prunes marked with a cross below their leaf (the REAP paper's figure).
 
-        >>> saliency_dendrogram(d, reap_scores[layer], ratio=0.5)
+        >>> saliency_dendrogram(d, reap_scores[3], ratio=0.5)            # d: distances of layer 3
+        <Axes: title={'center': 'expert dendrogram, leaves coloured by reap'}, ...>
 
     `distances` [E, E]; `scores` [E]; `pruned` (a boolean [E] or a list of experts) overrides the
     experts `ratio` would prune by `scores`. A flat dendrogram (no cluster structure) says so.
@@ -373,7 +381,8 @@ def coactivation_matrix(
     """Expert x expert co-selection of one layer (how often two experts are in the same token's top-k),
     in dendrogram order, the diagonal blank.
 
-        >>> coactivation_matrix(coselect[layer])                 # [E, E] counts; diagonal = tokens per expert
+        >>> coactivation_matrix(coselect[3])                     # [E, E] counts; diagonal = tokens per expert
+        <Axes: title={'center': 'expert co-selection (top-k)'}, ...>
 
     `normalise="jaccard"`: C_ij / (C_ii + C_jj - C_ij), the share of the tokens routed to either
     expert that go to both (needs the per-expert token counts on the diagonal); None: raw counts.

@@ -1,7 +1,9 @@
 """Figures of pruning plans: which experts each plan keeps.
 
 >>> plan_mask(plan)                                             # layers x experts, kept dark
->>> plan_masks(pd.concat([mask_frame(p, criterion=c, ratio=r) for (c, r), p in plans.items()]))
+<Axes: title={'left': 'kept experts'}, ...>
+>>> plan_masks(pd.concat([mask_frame(p, criterion=c, ratio=r) for (c, r), p in plans.items()]))   # plans: {(c, r): plan}
+<Figure size 1020x352.5 with 4 Axes>
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ def plan_mask(mask, *, title: str | None = None, legend: bool = True, ax=None):
     """Layers x experts grid: kept experts dark, pruned ones light, with the kept count above.
 
         >>> plan_mask(plan)                  # or a mask frame (layer, expert, kept)
+        <Axes: title={'left': 'kept experts'}, ...>
 
     `mask` is a :func:`reapkit.study.tables.mask_frame` or a plan (anything with `.kept` and `.num_experts`).
     """
@@ -90,7 +93,9 @@ def plan_masks(masks: pd.DataFrame, *, row: str = "criterion", col: str = "ratio
     """Grid of :func:`plan_mask` panels, one per (`row`, `col`) value of a mask frame with those columns;
     one legend, tick labels on the outer panels only. Returns the Figure.
 
+        >>> masks = pd.concat([mask_frame(p, criterion=c, ratio=r) for (c, r), p in plans.items()])
         >>> plan_masks(masks)                # masks: layer, expert, kept, criterion, ratio
+        <Figure size 1020x352.5 with 4 Axes>
     """
     if is_empty(masks):
         return no_data_figure(fig, title="kept experts")

@@ -1,9 +1,13 @@
 """Figures of expert saliency: heatmaps, sorted curves, raw distributions per layer, experts kept per layer.
 
 >>> saliency_heatmap(scores, criterion="reap")                 # raw scale, log colours, shared bar
+<Axes: title={'left': 'reap'}, ...>
 >>> saliency_curves(scores, criterion="reap", ratio=0.5)
->>> saliency_distributions(scores, criterion="reap", ratio=0.5, budget=plan_global)
->>> kept_per_layer({"uniform": plan, "global budget": plan_global})
+<Axes: title={'center': 'reap: sorted scores'}, ...>
+>>> saliency_distributions(scores, criterion="reap", ratio=0.5, budget=global_plan)
+<Axes: title={'center': 'reap: raw scores per layer'}, ...>
+>>> kept_per_layer({"uniform": plan, "global budget": global_plan})
+<Axes: title={'center': 'experts kept per layer'}, ...>
 """
 
 from __future__ import annotations
@@ -86,6 +90,7 @@ def saliency_heatmap(
     """Layers x experts heatmap of one criterion's raw scores (the scale of each layer stays visible).
 
         >>> saliency_heatmap(scores, criterion="reap", sort=True)
+        <Axes: title={'left': 'reap'}, ...>
 
     `sort=True` orders experts within each layer by descending score (the x axis is the rank).
     `log` (default) colours on a log scale; experts scoring 0 (never routed) are grey. `norm`
@@ -174,6 +179,7 @@ def saliency_curves(
     black by depth), with the cut-off of `ratio` (a fraction of experts removed, or a list of them).
 
         >>> saliency_curves(scores, criterion="reap", ratio=[0.25, 0.5])
+        <Axes: title={'center': 'reap: sorted scores'}, ...>
 
     Experts to the right of a dashed line are the ones a uniform plan at that ratio removes. Raw
     scores on a log axis by default (`normalise=True` divides by each layer's maximum).
@@ -244,6 +250,7 @@ def saliency_distributions(
     has, which a global budget compares across layers.
 
         >>> saliency_distributions(scores, criterion="reap", ratio=0.5, budget=global_plan)
+        <Axes: title={'center': 'reap: raw scores per layer'}, ...>
 
     With `ratio`, a short black bar marks each layer's uniform cut-off (experts below it are
     pruned); with `budget` (a plan or mask frame), the experts that plan prunes are drawn hollow.
@@ -326,6 +333,7 @@ def kept_per_layer(plans, *, ax=None):
     a global budget hatched. `plans` is {name: PruningPlan or mask frame} (or one plan).
 
         >>> kept_per_layer({"reap 50%": plan, "global reap": global_plan})
+        <Axes: title={'center': 'experts kept per layer'}, ...>
 
     The dashed line is the number of experts per layer before pruning.
     """

@@ -3,7 +3,9 @@
     >>> with style():                                   # every plot function applies it already
     ...     fig, ax = plt.subplots(figsize=(COLUMN, 2.2))
     >>> criterion_color("reap"), criterion_color("my_criterion")   # stable colours, any name
+    ('#D55E00', '#AA4499')
     >>> save_figure(fig, "figures", "name")             # figures/name.pdf (vector) + name.png (300 dpi)
+    [PosixPath('figures/name.png'), PosixPath('figures/name.pdf')]
 
 Colours belong to criteria and methods only (Okabe-Ito, colour-blind safe, then Paul Tol's muted
 set); REAP is vermillion everywhere. A criterion that is not in the table (a registered one) takes
@@ -209,7 +211,9 @@ def save_figure(
 ) -> list[Path]:
     """Write `fig` as `folder/name.png` (300 dpi) and `folder/name.pdf` (vector), byte-for-byte reproducibly.
 
-        >>> save_figure(fig, "figures/demo", "agreement")     # [.../agreement.png, .../agreement.pdf]
+        >>> fig = plt.figure(figsize=(COLUMN, 2))
+        >>> save_figure(fig, "figures/demo", "agreement")
+        [PosixPath('figures/demo/agreement.png'), PosixPath('figures/demo/agreement.pdf')]
 
     Metadata that would change between runs (dates, software versions) is left out; each file is
     written to a temporary sibling and renamed into place. Accepts an Axes too. Returns the paths.
@@ -270,7 +274,9 @@ def panels(n: int, *, ncols: int = 3, size=(2.2, 1.8), sharex=False, sharey=Fals
 def per_criterion(function, frame, criteria=None, *, ncols: int = 2, **kwargs):
     """One panel per criterion: `function(frame, criterion=c, ax=ax, **kwargs)`; returns the Figure.
 
+    >>> from reapkit.plot.saliency import saliency_curves
     >>> per_criterion(saliency_curves, scores, ["reap", "frequency"], ratio=[0.25, 0.5])
+    <Figure size 1020x355.455 with 2 Axes>
     """
     if criteria is None:
         criteria = list(dict.fromkeys(frame["criterion"])) if not is_empty(frame) else []
