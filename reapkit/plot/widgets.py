@@ -1,10 +1,12 @@
 """Interactive explorers (ipywidgets) over saved observations and study results: nothing runs through the model.
 
-    >>> from reapkit.plot.widgets import explorer, study_explorer
-    >>> explorer("runs/cache/0123abcd")          # or an Observations object; displays in Jupyter
-    >>> e = SaliencyExplorer(obs, criteria=["reap", "frequency"])
-    >>> e.layer.value = 3; e.ratio.value = 0.5   # every change redraws the views
-    >>> study_explorer(results)                  # notebook 05: metric and domain dropdowns
+In a Jupyter notebook (the views are drawn into the notebook's output area)::
+
+    from reapkit.plot.widgets import explorer, study_explorer
+    e = explorer("runs/obs", criteria=["reap", "frequency"])   # or an Observations object
+    e                                          # a cell ending in the explorer shows it
+    e.layer.value = 3; e.ratio.value = 0.5     # every change redraws the views
+    study_explorer(results)                    # notebook 05: metric and domain dropdowns
 
 Controls: layer slider, criterion and domain dropdowns, ratio slider. The ratio slider offers only
 the ratios a uniform plan can meet (0, 1/E, 2/E, ... removed, each layer keeping at least top-k
@@ -33,12 +35,20 @@ VIEWS = ("saliency", "clusters", "mask")
 
 
 def ratio_label(ratio: float, num_experts: int) -> str:
-    """How the controls and figures name a ratio: ``ratio_label(0.625, 16) == "62% (10/16)"``."""
+    """How the controls and figures name a ratio.
+
+    >>> ratio_label(0.625, 16)
+    '62% (10/16)'
+    """
     return f"{ratio:.0%} ({pruned_count(num_experts, ratio)}/{num_experts})"
 
 
 def ratio_options(num_experts: int, top_k: int) -> list[tuple[str, float]]:
-    """(label, ratio) of every ratio a uniform plan can meet: 0 to num_experts - top_k experts removed."""
+    """(label, ratio) of every ratio a uniform plan can meet: 0 to num_experts - top_k experts removed.
+
+    >>> ratio_options(16, 2)[-1]                 # the ratio slider's last stop: 14 of 16 removed, top-2 kept
+    ('88% (14/16)', 0.875)
+    """
     return [(ratio_label(n / num_experts, num_experts), n / num_experts) for n in range(num_experts - top_k + 1)]
 
 
