@@ -130,6 +130,16 @@ def build(inputs: Path) -> dict:
         for pos, layer in enumerate(obs.layers)
     }
     torch.save(state, inputs / "observations_1024_cosine.pt")
+    (inputs / "sweeps").mkdir()  # the sweep file reapkit.run.sweep shows
+    (inputs / "sweeps" / "ratios.yaml").write_text(
+        "name: ratios\nnotebook: notebooks/03_pruning.ipynb\nparameters: {calibration: 'code:16,prose:16'}\n"
+        "grid: {ratios: [[0.25], [0.5]], seed: [0, 1]}\njobs: 2\n"
+    )
+    (inputs / "experiments").mkdir()  # a plugin (reapkit.run.plugins)
+    (inputs / "experiments" / "my_criterion.py").write_text(
+        "import reapkit\n\n"
+        "reapkit.register_criterion('my_criterion', lambda stats, seed: stats['count'], needs=['count'])\n"
+    )
     tokens = [b.input_ids[0][b.attention_mask[0].bool()].tolist() for b in batches]
     (inputs / "tokens.jsonl").write_text("".join(json.dumps(ids) + "\n" for ids in tokens))
     (inputs / "data").mkdir()

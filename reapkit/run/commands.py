@@ -1,7 +1,10 @@
 """The commands that record, read and report: observe, combine, scores, import, demo, sweep, architectures.
 
     >>> from reapkit.run.parser import build_parser
-    >>> cmd_scores(build_parser().parse_args(["scores", "runs/obs"]))   # as `reapkit scores runs/obs`  # doctest: +SKIP
+    >>> cmd_scores(build_parser().parse_args(["scores", "runs/obs", "--csv", "scores.csv"]))   # reapkit scores ...
+    wrote 320 rows to scores.csv
+    reap scores (pooled over ['code', 'math', 'prose', 'tools']), layers x experts:
+    ...
 
 Each `cmd_<name>(args)` takes the parsed arguments of `reapkit <name>` (`reapkit.run.parser`),
 checks them before any work and prints one summary line. The commands that make and apply plans

@@ -1,7 +1,9 @@
 """`reapkit demo`: the notebooks, run on the bundled demo model, write their figures.
 
->>> run_demo()                                            # notebooks 1-5 on the demo model -> figures/
->>> run_demo(parameters={"calibration": "code:8,prose:8"})   # a quicker run
+Notebooks 1-5 on the demo model, each a few minutes on a laptop's CPU::
+
+    run_demo()                                            # -> figures/
+    run_demo(parameters={"calibration": "code:8,prose:8"})   # a quicker run
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """Execute one notebook with papermill, parameters injected, into a folder of its own.
 
->>> run_notebook("notebooks/03_pruning.ipynb", {"ratios": [0.5]}, "runs/one")   # -> runs/one/03_pruning.ipynb
+A notebook run takes a kernel and minutes, so the example is not run here::
+
+    run_notebook("notebooks/03_pruning.ipynb", {"ratios": [0.5]}, "runs/one")   # -> runs/one/03_pruning.ipynb
 """
 
 from __future__ import annotations

@@ -1,11 +1,19 @@
 """What the notebooks in `notebooks/` share: model loading, calibration, figures, tables, and their sources.
 
-    >>> run = calibrate(P)                             # P from reapkit.run.parameters.check_parameters
-    >>> model, tokenizer = load_model(P.model, device_map=P.device_map)
+    >>> from reapkit.run.parameters import check_parameters
+    >>> P = check_parameters({"model": "demo", "calibration": "code:8,prose:8"}, "01_saliency")
+    >>> run = calibrate(P)                             # run.model, run.tokenizer, run.obs, run.layers
+    domains ['code', 'prose'], MoE layers [0, 1, 2, 3], experts [16, 16, 16, 16], top-k 2
+    >>> from reapkit import plot
     >>> figures = Figures(P.figures_dir)
-    >>> figures.save(plot.saliency_heatmaps(scores), "saliency_heatmaps")   # PNG + PDF
+    >>> _ = figures.save(plot.saliency_heatmap(scores), "saliency_heatmap")   # PNG + PDF
+    >>> [path.name for path in figures.saved]
+    ['saliency_heatmap.png', 'saliency_heatmap.pdf']
     >>> write_table(results, P.output_dir, "results")   # results.csv, whole or not at all
-    >>> sync_notebooks()                               # notebooks/*.py -> paired .ipynb (python -m reapkit.run.notebook sync)
+    PosixPath('.../runs/01_saliency/results.csv')
+
+`sync_notebooks()` (``python -m reapkit.run.notebook sync``) writes each ``notebooks/*.py`` source
+back with its generated parameters cell, and its paired ``.ipynb``.
 
 A cell calls one or two of these and shows the result; the logic lives here, where it is tested.
 """
@@ -51,7 +59,10 @@ def load_model(name, *, device_map=None, **kwargs):
 def calibrate(P, *, progress: bool = True, model_needed: bool = False) -> SimpleNamespace:
     """Load `P.model` and observe it on `P.calibration` (cached in `P.cache_dir`): the first step of notebooks 1-5.
 
+    >>> from reapkit.run.parameters import check_parameters
+    >>> P = check_parameters({"model": "demo", "calibration": "code:8"}, "01_saliency")   # the notebook's parameters
     >>> run = calibrate(P)        # run.model, run.tokenizer, run.obs, run.layers (MoE layers to draw)
+    domains ['code'], MoE layers [0, 1, 2, 3], experts [16, 16, 16, 16], top-k 2
 
     With `P.observations` (saved elsewhere, e.g. by `reapkit import`) nothing is observed; the model is
     loaded only when `model_needed` (then checked against the observations), else run.model is None.
@@ -94,7 +105,11 @@ def pruned_copy(P, plan):
     """`P.model` loaded again with the plan's experts removed; the model a notebook loaded stays unpruned,
     so its cells give the same result when they run again.
 
-    >>> checkpoint = save_pruned(pruned_copy(P, plan), plan, "runs/pruned", tokenizer=run.tokenizer)
+    >>> from reapkit.compress.prune import save_pruned
+    >>> from reapkit.run.parameters import check_parameters
+    >>> P = check_parameters({"model": "demo"}, "03_pruning")
+    >>> save_pruned(pruned_copy(P, plan), plan, "runs/pruned", tokenizer=tokenizer)
+    PosixPath('runs/pruned')
     """
     from reapkit.compress.prune import remove_experts
 
@@ -107,7 +122,12 @@ def plans_beside(obs, paths, criteria, *, seed: int = 0) -> tuple[dict, pd.DataF
     keeping as many experts per layer: ``({(label, ratio): plan}, overlap)``; label = the file's name,
     overlap = `analysis.plan_overlap` of each saved plan with each of reapkit's (columns plan, criterion, ...).
 
-    >>> plans, overlap = plans_beside(run.obs, ["runs/llmc_plan.json"], ["reap", "frequency"])
+    >>> plans, overlap = plans_beside(obs, ["plan.json"], ["reap", "frequency"])   # plan.json: REAP at 0.5
+    >>> overlap.groupby("criterion", sort=False)["overlap"].mean().round(2)      # mean Jaccard over layers
+    criterion
+    reap         1.00
+    frequency    0.46
+    Name: overlap, dtype: float64
     """
     from reapkit.select.plan import PruningPlan
     from reapkit.study.tables import plan_overlap

@@ -1,8 +1,8 @@
 """Every notebook parameter, declared once: name, default, check and one line of help.
 
-    >>> P = check_parameters(globals(), "01_saliency")   # the cell after `parameters`
-    >>> P.ratios
-    [0.25, 0.5]
+    >>> P = check_parameters({"ratios": [0.5]}, "01_saliency")   # in the notebook: check_parameters(globals(), ...)
+    >>> P.ratios, P.model                               # what the run got, and the defaults of the rest
+    ([0.5], 'demo')
 
 Each notebook parameter is declared once, in :data:`PARAMETERS`. The notebook's cell tagged
 `parameters` is generated from it (`parameters_cell`, written by

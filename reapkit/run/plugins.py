@@ -1,6 +1,9 @@
 """Load a researcher's own code (criteria, architectures) into reapkit before a command or notebook runs.
 
-    >>> modules = load_plugins(["my_lab.criteria", "experiments/my_criterion.py"])  # doctest: +SKIP
+    >>> modules = load_plugins(["experiments/my_criterion.py"])     # or an importable module: "my_lab.criteria"
+    >>> from reapkit.select.criteria import CRITERIA_NAMES
+    >>> "my_criterion" in CRITERIA_NAMES
+    True
 
 A plugin is an importable module name or the path of a ``.py`` file; importing it runs its
 ``reapkit.register_criterion(...)`` / ``reapkit.register_architecture(...)`` calls. On the
