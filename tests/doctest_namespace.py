@@ -1,14 +1,11 @@
 """The names reapkit's docstring examples use, built once: the bundled demo model and what a study makes of it.
 
-    >>> names = build(Path("inputs"))       # a dict; `inputs` gets the files the examples read
-    >>> names["obs"].layers, names["obs"].num_experts
-    ([0, 1, 2, 3], [16, 16, 16, 16])
-
 Every docstring example runs in these names (tests/unit/test_doctests.py), so an example reads like a
 notebook cell on the demo model: ``score(obs, "reap")``, ``saliency_heatmap(scores)``,
 ``compression_figure(results)``. What an example may use:
 
-- ``model``, ``tokenizer``: the demo model (4 MoE layers, 16 experts, top-2) and its tokenizer;
+- ``model``, ``tokenizer``: the demo model (4 MoE layers, 16 experts, top-2; each module's examples
+  get a copy of their own, so they may prune it) and its tokenizer;
 - ``batches`` (calibration, 8 sequences of each built-in domain, 64 tokens) and ``eval_batches``
   (held-out, 4 of each domain);
 - ``obs``: the demo model observed on ``batches``; ``scores``: `scores_frame` of reap, frequency and
@@ -16,13 +13,18 @@ notebook cell on the demo model: ``score(obs, "reap")``, ``saliency_heatmap(scor
   ``global_plan`` (the same total, one global budget) and ``plans`` {(criterion, ratio): plan} of reap
   and frequency at 0.25 and 0.5;
 - ``sequences`` and ``results``: a small compression study (reap and frequency at 0, 0.25 and 0.5,
-  random seed 0, the global budget); ``sensitivity``, ``loss_matrix``, ``overlap`` (calibration
-  sensitivity from ``obs``); ``reconstruction`` (per-layer error of ``plan``: criterion, ratio, layer, rel_l2); ``lm_rows``
-  (long-form lm-eval rows of the unpruned model and ``plan``);
+  random seeds 0 and 1, the global budget); ``sensitivity``, ``loss_matrix``, ``overlap`` (calibration
+  sensitivity from ``obs``); ``reconstruction`` (per-layer error of ``plan``: criterion, ratio, layer,
+  rel_l2); ``lm_rows`` (long-form lm-eval rows of the unpruned model and ``plan``, as `lm_eval_plans`
+  gives them);
 - ``distances`` ({(space, 3): [E, E]} angular distances of layer 3 in output and weight space), ``d``
   (the output-space one), ``clustering`` (`cluster(d, n_clusters=4)`) and ``coselect`` ([layers, E, E]);
-- ``np``, ``pd``, ``torch``, ``plt``; and in the working folder (each module's own copy of `inputs`):
-  ``runs/obs`` (``obs`` saved), ``plan.json``, ``tokens.jsonl``, ``data.jsonl``.
+- ``np``, ``pd``, ``torch``, ``plt``.
+
+The working folder (each module's own copy of `inputs`) holds ``runs/obs`` (``obs`` saved),
+``plan.json`` (``plan``), ``tokens.jsonl`` (token ids), ``data/evol.jsonl`` (evol-codealpaca records),
+``observations_1024_cosine.pt`` (the REAP observer's state of the code batches), ``reap_report.json``
+(llm-compressor's report of a frequency plan) and ``experiments/my_criterion.py`` (a plugin registering the criterion ``my_criterion``).
 """
 
 from __future__ import annotations
@@ -70,7 +72,10 @@ def build(inputs: Path) -> dict:
             model, obs, eval_batches, ratios=[0.0, 0.25, 0.5], criteria=["reap", "frequency"], random_seeds=[0, 1],
             merges=[], progress=False,
         )  # fmt: skip
-    sensitivity = calibration_sensitivity(model, tokenizer, eval_batches, calibration=obs, resamples=200, progress=False)
+    sensitivity = calibration_sensitivity(
+        model, tokenizer, eval_batches, calibration=obs, resamples=200, progress=False
+    )
+
     def lm_output(bits_per_byte, acc, acc_stderr):  # what lm_eval.simple_evaluate returns on the demo suite
         return {
             "results": {
@@ -130,11 +135,6 @@ def build(inputs: Path) -> dict:
         for pos, layer in enumerate(obs.layers)
     }
     torch.save(state, inputs / "observations_1024_cosine.pt")
-    (inputs / "sweeps").mkdir()  # the sweep file reapkit.run.sweep shows
-    (inputs / "sweeps" / "ratios.yaml").write_text(
-        "name: ratios\nnotebook: notebooks/03_pruning.ipynb\nparameters: {calibration: 'code:16,prose:16'}\n"
-        "grid: {ratios: [[0.25], [0.5]], seed: [0, 1]}\njobs: 2\n"
-    )
     (inputs / "experiments").mkdir()  # a plugin (reapkit.run.plugins)
     (inputs / "experiments" / "my_criterion.py").write_text(
         "import reapkit\n\n"

@@ -11,18 +11,12 @@
     2  tools     252  2.44     2.28     2.57  1.41       0.63
     3   math     167  4.03     3.83     4.30  3.22       0.38
     4    all     918  4.02     3.47     4.56  1.54       0.51
-    >>> reconstruction_error(model, model, eval_batches, compressed=lambda: mask_experts(model, plan)).round(3)
-       layer  rel_l2
-    0      0   0.489
-    1      1   0.627
-    2      2   0.494
-    3      3   0.382
+    >>> reconstruction_error(model, model, eval_batches, compressed=lambda: mask_experts(model, plan)).rel_l2.round(3).tolist()
+    [0.489, 0.627, 0.494, 0.382]
     >>> generate_samples(model, tokenizer, {"prose": "The list"}, max_new_tokens=6)   # greedy, deterministic
     {'prose': ' of the value of the value'}
 
-lm-evaluation-harness tasks score a plan in memory too (`reapkit.measure.harness`)::
-
-    lm_eval(model, plan, ["hellaswag"], tokenizer=tokenizer)
+``lm_eval(model, plan, ["hellaswag"], tokenizer=tokenizer)``: lm-evaluation-harness, in memory (`reapkit.measure.harness`).
 
 Every metric is computed over *target* positions: position t predicts token t + 1, and it counts
 only when both t and t + 1 are real (attention mask 1), so padding never counts, whichever side it
@@ -243,10 +237,9 @@ def sequence_metrics(model, batches, *, reference=None, progress: bool = True) -
     target positions), and with a reference kl and agreement. Sequences without a target position
     are left out.
 
-        >>> sequence_metrics(model, eval_batches).head(2).round(3)
+        >>> sequence_metrics(model, eval_batches).head(1).round(3)
           domain  sequence  tokens   loss
         0   code         0      63  3.384
-        1   code         1      63  4.284
     """
     _check_ids(model, batches)
     _check_reference(model, batches, reference)
@@ -306,16 +299,9 @@ def aggregate(
     `delta_loss` = loss - baseline loss with a paired interval (`delta_loss_lo`, `delta_loss_hi`);
     so does a `delta_loss` column of `sequences` (per-sequence differences).
 
-        >>> from reapkit.compress.prune import mask_experts
-        >>> unpruned = sequence_metrics(model, eval_batches)
-        >>> with mask_experts(model, plan):
-        ...     pruned = sequence_metrics(model, eval_batches)
-        >>> aggregate(pruned, baseline=unpruned)[["domain", "loss", "delta_loss", "delta_loss_lo"]].round(3)
+        >>> reap = sequences[(sequences.label == "reap") & (sequences.ratio == 0.5)]   # of study_sequences
+        >>> aggregate(reap)[["domain", "loss", "delta_loss", "delta_loss_lo"]].tail(1).round(3)   # paired interval
           domain   loss  delta_loss  delta_loss_lo
-        0   code  5.088       1.053          0.739
-        1  prose  4.542       0.528          0.210
-        2  tools  2.442       1.579          1.438
-        3   math  4.032       3.246          2.954
         4    all  4.023       1.455          1.071
     """
     if baseline is not None:

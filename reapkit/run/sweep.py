@@ -1,11 +1,8 @@
 """Run a notebook over a parameter grid with papermill (`reapkit sweep`).
 
-    >>> sweep = load_sweep("sweeps/ratios.yaml")      # the file below, read and checked: nothing runs yet
-    >>> [run["run_id"] for run in sweep["runs"]]
-    ['000-ratios=0.25-seed=0', '001-ratios=0.25-seed=1', '002-ratios=0.5-seed=0', '003-ratios=0.5-seed=1']
+Each run is a notebook executed by a kernel of its own, minutes each, so this is not run here::
 
-Each run is a notebook executed by a kernel of its own, minutes each::
-
+    sweep = load_sweep("sweeps/ratios.yaml")  # read and checked (runs: 000-ratios=0.25-seed=0, ...)
     summary = run_sweep("sweeps/ratios.yaml", jobs=2)     # one row per run: status, error, notebook
     summary = run_sweep("sweeps/ratios.yaml", resume=True)  # only the runs not finished before
     run_sweep("sweeps/ratios.yaml", overrides={"calibration": "code:4"}, limit=1)   # a quick check

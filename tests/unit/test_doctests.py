@@ -1,10 +1,13 @@
 """Every `>>>` example in reapkit's docstrings runs, and prints what it shows.
 
-Each module of the package is found (`pkgutil.walk_packages`); the examples of its docstrings (module,
-functions, classes, methods) run in the names of `doctest_namespace` (the demo model, its observations,
-a plan, a small study ...), in a folder of their own that holds `doctest_namespace`'s input files. An
-example that cannot run here (a hub checkpoint, a GPU, torchrun, a browser) is written as a plain code
-block instead (an indented ``::`` block), which the docs show the same way.
+Every module of the package is found (`pkgutil.walk_packages`, so a new module is covered the day it
+lands). The examples of its docstrings (module, functions, classes, methods) run in the names of
+`doctest_namespace` (the demo model, its observations, a plan, a small study, ...), with a copy of
+the model of their own, in a folder of their own holding `doctest_namespace`'s input files.
+
+An example that cannot run here (a hub checkpoint, a GPU, torchrun, a kernel per notebook run) is
+written as a plain code block instead (an indented ``::`` block), which the docs show as code too;
+``# doctest: +SKIP`` is refused, so every `>>>` line runs.
 """
 
 import copy
@@ -17,9 +20,10 @@ import pytest
 from doctest_namespace import build
 
 import reapkit
+from reapkit.model import records
 from reapkit.select import criteria
 
-#: Every module of the package (`__main__` modules run a command when imported).
+#: Every module of the package (a `__main__` module runs a command when imported).
 MODULES = ["reapkit"] + sorted(
     info.name
     for info in pkgutil.walk_packages(reapkit.__path__, "reapkit.")
@@ -27,7 +31,7 @@ MODULES = ["reapkit"] + sorted(
 )
 
 #: Modules whose examples need an optional extra: skipped without it.
-EXTRAS = {"reapkit.measure.harness": "lm_eval", "reapkit.plot.widgets": "ipywidgets"}
+EXTRAS = {"reapkit.measure.harness": "lm_eval"}
 
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 
@@ -40,35 +44,57 @@ def namespace(tmp_path_factory):
 
 
 def test_every_module_is_found():
-    assert {"reapkit", "reapkit.select.criteria", "reapkit.run.cli"} <= set(MODULES)
-    assert len(MODULES) > 50
+    assert {"reapkit", "reapkit.select.criteria", "reapkit.run.cli", "reapkit.plot.widgets"} <= set(MODULES)
+    assert not [m for m in MODULES if m.endswith("__main__")]
+
+
+class _Runner(doctest.DocTestRunner):
+    """Reports each failure under the name of the docstring it is in (module, function, class or method)."""
+
+    def __init__(self):
+        super().__init__(optionflags=FLAGS)
+        self.failed_in: list[str] = []
+
+    def report_failure(self, out, test, example, got):
+        self.failed_in.append(test.name)
+        super().report_failure(out, test, example, got)
+
+    def report_unexpected_exception(self, out, test, example, exc_info):
+        self.failed_in.append(test.name)
+        super().report_unexpected_exception(out, test, example, exc_info)
 
 
 @pytest.mark.parametrize("name", MODULES)
 def test_docstring_examples_run(name, namespace, tmp_path, monkeypatch):
-    if name in EXTRAS:
-        pytest.importorskip(EXTRAS[name])
     import matplotlib.pyplot as plt
 
     names, inputs = namespace
     module = importlib.import_module(name)
-    # each module gets its own copy of the model: its examples may remove or merge experts
+    # each module gets a copy of the model: its examples may remove or merge experts
     globs = {**vars(module), **names, "model": copy.deepcopy(names["model"])}
     tests = [t for t in doctest.DocTestFinder().find(module, name, globs=globs) if t.examples]
     if not tests:
-        return
+        return  # no `>>>` lines (a plain code block, or no example)
+    skipped = [f"{t.name}: {e.source.strip()}" for t in tests for e in t.examples if e.options.get(doctest.SKIP)]
+    assert not skipped, "examples marked +SKIP; run them, or write them as a plain code block:\n" + "\n".join(skipped)
+    if name in EXTRAS:
+        pytest.importorskip(EXTRAS[name])
     shutil.copytree(inputs, tmp_path, dirs_exist_ok=True)
     monkeypatch.chdir(tmp_path)  # examples that write files write here
-    registered = set(criteria.CRITERIA_NAMES)
-    runner = doctest.DocTestRunner(optionflags=FLAGS)
-    report = []
+    registered, architectures = set(criteria.CRITERIA_NAMES), dict(records.ARCHITECTURES)
+    runner, report = _Runner(), []
     try:
         for test in tests:
             runner.run(test, out=report.append)
-    finally:
-        for criterion in set(criteria.CRITERIA_NAMES) - registered:  # examples may register criteria
+    finally:  # examples may register criteria and architectures
+        for criterion in set(criteria.CRITERIA_NAMES) - registered:
             criteria._REGISTRY.pop(criterion)
+        records.ARCHITECTURES.clear()
+        records.ARCHITECTURES.update(architectures)
         plt.close("all")
     result = runner.summarize(verbose=False)
-    assert result.failed == 0, f"{result.failed} of {result.attempted} examples of {name} failed:\n" + "".join(report)
-    assert result.attempted > 0, f"{name}: every `>>>` example is skipped; run it, or write it as a plain code block"
+    where = ", ".join(dict.fromkeys(runner.failed_in))
+    assert result.failed == 0, (
+        f"{result.failed} of {result.attempted} examples of {name} failed (in {where}):\n" + "".join(report)
+    )
+    assert result.attempted > 0
