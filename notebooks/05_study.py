@@ -67,6 +67,7 @@ from reapkit.atomic import atomic_write_text
 from reapkit.run.notebook import Figures, calibrate, held_out, write_table
 from reapkit.study import experiments, findings, readings
 from reapkit.study import sensitivity as sensitivity_study
+from reapkit.study.gaps import gap_table
 
 figures = Figures(P.figures_dir)
 start = time.perf_counter()
@@ -85,10 +86,12 @@ sequences = experiments.study_sequences(run.model, run.obs, eval_batches, ratios
                                   random_seeds=P.random_seeds, merges=P.merges, global_budget=P.global_budget,
                                   margin=P.margin)
 results = experiments.study_results(sequences)
+gaps = gap_table(sequences, metrics=["loss", "kl", "agreement"])  # each method minus REAP, paired (notebook 4 reads it)
 write_table(results.assign(model=P.model, calibration=P.calibration), P.output_dir, "study")
 write_table(experiments.results_table(results, model=P.model, calibration=P.calibration), P.output_dir, "results")
+write_table(gaps, P.output_dir, "gaps")
 figures.save(plot.study_figure(results, metrics=["loss", "kl"]), "study")
-display(Markdown(readings.study_curves(results, ratio=min(P.ratios, key=lambda r: abs(r - 0.5)))))
+display(Markdown(readings.study_curves(results, gaps=gaps, ratio=min(P.ratios, key=lambda r: abs(r - 0.5)))))
 
 # %% [markdown]
 # ## (b) Calibration sensitivity
@@ -109,7 +112,7 @@ if P.sensitivity:
     write_table(sensitivity.overlap, P.output_dir, "sensitivity_overlap")
     figures.save(plot.calibration_figure(sensitivity.loss_matrix("loss"), sensitivity.overlap_matrix(),
                                          chance=float(sensitivity.overlap["chance"].iloc[0])), "calibration_sensitivity")
-    display(Markdown(readings.calibration(sensitivity.loss, sensitivity.overlap)))
+    display(Markdown(readings.calibration(sensitivity)))
 
 # %% [markdown]
 # ## (c) Which layers are fragile?

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from reapkit.measure.evaluate import interval_columns as _interval
+from reapkit.measure.schema import interval_columns as _interval
 from reapkit.measure.stats import RESAMPLES
 from reapkit.select.criteria import STUDY_CRITERIA, check_ratio
 from reapkit.select.plan import pruned_count

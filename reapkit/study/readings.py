@@ -5,8 +5,10 @@
     >>> display(Markdown(readings.criterion_agreement(agreement, experts=16, ratio=0.5)))
 
 Each function takes the table a figure was drawn from and returns a few sentences saying what to
-look at and what this run shows; nothing is pasted by hand, so the text follows the data. No
-matplotlib here (and neither torch nor transformers).
+look at and what this run shows; nothing is pasted by hand, so the text follows the data. The
+readings that compare methods (costs, study_curves, gaps, calibration, ...) live in
+:mod:`reapkit.study.comparisons` (every difference from a paired gap) and are reached from here too.
+No matplotlib here (and neither torch nor transformers).
 """
 
 from __future__ import annotations
@@ -14,9 +16,25 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from reapkit.measure.schema import ALL, select, wide_results
+from reapkit.measure.schema import ALL, select
 from reapkit.select.plan import pruned_count
-from reapkit.study.tables import expected_jaccard, spearman_band, uniform_cutoffs, value_table
+from reapkit.study.comparisons import (
+    benchmark_scores,
+    calibration,
+    costs,
+    gaps,
+    reconstruction,
+    sensitivity,
+    study_curves,
+)
+from reapkit.study.tables import (
+    expected_jaccard,
+    pruned_experts,
+    spearman_band,
+    uniform_cutoffs,
+    uniform_plans,
+    value_table,
+)
 
 __all__ = [
     "saliency_scale",
@@ -30,12 +48,12 @@ __all__ = [
     "plans",
     "costs",
     "benchmark_scores",
-    "LOWER_IS_BETTER",
     "reconstruction",
     "disagreement",
     "global_budget",
     "coactivation",
     "study_curves",
+    "gaps",
     "calibration",
     "sensitivity",
 ]
@@ -43,13 +61,6 @@ __all__ = [
 
 def _f(value, digits: int = 2) -> str:
     return "n/a" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
-
-
-def _interval(row, metric: str) -> str:
-    lo, hi = f"{metric}_lo", f"{metric}_hi"
-    if lo in row.index and hi in row.index and np.isfinite(row[lo]) and np.isfinite(row[hi]):
-        return f" [{_f(row[lo])}, {_f(row[hi])}]"
-    return ""
 
 
 # --------------------------------------------------------------------------------------------
@@ -200,8 +211,7 @@ def clusters(saliency: np.ndarray, labels: dict, *, ratio: float) -> str:
     `saliency`: {layer: scores [E]}; `labels`: {layer: cluster label per expert}."""
     whole, total = 0, 0
     for layer, scores in saliency.items():
-        scores = np.asarray(scores, float)
-        removed = set(np.argsort(scores, kind="stable")[: pruned_count(len(scores), ratio)].tolist())
+        removed = set(np.flatnonzero(pruned_experts(scores, ratio)).tolist())
         lab = np.asarray(labels[layer])
         for c in np.unique(lab):
             members = set(np.flatnonzero(lab == c).tolist())
@@ -242,111 +252,29 @@ def plans(plans_: dict) -> str:
     return "\n".join(lines)
 
 
-#: Metrics where lower is better; every other metric (accuracy, agreement, ...) is read as higher = better.
-LOWER_IS_BETTER = {"loss", "kl", "perplexity", "delta_loss", "bits_per_byte", "byte_perplexity", "word_perplexity"}
-
-
-def _ratio_lines(data: pd.DataFrame, metric: str) -> list[str]:
-    """One line per ratio > 0: the best criterion, every criterion's value and interval, and whether the
-    two best intervals overlap."""
-    better = "min" if metric in LOWER_IS_BETTER else "max"
-    lines = []
-    for ratio, group in data[data["ratio"] > 0].groupby("ratio"):
-        group = group.set_index("criterion")
-        best = getattr(group[metric], f"idx{better}")()
-        ordered = group.sort_values(metric, ascending=better == "min")
-        parts = [f"{c} {_f(r[metric])}{_interval(r, metric)}" for c, r in ordered.iterrows()]
-        line = f"- {ratio:.0%} removed: best {best}; " + ", ".join(parts)
-        bounds = [f"{metric}_lo", f"{metric}_hi"]
-        if len(ordered) > 1 and set(bounds) <= set(ordered.columns) and np.isfinite(ordered[bounds].iloc[:2]).all(None):
-            first, second = ordered.iloc[0], ordered.iloc[1]
-            if better == "min":
-                apart = first[f"{metric}_hi"] < second[f"{metric}_lo"]
-            else:
-                apart = first[f"{metric}_lo"] > second[f"{metric}_hi"]
-            line += "" if apart else f" (the intervals of {ordered.index[0]} and {ordered.index[1]} overlap)"
-        lines.append(line)
-    return lines
-
-
-def costs(results: pd.DataFrame, *, metric: str = "loss", domain: str = ALL) -> str:
-    """Each criterion's cost at each ratio, with intervals when the results carry them."""
-    data = results[results["domain"] == domain]
-    base = data[data["ratio"] == 0]
-    if data.empty or base.empty:
-        return "No results to read."
-    lines = [
-        f"**Reading.** {metric} on {domain} held-out tokens; unpruned {_f(base[metric].iloc[0])}"
-        f"{_interval(base.iloc[0], metric)}. Brackets: 95% bootstrap intervals over evaluation sequences.",
-        "",
-    ]
-    return "\n".join(lines + _ratio_lines(data, metric))
-
-
-def benchmark_scores(scores: pd.DataFrame) -> str:
-    """lm-eval scores (long rows of `reapkit.measure.harness.lm_eval_plans`) per task and metric, as `costs` reads loss.
-
-    >>> readings.benchmark_scores(scores)   # "**acc** on reapkit_continuation: unpruned 0.44 [0.19, 0.69] ..."
-    """
-    if scores.empty or "metric" not in scores.columns:
-        return "No benchmark scores to read."
-    wide = wide_results(scores)
-    lines = [
-        "**Reading.** lm-eval scores of the unpruned model and of each plan, masked in memory. Brackets: value "
-        "± 1.96 stderr (a normal approximation), where the task reports a stderr; overlapping brackets are "
-        "within noise at this number of documents.",
-    ]
-    for task, metric in scores[["domain", "metric"]].drop_duplicates().itertuples(index=False):
-        data = wide[wide["domain"] == task].dropna(subset=[metric])
-        base = data[data["ratio"] == 0]
-        if base.empty:
-            continue
-        direction = "lower" if metric in LOWER_IS_BETTER else "higher"
-        lines += [
-            "",
-            f"**{metric}** on {task} ({direction} is better): unpruned {_f(base[metric].iloc[0])}"
-            f"{_interval(base.iloc[0], metric)}",
-            *_ratio_lines(data, metric),
-        ]
-    return "\n".join(lines)
-
-
-def reconstruction(frame: pd.DataFrame) -> str:
-    """Where the output of the pruned MoE blocks departs most from the original."""
-    if frame.empty:
-        return "No reconstruction errors to read."
-    worst = frame.loc[frame["rel_l2"].idxmax()]
-    by_layer = frame.groupby("layer")["rel_l2"].mean()
-    return (
-        f"**Reading.** The relative L2 error of a block's output is largest in layer {int(worst.layer)} "
-        f"({worst.rel_l2:.2f}, {worst.criterion} at {worst.ratio:.0%}); averaged over plans it goes from "
-        f"{by_layer.min():.2f} (layer {by_layer.idxmin()}) to {by_layer.max():.2f} (layer {by_layer.idxmax()})."
-    )
-
-
 # --------------------------------------------------------------------------------------------
 # 04 / 05 study
 # --------------------------------------------------------------------------------------------
 
 
-def disagreement(scores: pd.DataFrame, *, ratio: float, a: str = "reap", b: str = "frequency") -> str:
-    """How many experts the two criteria keep differently at `ratio`, and what those experts look like."""
+def disagreement(scores: pd.DataFrame, *, ratio: float, a: str = "reap", b: str = "frequency", **routing) -> str:
+    """How many experts the two criteria's plans keep differently at `ratio`, and what those experts look
+    like (`routing`: n_group, topk_group, top_k of the router, as for `reapkit.study.tables.uniform_plans`)."""
     only_a = only_b = total = 0
     gate_a, gate_b = [], []
-    for _, part in select(scores, domain=ALL).groupby("layer"):
-        table = part.pivot_table(index="expert", columns="criterion", values="value")
-        if a not in table or b not in table:
-            return f"Needs {a} and {b} scores."
-        n = len(table)
-        keep = n - pruned_count(n, ratio)
-        kept_a = set(table[a].sort_values(ascending=False, kind="stable").index[:keep])
-        kept_b = set(table[b].sort_values(ascending=False, kind="stable").index[:keep])
+    plans = uniform_plans(scores, [a, b], ratio=ratio, **routing)
+    if set(plans) != {a, b}:
+        return f"Needs {a} and {b} scores."
+    shares = value_table(select(scores, criterion=b, domain=ALL))
+    for layer in plans[a].layers:
+        kept_a, kept_b = set(plans[a].kept[layer]), set(plans[b].kept[layer])
         only_a += len(kept_a - kept_b)
         only_b += len(kept_b - kept_a)
-        total += n
-        share = table[b] / table[b].sum() if table[b].sum() > 0 else table[b]
-        gate_a += list(share[list(kept_a - kept_b)])
-        gate_b += list(share[list(kept_b - kept_a)])
+        total += plans[a].num_experts[layer]
+        row = shares.loc[layer]
+        share = row / row.sum() if row.sum() > 0 else row
+        gate_a += list(share.iloc[sorted(kept_a - kept_b)])
+        gate_b += list(share.iloc[sorted(kept_b - kept_a)])
     text = (
         f"**Reading.** At {ratio:.0%} removed, {a} and {b} keep the same experts except {only_a} of {total}: "
         f"{only_a} kept by {a} only, as many by {b} only."
@@ -384,74 +312,4 @@ def coactivation(coselect: np.ndarray) -> str:
         f"**Reading.** Experts {i} and {j} are co-selected most: {jac[i, j]:.2f} of the tokens routed to either go "
         f"to both (mean over pairs {np.nanmean(jac):.2f}). Experts that always fire together are candidates for "
         "merging rather than pruning."
-    )
-
-
-def study_curves(
-    results: pd.DataFrame, *, ratio: float = 0.5, metric: str = "loss", domain: str = ALL, hue: str = "label"
-) -> str:
-    """The methods at one ratio, best first, with intervals; which differences the intervals resolve."""
-    if hue not in results.columns:
-        hue = "criterion"
-    data = results[(results["domain"] == domain) & np.isclose(results["ratio"], ratio)]
-    if data.empty:
-        return f"No results at {ratio:.0%} to read."
-    means = data.groupby(hue).mean(numeric_only=True).sort_values(metric, ascending=metric != "agreement")
-    name = "Δ loss" if metric == "delta_loss" else metric
-    best, second = means.index[0], means.index[1] if len(means) > 1 else None
-    parts = [f"{name} {_f(row[metric])}{_interval(row, metric)}" for name, row in means.iterrows()]
-    text = f"**Reading.** {name} at {ratio:.0%} removed ({domain}), best first: " + ", ".join(parts) + "."
-    if second is not None and f"{metric}_lo" in means.columns:
-        a, b = means.loc[best], means.loc[second]
-        overlap = (
-            (a[f"{metric}_hi"] >= b[f"{metric}_lo"])
-            if metric != "agreement"
-            else (a[f"{metric}_lo"] <= b[f"{metric}_hi"])
-        )
-        text += (
-            f" The intervals of {best} and {second} overlap (each interval alone; a paired comparison on the "
-            "same sequences is sharper)."
-            if overlap
-            else f" {best}'s interval clears {second}'s."
-        )
-    return text
-
-
-def calibration(loss: pd.DataFrame, overlap: pd.DataFrame) -> str:
-    """Whether each domain's own calibration serves it best, and how far kept sets overlap against chance.
-
-    `loss`: eval_domain, calibration, delta_loss (`Sensitivity.loss`); `overlap`: calibration_a,
-    calibration_b, jaccard, chance (`Sensitivity.overlap`)."""
-    data = loss[~loss["calibration"].isin(["unpruned"]) & (loss["eval_domain"] != ALL)]
-    if data.empty:
-        return "No calibration sensitivity to read."
-    best = data.loc[data.groupby("eval_domain")["delta_loss"].idxmin(), ["eval_domain", "calibration", "delta_loss"]]
-    own = [row.eval_domain for row in best.itertuples() if row.calibration == row.eval_domain]
-    parts = [f"{row.eval_domain}: {row.calibration} (+{row.delta_loss:.2f})" for row in best.itertuples()]
-    text = (
-        f"**Reading.** Lowest Δ loss per evaluation domain, by calibration set: {'; '.join(parts)}. "
-        f"Own-domain calibration is best for {len(own)} of {len(best)} domains."
-    )
-    pairs = overlap[
-        (overlap["calibration_a"] != overlap["calibration_b"])
-        & ~overlap["calibration_a"].isin(["mix"])
-        & ~overlap["calibration_b"].isin(["mix"])
-    ]
-    if len(pairs):
-        text += (
-            f" Kept sets of two single-domain calibrations overlap by a mean Jaccard of {pairs.jaccard.mean():.2f}, "
-            f"against {pairs.chance.mean():.2f} for random kept sets."
-        )
-    return text
-
-
-def sensitivity(frame: pd.DataFrame, *, value: str = "delta_loss") -> str:
-    """Which layer's pruning costs most (per-layer sensitivity)."""
-    if frame.empty or value not in frame.columns:
-        return "No per-layer sensitivity to read."
-    by_layer = frame.groupby("layer")[value].mean()
-    return (
-        f"**Reading.** Pruning one layer alone costs most in layer {by_layer.idxmax()} (+{by_layer.max():.2f} nats) "
-        f"and least in layer {by_layer.idxmin()} (+{by_layer.min():.2f}): where a global budget should keep more "
-        "experts."
     )

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from reapkit.data import DOMAINS
-from reapkit.measure.evaluate import interval_columns as _interval
+from reapkit.measure.schema import interval_columns as _interval
 from reapkit.measure.stats import RESAMPLES, bootstrap, sequence_grid
 from reapkit.study.experiments import MIX, UNPRUNED, check_ratios
 

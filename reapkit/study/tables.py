@@ -19,7 +19,7 @@ import functools
 import numpy as np
 import pandas as pd
 
-from reapkit.measure.schema import ALL, LABEL, RATIO, hi, lo, select, wide_results
+from reapkit.measure.schema import ALL, LABEL, RATIO, hi, interval, lo, select, wide_results
 from reapkit.select.criteria import DEFAULT_CRITERIA
 from reapkit.select.plan import pruned_count
 
@@ -27,6 +27,8 @@ __all__ = [
     "expected_jaccard",
     "jaccard_distribution",
     "spearman_band",
+    "uniform_plans",
+    "pruned_experts",
     "agreement_table",
     "domain_share_table",
     "specialisation_table",
@@ -115,55 +117,107 @@ def spearman_band(n: int, *, level: float = 0.95, permutations: int = 20000, see
 # --------------------------------------------------------------------------------------------
 
 
-def agreement_table(
-    frame: pd.DataFrame, *, criteria=DEFAULT_CRITERIA, ratio: float = 0.5, domain: str = ALL
-) -> pd.DataFrame:
+def uniform_plans(
+    frame: pd.DataFrame,
+    criteria=DEFAULT_CRITERIA,
+    *,
+    ratio: float,
+    domain: str = ALL,
+    n_group: int = 1,
+    topk_group: int | None = None,
+    top_k: int = 1,
+) -> dict:
+    """{criterion: PruningPlan}: the uniform plan each criterion of a scores frame makes at `ratio`,
+    built by `PruningPlan.from_scores` itself (its ties, its routing groups), so every overlap and
+    kept/pruned mark drawn from a scores frame is that of a plan.
+
+        >>> uniform_plans(scores, ["reap", "frequency"], ratio=0.5, n_group=obs.meta.get("n_group", 1))
+
+    `n_group`, `topk_group`, `top_k`: the router's group-limited routing (as `obs.meta` and
+    `obs.top_k` give them). Criteria missing from `frame` are left out.
+    """
+    from reapkit.select.plan import PruningPlan
+
+    data = select(frame, domain=domain) if not _empty(frame) else frame
+    plans = {}
+    for criterion in [criteria] if isinstance(criteria, str) else criteria:
+        part = data[data["criterion"] == criterion] if not _empty(data) else data
+        if _empty(part):
+            continue
+        table = value_table(part)
+        sizes = table.notna().sum(axis=1).astype(int).tolist()
+        values = np.nan_to_num(table.to_numpy(float), nan=-np.inf)
+        plans[criterion] = PruningPlan.from_scores(
+            values,
+            [int(layer) for layer in table.index],
+            sizes,
+            top_k=top_k,
+            ratio=ratio,
+            n_group=n_group,
+            topk_group=topk_group,
+            criterion=criterion,
+        )
+    return plans
+
+
+def pruned_experts(scores, ratio: float, **routing) -> np.ndarray:
+    """Boolean [E]: the experts the uniform plan at `ratio` prunes from one layer's `scores` (by
+    `PruningPlan.from_scores`; `routing`: n_group, topk_group, top_k as in `uniform_plans`).
+
+        >>> pruned_experts([0.3, 0.1, 0.2, 0.4], 0.5)
+        array([False,  True,  True, False])
+    """
+    from reapkit.select.plan import PruningPlan
+
+    s = np.asarray(scores, dtype=float).ravel()
+    mask = np.zeros(s.size, bool)
+    if s.size == 0 or ratio is None:
+        return mask
+    routing = {"top_k": 1, **routing}
+    plan = PruningPlan.from_scores(np.nan_to_num(s, nan=-np.inf)[None], [0], [s.size], ratio=ratio, **routing)
+    mask[plan.removed(0)] = True
+    return mask
+
+
+def agreement_table(data, *, criteria=None, ratio: float = 0.5, domain: str = ALL, **routing) -> pd.DataFrame:
     """Per layer and pair of criteria: Spearman rank correlation of the scores, the overlap (Jaccard
-    index) of the sets of experts each would prune at `ratio`, and that overlap's chance level.
+    index) of the sets of experts their plans prune, and that overlap's chance level.
 
         >>> agreement_table(scores, criteria=["reap", "frequency"], ratio=0.5)
+        >>> agreement_table({c: PruningPlan.from_observations(obs, c, ratio=0.5) for c in criteria})
 
-    Columns: layer, criterion_a, criterion_b, experts, spearman, overlap, overlap_chance,
-    spearman_lo, spearman_hi (the 95% band of rho between unrelated rankings). Criteria missing
-    from `frame` are skipped.
+    `data`: {criterion: PruningPlan} (the plans' own pruned sets and scores), or a scores frame whose
+    plans `uniform_plans` makes at `ratio` (`routing`: n_group, topk_group, top_k). Columns: layer,
+    criterion_a, criterion_b, experts, spearman, overlap, overlap_chance, spearman_chance_lo,
+    spearman_chance_hi (where 95% of rho between unrelated rankings falls). Criteria missing from
+    `data` are skipped; `criteria` None: every plan given, or :data:`DEFAULT_CRITERIA` of a frame.
     """
     from scipy.stats import spearmanr
 
-    columns = [
-        "layer",
-        "criterion_a",
-        "criterion_b",
-        "experts",
-        "spearman",
-        "overlap",
-        "overlap_chance",
-        "spearman_lo",
-        "spearman_hi",
-    ]
-    if _empty(frame):
-        return pd.DataFrame(columns=columns)
-    data = select(frame, domain=domain)
-    present = [c for c in criteria if c in set(data["criterion"])]
-    tables = {c: value_table(data[data["criterion"] == c]) for c in present}
+    chance_lo, chance_hi = interval("spearman", "chance")
+    columns = ["layer", "criterion_a", "criterion_b", "experts", "spearman", "overlap", "overlap_chance"]
+    columns += [chance_lo, chance_hi]
+    if isinstance(data, dict):
+        plans = {c: p for c, p in data.items() if criteria is None or c in criteria}
+    else:
+        criteria = DEFAULT_CRITERIA if criteria is None else criteria
+        plans = {} if _empty(data) else uniform_plans(data, criteria, ratio=ratio, domain=domain, **routing)
+    present = list(plans)
+    layers = sorted(set.intersection(*(set(p.layers) for p in plans.values()))) if plans else []
     rows = []
-    for layer in sorted(set(data["layer"])):
+    for layer in layers:
         for i, a in enumerate(present):
             for b in present[i + 1 :]:
-                x, y = tables[a].loc[layer].to_numpy(float), tables[b].loc[layer].to_numpy(float)
-                ok = ~(np.isnan(x) | np.isnan(y))
-                x, y = x[ok], y[ok]
+                x, y = (np.asarray(plans[c].scores[layer], float) for c in (a, b))
+                ok = np.isfinite(x) & np.isfinite(y)
                 rho = float("nan")
-                if x.size > 1 and np.ptp(x) > 0 and np.ptp(y) > 0:
-                    rho = float(spearmanr(x, y).statistic)
-                k = pruned_count(x.size, ratio)
-                if k == 0:
-                    overlap = 1.0
-                else:
-                    pa = set(np.argsort(x, kind="stable")[:k].tolist())
-                    pb = set(np.argsort(y, kind="stable")[:k].tolist())
-                    overlap = len(pa & pb) / len(pa | pb)
-                band = spearman_band(x.size)
-                rows.append((layer, a, b, x.size, rho, overlap, expected_jaccard(x.size, k), *band))
+                if ok.sum() > 1 and np.ptp(x[ok]) > 0 and np.ptp(y[ok]) > 0:
+                    rho = float(spearmanr(x[ok], y[ok]).statistic)
+                pa, pb = set(plans[a].removed(layer)), set(plans[b].removed(layer))
+                overlap = len(pa & pb) / len(pa | pb) if pa | pb else 1.0
+                experts = plans[a].num_experts[layer]
+                chance = expected_jaccard(experts, len(pa), len(pb))
+                rows.append((layer, a, b, experts, rho, overlap, chance, *spearman_band(int(ok.sum()))))
     return pd.DataFrame(rows, columns=columns)
 
 
