@@ -103,8 +103,7 @@ display(Markdown(readings.costs(results, metric="agreement", gaps=gaps)))
 display(Markdown(readings.costs(results, metric="kl", gaps=gaps)))
 
 # %%
-figures.save(plot.reconstruction_by_layer(reconstruction[reconstruction.layer.isin(run.layers)]).figure,
-             "reconstruction_error")
+figures.save(plot.reconstruction_by_layer(reconstruction[reconstruction.layer.isin(run.layers)]), "reconstruction_error")
 display(Markdown(readings.reconstruction(reconstruction)))
 
 # %% [markdown]

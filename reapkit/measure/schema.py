@@ -63,6 +63,8 @@ __all__ = [
     "DELTA_LOSS",
     "METRICS",
     "METRIC_LABELS",
+    "DISPLAY_NAMES",
+    "display_name",
     "LOWER",
     "HIGHER",
     "BETTER",
@@ -99,6 +101,34 @@ METRIC_LABELS = {
 }
 #: The domain that pools every evaluation domain.
 ALL = "all"
+
+#: How figures and readings name each method, criterion and space (tables keep the code names).
+DISPLAY_NAMES = {
+    "reap": "REAP",
+    "frequency": "frequency",
+    "soft_frequency": "soft frequency",
+    "ean_mean": "activation norm",
+    "ean_sum": "activation norm (sum)",
+    "weighted_ean_sum": "weighted activation norm",
+    "max_activation": "max activation",
+    "random": "random",
+    "m_smoe": "M-SMoE",
+    "hc_smoe": "HC-SMoE",
+    "none": "unpruned",
+    "unpruned": "unpruned",
+}
+
+
+def display_name(name) -> str:
+    """The name a figure or reading prints for a method, criterion or label (`global_<c>`: "<c>, global budget").
+
+    >>> display_name("ean_mean"), display_name("global_reap"), display_name("my_criterion")
+    ('activation norm', 'REAP, global budget', 'my criterion')
+    """
+    name = str(name)
+    if name.startswith("global_"):
+        return f"{display_name(name[len('global_') :])}, global budget"
+    return DISPLAY_NAMES.get(name, name.replace("_", " "))
 
 LOWER, HIGHER = "lower", "higher"
 #: Which way each metric is better: the one declaration every ranking, reading and figure reads (`better`).

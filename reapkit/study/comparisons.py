@@ -17,7 +17,16 @@ import pandas as pd
 from reapkit.measure.schema import ALL, best_first, better, interval, interval_columns, wide_results
 from reapkit.study.gaps import verdict
 
-__all__ = ["costs", "benchmark_scores", "reconstruction", "study_curves", "gaps", "calibration", "sensitivity"]
+__all__ = [
+    "costs",
+    "benchmark_scores",
+    "reconstruction",
+    "study_curves",
+    "gaps",
+    "calibration",
+    "calibration_size",
+    "sensitivity",
+]
 
 
 def _f(value, digits: int = 2) -> str:
@@ -167,19 +176,46 @@ def study_curves(
     return " ".join([text, *_gap_lines(gaps, metric, hue=hue, ratio=ratio, domain=domain)])
 
 
-def gaps(table: pd.DataFrame, *, metric: str = "loss", domain: str = ALL, hue: str = "label") -> str:
-    """What the forest plot of paired gaps says at each ratio: which methods the reference beats, loses
-    to, or is within noise of (paired 95% intervals on the same sequences).
+def gaps(
+    table: pd.DataFrame, *, metric: str = "loss", domain: str = ALL, by: str = "ratio", ratio=None, hue: str = "label"
+) -> str:
+    """What the forest plot of paired gaps says: per ratio (on `domain`) or per evaluation domain (at
+    `ratio`, by="domain"), which methods the reference beats, loses to, or is within noise of.
 
     >>> readings.gaps(gap_table(sequences))
     """
     if _gap_columns(table, metric) is None or table.empty:
         return "No paired gaps to read."
     lines = ["**Reading.** Each method's gap to the reference, on the same evaluation sequences:", ""]
-    for ratio in sorted(set(table["ratio"])):
-        found = _gap_lines(table, metric, hue=hue, ratio=ratio, domain=domain)
-        lines += [f"- {ratio:.1%} removed: {found[0].split(': ', 1)[1]}".replace(".0%", "%")] if found else []
+    if by == "domain":
+        at = ratio if ratio is not None else min(set(table["ratio"]), key=lambda r: (abs(r - 0.5), -r))
+        for d in sorted(set(table["domain"]), key=lambda d: (d != ALL, str(d))):
+            found = _gap_lines(table, metric, hue=hue, ratio=at, domain=d)
+            lines += [f"- {d}, {at:.1%} removed: {found[0].split(': ', 1)[1]}".replace(".0%", "%")] if found else []
+        return "\n".join(lines)
+    for r in sorted(set(table["ratio"])):
+        found = _gap_lines(table, metric, hue=hue, ratio=r, domain=domain)
+        lines += [f"- {r:.1%} removed: {found[0].split(': ', 1)[1]}".replace(".0%", "%")] if found else []
     return "\n".join(lines)
+
+
+def calibration_size(table: pd.DataFrame) -> str:
+    """How the kept set and Δ loss move with the calibration's size, and how much with its seed
+    (`reapkit.study.sensitivity.calibration_size`); the spreads are over seeds, no difference is claimed."""
+    if table.empty:
+        return "No calibration-size sensitivity to read."
+    by = table.groupby("samples")
+    small, large = min(by.groups), max(by.groups)
+    jac, loss = by["jaccard"].agg(["mean", "min", "max"]), by["delta_loss"].agg(["mean", "min", "max"])
+    return (
+        f"**Reading.** With {small} calibration samples per domain the kept experts share {jac.loc[small, 'mean']:.2f} "
+        f"({jac.loc[small, 'min']:.2f}-{jac.loc[small, 'max']:.2f} over {table.seed.nunique()} seeds) with those of the "
+        f"largest calibration pooled over seeds, with {large} samples {jac.loc[large, 'mean']:.2f} "
+        f"({jac.loc[large, 'min']:.2f}-{jac.loc[large, 'max']:.2f}); chance is {table.chance.mean():.2f}. Δ loss goes "
+        f"from {loss.loc[small, 'mean']:.2f} ({loss.loc[small, 'min']:.2f}-{loss.loc[small, 'max']:.2f} over seeds) to "
+        f"{loss.loc[large, 'mean']:.2f} ({loss.loc[large, 'min']:.2f}-{loss.loc[large, 'max']:.2f}). Each plan's own "
+        "interval is in the figure; the spread over seeds is the sampling noise of the calibration itself."
+    )
 
 
 def calibration(sensitivity) -> str:

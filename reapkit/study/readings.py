@@ -16,11 +16,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from reapkit.measure.schema import ALL, select
+from reapkit.measure.schema import ALL, interval_columns, select
+from reapkit.select.geometry import coselection_lift
 from reapkit.select.plan import pruned_count
 from reapkit.study.comparisons import (
     benchmark_scores,
     calibration,
+    calibration_size,
     costs,
     gaps,
     reconstruction,
@@ -29,9 +31,10 @@ from reapkit.study.comparisons import (
 )
 from reapkit.study.tables import (
     expected_jaccard,
+    jaccard_band,
     pruned_experts,
     spearman_band,
-    uniform_cutoffs,
+    specialisation_by_layer,
     uniform_plans,
     value_table,
 )
@@ -39,6 +42,8 @@ from reapkit.study.tables import (
 __all__ = [
     "saliency_scale",
     "cutoff",
+    "usage",
+    "kept_mass",
     "criterion_agreement",
     "domain_experts",
     "specialisation",
@@ -55,6 +60,7 @@ __all__ = [
     "study_curves",
     "gaps",
     "calibration",
+    "calibration_size",
     "sensitivity",
 ]
 
@@ -86,45 +92,87 @@ def saliency_scale(scores: pd.DataFrame, criterion: str = "reap") -> str:
 
 
 def cutoff(scores: pd.DataFrame, criterion: str, ratio: float) -> str:
-    """What a uniform plan at `ratio` keeps: the score mass its kept experts hold in each layer."""
+    """What the sorted-score curves show at the cut-off: how far the weakest kept expert's score is from
+    the strongest's and from the strongest pruned one's (ratios read off the log axis)."""
     data = select(scores, criterion=criterion, domain=ALL)
     table = value_table(data)
     if table.empty:
         return f"No {criterion} scores to read."
-    cut = uniform_cutoffs(data, ratio)
-    mass = []
+    spans, steps = [], []
     for _, row in table.iterrows():
         values = np.sort(row.dropna().to_numpy(float))[::-1]
-        total = values.sum()
         keep = values.size - pruned_count(values.size, ratio)
-        mass.append(values[:keep].sum() / total if total > 0 else np.nan)
-    mass = np.asarray(mass)
+        if 0 < keep < values.size and values[keep - 1] > 0:
+            spans.append(values[0] / values[keep - 1])
+            steps.append(values[keep - 1] / values[keep] if values[keep] > 0 else np.inf)
+    if not spans:
+        return f"No {criterion} scores to read."
     return (
-        f"**Reading.** Removing {ratio:.0%} of the experts of each layer ({int(cut.experts.iloc[0] - cut.kept.iloc[0])} "
-        f"of {int(cut.experts.iloc[0])}) keeps experts holding {np.nanmin(mass):.0%} to {np.nanmax(mass):.0%} of a "
-        f"layer's total {criterion} score. A steep curve at the cut-off means the choice there is clear; a "
-        "flat one means the removed and the kept experts score alike."
+        f"**Reading.** At {ratio:.0%} removed, the strongest expert of a layer scores {min(spans):.1f}x to "
+        f"{max(spans):.1f}x the weakest one kept, and the weakest kept one {min(steps):.2f}x to {max(steps):.2f}x "
+        "the strongest pruned one. A step near 1x at the cut-off means the kept and the pruned experts there "
+        "score alike: the choice is close."
+    )
+
+
+def usage(summary: pd.DataFrame) -> str:
+    """How unevenly each layer routes (`reapkit.study.kept.usage_summary`), never-routed experts counted."""
+    if summary.empty:
+        return "No routing counts to read."
+    never = int(summary["never_routed"].sum())
+    flat, steep = summary.loc[summary["gini"].idxmin()], summary.loc[summary["gini"].idxmax()]
+    return (
+        f"**Reading.** Gini of the routed tokens from {flat.gini:.2f} (layer {int(flat.layer)}) to {steep.gini:.2f} "
+        f"(layer {int(steep.layer)}); the less-used half of a layer's experts receives {summary.bottom_half.min():.0%} "
+        f"to {summary.bottom_half.max():.0%} of its tokens (a uniform router: 50%). {never} expert(s) never routed "
+        "on the calibration data: every criterion scores them 0."
+    )
+
+
+def kept_mass(table: pd.DataFrame, *, ratio: float) -> str:
+    """At `ratio`, the share of the REAP score and of the routed tokens each criterion's plan keeps."""
+    rows = table[np.isclose(table["ratio"], ratio)] if len(table) else table
+    if rows.empty:
+        return "No kept mass to read."
+    means = rows.groupby("criterion", sort=False)[["kept_score", "kept_routing"]].agg(["mean", "min", "max"])
+    parts = [
+        f"{c}: {r[('kept_score', 'mean')]:.0%} of the REAP score ({r[('kept_score', 'min')]:.0%}-"
+        f"{r[('kept_score', 'max')]:.0%} over layers), {r[('kept_routing', 'mean')]:.0%} of the routed tokens"
+        for c, r in means.iterrows()
+    ]
+    return (
+        f"**Reading.** Keeping {1 - ratio:.0%} of each layer's experts, "
+        + "; ".join(parts)
+        + ". A criterion keeps more of what it optimises; the gap between the panels is what it gives up."
     )
 
 
 def criterion_agreement(agreement: pd.DataFrame, *, experts: int, ratio: float) -> str:
-    """Rank correlation and pruned-set overlap of each pair of criteria, against chance."""
+    """Rank correlation and pruned-set overlap of each pair of criteria, against what chance gives for a
+    mean over that many layers (`jaccard_band`, `spearman_band`)."""
     data = agreement[agreement["ratio"] == ratio] if "ratio" in agreement.columns else agreement
     if data.empty:
         return "No criterion pairs to compare."
     pairs = data.groupby(["criterion_a", "criterion_b"])[["spearman", "overlap"]].mean()
+    layers = int(data["layer"].nunique()) if "layer" in data.columns else 1
     removed = pruned_count(experts, ratio)
     chance = expected_jaccard(experts, removed)
-    low, high = spearman_band(experts)
+    (rho_lo, rho_hi), (jac_lo, jac_hi) = spearman_band(experts, layers), jaccard_band(experts, removed, layers)
     lines = [
-        f"**Reading.** Mean over layers, at {ratio:.0%} removed. Two random choices of {removed} of {experts} "
-        f"experts overlap by {chance:.2f} (Jaccard) on average, and random rankings give a Spearman rho "
-        f"between {low:.2f} and {high:.2f} (95%):",
+        f"**Reading.** Mean over {layers} layer(s), at {ratio:.0%} removed. Two random choices of {removed} of "
+        f"{experts} experts overlap by {chance:.2f} (Jaccard) on average, and 95% of means over {layers} layer(s) "
+        f"fall in [{jac_lo:.2f}, {jac_hi:.2f}]; for Spearman rho of random rankings: [{rho_lo:.2f}, {rho_hi:.2f}]:",
         "",
     ]
+
+    def place(value, low, high):
+        return "above chance" if value > high else "below chance" if value < low else "at chance"
+
     for (a, b), row in pairs.sort_values("overlap", ascending=False).iterrows():
-        verdict = "at chance" if row.overlap <= chance + 0.05 else "above chance"
-        lines.append(f"- {a} / {b}: rho {row.spearman:.2f}, overlap {row.overlap:.2f} ({verdict})")
+        lines.append(
+            f"- {a} / {b}: rho {row.spearman:.2f} ({place(row.spearman, rho_lo, rho_hi)}), overlap "
+            f"{row.overlap:.2f} ({place(row.overlap, jac_lo, jac_hi)})"
+        )
     return "\n".join(lines)
 
 
@@ -147,20 +195,23 @@ def domain_experts(shares: pd.DataFrame, *, threshold: float = 2.0) -> str:
 
 
 def specialisation(table: pd.DataFrame) -> str:
-    """How specialisation changes with depth."""
+    """How specialisation changes with depth; a change is claimed only where the first and the last
+    layer's 95% intervals (bootstrap over their experts, independent samples) do not overlap."""
     if table.empty:
         return "No per-domain statistics (the calibration has one domain)."
-    weighted = table.assign(_w=table["specialisation"] * table["usage"]).groupby("layer")
-    by_layer = weighted["_w"].sum() / weighted["usage"].sum()  # usage-weighted, as the figure draws it
-    first, last = by_layer.index[0], by_layer.index[-1]
-    peak = by_layer.idxmax()
-    change = by_layer[last] - by_layer[first]
-    trend = "rises" if change > 0.02 else "falls" if change < -0.02 else "stays level"
+    mean, low, high = interval_columns("specialisation")
+    by_layer = specialisation_by_layer(table).set_index("layer")  # usage-weighted, as the figure draws it
+    first, last = by_layer.iloc[0], by_layer.iloc[-1]
+    peak = by_layer[mean].idxmax()
+    trend = (
+        "rises" if first[high] < last[low] else "falls" if first[low] > last[high] else "does not change beyond noise"
+    )
     return (
-        f"**Reading.** Mean specialisation (weighted by usage) {trend} from {by_layer[first]:.2f} (layer {first}) to "
-        f"{by_layer[last]:.2f} "
-        f"(layer {last}); it peaks at layer {peak} ({by_layer[peak]:.2f}). 0 means an expert serves every domain "
-        "alike, 1 that it serves one domain only."
+        f"**Reading.** Mean specialisation (weighted by usage) {trend} from {first[mean]:.2f} "
+        f"[{first[low]:.2f}, {first[high]:.2f}] (layer {by_layer.index[0]}) to {last[mean]:.2f} "
+        f"[{last[low]:.2f}, {last[high]:.2f}] (layer {by_layer.index[-1]}); the largest mean is layer {peak}'s "
+        f"({by_layer.loc[peak, mean]:.2f}). 0 means an expert serves every domain alike, 1 that it serves one "
+        "domain only."
     )
 
 
@@ -288,28 +339,32 @@ def disagreement(scores: pd.DataFrame, *, ratio: float, a: str = "reap", b: str 
     return text
 
 
-def global_budget(uniform, budget) -> str:
-    """What a global budget of the same total changes against the uniform plan."""
+def global_budget(uniform, budget, table: pd.DataFrame | None = None) -> str:
+    """What a global budget of the same total changes against the uniform plan, and its one threshold
+    (`table`: `reapkit.study.kept.budget_table`)."""
     diff = {layer: len(budget.kept[layer]) - len(uniform.kept[layer]) for layer in uniform.layers}
     more = [f"layer {k} {v:+d}" for k, v in diff.items() if v]
-    return (
+    text = (
         f"**Reading.** Both plans keep {uniform.total_kept} experts in all. The global budget moves them between "
         "layers: " + (", ".join(more) if more else "it keeps the same count in every layer") + "."
     )
+    if table is not None and np.isfinite(table.attrs.get("threshold", np.nan)):
+        floor = int((table["kept"] & table["floor"] & (table["budget_score"] < table.attrs["threshold"])).sum())
+        text += f" It keeps every expert scoring above {table.attrs['threshold']:.2f}x its layer's mean" + (
+            f", and {floor} below it that are their layer's top-k floor." if floor else "."
+        )
+    return text
 
 
 def coactivation(coselect: np.ndarray) -> str:
-    """The strongest co-selected pair of one layer against what independent routing would give."""
-    c = np.asarray(coselect, float)
-    diag = np.diag(c)
-    union = diag[:, None] + diag[None, :] - c
-    jac = np.divide(c, union, out=np.zeros_like(c), where=union > 0)
-    np.fill_diagonal(jac, np.nan)
-    if not np.isfinite(jac).any():
+    """The pair of one layer co-selected most often relative to independent routing (`coselection_lift`)."""
+    lift = coselection_lift(coselect)
+    if not np.isfinite(lift).any():
         return "No co-selection recorded."
-    i, j = np.unravel_index(np.nanargmax(jac), jac.shape)
+    i, j = np.unravel_index(np.nanargmax(lift), lift.shape)
+    above = np.nanmean(lift > 1)
     return (
-        f"**Reading.** Experts {i} and {j} are co-selected most: {jac[i, j]:.2f} of the tokens routed to either go "
-        f"to both (mean over pairs {np.nanmean(jac):.2f}). Experts that always fire together are candidates for "
-        "merging rather than pruning."
+        f"**Reading.** Experts {i} and {j} share a token's top-k {lift[i, j]:.1f}x as often as independent routing "
+        f"with their frequencies would give; {above:.0%} of pairs are co-selected more often than that. Experts "
+        "that fire together are candidates for merging rather than pruning."
     )

@@ -19,7 +19,7 @@ import functools
 import numpy as np
 import pandas as pd
 
-from reapkit.measure.schema import ALL, LABEL, RATIO, hi, interval, lo, select, wide_results
+from reapkit.measure.schema import ALL, LABEL, RATIO, hi, interval, interval_columns, lo, select, wide_results
 from reapkit.select.criteria import DEFAULT_CRITERIA
 from reapkit.select.plan import pruned_count
 
@@ -27,11 +27,14 @@ __all__ = [
     "expected_jaccard",
     "jaccard_distribution",
     "spearman_band",
+    "jaccard_band",
+    "routing",
     "uniform_plans",
     "pruned_experts",
     "agreement_table",
     "domain_share_table",
     "specialisation_table",
+    "specialisation_by_layer",
     "mask_frame",
     "plan_overlap",
     "curve_table",
@@ -91,10 +94,27 @@ def expected_jaccard(experts: int, size: int, other: int | None = None) -> float
     return float(np.sum(values * p))
 
 
+@functools.lru_cache(maxsize=256)
+def jaccard_band(experts: int, size: int, layers: int = 1, *, level: float = 0.95, draws: int = 20000, seed: int = 0):
+    """Central `level` interval of the mean over `layers` layers of the Jaccard index of two random
+    `size`-of-`experts` subsets (each layer an independent draw from `jaccard_distribution`; seeded).
+
+        >>> jaccard_band(16, 8, 4)              # (lo, hi) around expected_jaccard(16, 8) = 0.34
+    """
+    values, p = jaccard_distribution(experts, size)
+    rng = np.random.default_rng(seed)
+    means = rng.choice(values, p=p, size=(draws, max(int(layers), 1))).mean(axis=1)
+    tail = (1 - level) / 2
+    return float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
+
+
 @functools.lru_cache(maxsize=64)
-def spearman_band(n: int, *, level: float = 0.95, permutations: int = 20000, seed: int = 0) -> tuple[float, float]:
-    """Central `level` interval of Spearman's rho between two independent random rankings of `n` items
-    (a permutation null, `permutations` draws from `seed`; deterministic): ``(lo, hi)``.
+def spearman_band(
+    n: int, layers: int = 1, *, level: float = 0.95, permutations: int = 20000, seed: int = 0
+) -> tuple[float, float]:
+    """Central `level` interval of Spearman's rho between two independent random rankings of `n` items,
+    or of its mean over `layers` independent layers (a permutation null, `permutations` draws from
+    `seed`; deterministic): ``(lo, hi)``.
 
         >>> spearman_band(16)
         (-0.5, 0.5)              # roughly: |rho| < 0.5 is what unrelated scores of 16 experts give
@@ -108,6 +128,8 @@ def spearman_band(n: int, *, level: float = 0.95, permutations: int = 20000, see
     centred = ranks - (n - 1) / 2
     base = np.arange(n, dtype=float) - (n - 1) / 2
     rho = centred @ base / float(base @ base)
+    if layers > 1:
+        rho = rng.choice(rho, size=(permutations, int(layers))).mean(axis=1)
     tail = (1 - level) / 2
     return float(np.quantile(rho, tail)), float(np.quantile(rho, 1 - tail))
 
@@ -115,6 +137,12 @@ def spearman_band(n: int, *, level: float = 0.95, permutations: int = 20000, see
 # --------------------------------------------------------------------------------------------
 # Criteria against each other
 # --------------------------------------------------------------------------------------------
+
+
+def routing(obs) -> dict:
+    """The router's group-limited routing as `uniform_plans` and `agreement_table` take it: n_group,
+    topk_group and top_k of `obs` (Observations). ``uniform_plans(scores, ratio=0.5, **routing(obs))``."""
+    return {"n_group": obs.meta.get("n_group", 1), "topk_group": obs.meta.get("topk_group"), "top_k": obs.top_k}
 
 
 def uniform_plans(
@@ -294,6 +322,23 @@ def specialisation_table(frame: pd.DataFrame, *, criterion: str = "frequency") -
         }
     )
     return out[columns].reset_index(drop=True)
+
+
+def specialisation_by_layer(table: pd.DataFrame, *, resamples: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Per layer of a `specialisation_table`: the usage-weighted mean specialisation and its 95% percentile
+    bootstrap interval over the layer's experts (`interval_columns("specialisation")`).
+
+        >>> specialisation_by_layer(specialisation_table(scores))
+    """
+    from reapkit.measure.stats import bootstrap
+
+    columns = ["layer", *interval_columns("specialisation"), "experts"]
+    rows = []
+    for layer, part in table.groupby("layer", sort=True):
+        weights = part["usage"].clip(lower=0).to_numpy(float) + 1e-12
+        values = bootstrap(part["specialisation"].to_numpy(float) * weights, weights, resamples=resamples, seed=seed)
+        rows.append((layer, *values, len(part)))
+    return pd.DataFrame(rows, columns=columns)
 
 
 # --------------------------------------------------------------------------------------------
