@@ -130,6 +130,7 @@ def display_name(name) -> str:
         return f"{display_name(name[len('global_') :])}, global budget"
     return DISPLAY_NAMES.get(name, name.replace("_", " "))
 
+
 LOWER, HIGHER = "lower", "higher"
 #: Which way each metric is better: the one declaration every ranking, reading and figure reads (`better`).
 BETTER = {

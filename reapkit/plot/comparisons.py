@@ -255,6 +255,6 @@ def pruning_vs_merging(
     for ax in (left, right):
         ax.set_xlabel(xlabel)
         ax.xaxis.set_major_formatter(formatter)
-        ax.locator_params(axis="x", nbins=4)
+        ax.locator_params(axis="x", nbins=6)
     legend_below(fig, [left], ncols=len(names), title="bands and bars: 95% CI (right: paired)")
     return fig

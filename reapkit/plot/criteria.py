@@ -202,7 +202,7 @@ def reap_vs_frequency(
         ax.margins(0.08)
         if x == "frequency":
             ax.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0, decimals=0))
-        ax.locator_params(axis="x", nbins=3)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(nbins=3, steps=[1, 2, 5, 10]))  # whole percents
     for ax in grid[len(shown) :]:
         ax.axis("off")
     grid[0].plot([], [], label="each plan's cut-off", **REFERENCE_STYLE)

@@ -484,6 +484,18 @@ def coactivation_matrix(coselect, *, order=None, clustering=None, title: str | N
     extend = "both" if finite.size and finite.max() > limit else "neither"
     bar = fig.colorbar(image, ax=ax, shrink=0.9, pad=0.02, extend=extend)
     bar.set_label("co-selection / independent routing")
-    ticks = np.arange(-limit, limit + 1, max(1, int(limit) // 2))
+    step = max(1, int(limit) // 2)
+    ticks = np.unique(np.r_[-np.arange(0, limit + 1, step), np.arange(0, limit + 1, step)])
     bar.set_ticks(ticks, labels=["1 (chance)" if t == 0 else f"{2**t:g}" if t > 0 else f"1/{2**-t:g}" for t in ticks])
+    if np.isneginf(lift).any():
+        ax.text(
+            1.0,
+            1.0,
+            "grey: never together",
+            transform=ax.transAxes,
+            ha="right",
+            va="bottom",
+            fontsize=MIN_TEXT,
+            color="0.35",
+        )
     return ax

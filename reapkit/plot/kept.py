@@ -175,7 +175,7 @@ def global_budget(table: pd.DataFrame, *, ratio: float | None = None, ax=None):
         )
         for name, chosen, kwargs in groups:
             chosen = chosen.to_numpy()
-            ax.scatter(x + jitter[chosen], y[chosen], s=8, zorder=2, label=name if x == 0 else None, **kwargs)
+            ax.scatter(x + jitter[chosen], y[chosen], s=8, zorder=2, label=name if x == 0 else None, gid=name, **kwargs)
         if "kept_uniform" in part and part["kept_uniform"].any() and (~part["kept_uniform"]).any():
             cut = np.sqrt(
                 part.loc[part["kept_uniform"], "budget_score"].min()
@@ -222,7 +222,7 @@ def kept_per_layer(plans, *, ax=None):
 
         >>> kept_per_layer({"uniform REAP": plan, "global REAP": global_plan})
 
-    The grey step is the number of experts per layer before pruning. The legend goes below (with
+    The y axis ends at the experts per layer before pruning (a grey step where layers differ). The legend goes below (with
     `ax`, left to the caller: `legend_below`).
     """
     own = ax is None
@@ -249,18 +249,19 @@ def kept_per_layer(plans, *, ax=None):
             label=str(name),
         )
     total = mask.groupby("layer")["expert"].count().reindex(layers)
-    ax.step(
-        np.arange(len(layers) + 1) - 0.5,
-        np.r_[total.to_numpy(), total.to_numpy()[-1]],
-        where="post",
-        label="experts before pruning",
-        **REFERENCE_STYLE,
-    )
+    if total.nunique() > 1:  # layers of different sizes: each layer's experts before pruning
+        ax.step(
+            np.arange(len(layers) + 1) - 0.5,
+            np.r_[total.to_numpy(), total.to_numpy()[-1]],
+            where="post",
+            label="experts before pruning",
+            **REFERENCE_STYLE,
+        )
     ax.set_xticks(np.arange(len(layers)), [str(v) for v in layers])
     integer_axis(ax, "y")
-    ax.set_ylim(0, float(total.max()) * 1.05)
+    ax.set_ylim(0, float(total.max()))
     ax.set_xlabel("layer")
-    ax.set_ylabel("experts kept")
+    ax.set_ylabel("experts kept" + (f" (of {int(total.iloc[0])})" if total.nunique() == 1 else ""))
     if own:
         legend_below(fig, [ax], ncols=2)
     return ax

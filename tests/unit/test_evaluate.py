@@ -273,7 +273,9 @@ def test_evaluate_plans_gives_the_sequences_the_gaps_pair(eval_batches):
 
     model = model_of("qwen3_moe")
     plan = some_plan(model)
-    results, rec, seqs = evaluate_plans(model, {("reap", 0.5): plan, ("other", 0.5): plan}, eval_batches, sequences=True)
+    results, rec, seqs = evaluate_plans(
+        model, {("reap", 0.5): plan, ("other", 0.5): plan}, eval_batches, sequences=True
+    )
     assert set(results.criterion) == {"none", "reap", "other"} and {"rel_l2_lo", "rel_l2_hi"} <= set(rec.columns)
     mine = seqs[seqs.criterion == "reap"]
     assert (mine.delta_loss.to_numpy() == mine.loss.to_numpy() - seqs[seqs.criterion == "none"].loss.to_numpy()).all()

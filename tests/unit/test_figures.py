@@ -51,7 +51,13 @@ def _budget(d):
         chosen[layer].append(e)
     counts = {layer: len(v) for layer, v in chosen.items()}
     plan = PruningPlan.from_scores(
-        t.to_numpy(), list(t.index), [t.shape[1]] * len(t), top_k=2, counts=counts, criterion="reap", provenance={"global_budget": 1}
+        t.to_numpy(),
+        list(t.index),
+        [t.shape[1]] * len(t),
+        top_k=2,
+        counts=counts,
+        criterion="reap",
+        provenance={"global_budget": 1},
     )
     return uniform, plan
 
@@ -122,7 +128,10 @@ FIGURES = {
     "scores_figure": (
         lambda d: plot.scores_figure(
             d.results[d.results.label.isin(["reap", "frequency"]) & (d.results.domain == "all")].assign(
-                metric="acc", value=lambda f: f.agreement, value_lo=lambda f: f.agreement_lo, value_hi=lambda f: f.agreement_hi
+                metric="acc",
+                value=lambda f: f.agreement,
+                value_lo=lambda f: f.agreement_lo,
+                value_hi=lambda f: f.agreement_hi,
             )[["label", "method", "ratio", "domain", "metric", "value", "value_lo", "value_hi"]]
         ),
         True,
@@ -283,7 +292,11 @@ def _method_colours(fig) -> dict:
     """{method display name: colours it is drawn in}, from legends and from labelled artists."""
     names = {display_name(n): n for n in [*DISPLAY_NAMES, "global_reap"]}
     found: dict[str, set] = {}
-    handles = [(h, t.get_text()) for legend in fig.legends + [ax.get_legend() for ax in fig.axes if ax.get_legend()] for h, t in zip(legend.legend_handles, legend.get_texts())]
+    handles = [
+        (h, t.get_text())
+        for legend in fig.legends + [ax.get_legend() for ax in fig.axes if ax.get_legend()]
+        for h, t in zip(legend.legend_handles, legend.get_texts())
+    ]
     handles += [(a, a.get_label()) for ax in fig.axes for a in [*ax.lines, *ax.collections, *ax.patches]]
     for artist, text in handles:
         name = (text or "").split(" (")[0]
