@@ -274,6 +274,7 @@ def study_results(sequences: pd.DataFrame, *, resamples: int = RESAMPLES, seed: 
     `delta_loss` is paired with the unpruned model on the same sequences."""
     from reapkit.measure.evaluate import aggregate
 
+    sequences = sequences.assign(**{k: np.nan for k in _VARIANT if k not in sequences.columns})  # older frames
     keys = _VARIANT
     frames = []
     for values, part in sequences.groupby(keys, sort=False, dropna=False):

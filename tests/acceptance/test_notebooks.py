@@ -247,12 +247,14 @@ def test_notebook_01_saliency(tiny, tmp_path):
     _has_figures(
         tmp_path / "figures",
         "saliency_heatmaps",
+        "expert_usage",
         "saliency_curves",
+        "kept_mass",
         "criterion_agreement",
         "domain_frequency",
         "specialisation_by_depth",
     )
-    assert _readings(nb) == 5
+    assert _readings(nb) == 7
     results = pd.read_csv(tmp_path / "results.csv")
     assert set(results.columns) >= {"layer", "criterion_a", "criterion_b", "spearman", "overlap", "ratio"}
     assert len(results) == 2 * 6  # 2 MoE layers x 6 pairs of 4 criteria
@@ -267,7 +269,7 @@ def test_notebook_02_clusters(tiny, tmp_path):
         ROOT / "notebooks/02_clusters.ipynb", {**tiny["params"], "layers": [1], "n_clusters": 3}, tmp_path
     )
     nb = _executed_ok(out, tmp_path / "figures")
-    _has_figures(tmp_path / "figures", "distances_weights", "distances_output", "distances_router", "saliency_clusters")
+    _has_figures(tmp_path / "figures", "distance_spread", "distances", "saliency_clusters")
     assert _readings(nb) == 3
     clusters = pd.read_csv(tmp_path / "results.csv")
     assert set(clusters.space) == {"weights", "output", "router"} and set(clusters.layer) == {1}
@@ -320,21 +322,24 @@ def test_notebook_04_paper_figures(tiny, tmp_path):
     model, _ = load_model(tiny["params"]["model"])
     batches = calibration_batches(tiny["spec"], None, batch_size=4, max_length=12)
     obs = observe(model, batches, progress=False)
-    results = experiments.compression_study(
+    from reapkit.study.gaps import gap_table
+
+    sequences = experiments.study_sequences(
         model,
         obs,
         batches,
         ratios=[0, 0.5],
         criteria=["reap", "frequency"],
         random_seeds=[],
-        merges=[],
+        merges=["m_smoe"],
         global_budget=True,
-        resamples=50,
         progress=False,
     )
+    results = experiments.study_results(sequences, resamples=50)
     study_dir = tmp_path / "study"
     study_dir.mkdir()
     experiments.results_table(results, model="tiny").to_csv(study_dir / "results.csv", index=False)
+    gap_table(sequences, resamples=50).to_csv(study_dir / "gaps.csv", index=False)  # as notebook 05 writes it
     layer_sensitivity(model, obs, batches, resamples=50, progress=False).to_csv(
         study_dir / "layer_sensitivity.csv", index=False
     )
@@ -352,6 +357,8 @@ def test_notebook_04_paper_figures(tiny, tmp_path):
         "coactivation",
         "layer_sensitivity",
         "compression",
+        "gap_to_reap",
+        "pruning_vs_merging",
     )
     _has_figures(tmp_path / "out" / "figures", *names)
     assert len(list((tmp_path / "out" / "figures").glob("*.png"))) == len(names)

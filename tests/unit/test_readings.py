@@ -100,3 +100,81 @@ def test_gaps_and_costs_readings_say_what_the_paired_intervals_say(known):
     costs = readings.costs(results.assign(criterion=results.label), gaps=table.rename(columns={"label": "criterion"}))
     assert "50% removed, best first:" in costs and "reap is better than frequency" in costs
     assert "No difference between methods is claimed" in readings.costs(results.assign(criterion=results.label))
+
+
+def _scores(rows: dict, criterion: str = "reap") -> pd.DataFrame:
+    return pd.DataFrame(
+        [(layer, e, "all", criterion, float(v)) for layer, values in rows.items() for e, v in enumerate(values)],
+        columns=["layer", "expert", "domain", "criterion", "value"],
+    )
+
+
+def test_saliency_readings_quote_what_their_figures_show():
+    from reapkit.study.kept import kept_mass_table, usage_summary
+
+    scores = _scores({0: [8, 4, 2, 1], 1: [1, 1, 1, 1]})
+    assert "scores 2.0x to 2.0x the weakest one kept" in readings.cutoff(scores[scores.layer == 0], "reap", 0.5)
+    assert "2.00x to 2.00x the strongest pruned one" in readings.cutoff(scores[scores.layer == 0], "reap", 0.5)
+    counts = _scores({0: [0, 10, 10, 80], 1: [25, 25, 25, 25]}, "frequency")
+    text = readings.usage(usage_summary(counts))
+    assert "Gini of the routed tokens from 0.00 (layer 1) to" in text and "1 expert(s) never routed" in text
+    assert "receives 10% to 50% of its tokens" in text  # the less-used half: 0 + 10 of 100 in layer 0
+    mass = kept_mass_table(pd.concat([scores, counts]), criteria=["reap", "frequency"], ratios=[0.5])
+    text = readings.kept_mass(mass, ratio=0.5)
+    assert "reap: 65% of the REAP score (50%-80% over layers), 30% of the routed tokens" in text  # layer 0: 12 of 15
+    assert "frequency: 42% of the REAP score (33%-50% over layers), 70% of the routed tokens" in text
+
+
+def test_agreement_and_specialisation_readings_claim_only_beyond_chance_or_noise():
+    table = pd.DataFrame(
+        [
+            dict(layer=layer, criterion_a="reap", criterion_b=b, spearman=rho, overlap=jac)
+            for layer in range(4)
+            for b, rho, jac in (("frequency", 0.9, 1.0), ("ean_mean", 0.0, 0.34))
+        ]
+    )
+    text = readings.criterion_agreement(table, experts=16, ratio=0.5)
+    assert "reap / frequency: rho 0.90 (above chance), overlap 1.00 (above chance)" in text
+    assert "reap / ean_mean: rho 0.00 (at chance), overlap 0.34 (at chance)" in text
+    rng = np.random.default_rng(0)
+    spec = pd.DataFrame(
+        {
+            "layer": np.repeat([0, 1, 2], 30),
+            "expert": np.tile(range(30), 3),
+            "specialisation": np.r_[rng.uniform(0, 0.2, 30), rng.uniform(0.4, 0.6, 30), rng.uniform(0.8, 1, 30)],
+            "usage": 1.0,
+        }
+    )
+    assert "rises from 0.1" in readings.specialisation(spec)
+    flat = spec.assign(specialisation=rng.uniform(0.4, 0.6, 90))
+    assert "does not change beyond noise" in readings.specialisation(flat)
+
+
+def test_study_readings_of_layers_budget_coselection_and_calibration_size():
+    layers = pd.DataFrame(
+        {
+            "layer": [0, 1, 2],
+            "delta_loss": [0.05, 0.4, 0.2],
+            "delta_loss_lo": [-0.01, 0.3, 0.1],
+            "delta_loss_hi": [0.1, 0.5, 0.3],
+        }
+    )
+    text = readings.sensitivity(layers)
+    assert "the largest Δ loss is layer 1 (+0.40 nats)" in text and "above 0 for layer(s) 1, 2" in text
+    assert "not tested" in text  # no ranking claim between layers
+    coselect = np.full((4, 4), 10.0)
+    coselect[0, 1] = coselect[1, 0] = 60.0
+    np.fill_diagonal(coselect, 100.0)
+    assert readings.coactivation(coselect).startswith("**Reading.** Experts 0 and 1 share")
+    size = pd.DataFrame(
+        {
+            "samples": [2, 2, 16, 16],
+            "seed": [0, 1, 0, 1],
+            "jaccard": [0.5, 0.7, 0.9, 0.95],
+            "chance": 0.34,
+            "delta_loss": [2.0, 1.8, 1.2, 1.3],
+        }
+    )
+    text = readings.calibration_size(size)
+    assert "With 2 calibration samples per domain the kept experts share 0.60 (0.50-0.70 over 2 seeds)" in text
+    assert "with 16 samples 0.93 (0.90-0.95)" in text and "from 1.90 (1.80-2.00 over seeds) to 1.25" in text
