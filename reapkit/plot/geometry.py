@@ -210,9 +210,8 @@ def distance_heatmaps(
 
 @styled
 def distance_histogram(distances: dict, *, ax=None):
-    """The angular distances between the experts of a layer, pooled over layers, one histogram per space
-    on one axis: where a space has structure (a spread, near pairs) and where it has none (every pair
-    near 0.5, orthogonal). `distances`: {(space, layer): [E, E] matrix}.
+    """Angular distances between the experts of a layer, pooled over layers, one histogram per space on one
+    axis: structure (a spread, near pairs) or none (every pair near 0.5). {(space, layer): [E, E] matrix}.
 
         >>> distance_histogram(geometry.distance_matrices(model=model, obs=obs))
     """

@@ -453,7 +453,7 @@ def test_study_explorer_draws(tmp_path):
     e.domain.value = "code"
     assert e.redraws == 3
     ax = e.figures["curves"].axes[0]
-    assert {line.get_label() for line in ax.lines} >= {"reap", "frequency"}
+    assert {line.get_label() for line in ax.lines} >= {"REAP", "frequency"}  # display names
 
 
 # --------------------------------------------------------------------------------------------
@@ -539,4 +539,5 @@ def test_readings_quote_the_data():
         [dict(layer=0, criterion_a="reap", criterion_b="frequency", spearman=0.3, overlap=0.6, ratio=0.5)]
     )
     text = readings.criterion_agreement(agreement, experts=16, ratio=0.5)
-    assert "overlap by 0.34" in text and "reap / frequency: rho 0.30, overlap 0.60 (above chance)" in text
+    # one layer: 6 of 8 pruned experts shared happens by chance 7% of the time, so not beyond chance
+    assert "overlap by 0.34" in text and "reap / frequency: rho 0.30 (at chance), overlap 0.60 (at chance)" in text
