@@ -223,8 +223,9 @@ def calibration(sensitivity) -> str:
     the same sequences), and how far kept sets overlap against chance.
 
     `sensitivity`: a `reapkit.study.sensitivity.Sensitivity` (loss, overlap and the per-sequence frame)."""
+    from reapkit.measure.schema import UNPRUNED
     from reapkit.measure.stats import bootstrap, sequence_grid
-    from reapkit.study.experiments import MIX, UNPRUNED
+    from reapkit.study.experiments import MIX
 
     loss, overlap, sequences = sensitivity.loss, sensitivity.overlap, sensitivity.sequences
     singles = [c for c in dict.fromkeys(loss["calibration"]) if c not in (UNPRUNED, MIX)]

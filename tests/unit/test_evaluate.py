@@ -279,6 +279,8 @@ def test_evaluate_plans_gives_the_sequences_the_gaps_pair(eval_batches):
     )
     assert set(results.criterion) == {"unpruned", "reap", "other"} and {"rel_l2_lo", "rel_l2_hi"} <= set(rec.columns)
     mine = seqs[seqs.criterion == "reap"]
-    assert (mine.delta_loss.to_numpy() == mine.loss.to_numpy() - seqs[seqs.criterion == "unpruned"].loss.to_numpy()).all()
+    assert (
+        mine.delta_loss.to_numpy() == mine.loss.to_numpy() - seqs[seqs.criterion == "unpruned"].loss.to_numpy()
+    ).all()
     gaps = gap_table(seqs, hue="criterion")
     assert (gaps.loss_gap == 0).all() and (gaps.loss_gap_lo == 0).all()  # the same plan: a gap of exactly 0
