@@ -220,6 +220,10 @@ def _plan(args, obs):
 
 
 def cmd_prune(args):
+    if args.model.endswith(".gguf"):  # a GGUF file: sliced byte for byte, no model built (reapkit.compress.gguf)
+        from reapkit.compress.gguf import prune_command
+
+        return print(prune_command(args, lambda obs: _plan(args, obs)))
     from reapkit.observe.observations import Observations
 
     start = time.perf_counter()
