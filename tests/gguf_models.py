@@ -86,11 +86,13 @@ def write_gguf(
     split_tensors: int = 0,
     extra_tensors: dict | None = None,
     metadata: dict | None = None,
+    arrays: dict | None = None,
     nextn: int = 0,
 ) -> list[Path]:
     """Write `model` as GGUF at `path` (split every `split_tensors` tensors); return the files written.
 
     `extra_tensors` {name: float32 array} are added as F32; `metadata` {key: uint32 value} overrides;
+    `arrays` {key: list} adds array entries;
     `nextn` copies the last block as that many multi-token-prediction blocks (`nextn_predict_layers`).
     """
     config = model.config.get_text_config()
@@ -125,6 +127,8 @@ def write_gguf(
     writer.add_array("tokenizer.ggml.scores", [float(-i) for i in range(config.vocab_size)])
     for key, value in (metadata or {}).items():
         writer.add_uint32(key, value)
+    for key, value in (arrays or {}).items():
+        writer.add_array(key, value)
     for index, (name, value) in enumerate(tensors.items()):
         stacked = re.search(r"\.ffn_(gate|up|down)_exps\.weight$", name)
         data = encode(value, qtype, seed=index) if stacked else value.astype(np.float32)

@@ -32,7 +32,7 @@ from pathlib import Path
 from reapkit.atomic import atomic_file
 from reapkit.compress.gguf_experts import BLOCK, check_plan_fits, moe_layers, mtp_layers
 from reapkit.compress.gguf_file import SPLIT_NAME, GgufModel, open_gguf, split_name
-from reapkit.compress.gguf_write import Header, copied, encoded, padded, write_gguf
+from reapkit.compress.gguf_write import Header, encoded, padded, write_gguf
 from reapkit.errors import CheckpointError, InvalidInput, OutputExists
 
 PLAN_KEY = "reapkit.pruning_plan"
@@ -142,7 +142,7 @@ def _layout(model, plan, layers, drop) -> tuple[list[Header], list[list[list[tup
     if drop:
         patches |= {f"{arch}.block_count": blocks - len(drop), f"{arch}.nextn_predict_layers": 0}
     headers, sources = [], []
-    for index, reader in enumerate(model.readers):
+    for index, part in enumerate(model.headers):
         entries, ranges = [], []
         for tensor in sorted((t for t in model.tensors.values() if t.part == index), key=lambda t: t.offset):
             block = BLOCK.match(tensor.name)
@@ -157,32 +157,30 @@ def _layout(model, plan, layers, drop) -> tuple[list[Header], list[list[list[tup
             else:
                 entries.append((tensor.name, tensor.shape, tensor.type, tensor.nbytes))
                 ranges.append([(index, tensor.offset, tensor.nbytes)])
-        endian = "<" if reader.endianess.name == "LITTLE" else ">"
-        header = Header(int(reader.fields["GGUF.version"].contents()), int(reader.alignment), endian, [], entries)
+        header = Header(part.version, part.alignment, part.endian, [], entries)
         part_patches = dict(patches)
-        if drop and reader.get_field("split.tensors.count") is not None:
+        if drop and "split.tensors.count" in part.entries:
             part_patches["split.tensors.count"] = sum(
                 1 for t in model.tensors if not (BLOCK.match(t) and int(BLOCK.match(t)[1]) in drop)
             )
-        for key, value in reader.fields.items():
-            if key.startswith("GGUF.") or key == PLAN_KEY:
-                continue
-            header.keys.append(_entry(key, value, part_patches, arch, blocks, drop, endian))
+        for key, entry in part.entries.items():
+            if key != PLAN_KEY:
+                header.keys.append(_entry(part, entry, part_patches, arch, blocks, drop))
         if index == 0:
-            header.keys.append(encoded(PLAN_KEY, json.dumps(plan.to_dict()), 8, endian))
+            header.keys.append(encoded(PLAN_KEY, json.dumps(plan.to_dict()), 8, part.endian))
         headers.append(header)
         sources.append(ranges)
     return headers, sources
 
 
-def _entry(key, value, patches, arch, blocks, drop, endian) -> bytes:
-    """The bytes of one metadata entry: copied as stored, or re-encoded when patched or cut to fewer blocks."""
-    types = [int(t) for t in value.types]
-    if key in patches:
-        return encoded(key, patches[key], types[0], endian)
-    if drop and key.startswith(f"{arch}.") and types[0] == 9 and len(types) == 2 and len(value.data) == blocks:
-        return encoded(key, value.contents()[: blocks - len(drop)], 9, endian, sub_type=types[1])
-    return copied(value)
+def _entry(part, entry, patches, arch, blocks, drop) -> bytes:
+    """The bytes of one metadata entry: copied as stored, or encoded again when patched or cut to fewer blocks."""
+    if entry.key in patches:
+        return encoded(entry.key, patches[entry.key], entry.vtype, part.endian)
+    per_block = entry.sub_type is not None and entry.value is not None and entry.count == blocks
+    if drop and entry.key.startswith(f"{arch}.") and per_block:
+        return encoded(entry.key, entry.value[: blocks - len(drop)], entry.vtype, part.endian, entry.sub_type)
+    return part.raw(entry)
 
 
 def _runs(kept: list[int]) -> list[tuple[int, int]]:

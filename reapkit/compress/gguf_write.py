@@ -1,7 +1,7 @@
 """Writing one GGUF file from parts of others: the header, then each tensor's bytes copied by byte range.
 
     >>> header = Header(version=3, alignment=32, endian="<")
-    >>> header.keys.append(copied(reader.get_field("general.name")))          # metadata as stored, byte for byte
+    >>> header.keys.append(part.raw(part.entries["general.name"]))             # metadata as stored, byte for byte
     >>> header.keys.append(encoded("qwen3moe.expert_count", 12, GGUFValueType.UINT32, "<"))
     >>> header.tensors.append(("blk.1.ffn_up_exps.weight", (12, 32, 64), GGMLQuantizationType.Q8_0, nbytes))
     >>> with open(tmp, "wb") as f:
@@ -70,11 +70,6 @@ def padded(n: int, alignment: int) -> int:
 
 def _string(data: bytes, e: str) -> bytes:
     return struct.pack(f"{e}Q", len(data)) + data
-
-
-def copied(reader_field) -> bytes:
-    """A metadata entry exactly as the source file stores it (key, type and value bytes)."""
-    return b"".join(part.tobytes() for part in reader_field.parts)
 
 
 def encoded(key: str, value, vtype: int, e: str, sub_type: int | None = None) -> bytes:

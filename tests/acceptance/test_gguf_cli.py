@@ -115,7 +115,7 @@ CASES = [
         "truncated",
         "prune {root}/truncated.gguf --observations {root}/obs --out {out}/x.gguf",
         None,
-        ["truncated.gguf is truncated or corrupt", "download it again"],
+        ["truncated.gguf is truncated: tensor", "download it again"],
     ),
     (
         "not-gguf",

@@ -111,7 +111,8 @@ def test_every_quantisation_type_is_sliced_exactly(qwen, tmp_path, expert_type):
 
 def test_metadata_is_patched_and_otherwise_copied(qwen, tmp_path):
     model, obs = qwen
-    source = write_gguf(tmp_path / "model.gguf", model, expert_type="Q8_0")
+    long = {"test.long_strings": [f"piece {i} ä" for i in range(70_000)], "test.long_ints": list(range(70_000))}
+    source = write_gguf(tmp_path / "model.gguf", model, expert_type="Q8_0", arrays=long)  # long: skipped, copied
     plan = PruningPlan.from_observations(obs, "reap", keep=6)
     out = prune_gguf(source[0], plan, tmp_path / "pruned.gguf", progress=False).paths
     before, after = read_metadata(source), read_metadata(out)
@@ -284,7 +285,8 @@ def test_truncated_or_corrupt_files_are_refused(qwen, tmp_path, cut):
     plan = PruningPlan.from_observations(obs, "reap", keep=6)
     with pytest.raises(CheckpointError) as error:
         prune_gguf(source[0], plan, tmp_path / "pruned.gguf", progress=False)
-    message = "is not a GGUF file" if cut == "empty" else "is truncated or corrupt"
+    message = {"data": "is truncated: tensor output.weight ends at byte", "empty": "is not a GGUF file"}
+    message = message.get(cut, "is truncated or corrupt")
     refused(error, message, tmp_path=tmp_path, source=source)
     assert "download it again" in str(error.value) or "check the path" in str(error.value)
     assert source[0].read_bytes() == damaged
