@@ -197,26 +197,31 @@ def _runs(kept: list[int]) -> list[tuple[int, int]]:
 def prune_command(args, make_plan) -> str:
     """`reapkit prune MODEL.gguf --observations OBS ... --out PRUNED.gguf`; returns the line to print.
 
-    `make_plan(observations)` builds the plan from the command's options (criterion, ratio, keep, ...).
+    `make_plan(observations)` builds the plan from the command's options (criterion, ratio, keep, ...);
+    it gets None when the command names no observations (a plan given another way).
     """
     import time
 
     from reapkit.atomic import check_separate
-    from reapkit.observe.observations import Observations
 
     start = time.perf_counter()
-    for flag, value, default in (("--in-memory", args.in_memory, False), ("--device-map", args.device_map, None)):
-        if value != default:
+    for flag, name in (("--in-memory", "in_memory"), ("--device-map", "device_map")):
+        if getattr(args, name, None):
             raise InvalidInput(f"{flag} does not apply to a GGUF file, which is pruned byte for byte; drop it")
-    if args.dtype != "auto":
+    if getattr(args, "dtype", "auto") != "auto":
         raise InvalidInput(f"a GGUF prune keeps the stored types, so --dtype {args.dtype} does nothing; drop it")
+    observations = getattr(args, "observations", None)
     try:
-        check_separate(args.out, args.observations, what="output")
+        check_separate(args.out, observations, what="output")
     except ValueError as error:
         raise InvalidInput(str(error)) from None
     model = open_gguf(args.model)  # a missing or corrupt file is named before the observations load
     check_outputs(output_paths(model.parts, args.out), model.parts, force=args.force)
-    plan = make_plan(Observations.load(args.observations))
+    if observations:
+        from reapkit.observe.observations import Observations
+
+        observations = Observations.load(observations)
+    plan = make_plan(observations)
     plan.provenance["source_model"] = str(args.model)
     pruned = prune_gguf(model, plan, args.out, force=args.force)
     counts = {layer: len(kept) for layer, kept in plan.kept.items()}
