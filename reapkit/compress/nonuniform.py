@@ -12,7 +12,7 @@ A stock `config.json` names one expert count for all layers, so the folder says 
 |---|---|
 | `config.json` | the unpruned model's config (its expert count under `num_experts_key` too); `architectures` is `["ReapkitNonUniform" + the original]` (vLLM finds the plugin's model class by it; a loader without the plugin refuses the folder by name instead of misreading it), plus the `reapkit_non_uniform` section below |
 | `pruning_plan.json` | the plan: experts kept in each layer, scores, provenance |
-| `reapkit_non_uniform.safetensors` | the pruned weights under transformers' own names: experts fused, `...mlp.experts.gate_up_proj` [kept, 2 x intermediate, hidden] (gate rows, then up rows), `...mlp.experts.down_proj` [kept, hidden, intermediate], router `...mlp.gate.weight` [kept, hidden], selection bias `...mlp.gate.e_score_correction_bias` [kept] |
+| `reapkit_non_uniform.safetensors` | the pruned weights under transformers' own names (a tied embedding once, under one of its two names): experts fused, `...mlp.experts.gate_up_proj` [kept, 2 x intermediate, hidden] (gate rows, then up rows), `...mlp.experts.down_proj` [kept, hidden, intermediate], router `...mlp.gate.weight` [kept, hidden], selection bias `...mlp.gate.e_score_correction_bias` [kept] |
 | tokenizer files | as the tokenizer saves them |
 
 The `reapkit_non_uniform` section (format `reapkit-non-uniform/1`):

@@ -5,7 +5,9 @@
 Each class is vLLM's own class of the family with `NonUniformExperts` in front: the model is built
 inside `per_layer_experts` (each MoE layer with the count `config.json`'s `reapkit_non_uniform`
 section gives it), and the fused expert tensors of the checkpoint are handed to vLLM's loader in
-the per-expert layout it reads from hub checkpoints. Importing this module needs vLLM.
+the per-expert layout it reads from hub checkpoints (a tied embedding, which safetensors stores once
+and may name `lm_head.weight`, as the input embedding too). Importing this module needs vLLM only when a
+class is asked for.
 """
 
 from __future__ import annotations
@@ -33,13 +35,21 @@ class NonUniformExperts:
         model_config = vllm_config.model_config
         counts = experts_per_layer(model_config.hf_config)
         configs = {id(c): c for c in (model_config.hf_config, model_config.hf_text_config)}
+        # tied embeddings that safetensors stored once, as lm_head.weight: vLLM then unties them (and re-ties after)
+        self._lm_head_is_embedding = getattr(model_config, "word_embeddings_untied_by_checkpoint", False)
         with ExitStack() as stack:
             for config in configs.values():
                 stack.enter_context(per_layer_experts(config, counts))
             super().__init__(vllm_config=vllm_config, prefix=prefix)
 
     def load_weights(self, weights):
-        return super().load_weights(pair for name, tensor in weights for pair in per_expert_tensors(name, tensor))
+        return super().load_weights(self._per_expert(weights))
+
+    def _per_expert(self, weights):
+        for name, tensor in weights:
+            if name == "lm_head.weight" and self._lm_head_is_embedding:
+                yield "model.embed_tokens.weight", tensor
+            yield from per_expert_tensors(name, tensor)
 
 
 def __getattr__(name: str):

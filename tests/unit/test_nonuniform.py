@@ -146,3 +146,15 @@ def test_a_foreign_section_is_refused():
         nonuniform.experts_per_layer({nonuniform.SECTION: {"format": "other/2"}})
     with pytest.raises(CheckpointError, match="not a reapkit non-uniform checkpoint"):
         nonuniform.experts_per_layer({"model_type": "qwen3_moe"})
+
+
+def test_a_tied_embedding_stored_as_lm_head_reaches_vllm_as_both():
+    """safetensors stores a tied embedding once; when that name is lm_head.weight, vLLM unties and needs both."""
+    mixin = object.__new__(vllm_models.NonUniformExperts)
+    embedding, experts = torch.ones(4, 2), torch.zeros(3, 6, 2)
+    weights = [("lm_head.weight", embedding), ("model.layers.0.mlp.experts.gate_up_proj", experts)]
+    mixin._lm_head_is_embedding = True
+    names = [name for name, _ in mixin._per_expert(weights)]
+    assert names[:2] == ["model.embed_tokens.weight", "lm_head.weight"] and len(names) == 2 + 3 * 2
+    mixin._lm_head_is_embedding = False
+    assert [name for name, _ in mixin._per_expert(weights)][0] == "lm_head.weight"
