@@ -20,6 +20,7 @@ from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 
 from reapkit.atomic import atomic_directory
+from reapkit.compress import nonuniform
 from reapkit.model.discover import architecture_for
 from reapkit.model.records import EXPERT_COUNT_NAMES
 from reapkit.select.plan import PruningPlan
@@ -218,15 +219,15 @@ def prune_checkpoint(model_path, plan: PruningPlan, out, *, force: bool = False,
     return save_pruned(model, plan, out, tokenizer=tokenizer, force=force)
 
 
-NON_UNIFORM_WEIGHTS = "reapkit_non_uniform.safetensors"
+NON_UNIFORM_WEIGHTS = nonuniform.WEIGHTS
 
 
 def save_non_uniform(model, plan: PruningPlan, out, *, tokenizer=None, force: bool = False) -> Path:
-    """Save a model pruned with a non-uniform plan: the unpruned config, the plan and the pruned weights.
+    """Save a model pruned with a non-uniform plan in reapkit's format (`reapkit.compress.nonuniform`).
 
     Stock `from_pretrained` cannot read it (its config names one expert count for all layers);
-    `load_pruned(out)` rebuilds the per-layer counts and loads the weights. A uniform plan is
-    saved as a stock checkpoint instead.
+    `load_pruned(out)` rebuilds the per-layer counts and loads the weights, and vLLM reads it through
+    reapkit's plugin. A uniform plan is saved as a stock checkpoint instead.
     """
     from safetensors.torch import save_model
 
@@ -234,6 +235,11 @@ def save_non_uniform(model, plan: PruningPlan, out, *, tokenizer=None, force: bo
         return save_pruned(model, plan, out, tokenizer=tokenizer, force=force)
     with atomic_directory(out, force=force) as tmp:
         model.config.save_pretrained(tmp)
+        config = json.loads((tmp / "config.json").read_text())  # marked as the format (reapkit.compress.nonuniform)
+        config = nonuniform.describe(
+            config, plan, architecture=type(model).__name__, num_experts_key=architecture_for(model).num_experts_key
+        )
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         save_model(model, str(tmp / NON_UNIFORM_WEIGHTS))
@@ -249,7 +255,7 @@ def load_pruned(path, *, dtype=None):
     path = Path(path)
     if not (path / NON_UNIFORM_WEIGHTS).is_file():
         return AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto").eval()
-    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path))
+    model = AutoModelForCausalLM.from_config(nonuniform.original_config(AutoConfig.from_pretrained(path)))
     remove_experts(model, PruningPlan.load(path / "pruning_plan.json"))
     load_model(model, str(path / NON_UNIFORM_WEIGHTS))
     return (model.to(dtype) if dtype else model).eval()

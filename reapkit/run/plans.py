@@ -171,6 +171,15 @@ def cmd_plan(args):
 
 
 def cmd_prune(args):
+    if str(args.model).endswith(".gguf"):  # a GGUF file: sliced byte for byte, no model built (reapkit.compress.gguf)
+        from reapkit.compress.gguf import prune_command
+
+        return print(
+            prune_command(
+                args,
+                lambda obs: plan_from_observations(args, obs) if obs else _plan_of(args, required=True, merges=False),
+            )
+        )
     start = time.perf_counter()
     check_output(args.out, args.force, args.model, args.observations, args.plan)
     check_model_name(args.model)
