@@ -105,6 +105,8 @@ def cmd_observe(args):
     resumable = bool(args.checkpoint_every or args.resume)
     if resumable and args.sequential:
         raise ValueError("--checkpoint-every and --resume apply to in-memory observe; drop them or drop --sequential")
+    if args.statistics and args.sequential:
+        raise ValueError("--statistics applies to in-memory observe for now; drop it or drop --sequential")
     _check_output(args.out, args.force, args.model, *(i.source for i in items if i.kind != "builtin"))
     checkpoint = ObserveCheckpoint(f"{args.out}.checkpoint", every=args.checkpoint_every, resume=args.resume)
     checkpoint.check()
@@ -161,6 +163,7 @@ def cmd_observe(args):
             obs = observe(
                 model,
                 my_share(batches, rank, world),
+                statistics=args.statistics,
                 calibration=settings,
                 progress=rank == 0,
                 checkpoint=checkpoint if resumable else None,
@@ -445,6 +448,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="save the running statistics to OUT.checkpoint every N batches (resumable with --resume)",
     )
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from OUT.checkpoint")
+    p.add_argument(
+        "--statistics",
+        nargs="+",
+        metavar="NAME",
+        help="optional statistics to record besides the defaults, e.g. coselect output_sum, or all",
+    )
     p.set_defaults(func=cmd_observe)
 
     p = sub.add_parser("combine", help="add observations of the same model made on different data shards")

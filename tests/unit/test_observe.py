@@ -123,7 +123,7 @@ def test_statistics_match_plain_recomputation(name, batches):
             rec.start_batch("x", b.attention_mask)
             observed = model(input_ids=b.input_ids, attention_mask=b.attention_mask)[0]
     torch.testing.assert_close(observed, plain, rtol=0, atol=1e-5, msg=f"observing changed {name}'s outputs")
-    obs = observe(model, batches, progress=False)
+    obs = observe(model, batches, progress=False, statistics="all")
     ref = reference_stats(model, batches)
     assert obs.domains == sorted(ref) == ["code", "prose"]
     for domain in ref:
