@@ -1,4 +1,5 @@
-# One entry point. `make demo` sets up .venv and runs the main job; `make test` sets up and tests.
+# One entry point. `make demo` sets up .venv and runs the main job; `make test` sets up and tests; `make docs` builds
+# the documentation site into site/ (mkdocs.yml; strict: a broken link or reference fails).
 # The newest Python that pyproject.toml's requires-python accepts; `make PYTHON=/path/to/python3.x` picks another.
 PYTHONS ?= 3.14 3.13 3.12 3.11
 PYTHON  ?= $(firstword $(foreach v,$(PYTHONS),$(shell python$(v) -c "" 2>/dev/null && echo python$(v))))
@@ -6,7 +7,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: setup demo test sweep benchmark benchmark-scale check-handoffs clean browser
+.PHONY: setup demo test test-fast docs sweep benchmark benchmark-scale check-handoffs clean browser
 
 setup: $(STAMP)
 
@@ -23,6 +24,13 @@ demo: setup
 
 test: setup browser
 	$(PY) -m pytest -q -n 2
+
+# The unit layer only (tests/unit: functions and tiny models in-process, about a minute); `make test` runs all three.
+test-fast: setup
+	$(PY) -m pytest -q -n 2 tests/unit
+
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
 # Headless Chromium for tests/acceptance/test_browser.py (Debian's package; Playwright drives it). apt-get runs
 # only when it is missing and apt is there; otherwise the browser test is skipped with its reason.
@@ -54,4 +62,4 @@ check-handoffs: setup
 	$(PY) scripts/check_handoffs.py
 
 clean:
-	rm -rf $(VENV) runs out
+	rm -rf $(VENV) runs out site

@@ -66,6 +66,7 @@ from reapkit import plot
 from reapkit.atomic import atomic_write_text
 from reapkit.run.notebook import Figures, calibrate, held_out, write_table
 from reapkit.study import experiments, findings, readings
+from reapkit.study import sensitivity as sensitivity_study
 
 figures = Figures(P.figures_dir)
 start = time.perf_counter()
@@ -76,7 +77,7 @@ print(f"{sum(b.num_tokens for b in eval_batches)} evaluation tokens")
 # %% [markdown]
 # ## (a) Every method at every ratio
 #
-# `experiments.csv` holds every domain and metric; `results.csv` the same in the tidy results schema that
+# `study.csv` holds every domain and metric; `results.csv` the same in the tidy results schema that
 # notebook 4 and the sweeps read.
 
 # %%
@@ -100,7 +101,7 @@ display(Markdown(readings.study_curves(results, ratio=min(P.ratios, key=lambda r
 # %%
 sensitivity = None
 if P.sensitivity:
-    sensitivity = experiments.calibration_sensitivity(run.model, run.tokenizer, eval_batches, domains=run.obs.domains,
+    sensitivity = sensitivity_study.calibration_sensitivity(run.model, run.tokenizer, eval_batches, domains=run.obs.domains,
                                                 calibration=run.obs, ratio=P.sensitivity_ratio,
                                                 criterion=P.sensitivity_criterion, seed=P.seed)
     write_table(sensitivity.loss, P.output_dir, "sensitivity")  # tidy, with intervals
@@ -119,7 +120,7 @@ if P.sensitivity:
 # %%
 layers = None
 if P.layer_sensitivity:
-    layers = experiments.layer_sensitivity(run.model, run.obs, eval_batches, criterion=P.sensitivity_criterion,
+    layers = sensitivity_study.layer_sensitivity(run.model, run.obs, eval_batches, criterion=P.sensitivity_criterion,
                                      ratio=P.sensitivity_ratio, seed=P.seed)
     write_table(layers, P.output_dir, "layer_sensitivity")
     display(Markdown(readings.sensitivity(layers[layers.domain == "all"])))

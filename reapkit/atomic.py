@@ -24,6 +24,8 @@ import tempfile
 import threading
 from pathlib import Path
 
+from reapkit.errors import InvalidInput, OutputExists, OutputUnwritable
+
 _SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
@@ -88,7 +90,7 @@ def _public_tree(root: Path) -> None:
 
 
 def check_separate(output, *inputs, what: str = "output") -> None:
-    """Raise ValueError if `output` is one of `inputs`, lies inside one, or contains one.
+    """Raise InvalidInput (a ValueError) if `output` is one of `inputs`, lies inside one, or contains one.
 
     Inputs that do not exist on disk (hub names, "demo") are skipped; symlinks are resolved.
     """
@@ -110,7 +112,7 @@ def check_separate(output, *inputs, what: str = "output") -> None:
             relation = "contains"
         else:
             continue
-        raise ValueError(
+        raise InvalidInput(
             f"{what} {output} {relation} the input {source}; writing there could destroy the input. "
             "Choose an output folder outside the inputs"
         )
@@ -120,16 +122,16 @@ def check_new_output(path, *, force: bool = False, what: str = "output") -> None
     """Refuse early an existing `path` (unless `force`) and a parent that cannot hold it."""
     path = Path(path)
     if path.exists() and not force:
-        raise FileExistsError(f"{what} {path} already exists; choose another output or pass --force to replace it")
+        raise OutputExists(f"{what} {path} already exists; choose another output or pass --force to replace it")
     parent = next(p for p in [path.parent, *path.parent.parents] if p.exists() or p == p.parent)
     if not parent.is_dir():
-        raise NotADirectoryError(
+        raise OutputUnwritable(
             f"cannot write {what} {path}: {parent} is a file, not a folder; choose another output path"
         )
     try:  # a real write test: os.access says yes to root even where nothing can be created
         os.rmdir(tempfile.mkdtemp(prefix=".reapkit-probe-", dir=parent))
     except OSError as error:
-        raise PermissionError(
+        raise OutputUnwritable(
             f"cannot write {what} {path}: nothing can be created in {parent} ({error.strerror}); "
             "choose a folder you can write to"
         ) from None
@@ -176,7 +178,7 @@ def atomic_directory(path, *, force: bool = False):
     """
     path = Path(path)
     if path.exists() and not force:
-        raise FileExistsError(f"{path} already exists; choose another output directory or pass force=True (--force)")
+        raise OutputExists(f"{path} already exists; choose another output directory or pass force=True (--force)")
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
     tmp = None

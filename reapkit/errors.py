@@ -23,6 +23,7 @@ __all__ = [
     "InvalidInput",
     "MissingInput",
     "OutputExists",
+    "OutputUnwritable",
     "Mismatch",
     "MissingStatistic",
     "UnknownArchitectureError",
@@ -48,6 +49,10 @@ class MissingInput(ReapkitError, FileNotFoundError):
 
 class OutputExists(ReapkitError, FileExistsError):
     """An output that would overwrite something (pass --force, or another path)."""
+
+
+class OutputUnwritable(ReapkitError, OSError):
+    """An output path where nothing can be created: its parent is a file, or a folder that refuses writes."""
 
 
 class Mismatch(InvalidInput):

@@ -7,7 +7,7 @@
     >>> data.calibration_batches("tokens.jsonl", None)[0].domain   # token ids, no tokenizer needed  # doctest: +SKIP
     'tokens'
 
-Three kinds of source, combined in one *spec* (a string, a list of :class:`SpecItem`, or a dict
+Three kinds of source, combined in one *spec* (a string, a list of :class:`~reapkit.data.spec.SpecItem`, or a dict
 ``{domain: count}`` of built-in domains):
 
 * **Built-in domains** ``code``, ``prose``, ``tools`` and ``math`` (no download, nothing
@@ -15,7 +15,7 @@ Three kinds of source, combined in one *spec* (a string, a list of :class:`SpecI
   installation ships, each in a ``train``, ``validation`` or ``calibration`` split; see
   :mod:`reapkit.data.domains`.
 * **Data sets** through the ``datasets`` library, from a hub name or a local ``.json``/``.jsonl``/
-  ``.parquet`` file, in the schemas of :data:`DATASET_SCHEMAS` (detected from the field names).
+  ``.parquet`` file, in the schemas of :data:`~reapkit.data.schemas.DATASET_SCHEMAS` (detected from the field names).
 * **Token files**: a ``.jsonl`` file with one JSON list of token ids per line (domain = file stem;
   no tokenizer needed).
 
@@ -31,7 +31,7 @@ A missing count means "all" (all samples of the split for a built-in domain).
 Chat-formatted samples (every schema except plain ``text``) are rendered once with
 ``tokenizer.apply_chat_template(messages, tokenize=False)`` and the rendered string is tokenized
 with ``add_special_tokens=False``, so the template's BOS is the only BOS. A tokenizer without a chat
-template gets the plain fallback :func:`plain_chat` (one ``role: content`` line block per message,
+template gets the plain fallback :func:`~reapkit.data.batches.plain_chat` (one ``role: content`` line block per message,
 tool calls as JSON), unless ``chat_fallback=False``, which raises instead. Plain text is tokenized
 with ``add_special_tokens=True``. Samples are truncated to ``max_length`` tokens and never packed:
 one sample per row, right padding, ``attention_mask`` 0 on padding. Every batch holds one domain.

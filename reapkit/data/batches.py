@@ -25,6 +25,7 @@ import torch
 from reapkit.data.domains import SPLITS, domain_texts
 from reapkit.data.schemas import detect_schema, load_records, to_sample
 from reapkit.data.spec import parse_spec
+from reapkit.errors import InvalidInput, Mismatch, MissingInput
 
 
 @dataclass
@@ -43,7 +44,7 @@ class Batch:
 def pad_batches(sequences: list[list[int]], domain: str, batch_size: int, pad_id: int = 0) -> list[Batch]:
     """Group token sequences into right-padded batches of one domain, in order."""
     if batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+        raise InvalidInput(f"batch_size must be a positive integer, got {batch_size}")
     batches = []
     for start in range(0, len(sequences), batch_size):
         chunk = sequences[start : start + batch_size]
@@ -62,7 +63,7 @@ def read_token_file(path: str | Path, vocab_size: int | None = None) -> list[lis
     must lie in [0, vocab_size) (a file made for another tokenizer is refused, naming line and id)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingInput(
             f"token file {path} does not exist; pass a .jsonl file with one JSON list of token ids per line"
         )
     sequences = []
@@ -74,7 +75,9 @@ def read_token_file(path: str | Path, vocab_size: int | None = None) -> list[lis
         except ValueError:
             seq = None
         if not isinstance(seq, list) or not seq or not all(isinstance(t, int) and not isinstance(t, bool) for t in seq):
-            raise ValueError(f"{path}:{number}: expected a non-empty JSON list of integer token ids, got {line[:60]!r}")
+            raise InvalidInput(
+                f"{path}:{number}: expected a non-empty JSON list of integer token ids, got {line[:60]!r}"
+            )
         bad = [t for t in seq if t < 0 or (vocab_size is not None and t >= vocab_size)]
         if bad:
             limit = (
@@ -82,13 +85,13 @@ def read_token_file(path: str | Path, vocab_size: int | None = None) -> list[lis
                 if vocab_size
                 else "ids are >= 0"
             )
-            raise ValueError(
+            raise Mismatch(
                 f"{path}:{number}: token id {bad[0]} is outside the vocabulary ({limit}); the file was made "
                 "for another tokenizer: re-tokenize the text with this model's tokenizer"
             )
         sequences.append(seq)
     if not sequences:
-        raise ValueError(f"token file {path} holds no sequences; write one JSON list of token ids per line")
+        raise InvalidInput(f"token file {path} holds no sequences; write one JSON list of token ids per line")
     return sequences
 
 
@@ -134,7 +137,7 @@ def encode_sample(sample: str | list[dict], tokenizer, *, max_length: int, chat_
         elif chat_fallback:
             ids = tokenizer(plain_chat(sample), add_special_tokens=True)["input_ids"]
         else:
-            raise ValueError(
+            raise InvalidInput(
                 "chat-formatted data needs a tokenizer with a chat template, and this tokenizer has none; "
                 "set tokenizer.chat_template, or pass chat_fallback=True for plain 'role: content' lines"
             )
@@ -172,14 +175,14 @@ def calibration_batches(
     `vocab_size` (the model's embedding rows) checks the ids of token files, naming file and line.
     """
     if max_length < MIN_MAX_LENGTH:
-        raise ValueError(
+        raise InvalidInput(
             f"max_length={max_length} is too short to hold a sample; use at least {MIN_MAX_LENGTH} tokens (256 is typical)"
         )
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+        raise InvalidInput(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
     items = parse_spec(spec)
     if tokenizer is None and any(i.kind != "tokens" for i in items):
-        raise ValueError(
+        raise InvalidInput(
             "this calibration spec holds text, so it needs a tokenizer; pass tokenizer=..., or use a .jsonl file of token ids"
         )
     pad_id = 0
@@ -236,7 +239,7 @@ def _text_sequences(item, tokenizer, *, split: str, max_length: int, seed: int, 
         if ids:
             seqs.append(ids)
     if not seqs:
-        raise ValueError(
+        raise InvalidInput(
             f"domain {item.domain!r} ({item.source}) holds only empty or whitespace-only samples; give it some text"
         )
     if item.count is not None and len(seqs) < item.count:

@@ -28,6 +28,8 @@ import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from reapkit.errors import InvalidInput
+
 SPLITS = {"train": (0, 80), "validation": (80, 90), "calibration": (90, 100)}
 
 
@@ -434,10 +436,12 @@ def _domain_splits(name: str) -> dict[str, tuple[str, ...]]:
 def domain_texts(name: str, split: str = "calibration") -> list[str]:
     """The texts of built-in domain `name` in `split` ("train", "validation", "calibration"), in a fixed order."""
     if name not in BUILTIN_DOMAINS:
-        raise ValueError(f"unknown built-in domain {name!r}; known domains: {', '.join(BUILTIN_DOMAINS)}")
+        raise InvalidInput(f"unknown built-in domain {name!r}; known domains: {', '.join(BUILTIN_DOMAINS)}")
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+        raise InvalidInput(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
     texts = list(_domain_splits(name)[split])
     if not texts:
-        raise ValueError(f"built-in domain {name!r} has no texts in split {split!r} on this Python installation")
+        raise InvalidInput(
+            f"built-in domain {name!r} has no texts in split {split!r} on this Python installation; choose another domain or a data set file"
+        )
     return texts

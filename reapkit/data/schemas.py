@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from reapkit.errors import InvalidInput, MissingInput
+
 
 def _content_text(content) -> str:
     if content is None:
@@ -41,7 +43,7 @@ def _maybe_json(value):
 def _normalise_messages(messages) -> list[dict]:
     messages = _maybe_json(messages)
     if not isinstance(messages, list):
-        raise ValueError(f"expected a list of chat messages, got {type(messages).__name__}")
+        raise InvalidInput(f"expected a list of chat messages, got {type(messages).__name__}")
     out = []
     for m in messages:
         msg = {
@@ -125,13 +127,13 @@ DATASET_SCHEMAS: list[DatasetSchema] = [
 
 
 def detect_schema(record: dict) -> DatasetSchema:
-    """The first schema of :data:`DATASET_SCHEMAS` matching the fields of `record`; ValueError naming the fields otherwise."""
+    """The first schema of :data:`DATASET_SCHEMAS` matching the fields of `record`; InvalidInput naming the fields otherwise."""
     keys = set(record)
     for schema in DATASET_SCHEMAS:
         if schema.fields <= keys and (schema.test is None or schema.test(record)):
             return schema
     expected = "; ".join(f"{s.name}: {', '.join(sorted(s.fields))}" for s in DATASET_SCHEMAS)
-    raise ValueError(
+    raise InvalidInput(
         f"no converter for a record with fields {sorted(keys)}; expected one of these field sets: {expected}. "
         "Rename the columns or convert the file to one of these schemas"
     )
@@ -156,19 +158,26 @@ def load_records(source: str | Path):
     suffix = path.suffix.lower()
     if suffix in (".json", ".jsonl", ".parquet") or path.exists():
         if not path.is_file():
-            raise FileNotFoundError(
+            raise MissingInput(
                 f"data set file {path} does not exist; pass an existing .json, .jsonl or .parquet file or a hub data set name"
             )
         if suffix not in (".json", ".jsonl", ".parquet"):
-            raise ValueError(f"cannot read data set file {path}: use a .json, .jsonl or .parquet file")
+            raise InvalidInput(f"cannot read data set file {path}: use a .json, .jsonl or .parquet file")
         if path.stat().st_size == 0 or (suffix != ".parquet" and not path.read_text(encoding="utf-8").strip()):
-            raise ValueError(f"data set file {path} is empty or holds only whitespace; put at least one record in it")
+            raise InvalidInput(f"data set file {path} is empty or holds only whitespace; put at least one record in it")
         builder = "parquet" if suffix == ".parquet" else "json"
-        ds = datasets.load_dataset(builder, data_files=str(path), split="train")
+        try:
+            ds = datasets.load_dataset(builder, data_files=str(path), split="train")
+        except (ValueError, datasets.exceptions.DatasetGenerationError) as error:  # the file's content, as read
+            reason = str(error.__cause__ or error).strip().splitlines()[0]
+            raise InvalidInput(
+                f"cannot read data set file {path} ({reason}); write one JSON record per line (.jsonl), "
+                "a JSON list of records (.json) or a table (.parquet), with at least one record"
+            ) from None
     else:
         parts = text.split("#")
         if len(parts) > 3:
-            raise ValueError(
+            raise InvalidInput(
                 f"cannot read hub data set {text!r}: write org/name, org/name#split or org/name#config#split"
             )
         name, config, split = (
@@ -178,5 +187,5 @@ def load_records(source: str | Path):
         )
         ds = datasets.load_dataset(name, config, split=split or "train")
     if len(ds) == 0:
-        raise ValueError(f"data set {source} holds no records")
+        raise InvalidInput(f"data set {source} holds no records; pass one with at least one record")
     return ds

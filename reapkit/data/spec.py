@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from reapkit.data.domains import DOMAINS
+from reapkit.errors import InvalidInput, MissingInput
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ def _parse_entry(entry: str) -> SpecItem:
     raw = entry
     entry = entry.strip()
     if not entry:
-        raise ValueError(
+        raise InvalidInput(
             "empty entry in calibration spec (two commas in a row, or a trailing comma?); "
             f"write entries like {DEFAULT_SPEC!r}"
         )
@@ -65,18 +66,18 @@ def _parse_entry(entry: str) -> SpecItem:
         count = int(tail)
         entry = head.strip()
         if count <= 0:
-            raise ValueError(
+            raise InvalidInput(
                 f"count {count} in calibration spec entry {raw.strip()!r} must be a positive integer, e.g. 'code:64'"
             )
     elif sep and tail.strip() and "@" not in entry and not Path(entry).exists():
-        raise ValueError(
+        raise InvalidInput(
             f"count {tail!r} in calibration spec entry {raw.strip()!r} is not an integer; write e.g. 'code:64'"
         )
     domain, at, source = entry.partition("@")
     if at:
         domain, source = domain.strip(), source.strip()
         if not domain or not source:
-            raise ValueError(
+            raise InvalidInput(
                 f"calibration spec entry {raw.strip()!r} needs both a domain and a source around '@', e.g. 'evol@/data/evol.jsonl:256'"
             )
     else:
@@ -86,15 +87,13 @@ def _parse_entry(entry: str) -> SpecItem:
     path = Path(source)
     looks_like_file = path.suffix.lower() in (".json", ".jsonl", ".parquet") or "/" in source or "\\" in source
     if not at and not looks_like_file:
-        raise ValueError(
+        raise InvalidInput(
             f"unknown built-in domain {source!r} in calibration spec; known domains: {', '.join(DOMAINS)}. "
             "For a data set write 'name@path-or-hub-name:count'"
         )
     if looks_like_file and path.suffix.lower() in (".json", ".jsonl", ".parquet"):
         if not path.is_file():
-            raise FileNotFoundError(
-                f"calibration file {path} does not exist; check the path in spec entry {raw.strip()!r}"
-            )
+            raise MissingInput(f"calibration file {path} does not exist; check the path in spec entry {raw.strip()!r}")
         if path.suffix.lower() == ".jsonl" and _token_file(path):
             return SpecItem(domain if at else path.stem, str(path), count, "tokens")
         return SpecItem(domain if at else path.stem, str(path), count, "dataset")
@@ -107,7 +106,7 @@ def parse_spec(spec: str | Iterable[SpecItem] | dict[str, int]) -> list[SpecItem
         spec = str(spec)
     if isinstance(spec, str):
         if not spec.strip():
-            raise ValueError(f"empty calibration spec; pass e.g. {DEFAULT_SPEC!r}")
+            raise InvalidInput(f"empty calibration spec; pass e.g. {DEFAULT_SPEC!r}")
         items = [_parse_entry(e) for e in spec.split(",")]
     elif isinstance(spec, dict):
         items = [_parse_entry(f"{k}:{v}") for k, v in spec.items()]
@@ -117,15 +116,15 @@ def parse_spec(spec: str | Iterable[SpecItem] | dict[str, int]) -> list[SpecItem
             if not isinstance(it, SpecItem):
                 raise TypeError(f"calibration spec items must be SpecItem, got {type(it).__name__}")
             if it.count is not None and it.count <= 0:
-                raise ValueError(f"count {it.count} for domain {it.domain!r} must be a positive integer")
+                raise InvalidInput(f"count {it.count} for domain {it.domain!r} must be a positive integer")
             if not it.domain.strip():
-                raise ValueError("a SpecItem has an empty domain name; give every source a domain name")
+                raise InvalidInput("a SpecItem has an empty domain name; give every source a domain name")
             items.append(it)
     if not items:
-        raise ValueError(f"empty calibration spec; pass e.g. {DEFAULT_SPEC!r}")
+        raise InvalidInput(f"empty calibration spec; pass e.g. {DEFAULT_SPEC!r}")
     names = [i.domain for i in items]
     if len(set(names)) != len(names):
-        raise ValueError(
+        raise InvalidInput(
             f"calibration spec names a domain twice ({names}); give each source its own domain name with 'name@source'"
         )
     return items

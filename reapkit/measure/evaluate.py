@@ -31,6 +31,7 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from reapkit.errors import InvalidInput, Mismatch
 from reapkit.measure.harness import lm_eval
 from reapkit.measure.stats import LEVEL, RESAMPLES, bootstrap
 from reapkit.model.discover import architecture_for
@@ -71,12 +72,12 @@ def _check_ids(model, batches, what: str = "model") -> None:
     """Token ids outside the model's embedding table: a batch tokenised for another tokenizer."""
     vocab = _vocab_size(model)
     if not batches:
-        raise ValueError("no batches were given; pass at least one reapkit.data.Batch")
+        raise InvalidInput("no batches were given; pass at least one reapkit.data.Batch")
     high = max(int(b.input_ids.max()) for b in batches)
     low = min(int(b.input_ids.min()) for b in batches)
     if high >= vocab or low < 0:
         bad = high if high >= vocab else low
-        raise ValueError(
+        raise Mismatch(
             f"the batches hold token id {bad} (max id {high}) but the {what}'s vocabulary has {vocab} tokens "
             f"(ids 0..{vocab - 1}); the batches were tokenised with another tokenizer. Re-tokenise the text "
             "with the model's own tokenizer (e.g. reapkit.data.calibration_batches(spec, tokenizer_of_this_model))"
@@ -133,7 +134,7 @@ class ReferenceOutputs:
 
     def check(self, batches, model) -> None:
         if len(batches) != len(self.log_probs) or _batches_hash(batches) != self.batches_hash:
-            raise ValueError(
+            raise Mismatch(
                 "these reference outputs were computed on different batches than the ones being evaluated "
                 f"({len(self.log_probs)} batches, hash {self.batches_hash.split('/')[0]}; given {len(batches)} batches, "
                 f"hash {_batches_hash(batches).split('/')[0]}); build them with reference_outputs(original_model, batches) "
@@ -141,7 +142,7 @@ class ReferenceOutputs:
             )
         vocab = _vocab_size(model)
         if vocab != self.vocab_size:
-            raise ValueError(
+            raise Mismatch(
                 f"the reference outputs have a vocabulary of {self.vocab_size} tokens but the model has {vocab}; "
                 "compare models that share one tokenizer"
             )
@@ -157,7 +158,7 @@ def reference_outputs(
     """
     _check_ids(model, batches, "reference model")
     if top_k is not None and not (isinstance(top_k, int) and top_k >= 1):
-        raise ValueError(f"top_k must be None (full log-probs) or a positive integer, got {top_k!r}")
+        raise InvalidInput(f"top_k must be None (full log-probs) or a positive integer, got {top_k!r}")
     log_probs, indices = [], [] if top_k else None
     with eval_mode(model):
         for batch in tqdm(batches, desc="reference", unit="batch", disable=not progress):
@@ -211,7 +212,7 @@ def _check_reference(model, batches, reference) -> None:
             raise TypeError(f"reference must be a model or ReferenceOutputs, got {type(reference).__name__}")
         _check_ids(reference, batches, "reference model")
         if _vocab_size(reference) != _vocab_size(model):
-            raise ValueError(
+            raise Mismatch(
                 f"the reference model has {_vocab_size(reference)} tokens in its vocabulary, the model "
                 f"{_vocab_size(model)}; compare models that share one tokenizer"
             )
@@ -259,7 +260,7 @@ def sequence_metrics(model, batches, *, reference=None, progress: bool = True) -
                 else:
                     ref_lp, ref_idx = torch.log_softmax(_forward_logits(reference, batch), dim=-1), None
                 if ref_lp.shape[0] != lp.shape[0]:
-                    raise ValueError(
+                    raise Mismatch(
                         f"batch {i}: the reference has {ref_lp.shape[0]} target positions, the model "
                         f"{lp.shape[0]}; the reference outputs belong to other batches"
                     )
@@ -296,7 +297,7 @@ def aggregate(
     if baseline is not None:
         mine, theirs = sequences[["sequence", "tokens"]].to_numpy(), baseline[["sequence", "tokens"]].to_numpy()
         if mine.shape != theirs.shape or not (mine == theirs).all():
-            raise ValueError(
+            raise Mismatch(
                 "the baseline was evaluated on other sequences (sequence numbers or token counts differ); "
                 "pass the sequence_metrics of the unpruned model on the same batches"
             )
@@ -373,7 +374,7 @@ def reconstruction_error(reference, model, batches, *, compressed=None, progress
     ref_blocks = dict(arch_ref.moe_blocks(reference))
     blocks = dict(arch.moe_blocks(model))
     if set(ref_blocks) != set(blocks):
-        raise ValueError(
+        raise Mismatch(
             f"the models have MoE blocks at different decoder layers ({sorted(ref_blocks)} vs {sorted(blocks)}); "
             "compare a model with its own compressed version"
         )
@@ -440,7 +441,7 @@ def generate_samples(model, tokenizer, prompts: dict[str, str], *, max_new_token
             ids = encoded["input_ids"].to(device)
             vocab = _vocab_size(model)
             if int(ids.max()) >= vocab:
-                raise ValueError(
+                raise Mismatch(
                     f"the tokenizer produced token id {int(ids.max())} but the model's vocabulary has {vocab} "
                     "tokens; pass the model's own tokenizer"
                 )

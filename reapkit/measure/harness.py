@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from reapkit.errors import InvalidInput, MissingDependency, MissingInput
 from reapkit.measure.schema import CRITERION, DOMAIN, LABEL, METHOD, METRIC, RATIO, SEED, STDERR, VALUE, hi, lo
 
 __all__ = [
@@ -56,7 +57,7 @@ def _import_lm_eval():
         from lm_eval.models.huggingface import HFLM
         from lm_eval.tasks import TaskManager
     except ImportError as error:
-        raise ImportError(
+        raise MissingDependency(
             f"scoring with lm-evaluation-harness needs the optional `eval` extra ({error}); "
             f"install it with `{INSTALL_HINT}`"
         ) from None
@@ -100,7 +101,7 @@ def offline():
 
 
 def find_tasks(tasks, include_path=None):
-    """An lm-eval TaskManager that knows every task of `tasks`, or ValueError naming the unknown ones.
+    """An lm-eval TaskManager that knows every task of `tasks`, or InvalidInput naming the unknown ones.
 
         >>> find_tasks(["reapkit_heldout"], "runs/lm_eval_tasks")
 
@@ -110,9 +111,9 @@ def find_tasks(tasks, include_path=None):
     *_, TaskManager = _import_lm_eval()
     tasks = [tasks] if isinstance(tasks, str) else list(tasks)
     if not tasks or not all(isinstance(t, str) and t.strip() for t in tasks):
-        raise ValueError(f"no lm-eval task was given ({tasks!r}); name at least one (tasks=[...], --tasks T1,T2)")
+        raise InvalidInput(f"no lm-eval task was given ({tasks!r}); name at least one (tasks=[...], --tasks T1,T2)")
     if include_path is not None and not Path(include_path).is_dir():
-        raise FileNotFoundError(
+        raise MissingInput(
             f"task folder {include_path} does not exist; pass a folder of lm-eval task YAML files "
             "(e.g. one written by reapkit.measure.harness.write_demo_tasks)"
         )
@@ -131,7 +132,7 @@ def find_tasks(tasks, include_path=None):
             if include_path is not None
             else "see `lm-eval ls tasks`, or pass the folder of your task YAML files (include_path / --include-path)"
         )
-        raise ValueError(f"unknown lm-eval task(s) {', '.join(unknown)} in {where}; {hint}")
+        raise InvalidInput(f"unknown lm-eval task(s) {', '.join(unknown)} in {where}; {hint}")
     return manager
 
 
@@ -214,7 +215,7 @@ def lm_eval(
     if tokenizer is None:
         tokenizer = load_tokenizer(getattr(model, "name_or_path", "") or "")
         if tokenizer is None:
-            raise ValueError("the model's folder has no tokenizer; pass tokenizer= (lm-eval needs one)")
+            raise InvalidInput("the model's folder has no tokenizer; pass tokenizer= (lm-eval needs one)")
     offline_hub = include_path is not None if offline_hub is None else offline_hub
     hub = offline() if offline_hub else contextlib.nullcontext()
     with hub:

@@ -36,6 +36,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from reapkit.errors import InvalidInput
+
 __all__ = [
     "METHOD",
     "CRITERION",
@@ -120,7 +122,9 @@ def with_delta_loss(results: pd.DataFrame) -> pd.DataFrame:
     keys = [DOMAIN] + [c for c in ("model", "calibration") if c in out.columns]
     base = out[out[RATIO] == 0].groupby(keys)[LOSS].mean().rename("_base")
     if base.empty:
-        raise ValueError("with_delta_loss needs the unpruned model's rows (ratio 0) to measure Δ loss against")
+        raise InvalidInput(
+            "with_delta_loss needs the unpruned model's rows (ratio 0) to measure Δ loss against; include ratio 0 in the results"
+        )
     out = out.join(base, on=keys)
     out[DELTA_LOSS] = out[LOSS] - out["_base"]
     if lo(LOSS) in out.columns and hi(LOSS) in out.columns:

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from reapkit.errors import InvalidInput
+
 __all__ = ["bootstrap", "sequence_grid", "RESAMPLES", "LEVEL"]
 
 RESAMPLES = 1000
@@ -59,7 +61,7 @@ def bootstrap(
             f"denominators {den.shape} must cover the same sequences"
         )
     if not 0 < level < 1 or resamples < 1:
-        raise ValueError(f"level must be in (0, 1) and resamples >= 1, got level={level!r}, resamples={resamples!r}")
+        raise InvalidInput(f"level must be in (0, 1) and resamples >= 1, got level={level!r}, resamples={resamples!r}")
     if den.sum() <= 0:
         return (float("nan"),) * 3
     estimate = num.mean(0).sum() / den.sum() - (0.0 if other is None else other.mean(0).sum() / den.sum())

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from reapkit.errors import InvalidInput, MissingInput
+
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
@@ -24,7 +26,7 @@ def resolve_name(name) -> str:
         from reapkit.model.demo import DEMO_PATH, TRAIN_COMMAND
 
         if not (DEMO_PATH / "config.json").is_file():
-            raise FileNotFoundError(f"the demo model is missing from {DEMO_PATH}; build it with `{TRAIN_COMMAND}`")
+            raise MissingInput(f"the demo model is missing from {DEMO_PATH}; build it with `{TRAIN_COMMAND}`")
         return str(DEMO_PATH)
     return str(name)
 
@@ -36,7 +38,7 @@ def torch_dtype(dtype):
     if isinstance(dtype, str) and dtype != "auto":
         value = getattr(torch, dtype, None)
         if not isinstance(value, torch.dtype):
-            raise ValueError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
+            raise InvalidInput(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
         return value
     return dtype
 
@@ -50,7 +52,7 @@ def parse_max_memory(text: str | None) -> dict | None:
         device, sep, amount = item.partition("=")
         device, amount = device.strip(), amount.strip()
         if not sep or not device or not amount:
-            raise ValueError(
+            raise InvalidInput(
                 f"cannot read --max-memory item {item!r}; write DEVICE=AMOUNT pairs, e.g. 0=70GiB,1=70GiB,cpu=200GiB"
             )
         limits[int(device) if device.isdigit() else device] = amount
@@ -76,7 +78,7 @@ def load_model(
 
     name = resolve_name(name)
     if device_map is None and (max_memory or offload_folder):
-        raise ValueError(
+        raise InvalidInput(
             "max_memory and offload_folder place a model by device map; add device_map='auto' (--device-map auto)"
         )
     if device_map is None:

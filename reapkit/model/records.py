@@ -20,6 +20,8 @@ from dataclasses import dataclass, field, fields
 
 import torch
 
+from reapkit.errors import InvalidInput
+
 #: Attribute names under which transformers caches an expert count on modules and configs.
 EXPERT_COUNT_NAMES = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
 
@@ -116,9 +118,9 @@ _read_cache: dict[tuple, Architecture] = {}  # (model class, record) -> the reco
 def register_architecture(arch: Architecture, *, overwrite: bool = False) -> Architecture:
     """Make `arch` known to reapkit, keyed by its `model_type`; unset fields are read from the model."""
     if arch.model_type in ARCHITECTURES and not overwrite:
-        raise ValueError(f"architecture {arch.model_type!r} is already registered; pass overwrite=True to replace it")
+        raise InvalidInput(f"architecture {arch.model_type!r} is already registered; pass overwrite=True to replace it")
     if arch.scoring is not None and arch.scoring not in SCORING:
-        raise ValueError(f"scoring must be one of {', '.join(SCORING)}, got {arch.scoring!r}")
+        raise InvalidInput(f"scoring must be one of {', '.join(SCORING)}, got {arch.scoring!r}")
     ARCHITECTURES[arch.model_type] = arch
     _read_cache.clear()
     return arch

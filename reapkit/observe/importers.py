@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 from reapkit import __version__
+from reapkit.errors import InvalidInput, Mismatch, MissingInput
 
 __all__ = ["REAP_OBSERVER", "read_reap_observer", "file_digest", "model_shape"]
 
@@ -77,15 +78,15 @@ def file_digest(path: Path) -> str:
 
 def _load_tensors(path: Path) -> dict:
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; pass the .pt file the REAP observer saved (save_state)")
+        raise MissingInput(f"{path} does not exist; pass the .pt file the REAP observer saved (save_state)")
     with open(path, "rb") as file:
         pickled = file.read(1) == b"\x80"  # torch.save's legacy format is a pickle stream
     if not (zipfile.is_zipfile(path) or pickled):
-        raise ValueError(f"{path} is not a torch.save file; pass the .pt file the REAP observer saved (save_state)")
+        raise InvalidInput(f"{path} is not a torch.save file; pass the .pt file the REAP observer saved (save_state)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        raise ValueError(
+        raise InvalidInput(
             f"{path} needs pickled Python objects to load, and reapkit reads only plain tensors "
             "(torch.load weights_only=True) so that no code from a file runs; save the observer's "
             "report_state() (tensors only) with torch.save and import that"
@@ -94,7 +95,7 @@ def _load_tensors(path: Path) -> dict:
         if isinstance(error, OSError) and not isinstance(error, EOFError) and error.errno is not None:
             raise
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(
+        raise InvalidInput(
             f"{path} is not a torch.save file ({first}); pass the .pt file the REAP observer saved (save_state)"
         ) from None
 
@@ -140,34 +141,34 @@ def read_reap_observer(path, *, domain: str = "calibration", model=None, top_k: 
 
     path = Path(path)
     if not isinstance(domain, str) or not domain.isidentifier() or domain == "all":
-        raise ValueError(
+        raise InvalidInput(
             f"domain {domain!r} must be a name such as code or calibration ('all' means every domain pooled)"
         )
     state = _load_tensors(path)
     where = f"{path} is not a REAP observer state"
     if not isinstance(state, dict) or not state:
-        raise ValueError(f"{where}: expected a dict {{layer index: {{name: tensor}}}}, got {type(state).__name__}")
+        raise InvalidInput(f"{where}: expected a dict {{layer index: {{name: tensor}}}}, got {type(state).__name__}")
     layers, rows, unmapped = [], {}, {}
     for key in sorted(state, key=lambda k: (str(k).isdigit() and int(k), str(k))):
         try:
             layer = _layer_index(key)
         except ValueError as error:
-            raise ValueError(f"{where}: {error} (the observer keys its state by layer index)") from None
+            raise InvalidInput(f"{where}: {error} (the observer keys its state by layer index)") from None
         values = state[key]
         if not isinstance(values, dict) or "expert_frequency" not in values:
-            raise ValueError(f"{where}: layer {key} has no expert_frequency (the tokens routed to each expert)")
+            raise InvalidInput(f"{where}: layer {key} has no expert_frequency (the tokens routed to each expert)")
         if not any(name in values for name in ("weighted_ean_sum", "reap")):
-            raise ValueError(
+            raise InvalidInput(
                 f"{where}: layer {key} has neither weighted_ean_sum nor reap, so it holds no REAP saliency"
             )
         layers.append(layer)
         rows[layer] = values
         unmapped.update({k: UNMAPPED.get(k, "no reapkit statistic") for k in values if k not in _READ})
     if len(set(layers)) != len(layers):
-        raise ValueError(f"{where}: layer indices {layers} repeat")
+        raise InvalidInput(f"{where}: layer indices {layers} repeat")
     counts = [rows[layer]["expert_frequency"] for layer in layers]
     if any(not isinstance(c, torch.Tensor) or c.dim() != 1 for c in counts):
-        raise ValueError(f"{where}: expert_frequency must be a 1-D tensor [experts] in every layer")
+        raise InvalidInput(f"{where}: expert_frequency must be a 1-D tensor [experts] in every layer")
     num_experts = [int(c.numel()) for c in counts]
     width = max(num_experts)
 
@@ -182,7 +183,7 @@ def read_reap_observer(path, *, domain: str = "calibration", model=None, top_k: 
         stats[name] = torch.zeros(shape, dtype=STATISTICS[name].torch_dtype)
         for pos, value in enumerate(per_layer):
             if value.shape[0] != num_experts[pos] or value.shape[1:] != per_layer[0].shape[1:]:
-                raise ValueError(
+                raise InvalidInput(
                     f"{where}: layer {layers[pos]} holds {tuple(value.shape)} values for {SUMS.get(name, name)} "
                     f"but {num_experts[pos]} experts"
                 )
@@ -238,7 +239,7 @@ def _statistic(values: dict, name: str, layer: int, where: str) -> torch.Tensor 
     elif MEANS.get(name) in values:
         source, mean = MEANS[name], values[MEANS[name]]
         if not isinstance(mean, torch.Tensor):
-            raise ValueError(f"{where}: layer {layer} {source} is a {type(mean).__name__}, not a tensor")
+            raise InvalidInput(f"{where}: layer {layer} {source} is a {type(mean).__name__}, not a tensor")
         scale = count.reshape(-1, *([1] * (mean.dim() - 1)))
         tensor = mean.double() * scale if name != "output_sum" else mean.float() * scale.float()
     else:
@@ -247,7 +248,7 @@ def _statistic(values: dict, name: str, layer: int, where: str) -> torch.Tensor 
         kind = (
             type(tensor).__name__ if not isinstance(tensor, torch.Tensor) else f"{tensor.dtype} {tuple(tensor.shape)}"
         )
-        raise ValueError(f"{where}: layer {layer} {source} is {kind}, expected a float tensor [experts]")
+        raise InvalidInput(f"{where}: layer {layer} {source} is {kind}, expected a float tensor [experts]")
     return tensor.float() if name == "output_sum" else tensor.double()
 
 
@@ -260,13 +261,13 @@ def _check_reap(rows: dict, layers: list[int], stats: dict, where: str) -> float
         count = stats["count"][pos, : rows[layer]["expert_frequency"].numel()]
         reap = rows[layer]["reap"]
         if not isinstance(reap, torch.Tensor) or reap.shape != count.shape:
-            raise ValueError(f"{where}: layer {layer} reap is not a tensor [experts] like its expert_frequency")
+            raise InvalidInput(f"{where}: layer {layer} reap is not a tensor [experts] like its expert_frequency")
         theirs = reap.double()[count > 0]
         mine = (stats["reap_sum"][pos, : count.numel()] / count.clamp_min(1))[count > 0]
         scale = mine.abs().max().clamp_min(1e-30) if mine.numel() else torch.tensor(1.0)
         worst = max(worst, float(((theirs - mine).abs() / scale).max()) if mine.numel() else 0.0)
     if worst > 1e-3:
-        raise ValueError(
+        raise InvalidInput(
             f"{where} as documented: its reap differs from weighted_ean_sum / expert_frequency by up to "
             f"{worst:.2g} (relative); the file is inconsistent or from another tool"
         )
@@ -276,12 +277,12 @@ def _check_reap(rows: dict, layers: list[int], stats: dict, where: str) -> float
 def _attach_model(model, layers, num_experts, stats, path) -> dict:
     shape = model_shape(model)
     if (shape["layers"], shape["num_experts"]) != (layers, num_experts):
-        raise ValueError(
+        raise Mismatch(
             f"{path} holds MoE layers {layers} with {num_experts} experts, but the model has MoE layers "
             f"{shape['layers']} with {shape['num_experts']} experts; pass the model the observer ran on"
         )
     if "output_sum" in stats and stats["output_sum"].shape[-1] != shape["hidden_size"]:
-        raise ValueError(
+        raise Mismatch(
             f"{path} holds expert outputs of width {stats['output_sum'].shape[-1]}, but the model's hidden size is "
             f"{shape['hidden_size']}; pass the model the observer ran on"
         )
@@ -291,17 +292,17 @@ def _attach_model(model, layers, num_experts, stats, path) -> dict:
 def _top_k(given, shape, stats, path) -> int:
     if shape is not None:
         if given is not None and given != shape["top_k"]:
-            raise ValueError(f"--top-k {given} disagrees with the model, which routes each token to {shape['top_k']}")
+            raise Mismatch(f"--top-k {given} disagrees with the model, which routes each token to {shape['top_k']}")
         return shape["top_k"]
     if given is not None:
         if isinstance(given, bool) or not isinstance(given, int) or given < 1:
-            raise ValueError(f"top-k must be a positive number of experts per token, got {given!r}")
+            raise InvalidInput(f"top-k must be a positive number of experts per token, got {given!r}")
         return given
     if "tokens" in stats and bool((stats["tokens"] > 0).all()):
         per_token = stats["count"].sum(1) / stats["tokens"]
         k = round(float(per_token[0]))
         if k >= 1 and bool(((per_token - k).abs() < 1e-9).all()):
             return k
-    raise ValueError(
+    raise InvalidInput(
         f"cannot tell from {path} how many experts each token is routed to; pass --top-k K, or --model MODEL"
     )

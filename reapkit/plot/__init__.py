@@ -14,10 +14,12 @@ Axes or the Figure; empty input gives a "no data" note instead of an error. One 
 The tables behind the figures live in :mod:`reapkit.study.tables` (no matplotlib). This package
 imports neither torch nor transformers.
 
-Modules: theme (sizes, colours, the style, saving), saliency, criteria, domains, geometry, plans, results.
+Modules: theme (sizes, colours, the style, saving), saliency, criteria, domains, geometry, plans, results,
+calibration, and widgets (interactive explorers).
 """
 
-from reapkit.plot import criteria, domains, geometry, plans, results, saliency
+from reapkit.plot import calibration, criteria, domains, geometry, plans, results, saliency
+from reapkit.plot.calibration import *  # noqa: F403
 from reapkit.plot.criteria import *  # noqa: F403 - each figure module's __all__ is the package's too
 from reapkit.plot.domains import *  # noqa: F403
 from reapkit.plot.geometry import *  # noqa: F403
@@ -37,12 +39,6 @@ from reapkit.plot.theme import (
     per_criterion,
     save_figure,
     style,
-)
-from reapkit.study.tables import (
-    agreement_table,
-    domain_share_table,
-    mask_frame,
-    specialisation_table,
 )
 
 __all__ = [
@@ -66,9 +62,5 @@ __all__ = [
     *geometry.__all__,
     *plans.__all__,
     *results.__all__,
-    # tables, kept here for old callers (their home is reapkit.study.tables)
-    "agreement_table",
-    "domain_share_table",
-    "specialisation_table",
-    "mask_frame",
+    *calibration.__all__,
 ]

@@ -15,6 +15,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 
+from reapkit.errors import InvalidInput
 from reapkit.plot.theme import (
     COLUMN,
     MISSING_COLOR,
@@ -393,7 +394,7 @@ def coactivation_matrix(
         c = np.divide(c, union, out=np.zeros_like(c), where=union > 0)
         label = "co-selection (Jaccard of token sets)"
     elif normalise is not None:
-        raise ValueError(f"normalise must be 'jaccard' or None, got {normalise!r}")
+        raise InvalidInput(f"normalise must be 'jaccard' or None, got {normalise!r}")
     if order is None:
         order = np.asarray(clustering.order) if clustering is not None else coselect_order(coselect)
     order = np.asarray(order)

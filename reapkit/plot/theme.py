@@ -25,6 +25,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from reapkit.atomic import atomic_file
+from reapkit.errors import InvalidInput
 
 #: Width of one column / two columns of a paper, inches.
 COLUMN, TWO_COLUMN = 3.3, 6.8
@@ -216,14 +217,14 @@ def save_figure(
     if hasattr(fig, "get_figure") and not isinstance(fig, matplotlib.figure.Figure):
         fig = fig.get_figure()
     if not name or "/" in name or "\\" in name:
-        raise ValueError(f"figure name {name!r} must be a plain file name without directories or extension")
+        raise InvalidInput(f"figure name {name!r} must be a plain file name without directories or extension")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     with style():
         for fmt in formats:
             if fmt not in _METADATA:
-                raise ValueError(f"unsupported figure format {fmt!r}; use one of {', '.join(_METADATA)}")
+                raise InvalidInput(f"unsupported figure format {fmt!r}; use one of {', '.join(_METADATA)}")
             path = folder / f"{name}.{fmt}"
             with atomic_file(path) as tmp:
                 fig.savefig(tmp, format=fmt, dpi=dpi or STYLE["savefig.dpi"], metadata=_METADATA[fmt])
@@ -239,7 +240,7 @@ def save_figure(
 
 
 def figure(width: float = COLUMN, height: float = 2.2):
-    """A constrained-layout Figure of `width` inches (:data:`COLUMN` or :data:`TWO_COLUMN`) in the reapkit style."""
+    """A constrained-layout Figure of `width` inches (`COLUMN` or `TWO_COLUMN`) in the reapkit style."""
     with style():
         return plt.figure(figsize=(width, height), layout="constrained")
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 
+from reapkit.errors import InvalidInput
 from reapkit.select.plan import pruned_count
 
 __all__ = ["SaliencyExplorer", "StudyExplorer", "explorer", "study_explorer", "ratio_options", "ratio_label"]
@@ -108,7 +109,7 @@ class SaliencyExplorer(_Explorer):
 
         unknown = [c for c in views if c not in VIEWS]
         if unknown:
-            raise ValueError(f"unknown view(s) {unknown}; choose from {', '.join(VIEWS)}")
+            raise InvalidInput(f"unknown view(s) {unknown}; choose from {', '.join(VIEWS)}")
         if not isinstance(obs, Observations):
             obs = Observations.load(obs)
         self.obs = obs
@@ -229,7 +230,9 @@ class StudyExplorer(_Explorer):
             if m in results.columns
         ]
         if not metrics:
-            raise ValueError("the results have none of the metrics loss, kl, agreement, perplexity")
+            raise InvalidInput(
+                "the results have none of the metrics loss, kl, agreement, perplexity; pass the frame evaluate or a study wrote"
+            )
         domains = sorted(set(results["domain"]), key=lambda d: (d != "all", d))
         style = {"description_width": "60px"}
         self.metric = w.Dropdown(options=metrics, value=metrics[0], description="metric", style=style)

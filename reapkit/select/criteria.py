@@ -37,6 +37,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from reapkit.errors import InvalidInput, MissingStatistic
+
 if TYPE_CHECKING:  # importing saliency stays free of torch, so plotting code can read DEFAULT_CRITERIA
     from reapkit.observe.observations import Observations
 
@@ -94,9 +96,9 @@ def register_criterion(name: str, fn: Callable[..., np.ndarray], *, needs) -> Ca
     criterion; the built-in names cannot be replaced. Returns `fn`.
     """
     if not isinstance(name, str) or not name.isidentifier():
-        raise ValueError(f"criterion name {name!r} must be a Python identifier such as 'my_score'")
+        raise InvalidInput(f"criterion name {name!r} must be a Python identifier such as 'my_score'")
     if name in _BUILT_IN:
-        raise ValueError(f"{name!r} is a built-in criterion; register yours under another name")
+        raise InvalidInput(f"{name!r} is a built-in criterion; register yours under another name")
     _register(name, fn, needs)
     return fn
 
@@ -106,14 +108,14 @@ def _register(name: str, fn, needs) -> None:
         raise TypeError(f"criterion {name!r}: fn must be a function fn(stats, seed), got {type(fn).__name__}")
     needs = (needs,) if isinstance(needs, str) else tuple(needs)
     if not needs or not all(isinstance(n, str) for n in needs):
-        raise ValueError(f"criterion {name!r}: needs must name the statistics it reads, e.g. needs=['count']")
+        raise InvalidInput(f"criterion {name!r}: needs must name the statistics it reads, e.g. needs=['count']")
     _REGISTRY[name] = Criterion(name, fn, needs)
 
 
 def check_criterion(criterion: str) -> str:
-    """`criterion` if it is registered; otherwise a ValueError listing the names and how to add one."""
+    """`criterion` if it is registered; otherwise an `InvalidInput` listing the names and how to add one."""
     if criterion not in _REGISTRY:
-        raise ValueError(
+        raise InvalidInput(
             f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA_NAMES)}, or register your own "
             "with reapkit.register_criterion (command line: --plugin FILE.py)"
         )
@@ -121,17 +123,17 @@ def check_criterion(criterion: str) -> str:
 
 
 def check_ratio(ratio, name: str = "ratio") -> float:
-    """`ratio` as a float if it is a fraction of experts removed, in [0, 1); otherwise a ValueError.
+    """`ratio` as a float if it is a fraction of experts removed, in [0, 1); otherwise an `InvalidInput` (a ValueError).
 
     >>> check_ratio(0.25)
     0.25
     >>> check_ratio(1)
     Traceback (most recent call last):
     ...
-    ValueError: ratio must be in [0, 1) (the fraction of experts removed), got 1
+    reapkit.errors.InvalidInput: ratio must be in [0, 1) (the fraction of experts removed), got 1
     """
     if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real) or math.isnan(ratio) or not 0 <= ratio < 1:
-        raise ValueError(f"{name} must be in [0, 1) (the fraction of experts removed), got {ratio!r}")
+        raise InvalidInput(f"{name} must be in [0, 1) (the fraction of experts removed), got {ratio!r}")
     return float(ratio)
 
 
@@ -146,7 +148,7 @@ def score(obs: Observations, criterion: str = "reap", *, domains=None, seed: int
     values = np.asarray(entry.fn({k: v.numpy() for k, v in pooled.items()}, seed=seed), dtype=np.float64)
     expected = (len(obs.layers), max(obs.num_experts))
     if values.shape != expected:
-        raise ValueError(
+        raise InvalidInput(
             f"criterion {criterion!r} returned scores of shape {values.shape}; "
             f"it must return one score per MoE layer and expert, shape {expected}"
         )
@@ -171,7 +173,7 @@ def usable_criteria(obs: Observations, criteria) -> list[str]:
         usable.append(criterion)
     if criteria and not usable:
         holds = [name for name, entry in _REGISTRY.items() if not obs.lacks(*entry.needs)]
-        raise ValueError(
+        raise MissingStatistic(
             f"none of the criteria {list(criteria)} can be scored from these observations; choose from {holds}"
         )
     return usable

@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from reapkit.errors import InvalidInput
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -93,7 +95,7 @@ class Clustering:
     def members(self) -> list[list[int]]:
         """Experts of each cluster, by cluster id."""
         if self.labels is None:
-            raise ValueError("this clustering has no cluster labels; call cluster(..., n_clusters=N)")
+            raise InvalidInput("this clustering has no cluster labels; call cluster(..., n_clusters=N)")
         return [sorted(int(i) for i in np.flatnonzero(self.labels == c)) for c in range(self.n_clusters)]
 
 
@@ -130,7 +132,9 @@ def clusters_at(clustering, n_clusters: int) -> np.ndarray:
     linkage = clustering.linkage if isinstance(clustering, Clustering) else np.asarray(clustering, dtype=np.float64)
     n = linkage.shape[0] + 1 if linkage.size else (len(clustering.order) if isinstance(clustering, Clustering) else 1)
     if not isinstance(n_clusters, (int, np.integer)) or not 1 <= n_clusters <= max(n, 1):
-        raise ValueError(f"n_clusters must be an integer between 1 and the number of experts ({n}), got {n_clusters!r}")
+        raise InvalidInput(
+            f"n_clusters must be an integer between 1 and the number of experts ({n}), got {n_clusters!r}"
+        )
     if n < 2:
         return np.zeros(n, dtype=int)
     raw = hierarchy.fcluster(linkage, t=n_clusters, criterion="maxclust")
@@ -149,7 +153,7 @@ def clusters_at(clustering, n_clusters: int) -> np.ndarray:
 def _position(layers, layer: int) -> int:
     layers = list(layers)
     if layer not in layers:
-        raise ValueError(f"layer {layer} is not an MoE layer; MoE layers (decoder indices) are {layers}")
+        raise InvalidInput(f"layer {layer} is not an MoE layer; MoE layers (decoder indices) are {layers}")
     return layers.index(layer)
 
 
@@ -175,7 +179,7 @@ def model_vectors(model, layer: int, space: str) -> np.ndarray:
     from reapkit.model.layer import moe_layers
 
     if space not in ("weights", "router"):
-        raise ValueError(
+        raise InvalidInput(
             f"model_vectors reads the 'weights' or 'router' space, got {space!r} "
             "(the 'output' space comes from observations: output_vectors(obs, layer))"
         )
@@ -192,7 +196,7 @@ def model_vectors(model, layer: int, space: str) -> np.ndarray:
 def expert_vectors(source, layer: int, space: str, *, domains=None) -> np.ndarray:
     """Vectors of one space: `output` from `Observations`, `weights` / `router` from a model."""
     if space not in SPACES:
-        raise ValueError(f"unknown space {space!r}; choose one of {', '.join(SPACES)}")
+        raise InvalidInput(f"unknown space {space!r}; choose one of {', '.join(SPACES)}")
     is_obs = hasattr(source, "pooled") and hasattr(source, "layers")
     if space == "output":
         if not is_obs:

@@ -17,6 +17,7 @@ import json
 import re
 from pathlib import Path
 
+from reapkit.errors import InvalidInput, Mismatch, MissingInput
 from reapkit.observe.importers import file_digest, model_shape
 from reapkit.select.plan import PruningPlan
 
@@ -36,15 +37,15 @@ def read_llmcompressor_report(path, *, model=None, num_experts: int | None = Non
     path = Path(path)
     where = f"{path} is not an llm-compressor REAP report"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; pass the .json file REAPPruningModifier wrote (report_path)")
+        raise MissingInput(f"{path} does not exist; pass the .json file REAPPruningModifier wrote (report_path)")
     try:
         report = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{where} (not JSON: {error}); pass the .json file REAPPruningModifier wrote") from None
+        raise InvalidInput(f"{where} (not JSON: {error}); pass the .json file REAPPruningModifier wrote") from None
     if not isinstance(report, dict) or not report:
-        raise ValueError(f"{where}: expected {{module name: [retained expert indices]}}")
+        raise InvalidInput(f"{where}: expected {{module name: [retained expert indices]}}")
     if (model is None) == (num_experts is None):
-        raise ValueError(
+        raise InvalidInput(
             "the report does not say how many experts each layer had; give the model (--model) or --num-experts, not both"
         )
     shape = model_shape(model) if model is not None else None
@@ -52,30 +53,30 @@ def read_llmcompressor_report(path, *, model=None, num_experts: int | None = Non
         sizes = dict(zip(shape["layers"], shape["num_experts"]))
         top_k = shape["top_k"] if top_k is None else top_k
     elif isinstance(num_experts, bool) or not isinstance(num_experts, int) or num_experts < 1:
-        raise ValueError(f"--num-experts must be a positive number of experts per layer, got {num_experts!r}")
+        raise InvalidInput(f"--num-experts must be a positive number of experts per layer, got {num_experts!r}")
     kept, totals = {}, {}
     for name, retained in report.items():
         found = re.search(r"(?:^|\.)(\d+)(?:\.|$)", name)
         if found is None:
-            raise ValueError(f"{where}: module name {name!r} has no layer number (expected e.g. model.layers.3.mlp)")
+            raise InvalidInput(f"{where}: module name {name!r} has no layer number (expected e.g. model.layers.3.mlp)")
         layer = int(found.group(1))
         if layer in kept:
-            raise ValueError(f"{where}: layer {layer} appears twice")
+            raise InvalidInput(f"{where}: layer {layer} appears twice")
         if shape is not None and layer not in sizes:
-            raise ValueError(
+            raise Mismatch(
                 f"the report prunes {name} (layer {layer}), which is not an MoE layer of the model (MoE layers: "
                 f"{shape['layers']}); pass the model the report was made on"
             )
         total = sizes[layer] if shape is not None else num_experts
         if not isinstance(retained, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in retained):
-            raise ValueError(f"{where}: {name} must map to a list of expert indices, got {retained!r}")
+            raise InvalidInput(f"{where}: {name} must map to a list of expert indices, got {retained!r}")
         if len(set(retained)) != len(retained) or any(not 0 <= i < total for i in retained):
-            raise ValueError(
+            raise Mismatch(
                 f"{path}: {name} retains {retained}, which are not distinct experts of 0..{total - 1}; "
                 "check --num-experts or pass the model the report was made on"
             )
         if top_k is not None and len(retained) < top_k:
-            raise ValueError(f"{path}: {name} retains {len(retained)} experts, fewer than top-k = {top_k}")
+            raise InvalidInput(f"{path}: {name} retains {len(retained)} experts, fewer than top-k = {top_k}")
         kept[layer], totals[layer] = sorted(retained), total
     uniform = {(totals[layer], totals[layer] - len(kept[layer])) for layer in kept}
     ratio = None

@@ -43,8 +43,9 @@ from pathlib import Path
 import numpy as np
 
 from reapkit.atomic import atomic_write_text
+from reapkit.errors import InvalidInput
 from reapkit.model.discover import architecture_for
-from reapkit.select.plan import PruningPlan
+from reapkit.select.plan import PruningPlan, read_document
 
 __all__ = ["MergePlan", "METHODS", "plan_merge"]
 
@@ -92,9 +93,7 @@ class MergePlan:
 
     @classmethod
     def load(cls, path) -> MergePlan:
-        data = json.loads(Path(path).read_text())
-        if data.pop("format", None) != FORMAT:
-            raise ValueError(f"{path} is not a reapkit merge plan (expected format {FORMAT!r})")
+        data = read_document(path, FORMAT, "reapkit merge plan", "MergePlan.save")
         for key in ("groups", "representatives", "weights", "num_experts"):
             data[key] = {int(k): v for k, v in data[key].items()}
         return cls(**data)
@@ -103,7 +102,7 @@ class MergePlan:
 def _check_method(method: str) -> None:
     if method not in METHODS:
         listing = "; ".join(f"{name!r}: {text}" for name, text in METHODS.items())
-        raise ValueError(f"unknown merge method {method!r}; choose one of {listing}")
+        raise InvalidInput(f"unknown merge method {method!r}; choose one of {listing}")
 
 
 def _order(values: np.ndarray) -> np.ndarray:
@@ -147,18 +146,18 @@ def plan_merge(model, obs, *, method: str, keep: int, seed: int = 0) -> MergePla
     blocks = dict(arch.moe_blocks(model))
     top_k, n_group = obs.top_k, int(obs.meta.get("n_group", 1) or 1)
     if not isinstance(keep, (int, np.integer)) or isinstance(keep, bool):
-        raise ValueError(f"keep must be an integer number of experts per layer, got {keep!r}")
+        raise InvalidInput(f"keep must be an integer number of experts per layer, got {keep!r}")
     pooled = obs.pooled()
     groups, reps, weights, num_experts = {}, {}, {}, {}
     for pos, layer in enumerate(obs.layers):
         total = obs.num_experts[pos]
         if keep > total or keep < top_k:
-            raise ValueError(
+            raise InvalidInput(
                 f"cannot merge layer {layer} from {total} to {keep} experts: the target must be at most the current "
                 f"{total} experts and at least top-k = {top_k} (experts each token is routed to); choose keep in [{top_k}, {total}]"
             )
         if n_group > 1 and (keep % n_group or total % n_group or keep // n_group < 2):
-            raise ValueError(
+            raise InvalidInput(
                 f"layer {layer} routes in {n_group} expert groups (n_group), so merging keeps keep / n_group experts per "
                 f"group, which must be a whole number of at least 2; {keep} is not valid; choose a multiple of {n_group} "
                 f"of at least {2 * n_group}"

@@ -18,9 +18,28 @@ from pathlib import Path
 import numpy as np
 
 from reapkit.atomic import atomic_write_text
+from reapkit.errors import InvalidInput, MissingInput
 from reapkit.select.criteria import check_ratio
 
 FORMAT = "reapkit-pruning-plan/1"
+
+
+def read_document(path, fmt: str, what: str, writer: str) -> dict:
+    """`read_document("plan.json", FORMAT, "reapkit pruning plan", "PruningPlan.save")` -> the plan as a dict.
+
+    The JSON object in `path` without its "format" key, which must be `fmt`; any other file is refused,
+    naming `what` it should be and the `writer` that makes one.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingInput(f"{what} {path} does not exist; pass a file written by {writer}")
+    try:
+        data = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InvalidInput(f"{path} is not a {what} (not JSON: {error}); pass a file written by {writer}") from None
+    if not isinstance(data, dict) or data.pop("format", None) != fmt:
+        raise InvalidInput(f"{path} is not a {what} (expected format {fmt!r}); pass a file written by {writer}")
+    return data
 
 
 def pruned_count(total: int, ratio: float) -> int:
@@ -80,13 +99,13 @@ class PruningPlan:
         `topk_group` x kept per group >= `top_k`; other counts are refused, naming the nearest feasible ones.
         """
         if sum(x is not None for x in (ratio, keep, counts)) != 1:
-            raise ValueError("give exactly one of ratio=, keep= or counts=")
+            raise InvalidInput("give exactly one of ratio=, keep= or counts=")
         if ratio is not None:
             check_ratio(ratio)
         if counts is not None:
             unknown = sorted(set(counts) - set(layers))
             if unknown:
-                raise ValueError(f"counts name layer(s) {unknown} that are not MoE layers; MoE layers are {layers}")
+                raise InvalidInput(f"counts name layer(s) {unknown} that are not MoE layers; MoE layers are {layers}")
         kept, kept_scores = {}, {}
         for pos, layer in enumerate(layers):
             total = num_experts[pos]
@@ -97,7 +116,7 @@ class PruningPlan:
             else:
                 n = int(counts.get(layer, total))
             if n < top_k or n > total:
-                raise ValueError(
+                raise InvalidInput(
                     f"layer {layer} would keep {n} of {total} experts; it needs at least top-k = {top_k} "
                     f"and at most {total}. Choose a smaller ratio or a larger number of experts to keep"
                 )
@@ -144,12 +163,12 @@ class PruningPlan:
         values = score(obs, criterion, domains=domains, seed=seed)
         sizes, floor = obs.num_experts, obs.top_k + margin
         if obs.meta.get("n_group", 1) > 1:
-            raise ValueError(
+            raise InvalidInput(
                 "a global budget cannot keep routing groups equal in size; use a uniform plan (ratio= or keep=) for group-limited routers"
             )
         minimum, maximum = floor * len(sizes), sum(sizes)
         if not minimum <= total <= maximum:
-            raise ValueError(
+            raise InvalidInput(
                 f"a global budget of {total} experts is outside [{minimum}, {maximum}]: every one of the "
                 f"{len(sizes)} MoE layers keeps at least top-k + margin = {floor} experts and at most all of them"
             )
@@ -185,9 +204,7 @@ class PruningPlan:
 
     @classmethod
     def load(cls, path) -> PruningPlan:
-        data = json.loads(Path(path).read_text())
-        if data.pop("format", None) != FORMAT:
-            raise ValueError(f"{path} is not a reapkit pruning plan (expected format {FORMAT!r})")
+        data = read_document(path, FORMAT, "reapkit pruning plan", "PruningPlan.save")
         for key in ("kept", "num_experts", "scores"):
             data[key] = {int(k): v for k, v in data[key].items()}
         return cls(**data)
@@ -216,7 +233,7 @@ def _best_experts(
     if n not in feasible:
         below, above = [c for c in feasible if c < n], [c for c in feasible if c > n]
         nearest = " or ".join(f"keep={c} (ratio {1 - c / len(row):.4g})" for c in (below[-1:] + above[:1])) or "none"
-        raise ValueError(
+        raise InvalidInput(
             f"layer {layer} routes in {n_group} expert groups (n_group) choosing {topk_group or n_group} of them "
             f"(topk_group) for top-{top_k}: every group must keep the same number of experts, at least 2 and "
             f"enough that topk_group x kept per group >= top_k, but {n} kept of {len(row)} does not; "

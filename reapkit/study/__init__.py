@@ -6,6 +6,7 @@ Names load lazily on first use.
 from reapkit.lazy import lazy_exports
 
 _EXPORTS = {
-    "experiments": ["compression_study", "calibration_sensitivity", "layer_sensitivity"],
+    "experiments": ["compression_study"],
+    "sensitivity": ["calibration_sensitivity", "layer_sensitivity"],
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

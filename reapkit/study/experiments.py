@@ -1,25 +1,18 @@
-"""The REAP paper's two claims as experiments that run on any model (the demo model: minutes on a CPU).
+"""The compression study: REAP against other criteria, random pruning, merging and a global budget.
 
     >>> results = compression_study(model, obs, eval_batches)          # tidy frame, one row per
     >>> results[results.domain == "all"].pivot_table(                  # method x ratio x domain
     ...     index="ratio", columns="label", values="loss")
-    >>> loss, overlap = calibration_sensitivity(model, tokenizer, eval_batches, calibration=obs)
     >>> print(findings.summarise(sequences, sensitivity))               # the numbers in plain words (reapkit.study.findings)
 
-(a) **Compression**: at each ratio, REAP against the other pruning criteria (frequency, soft
+At each ratio, REAP against the other pruning criteria (frequency, soft
 frequency, mean activation norm), random pruning (several seeds), expert merging (M-SMoE-, HC-SMoE-
 style) reduced to the same number of experts per layer, and a non-uniform plan with the same total
 number of experts (`PruningPlan.from_global_budget`). Every variant is scored per evaluation
 domain by loss, perplexity, KL to the unpruned model and top-1 agreement with it; the unpruned
 model's next-token distributions are computed once (`reference_outputs`).
 
-(b) **Calibration decides which experts survive**: prune with REAP from statistics of each single
-calibration domain and of their mix, and measure every evaluation domain; plus how much the kept
-expert sets of two calibration sets overlap (mean over layers of the Jaccard index).
-
-Observations keep per-domain statistics, and a domain's statistics are exactly those a
-calibration pass on that domain alone would record, so (b) needs one calibration pass, not one per
-calibration set.
+The second claim, that calibration decides which experts survive, is `reapkit.study.sensitivity`.
 """
 
 from __future__ import annotations
@@ -30,13 +23,16 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from reapkit.data import DOMAINS
+from reapkit.errors import InvalidInput, ReapkitError
 from reapkit.measure.evaluate import interval_columns as _interval
-from reapkit.measure.stats import RESAMPLES, bootstrap, sequence_grid
+from reapkit.measure.stats import RESAMPLES
 from reapkit.select.criteria import STUDY_CRITERIA, check_ratio
 from reapkit.select.plan import pruned_count
 
 __all__ = [
+    "check_ratios",
+    "MIX",
+    "UNPRUNED",
     "RATIOS",
     "MERGES",
     "COLUMNS",
@@ -47,12 +43,6 @@ __all__ = [
     "study_sequences",
     "study_results",
     "compression_study",
-    "layer_sensitivity",
-    "calibration_sensitivity",
-    "Sensitivity",
-    "kept_overlap",
-    "jaccard_by_layer",
-    "chance_overlap",
     "results_table",
 ]
 
@@ -76,10 +66,10 @@ MIX = "mix"
 UNPRUNED = "unpruned"
 
 
-def _check_ratios(ratios) -> list[float]:
+def check_ratios(ratios) -> list[float]:
     ratios = [ratios] if isinstance(ratios, (int, float)) else list(ratios)
     if not ratios:
-        raise ValueError("ratios must be fractions of experts removed in [0, 1), got []")
+        raise InvalidInput("ratios must be fractions of experts removed in [0, 1), got []")
     return sorted(dict.fromkeys(check_ratio(r, "ratios") for r in ratios))
 
 
@@ -117,7 +107,7 @@ def study_jobs(
     from reapkit.select.criteria import check_criterion
     from reapkit.select.merge import _check_method
 
-    ratios = _check_ratios(ratios)
+    ratios = check_ratios(ratios)
     criteria = [check_criterion(c) for c in ([criteria] if isinstance(criteria, str) else criteria) if c != "random"]
     random_seeds = [int(s) for s in ([random_seeds] if isinstance(random_seeds, int) else (random_seeds or []))]
     merges = [merges] if isinstance(merges, str) else list(merges or [])
@@ -159,7 +149,7 @@ def _kept_routing(obs, plan) -> float:
 def run_job(model, obs, job: Job, eval_batches, *, reference, unpruned: pd.DataFrame, margin: int = 0) -> pd.DataFrame:
     """Evaluate one job: its `sequence_metrics` with `delta_loss` against `unpruned` (the unpruned
     model's) per sequence, and the job's columns (method, criterion, label, seed, ratio,
-    experts_kept, experts_total, kept_routing). Raises ValueError when the job cannot be built."""
+    experts_kept, experts_total, kept_routing). Raises a ReapkitError when the job cannot be built."""
     import copy
 
     from reapkit.compress.merge import apply_merge
@@ -235,7 +225,7 @@ def study_sequences(
     for job in tqdm(jobs, desc="study", unit="variant", disable=not progress):
         try:
             frames.append(run_job(model, obs, job, eval_batches, reference=reference, unpruned=unpruned, margin=margin))
-        except ValueError as error:
+        except ReapkitError as error:  # a combination these observations cannot make; a bug still stops
             notes.append(f"{job.method} {job.criterion} at ratio {job.ratio:g}: skipped ({error})")
     sequences = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=SEQUENCE_COLUMNS)
     sequences["seed"] = sequences["seed"].astype("Int64")
@@ -298,303 +288,3 @@ def compression_study(model, obs, eval_batches, *, resamples: int = RESAMPLES, *
 def results_table(results: pd.DataFrame, **extra) -> pd.DataFrame:
     """The study frame with `extra` constant columns (e.g. model=, calibration=), the table notebook 04 reads."""
     return results.assign(**extra)
-
-
-# --------------------------------------------------------------------------------------------
-# Per-layer sensitivity
-# --------------------------------------------------------------------------------------------
-
-
-def layer_sensitivity(
-    model,
-    obs,
-    eval_batches,
-    *,
-    criterion: str = "reap",
-    ratio: float = 0.5,
-    reference=None,
-    resamples: int = RESAMPLES,
-    seed: int = 0,
-    progress: bool = True,
-) -> pd.DataFrame:
-    """Prune `ratio` of one MoE layer at a time (by `criterion`, the others untouched) and measure it.
-
-        >>> layer_sensitivity(model, obs, eval_batches)[lambda f: f.domain == "all"][["layer", "delta_loss", "delta_loss_lo"]]
-
-    Returns one row per MoE layer and evaluation domain (and ``"all"``): layer, criterion, ratio,
-    experts_kept, then the columns of `reapkit.measure.evaluate.aggregate` with `delta_loss` (+ interval)
-    paired with the unpruned model on the same sequences.
-    """
-    import torch
-    from tqdm.auto import tqdm
-
-    from reapkit.compress.prune import mask_experts
-    from reapkit.measure.evaluate import aggregate, reference_outputs, sequence_metrics
-    from reapkit.select.criteria import check_criterion
-    from reapkit.select.plan import PruningPlan
-
-    check_criterion(criterion)
-    ratio = _check_ratios(ratio)[0]
-    obs.check_model(model)
-    if reference is None:
-        reference = reference_outputs(model, eval_batches, dtype=torch.float32, progress=False)
-    unpruned = sequence_metrics(model, eval_batches, reference=reference, progress=False)
-    full = PruningPlan.from_observations(obs, criterion, ratio=ratio, seed=seed)
-    frames = []
-    for layer in tqdm(full.layers, desc="layers", unit="layer", disable=not progress):
-        kept = {
-            other: (full.kept[other] if other == layer else list(range(full.num_experts[other])))
-            for other in full.layers
-        }
-        with mask_experts(model, PruningPlan(kept, full.num_experts, criterion, ratio)):
-            sequences = sequence_metrics(model, eval_batches, reference=reference, progress=False)
-        frame = aggregate(sequences, baseline=unpruned, resamples=resamples, seed=seed)
-        frames.append(frame.assign(layer=layer, criterion=criterion, ratio=ratio, experts_kept=len(full.kept[layer])))
-    result = pd.concat(frames, ignore_index=True)
-    return result[["layer", "criterion", "ratio", "experts_kept", *[c for c in frame.columns]]]
-
-
-# --------------------------------------------------------------------------------------------
-# (b) calibration sensitivity
-# --------------------------------------------------------------------------------------------
-
-
-def jaccard_by_layer(a, b) -> np.ndarray:
-    """Jaccard index of the kept experts of two plans, per MoE layer of `a`."""
-    values = []
-    for layer in a.layers:
-        x, y = set(a.kept[layer]), set(b.kept.get(layer, []))
-        values.append(len(x & y) / len(x | y) if x | y else 1.0)
-    return np.asarray(values)
-
-
-def kept_overlap(plans: dict) -> pd.DataFrame:
-    """Mean over layers of the Jaccard index of the kept experts of every pair of plans {name: PruningPlan}."""
-    names = list(plans)
-    matrix = np.array([[jaccard_by_layer(plans[a], plans[b]).mean() for b in names] for a in names])
-    return pd.DataFrame(matrix, index=pd.Index(names, name="calibration"), columns=pd.Index(names, name="calibration"))
-
-
-def chance_overlap(plan) -> float:
-    """Expected mean Jaccard index over layers of two random kept sets of the plan's sizes (the chance line)."""
-    from reapkit.study.tables import expected_jaccard
-
-    return float(np.mean([expected_jaccard(plan.num_experts[layer], len(plan.kept[layer])) for layer in plan.layers]))
-
-
-@dataclass
-class Sensitivity:
-    """What `calibration_sensitivity` measured (tidy frames, one schema):
-
-    - `loss`: eval_domain, calibration (``"unpruned"``, each domain, ``"mix"``), loss, loss_lo,
-      loss_hi, delta_loss, delta_loss_lo, delta_loss_hi: 95 % bootstrap over evaluation sequences
-      and calibration seeds (delta paired with the unpruned model);
-    - `overlap`: calibration_a, calibration_b, jaccard, jaccard_lo, jaccard_hi, chance, repeats:
-      mean over layers (and calibration seeds) of the Jaccard index of the kept experts, bootstrap
-      over layers and seeds; a == b compares the kept sets of two calibration seeds of one set (the
-      sample's own noise; NaN with one seed); `chance` is the expected Jaccard of random kept sets;
-    - `sequences`: calibration, repeat, domain, sequence, tokens, loss, delta_loss.
-    """
-
-    loss: pd.DataFrame
-    overlap: pd.DataFrame
-    sequences: pd.DataFrame
-    ratio: float
-    criterion: str
-
-    def loss_matrix(self, value: str = "loss") -> pd.DataFrame:
-        """Evaluation domain x calibration set of `value` (rows: domains then "all")."""
-        matrix = self.loss.pivot(index="eval_domain", columns="calibration", values=value)
-        columns = list(dict.fromkeys(self.loss["calibration"]))
-        rows = list(dict.fromkeys(self.loss["eval_domain"]))
-        return matrix.loc[rows, columns]
-
-    def overlap_matrix(self, value: str = "jaccard") -> pd.DataFrame:
-        """Calibration set x calibration set of `value` (symmetric)."""
-        names = list(dict.fromkeys(self.overlap["calibration_a"]))
-        matrix = pd.DataFrame(
-            np.nan, index=pd.Index(names, name="calibration"), columns=pd.Index(names, name="calibration")
-        )
-        for row in self.overlap.itertuples():
-            matrix.loc[row.calibration_a, row.calibration_b] = matrix.loc[row.calibration_b, row.calibration_a] = (
-                getattr(row, value)
-            )
-        return matrix
-
-
-def _calibration_observations(
-    model, tokenizer, calibration, domains, *, samples, max_length, batch_size, calibration_seeds, cache_dir, progress
-) -> list:
-    """One `Observations` per calibration repeat (see `calibration_sensitivity`)."""
-    from reapkit.observe.observations import Observations
-    from reapkit.observe.recorder import observe, observe_cached
-
-    def observed(batches, info):
-        return (
-            observe_cached(model, batches, cache_dir, calibration=info, progress=progress)
-            if cache_dir
-            else observe(model, batches, calibration=info, progress=progress)
-        )
-
-    if isinstance(calibration, Observations):
-        calibration = [calibration]
-    if isinstance(calibration, (list, tuple)) and calibration and all(isinstance(o, Observations) for o in calibration):
-        for obs in calibration:
-            obs.check_model(model)
-        return list(calibration)
-    if calibration is not None:
-        return [observed(list(calibration), {"source": "batches"})]
-    from reapkit.data import calibration_batches
-
-    if tokenizer is None:
-        raise ValueError(
-            "calibration_sensitivity builds its calibration sets from text, so it needs a tokenizer; "
-            "pass tokenizer=..., or calibration= token-id batches or Observations with per-domain statistics"
-        )
-    spec = ",".join(f"{d}:{samples}" for d in domains)
-    return [
-        observed(
-            calibration_batches(spec, tokenizer, batch_size=batch_size, max_length=max_length, seed=s),
-            {"spec": spec, "max_length": max_length, "seed": s},
-        )
-        for s in calibration_seeds
-    ]
-
-
-def _loss_rows(sequences: pd.DataFrame, *, resamples: int, seed: int) -> pd.DataFrame:
-    """Per calibration set and evaluation domain: loss and delta_loss with intervals over sequences and seeds."""
-    rows = []
-    for name in dict.fromkeys(sequences["calibration"]):
-        part = sequences[sequences["calibration"] == name]
-        for domain in [*dict.fromkeys(part["domain"]), "all"]:
-            cell = part if domain == "all" else part[part["domain"] == domain]
-            row = {"eval_domain": domain, "calibration": name}
-            for metric in ("loss", "delta_loss"):
-                row.update(
-                    zip(
-                        _interval(metric),
-                        bootstrap(*sequence_grid(cell, metric, "repeat"), resamples=resamples, seed=seed),
-                    )
-                )
-            rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def _overlap_rows(plans: dict, names: list, *, resamples: int, seed: int) -> pd.DataFrame:
-    """Jaccard of kept sets for every pair of calibration sets (plans[name] = one plan per seed)."""
-    rows = []
-    for i, a in enumerate(names):
-        for b in names[i:]:
-            if a == b:
-                values = [jaccard_by_layer(x, y) for k, x in enumerate(plans[a]) for y in plans[a][k + 1 :]]
-            else:
-                values = [jaccard_by_layer(x, y) for x, y in zip(plans[a], plans[b])]
-            row = {"calibration_a": a, "calibration_b": b}
-            if values:
-                values = np.stack(values)
-                row.update(
-                    zip(
-                        _interval("jaccard"),
-                        bootstrap(values, np.ones(values.shape[1]), resamples=resamples, seed=seed),
-                    )
-                )
-            else:
-                row.update(dict.fromkeys(_interval("jaccard"), float("nan")))
-            row.update(chance=chance_overlap(plans[a][0]), repeats=len(values))
-            rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def calibration_sensitivity(
-    model,
-    tokenizer,
-    eval_batches,
-    *,
-    domains=DOMAINS,
-    samples: int = 16,
-    ratio: float = 0.5,
-    criterion: str = "reap",
-    calibration=None,
-    max_length: int = 128,
-    batch_size: int = 8,
-    seed: int = 0,
-    calibration_seeds=None,
-    resamples: int = RESAMPLES,
-    cache_dir=None,
-    progress: bool = True,
-) -> Sensitivity:
-    """Prune at `ratio` by `criterion` calibrated on each single domain and on their mix; loss on every domain.
-
-        >>> s = calibration_sensitivity(model, tokenizer, eval_batches, calibration_seeds=(0, 1, 2))
-        >>> s.loss_matrix("delta_loss"); s.overlap          # tidy frames with intervals: see `Sensitivity`
-
-    Calibration: `calibration` may be `Observations` (with per-domain statistics, e.g. those of the
-    main study: no model pass at all), a list of `Observations` (one per calibration repeat), a list
-    of `Batch` (observed here), or None: `samples` sequences of each built-in domain of `domains`
-    (calibration split, `max_length` tokens) drawn with each seed of `calibration_seeds` (default
-    ``(seed,)``), tokenised with `tokenizer` and observed (cached under `cache_dir` when given). The
-    calibration sets are each domain of `domains` the observations hold, and ``"mix"`` (all pooled).
-    Each repeat gives its own plans; intervals cover both evaluation sequences and repeats.
-    """
-    from reapkit.compress.prune import mask_experts
-    from reapkit.measure.evaluate import sequence_metrics
-    from reapkit.select.criteria import check_criterion
-    from reapkit.select.plan import PruningPlan
-
-    check_criterion(criterion)
-    ratio = _check_ratios(ratio)[0]
-    domains = [domains] if isinstance(domains, str) else list(domains)
-    calibration_seeds = [seed] if calibration_seeds is None else [int(s) for s in calibration_seeds]
-    repeats = _calibration_observations(
-        model,
-        tokenizer,
-        calibration,
-        domains,
-        samples=samples,
-        max_length=max_length,
-        batch_size=batch_size,
-        calibration_seeds=calibration_seeds,
-        cache_dir=cache_dir,
-        progress=progress,
-    )
-    held = set.intersection(*(set(obs.domains) for obs in repeats))
-    sets = [d for d in domains if d in held]
-    if not sets:
-        raise ValueError(
-            f"none of the domains {domains} is in the calibration observations (domains {sorted(held)}); "
-            "pass domains= that the calibration data holds"
-        )
-    missing = [d for d in domains if d not in held]
-    if missing:
-        warnings.warn(
-            f"calibration_sensitivity: domain(s) {missing} are not in the calibration data; left out", stacklevel=2
-        )
-    names = [*sets, MIX]
-    plans = {
-        name: [
-            PruningPlan.from_observations(
-                obs, criterion, ratio=ratio, domains=[name] if name != MIX else sets, seed=seed
-            )
-            for obs in repeats
-        ]
-        for name in names
-    }
-    unpruned = sequence_metrics(model, eval_batches, progress=False)
-    frames = [unpruned.assign(delta_loss=0.0, calibration=UNPRUNED, repeat=0)]
-    for name in names:
-        for repeat, plan in enumerate(plans[name]):
-            with mask_experts(model, plan):
-                frame = sequence_metrics(model, eval_batches, progress=False)
-            frames.append(
-                frame.assign(delta_loss=frame["loss"] - unpruned["loss"].to_numpy(), calibration=name, repeat=repeat)
-            )
-    sequences = pd.concat(frames, ignore_index=True)[
-        ["calibration", "repeat", "domain", "sequence", "tokens", "loss", "delta_loss"]
-    ]
-    return Sensitivity(
-        loss=_loss_rows(sequences, resamples=resamples, seed=seed),
-        overlap=_overlap_rows(plans, names, resamples=resamples, seed=seed),
-        sequences=sequences,
-        ratio=ratio,
-        criterion=criterion,
-    )

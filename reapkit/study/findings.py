@@ -14,9 +14,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from reapkit.errors import InvalidInput
 from reapkit.measure.evaluate import interval_columns as _interval
 from reapkit.measure.stats import RESAMPLES, bootstrap, sequence_grid
-from reapkit.study.experiments import MIX, UNPRUNED, Sensitivity
+from reapkit.study.experiments import MIX, UNPRUNED
+from reapkit.study.sensitivity import Sensitivity
 
 __all__ = ["summarise"]
 
@@ -406,7 +408,7 @@ def summarise(
     `layers` (from `layer_sensitivity`): which layers cost loss when pruned alone.
     """
     if "sequence" not in sequences.columns:
-        raise ValueError(
+        raise InvalidInput(
             "summarise reads the per-sequence frame of study_sequences (it has a `sequence` column), not the "
             "results frame; call study_sequences(...) and pass that"
         )

@@ -19,6 +19,7 @@ import functools
 import numpy as np
 import pandas as pd
 
+from reapkit.errors import InvalidInput, Mismatch
 from reapkit.measure.schema import ALL, LABEL, RATIO, hi, lo, select, wide_results
 from reapkit.select.criteria import DEFAULT_CRITERIA
 from reapkit.select.plan import pruned_count
@@ -66,7 +67,7 @@ def jaccard_distribution(experts: int, size: int, other: int | None = None) -> t
 
     other = size if other is None else other
     if not (0 <= size <= experts and 0 <= other <= experts):
-        raise ValueError(
+        raise InvalidInput(
             f"subset sizes must be between 0 and the number of experts ({experts}), got {size} and {other}"
         )
     x = np.arange(max(0, size + other - experts), min(size, other) + 1)
@@ -256,7 +257,7 @@ def mask_frame(kept, num_experts=None, **extra) -> pd.DataFrame:
     if hasattr(kept, "kept") and hasattr(kept, "num_experts"):
         kept, num_experts = kept.kept, kept.num_experts
     if num_experts is None:
-        raise ValueError("mask_frame needs num_experts ({layer: experts}) when given a dict of kept experts")
+        raise InvalidInput("mask_frame needs num_experts ({layer: experts}) when given a dict of kept experts")
     rows = [(int(layer), e, e in set(kept[layer])) for layer in sorted(kept) for e in range(int(num_experts[layer]))]
     frame = pd.DataFrame(rows, columns=["layer", "expert", "kept"])
     for key, value in extra.items():
@@ -275,7 +276,7 @@ def plan_overlap(a, b) -> pd.DataFrame:
     rows = []
     for layer in sorted(set(a.kept) & set(b.kept)):
         if a.num_experts[layer] != b.num_experts[layer]:
-            raise ValueError(
+            raise Mismatch(
                 f"the plans disagree on the experts of layer {layer} ({a.num_experts[layer]} and "
                 f"{b.num_experts[layer]}); compare plans made for the same model"
             )

@@ -25,7 +25,7 @@ import yaml
 from tiny_models import tiny_checkpoint, tiny_model
 
 ROOT = Path(__file__).resolve().parents[2]
-TESTS = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
 ENV = {
     **os.environ,
     "HF_HUB_OFFLINE": "1",
@@ -378,7 +378,7 @@ def case_argv(command, root: Path, out: Path) -> list[str]:
 
 DRIVER = """
 import json, os, runpy, sys, threading, traceback
-sys.path.insert(0, {tests!r})
+sys.path[:0] = [{tests!r}, {helpers!r}]
 from test_bad_inputs import tree_digest
 from pathlib import Path
 import reapkit.run.cli, reapkit.data, reapkit.observe.recorder, reapkit.observe.observations, reapkit.select.plan, reapkit.compress.prune, reapkit.run.sweep
@@ -429,7 +429,7 @@ def cli_results(world):
     root = world["root"]
     cases = [{"id": cid, "argv": case_argv(cmd, root, root / "out" / cid)} for _, cid, cmd, _ in CASES]
     (root.parent / "cases.json").write_text(json.dumps(cases))
-    driver = DRIVER.format(tests=str(TESTS), model=str(world["model"]), root=str(root))
+    driver = DRIVER.format(tests=str(TESTS), helpers=str(TESTS.parent), model=str(world["model"]), root=str(root))
     run = subprocess.run(
         [sys.executable, "-c", driver, str(root.parent / "cases.json"), str(root.parent / "results.json")],
         env=ENV,

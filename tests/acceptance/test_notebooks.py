@@ -317,6 +317,7 @@ def test_notebook_04_paper_figures(tiny, tmp_path):
     from reapkit.observe.recorder import observe
     from reapkit.run.notebook import load_model
     from reapkit.study import experiments
+    from reapkit.study.sensitivity import layer_sensitivity
 
     model, _ = load_model(tiny["params"]["model"])
     batches = calibration_batches(tiny["spec"], None, batch_size=4, max_length=12)
@@ -336,7 +337,7 @@ def test_notebook_04_paper_figures(tiny, tmp_path):
     study_dir = tmp_path / "study"
     study_dir.mkdir()
     experiments.results_table(results, model="tiny").to_csv(study_dir / "results.csv", index=False)
-    experiments.layer_sensitivity(model, obs, batches, resamples=50, progress=False).to_csv(
+    layer_sensitivity(model, obs, batches, resamples=50, progress=False).to_csv(
         study_dir / "layer_sensitivity.csv", index=False
     )
     params = {

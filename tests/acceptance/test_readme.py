@@ -1,51 +1,49 @@
-"""The README's "Use it" commands, run as written, line by line, in a fresh folder (real subprocesses)."""
+"""The README's runnable blocks (its tour), run as written in a fresh folder, and what they wrote.
+
+The mechanism is shared with docs/*.md: tests/doc_blocks.py. `readme_block` and `as_subprocess` are
+imported from here by tests/integration (the import and lm-eval pages' blocks).
+"""
 
 import json
-import os
 import re
-import shlex
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
+from doc_blocks import README, ROOT, as_subprocess, blocks, readme_block, run_page
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def readme_block(heading: str) -> list[str]:
-    """The command lines of the first ```bash block after `heading` in README.md."""
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index(heading) :]
-    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
-    return [line for line in block.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-
-
-def as_subprocess(line: str) -> list[str]:
-    """`reapkit ...` and `python ...` run by this interpreter; comments dropped."""
-    words = shlex.split(line, comments=True)
-    if words[0] == "reapkit":
-        return [sys.executable, "-m", "reapkit", *words[1:]]
-    if words[0] == "python":
-        return [sys.executable, *words[1:]]
-    raise AssertionError(f"README command {line!r} starts with neither reapkit nor python")
+__all__ = ["as_subprocess", "readme_block"]
 
 
 @pytest.mark.slow
-def test_use_it_block_runs_as_written(tmp_path):
-    shutil.copytree(ROOT / "sweeps", tmp_path / "sweeps")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    lines = readme_block("## Use it")
-    assert len(lines) >= 8
-    for line in lines:
-        run = subprocess.run(as_subprocess(line), cwd=tmp_path, env=env, capture_output=True, text=True)
-        assert run.returncode == 0, f"README line failed: {line}\n{run.stderr[-3000:]}"
+def test_tour_runs_as_written(tmp_path):
+    ran = run_page(README, tmp_path)
+    assert [b.lang for b in ran] == ["bash", "python"]
+    assert len(readme_block("## A short tour")) >= 8
     assert {"layer", "expert", "domain", "value"} <= set(pd.read_csv(tmp_path / "scores.csv").columns)
     combined = json.loads((tmp_path / "runs" / "obs-ab" / "observations.json").read_text())
     assert set(combined["domains"]) == {"code", "prose"}
     plan = json.loads((tmp_path / "pruned" / "pruning_plan.json").read_text())
     assert plan["criterion"] == "reap" and plan["ratio"] == 0.25
+    from_python = json.loads((tmp_path / "pruned-python" / "pruning_plan.json").read_text())
+    assert {len(kept) for kept in from_python["kept"].values()} == {12}  # 12 of the demo's 16 experts per layer
+    assert json.loads((tmp_path / "pruned-python" / "config.json").read_text())["num_experts"] == 12
+    assert (tmp_path / "runs" / "obs-python" / "statistics.safetensors").is_file()
     runs = pd.read_csv(tmp_path / "runs" / "ratios" / "runs.csv")
     assert list(runs.status) == ["ok"]
+
+
+def test_front_page_is_short_and_its_links_resolve():
+    text = README.read_text()
+    assert len(text.splitlines()) <= 250
+    assert "make demo" in text and "make test" in text
+    for target in re.findall(r"\]\(((?!https?://)[^)#]+)(?:#[^)]*)?\)", text):
+        assert (ROOT / target).exists(), f"README links to {target}, which does not exist"
+    verified = re.search(r"(\d+) of (\d+) model types verified", (ROOT / "docs" / "architectures.md").read_text())
+    assert f"{verified[1]} of the {verified[2]} MoE model types" in text  # the count of the generated table
+    linked = set(re.findall(r"\]\(docs/([^)#]+\.md)", text))
+    pages = {p.relative_to(ROOT / "docs").as_posix() for p in (ROOT / "docs").glob("*.md")}
+    assert pages - {"index.md"} <= linked, f"README does not point to {sorted(pages - {'index.md'} - linked)}"
+
+
+def test_every_runnable_block_of_the_readme_is_bash_or_python():
+    assert all(b.lang in ("bash", "python") for b in blocks(README))

@@ -14,6 +14,7 @@ import torch
 from tiny_models import tiny_checkpoint
 
 from reapkit.data import pad_batches
+from reapkit.errors import InvalidInput, Mismatch
 from reapkit.observe.importers import read_reap_observer
 from reapkit.observe.observations import Observations
 from reapkit.observe.recorder import observe
@@ -168,7 +169,7 @@ def test_model_attaches_fingerprint_and_checks_shapes(case, tmp_path):
     wrong = {0: case["state"][0]}  # one MoE layer of two
     torch.save(wrong, tmp_path / "one_layer.pt")
     with pytest.raises(
-        ValueError, match=r"holds MoE layers \[0\] with \[8\] experts, but the model has MoE layers \[0, 1\]"
+        Mismatch, match=r"holds MoE layers \[0\] with \[8\] experts, but the model has MoE layers \[0, 1\]"
     ):
         read_reap_observer(tmp_path / "one_layer.pt", model=case["model"])
     unknown = read_reap_observer(tmp_path / "one_layer.pt")  # without the model: only shapes are checked later
@@ -191,7 +192,7 @@ def test_unfingerprinted_plan_is_checked_against_the_checkpoint(case, tmp_path):
     assert plan.kept == PruningPlan.from_observations(case["obs"], "reap", ratio=0.5).kept
     stream_prune(case["folder"], plan, tmp_path / "pruned", progress=False)
     wide = PruningPlan(plan.kept, {layer: 16 for layer in plan.kept}, "reap", 0.5, {}, plan.provenance)
-    with pytest.raises(ValueError, match="made for 16 experts in layer 0 but the model has 8"):
+    with pytest.raises(InvalidInput, match="made for 16 experts in layer 0 but the model has 8"):
         stream_prune(case["folder"], wide, tmp_path / "pruned_wide", progress=False)
     assert not (tmp_path / "pruned_wide").exists()
 

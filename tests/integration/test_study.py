@@ -17,6 +17,7 @@ from reapkit import plot  # noqa: E402
 from reapkit.data import pad_batches  # noqa: E402
 from reapkit.observe.recorder import observe  # noqa: E402
 from reapkit.study import experiments, findings
+from reapkit.study.sensitivity import calibration_sensitivity, layer_sensitivity
 
 ROOT = Path(__file__).resolve().parents[2]
 RATIOS = (0.0, 0.25, 0.5, 0.75)  # tiny model: 8 experts, top-2 -> keeps 8, 6, 4, 2
@@ -51,7 +52,7 @@ def setup():
         observe(model, calibration[0:1] + calibration[2:3], progress=False),
         observe(model, calibration[1:2] + calibration[3:4], progress=False),
     ]
-    sensitivity = experiments.calibration_sensitivity(
+    sensitivity = calibration_sensitivity(
         model,
         None,
         evaluation,
@@ -61,7 +62,7 @@ def setup():
         resamples=200,
         progress=False,
     )
-    layers = experiments.layer_sensitivity(model, obs, evaluation, ratio=0.5, resamples=200, progress=False)
+    layers = layer_sensitivity(model, obs, evaluation, ratio=0.5, resamples=200, progress=False)
     return {
         "model": model,
         "calibration": calibration,
@@ -187,7 +188,7 @@ def test_layer_sensitivity_prunes_one_layer_at_a_time(setup):
     assert got.loss.tolist() == pytest.approx(expected.loc[got.index].tolist())
     unpruned = evaluate(model, evaluation, progress=False).set_index("domain").loss
     assert got.delta_loss.tolist() == pytest.approx((expected - unpruned).loc[got.index].tolist())
-    nothing = experiments.layer_sensitivity(model, obs, evaluation, ratio=0.0, resamples=50, progress=False)
+    nothing = layer_sensitivity(model, obs, evaluation, ratio=0.0, resamples=50, progress=False)
     assert (nothing[["delta_loss", "delta_loss_lo", "delta_loss_hi"]].to_numpy() == 0).all()
 
 
@@ -229,7 +230,7 @@ def test_calibration_sensitivity_with_repeats(setup):
 
 def test_calibration_sensitivity_single_sample(setup):
     model, evaluation = setup["model"], setup["evaluation"]
-    one = experiments.calibration_sensitivity(
+    one = calibration_sensitivity(
         model,
         None,
         evaluation,
@@ -241,7 +242,7 @@ def test_calibration_sensitivity_single_sample(setup):
     )
     assert one.overlap[one.overlap.calibration_a == one.overlap.calibration_b].jaccard.isna().all()  # no second sample
     # per-domain statistics of one pass == observing each domain alone
-    alone = experiments.calibration_sensitivity(
+    alone = calibration_sensitivity(
         model,
         None,
         evaluation,
@@ -253,7 +254,7 @@ def test_calibration_sensitivity_single_sample(setup):
     )
     assert alone.loss_matrix().loc["all", "code"] == pytest.approx(one.loss_matrix().loc["all", "code"])
     with pytest.warns(UserWarning, match="'math'"):
-        again = experiments.calibration_sensitivity(
+        again = calibration_sensitivity(
             model,
             None,
             evaluation,
@@ -265,9 +266,9 @@ def test_calibration_sensitivity_single_sample(setup):
         )
     pd.testing.assert_frame_equal(again.loss_matrix(), one.loss_matrix())
     with pytest.raises(ValueError, match="needs a tokenizer"):
-        experiments.calibration_sensitivity(model, None, evaluation)
+        calibration_sensitivity(model, None, evaluation)
     with pytest.raises(ValueError, match="none of the domains"):
-        experiments.calibration_sensitivity(model, None, evaluation, domains=("math",), calibration=setup["obs"])
+        calibration_sensitivity(model, None, evaluation, domains=("math",), calibration=setup["obs"])
 
 
 def test_summarise_mentions_every_method(setup):
@@ -380,7 +381,7 @@ def test_bad_input(setup):
             setup["model"], setup["obs"], setup["evaluation"], merges=["nope"], progress=False
         )
     with pytest.raises(ValueError, match="ratios"):
-        experiments.layer_sensitivity(setup["model"], setup["obs"], setup["evaluation"], ratio=1.5)
+        layer_sensitivity(setup["model"], setup["obs"], setup["evaluation"], ratio=1.5)
 
 
 # --------------------------------------------------------------------------------------------
@@ -409,7 +410,7 @@ def test_notebook_05_study(tmp_path):
     figures = tmp_path / "run" / "figures"
     for name in ("study", "calibration_sensitivity"):
         assert (figures / f"{name}.png").stat().st_size > 0 and (figures / f"{name}.pdf").stat().st_size > 0
-    results = pd.read_csv(tmp_path / "run" / "experiments.csv")
+    results = pd.read_csv(tmp_path / "run" / "study.csv")
     assert len(results) == 2 * (4 + 2 + 2 + 1) * 3
     assert {"agreement", "criterion"} <= set(pd.read_csv(tmp_path / "run" / "results.csv").columns)
     loss = pd.read_csv(tmp_path / "run" / "sensitivity_loss.csv")
@@ -451,5 +452,5 @@ def test_notebook_05_bad_parameter(tmp_path):
 def test_study_sweep_file_is_valid():
     from reapkit.run.sweep import load_sweep
 
-    sweep = load_sweep(ROOT / "sweeps" / "experiments.yaml")
+    sweep = load_sweep(ROOT / "sweeps" / "study.yaml")
     assert sweep["notebook"].name == "05_study.ipynb" and len(sweep["runs"]) == 3

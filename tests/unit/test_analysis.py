@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from reapkit.errors import InvalidInput
 from reapkit.measure import schema
 from reapkit.study import tables
 
@@ -29,7 +30,7 @@ def test_expected_jaccard_matches_a_simulation(experts, size, other):
 def test_expected_jaccard_known_values_and_bad_sizes():
     assert tables.expected_jaccard(16, 8) == pytest.approx(0.3434, abs=1e-4)  # the "about 0.34"
     assert tables.expected_jaccard(10, 10) == pytest.approx(1.0)  # both sets are everything
-    with pytest.raises(ValueError, match="between 0 and the number of experts"):
+    with pytest.raises(InvalidInput, match="between 0 and the number of experts"):
         tables.expected_jaccard(4, 5)
 
 
@@ -99,7 +100,7 @@ def test_delta_loss_against_each_domains_unpruned_loss():
     assert reap.delta_loss.to_dict() == {"code": pytest.approx(0.5), "math": pytest.approx(0.5)}
     assert (reap.delta_loss_hi - reap.delta_loss_lo).round(6).eq(0.2).all()
     assert schema.with_delta_loss(out) is not out  # a copy, kept as it is when delta_loss exists
-    with pytest.raises(ValueError, match="ratio 0"):
+    with pytest.raises(InvalidInput, match="ratio 0"):
         schema.with_delta_loss(_results()[lambda f: f.ratio > 0])
 
 
@@ -124,7 +125,7 @@ def test_masks_cutoffs_and_flat_trees():
 
     frame = tables.mask_frame(Plan(), criterion="reap")
     assert frame.kept.sum() == 4 and len(frame) == 8 and set(frame.criterion) == {"reap"}
-    with pytest.raises(ValueError, match="num_experts"):
+    with pytest.raises(InvalidInput, match="num_experts"):
         tables.mask_frame({0: [1]})
     cut = tables.uniform_cutoffs(_scores()[lambda f: f.criterion == "reap"], 0.5)
     assert cut.kept.eq(3).all() and len(cut) == 2

@@ -9,6 +9,7 @@ from fixtures.tiny_tokenizer import tiny_tokenizer
 
 from reapkit import data
 from reapkit.data import SpecItem
+from reapkit.errors import InvalidInput, MissingInput
 
 
 @pytest.fixture(scope="module")
@@ -72,9 +73,9 @@ def test_domain_contents():
 
 
 def test_domain_texts_unknown():
-    with pytest.raises(ValueError, match="known domains: code, prose, tools, math"):
+    with pytest.raises(InvalidInput, match="known domains: code, prose, tools, math"):
         data.domain_texts("poetry", "train")
-    with pytest.raises(ValueError, match="unknown split"):
+    with pytest.raises(InvalidInput, match="unknown split"):
         data.domain_texts("code", "test")
 
 
@@ -198,7 +199,7 @@ def test_chat_without_template_falls_back_or_raises(tmp_path, tok_plain):
     b = data.calibration_batches(str(path), tok_plain, max_length=512)
     text = tok_plain.decode(b[0].input_ids[0])
     assert text.startswith("<s>user: Sam has 3 apples") and "\nassistant: 3 + 2 = 5" in text
-    with pytest.raises(ValueError, match="no chat template|has none"):
+    with pytest.raises(InvalidInput, match="no chat template|has none"):
         data.calibration_batches(str(path), tok_plain, chat_fallback=False)
 
 
@@ -248,56 +249,56 @@ def test_bad_empty_dataset(tmp_path, tok):
     (tmp_path / "empty.jsonl").write_text("")
     (tmp_path / "blank.jsonl").write_text("  \n\n \t\n")
     for name in ("empty", "blank"):
-        with pytest.raises(ValueError, match="empty"):
+        with pytest.raises(InvalidInput, match="empty"):
             data.calibration_batches(f"x@{tmp_path / name}.jsonl", tok)
     write_jsonl(tmp_path / "ws.jsonl", [{"text": "   "}, {"text": "\n\t"}])
-    with pytest.raises(ValueError, match="only empty or whitespace-only"):
+    with pytest.raises(InvalidInput, match="only empty or whitespace-only"):
         data.calibration_batches(str(tmp_path / "ws.jsonl"), tok)
-    with pytest.raises(ValueError, match="empty calibration spec"):
+    with pytest.raises(InvalidInput, match="empty calibration spec"):
         data.parse_spec("  ")
-    with pytest.raises(ValueError, match="empty entry"):
+    with pytest.raises(InvalidInput, match="empty entry"):
         data.parse_spec("code:4,,math:2")
 
 
 def test_bad_unknown_domain_and_missing_file(tmp_path):
-    with pytest.raises(ValueError, match="unknown built-in domain 'poetry'.*known domains: code, prose, tools, math"):
+    with pytest.raises(InvalidInput, match="unknown built-in domain 'poetry'.*known domains: code, prose, tools, math"):
         data.parse_spec("code:4,poetry:8")
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(MissingInput, match="does not exist"):
         data.parse_spec(f"{tmp_path / 'missing.jsonl'}:4")
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(MissingInput, match="does not exist"):
         data.parse_spec(f"evol@{tmp_path / 'missing.parquet'}")
 
 
 @pytest.mark.parametrize("entry", ["code:0", "code:-3"])
 def test_bad_count(entry):
-    with pytest.raises(ValueError, match="must be a positive integer"):
+    with pytest.raises(InvalidInput, match="must be a positive integer"):
         data.parse_spec(entry)
 
 
 def test_bad_count_text():
-    with pytest.raises(ValueError, match="not an integer"):
+    with pytest.raises(InvalidInput, match="not an integer"):
         data.parse_spec("code:many")
-    with pytest.raises(ValueError, match="positive"):
+    with pytest.raises(InvalidInput, match="positive"):
         data.parse_spec([SpecItem("code", "code", 0)])
 
 
 def test_bad_schema(tmp_path, tok):
     path = write_jsonl(tmp_path / "odd.jsonl", [{"prompt": "a", "completion": "b"}])
-    with pytest.raises(ValueError, match=r"fields \['completion', 'prompt'\].*expected.*gsm8k: answer, question"):
+    with pytest.raises(InvalidInput, match=r"fields \['completion', 'prompt'\].*expected.*gsm8k: answer, question"):
         data.calibration_batches(f"odd@{path}", tok)
 
 
 def test_bad_max_length(tok):
-    with pytest.raises(ValueError, match="at least 8"):
+    with pytest.raises(InvalidInput, match="at least 8"):
         data.calibration_batches("math:2", tok, max_length=7)
     assert data.calibration_batches("math:2", tok, max_length=8)[0].input_ids.shape[1] == 8
 
 
 def test_text_needs_tokenizer():
-    with pytest.raises(ValueError, match="needs a tokenizer"):
+    with pytest.raises(InvalidInput, match="needs a tokenizer"):
         data.calibration_batches("math:2", None)
 
 
 def test_duplicate_domain():
-    with pytest.raises(ValueError, match="twice"):
+    with pytest.raises(InvalidInput, match="twice"):
         data.parse_spec("math:2,math:3")

@@ -23,6 +23,8 @@ def test_environment_yml_mirrors_pyproject_pins():
     assert {p for p in pip if not p.startswith("-e")} == pins
     assert all("==" in p for p in pins)
     assert "torch==2.13.0" in pins
+    docs = {"mkdocs", "mkdocs-material", "mkdocstrings", "mkdocstrings-python"}  # make docs, test_docs.py
+    assert docs <= {p.split("==")[0] for p in dev}
     assert f"python{project['requires-python']}" in env["dependencies"]  # the same Python versions
 
 

@@ -12,6 +12,7 @@ from torch.nn import functional as F
 
 from reapkit.compress.prune import mask_experts, remove_experts
 from reapkit.data import Batch, pad_batches
+from reapkit.errors import InvalidInput
 from reapkit.measure.evaluate import (
     ReferenceOutputs,
     aggregate,
@@ -159,7 +160,7 @@ def test_bootstrap_intervals_and_paired_delta(eval_batches):
     # the unpruned model against itself: every paired difference is exactly 0
     itself = aggregate(unpruned, baseline=unpruned)
     assert (itself[["delta_loss", "delta_loss_lo", "delta_loss_hi"]].to_numpy() == 0).all()
-    with pytest.raises(ValueError, match="other sequences"):
+    with pytest.raises(InvalidInput, match="other sequences"):
         aggregate(pruned, baseline=unpruned.iloc[:2])
 
 
@@ -222,7 +223,7 @@ def test_token_ids_beyond_the_vocabulary():
         lambda: reference_outputs(model, foreign, progress=False),
         lambda: reconstruction_error(model, model, foreign, progress=False),
     ):
-        with pytest.raises(ValueError, match=r"(?s)token id 300.*96 tokens.*(?i:re-tokenise).*own tokenizer"):
+        with pytest.raises(InvalidInput, match=r"(?s)token id 300.*96 tokens.*(?i:re-tokenise).*own tokenizer"):
             call()
 
 
@@ -231,9 +232,9 @@ def test_reference_outputs_of_other_batches(eval_batches):
     model = model_of("qwen3_moe")
     ref = reference_outputs(model, batches[:1], progress=False)
     assert isinstance(ref, ReferenceOutputs)
-    with pytest.raises(ValueError, match="different batches"):
+    with pytest.raises(InvalidInput, match="different batches"):
         evaluate(model, batches, reference=ref, progress=False)
-    with pytest.raises(ValueError, match="different batches"):
+    with pytest.raises(InvalidInput, match="different batches"):
         evaluate(
             model, make_batches(seed=1), reference=reference_outputs(model, batches, progress=False), progress=False
         )

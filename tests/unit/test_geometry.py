@@ -3,6 +3,7 @@ import pytest
 import torch
 from tiny_models import tiny_model
 
+from reapkit.errors import InvalidInput
 from reapkit.observe.recorder import observe
 from reapkit.select import geometry
 
@@ -38,7 +39,7 @@ def test_cluster_groups_near_duplicates():
     assert len(set(c.labels)) == 3 and c.labels[c.order[0]] == 0  # numbered along the leaves
     assert sorted(sum(c.members(), [])) == list(range(6))
     assert (geometry.clusters_at(c.linkage, 1) == 0).all()
-    with pytest.raises(ValueError, match="n_clusters"):
+    with pytest.raises(InvalidInput, match="n_clusters"):
         geometry.clusters_at(c, 7)
 
 
@@ -72,9 +73,9 @@ def test_spaces_from_model_and_observations(batches):
     assert np.allclose(out[e], (stats["output_sum"][1, e] / stats["count"][1, e]).numpy(), atol=1e-6)
     with pytest.raises(TypeError, match="Observations"):
         geometry.distance_matrix(model, layer, "output")
-    with pytest.raises(ValueError, match="not an MoE layer"):
+    with pytest.raises(InvalidInput, match="not an MoE layer"):
         geometry.distance_matrix(obs, 99, "output")
-    with pytest.raises(ValueError, match="unknown space"):
+    with pytest.raises(InvalidInput, match="unknown space"):
         geometry.distance_matrix(obs, layer, "nope")
     all_ = geometry.distance_matrices(model=model, obs=obs)
     assert set(all_) == {(s, layer) for s in geometry.SPACES for layer in obs.layers}

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 from tiny_models import tiny_model
 
+from reapkit.errors import InvalidInput
 from reapkit.observe.recorder import observe
 from reapkit.select.criteria import CRITERIA_NAMES, score, scores_frame
 from reapkit.select.plan import PruningPlan
@@ -63,12 +64,12 @@ def test_ratio_keep_counts(obs, tmp_path):
     ],
 )
 def test_bad_plans_are_refused(obs, kwargs, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(InvalidInput, match=message):
         PruningPlan.from_observations(obs, "reap", **kwargs)
 
 
 def test_unknown_criterion(obs):
-    with pytest.raises(ValueError, match="unknown criterion 'reep'; choose one of reap"):
+    with pytest.raises(InvalidInput, match="unknown criterion 'reep'; choose one of reap"):
         PruningPlan.from_observations(obs, "reep", ratio=0.25)
 
 
@@ -77,9 +78,9 @@ def test_grouped_routing_keeps_equal_counts_per_group(batches):
     plan = PruningPlan.from_observations(obs, "reap", ratio=0.25)
     for kept in plan.kept.values():
         assert sum(e < 4 for e in kept) == 3 and len(kept) == 6
-    with pytest.raises(ValueError, match=r"nearest feasible: keep=4 \(ratio 0.5\) or keep=6"):
+    with pytest.raises(InvalidInput, match=r"nearest feasible: keep=4 \(ratio 0.5\) or keep=6"):
         PruningPlan.from_observations(obs, "reap", keep=5)
-    with pytest.raises(ValueError, match=r"nearest feasible: keep=4 \(ratio 0.5\)$"):
+    with pytest.raises(InvalidInput, match=r"nearest feasible: keep=4 \(ratio 0.5\)$"):
         PruningPlan.from_observations(obs, "reap", keep=2)
 
 

@@ -12,6 +12,7 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from reapkit import plot  # noqa: E402
+from reapkit.errors import InvalidInput
 from reapkit.plot import theme  # noqa: E402
 from reapkit.select.geometry import angular_distances, cluster  # noqa: E402
 from reapkit.study import tables
@@ -99,14 +100,14 @@ def test_masks():
         kept = {0: [0, 2], 3: [1, 2]}
         num_experts = {0: 4, 3: 4}
 
-    frame = plot.mask_frame(Plan())
+    frame = tables.mask_frame(Plan())
     assert frame.kept.sum() == 4 and len(frame) == 8
     assert isinstance(plot.plan_mask(Plan()), matplotlib.axes.Axes)
     grid = pd.concat(
-        [plot.mask_frame(Plan(), criterion=c, ratio=r) for c in ("reap", "frequency") for r in (0.25, 0.5)]
+        [tables.mask_frame(Plan(), criterion=c, ratio=r) for c in ("reap", "frequency") for r in (0.25, 0.5)]
     )
     assert len(plot.plan_masks(grid).axes) == 4
-    single = plot.mask_frame({7: [1]}, {7: 3})
+    single = tables.mask_frame({7: [1]}, {7: 3})
     assert not _has_no_data_note(plot.plan_mask(single))
     assert _has_no_data_note(plot.plan_mask(pd.DataFrame(columns=["layer", "expert", "kept"])))
     assert _has_no_data_note(plot.plan_masks(pd.DataFrame()))
@@ -133,7 +134,7 @@ def test_save_figure_is_deterministic_and_atomic(tmp_path):
     assert first[0][:8] == b"\x89PNG\r\n\x1a\n" and first[1][:5] == b"%PDF-"
     assert b"CreationDate" not in first[1] and b"Matplotlib" not in first[0]
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["heat.pdf", "heat.png"]
-    with pytest.raises(ValueError, match="plain file name"):
+    with pytest.raises(InvalidInput, match="plain file name"):
         plot.save_figure(draw(), tmp_path, "sub/heat")
 
 
@@ -275,7 +276,7 @@ def test_rank_axes_have_integer_ticks_and_masks_a_legend():
     ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
     assert ticks and all(float(t).is_integer() for t in ticks)
     masks = pd.concat(
-        [plot.mask_frame({0: [0, 1], 1: [2]}, {0: 4, 1: 4}, criterion=c, ratio=0.5) for c in ("reap", "frequency")]
+        [tables.mask_frame({0: [0, 1], 1: [2]}, {0: 4, 1: 4}, criterion=c, ratio=0.5) for c in ("reap", "frequency")]
     )
     fig = plot.plan_masks(masks)
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["kept", "pruned"]
@@ -312,14 +313,14 @@ def test_reap_vs_frequency_marks_who_keeps_each_expert():
 def test_saliency_distributions_and_kept_per_layer():
     frame = scores(layers=(0, 1, 2), experts=8)
     budget = {0: [0, 1, 2, 3, 4, 5], 1: [0, 1], 2: [0, 1, 2, 3]}
-    plan = plot.mask_frame(budget, {0: 8, 1: 8, 2: 8}, criterion="reap")
+    plan = tables.mask_frame(budget, {0: 8, 1: 8, 2: 8}, criterion="reap")
     ax = plot.saliency_distributions(frame, ratio=0.5, budget=plan)
     assert ax.get_yscale() == "log" and len(ax.lines) == 3  # one cut-off per layer
     hollow = [c for c in ax.collections if c.get_label() == "pruned by budget"]
     assert len(hollow[0].get_offsets()) == 2  # layer 0 prunes 2 (the legend's collection)
     ax = plot.kept_per_layer(
         {
-            "uniform": plot.mask_frame({0: [0, 1, 2, 3], 1: [0, 1, 2, 3], 2: [0, 1, 2, 3]}, {0: 8, 1: 8, 2: 8}),
+            "uniform": tables.mask_frame({0: [0, 1, 2, 3], 1: [0, 1, 2, 3], 2: [0, 1, 2, 3]}, {0: 8, 1: 8, 2: 8}),
             "global reap": plan,
         }
     )

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from tiny_models import tiny_model
 
+from reapkit.errors import InvalidInput
 from reapkit.observe.recorder import observe
 from reapkit.run import cli
 from reapkit.run.notebook import ParameterError, check_parameters
@@ -113,18 +114,18 @@ def test_random_is_a_seeded_criterion_like_the_others(obs):
 
 
 def test_bad_registrations_and_bad_criteria_say_what_to_do(obs):
-    with pytest.raises(ValueError, match="built-in"):
+    with pytest.raises(InvalidInput, match="built-in"):
         register_criterion("reap", lambda stats, seed: stats["count"], needs=["count"])
-    with pytest.raises(ValueError, match="identifier"):
+    with pytest.raises(InvalidInput, match="identifier"):
         register_criterion("my criterion", lambda stats, seed: stats["count"], needs=["count"])
-    with pytest.raises(ValueError, match="needs must name"):
+    with pytest.raises(InvalidInput, match="needs must name"):
         register_criterion("empty_needs", lambda stats, seed: stats["count"], needs=[])
     with pytest.raises(TypeError, match="fn must be a function"):
         register_criterion("not_callable", 3, needs=["count"])
     try:
         register_criterion("flat", lambda stats, seed: stats["count"].sum(1), needs=["count"])
         register_criterion("unknown_stat", lambda stats, seed: stats["nope"], needs=["nope"])
-        with pytest.raises(ValueError, match=r"shape \(2,\).*shape \(2, 8\)"):
+        with pytest.raises(InvalidInput, match=r"shape \(2,\).*shape \(2, 8\)"):
             score(obs, "flat")
         with pytest.raises(
             ValueError,
@@ -140,7 +141,7 @@ def test_bad_registrations_and_bad_criteria_say_what_to_do(obs):
 
 @pytest.mark.parametrize("value", [1, 1.0, -0.1, float("nan"), True, "0.5", None])
 def test_check_ratio_rejects(value):
-    with pytest.raises(ValueError, match=r"ratios must be in \[0, 1\)"):
+    with pytest.raises(InvalidInput, match=r"ratios must be in \[0, 1\)"):
         check_ratio(value, "ratios")
 
 

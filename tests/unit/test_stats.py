@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from reapkit.errors import InvalidInput
 from reapkit.measure.stats import bootstrap
 
 
@@ -61,7 +62,7 @@ def test_repeats_widen_the_interval_and_identical_inputs_give_zero():
 def test_bad_input():
     with pytest.raises(ValueError, match="same sequences"):
         bootstrap([1.0, 2.0], [1.0, 1.0, 1.0])
-    with pytest.raises(ValueError, match="level"):
+    with pytest.raises(InvalidInput, match="level"):
         bootstrap([1.0], [1.0], level=1.5)
     with pytest.raises(ValueError, match="1-D"):
         bootstrap(np.ones((2, 2, 2)), [1.0, 1.0])
