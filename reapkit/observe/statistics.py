@@ -28,7 +28,17 @@ import torch
 
 from reapkit.errors import InvalidInput, Mismatch
 
-__all__ = ["DEFAULT", "OPTIONAL", "STATISTICS", "Statistic", "check", "chosen", "how_to_record", "not_recorded"]
+__all__ = [
+    "DEFAULT",
+    "OPTIONAL",
+    "STATISTICS",
+    "Statistic",
+    "check",
+    "chosen",
+    "how_to_record",
+    "markdown",
+    "not_recorded",
+]
 
 
 @dataclass(frozen=True)
@@ -41,7 +51,7 @@ class Statistic:
     combine: str  # "sum" or "max": how two shards (or domains) combine
     recorder: str  # "router": the router's forward; "experts": the experts' own computation
     default: bool  # False: recorded only when asked for
-    description: str
+    description: str  # Markdown, for expert j and token t: g gate value, f expert output, p router probability
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -57,18 +67,32 @@ class Statistic:
 
 
 _TABLE = (
-    Statistic("count", ("E",), "float64", "sum", "experts", True, "tokens routed to the expert"),
-    Statistic("gate_sum", ("E",), "float64", "sum", "experts", True, "sum of the gate value g over routed tokens"),
-    Statistic("norm_sum", ("E",), "float64", "sum", "experts", True, "sum of ||f||_2 of the expert output f"),
-    Statistic("reap_sum", ("E",), "float64", "sum", "experts", True, "sum of g * ||f||_2 (the REAP numerator)"),
-    Statistic("max_activation", ("E",), "float64", "max", "experts", False, "largest |element| of f"),
-    Statistic("prob_sum", ("E",), "float64", "sum", "router", True, "router probability summed over all tokens"),
+    Statistic("count", ("E",), "float64", "sum", "experts", True, "tokens routed to *j*"),
+    Statistic("gate_sum", ("E",), "float64", "sum", "experts", True, "Σ *g_j(t)* over the tokens routed to *j*"),
+    Statistic("norm_sum", ("E",), "float64", "sum", "experts", True, "Σ ‖*f_j(t)*‖ over the same tokens"),
+    Statistic("reap_sum", ("E",), "float64", "sum", "experts", True, "Σ *g_j(t)* ‖*f_j(t)*‖ over the same tokens"),
+    Statistic(
+        "prob_sum", ("E",), "float64", "sum", "router", True, "Σ *p_j(t)* over *all* tokens, routed to *j* or not"
+    ),
     Statistic("tokens", (), "float64", "sum", "router", True, "non-padding tokens the router saw"),
     Statistic(
-        "output_sum", ("E", "H"), "float32", "sum", "experts", False, "sum of f over routed tokens (mean outputs)"
+        "max_activation",
+        ("E",),
+        "float64",
+        "max",
+        "experts",
+        False,
+        "the largest |element| of *f_j(t)* over the same tokens",
     ),
+    Statistic("output_sum", ("E", "H"), "float32", "sum", "experts", False, "Σ *f_j(t)* over the tokens routed to *j*"),
     Statistic(
-        "coselect", ("E", "E"), "float64", "sum", "experts", False, "tokens that chose both expert i and j (top-k)"
+        "coselect",
+        ("E", "E"),
+        "float64",
+        "sum",
+        "experts",
+        False,
+        "tokens that chose both *i* and *j* (the diagonal is `count`)",
     ),
 )
 
@@ -111,6 +135,22 @@ def how_to_record(*names: str) -> str:
 def not_recorded(names) -> dict[str, str]:
     """`{statistic: why it is missing}` for the optional statistics not among `names`."""
     return {n: "recorded only when asked for" for n in OPTIONAL if n not in names}
+
+
+def markdown() -> str:
+    """The table of statistics as Markdown (what docs/observations.md shows)."""
+    axes = {"E": "experts", "H": "hidden"}
+    lines = [
+        "| name | shape | dtype | accumulates | shards combine by | recorded |",
+        "|---|---|---|---|---|---|",
+    ]
+    for s in _TABLE:
+        shape = " x ".join(["layers", *(axes[a] for a in s.axes)])
+        combine = "maximum" if s.combine == "max" else "sum"
+        recorded = "always" if s.default else f"when asked for: `--statistics {s.name}`"
+        description = s.description.replace("|", "\\|")
+        lines.append(f"| `{s.name}` | {shape} | {s.dtype} | {description} | {combine} | {recorded} |")
+    return "\n".join(lines) + "\n"
 
 
 def check(stats: dict[str, torch.Tensor], layers: int, experts: int, where: str) -> None:

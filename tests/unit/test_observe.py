@@ -4,6 +4,7 @@ import doctest
 import importlib
 import inspect
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ from reapkit.model.records import SCORING
 from reapkit.observe.observations import Observations
 from reapkit.observe.recorder import observe, recording
 from reapkit.observe.resume import ObserveCheckpoint
-from reapkit.observe.statistics import DEFAULT, OPTIONAL, STATISTICS
+from reapkit.observe.statistics import DEFAULT, OPTIONAL, STATISTICS, markdown
 
 
 def _expert_output(experts, j, x):
@@ -237,6 +238,12 @@ def test_resume_needs_the_same_statistics(tmp_path, batches):
     for d in whole.domains:
         for k, v in whole.stats[d].items():
             assert torch.equal(resumed.stats[d][k], v), k
+
+
+def test_the_manual_shows_the_table_of_statistics():
+    """docs/observations.md shows the table as declared (regenerate: print(reapkit.observe.statistics.markdown()))."""
+    page = (Path(__file__).resolve().parents[2] / "docs" / "observations.md").read_text()
+    assert markdown() in page
 
 
 @pytest.mark.parametrize("module", ["reapkit.observe.statistics", "reapkit.model.layer"])
