@@ -62,7 +62,7 @@ class ObserveCheckpoint:
         progress = json.loads((self.path / PROGRESS_FILE).read_text())
         if progress.get("key") != self.key:
             raise Mismatch(
-                f"the checkpoint {self.path} was made with another model, data, batch size or --statistics; "
+                f"the checkpoint {self.path} was made with another model, data or batch size, or other --statistics; "
                 "run the same command as before to resume, or delete the checkpoint to start over"
             )
         saved = load_file(str(self.path / STATS_FILE))
