@@ -79,7 +79,9 @@ def mask_experts(model, plan: PruningPlan):
             offset = torch.zeros(plan.num_experts[index])
             offset[removed] = float("-inf")
             mode = _AddToRouterLogits(offset)
-            routers.append((router, router.__dict__.get("forward")))  # an instance forward (accelerate hooks, an outer mask)
+            routers.append(
+                (router, router.__dict__.get("forward"))
+            )  # an instance forward (accelerate hooks, an outer mask)
             router.forward = _masked_forward(router.forward, mode)
             hooks[layer.block] = _check_masked(index, mode)
             bias = layer.selection_bias

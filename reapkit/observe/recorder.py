@@ -271,9 +271,7 @@ def observations_from(model, recorder: _Recorder, batches, calibration: dict | N
         "calibration": calibration,
         "missing": not_recorded(recorder.names),
     }
-    stats = {
-        d: {k: v.to("cpu", STATISTICS[k].torch_dtype) for k, v in recorder.stats[d].items()} for d in domains
-    }
+    stats = {d: {k: v.to("cpu", STATISTICS[k].torch_dtype) for k, v in recorder.stats[d].items()} for d in domains}
     return Observations(stats=stats, meta=meta)
 
 
