@@ -8,7 +8,8 @@ round, and each variant's time is divided by the plain forward of the same round
 ratio over rounds is reported with its quartiles and extremes, so background load on a shared
 machine hits numerator and denominator alike. Both clocks are reported: wall time, and the CPU
 time of the process, which does not count time spent waiting for a core (use it with --threads 1
-on a busy machine). A variant is one set of recorded statistics:
+on a busy machine). `fastest` is the fastest run of a variant over the fastest plain run, the
+estimate least disturbed by other processes. A variant is one set of recorded statistics:
 the default ones, each optional one added alone, and all. The plain forward is the model's
 default experts implementation; an observed forward enters `recording` as `observe` does per
 run (its one-off cost is measured apart). `--memory` adds the peak memory of fresh subprocesses
@@ -59,8 +60,8 @@ def timed(fn) -> tuple[float, float]:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def paired_ratios(model, data, rounds: int) -> dict[str, dict[str, list[float]]]:
-    """{clock: {variant: [time / plain time of the same round]}} over `rounds` rounds in rotating order."""
+def paired_times(model, data, rounds: int) -> dict[str, dict[str, list[float]]]:
+    """{clock: {"plain" or variant: [seconds per round]}} over `rounds` rounds in rotating order."""
     runs = {
         "plain": lambda: forwards(model, data),
         **{v: (lambda s=s: forwards(model, data, s)) for v, s in VARIANTS.items()},
@@ -68,14 +69,12 @@ def paired_ratios(model, data, rounds: int) -> dict[str, dict[str, list[float]]]
     names = list(runs)
     for name in names:  # warm up
         runs[name]()
-    ratios = {clock: {name: [] for name in names} for clock in ("wall", "cpu")}
+    times = {clock: {name: [] for name in names} for clock in ("wall", "cpu")}
     for r in range(rounds):
-        order = names[r % len(names) :] + names[: r % len(names)]
-        times = {name: timed(runs[name]) for name in order}
-        for c, clock in enumerate(ratios):
-            for name in names:
-                ratios[clock][name].append(times[name][c] / times["plain"][c] if name != "plain" else times[name][c])
-    return ratios
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            for clock, seconds in zip(times, timed(runs[name])):
+                times[clock][name].append(seconds)
+    return times
 
 
 def setup_cost(model, repeats: int = 20) -> float:
@@ -141,13 +140,17 @@ def main():
         f"{config.num_hidden_layers} layers; {model.config._experts_implementation} plain; torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads; {len(data)} batches, {tokens} real tokens per run; {args.rounds} rounds"
     )
-    for clock, ratios in paired_ratios(model, data, args.rounds).items():
-        plain = ratios.pop("plain")
+    for clock, times in paired_times(model, data, args.rounds).items():
+        plain = times.pop("plain")
         print(f"\n{clock} clock: plain forward median {statistics.median(plain) * 1e3:.1f} ms per run; ratio to plain:")
-        print(f"{'statistics':>16}  {'median':>7}  {'q1':>6}  {'q3':>6}  {'min':>6}  {'max':>6}")
-        for name, values in ratios.items():
-            q1, median, q3 = quartiles(values)
-            print(f"{name:>16}  {median:7.3f}  {q1:6.3f}  {q3:6.3f}  {min(values):6.3f}  {max(values):6.3f}")
+        print(f"{'statistics':>16}  {'median':>7}  {'q1':>6}  {'q3':>6}  {'min':>6}  {'max':>6}  {'fastest':>7}")
+        for name, values in times.items():
+            ratios = [t / p for t, p in zip(values, plain)]  # paired: the same round
+            q1, median, q3 = quartiles(ratios)
+            best = min(values) / min(plain)
+            print(
+                f"{name:>16}  {median:7.3f}  {q1:6.3f}  {q3:6.3f}  {min(ratios):6.3f}  {max(ratios):6.3f}  {best:7.3f}"
+            )
     print(f"entering recording once per run: {setup_cost(model) * 1e3:.2f} ms (included above)")
     if args.memory:
         peaks = {n: peak_memory(n, args.batch_size, args.length) for n in (1, 8, 32)}
