@@ -51,6 +51,7 @@ class _Recorder:
         self.position: dict[int, int] = {}  # id(module) -> MoE layer position
         self.keep: torch.Tensor | None = None  # [tokens] bool, True on real tokens
         self.weights: torch.Tensor | None = None  # the same as 1.0 / 0.0 in the accumulators' dtype
+        self.tokens: torch.Tensor | None = None  # real tokens in the batch (a tensor: no device sync)
         self.current: dict[str, torch.Tensor] | None = None
         self.last_router: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -81,9 +82,9 @@ class _Recorder:
         if "coselect" not in self.current:
             return
         top_k_index, E = top_k_index.to(self.device), self.shape[1]
-        chosen = torch.zeros(len(top_k_index), E, device=self.device)
-        chosen.scatter_(1, top_k_index, self.keep[:, None].float().expand_as(top_k_index))
-        self.current["coselect"][pos] += chosen.T @ chosen  # exact: float32 counts below 2**24 tokens
+        picked = torch.zeros(len(top_k_index), E, device=self.device)  # [tokens, E]: 1 where a real token chose
+        picked.scatter_(1, top_k_index, self.keep[:, None].float().expand_as(top_k_index))
+        self.current["coselect"][pos] += picked.T @ picked  # exact: float32 counts below 2**24 tokens
 
     def record_routed(self, pos, expert_ids, gates, outputs, token_ids, selected=None):
         """One row per (token, expert) assignment: expert id, gate value, output before gating.
