@@ -68,19 +68,19 @@ class MoELayer:
         The experts module's own tensors, then (unless ``router=False``) the router's per-expert ones.
         The selection bias is not among them (its expert axis is the last one).
         """
-        experts, total = self.experts, self.num_experts
-        found = {}
-        for name, tensor in [*experts.named_parameters(recurse=False), *experts.named_buffers(recurse=False)]:
-            if tensor.dim() == 0 or tensor.shape[0] != total:
-                raise RuntimeError(
-                    f"{type(experts).__name__}.{name} of layer {self.index} has shape {tuple(tensor.shape)}, "
-                    f"not a leading axis of its {total} experts; its architecture record does not describe it"
-                )
-            found[f"{self.arch.experts}.{name}"] = tensor
+        experts = self.experts
+        found = {
+            f"{self.arch.experts}.{name}": tensor
+            for name, tensor in [*experts.named_parameters(recurse=False), *experts.named_buffers(recurse=False)]
+        }
         if router:
-            module = self.router
-            for path in self.arch.router_expert_tensors:
-                found[f"{self.arch.router}.{path}"] = get_path(module, path)
+            found |= {f"{self.arch.router}.{p}": get_path(self.router, p) for p in self.arch.router_expert_tensors}
+        for name, tensor in found.items():
+            if tensor.dim() == 0 or tensor.shape[0] != self.num_experts:
+                raise RuntimeError(
+                    f"{name} of layer {self.index} has shape {tuple(tensor.shape)}, not a leading axis of its "
+                    f"{self.num_experts} experts; the architecture record {self.arch.model_type!r} does not describe it"
+                )
         return found
 
 
