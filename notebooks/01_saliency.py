@@ -43,7 +43,7 @@ output_dir = "runs/01_saliency"     # tables and executed outputs
 figures_dir = "figures/01_saliency"  # figures (PNG and PDF)
 
 # %%
-from reapkit.run.notebook import check_parameters
+from reapkit.run.parameters import check_parameters
 
 P = check_parameters(globals(), "01_saliency")
 P

@@ -41,7 +41,7 @@ output_dir = "runs/02_clusters"     # tables and executed outputs
 figures_dir = "figures/02_clusters"  # figures (PNG and PDF)
 
 # %%
-from reapkit.run.notebook import check_parameters
+from reapkit.run.parameters import check_parameters
 
 P = check_parameters(globals(), "02_clusters")
 P

@@ -47,7 +47,7 @@ output_dir = "runs/03_pruning"      # tables and executed outputs
 figures_dir = "figures/03_pruning"  # figures (PNG and PDF)
 
 # %%
-from reapkit.run.notebook import check_parameters
+from reapkit.run.parameters import check_parameters
 
 P = check_parameters(globals(), "03_pruning")
 P
@@ -58,11 +58,11 @@ from IPython.display import Markdown, display
 from transformers import AutoModelForCausalLM
 
 from reapkit import plot
-from reapkit.compress.prune import remove_experts, save_pruned
+from reapkit.compress.prune import save_pruned
 from reapkit.measure import schema
 from reapkit.measure.evaluate import evaluate, evaluate_plans, generate_samples
 from reapkit.measure.harness import lm_eval_plans, task_folder
-from reapkit.run.notebook import DEFAULT_PROMPTS, Figures, calibrate, held_out, write_table
+from reapkit.run.notebook import DEFAULT_PROMPTS, Figures, calibrate, held_out, pruned_copy, write_table
 from reapkit.select.criteria import usable_criteria
 from reapkit.select.plan import PruningPlan
 from reapkit.study import readings, tables
@@ -93,7 +93,6 @@ display(Markdown(readings.plans(plans)))
 eval_batches = held_out(P, run.tokenizer)
 results, reconstruction = evaluate_plans(run.model, plans, eval_batches)
 results = results.assign(model=P.model, seed=P.seed)
-write_table(results, P.output_dir, "results")
 write_table(reconstruction, P.output_dir, "reconstruction")
 figures.save(plot.loss_vs_ratio_by_domain(results), "loss_vs_ratio_by_domain")  # Δ loss: each domain vs its unpruned loss
 display(Markdown(readings.costs(results, metric="loss")))
@@ -118,24 +117,28 @@ display(Markdown(readings.reconstruction(reconstruction)))
 # checkpoint written). Its rows join the results table in the long form of the results schema (task as
 # `domain`, `metric`, `value`, `stderr`); bands: value ± 1.96 stderr where the task gives one.
 # `lm_eval_include = "demo"` writes reapkit's demo tasks (held-out text, which-continuation) to the output folder.
+# `results.csv` is written once, below: the costs above and these scores together.
 
 # %%
+scores = None
 if P.lm_eval_tasks:
     include = task_folder(P.lm_eval_include, P.output_dir)
     scores = lm_eval_plans(run.model, plans, P.lm_eval_tasks, tokenizer=run.tokenizer, include_path=include,
                            limit=P.lm_eval_limit, batch_size=P.batch_size).assign(model=P.model, seed=P.seed)
-    results = pd.concat([results, scores], ignore_index=True)
-    write_table(results, P.output_dir, "results")
     figures.save(plot.scores_figure(scores), "lm_eval_vs_ratio")
     display(Markdown(readings.benchmark_scores(scores)))
     display(schema.wide_results(scores).dropna(axis=1, how="all"))
 
+# %%
+write_table(results if scores is None else pd.concat([results, scores], ignore_index=True), P.output_dir, "results")
+
 # %% [markdown]
 # ## The saved checkpoint, and samples before and after
 #
-# The plan is applied for real (`remove_experts`), saved with `pruning_plan.json` beside the weights, and
-# reloaded with stock `AutoModelForCausalLM.from_pretrained`; its loss equals the masked evaluation above.
-# `max_new_tokens = 0` skips the samples.
+# The plan is applied for real to a second copy of the model (`pruned_copy`: the model loaded above stays
+# unpruned, so every cell gives the same result when run again), saved with `pruning_plan.json` beside the
+# weights, and reloaded with stock `AutoModelForCausalLM.from_pretrained`; its loss equals the masked
+# evaluation above. `max_new_tokens = 0` skips the samples.
 
 # %%
 prompts = P.prompts or DEFAULT_PROMPTS
@@ -145,8 +148,8 @@ after = {}
 if P.save_criterion is not None:
     plan = plans.get((P.save_criterion, P.save_ratio)) or PruningPlan.from_observations(
         run.obs, P.save_criterion, ratio=P.save_ratio, seed=P.seed)
-    remove_experts(run.model, plan)
-    checkpoint = save_pruned(run.model, plan, f"{P.output_dir}/pruned_checkpoint", tokenizer=run.tokenizer, force=True)
+    checkpoint = save_pruned(pruned_copy(P, plan), plan, f"{P.output_dir}/pruned_checkpoint", tokenizer=run.tokenizer,
+                             force=True)
     reloaded = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
     print(f"saved {checkpoint}: {reloaded.config.num_experts} experts per layer (was {plan.num_experts[plan.layers[0]]})")
     check = evaluate(reloaded, eval_batches, progress=False)[["domain", "loss"]]

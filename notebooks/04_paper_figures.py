@@ -42,7 +42,7 @@ output_dir = "runs/04_paper_figures"  # tables and executed outputs
 figures_dir = "figures/04_paper_figures"  # figures (PNG and PDF)
 
 # %%
-from reapkit.run.notebook import check_parameters
+from reapkit.run.parameters import check_parameters
 
 P = check_parameters(globals(), "04_paper_figures")
 P

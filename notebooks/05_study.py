@@ -52,7 +52,7 @@ output_dir = "runs/05_study"        # tables and executed outputs
 figures_dir = "figures/05_study"    # figures (PNG and PDF)
 
 # %%
-from reapkit.run.notebook import check_parameters
+from reapkit.run.parameters import check_parameters
 
 P = check_parameters(globals(), "05_study")
 P

@@ -56,6 +56,8 @@ TEXT = dict(
     decoder_sparse_step=1,
     interleave_moe_layer_step=1,
     intermediate_size_mlp=64,
+    vocab_size_per_layer_input=96,
+    hidden_size_per_layer_input=16,
     sliding_window=16,
 )
 VISION = dict(

@@ -5,7 +5,8 @@
     PosixPath('Qwen3-30B-A3B-REAP-50')
 
 A checkpoint is a set of named tensors; pruning drops, slices and renumbers some of them. Each
-tensor is read from the source shards (safetensors), changed if it belongs to an expert, a router
+tensor is read from the source shards (safetensors, through `reapkit.model.checkpoint`, which
+names a missing, truncated or inconsistent shard first), changed if it belongs to an expert, a router
 or a correction bias, and written to a shard of the same name, one tensor in memory at a time.
 Which tensors those are comes from the model's module tree built on the meta device (no weights)
 and transformers' own checkpoint renamings:
@@ -32,97 +33,18 @@ from pathlib import Path
 
 import torch
 
-from reapkit.atomic import atomic_directory
-from reapkit.errors import CheckpointError
+from reapkit.atomic import atomic_directory, check_separate
+from reapkit.errors import CheckpointError, InvalidInput, Mismatch
+from reapkit.model.checkpoint import INDEX_FILE, Checkpoint, Renamer, StoredTensor, set_tensor, tensor_name
 from reapkit.model.discover import architecture_for
 from reapkit.model.records import EXPERT_COUNT_NAMES
 from reapkit.select.plan import PruningPlan
 
-INDEX_FILE = "model.safetensors.index.json"
-SINGLE_FILE = "model.safetensors"
 #: Weight files of other formats: not pruned here, so never copied beside the pruned shards.
 OTHER_WEIGHTS = re.compile(
     r"(pytorch_model.*\.bin|.*\.bin\.index\.json|.*\.pt|.*\.pth|.*\.gguf|tf_model\.h5|flax_model\.msgpack)$"
 )
 _OUT_OF_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading: the index, shard headers, tensors
-
-
-@dataclass(frozen=True)
-class StoredTensor:
-    """One tensor of a safetensors shard, as its header describes it."""
-
-    name: str
-    shard: str
-    dtype: str  # safetensors dtype string ("BF16", "F8_E4M3", "I32", ...)
-    shape: tuple[int, ...]
-    offset: int  # start of its bytes in the shard's data section
-    nbytes: int
-
-
-def read_header(path) -> tuple[dict, dict[str, dict]]:
-    """`(metadata, {name: {"dtype", "shape", "data_offsets"}})` of a safetensors file, from its header only."""
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            size = int.from_bytes(f.read(8), "little")
-            if not 0 < size < 100_000_000:
-                raise ValueError(f"header length {size}")
-            header = json.loads(f.read(size))
-    except (OSError, ValueError) as error:
-        raise CheckpointError(
-            f"{path} is not a readable safetensors file ({error}); download the shard again"
-        ) from error
-    return header.pop("__metadata__", None) or {}, header
-
-
-def stored_tensors(source) -> tuple[dict[str, StoredTensor], dict, dict]:
-    """Every tensor of a checkpoint folder: `({name: StoredTensor}, {shard: metadata}, index or {})`.
-
-    Checks that every shard the index names exists and holds the tensors the index puts in it.
-    """
-    source = Path(source)
-    index_path = source / INDEX_FILE
-    if index_path.is_file():
-        index = json.loads(index_path.read_text())
-        weight_map = index.get("weight_map")
-        if not isinstance(weight_map, dict) or not weight_map:
-            raise CheckpointError(f"{index_path} has no weight_map; it is not a safetensors index")
-        shards = sorted(set(weight_map.values()))
-    elif (source / SINGLE_FILE).is_file():
-        index, weight_map, shards = {}, None, [SINGLE_FILE]
-    else:
-        found = sorted(p.name for p in source.glob("*.safetensors"))
-        raise CheckpointError(
-            f"{source} has neither {INDEX_FILE} nor {SINGLE_FILE} (safetensors found: {found or 'none'}); "
-            "streaming prune reads safetensors checkpoints as save_pretrained writes them. "
-            "For other formats prune in memory: reapkit prune ... --in-memory"
-        )
-    missing = [s for s in shards if not (source / s).is_file()]
-    if missing:
-        raise CheckpointError(
-            f"the index {index_path} names shard(s) missing from {source}: {', '.join(missing)}; "
-            "download the complete checkpoint (every file the index lists)"
-        )
-    tensors, metadata = {}, {}
-    for shard in shards:
-        metadata[shard], header = read_header(source / shard)
-        for name, info in header.items():
-            begin, end = info["data_offsets"]
-            if weight_map is not None and weight_map.get(name) != shard:
-                continue  # the index decides which copy counts, as transformers does
-            tensors[name] = StoredTensor(name, shard, info["dtype"], tuple(info["shape"]), begin, end - begin)
-    if weight_map is not None:
-        absent = sorted(set(weight_map) - set(tensors))
-        if absent:
-            raise CheckpointError(
-                f"the index {index_path} puts {len(absent)} tensor(s) in shards that do not hold them "
-                f"(first: {absent[0]} in {weight_map[absent[0]]}); download the checkpoint again"
-            )
-    return tensors, metadata, index
 
 
 # ---------------------------------------------------------------------------------------------
@@ -150,29 +72,8 @@ class _Action:
     dim: int = 0
 
 
-def meta_model(source):
-    """The model of a checkpoint folder built on the meta device: module tree and shapes, no weights."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = AutoConfig.from_pretrained(source)
-    with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config)
-
-
-def _renamer(model):
-    """`rename(checkpoint name) -> model name`, with the renamings transformers applies on load."""
-    from transformers.conversion_mapping import get_model_conversion_mapping
-    from transformers.core_model_loading import WeightRenaming, rename_source_key
-
-    renamings = [t for t in get_model_conversion_mapping(model) if isinstance(t, WeightRenaming)]
-    return lambda name: rename_source_key(name, renamings, [])[0]
-
-
 def _moe_layers(model, arch) -> dict[int, _MoeLayer]:
     names = {id(module): name for name, module in model.named_modules()}
-    tensor_names = {id(t): name for name, t in model.named_parameters()} | {
-        id(t): name for name, t in model.named_buffers()
-    }
     layers = {}
     for index, block in arch.moe_blocks(model):
         experts, router = arch.experts_of(block), arch.router_of(block)
@@ -180,19 +81,19 @@ def _moe_layers(model, arch) -> dict[int, _MoeLayer]:
         known = {f"{names[id(experts)]}.{n}": tuple(t.shape) for n, t in experts.state_dict().items()}
         known |= {f"{names[id(router)]}.{n}": tuple(t.shape) for n, t in router.state_dict().items()}
         layers[index] = _MoeLayer(
-            index, names[id(experts)], names[id(router)], None if bias is None else tensor_names[id(bias)], known
+            index, names[id(experts)], names[id(router)], None if bias is None else tensor_name(model, bias), known
         )
     return layers
 
 
-def _plan_actions(tensors, model, arch, plan: PruningPlan, rename) -> tuple[dict[str, _Action], list[str]]:
+def _plan_actions(tensors, model, arch, plan: PruningPlan, renamer: Renamer) -> tuple[dict[str, _Action], list[str]]:
     """`({stored name: action}, names of tensors transformers never loads)`; removed experts get no action."""
     layers = _moe_layers(model, arch)
     ignored = [re.compile(p) for p in (getattr(model, "_keys_to_ignore_on_load_unexpected", None) or [])]
     actions, unloaded = {}, []
     for name, stored in tensors.items():
-        key = rename(name)
-        if any(p.search(key) for p in ignored):
+        key = renamer.model_name(name)
+        if renamer.target(name)[0] is None and any(p.search(key) for p in ignored):
             unloaded.append(
                 name
             )  # e.g. multi-token-prediction layers: no statistics, so their experts cannot be pruned
@@ -269,39 +170,36 @@ def check_plan_against(model, plan: PruningPlan, read) -> None:
     try:
         check_plan(model, plan)
     except ValueError as error:
-        raise CheckpointError(f"the plan does not fit this checkpoint: {error}") from error
+        raise Mismatch(f"the plan does not fit this checkpoint: {error}") from error
     arch = architecture_for(model)
     blocks = list(arch.moe_blocks(model))
     unplanned = sorted({layer for layer, _ in blocks} - set(plan.layers))
     if unplanned:
-        raise CheckpointError(
+        raise Mismatch(
             f"the plan says nothing about MoE layer(s) {unplanned} of this checkpoint; "
             "a stock config.json needs one expert count for every MoE layer, so plan every layer"
         )
     expected = plan.provenance.get("observations")
     if not expected:
         return
-    names = {id(m): n for n, m in model.named_modules()}
-    for _, block in blocks:
-        router = arch.router_of(block)
-        weight = read(f"{names[id(router)]}.weight")
+    routers = [tensor_name(model, arch.router_weight_of(block)) for _, block in blocks]  # from the structure
+    for name in routers:
+        weight = read(name)
         if weight is None:
             raise CheckpointError(
-                f"the checkpoint has no router weight {names[id(router)]}.weight, so reapkit cannot check "
-                "that the plan was made for it"
+                f"the checkpoint has no router weight {name}, so reapkit cannot check that the plan was made for it"
             )
-        router._parameters["weight"] = torch.nn.Parameter(weight, requires_grad=False)
+        set_tensor(model, name, weight)
     found = fingerprint(model)
     dtype = model.config.get_text_config().dtype
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     if found != expected and isinstance(dtype, torch.dtype):  # observed as loaded with dtype="auto"
-        for _, block in blocks:
-            router = arch.router_of(block)
-            router._parameters["weight"] = torch.nn.Parameter(router.weight.to(dtype), requires_grad=False)
+        for name in routers:
+            set_tensor(model, name, model.get_parameter(name).to(dtype))
         found = fingerprint(model)
     if found != expected:
         diff = {k: (expected.get(k), found.get(k)) for k in found if expected.get(k) != found.get(k)}
-        raise CheckpointError(
+        raise Mismatch(
             f"these observations were recorded on a different model (differences, observed vs this checkpoint: {diff}); "
             "observe this model again with `reapkit observe` and plan again"
         )
@@ -425,7 +323,7 @@ def per_layer_counts(model, arch, plan: PruningPlan) -> dict | None:
 def _refuse_non_uniform(model, plan: PruningPlan):
     import transformers
 
-    raise CheckpointError(
+    raise InvalidInput(
         f"this plan keeps different numbers of experts per layer ({ {k: len(v) for k, v in plan.kept.items()} }), and "
         f"transformers {transformers.__version__} builds every MoE layer of {model.config.model_type} with one expert "
         "count (its modeling code does not read per_layer_config for experts), so no stock config.json can describe "
@@ -441,35 +339,28 @@ def stream_prune(source, plan: PruningPlan, out, *, force: bool = False, progres
     folder is copied, config.json carries the new expert count, `pruning_plan.json` is added. The
     write is atomic; the source is never modified. Peak memory is about twice the largest tensor.
     """
-    from safetensors import safe_open
     from tqdm.auto import tqdm
 
     source, out = Path(source), Path(out)
-    if out.resolve() == source.resolve() or source.resolve() in out.resolve().parents:
-        raise CheckpointError(f"the output {out} would overwrite or sit inside the source {source}; write it elsewhere")
-    if not (source / "config.json").is_file():
-        raise CheckpointError(f"{source} has no config.json; give the folder of a transformers checkpoint")
-    tensors, shard_metadata, index = stored_tensors(source)
-    try:
-        model = meta_model(source)
-        arch = architecture_for(model)
-    except (ValueError, KeyError, OSError) as error:
-        raise CheckpointError(f"cannot read the architecture of {source}: {error}") from error
+    check_separate(out, source)
+    checkpoint = Checkpoint.open(source)
+    tensors = checkpoint.tensors
+    model = checkpoint.meta_model()
+    arch = architecture_for(model)
     per_layer = None if plan.is_uniform else per_layer_counts(model, arch, plan)
     if not plan.is_uniform and per_layer is None:
         _refuse_non_uniform(model, plan)
-    rename = _renamer(model)
-    by_model_name = {rename(name): stored for name, stored in tensors.items()}
+    renamer = Renamer(model)
+    by_model_name = {renamer.model_name(name): name for name in tensors}
 
-    def read(model_name):  # opens the shard for one tensor and closes it: no mapped pages stay resident
-        stored = by_model_name.get(model_name)
-        if stored is None:
+    def read(model_name):  # opens the shard for one tensor and closes it: no pages stay resident
+        if model_name not in by_model_name:
             return None
-        with safe_open(str(source / stored.shard), framework="pt") as f:
-            return f.get_tensor(stored.name)
+        with checkpoint.reading() as read_stored:
+            return read_stored(by_model_name[model_name])
 
     check_plan_against(model, plan, read)
-    actions, unloaded = _plan_actions(tensors, model, arch, plan, rename)
+    actions, unloaded = _plan_actions(tensors, model, arch, plan, renamer)
 
     shards = {}
     for name, action in actions.items():
@@ -491,21 +382,21 @@ def stream_prune(source, plan: PruningPlan, out, *, force: bool = False, progres
             with tqdm(total=total_tensors, desc="pruning tensors", unit="tensor", disable=not progress) as bar:
                 for shard, entries in sorted(shards.items()):
                     entries.sort()  # source order: sequential reads
-                    writer = _ShardWriter(tmp / shard, [e[2:] for e in entries], shard_metadata[shard])
+                    writer = _ShardWriter(tmp / shard, [e[2:] for e in entries], checkpoint.metadata[shard])
                     try:
                         for _, name, new_name, *_ in entries:
-                            with safe_open(str(source / shard), framework="pt") as f:
+                            with checkpoint.opened(shard) as f:
                                 writer.write(new_name, _pieces(f, tensors[name], actions[name]))
                             weight_map[new_name] = shard
                             bar.update()
                     finally:
                         writer.close()
             _copy_other_files(
-                source, tmp, exclude=set(shard_metadata) | {INDEX_FILE, "config.json", "pruning_plan.json"}
+                source, tmp, exclude=set(checkpoint.metadata) | {INDEX_FILE, "config.json", "pruning_plan.json"}
             )
-            if index:
-                new_index = {**index, "weight_map": dict(sorted(weight_map.items()))}
-                metadata = dict(index.get("metadata") or {})
+            if checkpoint.index:
+                new_index = {**checkpoint.index, "weight_map": dict(sorted(weight_map.items()))}
+                metadata = dict(checkpoint.index.get("metadata") or {})
                 if "total_size" in metadata:
                     metadata["total_size"] = total
                 if "total_parameters" in metadata:
@@ -546,25 +437,4 @@ def _copy_other_files(source: Path, dest: Path, *, exclude: set[str]) -> None:
             shutil.copy2(path, dest / path.name)
 
 
-def checkpoint_size(source) -> int:
-    """Bytes of tensor data in a safetensors checkpoint folder: `checkpoint_size("model/") / 2**30` GiB."""
-    tensors, _, _ = stored_tensors(source)
-    return sum(t.nbytes for t in tensors.values())
-
-
-def largest_tensor(source) -> int:
-    """Bytes of the largest stored tensor (the streaming prune's memory unit)."""
-    tensors, _, _ = stored_tensors(source)
-    return max(t.nbytes for t in tensors.values())
-
-
-__all__ = [
-    "CheckpointError",
-    "StoredTensor",
-    "checkpoint_size",
-    "largest_tensor",
-    "meta_model",
-    "read_header",
-    "stored_tensors",
-    "stream_prune",
-]
+__all__ = ["check_plan_against", "per_layer_counts", "stream_prune"]

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from reapkit.errors import InvalidInput, Mismatch
 from reapkit.measure.harness import lm_eval
+from reapkit.measure.schema import UNPRUNED
 from reapkit.measure.stats import LEVEL, RESAMPLES, bootstrap
 from reapkit.model.discover import architecture_for
 from reapkit.model.hooks import eval_mode, forward_hooks
@@ -462,7 +463,7 @@ def evaluate_plans(model, plans: dict, batches, *, reference=None, progress: boo
 
     Returns (results, reconstruction): tidy frames with columns ratio, criterion, then those of
     `aggregate` (domain, tokens, loss, perplexity, kl, agreement, delta_loss, each metric with its
-    `_lo` / `_hi` interval; ratio 0 / criterion "none" is the unpruned model), and ratio,
+    `_lo` / `_hi` interval; ratio 0 / criterion "unpruned" is the unpruned model), and ratio,
     criterion, layer, rel_l2.
     """
     from reapkit.compress.prune import mask_experts
@@ -471,7 +472,7 @@ def evaluate_plans(model, plans: dict, batches, *, reference=None, progress: boo
         reference = reference_outputs(model, batches, dtype=torch.float32, progress=progress)
     rows, errors = [], []
     unpruned = sequence_metrics(model, batches, reference=reference, progress=progress)
-    rows.append(aggregate(unpruned, baseline=unpruned).assign(ratio=0.0, criterion="none"))
+    rows.append(aggregate(unpruned, baseline=unpruned).assign(ratio=0.0, criterion=UNPRUNED))
     for (criterion, ratio), plan in plans.items():
         with mask_experts(model, plan):
             frame = evaluate(model, batches, reference=reference, baseline=unpruned, progress=progress)

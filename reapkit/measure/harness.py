@@ -29,7 +29,20 @@ from pathlib import Path
 import pandas as pd
 
 from reapkit.errors import InvalidInput, MissingDependency, MissingInput
-from reapkit.measure.schema import CRITERION, DOMAIN, LABEL, METHOD, METRIC, RATIO, SEED, STDERR, VALUE, hi, lo
+from reapkit.measure.schema import (
+    CRITERION,
+    DOMAIN,
+    LABEL,
+    METHOD,
+    METRIC,
+    RATIO,
+    SEED,
+    STDERR,
+    UNPRUNED,
+    VALUE,
+    hi,
+    lo,
+)
 
 __all__ = [
     "lm_eval",
@@ -138,9 +151,9 @@ def find_tasks(tasks, include_path=None):
 
 def provenance_columns(plan=None) -> dict:
     """The results-schema columns that say which plan a score belongs to (the unpruned model: ratio 0,
-    criterion "none"); `ratio` of a plan made with keep= or counts= is the fraction of all experts removed."""
+    method, criterion and label "unpruned"); `ratio` of a plan made with keep= or counts= is the fraction of all experts removed."""
     if plan is None:
-        return {METHOD: "none", CRITERION: "none", LABEL: "none", RATIO: 0.0, SEED: None, "observations": None}
+        return {METHOD: UNPRUNED, CRITERION: UNPRUNED, LABEL: UNPRUNED, RATIO: 0.0, SEED: None, "observations": None}
     origin = plan.provenance.get("observations") or {}
     removed = 1 - plan.total_kept / sum(plan.num_experts.values())
     return {

@@ -11,7 +11,7 @@ Results schema (one name per concept; every module reads these names, none renam
     criterion    the pruning criterion, "random", or the merge method
     label        one name per curve: the criterion, or global_<criterion> for the global budget
     seed         random pruning only
-    ratio        fraction of experts removed (0 = the unpruned model)
+    ratio        fraction of experts removed (0 = the unpruned model, labelled "unpruned")
     domain       evaluation domain, "all" = every domain pooled, or an lm-eval task
     observations the router fingerprint of the model the plan's observations were made on (lm-eval rows)
     loss, perplexity, kl, agreement     (agreement = top-1 agreement with the unpruned model)
@@ -55,6 +55,7 @@ __all__ = [
     "VALUE",
     "STDERR",
     "ALL",
+    "UNPRUNED",
     "lo",
     "hi",
     "stderr",
@@ -79,6 +80,8 @@ METRIC_LABELS = {
 }
 #: The domain that pools every evaluation domain.
 ALL = "all"
+#: What the unpruned model's rows are called (its method, criterion and label; ratio 0).
+UNPRUNED = "unpruned"
 
 
 def lo(metric: str) -> str:

@@ -10,6 +10,7 @@ _EXPORTS = {
     "discover": ["architecture_for", "UnknownArchitectureError"],
     "layer": ["MoELayer", "moe_layers"],
     "loading": ["load_model", "load_tokenizer"],
-    "demo": ["DEMO_PATH"],
+    "checkpoint": ["Checkpoint"],
+    "demo": ["DEMO", "DEMO_PATH", "resolve_name"],
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -15,20 +15,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from reapkit.errors import InvalidInput, MissingInput
+from reapkit.errors import InvalidInput
+from reapkit.model.demo import resolve_name
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
-
-
-def resolve_name(name) -> str:
-    """`"demo"` -> the bundled demo model's folder; any other name unchanged."""
-    if str(name) == "demo":
-        from reapkit.model.demo import DEMO_PATH, TRAIN_COMMAND
-
-        if not (DEMO_PATH / "config.json").is_file():
-            raise MissingInput(f"the demo model is missing from {DEMO_PATH}; build it with `{TRAIN_COMMAND}`")
-        return str(DEMO_PATH)
-    return str(name)
 
 
 def torch_dtype(dtype):

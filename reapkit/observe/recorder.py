@@ -223,27 +223,27 @@ def _gated_input_hook(recorder: _Recorder, pos: int, top_k: int):
 
 @torch.no_grad()
 def observe(
-    model, batches, *, statistics=None, progress: bool = True, calibration: dict | None = None, checkpoint=None
+    model, batches, *, statistics=None, progress: bool = True, calibration: dict | None = None, partial=None
 ) -> Observations:
     """Run `batches` (a list of `reapkit.data.Batch`) through `model` and return its `Observations`.
 
     `statistics` names optional statistics to record besides the default ones (``["coselect"]``,
     ``"all"``; see `reapkit.observe.statistics`). `calibration` is stored in the metadata (spec,
     content hash, ...); the content hash of the token ids of every domain is added to it.
-    `checkpoint` (a `reapkit.observe.resume.ObserveCheckpoint`) saves the running sums every N
+    `partial` (a `reapkit.observe.resume.PartialObservations`) saves the running sums every N
     batches and resumes from them.
     """
     batches = list(batches)
     model.eval()
     device = input_device(model)
     with recording(model, statistics=statistics) as recorder:
-        done = checkpoint.restore(recorder, model, batches) if checkpoint is not None else 0
+        done = partial.restore(recorder, model, batches) if partial is not None else 0
         bar = tqdm(batches[done:], desc="observe", unit="batch", disable=not progress, initial=done, total=len(batches))
         for number, batch in enumerate(bar, done + 1):
             recorder.start_batch(batch.domain, batch.attention_mask)
             model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device), use_cache=False)
-            if checkpoint is not None:
-                checkpoint.after_batch(recorder, number)
+            if partial is not None:
+                partial.after_batch(recorder, number)
     return observations_from(model, recorder, batches, calibration)
 
 

@@ -1,10 +1,10 @@
 """Resumable calibration: the additive statistics saved every N batches, continued after a crash.
 
-    >>> progress = ObserveCheckpoint("runs/obs.checkpoint", every=50, resume=True)
-    >>> obs = observe(model, batches, checkpoint=progress)   # starts after the last saved batch
-    >>> progress.remove()                                     # once the observations are saved
+    >>> partial = PartialObservations("runs/obs.partial", every=50, resume=True)
+    >>> obs = observe(model, batches, partial=partial)   # starts after the last saved batch
+    >>> partial.remove()                                  # once the observations are saved
 
-The checkpoint is a folder (written whole or not at all) holding the running sums of every
+The partial observations are a folder (written whole or not at all) holding the running sums of every
 domain and `progress.json`: batches done, and a key of the model fingerprint and the token ids
 of all batches. Observations are sums over batches taken in order, so a resumed run gives
 bit-identical statistics to an uninterrupted one.
@@ -24,20 +24,20 @@ STATS_FILE = "statistics.safetensors"
 PROGRESS_FILE = "progress.json"
 
 
-class ObserveCheckpoint:
-    """Where and how often `observe` saves its running statistics, and whether it resumes from them."""
+class PartialObservations:
+    """Where and how often `observe` saves its running sums, and whether it resumes from them."""
 
     def __init__(self, path, *, every: int | None = None, resume: bool = False):
         if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
-            raise InvalidInput(f"--checkpoint-every must be a positive number of batches, got {every!r}")
+            raise InvalidInput(f"--save-every must be a positive number of batches, got {every!r}")
         self.path, self.every, self.resume = Path(path), every, resume
         self.key, self.total = None, 0
 
     def check(self) -> None:
-        """Refuse to start over an interrupted run's checkpoint unless resuming (cheap; call first)."""
+        """Refuse to start over an interrupted run's partial observations unless resuming (cheap; call first)."""
         if self.path.exists() and not self.resume:
             raise OutputExists(
-                f"{self.path} holds the checkpoint of an interrupted run; pass --resume to continue "
+                f"{self.path} holds the partial observations of an interrupted run; pass --resume to continue "
                 "from it, or delete it to start over"
             )
 
@@ -62,8 +62,8 @@ class ObserveCheckpoint:
         progress = json.loads((self.path / PROGRESS_FILE).read_text())
         if progress.get("key") != self.key:
             raise Mismatch(
-                f"the checkpoint {self.path} was made with another model, data or batch size, or other --statistics; "
-                "run the same command as before to resume, or delete the checkpoint to start over"
+                f"the partial observations {self.path} were made with another model, data or batch size, or other "
+                "--statistics; run the same command as before to resume, or delete them to start over"
             )
         saved = load_file(str(self.path / STATS_FILE))
         for domain in {name.rsplit("/", 1)[0] for name in saved}:
@@ -88,5 +88,5 @@ class ObserveCheckpoint:
             (tmp / PROGRESS_FILE).write_text(json.dumps({"key": self.key, "batches_done": done, "batches": self.total}))
 
     def remove(self) -> None:
-        """Delete the checkpoint (after the finished observations were saved)."""
+        """Delete the partial observations (after the finished observations were saved)."""
         shutil.rmtree(self.path, ignore_errors=True)

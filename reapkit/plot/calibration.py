@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from reapkit.measure.schema import UNPRUNED
 from reapkit.plot.theme import (
     COLUMN,
     TWO_COLUMN,
@@ -70,8 +71,8 @@ def calibration_heatmap(loss_matrix: pd.DataFrame, *, delta: bool = True, ax=Non
     if is_empty(loss_matrix):
         return no_data(ax)
     table = loss_matrix
-    if delta and "unpruned" in table.columns:
-        table = table.drop(columns="unpruned").sub(table["unpruned"], axis=0)
+    if delta and UNPRUNED in table.columns:
+        table = table.drop(columns=UNPRUNED).sub(table[UNPRUNED], axis=0)
     table = _diagonal_order(table)
     ax.set_title("Δ loss after pruning" if delta else "loss after pruning")
     values = table.to_numpy(float)

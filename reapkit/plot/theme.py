@@ -26,6 +26,7 @@ import numpy as np
 
 from reapkit.atomic import atomic_file
 from reapkit.errors import InvalidInput
+from reapkit.measure.schema import UNPRUNED
 
 #: Width of one column / two columns of a paper, inches.
 COLUMN, TWO_COLUMN = 3.3, 6.8
@@ -93,8 +94,7 @@ CRITERION_COLORS = {
     "random": "#8C8C8C",
     "m_smoe": TOL_MUTED[7],
     "hc_smoe": TOL_MUTED[0],
-    "none": OKABE_ITO["black"],
-    "unpruned": OKABE_ITO["black"],
+    UNPRUNED: OKABE_ITO["black"],
 }
 _ALIASES = {
     "msmoe": "m_smoe",

@@ -6,7 +6,10 @@ Names load lazily on first use.
 from reapkit.lazy import lazy_exports
 
 _EXPORTS = {
-    "sweep": ["run_notebook", "run_sweep", "run_demo"],
+    "execute": ["run_notebook"],
+    "sweep": ["run_sweep"],
+    "demo": ["run_demo"],
+    "parameters": ["check_parameters", "PARAMETERS"],
     "plugins": ["load_plugins"],
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+from reapkit.errors import InvalidInput, MissingInput
+
 __all__ = ["load_plugins"]
 
 
@@ -30,9 +32,7 @@ def _load(plugin: str) -> ModuleType:
     if plugin.endswith(".py") or "/" in plugin or "\\" in plugin:
         path = Path(plugin).resolve()
         if not path.is_file():
-            raise FileNotFoundError(
-                f"plugin file {plugin} does not exist; pass a .py file or an importable module name"
-            )
+            raise MissingInput(f"plugin file {plugin} does not exist; pass a .py file or an importable module name")
         name = f"reapkit_plugin_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
         if name not in sys.modules:
             spec = importlib.util.spec_from_file_location(name, path)
@@ -48,7 +48,7 @@ def _load(plugin: str) -> ModuleType:
         return importlib.import_module(plugin)
     except ModuleNotFoundError as error:
         if error.name and plugin.startswith(error.name):
-            raise ValueError(
+            raise InvalidInput(
                 f"plugin module {plugin!r} cannot be imported; pass a .py file path or put the module on PYTHONPATH"
             ) from None
         raise

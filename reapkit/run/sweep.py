@@ -1,10 +1,8 @@
-"""Run the notebooks with papermill: one run, a parameter sweep from YAML, or the whole demo.
+"""Run a notebook over a parameter grid with papermill (`reapkit sweep`).
 
-    >>> run_notebook("notebooks/03_pruning.ipynb", {"ratios": [0.5]}, "runs/one")   # -> runs/one/03_pruning.ipynb
     >>> summary = run_sweep("sweeps/ratios.yaml", jobs=2)     # one row per run: status, error, notebook
     >>> summary = run_sweep("sweeps/ratios.yaml", resume=True)  # only the runs not finished before
     >>> run_sweep("sweeps/ratios.yaml", overrides={"calibration": "code:4"}, limit=1)   # a quick check
-    >>> run_demo()                                            # notebooks 1-5 on the demo model -> figures/
 
 A sweep file (YAML)::
 
@@ -16,7 +14,7 @@ A sweep file (YAML)::
 
 Allowed keys: see :data:`SWEEP_KEYS`; any other key refuses the whole file before a run starts,
 and so does a parameter the notebook does not declare or a value its declaration refuses
-(`reapkit.run.notebook.PARAMETERS`).
+(`reapkit.run.parameters.PARAMETERS`).
 Each run's notebook writes its tidy results (`results.csv` or `results.parquet`) into its output
 folder; as each run finishes they are appended, with the run id and the grid values, to
 `runs/<name>/results.csv` (under a lock: sweeps sharing the table lose no rows), and the run's
@@ -38,109 +36,22 @@ from pathlib import Path
 
 import pandas as pd
 
-from reapkit.errors import SweepError
-from reapkit.run.notebook import NOTEBOOKS_DIR, ParameterError, check_parameters  # noqa: F401  (re-exported)
+from reapkit.errors import MissingInput, ParameterError, SweepError
+from reapkit.run.execute import cores, run_notebook
+from reapkit.run.notebook import NOTEBOOKS_DIR
 
 __all__ = [
     "SWEEP_KEYS",
-    "NOTEBOOKS_DIR",
-    "DEMO_NOTEBOOKS",
     "SweepError",
-    "check_parameters",
-    "ParameterError",
-    "run_notebook",
     "load_sweep",
     "build_runs",
     "run_job",
     "write_result",
     "run_sweep",
-    "run_demo",
 ]
 
 SWEEP_KEYS = ("name", "notebook", "parameters", "grid", "jobs", "runs_dir", "description", "kernel", "timeout")
-#: Notebooks `reapkit demo` runs, in order (04 draws from 05's results table).
-DEMO_NOTEBOOKS = ("01_saliency", "02_clusters", "03_pruning", "05_study", "04_paper_figures")
 RESULT_FILES = ("results.csv", "results.parquet")
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
-def _abs(value):
-    return str(Path(value).resolve())
-
-
-def run_notebook(
-    notebook,
-    parameters: dict | None,
-    out_dir,
-    *,
-    kernel: str = "python3",
-    timeout: int | None = None,
-    threads: int | None = None,
-    log_output: bool = False,
-) -> Path:
-    """Execute `notebook` with papermill, `parameters` injected, into `out_dir/<notebook name>`.
-
-    `output_dir` and `figures_dir` default to `out_dir` and `out_dir/figures` when the notebook has
-    those parameters and `parameters` does not set them. Relative paths in those two are resolved
-    against the current directory; the kernel runs in it. `threads` limits the kernel's torch /
-    BLAS threads (OMP_NUM_THREADS; default: the environment's, else one less than the cores). Raises papermill's `PapermillExecutionError` when a cell fails;
-    the executed notebook (with the traceback in the failing cell) is written either way.
-    """
-    import papermill as pm
-
-    notebook = Path(notebook)
-    if not notebook.is_file():
-        raise FileNotFoundError(f"notebook {notebook} does not exist")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    params = dict(parameters or {})
-    declared = set(pm.inspect_notebook(str(notebook)))
-    if "output_dir" in declared:
-        params.setdefault("output_dir", str(out_dir))
-    if "figures_dir" in declared:
-        params.setdefault("figures_dir", str(out_dir / "figures"))
-    for key in ("output_dir", "figures_dir", "cache_dir"):
-        if isinstance(params.get(key), (str, Path)):
-            params[key] = _abs(params[key])
-    output = out_dir / notebook.name
-    if threads is None and "OMP_NUM_THREADS" not in os.environ:
-        threads = max(1, _cores() - 1)  # a spare core: oversubscribed torch threads run many times slower
-    env_backup = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "MPLBACKEND")}
-    if threads:
-        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
-    try:
-        for attempt in (1, 2):  # a kernel that dies or never starts (port races under load) gets one retry
-            try:
-                pm.execute_notebook(
-                    str(notebook),
-                    str(output),
-                    parameters=params,
-                    kernel_name=kernel,
-                    progress_bar=False,
-                    log_output=log_output,
-                    execution_timeout=timeout,
-                    start_timeout=300,
-                    cwd=os.getcwd(),
-                )
-                break
-            except pm.PapermillExecutionError:
-                raise
-            except (RuntimeError, TimeoutError):
-                if attempt == 2:
-                    raise
-    finally:
-        for k, v in env_backup.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    return output
 
 
 # --------------------------------------------------------------------------------------------
@@ -193,8 +104,8 @@ def load_sweep(path, *, overrides: dict | None = None, limit: int | None = None)
 
 
 def _check_runs(path: Path, notebook: Path, runs: list[dict]) -> None:
-    """Every run's parameters against the notebook's declaration (`reapkit.run.notebook.check_run`)."""
-    from reapkit.run.notebook import check_run
+    """Every run's parameters against the notebook's declaration (`reapkit.run.parameters.check_run`)."""
+    from reapkit.run.parameters import check_run
 
     for run in runs:
         try:
@@ -207,7 +118,7 @@ def _read_sweep_file(path: Path) -> dict:
     import yaml
 
     if not path.is_file():
-        raise FileNotFoundError(f"sweep file {path} does not exist")
+        raise MissingInput(f"sweep file {path} does not exist; check the path")
     try:
         spec = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
@@ -427,9 +338,9 @@ def _execute(sweep: dict, runs: list[dict], jobs: int | None):
     """
     if not runs:
         return
-    cores = _cores()
-    jobs = max(1, min(jobs or sweep["jobs"] or min(len(runs), cores), len(runs)))
-    threads = max(1, (cores - 1) // jobs)
+    available = cores()
+    jobs = max(1, min(jobs or sweep["jobs"] or min(len(runs), available), len(runs)))
+    threads = max(1, (available - 1) // jobs)
     notebook, root = str(sweep["notebook"].resolve()), sweep["runs_dir"]
     args = lambda run: (notebook, run, str(root / run["run_id"]), sweep["kernel"], sweep["timeout"], threads)  # noqa: E731
     if jobs == 1:
@@ -473,55 +384,3 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
     from reapkit.atomic import atomic_write_text
 
     atomic_write_text(path, frame.to_csv(index=False))
-
-
-# --------------------------------------------------------------------------------------------
-# Demo
-# --------------------------------------------------------------------------------------------
-
-
-def run_demo(
-    figures_dir="figures",
-    runs_dir="runs/demo",
-    *,
-    model: str = "demo",
-    parameters: dict | None = None,
-    progress: bool = True,
-) -> dict[str, float]:
-    """Run the notebooks of :data:`DEMO_NOTEBOOKS` on the bundled demo model; returns {notebook: seconds}.
-
-    Executed notebooks and tables go to `runs_dir/<notebook>/`, figures to `figures_dir/<notebook>/`
-    (PNG and PDF); observations are cached in `runs_dir/cache` and shared by the notebooks. What
-    each notebook gets is its declared `demo` value (`reapkit.run.notebook.PARAMETERS`), then
-    `parameters` where the notebook declares them (e.g. {"calibration": "code:8,prose:8"} for a
-    quicker run); `model` runs the same on another checkpoint of the same kind.
-    """
-    from reapkit.atomic import check_separate
-    from reapkit.model.demo import DEMO_PATH, TRAIN_COMMAND
-    from reapkit.run.notebook import PARAMETERS, demo_parameters
-
-    for folder in (figures_dir, runs_dir):
-        check_separate(folder, DEMO_PATH, NOTEBOOKS_DIR, Path(__file__).parents[1], model, what="demo output folder")
-    if model == "demo" and not (Path(DEMO_PATH) / "config.json").is_file():
-        raise FileNotFoundError(f"the demo model is missing from {DEMO_PATH}; build it with `{TRAIN_COMMAND}`")
-    runs_dir, figures_dir = Path(runs_dir).resolve(), Path(figures_dir).resolve()
-    threads = max(1, _cores() - 1)
-    start = time.perf_counter()
-    seconds = {}
-    for name in DEMO_NOTEBOOKS:
-        declared = {p.name for p in PARAMETERS[name]}
-        params = {**demo_parameters(name, runs=runs_dir, figures=figures_dir), "model": model, **(parameters or {})}
-        params = {k: (str(v) if isinstance(v, Path) else v) for k, v in params.items() if k in declared}
-        t0 = time.perf_counter()
-        if progress:
-            print(f"[demo] {name} ...", file=sys.stderr, flush=True)
-        run_notebook(NOTEBOOKS_DIR / f"{name}.ipynb", params, runs_dir / name, threads=threads)
-        seconds[name] = round(time.perf_counter() - t0, 1)
-        if progress:
-            print(f"[demo] {name} done in {seconds[name]:.0f} s -> {figures_dir / name}", file=sys.stderr, flush=True)
-    if progress:
-        print(
-            f"[demo] all notebooks done in {time.perf_counter() - start:.0f} s; figures in {figures_dir}/",
-            file=sys.stderr,
-        )
-    return seconds

@@ -32,14 +32,13 @@ from reapkit.select.plan import pruned_count
 __all__ = [
     "check_ratios",
     "MIX",
-    "UNPRUNED",
     "RATIOS",
     "MERGES",
     "COLUMNS",
     "SEQUENCE_COLUMNS",
     "Job",
     "study_jobs",
-    "run_job",
+    "evaluate_job",
     "study_sequences",
     "study_results",
     "compression_study",
@@ -63,7 +62,6 @@ COLUMNS = [
 #: Columns of the `study_sequences` frame: one row per variant and evaluation sequence.
 SEQUENCE_COLUMNS = [*_VARIANT, "domain", "sequence", "tokens", "loss", "kl", "agreement", "delta_loss"]
 MIX = "mix"
-UNPRUNED = "unpruned"
 
 
 def check_ratios(ratios) -> list[float]:
@@ -82,7 +80,7 @@ def check_ratios(ratios) -> list[float]:
 class Job:
     """One variant of the study: `method` (prune / merge / global) by `criterion` at `ratio`
     (`seed`: random pruning only). A new study arm is a new kind of job: add it in `study_jobs`
-    and give `run_job` the plan or model it evaluates."""
+    and give `evaluate_job` the plan or model it evaluates."""
 
     method: str
     criterion: str
@@ -146,7 +144,9 @@ def _kept_routing(obs, plan) -> float:
     return float(np.mean([shares[pos, plan.kept[layer]].sum() for pos, layer in enumerate(obs.layers)]))
 
 
-def run_job(model, obs, job: Job, eval_batches, *, reference, unpruned: pd.DataFrame, margin: int = 0) -> pd.DataFrame:
+def evaluate_job(
+    model, obs, job: Job, eval_batches, *, reference, unpruned: pd.DataFrame, margin: int = 0
+) -> pd.DataFrame:
     """Evaluate one job: its `sequence_metrics` with `delta_loss` against `unpruned` (the unpruned
     model's) per sequence, and the job's columns (method, criterion, label, seed, ratio,
     experts_kept, experts_total, kept_routing). Raises a ReapkitError when the job cannot be built."""
@@ -206,7 +206,7 @@ def study_sequences(
     reference=None,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """Every job of `study_jobs`, run by `run_job`: one row per job and evaluation sequence, with
+    """Every job of `study_jobs`, run by `evaluate_job`: one row per job and evaluation sequence, with
     :data:`SEQUENCE_COLUMNS` (the per-sequence values every interval of the study resamples).
     Skipped combinations are in ``frame.attrs["notes"]`` and issued as one warning."""
     import torch
@@ -224,7 +224,9 @@ def study_sequences(
     frames = []
     for job in tqdm(jobs, desc="study", unit="variant", disable=not progress):
         try:
-            frames.append(run_job(model, obs, job, eval_batches, reference=reference, unpruned=unpruned, margin=margin))
+            frames.append(
+                evaluate_job(model, obs, job, eval_batches, reference=reference, unpruned=unpruned, margin=margin)
+            )
         except ReapkitError as error:  # a combination these observations cannot make; a bug still stops
             notes.append(f"{job.method} {job.criterion} at ratio {job.ratio:g}: skipped ({error})")
     sequences = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=SEQUENCE_COLUMNS)

@@ -16,8 +16,9 @@ import pandas as pd
 
 from reapkit.errors import InvalidInput
 from reapkit.measure.evaluate import interval_columns as _interval
+from reapkit.measure.schema import UNPRUNED
 from reapkit.measure.stats import RESAMPLES, bootstrap, sequence_grid
-from reapkit.study.experiments import MIX, UNPRUNED
+from reapkit.study.experiments import MIX
 from reapkit.study.sensitivity import Sensitivity
 
 __all__ = ["summarise"]

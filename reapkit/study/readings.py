@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from reapkit.measure.schema import ALL, select, wide_results
+from reapkit.measure.schema import ALL, UNPRUNED, select, wide_results
 from reapkit.select.plan import pruned_count
 from reapkit.study.tables import expected_jaccard, spearman_band, uniform_cutoffs, value_table
 
@@ -422,7 +422,7 @@ def calibration(loss: pd.DataFrame, overlap: pd.DataFrame) -> str:
 
     `loss`: eval_domain, calibration, delta_loss (`Sensitivity.loss`); `overlap`: calibration_a,
     calibration_b, jaccard, chance (`Sensitivity.overlap`)."""
-    data = loss[~loss["calibration"].isin(["unpruned"]) & (loss["eval_domain"] != ALL)]
+    data = loss[(loss["calibration"] != UNPRUNED) & (loss["eval_domain"] != ALL)]
     if data.empty:
         return "No calibration sensitivity to read."
     best = data.loc[data.groupby("eval_domain")["delta_loss"].idxmin(), ["eval_domain", "calibration", "delta_loss"]]

@@ -23,8 +23,9 @@ import pandas as pd
 from reapkit.data import DOMAINS
 from reapkit.errors import InvalidInput
 from reapkit.measure.evaluate import interval_columns as _interval
+from reapkit.measure.schema import UNPRUNED
 from reapkit.measure.stats import RESAMPLES, bootstrap, sequence_grid
-from reapkit.study.experiments import MIX, UNPRUNED, check_ratios
+from reapkit.study.experiments import MIX, check_ratios
 
 __all__ = [
     "layer_sensitivity",

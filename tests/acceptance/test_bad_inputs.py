@@ -19,35 +19,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-import nbformat
 import pytest
 import yaml
+from fixtures.notebooks import write_dummy_notebook
 from tiny_models import tiny_checkpoint, tiny_model
 
 ROOT = Path(__file__).resolve().parents[2]
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]
 ENV = {
     **os.environ,
     "HF_HUB_OFFLINE": "1",
     "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
 }
-
-DUMMY = {  # a notebook with no heavy imports: writes results.csv, fails when asked to
-    "parameters": 'value = 1\nfail = False\noutput_dir = "out"\n',
-    "body": 'import pandas as pd\nfrom pathlib import Path\nif fail:\n    raise RuntimeError(f"asked to fail with value={value}")\n'
-    "Path(output_dir).mkdir(parents=True, exist_ok=True)\n"
-    'pd.DataFrame({"value": [value]}).to_csv(Path(output_dir) / "results.csv", index=False)',
-}
-
-
-def write_dummy_notebook(path: Path) -> Path:
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    params = nbformat.v4.new_code_cell(DUMMY["parameters"])
-    params.metadata["tags"] = ["parameters"]
-    nb.cells = [params, nbformat.v4.new_code_cell(DUMMY["body"])]
-    nbformat.write(nb, str(path))
-    return path
 
 
 def tree_digest(root: Path, skip: Path) -> str:
@@ -70,10 +53,15 @@ def tree_digest(root: Path, skip: Path) -> str:
 def build_world(root: Path) -> dict:
     from reapkit.data import calibration_batches
     from reapkit.observe.recorder import observe
+    from reapkit.select.merge import plan_merge
+    from reapkit.select.plan import PruningPlan
 
     model_dir, spec = tiny_checkpoint(root, domains=("code",))
     tiny_model("qwen3_moe", seed=5).save_pretrained(root / "other")
-    observe(tiny_model("qwen3_moe"), calibration_batches(spec, batch_size=2), progress=False).save(root / "obs")
+    obs = observe(tiny_model("qwen3_moe"), calibration_batches(spec, batch_size=2), progress=False)
+    obs.save(root / "obs")
+    PruningPlan.from_observations(obs, "reap", ratio=0.25).save(root / "plan.json")
+    plan_merge(tiny_model("qwen3_moe"), obs, method="hc_smoe", keep=4).save(root / "merge_plan.json")
     observe(tiny_model("qwen3_moe", seed=5), calibration_batches(spec, batch_size=2), progress=False).save(
         root / "obs_other"
     )
@@ -295,6 +283,67 @@ CASES = [
         "prune {root}/model --observations {root}/corrupt_obs --out {out}",
         ["unreadable observations", "observe the model again"],
     ),
+    (
+        "plans",
+        "plan-and-observations",
+        "prune {root}/model --plan {root}/plan.json --observations {root}/obs --out {out}",
+        ["--plan is a finished plan", "drop --observations"],
+    ),
+    (
+        "plans",
+        "not-a-plan",
+        "prune {root}/model --plan {root}/afile --out {out}",
+        ["is not a reapkit plan", "reapkit plan"],
+    ),
+    (
+        "plans",
+        "merge-plan-to-prune",
+        "prune {root}/model --plan {root}/merge_plan.json --out {out}",
+        ["is a merge plan", "reapkit merge"],
+    ),
+    (
+        "plans",
+        "plan-for-another-model",
+        "prune {root}/other --plan {root}/plan.json --in-memory --out {out}",
+        ["different model", "plan again"],
+    ),
+    (
+        "plans",
+        "pruning-plan-to-merge",
+        "merge {root}/model --plan {root}/plan.json --out {out}",
+        ["is a pruning plan", "reapkit prune"],
+    ),
+    (
+        "plans",
+        "merge-without-method",
+        "merge {root}/model --observations {root}/obs --keep 4 --out {out}",
+        ["no --method", "m_smoe"],
+    ),
+    (
+        "plans",
+        "global-budget-out-of-range",
+        "plan {root}/obs --global-budget 1.5 --out {out}",
+        ["--global-budget must be in [0, 1)"],
+    ),
+    (
+        "paths",
+        "missing-plan",
+        "prune {root}/model --plan {root}/nosuch.json --out {out}",
+        ["does not exist", "reapkit plan"],
+    ),
+    # lm-eval scoring
+    (
+        "evaluation",
+        "limit-zero",
+        "evaluate {root}/model --tasks reapkit_heldout --include-path demo --limit 0 --out {out}",
+        ["--limit must be a whole number of documents", "fraction of them in (0, 1)", "got 0"],
+    ),
+    (
+        "evaluation",
+        "limit-not-whole",
+        "evaluate {root}/model --tasks reapkit_heldout --include-path demo --limit 2.5 --out {out}",
+        ["--limit must be a whole number of documents", "got 2.5"],
+    ),
     # outputs
     (
         "outputs",
@@ -378,7 +427,7 @@ def case_argv(command, root: Path, out: Path) -> list[str]:
 
 DRIVER = """
 import json, os, runpy, sys, threading, traceback
-sys.path[:0] = [{tests!r}, {helpers!r}]
+sys.path[:0] = [{tests!r}, {here!r}]  # tiny_models, and this module
 from test_bad_inputs import tree_digest
 from pathlib import Path
 import reapkit.run.cli, reapkit.data, reapkit.observe.recorder, reapkit.observe.observations, reapkit.select.plan, reapkit.compress.prune, reapkit.run.sweep
@@ -429,7 +478,7 @@ def cli_results(world):
     root = world["root"]
     cases = [{"id": cid, "argv": case_argv(cmd, root, root / "out" / cid)} for _, cid, cmd, _ in CASES]
     (root.parent / "cases.json").write_text(json.dumps(cases))
-    driver = DRIVER.format(tests=str(TESTS), helpers=str(TESTS.parent), model=str(world["model"]), root=str(root))
+    driver = DRIVER.format(tests=str(TESTS), here=str(Path(__file__).parent), model=str(world["model"]), root=str(root))
     run = subprocess.run(
         [sys.executable, "-c", driver, str(root.parent / "cases.json"), str(root.parent / "results.json")],
         env=ENV,
@@ -566,7 +615,7 @@ NOTEBOOK_CASES = [
 def test_notebook_refuses(world, tmp_path, cls, cid, name, params, fragments):
     import papermill as pm
 
-    from reapkit.run.sweep import run_notebook
+    from reapkit.run.execute import run_notebook
 
     root = world["root"]
     before = tree_digest(root, root / "out")
@@ -603,6 +652,7 @@ def test_every_class_has_cases():
         "full disk",
         "notebook parameters",
         "sweeps",
+        "evaluation",
     }
     ids = [c[1] for c in CASES + FRESH_CASES + NOTEBOOK_CASES]
     assert len(ids) == len(set(ids)) >= 30

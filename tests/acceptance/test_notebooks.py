@@ -11,8 +11,8 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from tiny_models import tiny_checkpoint, tiny_model  # noqa: E402
 
-from reapkit.run.notebook import ParameterError, check_parameters  # noqa: E402
-from reapkit.run.sweep import run_notebook  # noqa: E402
+from reapkit.run.execute import run_notebook  # noqa: E402
+from reapkit.run.parameters import ParameterError, check_parameters  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -69,7 +69,7 @@ def test_each_ipynb_matches_its_percent_source():
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_parameters_cell_is_the_declaration(path):
-    from reapkit.run.notebook import PARAMETERS, notebook_defaults, parameters_cell
+    from reapkit.run.parameters import PARAMETERS, notebook_defaults, parameters_cell
 
     nb = nbformat.read(str(path), as_version=4)
     cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
@@ -297,8 +297,9 @@ def test_notebook_03_pruning(tiny, tmp_path):
     results = pd.read_csv(tmp_path / "results.csv")
     assert {"ratio", "criterion", "domain", "loss", "loss_lo", "loss_hi", "kl", "agreement"} <= set(results.columns)
     assert len(results) == 3 * 3  # (unpruned + 2 plans) x (code, prose, all)
-    base = results[results.criterion == "none"]
-    assert (base.agreement == 1).all() and (base.kl.abs() < 1e-6).all()
+    base = results[results.criterion == "unpruned"]  # the one name of the unpruned baseline
+    assert len(base) == 3 and (base.agreement == 1).all() and (base.kl.abs() < 1e-6).all()
+    assert not results.isin(["none"]).any().any()
     assert len(pd.read_csv(tmp_path / "reconstruction.csv")) == 2 * 2
     assert not (tmp_path / "samples.csv").exists()  # max_new_tokens = 0: no samples
     checkpoint = tmp_path / "pruned_checkpoint"
@@ -308,6 +309,52 @@ def test_notebook_03_pruning(tiny, tmp_path):
 
     model = AutoModelForCausalLM.from_pretrained(checkpoint)
     assert model.config.num_experts == 4 and model.model.layers[0].mlp.experts.gate_up_proj.shape[0] == 4
+
+
+def _shown(cell) -> list[str]:
+    """What a cell showed in words: its text and Markdown outputs (figures aside)."""
+    return [
+        "".join(o.get("text", ""))
+        + "".join(o.get("data", {}).get(kind, "") for kind in ("text/markdown", "text/plain"))
+        for o in cell.outputs
+    ]
+
+
+@pytest.mark.slow
+def test_notebook_03_cells_give_the_same_result_when_run_again(tiny, tmp_path):
+    """A person runs notebook 03 top to bottom in one kernel, then the cost cell again (after the checkpoint
+    cell pruned a model) and the results cell again: the same readings, the same results.csv."""
+    from nbclient import NotebookClient
+    from papermill.iorw import load_notebook_node
+    from papermill.parameterize import parameterize_notebook
+
+    params = {
+        **tiny["params"],
+        "evaluation": tiny["spec"],
+        "criteria": ["reap"],
+        "ratios": [0.5],
+        "max_new_tokens": 0,
+        "output_dir": str(tmp_path),
+        "figures_dir": str(tmp_path / "figures"),
+    }
+    nb = parameterize_notebook(load_notebook_node(str(ROOT / "notebooks/03_pruning.ipynb")), params)
+    code = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+    writes = [i for i in code if 'P.output_dir, "results")' in nb.cells[i].source]
+    assert len(writes) == 1, "results.csv is written by one cell"
+    costs = next(i for i in code if "evaluate_plans(" in nb.cells[i].source)
+    saved = next(i for i in code if "pruned_checkpoint" in nb.cells[i].source)
+    assert costs < writes[0] < saved
+    client = NotebookClient(nb, kernel_name="python3", timeout=600, resources={"metadata": {"path": str(tmp_path)}})
+    with client.setup_kernel():
+        for index in code:
+            client.execute_cell(nb.cells[index], index)
+        first, table = _shown(nb.cells[costs]), (tmp_path / "results.csv").read_text()
+        assert (tmp_path / "pruned_checkpoint" / "pruning_plan.json").is_file()
+        for index in (costs, writes[0]):  # run again, as a person does after changing their mind
+            client.execute_cell(nb.cells[index], index)
+    assert not [o for i in code for o in nb.cells[i].outputs if o.output_type == "error"]
+    assert "**Reading.**" in "".join(first) and _shown(nb.cells[costs]) == first
+    assert (tmp_path / "results.csv").read_text() == table
 
 
 @pytest.mark.slow
@@ -462,7 +509,7 @@ def test_study_explorer_draws(tmp_path):
     "sweep", sorted(p for p in (ROOT / "sweeps").glob("*.yaml") if p.stem != "lm_eval"), ids=lambda p: p.stem
 )
 def test_shipped_sweep_runs(sweep, tiny, tmp_path, monkeypatch):
-    from reapkit.run.notebook import PARAMETERS
+    from reapkit.run.parameters import PARAMETERS
     from reapkit.run.sweep import load_sweep, run_sweep
 
     quick = {
@@ -503,10 +550,10 @@ def test_benchmark_reading_quotes_lm_eval_rows():
         )
 
     rows = [
-        row("none", 0.0, "bits_per_byte", 1.2),
+        row("unpruned", 0.0, "bits_per_byte", 1.2),
         row("reap", 0.5, "bits_per_byte", 1.5),
         row("frequency", 0.5, "bits_per_byte", 1.9),
-        row("none", 0.0, "acc", 0.8, 0.01),
+        row("unpruned", 0.0, "acc", 0.8, 0.01),
         row("reap", 0.5, "acc", 0.3, 0.01),
         row("frequency", 0.5, "acc", 0.7, 0.01),
     ]
@@ -525,7 +572,7 @@ def test_readings_quote_the_data():
         dict(ratio=r, criterion=c, domain="all", loss=2.0 + r * k, loss_lo=1.9 + r * k, loss_hi=2.1 + r * k)
         for c, k in (("reap", 1.0), ("frequency", 3.0))
         for r in (0.5,)
-    ] + [dict(ratio=0.0, criterion="none", domain="all", loss=2.0, loss_lo=1.9, loss_hi=2.1)]
+    ] + [dict(ratio=0.0, criterion="unpruned", domain="all", loss=2.0, loss_lo=1.9, loss_hi=2.1)]
     text = readings.costs(pd.DataFrame(rows))
     assert "unpruned 2.00 [1.90, 2.10]" in text and "best reap; reap 2.50 [2.40, 2.60], frequency 3.50" in text
     assert "overlap" not in text.split("\n")[-1]  # 2.60 < 3.40: the intervals separate them

@@ -8,7 +8,8 @@ import nbformat
 import pandas as pd
 import pytest
 
-from reapkit.run.sweep import SWEEP_KEYS, SweepError, load_sweep, run_notebook, run_sweep
+from reapkit.run.execute import run_notebook
+from reapkit.run.sweep import SWEEP_KEYS, SweepError, load_sweep, run_sweep
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -120,17 +121,17 @@ def test_example_sweep_files_are_valid():
 
 def test_run_demo_refuses_without_demo_model(monkeypatch, tmp_path):
     import reapkit.model.demo
-    from reapkit.run import sweep
+    from reapkit.run import demo
 
     monkeypatch.setattr(reapkit.model.demo, "DEMO_PATH", tmp_path / "missing")
     with pytest.raises(FileNotFoundError, match="demo model"):
-        sweep.run_demo(tmp_path / "f", tmp_path / "r")
+        demo.run_demo(tmp_path / "f", tmp_path / "r")
 
 
 @pytest.mark.slow
 def test_run_demo_on_the_bundled_model(tmp_path):
     from reapkit.model.demo import DEMO_PATH
-    from reapkit.run.sweep import DEMO_NOTEBOOKS, run_demo
+    from reapkit.run.demo import DEMO_NOTEBOOKS, run_demo
 
     if not (DEMO_PATH / "config.json").is_file():
         pytest.skip("the bundled demo model is not built (python -m reapkit.model.demo train)")

@@ -12,8 +12,9 @@ from tiny_models import tiny_model
 from transformers import AutoModelForCausalLM
 
 from reapkit.compress.prune import remove_experts, save_pruned
-from reapkit.compress.stream import CheckpointError, stream_prune
+from reapkit.compress.stream import stream_prune
 from reapkit.data import pad_batches
+from reapkit.errors import CheckpointError, InvalidInput, Mismatch
 from reapkit.model.discover import architecture_for
 from reapkit.observe.recorder import observe
 from reapkit.select.plan import PruningPlan
@@ -248,10 +249,33 @@ def test_missing_shard_is_named(qwen, tmp_path):
     assert nothing_written(tmp_path)
 
 
+def test_truncated_shard_is_named_on_one_line(qwen, tmp_path, capsys):
+    """A shard cut short (an interrupted download) is named as incomplete before anything is written."""
+    from reapkit.run.cli import main
+
+    root, _, _ = qwen
+    source = tmp_path / "source"
+    source.mkdir()
+    for path in (root / "model").iterdir():
+        (source / path.name).write_bytes(path.read_bytes())
+    shard = json.loads((source / "model.safetensors.index.json").read_text())["weight_map"][
+        "model.layers.1.mlp.gate.weight"
+    ]
+    data = (source / shard).read_bytes()
+    (source / shard).write_bytes(data[: len(data) // 2])
+    out = tmp_path / "out"
+    command = ["prune", str(source), "--observations", str(root / "obs"), "--keep", "4", "--out", str(out)]
+    assert main(command) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"the shard {source / shard} is incomplete (cut short)" in err.splitlines()[-1], err
+    assert "Traceback" not in err and "SafetensorError" not in err
+    assert nothing_written(tmp_path)
+
+
 def test_output_over_the_source_is_refused(qwen):
     root, _, plan = qwen
-    for out in (root / "model", root / "model" / "pruned"):
-        with pytest.raises(CheckpointError, match="would overwrite or sit inside the source"):
+    for out in (root / "model", root / "model" / "pruned", root):  # the source, inside it, around it
+        with pytest.raises(ValueError, match="the input .*writing there could destroy the input"):
             stream_prune(root / "model", plan, out, force=True, progress=False)
     assert (root / "model" / "config.json").is_file() and not (root / "model" / "pruned").exists()
 
@@ -259,11 +283,11 @@ def test_output_over_the_source_is_refused(qwen):
 def test_plan_for_a_different_model_is_refused(qwen, tmp_path):
     plan = qwen[2]
     tiny_model("qwen3_moe", seed=5).save_pretrained(tmp_path / "other")
-    with pytest.raises(CheckpointError, match="recorded on a different model"):
+    with pytest.raises(Mismatch, match="recorded on a different model"):
         stream_prune(tmp_path / "other", plan, tmp_path / "out", progress=False)
     wider = tiny_model("qwen3_moe", num_experts=6, num_local_experts=6)
     wider.save_pretrained(tmp_path / "six")
-    with pytest.raises(CheckpointError, match="made for 8 experts in layer 0 but the model has 6"):
+    with pytest.raises(Mismatch, match="made for 8 experts in layer 0 but the model has 6"):
         stream_prune(tmp_path / "six", plan, tmp_path / "out", progress=False)
     assert nothing_written(tmp_path)
 
@@ -326,7 +350,7 @@ def test_non_uniform_plan_writes_per_layer_config_where_transformers_reads_it(ba
 def test_non_uniform_plan_points_to_load_pruned(qwen, tmp_path):
     root, _, plan = qwen
     uneven = PruningPlan({0: plan.kept[0], 1: list(range(6))}, plan.num_experts, "custom")
-    with pytest.raises(CheckpointError, match=r"does not read per_layer_config.*save_non_uniform.*load_pruned"):
+    with pytest.raises(InvalidInput, match=r"does not read per_layer_config.*save_non_uniform.*load_pruned"):
         stream_prune(root / "model", uneven, tmp_path / "out", progress=False)
     assert nothing_written(tmp_path)
 

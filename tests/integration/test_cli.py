@@ -126,3 +126,196 @@ def test_combine_shards_equals_one_pass(tmp_path, capsys):
             torch.testing.assert_close(combined.stats[d][k], whole.stats[d][k])
     assert main(["combine", str(tmp_path / "shard0"), "--out", str(tmp_path / "all")]) == 2
     assert "--force" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------
+# Plans on the command line: plan, prune --plan, merge, evaluate --plan
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def observed(checkpoint):
+    """The module's checkpoint with its observations (`obs`) and a model the plans do not fit (`other`)."""
+    root = checkpoint
+    if not (root / "obs").exists():
+        run = reapkit(
+            "observe", root / "model", "--data", root / "code.jsonl", "--out", root / "obs", "--batch-size", 2
+        )
+        assert run.returncode == 0, run.stderr
+    if not (root / "other").exists():
+        tiny_model("qwen3_moe", seed=5).save_pretrained(root / "other")
+    return root
+
+
+def cli(*args) -> int:
+    from reapkit.run.cli import main
+
+    return main([str(a) for a in args])
+
+
+def tensors(folder) -> dict:
+    from safetensors.torch import load_file
+
+    return {k: v for f in sorted(folder.glob("*.safetensors")) for k, v in load_file(f).items()}
+
+
+def logits(model, seed=0):
+    ids = torch.randint(3, 96, (2, 12), generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def test_plan_then_prune_with_it_is_prune_from_observations(observed, tmp_path, capsys):
+    from reapkit.observe.observations import Observations
+    from reapkit.select.plan import PruningPlan
+
+    root = observed
+    assert cli("plan", root / "obs", "--criterion", "reap", "--ratio", 0.25, "--out", tmp_path / "plan.json") == 0
+    assert "-> {0: 6, 1: 6}" in capsys.readouterr().out
+    plan = PruningPlan.load(tmp_path / "plan.json")
+    assert plan.kept == PruningPlan.from_observations(Observations.load(root / "obs"), "reap", ratio=0.25).kept
+    assert cli("prune", root / "model", "--plan", tmp_path / "plan.json", "--out", tmp_path / "via_plan") == 0
+    assert cli("prune", root / "model", "--observations", root / "obs", "--out", tmp_path / "direct") == 0
+    via_plan, direct = tensors(tmp_path / "via_plan"), tensors(tmp_path / "direct")
+    assert via_plan.keys() == direct.keys() and all(torch.equal(via_plan[k], direct[k]) for k in direct)
+    saved = json.loads((tmp_path / "via_plan" / "pruning_plan.json").read_text())
+    assert {int(k): v for k, v in saved["kept"].items()} == plan.kept
+    # one plan, one way to make it: the plan options beside --plan are refused before any work
+    capsys.readouterr()
+    assert cli("prune", root / "model", "--plan", tmp_path / "plan.json", "--ratio", 0.5, "--out", tmp_path / "x") == 2
+    assert "--plan is a finished plan; drop --ratio" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_llm_compressor_plan_is_applied_and_checked_against_the_model(observed, tmp_path, capsys):
+    root = observed
+    retained = {"model.layers.0.mlp": [0, 2, 3, 5, 6, 7], "model.layers.1.mlp": [1, 2, 3, 4, 5, 6]}
+    (tmp_path / "report.json").write_text(json.dumps(retained))
+    args = ("import", "llm-compressor", tmp_path / "report.json", "--model", root / "model")
+    assert cli(*args, "--out", tmp_path / "imported.json") == 0
+    assert cli("prune", root / "model", "--plan", tmp_path / "imported.json", "--out", tmp_path / "pruned") == 0
+    saved = json.loads((tmp_path / "pruned" / "pruning_plan.json").read_text())
+    assert saved["kept"] == {"0": retained["model.layers.0.mlp"], "1": retained["model.layers.1.mlp"]}
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "pruned").config.num_experts == 6
+    capsys.readouterr()
+    for how in ([], ["--in-memory"]):  # streamed or loaded, a plan made on another model is refused
+        assert cli("prune", root / "other", "--plan", tmp_path / "imported.json", *how, "--out", tmp_path / "x") == 2
+        assert "different model" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_global_budget_plan_pruned_in_memory_equals_masking(observed, tmp_path, capsys):
+    from reapkit.compress.prune import load_pruned, mask_experts
+    from reapkit.select.plan import PruningPlan
+
+    root = observed
+    assert cli("plan", root / "obs", "--global-budget", 0.625, "--out", tmp_path / "global.json") == 0
+    plan = PruningPlan.load(tmp_path / "global.json")
+    assert plan.total_kept == 2 * (8 - 5) and plan.provenance["global_budget"] == 6 and not plan.is_uniform
+    assert cli("prune", root / "model", "--plan", tmp_path / "global.json", "--in-memory", "--out", tmp_path / "p") == 0
+    assert "load it with reapkit.compress.prune.load_pruned" in capsys.readouterr().out
+    pruned = load_pruned(tmp_path / "p")
+    assert {i: layer.mlp.experts.num_experts for i, layer in enumerate(pruned.model.layers)} == {
+        layer: len(kept) for layer, kept in plan.kept.items()
+    }
+    model = AutoModelForCausalLM.from_pretrained(root / "model").eval()
+    with mask_experts(model, plan):
+        torch.testing.assert_close(logits(pruned), logits(model))
+    # a stock config.json cannot say it, so streaming refuses and leaves nothing behind
+    assert cli("prune", root / "model", "--plan", tmp_path / "global.json", "--out", tmp_path / "s") == 2
+    assert "different numbers of experts per layer" in capsys.readouterr().err and not (tmp_path / "s").exists()
+    assert cli("plan", root / "obs", "--ratio", 0.5, "--margin", 1, "--out", tmp_path / "m.json") == 2
+    assert "--margin applies to a global budget" in capsys.readouterr().err
+
+
+def test_merge_writes_the_model_and_its_plan_which_merge_applies_again(observed, tmp_path, capsys):
+    from reapkit.compress.merge import apply_merge
+    from reapkit.select.merge import MergePlan
+
+    root = observed
+    args = ("merge", root / "model", "--observations", root / "obs", "--method", "hc_smoe")
+    assert cli(*args, "--keep", 4, "--out", tmp_path / "merged") == 0
+    assert sorted(p.name for p in (tmp_path / "merged").iterdir()) == [
+        "config.json",
+        "generation_config.json",
+        "merge_plan.json",
+        "model.safetensors",
+    ]
+    plan = MergePlan.load(tmp_path / "merged" / "merge_plan.json")
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    assert plan.keep == merged.config.num_experts == 4
+    reference = apply_merge(AutoModelForCausalLM.from_pretrained(root / "model").eval(), plan)
+    torch.testing.assert_close(logits(merged), logits(reference))
+    again = ("merge", root / "model", "--plan", tmp_path / "merged" / "merge_plan.json")
+    assert cli(*again, "--out", tmp_path / "again") == 0
+    first, second = tensors(tmp_path / "merged"), tensors(tmp_path / "again")
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    capsys.readouterr()
+    refusals = [
+        (("prune", root / "model", "--plan", tmp_path / "merged" / "merge_plan.json"), "is a merge plan; merge with"),
+        (("merge", root / "other", "--plan", tmp_path / "merged" / "merge_plan.json"), "different model"),
+        ((*args[:-2], "--method", "nope", "--keep", 4), "choose one of m_smoe, hc_smoe"),
+        ((*args, "--ratio", 0.5, "--plan", tmp_path / "merged" / "merge_plan.json"), "drop --observations, --method"),
+        (args, "--keep N or --ratio R"),
+    ]
+    for command, message in refusals:
+        assert cli(*command, "--out", tmp_path / "x") == 2, command
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and not (tmp_path / "x").exists()
+
+
+def test_evaluate_takes_a_pruning_plan_or_a_merge_plan(tmp_path, capsys):
+    """On the demo model: `--plan plan.json` scores as `--observations ... --ratio` does; `--plan merge_plan.json`
+    scores as the merged checkpoint does, labelled as a merge."""
+    pytest.importorskip("lm_eval")
+    from reapkit.model.demo import DEMO_PATH
+
+    if not (DEMO_PATH / "config.json").is_file():
+        pytest.skip("the bundled demo model is not built")
+    obs, plan, merged = tmp_path / "obs", tmp_path / "plan.json", tmp_path / "merged"
+    assert cli("observe", "demo", "--data", "code:4,prose:4", "--max-length", 32, "--out", obs) == 0
+    assert cli("plan", obs, "--ratio", 0.5, "--out", plan) == 0
+    assert cli("merge", "demo", "--observations", obs, "--method", "m_smoe", "--ratio", 0.5, "--out", merged) == 0
+    scored = {}
+    for name, how in {
+        "plan": ("demo", "--plan", plan),
+        "observations": ("demo", "--observations", obs, "--ratio", 0.5),
+        "merge plan": ("demo", "--plan", merged / "merge_plan.json"),
+        "merged checkpoint": (merged,),
+    }.items():
+        out = tmp_path / f"{name}.csv"
+        assert (
+            cli("evaluate", *how, "--tasks", "reapkit_heldout", "--include-path", "demo", "--limit", 2, "--out", out)
+            == 0
+        )
+        scored[name] = pd.read_csv(out)
+    capsys.readouterr()
+    value = {name: rows.set_index("metric")["value"] for name, rows in scored.items()}
+    pd.testing.assert_series_equal(value["plan"], value["observations"])
+    pd.testing.assert_series_equal(value["merge plan"], value["merged checkpoint"], rtol=1e-5)
+    merge_rows = scored["merge plan"]
+    assert set(merge_rows.method) == {"merge"} and set(merge_rows.criterion) == {"m_smoe"}
+    assert set(merge_rows.ratio) == {0.5} and set(scored["plan"].criterion) == {"reap"}
+    assert set(scored["merged checkpoint"].criterion) == {"unpruned"}  # a checkpoint scored as it is
+
+
+def test_a_mistake_is_one_line_and_a_bug_keeps_its_traceback(observed, tmp_path, capsys):
+    """A `ReapkitError` (here: a plugin file that is missing) is one line and exit 2; an exception of any other
+    kind (here: a criterion plugin with a bug) is not dressed up as a user mistake."""
+    from reapkit.select import criteria
+
+    root = observed
+    plugin = tmp_path / "buggy.py"
+    plugin.write_text(
+        "import reapkit\n"
+        "def buggy(stats, seed):\n"
+        "    return stats['count'].nosuchmethod()\n"
+        "reapkit.register_criterion('buggy', buggy, needs=['count'])\n"
+    )
+    assert cli("scores", root / "obs", "--plugin", tmp_path / "missing.py") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("reapkit scores: error: plugin file") and err.count("\n") == 1
+    try:
+        with pytest.raises(AttributeError, match="nosuchmethod"):
+            cli("scores", root / "obs", "--criterion", "buggy", "--plugin", plugin)
+    finally:
+        criteria._REGISTRY.pop("buggy", None)
+    assert "error:" not in capsys.readouterr().err

@@ -402,7 +402,7 @@ def test_notebook_03_prunes_and_evaluates_from_imported_saliency(case, tmp_path)
     figures = list((tmp_path / "run/figures").glob("*.png"))
     assert len(figures) >= 5 and sum("image/png" in o.get("data", {}) for o in outputs) >= len(figures)
     results = pd.read_csv(tmp_path / "run/results.csv")
-    assert set(results.criterion) == {"none", "reap"}
+    assert set(results.criterion) == {"unpruned", "reap"}
     saved = json.loads((tmp_path / "run/pruned_checkpoint/pruning_plan.json").read_text())
     expected = PruningPlan.from_observations(imported, "reap", ratio=0.5).kept
     assert {int(k): v for k, v in saved["kept"].items()} == expected
@@ -410,7 +410,7 @@ def test_notebook_03_prunes_and_evaluates_from_imported_saliency(case, tmp_path)
 
 def test_readme_block_runs_as_written(tmp_path, monkeypatch, capsys):
     """README "Bring saliency from other tools", line by line (in process), on files made for the demo model."""
-    from test_readme import readme_block
+    from doc_blocks import readme_block
 
     from reapkit.model.loading import load_model
 

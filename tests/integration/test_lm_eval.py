@@ -152,9 +152,9 @@ def test_masked_score_equals_the_saved_checkpoint_and_differs_from_unpruned(demo
     assert (row.method, row.criterion, row.label, row.ratio, row.seed) == ("prune", "reap", "reap", 0.5, 0)
     assert row.observations == demo["obs"].meta["fingerprint"]["router_sha256"]
     assert row.value_lo == pytest.approx(row.value - 1.96 * row.stderr, abs=1e-3) and row.stderr > 0
-    assert unpruned.ratio.eq(0).all() and unpruned.criterion.eq("none").all()
+    assert unpruned.ratio.eq(0).all() and unpruned.criterion.eq("unpruned").all()
     own = pd.DataFrame(
-        [dict(ratio=0.0, criterion="none", domain="all", loss=3.0, loss_lo=2.9, loss_hi=3.1)]
+        [dict(ratio=0.0, criterion="unpruned", domain="all", loss=3.0, loss_lo=2.9, loss_hi=3.1)]
         + [dict(ratio=0.5, criterion="reap", domain="all", loss=3.5, loss_lo=3.4, loss_hi=3.6)]
     )
     table = pd.concat([own, unpruned, masked], ignore_index=True)
@@ -268,7 +268,7 @@ def test_lm_eval_sweep_runs(demo, tmp_path, monkeypatch):
     results = pd.read_csv(tmp_path / "runs" / "lm_eval" / "results.csv")
     scores = results.dropna(subset=["metric"])
     assert set(scores.domain) == {"reapkit_heldout", "reapkit_continuation"}
-    assert set(scores.ratio) == {0.0, 0.5} and set(scores.criterion) == {"none", "reap"}
+    assert set(scores.ratio) == {0.0, 0.5} and set(scores.criterion) == {"unpruned", "reap"}
     assert (scores.samples == 2).all() and results.loss.notna().sum() == 3 * 2  # (unpruned + plan) x (code, prose, all)
     run = next((tmp_path / "runs" / "lm_eval").glob("*/figures/lm_eval_vs_ratio.png")).parent.parent
     notebook = nbformat.read(str(run / "03_pruning.ipynb"), as_version=4)
@@ -284,7 +284,7 @@ def test_lm_eval_sweep_runs(demo, tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_readme_lm_eval_block_runs_as_written(demo, tmp_path):
     """The README's "Benchmark a plan with lm-eval" commands, line by line, in a fresh folder."""
-    from test_readme import as_subprocess, readme_block
+    from doc_blocks import as_subprocess, readme_block
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     for line in readme_block("## Benchmark a plan with lm-eval"):

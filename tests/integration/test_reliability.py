@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from test_bad_inputs import write_dummy_notebook
+from fixtures.notebooks import write_dummy_notebook
 from tiny_models import tiny_checkpoint, tiny_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -176,12 +176,12 @@ def test_interrupt_leaves_the_whole_output_or_none(tiny, tmp_path, command, sign
 
     out = tmp_path / "out"
     args = {
-        "observe": ["observe", tiny["model"], "--data", tiny["long"], "--batch-size", 1, "--checkpoint-every", 5],
+        "observe": ["observe", tiny["model"], "--data", tiny["long"], "--batch-size", 1, "--save-every", 5],
         "prune": ["prune", tiny["model"], "--observations", tiny["obs"], "--ratio", 0.5],
         "combine": ["combine", tiny["obs"], tiny["obs"]],
     }[command]
-    # observe: signalled while it writes a checkpoint; prune / combine: while they write the output
-    watch = "out.checkpoint" if command == "observe" else "out"
+    # observe: signalled while it writes its partial observations; prune / combine: while they write the output
+    watch = "out.partial" if command == "observe" else "out"
     code, err = _signal_while_writing(start(*args, "--out", out), tmp_path, watch, signum)
     assert "Traceback" not in err, err[-3000:]
     assert code in (0, 130), err[-2000:]
@@ -240,8 +240,8 @@ def test_observe_resumes_after_sigkill_and_equals_an_uninterrupted_run(tiny, tmp
     whole = reapkit(*args, "--out", tmp_path / "whole")
     assert whole.returncode == 0, whole.stderr
 
-    out, progress = tmp_path / "resumed", tmp_path / "resumed.checkpoint" / "progress.json"
-    process = start(*args, "--out", out, "--checkpoint-every", 7)
+    out, progress = tmp_path / "resumed", tmp_path / "resumed.partial" / "progress.json"
+    process = start(*args, "--out", out, "--save-every", 7)
     deadline = time.monotonic() + 240
     while process.poll() is None and time.monotonic() < deadline:
         if progress.is_file() and json.loads(progress.read_text())["batches_done"] >= 14:
@@ -253,40 +253,38 @@ def test_observe_resumes_after_sigkill_and_equals_an_uninterrupted_run(tiny, tmp
     saved = json.loads(progress.read_text())
     assert 0 < saved["batches_done"] < saved["batches"] == 600 and not out.exists()
 
-    resumed = reapkit(*args, "--out", out, "--checkpoint-every", 7, "--resume")
+    resumed = reapkit(*args, "--out", out, "--save-every", 7, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert files_of(out) == files_of(tmp_path / "whole")  # bit-identical statistics and metadata
-    assert not (tmp_path / "resumed.checkpoint").exists()
+    assert not (tmp_path / "resumed.partial").exists()
 
 
 def test_resume_in_process_and_with_other_data(tmp_path, batches):
     from reapkit.observe.recorder import observe
-    from reapkit.observe.resume import ObserveCheckpoint
+    from reapkit.observe.resume import PartialObservations
 
     model = tiny_model("qwen3_moe")
-    checkpoint = ObserveCheckpoint(tmp_path / "c", every=1)
-    original = checkpoint.after_batch
+    partial = PartialObservations(tmp_path / "c", every=1)
+    original = partial.after_batch
 
     def crash_after_two(recorder, done):
         original(recorder, done)
         if done == 2:
             raise KeyboardInterrupt  # as a crash would stop it
 
-    checkpoint.after_batch = crash_after_two
+    partial.after_batch = crash_after_two
     with pytest.raises(KeyboardInterrupt):
-        observe(model, batches, progress=False, checkpoint=checkpoint)
+        observe(model, batches, progress=False, partial=partial)
     assert json.loads((tmp_path / "c" / "progress.json").read_text())["batches_done"] == 2
-    resumed = observe(
-        model, batches, progress=False, checkpoint=ObserveCheckpoint(tmp_path / "c", every=1, resume=True)
-    )
+    resumed = observe(model, batches, progress=False, partial=PartialObservations(tmp_path / "c", every=1, resume=True))
     whole = observe(model, batches, progress=False)
     for d in whole.domains:
         for name in whole.stats[d]:
             assert torch.equal(resumed.stats[d][name], whole.stats[d][name]), (d, name)
     with pytest.raises(ValueError, match="another model, data or batch size"):
-        observe(model, batches[:-1], progress=False, checkpoint=ObserveCheckpoint(tmp_path / "c", every=1, resume=True))
+        observe(model, batches[:-1], progress=False, partial=PartialObservations(tmp_path / "c", every=1, resume=True))
     with pytest.raises(FileExistsError, match="--resume"):
-        ObserveCheckpoint(tmp_path / "c", every=1).check()
+        PartialObservations(tmp_path / "c", every=1).check()
 
 
 # --------------------------------------------------------------------------------------------

@@ -86,19 +86,35 @@ def _bad_checkpoints(tmp_path):
     index = json.loads((sharded / "model.safetensors.index.json").read_text())
     lost = max(index["weight_map"].values())
     (sharded / lost).unlink()
-    partial = tmp_path / "partial"
-    model.save_pretrained(partial)
-    tensors = load_file(partial / "model.safetensors")
-    save_file(
-        {k: v for k, v in tensors.items() if "layers.1.mlp.gate." not in k},
-        partial / "model.safetensors",
-        metadata={"format": "pt"},
-    )
-    return [
+    moved = tmp_path / "moved"  # the index puts a tensor in a shard that does not hold it
+    model.save_pretrained(moved, max_shard_size="30KB")
+    index = json.loads((moved / "model.safetensors.index.json").read_text())
+    first, last = min(index["weight_map"].values()), max(index["weight_map"].values())
+    name = next(k for k, v in index["weight_map"].items() if v == first)
+    index["weight_map"][name] = last
+    (moved / "model.safetensors.index.json").write_text(json.dumps(index))
+    partial, experts = tmp_path / "partial", tmp_path / "experts"
+    for folder, lose in ((partial, "layers.1.mlp.gate."), (experts, "layers.1.mlp.experts.7.")):
+        model.save_pretrained(folder)
+        tensors = load_file(folder / "model.safetensors")
+        save_file(
+            {k: v for k, v in tensors.items() if lose not in k}, folder / "model.safetensors", metadata={"format": "pt"}
+        )
+    cases = [
         (plain, "holds no .safetensors weights"),
-        (sharded, f"names shard(s) {lost}"),
+        (sharded, f"names shard(s) missing from {sharded}: {lost}"),
+        (moved, f"puts 1 tensor(s) in shards that do not hold them (first: {name} in {last})"),
         (partial, "has no weights for model.layers.1.mlp.gate.weight"),
+        (experts, "stores 7 of the 8 experts' tensors that make model.layers.1.mlp.experts."),
     ]
+    for cut in (100, 20):  # inside the tensor data (an interrupted download), inside the header
+        folder = tmp_path / f"cut-{cut}"
+        model.save_pretrained(folder, max_shard_size="30KB")
+        shard = folder / min(json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"].values())
+        data = shard.read_bytes()
+        shard.write_bytes(data[: len(data) - cut] if cut == 100 else data[:cut])
+        cases.append((folder, f"the shard {shard} is incomplete"))
+    return cases
 
 
 def test_unusable_checkpoints_get_one_clear_message(tmp_path, capsys):

@@ -419,7 +419,7 @@ def test_notebook_05_study(tmp_path):
 
 
 def test_notebook_05_bad_parameter(tmp_path):
-    from reapkit.run.notebook import ParameterError, check_parameters
+    from reapkit.run.parameters import ParameterError, check_parameters
 
     good = dict(
         model="demo",

@@ -10,7 +10,7 @@ from tiny_models import tiny_model
 from reapkit.errors import InvalidInput
 from reapkit.observe.recorder import observe
 from reapkit.run import cli
-from reapkit.run.notebook import ParameterError, check_parameters
+from reapkit.run.parameters import ParameterError, check_parameters
 from reapkit.run.plugins import load_plugins
 from reapkit.select import criteria
 from reapkit.select.criteria import CRITERIA_NAMES, check_ratio, register_criterion, score, scores_frame
