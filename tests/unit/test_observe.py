@@ -15,7 +15,7 @@ from reapkit.model.discover import architecture_for
 from reapkit.model.records import SCORING
 from reapkit.observe.observations import Observations
 from reapkit.observe.recorder import observe, recording
-from reapkit.observe.resume import ObserveCheckpoint
+from reapkit.observe.resume import PartialObservations
 from reapkit.observe.statistics import DEFAULT, OPTIONAL, STATISTICS, markdown
 
 
@@ -229,11 +229,11 @@ def test_saved_statistics_are_checked_against_the_table(tmp_path, batches):
 def test_resume_needs_the_same_statistics(tmp_path, batches):
     model = tiny_model("qwen3_moe")
     whole = observe(model, batches, progress=False, statistics="all")
-    observe(model, batches, progress=False, statistics="all", checkpoint=ObserveCheckpoint(tmp_path / "c", every=1))
+    observe(model, batches, progress=False, statistics="all", partial=PartialObservations(tmp_path / "c", every=1))
     with pytest.raises(Mismatch, match="--statistics"):
-        observe(model, batches, progress=False, checkpoint=ObserveCheckpoint(tmp_path / "c", resume=True))
+        observe(model, batches, progress=False, partial=PartialObservations(tmp_path / "c", resume=True))
     resumed = observe(
-        model, batches, progress=False, statistics="all", checkpoint=ObserveCheckpoint(tmp_path / "c", resume=True)
+        model, batches, progress=False, statistics="all", partial=PartialObservations(tmp_path / "c", resume=True)
     )
     for d in whole.domains:
         for k, v in whole.stats[d].items():
