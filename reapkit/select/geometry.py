@@ -45,6 +45,8 @@ __all__ = [
     "angular_distances",
     "cluster",
     "clusters_at",
+    "cut_height",
+    "coselection_lift",
     "model_vectors",
     "output_vectors",
     "expert_vectors",
@@ -56,6 +58,42 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 # Pure numpy
 # --------------------------------------------------------------------------------------------
+
+
+def cut_height(linkage, n_clusters: int) -> float:
+    """The height at which cutting a dendrogram leaves `n_clusters` clusters: midway between the merge
+    heights on either side of the cut (NaN when there is no such cut).
+
+        >>> cut_height(cluster(d).linkage, 4)
+    """
+    heights = np.sort(np.asarray(linkage, dtype=float).reshape(-1, 4)[:, 2]) if np.size(linkage) else np.zeros(0)
+    k = len(heights) + 1 - int(n_clusters)  # merges below the cut
+    if not 0 < k <= len(heights) or n_clusters < 2:
+        return float("nan")
+    return float((heights[k - 1] + heights[k]) / 2) if k < len(heights) else float(heights[-1])
+
+
+def coselection_lift(coselect) -> np.ndarray:
+    """[E, E]: how often two experts share a token's top-k, over what independent routing with the same
+    per-expert frequencies gives (1 = chance); the diagonal (an expert with itself) is NaN.
+
+        >>> coselection_lift(obs.coselection()[0])
+
+    `coselect` [E, E]: co-selection counts, tokens per expert on the diagonal. With T tokens,
+    independent routing expects C_ii C_jj / T tokens on both; T = trace / top-k, and top-k = 1 + the
+    off-diagonal total over the trace (each routed token brings top-k - 1 partners).
+    """
+    c = np.asarray(coselect, dtype=float)
+    diag = np.diag(c).copy()
+    trace = diag.sum()
+    lift = np.full(c.shape, np.nan)
+    if trace <= 0:
+        return lift
+    top_k = 1 + (c.sum() - trace) / trace
+    expected = np.outer(diag, diag) / (trace / top_k)
+    np.divide(c, expected, out=lift, where=expected > 0)
+    np.fill_diagonal(lift, np.nan)
+    return lift
 
 
 def angular_distances(vectors, other=None) -> np.ndarray:

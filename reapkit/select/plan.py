@@ -174,8 +174,7 @@ class PruningPlan:
             )
         chosen, candidates = {}, []
         for pos, (layer, size) in enumerate(zip(obs.layers, sizes)):
-            row = values[pos][:size]
-            normalised = row / row.mean() if row.mean() > 0 else row
+            normalised = budget_scores(values[pos][:size])
             order = np.argsort(-normalised, kind="stable")
             chosen[layer] = [int(i) for i in order[:floor]]
             candidates += [(-float(normalised[i]), layer, int(i)) for i in order[floor:]]
@@ -208,6 +207,16 @@ class PruningPlan:
         for key in ("kept", "num_experts", "scores"):
             data[key] = {int(k): v for k, v in data[key].items()}
         return cls(**data)
+
+
+def budget_scores(row) -> np.ndarray:
+    """The scores a global budget ranks across layers: one layer's scores divided by their mean.
+
+    >>> budget_scores(np.array([1.0, 3.0]))
+    array([0.5, 1.5])
+    """
+    row = np.asarray(row, dtype=np.float64)
+    return row / row.mean() if row.size and row.mean() > 0 else row
 
 
 def feasible_group_counts(total: int, n_group: int, top_k: int, topk_group: int | None = None) -> list[int]:

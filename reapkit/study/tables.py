@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from reapkit.errors import InvalidInput, Mismatch
-from reapkit.measure.schema import ALL, LABEL, RATIO, hi, lo, select, wide_results
+from reapkit.measure.schema import ALL, LABEL, RATIO, hi, interval, interval_columns, lo, select, wide_results
 from reapkit.select.criteria import DEFAULT_CRITERIA
 from reapkit.select.plan import pruned_count
 
@@ -28,9 +28,14 @@ __all__ = [
     "expected_jaccard",
     "jaccard_distribution",
     "spearman_band",
+    "jaccard_band",
+    "routing",
+    "uniform_plans",
+    "pruned_experts",
     "agreement_table",
     "domain_share_table",
     "specialisation_table",
+    "specialisation_by_layer",
     "mask_frame",
     "plan_overlap",
     "curve_table",
@@ -90,10 +95,27 @@ def expected_jaccard(experts: int, size: int, other: int | None = None) -> float
     return float(np.sum(values * p))
 
 
+@functools.lru_cache(maxsize=256)
+def jaccard_band(experts: int, size: int, layers: int = 1, *, level: float = 0.95, draws: int = 20000, seed: int = 0):
+    """Central `level` interval of the mean over `layers` layers of the Jaccard index of two random
+    `size`-of-`experts` subsets (each layer an independent draw from `jaccard_distribution`; seeded).
+
+        >>> jaccard_band(16, 8, 4)              # (lo, hi) around expected_jaccard(16, 8) = 0.34
+    """
+    values, p = jaccard_distribution(experts, size)
+    rng = np.random.default_rng(seed)
+    means = rng.choice(values, p=p, size=(draws, max(int(layers), 1))).mean(axis=1)
+    tail = (1 - level) / 2
+    return float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
+
+
 @functools.lru_cache(maxsize=64)
-def spearman_band(n: int, *, level: float = 0.95, permutations: int = 20000, seed: int = 0) -> tuple[float, float]:
-    """Central `level` interval of Spearman's rho between two independent random rankings of `n` items
-    (a permutation null, `permutations` draws from `seed`; deterministic): ``(lo, hi)``.
+def spearman_band(
+    n: int, layers: int = 1, *, level: float = 0.95, permutations: int = 20000, seed: int = 0
+) -> tuple[float, float]:
+    """Central `level` interval of Spearman's rho between two independent random rankings of `n` items,
+    or of its mean over `layers` independent layers (a permutation null, `permutations` draws from
+    `seed`; deterministic): ``(lo, hi)``.
 
         >>> spearman_band(16)
         (-0.5, 0.5)              # roughly: |rho| < 0.5 is what unrelated scores of 16 experts give
@@ -107,6 +129,8 @@ def spearman_band(n: int, *, level: float = 0.95, permutations: int = 20000, see
     centred = ranks - (n - 1) / 2
     base = np.arange(n, dtype=float) - (n - 1) / 2
     rho = centred @ base / float(base @ base)
+    if layers > 1:
+        rho = rng.choice(rho, size=(permutations, int(layers))).mean(axis=1)
     tail = (1 - level) / 2
     return float(np.quantile(rho, tail)), float(np.quantile(rho, 1 - tail))
 
@@ -116,55 +140,113 @@ def spearman_band(n: int, *, level: float = 0.95, permutations: int = 20000, see
 # --------------------------------------------------------------------------------------------
 
 
-def agreement_table(
-    frame: pd.DataFrame, *, criteria=DEFAULT_CRITERIA, ratio: float = 0.5, domain: str = ALL
-) -> pd.DataFrame:
+def routing(obs) -> dict:
+    """The router's group-limited routing as `uniform_plans` and `agreement_table` take it: n_group,
+    topk_group and top_k of `obs` (Observations). ``uniform_plans(scores, ratio=0.5, **routing(obs))``."""
+    return {"n_group": obs.meta.get("n_group", 1), "topk_group": obs.meta.get("topk_group"), "top_k": obs.top_k}
+
+
+def uniform_plans(
+    frame: pd.DataFrame,
+    criteria=DEFAULT_CRITERIA,
+    *,
+    ratio: float,
+    domain: str = ALL,
+    n_group: int = 1,
+    topk_group: int | None = None,
+    top_k: int = 1,
+) -> dict:
+    """{criterion: PruningPlan}: the uniform plan each criterion of a scores frame makes at `ratio`,
+    built by `PruningPlan.from_scores` itself (its ties, its routing groups), so every overlap and
+    kept/pruned mark drawn from a scores frame is that of a plan.
+
+        >>> uniform_plans(scores, ["reap", "frequency"], ratio=0.5, n_group=obs.meta.get("n_group", 1))
+
+    `n_group`, `topk_group`, `top_k`: the router's group-limited routing (as `obs.meta` and
+    `obs.top_k` give them). Criteria missing from `frame` are left out.
+    """
+    from reapkit.select.plan import PruningPlan
+
+    data = select(frame, domain=domain) if not _empty(frame) else frame
+    plans = {}
+    for criterion in [criteria] if isinstance(criteria, str) else criteria:
+        part = data[data["criterion"] == criterion] if not _empty(data) else data
+        if _empty(part):
+            continue
+        table = value_table(part)
+        sizes = table.notna().sum(axis=1).astype(int).tolist()
+        values = np.nan_to_num(table.to_numpy(float), nan=-np.inf)
+        plans[criterion] = PruningPlan.from_scores(
+            values,
+            [int(layer) for layer in table.index],
+            sizes,
+            top_k=top_k,
+            ratio=ratio,
+            n_group=n_group,
+            topk_group=topk_group,
+            criterion=criterion,
+        )
+    return plans
+
+
+def pruned_experts(scores, ratio: float, **routing) -> np.ndarray:
+    """Boolean [E]: the experts the uniform plan at `ratio` prunes from one layer's `scores` (by
+    `PruningPlan.from_scores`; `routing`: n_group, topk_group, top_k as in `uniform_plans`).
+
+        >>> pruned_experts([0.3, 0.1, 0.2, 0.4], 0.5)
+        array([False,  True,  True, False])
+    """
+    from reapkit.select.plan import PruningPlan
+
+    s = np.asarray(scores, dtype=float).ravel()
+    mask = np.zeros(s.size, bool)
+    if s.size == 0 or ratio is None:
+        return mask
+    routing = {"top_k": 1, **routing}
+    plan = PruningPlan.from_scores(np.nan_to_num(s, nan=-np.inf)[None], [0], [s.size], ratio=ratio, **routing)
+    mask[plan.removed(0)] = True
+    return mask
+
+
+def agreement_table(data, *, criteria=None, ratio: float = 0.5, domain: str = ALL, **routing) -> pd.DataFrame:
     """Per layer and pair of criteria: Spearman rank correlation of the scores, the overlap (Jaccard
-    index) of the sets of experts each would prune at `ratio`, and that overlap's chance level.
+    index) of the sets of experts their plans prune, and that overlap's chance level.
 
         >>> agreement_table(scores, criteria=["reap", "frequency"], ratio=0.5)
+        >>> agreement_table({c: PruningPlan.from_observations(obs, c, ratio=0.5) for c in criteria})
 
-    Columns: layer, criterion_a, criterion_b, experts, spearman, overlap, overlap_chance,
-    spearman_lo, spearman_hi (the 95% band of rho between unrelated rankings). Criteria missing
-    from `frame` are skipped.
+    `data`: {criterion: PruningPlan} (the plans' own pruned sets and scores), or a scores frame whose
+    plans `uniform_plans` makes at `ratio` (`routing`: n_group, topk_group, top_k). Columns: layer,
+    criterion_a, criterion_b, experts, spearman, overlap, overlap_chance, spearman_chance_lo,
+    spearman_chance_hi (where 95% of rho between unrelated rankings falls). Criteria missing from
+    `data` are skipped; `criteria` None: every plan given, or :data:`DEFAULT_CRITERIA` of a frame.
     """
     from scipy.stats import spearmanr
 
-    columns = [
-        "layer",
-        "criterion_a",
-        "criterion_b",
-        "experts",
-        "spearman",
-        "overlap",
-        "overlap_chance",
-        "spearman_lo",
-        "spearman_hi",
-    ]
-    if _empty(frame):
-        return pd.DataFrame(columns=columns)
-    data = select(frame, domain=domain)
-    present = [c for c in criteria if c in set(data["criterion"])]
-    tables = {c: value_table(data[data["criterion"] == c]) for c in present}
+    chance_lo, chance_hi = interval("spearman", "chance")
+    columns = ["layer", "criterion_a", "criterion_b", "experts", "spearman", "overlap", "overlap_chance"]
+    columns += [chance_lo, chance_hi]
+    if isinstance(data, dict):
+        plans = {c: p for c, p in data.items() if criteria is None or c in criteria}
+    else:
+        criteria = DEFAULT_CRITERIA if criteria is None else criteria
+        plans = {} if _empty(data) else uniform_plans(data, criteria, ratio=ratio, domain=domain, **routing)
+    present = list(plans)
+    layers = sorted(set.intersection(*(set(p.layers) for p in plans.values()))) if plans else []
     rows = []
-    for layer in sorted(set(data["layer"])):
+    for layer in layers:
         for i, a in enumerate(present):
             for b in present[i + 1 :]:
-                x, y = tables[a].loc[layer].to_numpy(float), tables[b].loc[layer].to_numpy(float)
-                ok = ~(np.isnan(x) | np.isnan(y))
-                x, y = x[ok], y[ok]
+                x, y = (np.asarray(plans[c].scores[layer], float) for c in (a, b))
+                ok = np.isfinite(x) & np.isfinite(y)
                 rho = float("nan")
-                if x.size > 1 and np.ptp(x) > 0 and np.ptp(y) > 0:
-                    rho = float(spearmanr(x, y).statistic)
-                k = pruned_count(x.size, ratio)
-                if k == 0:
-                    overlap = 1.0
-                else:
-                    pa = set(np.argsort(x, kind="stable")[:k].tolist())
-                    pb = set(np.argsort(y, kind="stable")[:k].tolist())
-                    overlap = len(pa & pb) / len(pa | pb)
-                band = spearman_band(x.size)
-                rows.append((layer, a, b, x.size, rho, overlap, expected_jaccard(x.size, k), *band))
+                if ok.sum() > 1 and np.ptp(x[ok]) > 0 and np.ptp(y[ok]) > 0:
+                    rho = float(spearmanr(x[ok], y[ok]).statistic)
+                pa, pb = set(plans[a].removed(layer)), set(plans[b].removed(layer))
+                overlap = len(pa & pb) / len(pa | pb) if pa | pb else 1.0
+                experts = plans[a].num_experts[layer]
+                chance = expected_jaccard(experts, len(pa), len(pb))
+                rows.append((layer, a, b, experts, rho, overlap, chance, *spearman_band(int(ok.sum()))))
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -241,6 +323,23 @@ def specialisation_table(frame: pd.DataFrame, *, criterion: str = "frequency") -
         }
     )
     return out[columns].reset_index(drop=True)
+
+
+def specialisation_by_layer(table: pd.DataFrame, *, resamples: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Per layer of a `specialisation_table`: the usage-weighted mean specialisation and its 95% percentile
+    bootstrap interval over the layer's experts (`interval_columns("specialisation")`).
+
+        >>> specialisation_by_layer(specialisation_table(scores))
+    """
+    from reapkit.measure.stats import bootstrap
+
+    columns = ["layer", *interval_columns("specialisation"), "experts"]
+    rows = []
+    for layer, part in table.groupby("layer", sort=True):
+        weights = part["usage"].clip(lower=0).to_numpy(float) + 1e-12
+        values = bootstrap(part["specialisation"].to_numpy(float) * weights, weights, resamples=resamples, seed=seed)
+        rows.append((layer, *values, len(part)))
+    return pd.DataFrame(rows, columns=columns)
 
 
 # --------------------------------------------------------------------------------------------
