@@ -109,16 +109,17 @@ def _layer_index(key) -> int:
 def model_shape(model) -> dict:
     """Architecture, fingerprint, MoE layers, experts per layer and routing of `model`."""
     from reapkit.model.discover import architecture_for
+    from reapkit.model.layer import moe_layers
     from reapkit.observe.observations import fingerprint
 
     arch = architecture_for(model)
-    blocks = list(arch.moe_blocks(model))
+    layers = moe_layers(model, arch)
     config = model.config.get_text_config()
     return {
         "architecture": arch.model_type,
         "fingerprint": fingerprint(model),
-        "layers": [i for i, _ in blocks],
-        "num_experts": [arch.experts_of(b).num_experts for _, b in blocks],
+        "layers": [layer.index for layer in layers],
+        "num_experts": [layer.num_experts for layer in layers],
         "top_k": arch.top_k(config),
         "n_group": arch.n_group(config),
         "topk_group": arch.topk_group(config),
@@ -136,6 +137,7 @@ def read_reap_observer(path, *, domain: str = "calibration", model=None, top_k: 
     What the file lacks is listed in ``meta["missing"]``; criteria that need it refuse, naming it.
     """
     from reapkit.observe.observations import Observations
+    from reapkit.observe.statistics import STATISTICS
 
     path = Path(path)
     if not isinstance(domain, str) or not domain.isidentifier() or domain == "all":
@@ -178,7 +180,7 @@ def read_reap_observer(path, *, domain: str = "calibration", model=None, top_k: 
             missing[name] = NOT_RECORDED.get(name, f"this file has no {SUMS.get(name, MEANS.get(name))}")
             continue
         shape = (len(layers), width, *per_layer[0].shape[1:])
-        stats[name] = torch.zeros(shape, dtype=torch.float32 if name == "output_sum" else torch.float64)
+        stats[name] = torch.zeros(shape, dtype=STATISTICS[name].torch_dtype)
         for pos, value in enumerate(per_layer):
             if value.shape[0] != num_experts[pos] or value.shape[1:] != per_layer[0].shape[1:]:
                 raise InvalidInput(

@@ -87,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--resume", action="store_true", help=f"continue an interrupted run from OUT{commands.PARTIAL_SUFFIX}"
     )
+    p.add_argument(
+        "--statistics",
+        nargs="+",
+        metavar="NAME",
+        help="optional statistics to record besides the defaults, e.g. coselect output_sum, or all",
+    )
     p.set_defaults(func=commands.cmd_observe)
 
     p = sub.add_parser("combine", help="add observations of the same model made on different data shards")

@@ -214,27 +214,19 @@ def model_vectors(model, layer: int, space: str) -> np.ndarray:
     or `weights` ([E, E] vectors with the same inner products, hence the same angular distances, as
     all expert parameters flattened: built from their Gram matrix on the model's device, so a
     layer of a large model never becomes one [E, P] array)."""
-    from reapkit.model.discover import architecture_for
+    from reapkit.model.layer import moe_layers
 
     if space not in ("weights", "router"):
         raise InvalidInput(
             f"model_vectors reads the 'weights' or 'router' space, got {space!r} "
             "(the 'output' space comes from observations: output_vectors(obs, layer))"
         )
-    arch = architecture_for(model)
-    blocks = dict(arch.moe_blocks(model))
-    _position(sorted(blocks), layer)
-    block = blocks[layer]
+    layers = {moe.index: moe for moe in moe_layers(model)}
+    _position(sorted(layers), layer)
     if space == "router":
-        return arch.router_of(block).weight.detach().float().cpu().numpy().astype(np.float64)
-    experts = arch.experts_of(block)
-    E = experts.num_experts
-    gram = sum(
-        flat @ flat.T
-        for flat in (
-            p.detach().reshape(E, -1).float() for p in experts.parameters(recurse=False) if p.dim() and p.shape[0] == E
-        )
-    )
+        return layers[layer].router_weight.detach().float().cpu().numpy().astype(np.float64)
+    tensors = layers[layer].expert_tensors(router=False).values()
+    gram = sum(flat @ flat.T for flat in (t.detach().reshape(len(t), -1).float() for t in tensors))
     values, vectors = np.linalg.eigh(gram.cpu().double().numpy())
     return vectors * np.sqrt(np.clip(values, 0, None))
 

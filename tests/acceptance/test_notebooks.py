@@ -449,7 +449,7 @@ def test_explorer_redraws_on_every_control(batches, tmp_path):
     from reapkit.observe.recorder import observe
     from reapkit.plot.widgets import SaliencyExplorer, explorer, ratio_label, ratio_options
 
-    obs = observe(tiny_model("qwen3_moe"), batches, progress=False)
+    obs = observe(tiny_model("qwen3_moe"), batches, progress=False, statistics=["output_sum"])
     obs.save(tmp_path / "obs")
     e = explorer(tmp_path / "obs", criteria=["reap", "frequency"], n_clusters=3)
     assert isinstance(e, SaliencyExplorer) and e.redraws == 1

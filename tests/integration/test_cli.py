@@ -231,7 +231,12 @@ def test_merge_writes_the_model_and_its_plan_which_merge_applies_again(observed,
     from reapkit.select.merge import MergePlan
 
     root = observed
-    args = ("merge", root / "model", "--observations", root / "obs", "--method", "hc_smoe")
+    refused = ("merge", root / "model", "--observations", root / "obs", "--method", "hc_smoe", "--keep", 4)
+    assert cli(*refused, "--out", tmp_path / "refused") == 2  # default observations hold no mean outputs
+    assert "reapkit observe --statistics output_sum" in capsys.readouterr().err
+    obs = ("observe", root / "model", "--data", root / "code.jsonl", "--batch-size", 2, "--statistics", "output_sum")
+    assert cli(*obs, "--out", tmp_path / "obs") == 0
+    args = ("merge", root / "model", "--observations", tmp_path / "obs", "--method", "hc_smoe")
     assert cli(*args, "--keep", 4, "--out", tmp_path / "merged") == 0
     assert sorted(p.name for p in (tmp_path / "merged").iterdir()) == [
         "config.json",

@@ -91,7 +91,7 @@ def case(tmp_path_factory):
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
     g = torch.Generator().manual_seed(0)
     batches = pad_batches([torch.randint(3, 96, (10,), generator=g).tolist() for _ in range(6)], "code", 3)
-    obs = observe(model, batches, progress=False)
+    obs = observe(model, batches, progress=False, statistics=["output_sum"])
     state = observer_state(model, batches)
     path = root / "observations_1024_cosine.pt"
     torch.save(state, path)

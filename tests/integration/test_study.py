@@ -42,7 +42,7 @@ def setup():
     model = tiny_model("qwen3_moe")
     calibration = _batches(8, "code", 1) + _batches(8, "prose", 2)
     evaluation = _batches(4, "code", 3) + _batches(4, "prose", 4)
-    obs = observe(model, calibration, progress=False)
+    obs = observe(model, calibration, progress=False, statistics=["output_sum"])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         sequences = experiments.study_sequences(model, obs, evaluation, ratios=(*RATIOS, 0.875), progress=False)

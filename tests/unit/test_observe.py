@@ -1,16 +1,22 @@
 """Observed statistics against a plain-PyTorch recomputation from the model's own router outputs."""
 
+import doctest
+import importlib
 import inspect
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from tiny_models import ARCHS, tiny_model
 
+from reapkit.errors import InvalidInput, Mismatch, MissingStatistic
 from reapkit.model.discover import architecture_for
 from reapkit.model.records import SCORING
 from reapkit.observe.observations import Observations
 from reapkit.observe.recorder import observe, recording
+from reapkit.observe.resume import PartialObservations
+from reapkit.observe.statistics import DEFAULT, OPTIONAL, STATISTICS, markdown
 
 
 def _expert_output(experts, j, x):
@@ -123,7 +129,7 @@ def test_statistics_match_plain_recomputation(name, batches):
             rec.start_batch("x", b.attention_mask)
             observed = model(input_ids=b.input_ids, attention_mask=b.attention_mask)[0]
     torch.testing.assert_close(observed, plain, rtol=0, atol=1e-5, msg=f"observing changed {name}'s outputs")
-    obs = observe(model, batches, progress=False)
+    obs = observe(model, batches, progress=False, statistics="all")
     ref = reference_stats(model, batches)
     assert obs.domains == sorted(ref) == ["code", "prose"]
     for domain in ref:
@@ -154,10 +160,10 @@ def test_observing_does_not_change_the_model(name, batches):
 
 def test_padding_never_counts(batches):
     model = tiny_model("qwen3_moe")
-    a = observe(model, batches, progress=False)
+    a = observe(model, batches, progress=False, statistics="all")
     for b in batches:
         b.input_ids[b.attention_mask == 0] = 50  # different padding content
-    c = observe(model, batches, progress=False)
+    c = observe(model, batches, progress=False, statistics="all")
     for d in a.domains:
         for k in a.stats[d]:
             torch.testing.assert_close(a.stats[d][k], c.stats[d][k])
@@ -171,12 +177,86 @@ def test_dense_layers_are_skipped(batches):
 
 def test_observations_add_up(batches):
     model = tiny_model("mixtral")
-    whole = observe(model, batches, progress=False)
-    parts = observe(model, batches[:2], progress=False) + observe(model, batches[2:], progress=False)
+    whole = observe(model, batches, progress=False, statistics="all")
+    first, second = (observe(model, part, progress=False, statistics="all") for part in (batches[:2], batches[2:]))
+    parts = first + second
+    assert set(parts.stats["code"]) == set(STATISTICS)
     for d in whole.domains:
         for k in whole.stats[d]:
             torch.testing.assert_close(parts.stats[d][k], whole.stats[d][k])
     assert len(parts.meta["calibration"]["parts"]) == 2
+    assert parts.meta["missing"] == {}
+    pooled = whole.pooled()  # over domains: sums add, maxima take the larger
+    code, prose = whole.stats["code"], whole.stats["prose"]
+    torch.testing.assert_close(pooled["count"], code["count"] + prose["count"])
+    torch.testing.assert_close(pooled["max_activation"], torch.maximum(code["max_activation"], prose["max_activation"]))
+    fewer = first + observe(model, batches[2:], progress=False)  # a statistic only one side holds is left out
+    assert set(fewer.stats["code"]) == set(DEFAULT) and sorted(fewer.meta["missing"]) == sorted(OPTIONAL)
+    torch.testing.assert_close(fewer.stats["code"]["reap_sum"], whole.stats["code"]["reap_sum"])
+
+
+def test_optional_statistics_are_recorded_only_when_asked_for(batches):
+    model = tiny_model("qwen3_moe")
+    obs = observe(model, batches, progress=False)
+    assert set(obs.stats["code"]) == set(DEFAULT) and sorted(obs.meta["missing"]) == sorted(OPTIONAL)
+    with pytest.raises(MissingStatistic, match=r"'coselect' .*reapkit observe --statistics coselect"):
+        obs.coselection()
+    obs.require("reap_sum", "count", "prob_sum", "tokens", purpose="the default criteria")
+    asked = observe(model, batches, progress=False, statistics=["coselect"])
+    assert set(asked.stats["code"]) == {*DEFAULT, "coselect"} and "coselect" not in asked.meta["missing"]
+    for name in DEFAULT:  # asking for more changes nothing else
+        assert torch.equal(asked.stats["code"][name], obs.stats["code"][name])
+    with pytest.raises(InvalidInput, match="unknown statistic 'cosel'; choose from max_activation"):
+        observe(model, batches, progress=False, statistics=["cosel"])
+
+
+def test_saved_statistics_are_checked_against_the_table(tmp_path, batches):
+    obs = observe(tiny_model("qwen3_moe"), batches, progress=False, statistics=["output_sum"])
+    for change, domains, message in [
+        (lambda stats: stats.update(output_sum=stats["output_sum"][:1]), obs.domains, "holds output_sum as"),
+        (lambda stats: stats.update(count=stats["count"].float()), obs.domains, "holds count as torch.float32"),
+        (lambda stats: stats.update(hits=stats["count"].clone()), obs.domains, "unknown statistic 'hits'"),
+        (lambda stats: stats.pop("output_sum"), ["code"], "different statistics in different domains"),
+    ]:
+        stats = {d: dict(values) for d, values in obs.stats.items()}
+        for domain in domains:
+            change(stats[domain])
+        Observations(stats, obs.meta).save(tmp_path / "bad", force=True)
+        with pytest.raises(Mismatch, match=message):
+            Observations.load(tmp_path / "bad")
+
+
+def test_resume_needs_the_same_statistics(tmp_path, batches):
+    model = tiny_model("qwen3_moe")
+    whole = observe(model, batches, progress=False, statistics="all")
+    observe(model, batches, progress=False, statistics="all", partial=PartialObservations(tmp_path / "c", every=1))
+    with pytest.raises(Mismatch, match="--statistics"):
+        observe(model, batches, progress=False, partial=PartialObservations(tmp_path / "c", resume=True))
+    resumed = observe(
+        model, batches, progress=False, statistics="all", partial=PartialObservations(tmp_path / "c", resume=True)
+    )
+    for d in whole.domains:
+        for k, v in whole.stats[d].items():
+            assert torch.equal(resumed.stats[d][k], v), k
+
+
+def test_the_manual_shows_the_table_of_statistics():
+    """docs/observations.md shows the table as declared (regenerate: print(reapkit.observe.statistics.markdown()))."""
+    page = (Path(__file__).resolve().parents[2] / "docs" / "observations.md").read_text()
+    assert markdown() in page
+
+
+@pytest.mark.parametrize("module", ["reapkit.observe.statistics", "reapkit.model.layer"])
+def test_docstring_examples_run(module):
+    """The examples of the statistics table and of the layer view (on a tiny qwen3_moe)."""
+    module = importlib.import_module(module)
+    found = doctest.DocTestFinder().find(module, globs={**vars(module), "model": tiny_model("qwen3_moe")})
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    report = []
+    for test in found:
+        runner.run(test, out=report.append)
+    assert runner.summarize(verbose=False).failed == 0, "".join(report)
+    assert runner.summarize(verbose=False).attempted > 0
 
 
 def test_save_load_roundtrip(tmp_path, batches):
