@@ -2,6 +2,7 @@
 
 >>> criterion_agreement(scores, criteria=["reap", "frequency", "ean_mean"], ratio=0.5)
 >>> reap_vs_frequency(scores, layer=3, ratio=0.5)
+>>> criterion_vs_ablation(table)     # table = reapkit.study.ablation.ablation_correlation(obs, costs, criteria)
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from reapkit.select.criteria import DEFAULT_CRITERIA
 from reapkit.select.plan import pruned_count
 from reapkit.study.tables import agreement_table
 
-__all__ = ["criterion_agreement", "reap_vs_frequency"]
+__all__ = ["criterion_agreement", "criterion_vs_ablation", "reap_vs_frequency"]
 
 _PAIR_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "h", "<", ">")
 
@@ -217,3 +218,42 @@ def reap_vs_frequency(
     ax.margins(0.05)
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), borderaxespad=0, handletextpad=0.2)
     return ax
+
+
+@styled
+def criterion_vs_ablation(table: pd.DataFrame, *, ax=None):
+    """Each criterion's rank correlation with the single-expert ablation cost, one dot per MoE layer
+    with its 95% interval, criteria ordered by their mean; the band unrelated rankings fall in shaded.
+
+        >>> criterion_vs_ablation(table)   # reapkit.study.ablation.ablation_correlation(obs, costs, criteria)
+
+    Returns the Figure.
+    """
+    if is_empty(table):
+        return no_data_figure(None if ax is None else ax.figure, title="criteria against ablation")
+    fig, ax = axes(ax, figsize=(COLUMN, 2.4))
+    order = table.groupby("criterion")["rho"].mean().sort_values(ascending=False).index.tolist()
+    layers = sorted(set(table["layer"]))
+    ax.axhspan(
+        table["chance_lo"].mean(), table["chance_hi"].mean(), color="0.9", zorder=0, label="95% of random rankings"
+    )
+    ax.axhline(0, color="0.5", linewidth=0.6, zorder=1)
+    width = 0.6 / max(len(layers), 1)
+    for x, criterion in enumerate(order):
+        part = table[table["criterion"] == criterion].set_index("layer").reindex(layers)
+        offsets = x - 0.3 + width * (np.arange(len(layers)) + 0.5)
+        ax.errorbar(
+            offsets,
+            part["rho"],
+            yerr=[part["rho"] - part["lo"], part["hi"] - part["rho"]],
+            fmt="o",
+            markersize=3,
+            linewidth=0.8,
+            color=criterion_color(criterion),
+        )
+    ax.set_xticks(range(len(order)), order, rotation=40, ha="right")
+    ax.set_ylim(-1.05, 1.05)
+    ax.set_ylabel("Spearman ρ with ablation cost")
+    ax.set_title(f"criteria against single-expert ablation ({len(layers)} layers)")
+    ax.legend(loc="lower left")
+    return fig

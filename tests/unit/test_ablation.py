@@ -56,3 +56,16 @@ def test_ablation_table_and_its_correlation_with_criteria(batches):
     with pytest.raises(InvalidInput, match="not MoE layers"):
         single_expert_ablation(model, batches, layers=[999], progress=False)
     assert np.isfinite(table["rho"]).all()
+
+
+def test_the_figure_draws_each_criterion(batches):
+    import matplotlib.pyplot as plt
+
+    from reapkit.plot.criteria import criterion_vs_ablation
+
+    model = tiny_model("qwen3_moe")
+    obs = observe(model, batches, progress=False)
+    costs = single_expert_ablation(model, batches, layers=obs.layers[:1], progress=False)
+    fig = criterion_vs_ablation(ablation_correlation(obs, costs, ["reap", "frequency"], resamples=50))
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] in (["reap", "frequency"], ["frequency", "reap"])
+    plt.close(fig)
