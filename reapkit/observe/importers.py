@@ -2,7 +2,7 @@
 
     >>> obs = read_reap_observer("artifacts/observations_1024_cosine.pt", domain="code")
     >>> sorted(obs.meta["missing"])            # what that file does not hold, each with the reason
-    ['coselect', 'max_activation', 'output_sum', 'prob_sum']
+    ['coselect', 'max_activation', 'max_signed', 'output_sum', 'prob_sum', 'sq_norm_sum']
     >>> score(obs, "reap")                     # equals the file's own `reap`
 
 Plans (no scores) from llm-compressor are read by `reapkit.select.imported`.
@@ -60,6 +60,8 @@ NOT_RECORDED = {
     "expert_frequency[i] + expert_frequency[j]",
     "max_activation": "the largest |element| of each expert's output; the observer's max_activations is the "
     "largest signed element, a different quantity",
+    "sq_norm_sum": "the squared output norm summed over each expert's routed tokens; the observer does not record it",
+    "max_signed": "the largest signed output element; import does not read the observer's max_activations yet",
     "output_sum": "each expert's output summed over its routed tokens; the observer records it "
     "(routed_characteristic_activation) only when run without record_pruning_metrics_only",
 }
@@ -190,7 +192,7 @@ def read_reap_observer(path, *, domain: str = "calibration", model=None, top_k: 
             stats[name][pos, : value.shape[0]] = value
     if all("total_tokens" in rows[layer] for layer in layers):
         stats["tokens"] = torch.tensor([float(rows[layer]["total_tokens"]) for layer in layers], dtype=torch.float64)
-    for name in ("prob_sum", "coselect", "max_activation"):
+    for name in ("prob_sum", "coselect", "max_activation", "max_signed", "sq_norm_sum"):
         missing[name] = NOT_RECORDED[name]
 
     reap_difference = _check_reap(rows, layers, stats, where)

@@ -34,7 +34,7 @@ from reapkit.observe.statistics import DEFAULT, STATISTICS, chosen, not_recorded
 IMPLEMENTATION = "reapkit_observe"
 
 #: the per-expert sums of `_Recorder.record_routed`, in the order of its one `index_add_`
-_ROUTED_SUMS = ("count", "gate_sum", "norm_sum", "reap_sum")
+_ROUTED_SUMS = ("count", "gate_sum", "norm_sum", "reap_sum", "sq_norm_sum")
 
 _active: _Recorder | None = None
 
@@ -100,13 +100,18 @@ class _Recorder:
         sink = torch.where(keep, expert_ids, E)
         norms = torch.linalg.vector_norm(outputs, dim=-1, dtype=torch.float32)
         gates = gates.to(device, torch.float32)
-        rows = torch.stack((torch.ones_like(gates), gates, norms, norms * gates), 1).to(dtype)
+        rows = torch.stack((torch.ones_like(gates), gates, norms, norms * gates, norms * norms), 1).to(dtype)
         sums = rows.new_zeros(E + 1, len(_ROUTED_SUMS)).index_add_(0, sink, rows)
         for column, name in enumerate(_ROUTED_SUMS):
-            acc[name][pos] += sums[:E, column]
+            if name in acc:  # observations saved before sq_norm_sum existed are extended without it
+                acc[name][pos] += sums[:E, column]
+        if "max_activation" in acc or "max_signed" in acc:
+            highest = outputs.amax(dim=-1)
         if "max_activation" in acc:  # max |element|, without an abs() copy of the outputs
-            peaks = torch.maximum(outputs.amax(dim=-1), outputs.amin(dim=-1).neg()).to(dtype)
+            peaks = torch.maximum(highest, outputs.amin(dim=-1).neg()).to(dtype)
             acc["max_activation"][pos].scatter_reduce_(0, expert_ids, torch.where(keep, peaks, 0), "amax")
+        if "max_signed" in acc:  # the accumulator starts at 0, as REAP's max_activations does
+            acc["max_signed"][pos].scatter_reduce_(0, expert_ids, torch.where(keep, highest.to(dtype), 0), "amax")
         if "output_sum" in acc:
             total = outputs.new_zeros(E + 1, outputs.shape[1], dtype=torch.float32)
             acc["output_sum"][pos] += total.index_add_(0, sink, outputs.float())[:E]

@@ -11,7 +11,7 @@
     >>> chosen(["coselected"])
     Traceback (most recent call last):
     ...
-    reapkit.errors.InvalidInput: unknown statistic 'coselected'; choose from max_activation, output_sum, coselect (or 'all')
+    reapkit.errors.InvalidInput: unknown statistic 'coselected'; choose from max_activation, max_signed, output_sum, coselect (or 'all')
 
 Every statistic is additive over calibration tokens: observations of two data shards combine into
 the observations of both, by a sum or (for maxima) an element-wise maximum. Each has a leading axis
@@ -71,6 +71,7 @@ _TABLE = (
     Statistic("gate_sum", ("E",), "float64", "sum", "experts", True, "Σ *g_j(t)* over the tokens routed to *j*"),
     Statistic("norm_sum", ("E",), "float64", "sum", "experts", True, "Σ ‖*f_j(t)*‖ over the same tokens"),
     Statistic("reap_sum", ("E",), "float64", "sum", "experts", True, "Σ *g_j(t)* ‖*f_j(t)*‖ over the same tokens"),
+    Statistic("sq_norm_sum", ("E",), "float64", "sum", "experts", True, "Σ ‖*f_j(t)*‖² over the same tokens"),
     Statistic(
         "prob_sum", ("E",), "float64", "sum", "router", True, "Σ *p_j(t)* over *all* tokens, routed to *j* or not"
     ),
@@ -83,6 +84,15 @@ _TABLE = (
         "experts",
         False,
         "the largest |element| of *f_j(t)* over the same tokens",
+    ),
+    Statistic(
+        "max_signed",
+        ("E",),
+        "float64",
+        "max",
+        "experts",
+        False,
+        "the largest *signed* element of *f_j(t)* over the same tokens, floored at 0 (REAP's `max_activations`)",
     ),
     Statistic("output_sum", ("E", "H"), "float32", "sum", "experts", False, "Σ *f_j(t)* over the tokens routed to *j*"),
     Statistic(

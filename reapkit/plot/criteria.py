@@ -3,6 +3,7 @@
 >>> criterion_agreement(scores, criteria=["reap", "frequency", "ean_mean"], ratio=0.5)
 >>> reap_vs_frequency(scores, ratio=0.5)                     # one panel per layer, each with its own cut-offs
 >>> criterion_vs_ablation(table)                             # scores against single-expert ablation cost
+>>> ablation_rank_correlation(correlations)                  # each criterion's per-layer rho with that cost
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from reapkit.study.tables import (
     value_table,
 )
 
-__all__ = ["criterion_agreement", "reap_vs_frequency", "criterion_vs_ablation"]
+__all__ = ["criterion_agreement", "reap_vs_frequency", "criterion_vs_ablation", "ablation_rank_correlation"]
 
 
 def _ink(image, value) -> str:
@@ -273,4 +274,43 @@ def criterion_vs_ablation(table: pd.DataFrame, *, criteria=None, ncols: int = 4,
         ax.axis("off")
     for i, ax in enumerate(grid[: len(criteria)]):
         ax.set_ylabel("ablation cost (Δ loss, nats)" if i % ncols == 0 else "")
+    return fig
+
+
+@styled
+def ablation_rank_correlation(table: pd.DataFrame, *, ax=None):
+    """Each criterion's rank correlation with the single-expert ablation cost, one dot per MoE layer
+    with its 95% interval, criteria ordered by their mean; the band unrelated rankings fall in shaded.
+
+        >>> ablation_rank_correlation(table)   # reapkit.study.ablation.ablation_correlation(obs, costs, criteria)
+
+    Returns the Figure.
+    """
+    if is_empty(table):
+        return no_data_figure(None if ax is None else ax.figure, title="criteria against ablation")
+    fig, ax = axes(ax, figsize=(COLUMN, 2.4))
+    order = table.groupby("criterion")["rho"].mean().sort_values(ascending=False).index.tolist()
+    layers = sorted(set(table["layer"]))
+    ax.axhspan(
+        table["chance_lo"].mean(), table["chance_hi"].mean(), color="0.9", zorder=0, label="95% of random rankings"
+    )
+    ax.axhline(0, color="0.5", linewidth=0.6, zorder=1)
+    width = 0.6 / max(len(layers), 1)
+    for x, criterion in enumerate(order):
+        part = table[table["criterion"] == criterion].set_index("layer").reindex(layers)
+        offsets = x - 0.3 + width * (np.arange(len(layers)) + 0.5)
+        ax.errorbar(
+            offsets,
+            part["rho"],
+            yerr=[part["rho"] - part["lo"], part["hi"] - part["rho"]],
+            fmt="o",
+            markersize=3,
+            linewidth=0.8,
+            color=criterion_color(criterion),
+        )
+    ax.set_xticks(range(len(order)), order, rotation=40, ha="right")
+    ax.set_ylim(-1.05, 1.05)
+    ax.set_ylabel("Spearman ρ with ablation cost")
+    ax.set_title(f"criteria against single-expert ablation ({len(layers)} layers)")
+    ax.legend(loc="lower left")
     return fig

@@ -78,7 +78,16 @@ def reference_stats(model, batches):
             batch.domain,
             {
                 k: torch.zeros(L, E, dtype=torch.float64)
-                for k in ("count", "gate_sum", "norm_sum", "reap_sum", "max_activation", "prob_sum")
+                for k in (
+                    "count",
+                    "gate_sum",
+                    "norm_sum",
+                    "reap_sum",
+                    "sq_norm_sum",
+                    "max_activation",
+                    "max_signed",
+                    "prob_sum",
+                )
             },
         )
         acc.setdefault("output_sum", torch.zeros(L, E, H, dtype=torch.float64))
@@ -114,7 +123,9 @@ def reference_stats(model, batches):
                     acc["gate_sum"][pos, j] += g
                     acc["norm_sum"][pos, j] += f.norm()
                     acc["reap_sum"][pos, j] += g * f.norm()
+                    acc["sq_norm_sum"][pos, j] += f.norm() ** 2
                     acc["max_activation"][pos, j] = max(acc["max_activation"][pos, j], f.abs().max())
+                    acc["max_signed"][pos, j] = max(acc["max_signed"][pos, j], f.max())  # from 0, as REAP's
                     acc["output_sum"][pos, j] += f
     return ref
 
@@ -309,3 +320,55 @@ def test_token_file_domains(tmp_path):
     obs = observe(tiny_model("qwen3_moe"), calibration_batches(str(path), batch_size=2), progress=False)
     assert obs.domains == ["mine"]
     assert obs.stats["mine"]["tokens"][0] == 9
+
+
+@pytest.mark.parametrize("name", ["qwen3_moe", "mixtral", "deepseek_v3"])
+def test_new_criteria_equal_a_per_token_recomputation(name, batches):
+    from reapkit.select.criteria import score
+
+    model = tiny_model(name)
+    obs = observe(model, batches, progress=False, statistics=["output_sum", "max_signed"])
+    ref = reference_stats(model, batches)  # per token, from the formulas
+    count = sum(r["count"] for r in ref.values())
+    msan = sum(r["sq_norm_sum"] for r in ref.values()) / count.clamp(min=1)
+    mean_output = sum(r["output_sum"] for r in ref.values()) / count.clamp(min=1)[..., None]
+    torch.testing.assert_close(torch.from_numpy(score(obs, "msan")), msan, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(torch.from_numpy(score(obs, "ean_ca")), mean_output.norm(dim=-1), rtol=1e-4, atol=1e-6)
+    assert score(obs, "msan").std() > 0 and score(obs, "ean_ca").std() > 0
+
+
+def test_super_experts_follow_the_official_rule_and_are_never_pruned(batches):
+    import numpy as np
+
+    from reapkit.select.plan import PruningPlan, super_experts
+
+    model = tiny_model("qwen3_moe")
+    obs = observe(model, batches, progress=False, statistics=["max_signed"])
+    peaks = reference_stats(model, batches)
+    peaks = torch.maximum(peaks["code"]["max_signed"], peaks["prose"]["max_signed"]).numpy()
+    torch.testing.assert_close(obs.pooled()["max_signed"], torch.from_numpy(peaks), rtol=1e-5, atol=1e-6)
+    pool = peaks[: len(obs.layers) - len(obs.layers) // 4]  # the last 25% of layers left out
+    threshold = max(np.percentile(pool, 99.5), pool.max() / 10)
+    expected = {}
+    for p, e in zip(*np.nonzero(pool > threshold)):
+        expected.setdefault(obs.layers[p], []).append(int(e))
+    found = super_experts(obs)
+    assert found == expected
+    assert found and super_experts(obs, include_last_layers=True)  # the tiny model has some
+    # make the lowest-scoring expert of layer 0 a super expert: the plan keeps it and records it
+    obs.stats["code"]["max_signed"][0, 0] = 1e6
+    reap = PruningPlan.from_observations(obs, "frequency", ratio=0.5)
+    weakest = int(np.argmin(reap.scores[obs.layers[0]]))
+    obs.stats["code"]["max_signed"][0].zero_()
+    obs.stats["code"]["max_signed"][0, weakest] = 1e6
+    plan = PruningPlan.from_observations(obs, "frequency", ratio=0.5, protect_super_experts=True)
+    assert weakest in plan.kept[obs.layers[0]] and weakest not in reap.kept[obs.layers[0]]
+    assert plan.provenance["protected"][str(obs.layers[0])] == [weakest]
+    assert plan.scores == reap.scores
+    plain = observe(model, batches, progress=False)
+    with pytest.raises(MissingStatistic, match="--statistics max_signed"):
+        PruningPlan.from_observations(plain, "reap", ratio=0.5, protect_super_experts=True)
+    from reapkit.select.criteria import score
+
+    with pytest.raises(MissingStatistic, match="--statistics output_sum"):
+        score(plain, "ean_ca")
