@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from reapkit.measure.schema import ALL, interval, select
+from reapkit.measure.schema import ALL, display_name, interval, select
 from reapkit.plot.theme import (
     CHANCE_STYLE,
     COLUMN,
@@ -308,7 +308,8 @@ def ablation_rank_correlation(table: pd.DataFrame, *, ax=None):
             linewidth=0.8,
             color=criterion_color(criterion),
         )
-    ax.set_xticks(range(len(order)), order, rotation=40, ha="right")
+    ax.set_xticks(range(len(order)), [display_name(c) for c in order], rotation=40, ha="right")
+    ax.set_xlabel("criterion (dots: MoE layers, left to right)")
     ax.set_ylim(-1.05, 1.05)
     ax.set_ylabel("Spearman ρ with ablation cost")
     ax.set_title(f"criteria against single-expert ablation ({len(layers)} layers)")

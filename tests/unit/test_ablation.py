@@ -67,5 +67,5 @@ def test_the_figure_draws_each_criterion(batches):
     obs = observe(model, batches, progress=False)
     costs = single_expert_ablation(model, batches, layers=obs.layers[:1], progress=False)
     fig = ablation_rank_correlation(ablation_correlation(obs, costs, ["reap", "frequency"], resamples=50))
-    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] in (["reap", "frequency"], ["frequency", "reap"])
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] in (["REAP", "frequency"], ["frequency", "REAP"])
     plt.close(fig)

@@ -86,6 +86,20 @@ def _masks(d):
     )
 
 
+def _ablation_correlation(d):
+    """Per layer and criterion: rho of scores with the ablation cost, a made-up interval and the chance band."""
+    from scipy.stats import spearmanr
+
+    rows = []
+    for criterion in ("reap", "frequency", "ean_mean"):
+        part = d.scores[(d.scores.criterion == criterion) & (d.scores.domain == "all")]
+        for layer, group in part.groupby("layer"):
+            cost = d.ablation[d.ablation.layer == layer].set_index("expert")["cost"].reindex(group.expert)
+            rho = spearmanr(group.value.to_numpy(), cost.to_numpy()).statistic
+            rows.append(dict(layer=layer, criterion=criterion, rho=rho, lo=rho - 0.2, hi=min(rho + 0.2, 1.0)))
+    return pd.DataFrame(rows).assign(chance_lo=-0.5, chance_hi=0.5)
+
+
 def _layer_scores(d, layer=3):
     return d.scores[(d.scores.criterion == "reap") & (d.scores.domain == "all") & (d.scores.layer == layer)]
 
@@ -142,6 +156,7 @@ FIGURES = {
     "calibration_sensitivity": (lambda d: plot.calibration_figure(d.sensitivity), True, True),
     "calibration_size": (lambda d: plot.calibration_size(d.size), True, True),
     "criterion_vs_ablation": (lambda d: plot.criterion_vs_ablation(d.ablation), False, False),
+    "ablation_rank_correlation": (lambda d: plot.ablation_rank_correlation(_ablation_correlation(d)), True, False),
     # notebook 04 (reference images)
     "reap_vs_frequency": (lambda d: plot.reap_vs_frequency(d.scores, ratio=0.5, top_k=2), False, False),
     "global_budget": (_global_budget, False, False),
@@ -226,7 +241,7 @@ def test_every_figure_function_is_drawn_here():
     drawn = set()
     for draw_ in (v[0] for v in FIGURES.values()):
         drawn |= {n for n in functions if n in draw_.__code__.co_names or n in getattr(draw_, "__name__", "")}
-    for helper in (_global_budget, _clusters, _masks):
+    for helper in (_global_budget, _clusters, _masks, _ablation_correlation):
         drawn |= {n for n in functions if n in helper.__code__.co_names}
     assert functions - drawn - HELPERS == set()
 
