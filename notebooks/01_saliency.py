@@ -55,7 +55,7 @@ from IPython.display import Markdown, display
 from reapkit import plot
 from reapkit.run.notebook import Figures, calibrate, plans_beside, write_table
 from reapkit.select.criteria import scores_frame, usable_criteria
-from reapkit.study import readings, tables
+from reapkit.study import kept, readings, tables
 
 figures = Figures(P.figures_dir)
 run = calibrate(P)
@@ -63,6 +63,7 @@ criteria = usable_criteria(run.obs, P.criteria)  # those whose statistics the ob
 several_domains = len(run.obs.domains) > 1
 scores = scores_frame(run.obs, criteria, per_domain=True, seed=P.seed)
 scores = scores[scores.layer.isin(run.layers)]
+routing = tables.routing(run.obs)  # group-limited routing and top-k: plans are made as the model routes
 write_table(scores, P.output_dir, "scores")
 
 # %% [markdown]
@@ -75,25 +76,52 @@ figures.save(plot.saliency_heatmaps(scores, criteria=criteria), "saliency_heatma
 display(Markdown(readings.saliency_scale(scores, criteria[0])))
 
 # %% [markdown]
+# ## How evenly each layer routes
+#
+# Lorenz curve of each layer's routed tokens: experts from least to most used against the share of the
+# tokens they receive (the diagonal: every expert alike). Experts never routed are counted.
+
+# %%
+counts = scores_frame(run.obs, ["frequency"], per_domain=False)
+counts = counts[counts.layer.isin(run.layers)]
+figures.save(plot.expert_usage(counts).figure, "expert_usage")
+display(Markdown(readings.usage(kept.usage_summary(counts))))
+
+# %% [markdown]
 # ## Sorted scores and the cut-off
 #
-# Each layer's scores in descending order; experts right of a dashed line are removed at that ratio.
+# Each layer's scores in descending order; experts right of a grey line are removed at that ratio.
 
 # %%
 figures.save(plot.per_criterion(plot.saliency_curves, scores, criteria, ratio=P.ratios), "saliency_curves")
 display(Markdown(readings.cutoff(scores, criteria[0], P.ratios[-1])))
 
 # %% [markdown]
-# ## Do the criteria agree?
+# ## What each criterion's plan keeps
 #
-# Spearman rank correlation per layer, and the overlap (Jaccard) of the experts each criterion would
-# prune; the grey line is what two random choices give.
+# Against the share of experts removed: the share of each layer's REAP score and of its routed tokens that
+# the plan's kept experts hold (mean over layers, bands the range over layers).
 
 # %%
-agreement = pd.concat([tables.agreement_table(scores, criteria=criteria, ratio=r).assign(ratio=r) for r in P.ratios],
-                      ignore_index=True)
+shares = pd.concat([scores[scores.domain == "all"], counts]).drop_duplicates(["layer", "expert", "criterion"])
+mass = kept.kept_mass_table(shares, criteria=criteria, ratios=sorted({0.125, 0.25, 0.375, 0.5, 0.625, *P.ratios}),
+                            **routing)
+write_table(mass, P.output_dir, "kept_mass")
+figures.save(plot.kept_mass(mass), "kept_mass")
+display(Markdown(readings.kept_mass(mass, ratio=P.ratios[-1])))
+
+# %% [markdown]
+# ## Do the criteria agree?
+#
+# Above the diagonal the Spearman rank correlation of two criteria's scores, below it the overlap (Jaccard)
+# of the experts their plans prune, each the mean over layers; colours diverge at what chance gives.
+
+# %%
+agreement = pd.concat([tables.agreement_table(scores, criteria=criteria, ratio=r, **routing).assign(ratio=r)
+                       for r in P.ratios], ignore_index=True)
 write_table(agreement, P.output_dir, "results")
-figures.save(plot.criterion_agreement(scores, criteria=criteria, ratio=P.ratios[-1]), "criterion_agreement")
+figures.save(plot.criterion_agreement(agreement[agreement.ratio == P.ratios[-1]], ratio=P.ratios[-1]).figure,
+             "criterion_agreement")
 display(Markdown(readings.criterion_agreement(agreement, experts=min(run.obs.num_experts), ratio=P.ratios[-1])))
 
 # %% [markdown]
@@ -103,11 +131,11 @@ display(Markdown(readings.criterion_agreement(agreement, experts=min(run.obs.num
 # expert serves that domain more than a uniform router would.
 
 # %%
-routing = scores_frame(run.obs, ["frequency"], per_domain=True)
-routing = routing[routing.layer.isin(run.layers)]
+by_domain = scores_frame(run.obs, ["frequency"], per_domain=True)
+by_domain = by_domain[by_domain.layer.isin(run.layers)]
 if several_domains:
-    figures.save(plot.domain_saliency(routing, criterion="frequency").figure, "domain_frequency")
-    display(Markdown(readings.domain_experts(tables.domain_share_table(routing, criterion="frequency"))))
+    figures.save(plot.domain_saliency(by_domain, criterion="frequency", top_k=run.obs.top_k).figure, "domain_frequency")
+    display(Markdown(readings.domain_experts(tables.domain_share_table(by_domain, criterion="frequency"))))
 else:
     print(f"skipped: domain experts need several calibration domains; these observations hold {run.obs.domains}")
 
@@ -118,9 +146,9 @@ else:
 
 # %%
 if several_domains:
-    specialisation = tables.specialisation_table(routing, criterion="frequency")
+    specialisation = tables.specialisation_table(by_domain, criterion="frequency")
     write_table(specialisation, P.output_dir, "specialisation")
-    figures.save(plot.specialisation_by_depth(routing).figure, "specialisation_by_depth")
+    figures.save(plot.specialisation_by_depth(specialisation).figure, "specialisation_by_depth")
     display(Markdown(readings.specialisation(specialisation)))
 else:
     print("skipped: specialisation needs several calibration domains")

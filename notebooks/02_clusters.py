@@ -53,25 +53,35 @@ from reapkit import plot
 from reapkit.run.notebook import Figures, calibrate, write_table
 from reapkit.select import geometry
 from reapkit.select.criteria import score
-from reapkit.study import readings
+from reapkit.study import readings, tables
 
 figures = Figures(P.figures_dir)
 run = calibrate(P)
 
 # %% [markdown]
-# ## Distances and clusters
+# ## Distances: where is there structure?
 #
-# One shared colour scale per space (the zero diagonal left out); the dendrogram's cut gives the clusters.
+# Every pair of experts of a layer, in each space, on one axis: a space where every pair sits near 0.5
+# (orthogonal) has no cluster structure to draw.
 
 # %%
 distances = geometry.distance_matrices(model=run.model, obs=run.obs, layers=run.layers, spaces=P.spaces)
 clusterings = {key: geometry.cluster(d, n_clusters=min(P.n_clusters, len(d))) for key, d in distances.items()}
 clusters = geometry.cluster_table(clusterings)
 write_table(clusters, P.output_dir, "results")
-for space in P.spaces:
-    chosen = {key: d for key, d in distances.items() if key[0] == space}
-    figures.save(plot.distance_heatmaps(chosen, clusterings), f"distances_{space}")
+figures.save(plot.distance_histogram(distances).figure, "distance_spread")
 display(Markdown(readings.distances(distances)))
+
+# %% [markdown]
+# ## Distances and clusters
+#
+# The spaces with structure, on one colour scale; each dendrogram's height axis carries the cut that gives
+# the clusters (boxed).
+
+# %%
+structured = [s for s in P.spaces if not all(tables.is_flat(c.linkage) for k, c in clusterings.items() if k[0] == s)]
+chosen = {key: d for key, d in distances.items() if key[0] in structured}
+figures.save(plot.distance_heatmaps(chosen, clusterings) if chosen else plot.distance_heatmaps({}), "distances")
 
 # %% [markdown]
 # ## Do the spaces agree?
@@ -96,10 +106,8 @@ saliency = score(run.obs, P.criterion, seed=P.seed)
 by_layer = {layer: saliency[run.obs.layers.index(layer)] for layer in run.layers}
 fig, axes = plot.panels(len(run.layers), ncols=2, width=plot.TWO_COLUMN)
 for ax, layer in zip(axes, run.layers):
-    plot.saliency_clusters(by_layer[layer], clusterings[space, layer], ratio=P.ratio, ax=ax,
-                           title=f"layer {layer}: {P.criterion} on {space}-space clusters")
-    ax.set_xlabel("")
-fig.supxlabel(f"expert (dendrogram order); brackets: clusters; hatched: pruned at {P.ratio:.0%} removed", fontsize=7)
+    plot.saliency_clusters(by_layer[layer], clusterings[space, layer], ratio=P.ratio, criterion=P.criterion, ax=ax,
+                           title=f"layer {layer}: {space}-space clusters, {P.ratio:.0%} removed")
 figures.save(fig, "saliency_clusters")
 display(Markdown(readings.clusters(by_layer, {layer: clusterings[space, layer].labels for layer in run.layers},
                                    ratio=P.ratio)))

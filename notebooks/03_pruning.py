@@ -66,6 +66,7 @@ from reapkit.run.notebook import DEFAULT_PROMPTS, Figures, calibrate, held_out, 
 from reapkit.select.criteria import usable_criteria
 from reapkit.select.plan import PruningPlan
 from reapkit.study import readings, tables
+from reapkit.study.gaps import gap_table
 
 figures = Figures(P.figures_dir)
 run = calibrate(P, model_needed=True)
@@ -91,23 +92,17 @@ display(Markdown(readings.plans(plans)))
 
 # %%
 eval_batches = held_out(P, run.tokenizer)
-results, reconstruction = evaluate_plans(run.model, plans, eval_batches)
+results, reconstruction, sequences = evaluate_plans(run.model, plans, eval_batches, sequences=True)
 results = results.assign(model=P.model, seed=P.seed)
+gaps = gap_table(sequences, hue="criterion", metrics=["loss", "agreement", "kl"])  # each plan minus REAP's, paired
 write_table(reconstruction, P.output_dir, "reconstruction")
 figures.save(plot.loss_vs_ratio_by_domain(results), "loss_vs_ratio_by_domain")  # Δ loss: each domain vs its unpruned loss
-display(Markdown(readings.costs(results, metric="loss")))
+display(Markdown(readings.costs(results, metric="loss", gaps=gaps)))
+display(Markdown(readings.costs(results, metric="agreement", gaps=gaps)))
+display(Markdown(readings.costs(results, metric="kl", gaps=gaps)))
 
 # %%
-figures.save(plot.loss_vs_ratio(results, metric="agreement").figure, "agreement_vs_ratio")
-display(Markdown(readings.costs(results, metric="agreement")))
-
-# %%
-figures.save(plot.loss_vs_ratio(results, metric="kl").figure, "kl_vs_ratio")
-display(Markdown(readings.costs(results, metric="kl")))
-
-# %%
-figures.save(plot.reconstruction_by_layer(reconstruction[reconstruction.layer.isin(run.layers)]).figure,
-             "reconstruction_error")
+figures.save(plot.reconstruction_by_layer(reconstruction[reconstruction.layer.isin(run.layers)]), "reconstruction_error")
 display(Markdown(readings.reconstruction(reconstruction)))
 
 # %% [markdown]

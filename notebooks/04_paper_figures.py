@@ -58,61 +58,68 @@ from reapkit.run.notebook import Figures, calibrate, read_results, write_table
 from reapkit.select import geometry
 from reapkit.select.criteria import score, scores_frame
 from reapkit.select.plan import PruningPlan
-from reapkit.study import readings
+from reapkit.study import kept, readings, tables
 
 figures = Figures(P.figures_dir)
 run = calibrate(P)
 scores = scores_frame(run.obs, sorted({P.criterion, "reap", "frequency"}), per_domain=False, seed=P.seed)
 scores = scores[scores.layer.isin(run.layers)]
+routing = tables.routing(run.obs)
 
 # %% [markdown]
 # ## When do REAP and frequency disagree?
 #
-# Each expert of every layer: how often it is routed against its REAP score (mean gate x output norm),
-# marked by which criterion keeps it.
+# Each expert of the layers where the two plans disagree most: the share of its layer's routed tokens against
+# its REAP score (mean gate x output norm), marked by which criterion's plan keeps it; grey lines: each
+# plan's cut-off in that layer.
 
 # %%
-figures.save(plot.reap_vs_frequency(scores, ratio=P.ratio).figure, "reap_vs_frequency")
-display(Markdown(readings.disagreement(scores, ratio=P.ratio)))
+pairs = tables.agreement_table(scores, criteria=["reap", "frequency"], ratio=P.ratio, **routing)
+shown = sorted(pairs.nsmallest(4, "overlap").layer) if len(pairs) else None
+figures.save(plot.reap_vs_frequency(scores, ratio=P.ratio, layers=shown, **routing), "reap_vs_frequency")
+display(Markdown(readings.disagreement(scores, ratio=P.ratio, **routing)))
 
 # %% [markdown]
-# ## The raw scale of saliency, and what a global budget keeps
+# ## What a global budget compares, and what it keeps
 #
-# Left: every expert's raw score, per layer, with the uniform cut-off; hollow = pruned by a global budget
-# of the same total. Right: experts kept per layer by the uniform plan and by the global budget.
+# Left: each expert's score divided by its layer's mean (what the budget ranks across layers), kept or pruned by
+# a global budget of the uniform plan's total, with the budget's one threshold and each layer's uniform cut-off.
+# Right: experts kept per layer by the uniform plan and by the global budget.
 
 # %%
 uniform = PruningPlan.from_observations(run.obs, P.criterion, ratio=P.ratio, seed=P.seed)
 budget = PruningPlan.from_global_budget(run.obs, P.criterion, total=uniform.total_kept, seed=P.seed)
-fig, (left, right) = plot.panels(2, ncols=2, width=plot.TWO_COLUMN)
-plot.saliency_distributions(scores, criterion=P.criterion, ratio=P.ratio, budget=budget, ax=left)
-plot.kept_per_layer({f"uniform {P.criterion}": uniform, f"global {P.criterion}": budget}, ax=right)
+ranked = kept.budget_table(budget, uniform, floor=run.obs.top_k)
+ranked = ranked[ranked.layer.isin(run.layers)]
+fig, (left, right) = plot.panels(2, ncols=2, width=plot.TWO_COLUMN, size=(2.6, 2.3))
+plot.global_budget(ranked, ratio=P.ratio, ax=left)
+plot.kept_per_layer({f"uniform {plot.label(P.criterion)}": uniform, plot.label(f"global_{P.criterion}"): budget}, ax=right)
+plot.legend_below(fig, [left, right], ncols=3)
 figures.save(fig, "global_budget")
-display(Markdown(readings.global_budget(uniform, budget)))
+display(Markdown(readings.global_budget(uniform, budget, ranked)))
 
 # %% [markdown]
 # ## The dendrogram, leaves coloured by saliency
 #
 # Output-space angular distances of the experts of the layer where the criterion's scores are most
-# spread; crosses mark the experts a uniform plan at `ratio` prunes.
+# spread; crosses mark the experts a uniform plan at `ratio` prunes; the cut gives the clusters the reading counts.
 
 # %%
 values = score(run.obs, P.criterion, seed=P.seed)
 spread = {layer: values[i].std() / max(values[i].mean(), 1e-12) for i, layer in enumerate(run.obs.layers) if layer in run.layers}
 layer = max(spread, key=spread.get)
 distances = geometry.distance_matrices(obs=run.obs, layers=[layer], spaces=["output"])["output", layer]
-clustering = geometry.cluster(distances)
-figures.save(plot.saliency_dendrogram(distances, values[run.obs.layers.index(layer)], clustering=clustering, ratio=P.ratio,
-                                      criterion=P.criterion, title=f"layer {layer}: experts by output distance").figure,
-             "saliency_dendrogram")
-display(Markdown(readings.clusters({layer: values[run.obs.layers.index(layer)]},
-                                   {layer: geometry.clusters_at(clustering, max(2, len(distances) // 4))}, ratio=P.ratio)))
+clustering = geometry.cluster(distances, n_clusters=max(2, len(distances) // 4))
+saliency = values[run.obs.layers.index(layer)]
+figures.save(plot.saliency_dendrogram(distances, saliency, clustering=clustering, ratio=P.ratio, criterion=P.criterion,
+                                      title=f"layer {layer}: experts by output distance").figure, "saliency_dendrogram")
+display(Markdown(readings.clusters({layer: saliency}, {layer: clustering.labels}, ratio=P.ratio)))
 
 # %% [markdown]
 # ## Which experts fire together?
 #
-# Share of the tokens routed to either of two experts that the router sends to both (top-k co-selection),
-# in the same dendrogram order.
+# How often two experts share a token's top-k, over what independent routing with their frequencies gives
+# (1 = chance), in the same dendrogram order.
 
 # %%
 coselect = run.obs.coselection()[run.obs.layers.index(layer)]
@@ -135,13 +142,35 @@ display(Markdown(readings.sensitivity(sensitivity)))
 # %% [markdown]
 # ## What every method costs
 #
-# Loss and top-1 agreement with the unpruned model against the share of experts removed, every method of
-# the study, 95% bootstrap intervals over evaluation sequences (and over calibration mixes when the
-# tables hold several).
+# Δ loss and top-1 agreement with the unpruned model against the share of experts removed, every method of
+# the study, each with its own 95% bootstrap interval over evaluation sequences (and over calibration mixes
+# when the tables hold several).
 
 # %%
 results = read_results(P.results)
-print(f"{len(results)} rows from {results['source'].nunique() if len(results) else 0} table(s)")
+gaps = read_results(list(dict.fromkeys(results["source"])) if len(results) else [], name="gaps.csv")
+print(f"{len(results)} rows from {results['source'].nunique() if len(results) else 0} table(s); {len(gaps)} paired gaps")
 write_table(results, P.output_dir, "results")
 figures.save(plot.compression_figure(results), "compression")
-display(Markdown(readings.study_curves(results, ratio=P.ratio, metric="delta_loss")))
+display(Markdown(readings.study_curves(results, gaps=gaps if len(gaps) else None, ratio=P.ratio, metric="delta_loss")))
+
+# %% [markdown]
+# ## Each method against REAP, on the same sequences
+#
+# Each method's loss minus REAP's with its paired 95% bootstrap interval (the same evaluation sequences), at
+# each share of experts removed: where the interval excludes 0 the difference is real, whatever the
+# overlap of the two methods' own bands above.
+
+# %%
+figures.save(plot.gap_forest(gaps), "gap_to_reap")
+display(Markdown(readings.gaps(gaps)))
+
+# %% [markdown]
+# ## Pruning against merging at equal parameters
+#
+# REAP and frequency pruning against M-SMoE and HC-SMoE merging to the same number of experts per layer, on a
+# parameter axis; right: each merge's paired gap to REAP.
+
+# %%
+figures.save(plot.pruning_vs_merging(results, gaps), "pruning_vs_merging")
+display(Markdown(readings.gaps(gaps[gaps.method == "merge"]) if len(gaps) else "No paired gaps to read."))

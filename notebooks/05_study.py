@@ -67,6 +67,7 @@ from reapkit.atomic import atomic_write_text
 from reapkit.run.notebook import Figures, calibrate, held_out, write_table
 from reapkit.study import experiments, findings, readings
 from reapkit.study import sensitivity as sensitivity_study
+from reapkit.study.gaps import gap_table
 
 figures = Figures(P.figures_dir)
 start = time.perf_counter()
@@ -85,10 +86,21 @@ sequences = experiments.study_sequences(run.model, run.obs, eval_batches, ratios
                                   random_seeds=P.random_seeds, merges=P.merges, global_budget=P.global_budget,
                                   margin=P.margin)
 results = experiments.study_results(sequences)
+gaps = gap_table(sequences, metrics=["loss", "kl", "agreement"])  # each method minus REAP, paired (notebook 4 reads it)
 write_table(results.assign(model=P.model, calibration=P.calibration), P.output_dir, "study")
 write_table(experiments.results_table(results, model=P.model, calibration=P.calibration), P.output_dir, "results")
-figures.save(plot.study_figure(results, metrics=["loss", "kl"]), "study")
-display(Markdown(readings.study_curves(results, ratio=min(P.ratios, key=lambda r: abs(r - 0.5)))))
+write_table(gaps, P.output_dir, "gaps")
+headline = min(P.ratios, key=lambda r: abs(r - 0.5))
+figures.save(plot.study_figure(results, metrics=["delta_loss", "kl"]), "study")
+display(Markdown(readings.study_curves(results, gaps=gaps, ratio=headline, metric="delta_loss")))
+
+# %% [markdown]
+# Each method's loss minus REAP's on the same sequences, per evaluation domain at the ratio nearest 50%,
+# with paired 95% intervals (filled: the interval excludes 0).
+
+# %%
+figures.save(plot.gap_forest(gaps, by="domain", ratio=headline), "gaps_by_domain")
+display(Markdown(readings.gaps(gaps, by="domain", ratio=headline)))
 
 # %% [markdown]
 # ## (b) Calibration sensitivity
@@ -96,7 +108,8 @@ display(Markdown(readings.study_curves(results, ratio=min(P.ratios, key=lambda r
 # REAP at `sensitivity_ratio`, calibrated on each calibration domain alone and on their mix (from the
 # per-domain statistics of the observations above: the same as calibrating on that domain alone).
 # Left: loss increase over the unpruned model on each evaluation domain (own-domain calibration on the
-# diagonal); right: how many kept experts two calibration sets share, against chance.
+# diagonal); right: how many kept experts two calibration sets share, against chance; 95% intervals under
+# each value.
 
 # %%
 sensitivity = None
@@ -107,9 +120,22 @@ if P.sensitivity:
     write_table(sensitivity.loss, P.output_dir, "sensitivity")  # tidy, with intervals
     write_table(sensitivity.loss_matrix().reset_index(), P.output_dir, "sensitivity_loss")
     write_table(sensitivity.overlap, P.output_dir, "sensitivity_overlap")
-    figures.save(plot.calibration_figure(sensitivity.loss_matrix("loss"), sensitivity.overlap_matrix(),
-                                         chance=float(sensitivity.overlap["chance"].iloc[0])), "calibration_sensitivity")
-    display(Markdown(readings.calibration(sensitivity.loss, sensitivity.overlap)))
+    figures.save(plot.calibration_figure(sensitivity), "calibration_sensitivity")
+    display(Markdown(readings.calibration(sensitivity)))
+
+# %% [markdown]
+# How much the kept experts and the loss move with the calibration's size and its sample: REAP at
+# `sensitivity_ratio` from 2 to 16 calibration samples per domain, three calibration seeds each (one
+# calibration pass per seed: observations add up over nested prefixes).
+
+# %%
+if P.sensitivity and run.tokenizer is not None:
+    size = sensitivity_study.calibration_size(run.model, run.tokenizer, eval_batches, domains=run.obs.domains,
+                                              seeds=[P.seed, P.seed + 1, P.seed + 2], ratio=P.sensitivity_ratio,
+                                              criterion=P.sensitivity_criterion, max_length=P.max_length)
+    write_table(size, P.output_dir, "calibration_size")
+    figures.save(plot.calibration_size(size, criterion=P.sensitivity_criterion), "calibration_size")
+    display(Markdown(readings.calibration_size(size)))
 
 # %% [markdown]
 # ## (c) Which layers are fragile?

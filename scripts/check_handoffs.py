@@ -1,4 +1,8 @@
-"""Check that reapkit's pruned demo checkpoint works in vLLM, lm-eval and AutoRound (`make check-handoffs`).
+"""Check that reapkit's pruned demo checkpoint works in vLLM, lm-eval, AutoRound and llama.cpp (`make check-handoffs`).
+
+Two checks concern reapkit's own formats: `vllm-non-uniform` serves a global-budget checkpoint (a
+different expert count per layer) through reapkit's vLLM plugin, and `gguf-prune` prunes GGUF files
+(F32, Q8_0, Q4_K) with `reapkit prune MODEL.gguf` and decodes them in llama.cpp.
 
     python scripts/check_handoffs.py                 # build the environments once, then run every check
     python scripts/check_handoffs.py --only vllm     # one check (environments are reused via stamp files)
@@ -74,11 +78,17 @@ COMMANDS = {
         "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 {env}/bin/lm_eval --model hf --model_args pretrained={ckpt},dtype=float32 "
         "--tasks {task} --include_path {tasks} --batch_size 1 --output_path {results} --log_samples"
     ),
+    # reapkit's vLLM plugin (non-uniform checkpoints): reapkit itself, without its pins (vLLM pins an older transformers)
+    "plugin": "{env}/bin/pip install --no-deps -e {root}",
+    "prune_gguf": "{py} -m reapkit prune {gguf} --observations {obs} --criterion reap --ratio 0.25 --out {out}",
 }
-DOC_NAMES = {"py": "python", "obs": "runs/obs", "ckpt": "pruned", "python311": "python3.11"}
+DOC_NAMES = {"py": "python", "obs": "runs/obs", "ckpt": "pruned", "python311": "python3.11", "root": "."}
 TASK = "reapkit_code_mc"
 PROMPTS = ["def add(a, b):\n    return", "The meaning of", '{"name": "', "import os\nimport"]
 TOLERANCE = {"vllm_logprob": 1e-4, "lm_eval_loglik": 1e-4, "gguf_logprob": 1e-4}
+GLOBAL_BUDGET = 48  # experts kept over the demo's 4 MoE layers: as many as the uniform 25% prune keeps (4 x 12)
+#: a random Qwen3-MoE with the demo's tokenizer and rows of 256, so that llama.cpp's K-quants fit its tensors
+WIDE = dict(hidden_size=256, intermediate_size=512, moe_intermediate_size=256, num_hidden_layers=2, head_dim=64)
 
 
 def command(name: str, **values) -> str:
@@ -145,11 +155,13 @@ def run_child(env_path: Path, program: str, request: dict, work: Path, log, extr
 
 @functools.cache
 def load(ckpt: Path):
-    """The checkpoint in float32 with stock transformers, and its tokenizer (loaded once per path)."""
+    """The checkpoint in float32 with transformers (`load_pruned`: stock or non-uniform), and its tokenizer."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    return AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(ckpt)
+    from reapkit.compress.prune import load_pruned
+
+    return load_pruned(ckpt, dtype=torch.float32), AutoTokenizer.from_pretrained(ckpt)
 
 
 def greedy_reference(ckpt: Path, prompts: list[list[int]], max_tokens: int) -> list[dict]:
@@ -414,6 +426,124 @@ def check_gguf(ckpt: Path, env_path: Path, work: Path, log) -> dict:
     return result
 
 
+def check_vllm_non_uniform(ckpt: Path, env_path: Path, work: Path, log) -> dict:
+    """A global-budget checkpoint (experts per layer differ) served by vLLM through reapkit's plugin vs `load_pruned`."""
+    import importlib.util
+
+    shell(command("plugin", env=env_path, root=ROOT), log)
+    spec = importlib.util.spec_from_file_location("non_uniform_checkpoint", CHILDREN / "non_uniform_checkpoint.py")
+    maker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(maker)
+    out = work / "pruned-global"
+    counts = maker.main("demo", str(work / "obs"), GLOBAL_BUDGET, str(out))
+    load.cache_clear()
+    prompts = [load(ckpt)[1].encode(p) for p in PROMPTS]
+    got = run_child(env_path, "vllm_greedy.py", {"model": str(out), "prompts": prompts, "max_tokens": 8}, work, log,
+                    {"VLLM_CPU_KVCACHE_SPACE": "1"})  # fmt: skip
+    result = compare_greedy(got["outputs"], greedy_reference(out, prompts, 8))
+    result["ok"] = (
+        len(set(counts.values())) > 1 and result["same_tokens"] and result["max_abs_diff"] < TOLERANCE["vllm_logprob"]
+    )
+    result["experts_per_layer"] = counts
+    result["line"] = (
+        f"vLLM + reapkit plugin, global budget {GLOBAL_BUDGET} (experts per layer {counts}) vs load_pruned in "
+        f"transformers: tokens {'identical' if result['same_tokens'] else 'DIFFER'} ({len(prompts)} prompts x 8 tokens), "
+        f"max |d logprob| {result['max_abs_diff']:.2e} over {result['compared']} log-probs "
+        f"(tolerance {TOLERANCE['vllm_logprob']:g})"
+    )
+    return result
+
+
+def wide_model(folder: Path) -> Path:
+    """A random Qwen3-MoE of shape `WIDE` with the demo's tokenizer (made once), for llama.cpp's K-quants."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from reapkit.model.demo import DEMO_PATH
+
+    if not (folder / "model.safetensors").is_file():
+        config = AutoConfig.from_pretrained(DEMO_PATH)
+        for key, value in WIDE.items():
+            setattr(config, key, value)
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(config)
+        with torch.no_grad():  # routers spread like trained ones, so that experts differ
+            for layer in model.model.layers:
+                layer.mlp.gate.weight.mul_(8)
+        model.save_pretrained(folder)
+        for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+            shutil.copy(DEMO_PATH / name, folder / name)
+    return folder
+
+
+def same_tensors(a: Path, b: Path) -> bool:
+    """True when two GGUF files hold the same tensors: names, types, shapes and bytes."""
+    import gguf
+
+    def tensors(path):
+        return {t.name: (t.tensor_type, t.shape.tolist(), t.data.tobytes()) for t in gguf.GGUFReader(path).tensors}
+
+    return tensors(a) == tensors(b)
+
+
+def check_gguf_prune(ckpt: Path, env_path: Path, work: Path, log) -> dict:
+    """GGUFs pruned by reapkit (F32, Q8_0, Q4_K) against the pruned checkpoint made into GGUF, and in llama.cpp."""
+    from reapkit.model.demo import DEMO_PATH
+
+    py, tree = sys.executable, llama_cpp_source(env_path, log)
+    wide = wide_model(work / "wide")
+    shell(f"{py} -m reapkit observe {wide} --data code:16,prose:16 --out {work / 'wide-obs'} --force", log)
+    shell(
+        f"{py} -m reapkit prune {wide} --observations {work / 'wide-obs'} --ratio 0.25 --out {work / 'wide-pruned'} --force",
+        log,
+    )
+    models = {"demo": (DEMO_PATH, work / "obs", ckpt), "wide": (wide, work / "wide-obs", work / "wide-pruned")}
+    for name, (model, _, pruned) in models.items():  # llama.cpp's converter: the unpruned and the pruned model
+        for tag, folder in (("", model), ("-ref", pruned)):
+            gguf = work / f"{name}{tag}-f32.gguf"
+            gguf.unlink(missing_ok=True)
+            shell(command("gguf", py=py, llama_cpp=tree, ckpt=folder, gguf=gguf), log)
+    cases = [("demo", "f32", None), ("demo", "q8_0", "Q8_0"), ("wide", "q4_k", "Q4_K_M")]
+    jobs = [
+        {"model": str(work / f"{name}{tag}-f32.gguf"), "out": str(work / f"{name}{tag}-{q}.gguf"), "type": qtype}
+        for name, q, qtype in cases if qtype for tag in ("", "-ref")
+    ]  # fmt: skip
+    quantised = run_child(env_path, "llama_quantize.py", {"jobs": jobs}, work, log)
+    assert all(job["rc"] == 0 for job in quantised["done"]), quantised
+    lines, ok, results = [], True, {}
+    for name, q, _ in cases:
+        source, out, ref = (work / f"{name}{tag}-{q}.gguf" for tag in ("", "-reapkit", "-ref"))
+        out.unlink(missing_ok=True)
+        shell(command("prune_gguf", py=py, gguf=source, obs=models[name][1], out=out), log)
+        same = same_tensors(out, ref)
+        prompts = [load(ckpt)[1].encode(p) for p in PROMPTS]
+        got = run_child(
+            env_path, "llama_greedy.py", {"model": str(out), "prompts": prompts, "max_tokens": 8}, work, log
+        )
+        if q == "f32":  # against the pruned checkpoint in transformers
+            reference, against = greedy_reference(models[name][2], prompts, 8), "the pruned checkpoint in transformers"
+        else:  # against the GGUF of the pruned checkpoint, quantised the same way, in llama.cpp
+            request = {"model": str(ref), "prompts": prompts, "max_tokens": 8}
+            reference, against = (
+                run_child(env_path, "llama_greedy.py", request, work, log)["outputs"],
+                f"its {q.upper()} GGUF",
+            )
+        result = compare_greedy(got["outputs"], reference)
+        passed = same and result["same_tokens"] and result["max_abs_diff"] < TOLERANCE["gguf_logprob"]
+        ok = ok and passed
+        results[q] = result | {"same_tensors": same, "ok": passed}
+        lines.append(
+            f"{q.upper()} ({name}): tensors {'identical' if same else 'DIFFER'} to prune -> convert{' -> quantise' if q != 'f32' else ''}; "
+            f"llama.cpp tokens {'identical' if result['same_tokens'] else 'DIFFER'} to {against}, "
+            f"max |d logprob| {result['max_abs_diff']:.2e} over {result['compared']}"
+        )
+    line = (
+        f"GGUF pruned by reapkit in llama.cpp ({len(PROMPTS)} prompts x 8 tokens, tolerance {TOLERANCE['gguf_logprob']:g}): "
+        + "; ".join(lines)
+    )
+    return {"ok": ok, "cases": results, "line": line}
+
+
 #: check name -> (environment, function)
 CHECKS = {
     "vllm": ("vllm", check_vllm),
@@ -421,6 +551,8 @@ CHECKS = {
     "lmeval": ("lmeval", check_lm_eval),
     "autoround": ("autoround", check_autoround),
     "gguf": ("llama", check_gguf),
+    "vllm-non-uniform": ("vllm", check_vllm_non_uniform),
+    "gguf-prune": ("llama", check_gguf_prune),
 }
 
 

@@ -8,7 +8,7 @@ notebook cell on the demo model: ``score(obs, "reap")``, ``saliency_heatmap(scor
   get a copy of their own, so they may prune it) and its tokenizer;
 - ``batches`` (calibration, 8 sequences of each built-in domain, 64 tokens) and ``eval_batches``
   (held-out, 4 of each domain);
-- ``obs``: the demo model observed on ``batches``; ``scores``: `scores_frame` of reap, frequency and
+- ``obs``: the demo model observed on ``batches``, every optional statistic too; ``scores``: `scores_frame` of reap, frequency and
   ean_mean; ``reap_scores``: `score(obs, "reap")` [layers, experts]; ``plan`` (REAP, ratio 0.5),
   ``global_plan`` (the same total, one global budget) and ``plans`` {(criterion, ratio): plan} of reap
   and frequency at 0.25 and 0.5;
@@ -61,7 +61,7 @@ def build(inputs: Path) -> dict:
     eval_batches = calibration_batches(
         "code:4,prose:4,tools:4,math:4", tokenizer, batch_size=4, max_length=64, split="validation"
     )
-    obs = observe(model, batches, progress=False)
+    obs = observe(model, batches, statistics="all", progress=False)
     plan = PruningPlan.from_observations(obs, "reap", ratio=0.5)
     global_plan = PruningPlan.from_global_budget(obs, "reap", total=plan.total_kept)
     plans = {(c, r): PruningPlan.from_observations(obs, c, ratio=r) for c in ("reap", "frequency") for r in (0.25, 0.5)}

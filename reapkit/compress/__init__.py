@@ -9,5 +9,6 @@ _EXPORTS = {
     "prune": ["mask_experts", "remove_experts", "save_pruned", "load_pruned", "prune_checkpoint"],
     "merge": ["apply_merge", "merge_experts"],
     "stream": ["stream_prune"],
+    "gguf": ["prune_gguf"],
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -25,22 +25,16 @@ __all__ = ["apply_merge", "merge_experts"]
 def apply_merge(model, plan: MergePlan):
     """Merge `model`'s experts in place as `plan` says; returns the model (now `plan.keep` experts per layer)."""
     pruning = plan.to_pruning_plan()
-    arch, blocks = check_plan(model, pruning)
-    for layer in plan.layers:
-        total = plan.num_experts[layer]
-        experts = arch.experts_of(blocks[layer])
-        tensors = [
-            t
-            for _, t in list(experts.named_parameters(recurse=False)) + list(experts.named_buffers(recurse=False))
-            if t.dim() and t.shape[0] == total
-        ]
-        for members, rep, w in zip(plan.groups[layer], plan.representatives[layer], plan.weights[layer]):
+    layers = check_plan(model, pruning)
+    for index in plan.layers:
+        tensors = layers[index].expert_tensors(router=False)  # the router keeps the representative's row
+        for members, rep, w in zip(plan.groups[index], plan.representatives[index], plan.weights[index]):
             if len(members) == 1:
                 continue
-            index = torch.tensor(members, dtype=torch.long)
-            for tensor in tensors:
+            members = torch.tensor(members, dtype=torch.long)
+            for tensor in tensors.values():
                 weight = torch.tensor(w, dtype=torch.float32, device=tensor.device).view(-1, *[1] * (tensor.dim() - 1))
-                merged = (tensor.data[index.to(tensor.device)].float() * weight).sum(0)
+                merged = (tensor.data[members.to(tensor.device)].float() * weight).sum(0)
                 tensor.data[rep] = merged.to(tensor.dtype)
     return remove_experts(model, pruning)
 

@@ -25,66 +25,79 @@ from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 
 from reapkit.atomic import atomic_directory
+from reapkit.compress import nonuniform
+from reapkit.errors import InvalidInput, Mismatch
 from reapkit.model.discover import architecture_for
+from reapkit.model.hooks import forward_hooks
+from reapkit.model.layer import MoELayer, moe_layers
 from reapkit.model.records import EXPERT_COUNT_NAMES
 from reapkit.select.plan import PruningPlan
 
 
 class _AddToRouterLogits(TorchFunctionMode):
-    """While active, adds `offset` [E] to the output of any linear map onto E outputs."""
+    """While active, adds `offset` [E] to the output of any linear map onto E outputs; counts how often."""
 
     def __init__(self, offset: torch.Tensor):
         super().__init__()
         self.offset = offset
+        self.applied = 0
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         if func is F.linear and out.shape[-1] == self.offset.numel():
             out = out + self.offset.to(out.device, out.dtype)
+            self.applied += 1
         return out
 
 
-def check_plan(model, plan: PruningPlan):
-    """The architecture and `{layer: block}` of `model`, after checking `plan` was made for it."""
-    arch = architecture_for(model)
-    blocks = dict(arch.moe_blocks(model))
-    for layer in plan.layers:
-        if layer not in blocks:
-            raise ValueError(
-                f"the plan prunes layer {layer}, which is not an MoE layer of this model (MoE layers: {sorted(blocks)})"
+def check_plan(model, plan: PruningPlan) -> dict[int, MoELayer]:
+    """`{decoder layer: MoELayer}` of `model`, after checking `plan` was made for it."""
+    layers = {layer.index: layer for layer in moe_layers(model)}
+    for index in plan.layers:
+        if index not in layers:
+            raise Mismatch(
+                f"the plan prunes layer {index}, which is not an MoE layer of this model (MoE layers: {sorted(layers)}); "
+                "apply plans to the model they were made for"
             )
-        have = arch.experts_of(blocks[layer]).num_experts
-        if have != plan.num_experts[layer]:
-            raise ValueError(
-                f"the plan was made for {plan.num_experts[layer]} experts in layer {layer} but the model has {have}; "
+        have = layers[index].num_experts
+        if have != plan.num_experts[index]:
+            raise Mismatch(
+                f"the plan was made for {plan.num_experts[index]} experts in layer {index} but the model has {have}; "
                 "apply plans to the model they were made for (the unpruned model)"
             )
-    return arch, blocks
+    return layers
 
 
 @contextlib.contextmanager
 def mask_experts(model, plan: PruningPlan):
-    """Context manager: inside it, the router of each layer cannot select the plan's removed experts."""
-    arch, blocks = check_plan(model, plan)
-    saved_bias, routers = [], []
+    """Context manager: inside it, the router of each layer cannot select the plan's removed experts.
+
+    Each time a masked layer's block runs, its router must have added the mask (a linear map onto E
+    outputs); a router that computes its logits another way raises instead of silently masking nothing.
+    """
+    layers = check_plan(model, plan)
+    saved_bias, routers, hooks = [], [], {}
     try:
-        for layer in plan.layers:
-            block, removed = blocks[layer], plan.removed(layer)
+        for index in plan.layers:
+            layer, removed = layers[index], plan.removed(index)
             if not removed:
                 continue
-            router = arch.router_of(block)
-            offset = torch.zeros(plan.num_experts[layer])
+            router = layer.router
+            offset = torch.zeros(plan.num_experts[index])
             offset[removed] = float("-inf")
+            mode = _AddToRouterLogits(offset)
             routers.append(
                 (router, router.__dict__.get("forward"))
             )  # an instance forward (accelerate hooks, an outer mask)
-            router.forward = _masked_forward(router.forward, _AddToRouterLogits(offset))
-            bias = arch.correction_bias_of(block)
+            router.forward = _masked_forward(router.forward, mode)
+            hooks[layer.block] = _check_masked(index, mode)
+            bias = layer.selection_bias
             if bias is not None:
                 saved_bias.append((bias, bias.detach().clone()))
                 with torch.no_grad():
                     bias[..., removed] = float("-inf")
-        yield model
+        with forward_hooks(hooks):
+            yield model
     finally:
         for router, own_forward in reversed(routers):
             if own_forward is None:
@@ -104,22 +117,41 @@ def _masked_forward(forward, mode):
     return masked
 
 
+def _check_masked(index: int, mode: _AddToRouterLogits):
+    """A forward hook for a masked block: its router must have applied the mask during this call."""
+    seen = [0]
+
+    def hook(module, args, output):
+        if mode.applied == seen[0]:
+            raise RuntimeError(
+                f"mask_experts masked nothing in layer {index}: its block ran, but no linear map onto "
+                f"{mode.offset.numel()} router logits did (the router was bypassed or computes its logits "
+                "another way), so the removed experts could still be chosen"
+            )
+        seen[0] = mode.applied
+
+    return hook
+
+
 @torch.no_grad()
 def remove_experts(model, plan: PruningPlan):
     """Remove the plan's pruned experts from `model` in place and update every cached expert count."""
-    arch, blocks = check_plan(model, plan)
-    for layer in plan.layers:
-        block, total = blocks[layer], plan.num_experts[layer]
-        kept = plan.kept[layer]
-        index = torch.tensor(kept, dtype=torch.long)
-        for module in (*arch.experts_of(block).modules(), *arch.router_of(block).modules()):
-            _slice_tensors(module, index, total)
-        bias = arch.correction_bias_of(block)
+    layers = check_plan(model, plan)
+    for index in plan.layers:
+        layer, total = layers[index], plan.num_experts[index]
+        kept = torch.tensor(plan.kept[index], dtype=torch.long)
+        bias = layer.selection_bias
+        for tensor in layer.expert_tensors().values():
+            tensor.data = tensor.data.index_select(0, kept.to(tensor.device)).contiguous()
         if bias is not None and bias.shape[-1] == total:
-            bias.data = bias.data.index_select(-1, index.to(bias.device)).contiguous()
-        for module in block.modules():
+            bias.data = bias.data.index_select(-1, kept.to(bias.device)).contiguous()
+        for module in layer.router.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.out_features = module.weight.shape[0]
+        for module in layer.block.modules():
             _set_counts(module, total, len(kept))
     if plan.is_uniform:
+        arch = next(iter(layers.values())).arch
         total, new = next(iter(plan.num_experts.values())), len(next(iter(plan.kept.values())))
         for obj in (model, getattr(model, "model", None), _decoder(model), model.config.get_text_config()):
             _set_counts(obj, total, new)
@@ -133,14 +165,6 @@ def _decoder(model):
         return model.get_decoder()
     except Exception:  # noqa: BLE001 - no decoder accessor
         return None
-
-
-def _slice_tensors(module, index, total):
-    for _, tensor in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False)):
-        if tensor.dim() and tensor.shape[0] == total:
-            tensor.data = tensor.data.index_select(0, index.to(tensor.device)).contiguous()
-    if isinstance(module, torch.nn.Linear):
-        module.out_features = len(index)
 
 
 def _set_counts(obj, old: int, new: int):
@@ -157,18 +181,18 @@ def save_pruned(model, plan: PruningPlan, out, *, tokenizer=None, force: bool = 
     loaders (transformers 4.x, vLLM) read the right number.
     """
     if not plan.is_uniform:
-        raise ValueError(
+        raise InvalidInput(
             "this plan keeps different numbers of experts per layer, which a stock config.json cannot express; "
             "evaluate the pruned model in memory, save it with reapkit.compress.prune.save_non_uniform(...) and load it "
             "back with reapkit.compress.prune.load_pruned(...), or use a uniform plan (ratio= or keep=) for a stock checkpoint"
         )
-    arch, blocks = architecture_for(model), dict(architecture_for(model).moe_blocks(model))
-    new = len(next(iter(plan.kept.values())))
-    for layer in plan.layers:
-        have = arch.experts_of(blocks[layer]).num_experts
+    layers = {layer.index: layer for layer in moe_layers(model)}
+    arch, new = next(iter(layers.values())).arch, len(next(iter(plan.kept.values())))
+    for index in plan.layers:
+        have = layers[index].num_experts if index in layers else None
         if have != new:
-            raise ValueError(
-                f"layer {layer} still has {have} experts, the plan keeps {new}; "
+            raise InvalidInput(
+                f"layer {index} has {have} experts, the plan keeps {new}; "
                 "call remove_experts(model, plan) before save_pruned"
             )
     with atomic_directory(out, force=force) as tmp:
@@ -223,15 +247,15 @@ def prune_checkpoint(model_path, plan: PruningPlan, out, *, force: bool = False,
     return save_pruned(model, plan, out, tokenizer=tokenizer, force=force)
 
 
-NON_UNIFORM_WEIGHTS = "reapkit_non_uniform.safetensors"
+NON_UNIFORM_WEIGHTS = nonuniform.WEIGHTS
 
 
 def save_non_uniform(model, plan: PruningPlan, out, *, tokenizer=None, force: bool = False) -> Path:
-    """Save a model pruned with a non-uniform plan: the unpruned config, the plan and the pruned weights.
+    """Save a model pruned with a non-uniform plan in reapkit's format (`reapkit.compress.nonuniform`).
 
     Stock `from_pretrained` cannot read it (its config names one expert count for all layers);
-    `load_pruned(out)` rebuilds the per-layer counts and loads the weights. A uniform plan is
-    saved as a stock checkpoint instead.
+    `load_pruned(out)` rebuilds the per-layer counts and loads the weights, and vLLM reads it through
+    reapkit's plugin. A uniform plan is saved as a stock checkpoint instead.
     """
     from safetensors.torch import save_model
 
@@ -239,6 +263,11 @@ def save_non_uniform(model, plan: PruningPlan, out, *, tokenizer=None, force: bo
         return save_pruned(model, plan, out, tokenizer=tokenizer, force=force)
     with atomic_directory(out, force=force) as tmp:
         model.config.save_pretrained(tmp)
+        config = json.loads((tmp / "config.json").read_text())  # marked as the format (reapkit.compress.nonuniform)
+        config = nonuniform.describe(
+            config, plan, architecture=type(model).__name__, num_experts_key=architecture_for(model).num_experts_key
+        )
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         save_model(model, str(tmp / NON_UNIFORM_WEIGHTS))
@@ -254,7 +283,7 @@ def load_pruned(path, *, dtype=None):
     path = Path(path)
     if not (path / NON_UNIFORM_WEIGHTS).is_file():
         return AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto").eval()
-    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path))
+    model = AutoModelForCausalLM.from_config(nonuniform.original_config(AutoConfig.from_pretrained(path)))
     remove_experts(model, PruningPlan.load(path / "pruning_plan.json"))
     load_model(model, str(path / NON_UNIFORM_WEIGHTS))
     return (model.to(dtype) if dtype else model).eval()

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from reapkit.errors import InvalidInput, Mismatch
 from reapkit.measure.harness import lm_eval
-from reapkit.measure.schema import UNPRUNED
+from reapkit.measure.schema import UNPRUNED, interval_columns
 from reapkit.measure.stats import LEVEL, RESAMPLES, bootstrap
 from reapkit.model.discover import architecture_for
 from reapkit.model.hooks import eval_mode, forward_hooks
@@ -202,13 +202,8 @@ def _compare(ref_lp: torch.Tensor, ref_idx: torch.Tensor | None, lp: torch.Tenso
 # evaluate
 # --------------------------------------------------------------------------------------------
 
-#: Metrics with a bootstrap interval: columns `<metric>`, `<metric>_lo`, `<metric>_hi`.
+#: Metrics with a bootstrap interval: columns `<metric>`, `<metric>_lo`, `<metric>_hi` (`reapkit.measure.schema.interval_columns`).
 METRICS = ("loss", "kl", "agreement")
-
-
-def interval_columns(metric: str) -> list[str]:
-    """`interval_columns("loss") == ["loss", "loss_lo", "loss_hi"]`."""
-    return [metric, f"{metric}_lo", f"{metric}_hi"]
 
 
 def _check_reference(model, batches, reference) -> None:
@@ -367,12 +362,14 @@ def _first(output) -> torch.Tensor:
 
 @torch.no_grad()
 def reconstruction_error(reference, model, batches, *, compressed=None, progress: bool = True) -> pd.DataFrame:
-    """Per MoE layer, ||y_ref - y|| / ||y_ref|| of the block outputs on the *same* block inputs.
+    """Per MoE layer, ||y_ref - y|| / ||y_ref|| of the block outputs on the *same* block inputs, with
+    its 95% percentile bootstrap interval over sequences (`rel_l2_lo`, `rel_l2_hi`).
 
     The reference model runs on each batch while forward hooks capture the input and the output
     of each of its MoE blocks; then each block of `model` at the same decoder layer is called on
     the captured input. Norms are taken over all non-padding tokens of all batches (sums of
-    squares, then one ratio per layer). Tuple outputs (gpt_oss, llama4) use their hidden states.
+    squares, then one ratio per layer; the bootstrap resamples the sequences' sums of squares).
+    Tuple outputs (gpt_oss, llama4) use their hidden states.
 
     For a compression that is a mask, pass the same model twice and a context-manager factory:
     `reconstruction_error(model, model, batches, compressed=lambda: mask_experts(model, plan))`;
@@ -389,8 +386,8 @@ def reconstruction_error(reference, model, batches, *, compressed=None, progress
             "compare a model with its own compressed version"
         )
     layers = sorted(blocks)
-    diff = {layer: 0.0 for layer in layers}
-    norm = {layer: 0.0 for layer in layers}
+    diff: dict[int, list] = {layer: [] for layer in layers}  # per batch: [sequences] sums of squares
+    norm: dict[int, list] = {layer: [] for layer in layers}
     captured: dict[int, tuple] = {}
     capturing = [True]  # off while the compressed blocks run (reference may be model)
 
@@ -413,6 +410,8 @@ def reconstruction_error(reference, model, batches, *, compressed=None, progress
                 use_cache=False,
             )
             valid = batch.attention_mask.reshape(-1).bool()
+            size, length = batch.attention_mask.shape
+            rows = torch.arange(size).repeat_interleave(length)[valid]  # the sequence of each valid token
             context = compressed() if compressed is not None else contextlib.nullcontext()
             capturing[0] = False
             with context:
@@ -423,12 +422,16 @@ def reconstruction_error(reference, model, batches, *, compressed=None, progress
                     y = _first(blocks[layer](*args, **kwargs))
                     y_ref = y_ref.reshape(-1, y_ref.shape[-1])[valid.to(y_ref.device)].float()
                     y = y.reshape(-1, y.shape[-1])[valid.to(y.device)].float().to(y_ref.device)
-                    diff[layer] += float(((y_ref - y) ** 2).sum())
-                    norm[layer] += float((y_ref**2).sum())
+                    where = rows.to(y_ref.device)
+                    diff[layer].append(_per_sequence(((y_ref - y) ** 2).sum(-1), where, size).cpu())
+                    norm[layer].append(_per_sequence((y_ref**2).sum(-1), where, size).cpu())
             capturing[0] = True
-    return pd.DataFrame(
-        {"layer": layers, "rel_l2": [math.sqrt(diff[i]) / math.sqrt(norm[i]) if norm[i] > 0 else 0.0 for i in layers]}
-    )
+    out = []
+    for layer in layers:
+        d, n = torch.cat(diff[layer]).numpy(), torch.cat(norm[layer]).numpy()
+        ratio = bootstrap(d, n) if n.sum() > 0 else (0.0, 0.0, 0.0)
+        out.append((layer, *(math.sqrt(max(v, 0.0)) for v in ratio)))  # sqrt is monotone: the interval carries over
+    return pd.DataFrame(out, columns=["layer", *interval_columns("rel_l2")])
 
 
 # --------------------------------------------------------------------------------------------
@@ -467,34 +470,39 @@ def generate_samples(model, tokenizer, prompts: dict[str, str], *, max_new_token
     return out
 
 
-def evaluate_plans(model, plans: dict, batches, *, reference=None, progress: bool = False):
+def evaluate_plans(model, plans: dict, batches, *, reference=None, progress: bool = False, sequences: bool = False):
     """Evaluate each plan of {(criterion, ratio): PruningPlan} by masking it on `model`.
 
     Returns (results, reconstruction): tidy frames with columns ratio, criterion, then those of
     `aggregate` (domain, tokens, loss, perplexity, kl, agreement, delta_loss, each metric with its
     `_lo` / `_hi` interval; ratio 0 / criterion "unpruned" is the unpruned model), and ratio,
-    criterion, layer, rel_l2.
+    criterion, layer, rel_l2 (with rel_l2_lo / rel_l2_hi, see `reconstruction_error`). With
+    `sequences=True`, also the per-sequence frame (ratio, criterion, then `sequence_metrics`' columns
+    and delta_loss), from which `reapkit.study.gaps.gap_table(..., hue="criterion")` pairs the plans.
     """
     from reapkit.compress.prune import mask_experts
 
     if reference is None:  # float32: the unpruned model agrees with itself exactly (agreement 1, KL 0)
         reference = reference_outputs(model, batches, dtype=torch.float32, progress=progress)
-    rows, errors = [], []
     unpruned = sequence_metrics(model, batches, reference=reference, progress=progress)
-    rows.append(aggregate(unpruned, baseline=unpruned).assign(ratio=0.0, criterion=UNPRUNED))
+    per_sequence = [unpruned.assign(delta_loss=0.0, ratio=0.0, criterion=UNPRUNED)]
+    errors = []
     for (criterion, ratio), plan in plans.items():
         with mask_experts(model, plan):
-            frame = evaluate(model, batches, reference=reference, baseline=unpruned, progress=progress)
-        rows.append(frame.assign(ratio=ratio, criterion=criterion))
+            part = sequence_metrics(model, batches, reference=reference, progress=progress)
+        delta = part["loss"] - unpruned["loss"].to_numpy()
+        per_sequence.append(part.assign(delta_loss=delta, ratio=ratio, criterion=criterion))
         rec = reconstruction_error(
-            model, model, batches, compressed=lambda plan=plan: mask_experts(model, plan), progress=progress
+            model, model, batches, compressed=lambda p=plan: mask_experts(model, p), progress=False
         )
         errors.append(rec.assign(ratio=ratio, criterion=criterion))
-    results = pd.concat(rows, ignore_index=True)
-    results = results[["ratio", "criterion", *results.columns.drop(["ratio", "criterion"])]]
-    reconstruction = (
-        pd.concat(errors, ignore_index=True)[["ratio", "criterion", "layer", "rel_l2"]]
-        if errors
-        else pd.DataFrame(columns=["ratio", "criterion", "layer", "rel_l2"])
-    )
-    return results, reconstruction
+    first = lambda frame: frame[["ratio", "criterion", *frame.columns.drop(["ratio", "criterion"])]]  # noqa: E731
+    results = [
+        aggregate(p.drop(columns="delta_loss"), baseline=unpruned).assign(
+            ratio=p.ratio.iloc[0], criterion=p.criterion.iloc[0]
+        )
+        for p in per_sequence
+    ]
+    empty = pd.DataFrame(columns=["ratio", "criterion", "layer", *interval_columns("rel_l2")])
+    out = first(pd.concat(results, ignore_index=True)), first(pd.concat(errors, ignore_index=True)) if errors else empty
+    return (*out, first(pd.concat(per_sequence, ignore_index=True))) if sequences else out

@@ -1,12 +1,11 @@
 """The one results schema: column names every table of results uses, and its long and wide forms.
 
-    >>> long_results(results[results.ratio == 0.5])[["label", "domain", "metric", "value", "value_lo"]].head(3).round(3)
-      label domain metric  value  value_lo
-    0  reap   code   loss  5.088     4.613
-    1  reap  prose   loss  4.542     4.338
-    2  reap  tools   loss  2.442     2.307
-    >>> lo("loss"), hi("loss")
-    ('loss_lo', 'loss_hi')
+    >>> with_delta_loss(results)                  # adds delta_loss: loss - the domain's unpruned loss
+    >>> long_results(results)                     # one row per measurement: metric, value, value_lo, ...
+    >>> interval("loss"), interval("loss", "gap")
+    (('loss_lo', 'loss_hi'), ('loss_gap_lo', 'loss_gap_hi'))
+    >>> better("acc"), better("loss")
+    ('higher', 'lower')
 
 Results schema (one name per concept; every module reads these names, none renames them):
 
@@ -19,8 +18,20 @@ Results schema (one name per concept; every module reads these names, none renam
     observations the router fingerprint of the model the plan's observations were made on (lm-eval rows)
     loss, perplexity, kl, agreement     (agreement = top-1 agreement with the unpruned model)
     delta_loss   loss minus the same domain's unpruned loss (`with_delta_loss`)
-    <metric>_lo, <metric>_hi            95% confidence interval of <metric> (e.g. loss_lo, loss_hi)
     <metric>_stderr                     standard error of <metric>, where the source gives one (lm-eval)
+
+Intervals: each kind has its own column names, built only by `interval` / `interval_columns`:
+
+    <metric>_lo, <metric>_hi            "ci": 95% interval of <metric> itself: percentile bootstrap over
+                                        evaluation sequences (delta_loss: of the per-sequence differences to
+                                        the unpruned model, so paired with it); lm-eval rows: value ± 1.96 stderr
+    <metric>_gap, _gap_lo, _gap_hi      "gap": a method's <metric> minus the reference method's (REAP) on the
+                                        same sequences, with its paired 95% bootstrap interval
+    <metric>_chance_lo, _chance_hi      "chance": where 95% of the values of <metric> fall by chance (e.g.
+                                        Spearman rho between unrelated rankings); not an interval of an estimate
+
+Direction: `BETTER` declares once whether lower or higher is better for each metric; every ranking,
+reading and figure reads it through `better` / `best_first`.
 
 The same table in long form: one row per measurement, the columns above that say what was measured
 (method ... domain, any others such as model or observations) plus
@@ -54,6 +65,16 @@ __all__ = [
     "DELTA_LOSS",
     "METRICS",
     "METRIC_LABELS",
+    "DISPLAY_NAMES",
+    "display_name",
+    "LOWER",
+    "HIGHER",
+    "BETTER",
+    "better",
+    "best_first",
+    "INTERVALS",
+    "interval",
+    "interval_columns",
     "METRIC",
     "VALUE",
     "STDERR",
@@ -86,15 +107,104 @@ ALL = "all"
 #: What the unpruned model's rows are called (its method, criterion and label; ratio 0).
 UNPRUNED = "unpruned"
 
+#: How figures and readings name each method, criterion and space (tables keep the code names).
+DISPLAY_NAMES = {
+    "reap": "REAP",
+    "frequency": "frequency",
+    "soft_frequency": "soft frequency",
+    "ean_mean": "activation norm",
+    "ean_sum": "activation norm (sum)",
+    "weighted_ean_sum": "weighted activation norm",
+    "max_activation": "max activation",
+    "random": "random",
+    "m_smoe": "M-SMoE",
+    "hc_smoe": "HC-SMoE",
+    UNPRUNED: "unpruned",
+}
+
+
+def display_name(name) -> str:
+    """The name a figure or reading prints for a method, criterion or label (`global_<c>`: "<c>, global budget").
+
+    >>> display_name("ean_mean"), display_name("global_reap"), display_name("my_criterion")
+    ('activation norm', 'REAP, global budget', 'my criterion')
+    """
+    name = str(name)
+    if name.startswith("global_"):
+        return f"{display_name(name[len('global_') :])}, global budget"
+    return DISPLAY_NAMES.get(name, name.replace("_", " "))
+
+
+LOWER, HIGHER = "lower", "higher"
+#: Which way each metric is better: the one declaration every ranking, reading and figure reads (`better`).
+BETTER = {
+    LOSS: LOWER,
+    "perplexity": LOWER,
+    KL: LOWER,
+    DELTA_LOSS: LOWER,
+    AGREEMENT: HIGHER,
+    "rel_l2": LOWER,
+    # lm-eval metrics
+    "bits_per_byte": LOWER,
+    "byte_perplexity": LOWER,
+    "word_perplexity": LOWER,
+    "acc": HIGHER,
+    "acc_norm": HIGHER,
+    "exact_match": HIGHER,
+    "f1": HIGHER,
+    "mcc": HIGHER,
+}
+
+
+def better(metric: str) -> str:
+    """``"lower"`` or ``"higher"``: which way `metric` is better (:data:`BETTER`; a metric it does not
+    name is read as higher = better, lm-eval's convention for scores).
+
+        >>> better("kl"), better("acc_norm")
+        ('lower', 'higher')
+    """
+    return BETTER.get(str(metric), HIGHER)
+
+
+def best_first(frame: pd.DataFrame, metric: str, column: str | None = None) -> pd.DataFrame:
+    """`frame` sorted best first by `column` (default `metric`), in `metric`'s direction (stable).
+
+    >>> best_first(means, "acc")                 # highest accuracy first
+    """
+    return frame.sort_values(column or metric, ascending=better(metric) == LOWER, kind="stable")
+
+
+#: Column suffixes of each kind of interval (see the module's docstring); `interval` builds the names.
+INTERVALS = {"ci": "", "gap": "_gap", "chance": "_chance"}
+
+
+def interval(metric: str, kind: str = "ci") -> tuple[str, str]:
+    """The (lower, upper) columns of `metric`'s interval of `kind` ("ci", "gap" or "chance").
+
+    >>> interval("delta_loss"), interval("spearman", "chance")
+    (('delta_loss_lo', 'delta_loss_hi'), ('spearman_chance_lo', 'spearman_chance_hi'))
+    """
+    if kind not in INTERVALS:
+        raise ValueError(f"unknown kind of interval {kind!r}; kinds: {', '.join(INTERVALS)}")
+    stem = f"{metric}{INTERVALS[kind]}"
+    return f"{stem}_lo", f"{stem}_hi"
+
+
+def interval_columns(metric: str, kind: str = "ci") -> list[str]:
+    """The estimate's column and its interval's: ``interval_columns("loss") == ["loss", "loss_lo", "loss_hi"]``,
+    ``interval_columns("loss", "gap") == ["loss_gap", "loss_gap_lo", "loss_gap_hi"]`` ("chance" has no estimate)."""
+    low, high = interval(metric, kind)
+    return [low, high] if kind == "chance" else [f"{metric}{INTERVALS[kind]}", low, high]
+
 
 def lo(metric: str) -> str:
-    """Column of the lower end of `metric`'s confidence interval: ``lo("loss") == "loss_lo"``."""
-    return f"{metric}_lo"
+    """Column of the lower end of `metric`'s 95% interval ("ci"): ``lo("loss") == "loss_lo"``."""
+    return interval(metric)[0]
 
 
 def hi(metric: str) -> str:
-    """Column of the upper end of `metric`'s confidence interval: ``hi("loss") == "loss_hi"``."""
-    return f"{metric}_hi"
+    """Column of the upper end of `metric`'s 95% interval ("ci"): ``hi("loss") == "loss_hi"``."""
+    return interval(metric)[1]
 
 
 def stderr(metric: str) -> str:
@@ -116,7 +226,7 @@ def select(frame: pd.DataFrame, **conditions) -> pd.DataFrame:
 
 def with_delta_loss(results: pd.DataFrame) -> pd.DataFrame:
     """A copy of `results` with `delta_loss` = loss - the unpruned loss (ratio 0) of the same domain
-    (and the same value of any `model` column), and its interval when loss_lo / loss_hi exist.
+    (and the same value of any `model` column).
 
         >>> frame = pd.DataFrame({"label": ["unpruned", "reap"], "ratio": [0, 0.5], "domain": "code", "loss": [2.0, 2.5]})
         >>> with_delta_loss(frame)[["label", "ratio", "domain", "delta_loss"]]
@@ -124,8 +234,10 @@ def with_delta_loss(results: pd.DataFrame) -> pd.DataFrame:
         0  unpruned    0.0   code         0.0
         1      reap    0.5   code         0.5
 
-    The interval is the loss interval shifted by the baseline. A frame that has `delta_loss`
-    already (e.g. with a paired bootstrap interval from `reapkit.study.experiments`) is returned as it is.
+    No interval is made: the loss interval moved by the unpruned mean is not an interval of the
+    difference (the two losses share their sequences); `delta_loss_lo` / `delta_loss_hi` are only
+    ever the paired bootstrap of `reapkit.measure.evaluate.aggregate`. A frame that has `delta_loss`
+    already is returned as it is.
     """
     out = results.copy()
     if DELTA_LOSS in out.columns:
@@ -138,9 +250,6 @@ def with_delta_loss(results: pd.DataFrame) -> pd.DataFrame:
         )
     out = out.join(base, on=keys)
     out[DELTA_LOSS] = out[LOSS] - out["_base"]
-    if lo(LOSS) in out.columns and hi(LOSS) in out.columns:
-        out[lo(DELTA_LOSS)] = out[lo(LOSS)] - out["_base"]
-        out[hi(DELTA_LOSS)] = out[hi(LOSS)] - out["_base"]
     return out.drop(columns="_base")
 
 
@@ -214,8 +323,8 @@ def wide_results(results: pd.DataFrame) -> pd.DataFrame:
         return wide.drop(columns=list(LONG_VALUES), errors="ignore")
     values = [c for c in (VALUE, STDERR, lo(VALUE), hi(VALUE)) if c in long.columns]
     table = long.groupby(keys + [METRIC], dropna=False, sort=False)[values].mean().unstack(METRIC)
-    names = {VALUE: "{}", STDERR: "{}_" + STDERR, lo(VALUE): "{}_lo", hi(VALUE): "{}_hi"}
-    table.columns = [names[value].format(metric) for value, metric in table.columns]
+    names = {VALUE: str, STDERR: stderr, lo(VALUE): lo, hi(VALUE): hi}
+    table.columns = [names[value](metric) for value, metric in table.columns]
     order = [c for m in dict.fromkeys(long[METRIC]) for c in (m, lo(m), hi(m), stderr(m)) if c in table.columns]
     table = table[order].reset_index()
     wide = wide.drop(columns=list(LONG_VALUES), errors="ignore")

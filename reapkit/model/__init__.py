@@ -8,6 +8,7 @@ from reapkit.lazy import lazy_exports
 _EXPORTS = {
     "records": ["Architecture", "ARCHITECTURES", "VERIFIED", "register_architecture"],
     "discover": ["architecture_for", "UnknownArchitectureError"],
+    "layer": ["MoELayer", "moe_layers"],
     "loading": ["load_model", "load_tokenizer"],
     "checkpoint": ["Checkpoint"],
     "demo": ["DEMO", "DEMO_PATH", "resolve_name"],

@@ -8,6 +8,9 @@
 - block and layers: the experts module's parent, inside the text decoder's `ModuleList` of layers;
 - router: the block's module of the class transformers records `router_logits` from
   (`_can_record_outputs`), else the block's module whose weight has E rows;
+- router weight: the router's own 2-D `weight`, else its [E, hidden] parameter (`gate.weight`,
+  `wg.weight`); the router's expert tensors: the weight, its module's bias and any other router tensor
+  with a leading axis E (per-expert scales); when E equals the hidden size, only those named `*expert*`;
 - correction bias: a tensor of the block, outside the experts, named `*correction_bias` or
   `*expert_bias`, last dim E;
 - scoring: the config's scoring key, else the ratio of two top-k weights of the router's own output
@@ -128,6 +131,37 @@ def _find_router(model, block, experts_name: str, num_experts: int, hidden: int)
     raise LookupError(f"no router with {num_experts} outputs beside the experts of {type(block).__name__}")
 
 
+def _find_router_weight(router, num_experts: int, hidden: int) -> str:
+    weight = getattr(router, "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.dim() == 2:
+        return "weight"
+    for name, tensor in router.named_parameters():
+        if tuple(tensor.shape) == (num_experts, hidden):
+            return name
+    raise LookupError(f"no [{num_experts}, {hidden}] weight in the router {type(router).__name__}")
+
+
+def _router_expert_tensors(router, weight: str, num_experts: int, hidden: int, skip) -> tuple[str, ...]:
+    """Paths in `router` of its tensors with a leading expert axis: the weight, then the rest in module order.
+
+    A tensor of leading size E is taken for a per-expert one unless E equals the hidden size, where
+    only the weight's bias and tensors named `*expert*` are (a [hidden] scale would look the same).
+    """
+    owner = weight.rpartition(".")[0]
+    bias = f"{owner}.bias" if owner else "bias"
+    tensors = [*router.named_parameters(), *router.named_buffers()]
+    found = [
+        name
+        for name, tensor in tensors
+        if name != weight
+        and tensor.dim()
+        and tensor.shape[0] == num_experts
+        and not any(tensor is other for other in skip)
+        and (num_experts != hidden or name == bias or "expert" in name.rpartition(".")[2])
+    ]
+    return (weight, *found)
+
+
 def _find_correction_bias(block, experts_name: str, num_experts: int) -> str | None:
     tensors = list(block.named_buffers()) + list(block.named_parameters())
     for name, tensor in tensors:
@@ -222,12 +256,19 @@ def _complete_from_block(model, record: Architecture) -> Architecture:
     shared = record.shared_experts or next(
         (n for n, _ in block.named_children() if "shared" in n and isinstance(getattr(block, n), torch.nn.Module)), None
     )
+    correction_bias = record.correction_bias or _find_correction_bias(block, experts_name, num_experts)
+    router_module = get_path(block, router)
+    router_weight = record.router_weight or _find_router_weight(router_module, num_experts, hidden)
+    selection_bias = [get_path(block, correction_bias)] if correction_bias else []
     record = replace(
         record,
         router=router,
+        router_weight=router_weight,
+        router_expert_tensors=record.router_expert_tensors
+        or _router_expert_tensors(router_module, router_weight, num_experts, hidden, selection_bias),
         logits_index=logits_index,
         shared_experts=shared,
-        correction_bias=record.correction_bias or _find_correction_bias(block, experts_name, num_experts),
+        correction_bias=correction_bias,
     )
     if record.scoring is None:
         scoring = read_config_keys(model.config, record).scoring or _probe_scoring(

@@ -40,7 +40,8 @@ class Architecture:
     """Names that locate the MoE parts of one transformers model type; `None` means "read it".
 
     Paths are dotted attribute paths: `layers` from the top model, `block` from a decoder
-    layer, `router`, `experts`, `correction_bias` and `shared_experts` from the block.
+    layer, `router`, `experts`, `correction_bias` and `shared_experts` from the block,
+    `router_weight` and `router_expert_tensors` from the router.
     """
 
     model_type: str
@@ -49,6 +50,8 @@ class Architecture:
     layers: str | None = None
     block: str | None = None
     router: str | None = None
+    router_weight: str | None = None  # the router's [E, hidden] weight ("weight", "gate.weight", "wg.weight")
+    router_expert_tensors: tuple[str, ...] | None = None  # the router's tensors with a leading expert axis
     experts: str | None = None
     correction_bias: str | None = None  # selection-only bias, sliced on its last dimension
     shared_experts: str | None = None
@@ -75,12 +78,7 @@ class Architecture:
 
     def router_weight_of(self, block) -> torch.Tensor:
         """The router's [E, hidden] weight (the router's own `weight`, or its linear map's)."""
-        router = self.router_of(block)
-        weight = getattr(router, "weight", None)
-        if isinstance(weight, torch.Tensor) and weight.dim() == 2:
-            return weight
-        experts = self.experts_of(block).num_experts
-        return next(p for p in router.parameters() if p.dim() == 2 and p.shape[0] == experts)
+        return get_path(self.router_of(block), self.router_weight)
 
     def experts_of(self, block):
         return get_path(block, self.experts)

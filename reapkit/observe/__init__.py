@@ -8,6 +8,7 @@ from reapkit.lazy import lazy_exports
 _EXPORTS = {
     "recorder": ["observe", "observe_cached"],
     "observations": ["Observations"],
+    "statistics": ["STATISTICS"],
     "sequential": ["observe_sequential"],
     "importers": ["read_reap_observer"],
 }

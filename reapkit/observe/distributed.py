@@ -24,7 +24,9 @@ import os
 
 import torch
 
+from reapkit.errors import InvalidInput
 from reapkit.observe.observations import Observations
+from reapkit.observe.statistics import STATISTICS
 
 #: a rank may wait this long for the others (big models load and calibrate for hours)
 TIMEOUT = datetime.timedelta(hours=6)
@@ -63,7 +65,7 @@ def process_group(device="cpu"):
 def my_share(batches: list, rank: int, world: int) -> list:
     """Every `world`-th batch from `rank` on; each rank gets at least one."""
     if len(batches) < world:
-        raise ValueError(
+        raise InvalidInput(
             f"{len(batches)} calibration batch(es) cannot be shared by {world} processes; "
             "use more calibration data, a smaller --batch-size, or fewer processes"
         )
@@ -71,7 +73,7 @@ def my_share(batches: list, rank: int, world: int) -> list:
 
 
 def all_reduce_observations(obs: Observations, batches: list) -> Observations:
-    """The sum of every rank's `obs` (maxima for `max_activation`), on every rank.
+    """Every rank's `obs` combined (sums, and maxima where a statistic combines by max), on every rank.
 
     `batches` are all ranks' batches together; the calibration metadata (content hash and tokens
     per domain) is set for them, as a single process over all of them would.
@@ -92,9 +94,10 @@ def all_reduce_observations(obs: Observations, batches: list) -> Observations:
     for domain in domains:
         mine = obs.stats.get(domain)
         stats[domain] = {}
-        for name, like in sorted(template.items()):
+        for name, like in template.items():  # the same statistics, in the table's order, on every rank
             value = (mine[name] if mine is not None else torch.zeros_like(like)).to(device).contiguous()
-            dist.all_reduce(value, op=dist.ReduceOp.MAX if name == "max_activation" else dist.ReduceOp.SUM)
+            op = dist.ReduceOp.MAX if STATISTICS[name].combine == "max" else dist.ReduceOp.SUM
+            dist.all_reduce(value, op=op)
             stats[domain][name] = value.cpu()
     meta = dict(obs.meta)
     calibration = dict(meta["calibration"])

@@ -3,9 +3,8 @@
     >>> from reapkit.select.criteria import score
     >>> obs = read_reap_observer("observations_1024_cosine.pt", domain="code")
     >>> sorted(obs.meta["missing"])            # what that file does not hold, each with the reason
-    ['coselect', 'max_activation', 'output_sum', 'prob_sum']
-    >>> score(obs, "reap").shape               # [moe layers, experts]: equals the file's own `reap`
-    (4, 16)
+    ['coselect', 'max_activation', 'max_signed', 'output_sum', 'prob_sum', 'sq_norm_sum']
+    >>> score(obs, "reap")                     # equals the file's own `reap`
 
 Plans (no scores) from llm-compressor are read by `reapkit.select.imported`.
 
@@ -62,6 +61,8 @@ NOT_RECORDED = {
     "expert_frequency[i] + expert_frequency[j]",
     "max_activation": "the largest |element| of each expert's output; the observer's max_activations is the "
     "largest signed element, a different quantity",
+    "sq_norm_sum": "the squared output norm summed over each expert's routed tokens; the observer does not record it",
+    "max_signed": "the largest signed output element; import does not read the observer's max_activations yet",
     "output_sum": "each expert's output summed over its routed tokens; the observer records it "
     "(routed_characteristic_activation) only when run without record_pruning_metrics_only",
 }
@@ -111,16 +112,17 @@ def _layer_index(key) -> int:
 def model_shape(model) -> dict:
     """Architecture, fingerprint, MoE layers, experts per layer and routing of `model`."""
     from reapkit.model.discover import architecture_for
+    from reapkit.model.layer import moe_layers
     from reapkit.observe.observations import fingerprint
 
     arch = architecture_for(model)
-    blocks = list(arch.moe_blocks(model))
+    layers = moe_layers(model, arch)
     config = model.config.get_text_config()
     return {
         "architecture": arch.model_type,
         "fingerprint": fingerprint(model),
-        "layers": [i for i, _ in blocks],
-        "num_experts": [arch.experts_of(b).num_experts for _, b in blocks],
+        "layers": [layer.index for layer in layers],
+        "num_experts": [layer.num_experts for layer in layers],
         "top_k": arch.top_k(config),
         "n_group": arch.n_group(config),
         "topk_group": arch.topk_group(config),
@@ -138,6 +140,7 @@ def read_reap_observer(path, *, domain: str = "calibration", model=None, top_k: 
     What the file lacks is listed in ``meta["missing"]``; criteria that need it refuse, naming it.
     """
     from reapkit.observe.observations import Observations
+    from reapkit.observe.statistics import STATISTICS
 
     path = Path(path)
     if not isinstance(domain, str) or not domain.isidentifier() or domain == "all":
@@ -180,7 +183,7 @@ def read_reap_observer(path, *, domain: str = "calibration", model=None, top_k: 
             missing[name] = NOT_RECORDED.get(name, f"this file has no {SUMS.get(name, MEANS.get(name))}")
             continue
         shape = (len(layers), width, *per_layer[0].shape[1:])
-        stats[name] = torch.zeros(shape, dtype=torch.float32 if name == "output_sum" else torch.float64)
+        stats[name] = torch.zeros(shape, dtype=STATISTICS[name].torch_dtype)
         for pos, value in enumerate(per_layer):
             if value.shape[0] != num_experts[pos] or value.shape[1:] != per_layer[0].shape[1:]:
                 raise InvalidInput(
@@ -190,7 +193,7 @@ def read_reap_observer(path, *, domain: str = "calibration", model=None, top_k: 
             stats[name][pos, : value.shape[0]] = value
     if all("total_tokens" in rows[layer] for layer in layers):
         stats["tokens"] = torch.tensor([float(rows[layer]["total_tokens"]) for layer in layers], dtype=torch.float64)
-    for name in ("prob_sum", "coselect", "max_activation"):
+    for name in ("prob_sum", "coselect", "max_activation", "max_signed", "sq_norm_sum"):
         missing[name] = NOT_RECORDED[name]
 
     reap_difference = _check_reap(rows, layers, stats, where)

@@ -11,7 +11,8 @@
     >>> obs.coselection(["code"]).shape           # [layers, experts, experts]: tokens that chose both i and j
     (4, 16, 16)
 
-Saved as a directory: `statistics.safetensors` (tensors) and `observations.json` (metadata).
+Saved as a directory: `statistics.safetensors` (tensors) and `observations.json` (metadata). What each
+statistic is, its shape and how two shards combine is declared in `reapkit.observe.statistics`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from reapkit.atomic import atomic_directory
+from reapkit.errors import InvalidInput, Mismatch, MissingInput, MissingStatistic
+from reapkit.model.layer import moe_layers
+from reapkit.observe.statistics import STATISTICS, check, how_to_record
 
 STATS_FILE = "statistics.safetensors"
 META_FILE = "observations.json"
@@ -35,32 +39,28 @@ def fingerprint(model) -> dict:
     """What identifies a model for observations: type, shapes and a hash of every router's weights."""
     from accelerate.utils import align_module_device
 
-    from reapkit.model.discover import architecture_for
-
-    arch = architecture_for(model)
     digest = hashlib.sha256()
-    blocks = list(arch.moe_blocks(model))
-    for index, block in blocks:
-        with align_module_device(
-            arch.router_of(block)
-        ):  # weights a device map offloaded to disk are read in for the moment
-            weight = arch.router_weight_of(block).detach()
-            digest.update(f"{index}:{tuple(weight.shape)}".encode())
+    layers = moe_layers(model)
+    for layer in layers:
+        with align_module_device(layer.router):  # weights a device map offloaded to disk are read in for the moment
+            weight = layer.router_weight.detach()
+            digest.update(f"{layer.index}:{tuple(weight.shape)}".encode())
             digest.update(weight.float().cpu().numpy().tobytes())
     config = model.config.get_text_config()
     return {
         "model_type": config.model_type,
         "num_hidden_layers": config.num_hidden_layers,
         "hidden_size": config.hidden_size,
-        "num_experts": [arch.experts_of(b).num_experts for _, b in blocks],
+        "num_experts": [layer.num_experts for layer in layers],
         "router_sha256": digest.hexdigest()[:20],
     }
 
 
 @dataclass
 class Observations:
-    """`stats[domain][name]`: tensors [moe layers, experts] (`output_sum`: [.., .., hidden];
-    `coselect`: [.., .., experts]; `tokens`: [layers])."""
+    """`stats[domain][name]`: the statistics of `reapkit.observe.statistics.STATISTICS` recorded for
+    each calibration domain (every domain holds the same ones); `meta["missing"]`: `{name: why}` of
+    those not held."""
 
     stats: dict[str, dict[str, torch.Tensor]]
     meta: dict
@@ -96,7 +96,7 @@ class Observations:
     def pooled(self, domains=None, names=None) -> dict[str, torch.Tensor]:
         """Statistics summed over `domains`: None (all), a list (restrict), or {domain: weight}.
 
-        Sums are weighted; `max_activation` takes the maximum over the domains with weight > 0.
+        Sums are weighted; a maximum (`max_activation`) is taken over the domains with weight > 0.
         `names` limits the statistics pooled (e.g. skip the large `output_sum`).
         """
         if domains is None:
@@ -104,7 +104,7 @@ class Observations:
         weights = domains if isinstance(domains, dict) else {d: 1.0 for d in domains}
         unknown = sorted(set(weights) - set(self.stats))
         if unknown or not weights:
-            raise ValueError(
+            raise InvalidInput(
                 f"unknown calibration domain(s) {unknown or '(none given)'}; these observations hold {self.domains}"
             )
         out: dict[str, torch.Tensor] = {}
@@ -112,11 +112,11 @@ class Observations:
             for name, value in self.stats[domain].items():
                 if names is not None and name not in names:
                     continue
-                if name == "max_activation":
+                if STATISTICS[name].combine == "max":
                     value = value if weight > 0 else torch.zeros_like(value)
-                    out[name] = value.clone() if name not in out else torch.maximum(out[name], value)
                 else:
-                    out[name] = value * weight if name not in out else out[name] + value * weight
+                    value = value * weight
+                out[name] = value.clone() if name not in out else STATISTICS[name].combined(out[name], value)
         return out
 
     def lacks(self, *names) -> list[str]:
@@ -124,8 +124,8 @@ class Observations:
         return [n for n in names if any(n not in self.stats[d] for d in self.stats)]
 
     def require(self, *names, purpose: str) -> None:
-        """Raise a ValueError naming each statistic of `names` these observations lack, why, and how to
-        record it: ``obs.require("prob_sum", purpose="criterion 'soft_frequency'")``."""
+        """Raise `MissingStatistic` naming each statistic of `names` these observations lack, why, and how
+        to record it: ``obs.require("prob_sum", purpose="criterion 'soft_frequency'")``."""
         lacking = self.lacks(*names)
         if not lacking:
             return
@@ -134,9 +134,8 @@ class Observations:
         reasons = self.meta.get("missing") or {}
         what = "; ".join(f"'{n}'" + (f" ({reasons[n]})" if n in reasons else "") for n in lacking)
         plural = "s" if len(lacking) > 1 else ""
-        raise ValueError(
-            f"{purpose} needs the statistic{plural} {what}, which {which} do not hold; "
-            f"observe the model with reapkit (`reapkit observe`) to record {'them' if plural else 'it'}"
+        raise MissingStatistic(
+            f"{purpose} needs the statistic{plural} {what}, which {which} do not hold; {how_to_record(*lacking)}"
         )
 
     def coselection(self, domains=None):
@@ -151,20 +150,25 @@ class Observations:
         return self.pooled(domains, names=("coselect",))["coselect"].double().numpy()
 
     def __add__(self, other: Observations) -> Observations:
+        """The observations of both calibration sets; a statistic only one side holds is left out."""
         if self.meta["fingerprint"] != other.meta["fingerprint"]:
-            raise ValueError(
+            raise Mismatch(
                 "cannot add observations of different models: fingerprints "
-                f"{self.meta['fingerprint']} and {other.meta['fingerprint']} differ"
+                f"{self.meta['fingerprint']} and {other.meta['fingerprint']} differ; add observations of one model"
             )
-        stats = {d: {k: v.clone() for k, v in s.items()} for d, s in self.stats.items()}
-        for domain, theirs in other.stats.items():
-            if domain not in stats:
-                stats[domain] = {k: v.clone() for k, v in theirs.items()}
-                continue
-            for name, value in theirs.items():
-                mine = stats[domain][name]
-                stats[domain][name] = torch.maximum(mine, value) if name == "max_activation" else mine + value
+        both = [n for n in STATISTICS if not self.lacks(n) and not other.lacks(n)]
+        stats = {}
+        for domain in sorted({*self.stats, *other.stats}):
+            mine, theirs = self.stats.get(domain), other.stats.get(domain)
+            stats[domain] = {
+                n: (mine or theirs)[n].clone() if not (mine and theirs) else STATISTICS[n].combined(mine[n], theirs[n])
+                for n in both
+            }
+        missing = {**(other.meta.get("missing") or {}), **(self.meta.get("missing") or {})}
+        for n in {n for side in (self, other) for d in side.stats.values() for n in d} - set(both):
+            missing.setdefault(n, "not held by every part added")
         meta = dict(self.meta)
+        meta["missing"] = {n: why for n, why in sorted(missing.items()) if n not in both}
         meta["calibration"] = {"parts": _parts(self.meta["calibration"]) + _parts(other.meta["calibration"])}
         return Observations(stats, meta)
 
@@ -187,7 +191,7 @@ class Observations:
         path = Path(path)
         meta_path, stats_path = path / META_FILE, path / STATS_FILE
         if not meta_path.is_file() or not stats_path.is_file():
-            raise FileNotFoundError(
+            raise MissingInput(
                 f"{path} is not a reapkit observations directory (expected {META_FILE} and {STATS_FILE}); "
                 "create one with `reapkit observe MODEL --data SPEC --out DIR`"
             )
@@ -195,12 +199,14 @@ class Observations:
             meta = json.loads(meta_path.read_text())
             tensors = load_file(str(stats_path))
         except Exception as error:  # corrupted or foreign files
-            raise ValueError(
+            raise InvalidInput(
                 f"{path} holds unreadable observations ({type(error).__name__}: {error}); observe the model again"
             ) from error
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
-            raise ValueError(f"{meta_path} is not a reapkit observations file (format {found!r}, expected {FORMAT!r})")
+            raise InvalidInput(
+                f"{meta_path} is not a reapkit observations file (format {found!r}, expected {FORMAT!r})"
+            )
         try:
             domains = meta.pop("domains")
             meta.pop("format")
@@ -212,30 +218,32 @@ class Observations:
             if missing:
                 raise KeyError(f"metadata lacks {missing}")
         except (KeyError, IndexError, ValueError) as error:
-            raise ValueError(
+            raise InvalidInput(
                 f"{path} holds incomplete or inconsistent observations ({type(error).__name__}: {error}); "
                 "observe the model again"
             ) from error
+        names = {tuple(sorted(held)) for held in stats.values()}
+        if len(names) > 1:
+            raise Mismatch(f"{path} holds different statistics in different domains; observe the model again")
+        for held in stats.values():
+            check(held, len(meta["layers"]), max(meta["num_experts"]), where=str(path))
         obs = cls(stats, meta)
         if model is not None:
             obs.check_model(model)
         return obs
 
     def check_model(self, model) -> None:
-        """Raise if these observations were not made on `model` (router weights and shapes differ).
+        """Raise `Mismatch` if these observations were not made on `model` (router weights and shapes differ).
 
         Observations without a fingerprint (imported without the model, see `reapkit.observe.importers`) can
         only be checked for their MoE layers and expert counts.
         """
         mine = self.meta["fingerprint"]
         if mine is None:
-            from reapkit.model.discover import architecture_for
-
-            arch = architecture_for(model)
-            blocks = list(arch.moe_blocks(model))
-            theirs = ([i for i, _ in blocks], [arch.experts_of(b).num_experts for _, b in blocks])
+            layers = moe_layers(model)
+            theirs = ([layer.index for layer in layers], [layer.num_experts for layer in layers])
             if (self.layers, self.num_experts) != theirs:
-                raise ValueError(
+                raise Mismatch(
                     f"these observations hold MoE layers {self.layers} with {self.num_experts} experts, but the model "
                     f"has MoE layers {theirs[0]} with {theirs[1]} experts; use the model they were recorded on"
                 )
@@ -243,7 +251,7 @@ class Observations:
         theirs = fingerprint(model)
         if mine != theirs:
             diff = {k: (mine.get(k), theirs.get(k)) for k in theirs if mine.get(k) != theirs.get(k)}
-            raise ValueError(
+            raise Mismatch(
                 f"these observations were recorded on a different model (differences, observed vs given: {diff}); "
                 "observe this model again with `reapkit observe`, or load it as it was observed (same --dtype)"
             )

@@ -4,6 +4,7 @@
     >>> obs = observe(model, calibration_batches("code:16,prose:16", tokenizer))
     >>> obs.stats["code"]["reap_sum"].shape          # [moe layers, experts]
     torch.Size([4, 16])
+    >>> obs = observe(model, batches, statistics=["coselect"])   # and an optional statistic
 
 While observing, the model runs reapkit's experts implementation (registered with transformers'
 `ExpertsInterface`): it computes each routed expert once, exactly as the default grouped
@@ -22,74 +23,99 @@ from tqdm.auto import tqdm
 from transformers.integrations import moe as hf_moe
 
 from reapkit import __version__
+from reapkit.errors import InvalidInput, UnknownArchitectureError
 from reapkit.model.discover import architecture_for
 from reapkit.model.hooks import forward_hooks
+from reapkit.model.layer import moe_layers
 from reapkit.model.loading import input_device
 from reapkit.model.records import SCORING, Architecture
 from reapkit.observe.observations import Observations, fingerprint
+from reapkit.observe.statistics import DEFAULT, STATISTICS, chosen, not_recorded
 
 IMPLEMENTATION = "reapkit_observe"
 
-#: per-expert statistics, each [layers, experts]; plus "output_sum" [layers, experts, hidden],
-#: "coselect" [layers, experts, experts] (tokens that selected both experts i and j; the diagonal
-#: is "count") and "tokens" [layers] (non-padding tokens seen by the router).
-EXPERT_STATS = ("count", "gate_sum", "norm_sum", "reap_sum", "max_activation", "prob_sum")
+#: the per-expert sums of `_Recorder.record_routed`, in the order of its one `index_add_`
+_ROUTED_SUMS = ("count", "gate_sum", "norm_sum", "reap_sum", "sq_norm_sum")
 
 _active: _Recorder | None = None
 
 
 class _Recorder:
-    """Per-domain accumulators for the MoE layers of one model."""
+    """Per-domain accumulators of the statistics `names` (see `reapkit.observe.statistics`) for one model."""
 
-    def __init__(self, num_layers: int, num_experts: int, hidden: int, device):
+    def __init__(self, num_layers: int, num_experts: int, hidden: int, device, names=DEFAULT):
         self.shape = (num_layers, num_experts, hidden)
+        self.names = tuple(names)
         self.device = device  # of the first MoE layer; later layers' rows are moved here (device_map)
         self.dtype = torch.float32 if torch.device(device).type == "mps" else torch.float64  # MPS has no float64
         self.stats: dict[str, dict[str, torch.Tensor]] = {}
         self.position: dict[int, int] = {}  # id(module) -> MoE layer position
-        self.valid: torch.Tensor | None = None  # [tokens] float, 1 on real tokens
+        self.keep: torch.Tensor | None = None  # [tokens] bool, True on real tokens
+        self.weights: torch.Tensor | None = None  # the same as 1.0 / 0.0 in the accumulators' dtype
+        self.tokens: torch.Tensor | None = None  # real tokens in the batch (a tensor: no device sync)
         self.current: dict[str, torch.Tensor] | None = None
         self.last_router: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
+    def zeros(self) -> dict[str, torch.Tensor]:
+        """Empty accumulators of every statistic recorded."""
+        out = {}
+        for name in self.names:
+            statistic = STATISTICS[name]
+            dtype = statistic.torch_dtype if statistic.torch_dtype != torch.float64 else self.dtype
+            out[name] = torch.zeros(statistic.shape(*self.shape), dtype=dtype, device=self.device)
+        return out
+
     def start_batch(self, domain: str, attention_mask: torch.Tensor):
         if domain not in self.stats:
-            L, E, H = self.shape
-            zeros = lambda *s, dtype=self.dtype: torch.zeros(*s, dtype=dtype, device=self.device)  # noqa: E731
-            self.stats[domain] = {name: zeros(L, E) for name in EXPERT_STATS}
-            self.stats[domain]["output_sum"] = zeros(L, E, H, dtype=torch.float32)
-            self.stats[domain]["coselect"] = zeros(L, E, E)
-            self.stats[domain]["tokens"] = zeros(L)
+            self.stats[domain] = self.zeros()
         self.current = self.stats[domain]
-        self.valid = attention_mask.reshape(-1).to(self.device, self.dtype)
+        mask = attention_mask.reshape(-1).to(self.device)
+        self.keep, self.weights = mask.bool(), mask.to(self.dtype)
+        self.tokens = self.weights.sum()
 
     def record_router(self, pos: int, probs: torch.Tensor):
-        acc, valid = self.current, self.valid
-        acc["prob_sum"][pos, : probs.shape[1]] += (probs.to(self.device, self.dtype) * valid[:, None]).sum(0)
-        acc["tokens"][pos] += valid.sum()
+        acc = self.current
+        acc["prob_sum"][pos, : probs.shape[1]] += self.weights @ probs.to(self.device, self.dtype)
+        acc["tokens"][pos] += self.tokens
 
     def record_coselect(self, pos: int, top_k_index: torch.Tensor):
-        """`top_k_index` [tokens, k]: one index_add_ counts every pair (i, j) a real token selected."""
-        E, k = self.shape[1], top_k_index.shape[1]
-        top_k_index = top_k_index.to(self.device)
-        pairs = (top_k_index[:, :, None] * E + top_k_index[:, None, :]).reshape(-1)
-        self.current["coselect"][pos].view(-1).index_add_(0, pairs, self.valid.repeat_interleave(k * k))
+        """`top_k_index` [tokens, k]: entry (i, j) counts the real tokens that selected both i and j."""
+        if "coselect" not in self.current:
+            return
+        top_k_index, E = top_k_index.to(self.device), self.shape[1]
+        picked = torch.zeros(len(top_k_index), E, device=self.device)  # [tokens, E]: 1 where a real token chose
+        picked.scatter_(1, top_k_index, self.keep[:, None].float().expand_as(top_k_index))
+        self.current["coselect"][pos] += picked.T @ picked  # exact: float32 counts below 2**24 tokens
 
     def record_routed(self, pos, expert_ids, gates, outputs, token_ids, selected=None):
-        """One row per (token, expert) assignment: expert id, gate value, output before gating."""
-        acc, device, dtype = self.current, self.device, self.dtype
-        expert_ids, token_ids, outputs = expert_ids.to(device), token_ids.to(device), outputs.to(device).float()
-        valid = self.valid[token_ids]
+        """One row per (token, expert) assignment: expert id, gate value, output before gating.
+
+        Rows of padding tokens (and, with `selected`, of unselected experts) go to a sink row E that
+        is dropped, so no row is multiplied by a mask.
+        """
+        acc, device, dtype, E = self.current, self.device, self.dtype, self.shape[1]
+        expert_ids, outputs = expert_ids.to(device), outputs.to(device)
+        keep = self.keep[token_ids.to(device)]
         if selected is not None:
-            valid = valid * selected.to(device, dtype)
-        norms = outputs.norm(dim=-1).to(dtype)
-        gates = gates.to(device, dtype) * valid
-        acc["count"][pos].index_add_(0, expert_ids, valid)
-        acc["gate_sum"][pos].index_add_(0, expert_ids, gates)
-        acc["norm_sum"][pos].index_add_(0, expert_ids, norms * valid)
-        acc["reap_sum"][pos].index_add_(0, expert_ids, norms * gates)
-        peak = outputs.abs().amax(dim=-1).to(dtype) * valid
-        acc["max_activation"][pos].scatter_reduce_(0, expert_ids, peak, "amax")
-        acc["output_sum"][pos].index_add_(0, expert_ids, outputs * valid.float()[:, None])
+            keep = keep & selected.to(device, torch.bool)
+        sink = torch.where(keep, expert_ids, E)
+        norms = torch.linalg.vector_norm(outputs, dim=-1, dtype=torch.float32)
+        gates = gates.to(device, torch.float32)
+        rows = torch.stack((torch.ones_like(gates), gates, norms, norms * gates, norms * norms), 1).to(dtype)
+        sums = rows.new_zeros(E + 1, len(_ROUTED_SUMS)).index_add_(0, sink, rows)
+        for column, name in enumerate(_ROUTED_SUMS):
+            if name in acc:  # observations saved before sq_norm_sum existed are extended without it
+                acc[name][pos] += sums[:E, column]
+        if "max_activation" in acc or "max_signed" in acc:
+            highest = outputs.amax(dim=-1)
+        if "max_activation" in acc:  # max |element|, without an abs() copy of the outputs
+            peaks = torch.maximum(highest, outputs.amin(dim=-1).neg()).to(dtype)
+            acc["max_activation"][pos].scatter_reduce_(0, expert_ids, torch.where(keep, peaks, 0), "amax")
+        if "max_signed" in acc:  # the accumulator starts at 0, as REAP's max_activations does
+            acc["max_signed"][pos].scatter_reduce_(0, expert_ids, torch.where(keep, highest.to(dtype), 0), "amax")
+        if "output_sum" in acc:
+            total = outputs.new_zeros(E + 1, outputs.shape[1], dtype=torch.float32)
+            acc["output_sum"][pos] += total.index_add_(0, sink, outputs.float())[:E]
 
 
 def observed_experts_forward(self, hidden_states, top_k_index, top_k_weights):
@@ -136,35 +162,38 @@ def _router_probs(arch: Architecture, output) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def recording(model: torch.nn.Module, device=None):
+def recording(model: torch.nn.Module, device=None, *, statistics=None):
     """Context manager: while inside, forwards of `model` feed a `_Recorder` (yielded).
 
-    The accumulators live on `device` (default: where the model's token ids go); each layer's
-    rows are moved there from whichever device holds that layer (device maps, offloading).
+    `statistics`: the optional statistics to record besides the default ones (see
+    `reapkit.observe.statistics.chosen`). The accumulators live on `device` (default: where the
+    model's token ids go); each layer's rows are moved there from whichever device holds that
+    layer (device maps, offloading).
     """
     global _active
+    names = chosen(statistics)
     arch = architecture_for(model)
-    blocks = list(arch.moe_blocks(model))
-    if not blocks:
-        raise ValueError(
-            f"{type(model).__name__} has no MoE layers reapkit can find under {arch.layers!r}.{arch.block}"
+    layers = moe_layers(model, arch)
+    if not layers:
+        raise UnknownArchitectureError(
+            f"{type(model).__name__} has no MoE layers reapkit can find under {arch.layers!r}.{arch.block}; "
+            "observe a Mixture-of-Experts model"
         )
-    num_experts = max(arch.experts_of(b).num_experts for _, b in blocks)
+    num_experts = max(layer.num_experts for layer in layers)
     device = input_device(model) if device is None else torch.device(device)
-    recorder = _Recorder(len(blocks), num_experts, model.config.get_text_config().hidden_size, device)
+    recorder = _Recorder(len(layers), num_experts, model.config.get_text_config().hidden_size, device, names)
     hooks = {}
-    for pos, (_, block) in enumerate(blocks):
-        router, experts = arch.router_of(block), arch.experts_of(block)
-        recorder.position[id(experts)] = pos
+    for pos, layer in enumerate(layers):
+        recorder.position[id(layer.experts)] = pos
 
         def on_router(module, args, output, pos=pos):
             recorder.record_router(pos, _router_probs(arch, output))
             if arch.gated_input:
                 recorder.last_router[pos] = (output[0], output[arch.logits_index])
 
-        hooks[router] = on_router
+        hooks[layer.router] = on_router
         if arch.gated_input:
-            hooks[experts] = _gated_input_hook(recorder, pos, block)
+            hooks[layer.experts] = _gated_input_hook(recorder, pos, layer.top_k)
 
     previous = None
     if not arch.gated_input:
@@ -180,9 +209,8 @@ def recording(model: torch.nn.Module, device=None):
             model.set_experts_implementation(previous)
 
 
-def _gated_input_hook(recorder: _Recorder, pos: int, block):
+def _gated_input_hook(recorder: _Recorder, pos: int, top_k: int):
     """Experts that see gate * x for every expert and token (llama4): record f = output / gate."""
-    top_k = block.top_k
 
     def hook(module, args, output):
         scores, logits = recorder.last_router[pos]  # [T, E] gates (0 where not routed), logits
@@ -200,17 +228,21 @@ def _gated_input_hook(recorder: _Recorder, pos: int, block):
 
 
 @torch.no_grad()
-def observe(model, batches, *, progress: bool = True, calibration: dict | None = None, partial=None) -> Observations:
+def observe(
+    model, batches, *, statistics=None, progress: bool = True, calibration: dict | None = None, partial=None
+) -> Observations:
     """Run `batches` (a list of `reapkit.data.Batch`) through `model` and return its `Observations`.
 
-    `calibration` is stored in the metadata (spec, content hash, ...); the content hash of the
-    token ids of every domain is added to it. `partial` (a `reapkit.observe.resume.PartialObservations`)
-    saves the running sums every N batches and resumes from them.
+    `statistics` names optional statistics to record besides the default ones (``["coselect"]``,
+    ``"all"``; see `reapkit.observe.statistics`). `calibration` is stored in the metadata (spec,
+    content hash, ...); the content hash of the token ids of every domain is added to it.
+    `partial` (a `reapkit.observe.resume.PartialObservations`) saves the running sums every N
+    batches and resumes from them.
     """
     batches = list(batches)
     model.eval()
     device = input_device(model)
-    with recording(model) as recorder:
+    with recording(model, statistics=statistics) as recorder:
         done = partial.restore(recorder, model, batches) if partial is not None else 0
         bar = tqdm(batches[done:], desc="observe", unit="batch", disable=not progress, initial=done, total=len(batches))
         for number, batch in enumerate(bar, done + 1):
@@ -227,34 +259,36 @@ def observations_from(model, recorder: _Recorder, batches, calibration: dict | N
 
     arch = architecture_for(model)
     if not recorder.stats:
-        raise ValueError("no calibration batches were given; pass at least one batch of token ids")
+        raise InvalidInput("no calibration batches were given; pass at least one batch of token ids")
     domains = sorted(recorder.stats)
     calibration = dict(calibration or {})
     calibration["content_hash"] = {d: content_hash([b for b in batches if b.domain == d]) for d in domains}
     calibration["tokens"] = {d: int(recorder.stats[d]["tokens"][0]) for d in domains}
     config = model.config.get_text_config()
+    layers = moe_layers(model, arch)
     meta = {
         "reapkit_version": __version__,
         "architecture": arch.model_type,
         "fingerprint": fingerprint(model),
-        "layers": [i for i, _ in arch.moe_blocks(model)],
-        "num_experts": [arch.experts_of(b).num_experts for _, b in arch.moe_blocks(model)],
+        "layers": [layer.index for layer in layers],
+        "num_experts": [layer.num_experts for layer in layers],
         "top_k": arch.top_k(config),
         "n_group": arch.n_group(config),
         "topk_group": arch.topk_group(config),
         "calibration": calibration,
+        "missing": not_recorded(recorder.names),
     }
-    stats = {d: {k: v.cpu() for k, v in recorder.stats[d].items()} for d in domains}
+    stats = {d: {k: v.to("cpu", STATISTICS[k].torch_dtype) for k, v in recorder.stats[d].items()} for d in domains}
     return Observations(stats=stats, meta=meta)
 
 
 def observe_cached(
-    model, batches, cache_dir, *, calibration: dict | None = None, progress: bool = True
+    model, batches, cache_dir, *, statistics=None, calibration: dict | None = None, progress: bool = True
 ) -> Observations:
-    """`observe`, reusing observations saved under `cache_dir` for the same model and token ids.
+    """`observe`, reusing observations saved under `cache_dir` for the same model, token ids and statistics.
 
-    The cache key is the model fingerprint plus the content hash of the batches, so a changed
-    model, spec, tokenizer or max length misses the cache.
+    The cache key is the model fingerprint, the content hash of the batches and the statistics
+    recorded, so a changed model, spec, tokenizer or max length misses the cache.
     """
     import hashlib
     import json
@@ -262,10 +296,10 @@ def observe_cached(
 
     from reapkit.data import content_hash
 
-    key = json.dumps([fingerprint(model), content_hash(batches)], sort_keys=True)
+    key = json.dumps([fingerprint(model), content_hash(batches), chosen(statistics)], sort_keys=True)
     path = Path(cache_dir) / hashlib.sha256(key.encode()).hexdigest()[:16]
     if path.is_dir():
         return Observations.load(path, model=model)
-    obs = observe(model, batches, progress=progress, calibration=calibration)
+    obs = observe(model, batches, statistics=statistics, progress=progress, calibration=calibration)
     obs.save(path, force=True)
     return obs

@@ -19,6 +19,7 @@ import shutil
 from pathlib import Path
 
 from reapkit.atomic import atomic_directory
+from reapkit.errors import InvalidInput, Mismatch, OutputExists
 
 STATS_FILE = "statistics.safetensors"
 PROGRESS_FILE = "progress.json"
@@ -29,20 +30,24 @@ class PartialObservations:
 
     def __init__(self, path, *, every: int | None = None, resume: bool = False):
         if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
-            raise ValueError(f"--save-every must be a positive number of batches, got {every!r}")
+            raise InvalidInput(f"--save-every must be a positive number of batches, got {every!r}")
         self.path, self.every, self.resume = Path(path), every, resume
         self.key, self.total = None, 0
 
     def check(self) -> None:
         """Refuse to start over an interrupted run's partial observations unless resuming (cheap; call first)."""
         if self.path.exists() and not self.resume:
-            raise FileExistsError(
+            raise OutputExists(
                 f"{self.path} holds the partial observations of an interrupted run; pass --resume to continue "
                 "from it, or delete it to start over"
             )
 
     def restore(self, recorder, model, batches) -> int:
-        """Load saved sums into `recorder`; return the number of batches they cover (0: start)."""
+        """Load saved sums into `recorder`; return the number of batches they cover (0: start).
+
+        The key covers the model, the token ids, the domains and the statistics recorded, so a run
+        with other data or other `--statistics` does not continue from these sums.
+        """
         from safetensors.torch import load_file
 
         from reapkit.data import content_hash
@@ -50,21 +55,20 @@ class PartialObservations:
 
         self.check()
         self.total = len(batches)
-        key = json.dumps([fingerprint(model), content_hash(batches), [b.domain for b in batches]], sort_keys=True)
+        key = [fingerprint(model), content_hash(batches), [b.domain for b in batches], list(recorder.names)]
+        key = json.dumps(key, sort_keys=True)
         self.key = hashlib.sha256(key.encode()).hexdigest()[:20]
         if not (self.resume and (self.path / PROGRESS_FILE).is_file()):
             return 0
         progress = json.loads((self.path / PROGRESS_FILE).read_text())
         if progress.get("key") != self.key:
-            raise ValueError(
-                f"the partial observations {self.path} were made with another model, data or batch size; run the "
-                "same command as before to resume, or delete them to start over"
+            raise Mismatch(
+                f"the partial observations {self.path} were made with another model, data or batch size, or other "
+                "--statistics; run the same command as before to resume, or delete them to start over"
             )
-        stats: dict = {}
-        for name, value in load_file(str(self.path / STATS_FILE)).items():
-            domain, stat = name.rsplit("/", 1)
-            stats.setdefault(domain, {})[stat] = value.to(recorder.device)
-        recorder.stats = stats
+        saved = load_file(str(self.path / STATS_FILE))
+        for domain in {name.rsplit("/", 1)[0] for name in saved}:
+            recorder.stats[domain] = {n: saved[f"{domain}/{n}"].to(recorder.device) for n in recorder.names}
         return int(progress["batches_done"])
 
     def after_batch(self, recorder, done: int) -> None:

@@ -12,19 +12,22 @@
 Every function takes data (pandas frames in the layouts of :mod:`reapkit.study.tables`, numpy arrays),
 keyword-only options and an optional `ax=` (or `fig=` for multi-panel figures), and returns the
 Axes or the Figure; empty input gives a "no data" note instead of an error. One style
-(:mod:`reapkit.plot.theme`: print sizes, 7-8 pt text, one colour per criterion) applies to all.
+(:mod:`reapkit.plot.theme`: 3.25 / 5.5 in print sizes, text of 6 pt or more, one colour per method) applies to all.
 The tables behind the figures live in :mod:`reapkit.study.tables` (no matplotlib). This package
 imports neither torch nor transformers.
 
-Modules: theme (sizes, colours, the style, saving), saliency, criteria, domains, geometry, plans, results,
+Modules: theme (sizes, colours, the style, saving), saliency, criteria, domains, geometry, kept (usage,
+kept mass, the global budget), plans, results (metrics against ratio), comparisons (paired gaps to REAP),
 calibration, and widgets (interactive explorers).
 """
 
-from reapkit.plot import calibration, criteria, domains, geometry, plans, results, saliency
+from reapkit.plot import calibration, comparisons, criteria, domains, geometry, kept, plans, results, saliency
 from reapkit.plot.calibration import *  # noqa: F403
+from reapkit.plot.comparisons import *  # noqa: F403
 from reapkit.plot.criteria import *  # noqa: F403 - each figure module's __all__ is the package's too
 from reapkit.plot.domains import *  # noqa: F403
 from reapkit.plot.geometry import *  # noqa: F403
+from reapkit.plot.kept import *  # noqa: F403
 from reapkit.plot.plans import *  # noqa: F403
 from reapkit.plot.results import *  # noqa: F403
 from reapkit.plot.saliency import *  # noqa: F403
@@ -36,6 +39,8 @@ from reapkit.plot.theme import (
     criterion_color,
     domain_linestyle,
     domain_marker,
+    label,
+    legend_below,
     method_linestyle,
     panels,
     per_criterion,
@@ -50,6 +55,8 @@ __all__ = [
     "TWO_COLUMN",
     "CRITERION_COLORS",
     "criterion_color",
+    "label",
+    "legend_below",
     "method_linestyle",
     "domain_marker",
     "domain_linestyle",
@@ -62,7 +69,9 @@ __all__ = [
     *criteria.__all__,
     *domains.__all__,
     *geometry.__all__,
+    *kept.__all__,
     *plans.__all__,
     *results.__all__,
+    *comparisons.__all__,
     *calibration.__all__,
 ]

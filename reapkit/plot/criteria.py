@@ -1,223 +1,321 @@
-"""Figures comparing criteria: agreement by layer (with chance levels) and REAP against frequency per expert.
+"""Figures comparing criteria: a criterion x criterion agreement matrix, and REAP against frequency per expert.
 
 >>> criterion_agreement(scores, criteria=["reap", "frequency", "ean_mean"], ratio=0.5)
-<Figure size 1020x315 with 2 Axes>
->>> reap_vs_frequency(scores, layer=3, ratio=0.5)
-<Axes: title={'center': 'reap vs frequency, layer 3 (50% removed)'}, ...>
+<Axes: title={'left': 'agreement of criteria, 50% removed'}, ...>
+>>> reap_vs_frequency(scores, ratio=0.5)                     # one panel per layer, each with its own cut-offs
+<Figure size 825x330 with 4 Axes>
+>>> criterion_vs_ablation(table)                             # scores against single-expert ablation cost
+>>> ablation_rank_correlation(correlations)                  # each criterion's per-layer rho with that cost
 """
 
 from __future__ import annotations
 
+import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from reapkit.measure.schema import ALL, select
+from reapkit.measure.schema import ALL, display_name, interval, select
 from reapkit.plot.theme import (
+    CHANCE_STYLE,
     COLUMN,
+    MIN_TEXT,
+    REFERENCE_STYLE,
     TWO_COLUMN,
     axes,
-    chance_line,
     criterion_color,
-    integer_axis,
     is_empty,
+    label,
+    legend_below,
     no_data,
     no_data_figure,
+    plain_log_axis,
+    reference_line,
     styled,
+    undefined_cells,
 )
-from reapkit.select.criteria import DEFAULT_CRITERIA
 from reapkit.select.plan import pruned_count
-from reapkit.study.tables import agreement_table
+from reapkit.study.tables import (
+    agreement_table,
+    expected_jaccard,
+    jaccard_band,
+    spearman_band,
+    uniform_plans,
+    value_table,
+)
 
-__all__ = ["criterion_agreement", "reap_vs_frequency"]
+__all__ = ["criterion_agreement", "reap_vs_frequency", "criterion_vs_ablation", "ablation_rank_correlation"]
 
-_PAIR_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "h", "<", ">")
+
+def _ink(image, value) -> str:
+    """Black or white text, whichever reads on the cell's colour."""
+    red, green, blue, _ = image.cmap(image.norm(value))
+    return "black" if 0.2126 * red + 0.7152 * green + 0.0722 * blue > 0.5 else "white"
 
 
 @styled
 def criterion_agreement(
-    frame: pd.DataFrame,
-    *,
-    criteria=DEFAULT_CRITERIA,
-    ratio: float = 0.5,
-    domain: str = ALL,
-    reference: str | None = None,
-    fig=None,
+    frame: pd.DataFrame, *, criteria=None, ratio: float = 0.5, domain: str = ALL, ax=None, **routing
 ):
-    """Two panels by layer: Spearman correlation between criteria (0 and the 95% band of unrelated
-    rankings shaded), and the overlap (Jaccard) of the experts they prune (chance level dotted).
+    """Criterion x criterion: above the diagonal the Spearman rank correlation of their scores, below
+    it the overlap (Jaccard) of the experts their plans prune at `ratio`, each the mean over layers.
+    The overlap's colours diverge at its chance level (white = what two random plans share), rho's at
+    0; a star marks a mean beyond the central 95% of what chance gives for that many layers; the
+    diagonal is undefined (hatched).
 
         >>> criterion_agreement(scores, criteria=["reap", "frequency", "ean_mean"], ratio=0.5)
         <Figure size 1020x315 with 2 Axes>
 
-    `frame` is a scores frame, or an :func:`reapkit.study.tables.agreement_table`. Each pair is drawn in
-    the colour of its second criterion and a marker of its first; `reference` (default: the first
-    criterion) keeps only the pairs with it. Returns the Figure.
+    `frame`: a scores frame (plans by `reapkit.study.tables.uniform_plans`; `routing`: n_group,
+    topk_group, top_k) or an `agreement_table`. Returns the Axes.
     """
+    fig, ax = axes(ax, (COLUMN, 3.2))
     table = (
         frame
         if (not is_empty(frame) and "spearman" in frame.columns)
-        else agreement_table(frame, criteria=criteria, ratio=ratio, domain=domain)
+        else agreement_table(frame, criteria=criteria, ratio=ratio, domain=domain, **routing)
     )
+    ax.set_title(f"agreement of criteria, {ratio:.0%} removed", loc="left")
     if is_empty(table):
-        return no_data_figure(fig, message="no data (needs two criteria)", title="criterion agreement")
-    if reference is not None:
-        table = table[(table["criterion_a"] == reference) | (table["criterion_b"] == reference)]
-    fig = fig or plt.figure(figsize=(TWO_COLUMN, 2.1), layout="constrained")
-    ax_rho, ax_overlap = fig.subplots(1, 2, sharex=True)
-    pairs = list(dict.fromkeys(zip(table["criterion_a"], table["criterion_b"])))
-    firsts = list(dict.fromkeys(a for a, _ in pairs))
-    layers = sorted(set(table["layer"]))
-    band = (
-        table.groupby("layer")[["spearman_lo", "spearman_hi"]].mean().reindex(layers)
-        if "spearman_lo" in table
-        else None
+        return no_data(ax, "no data (needs two criteria)")
+    names = list(dict.fromkeys([*table["criterion_a"], *table["criterion_b"]]))
+    n, layers = len(names), int(table["layer"].nunique())
+    experts, removed = int(table["experts"].min()), pruned_count(int(table["experts"].min()), ratio)
+    rho_band, jac_band = spearman_band(experts, layers), jaccard_band(experts, removed, layers)
+    rho, jac = np.full((n, n), np.nan), np.full((n, n), np.nan)
+    for (a, b), part in table.groupby(["criterion_a", "criterion_b"]):
+        i, j = sorted((names.index(a), names.index(b)))
+        rho[i, j], jac[j, i] = part["spearman"].mean(), part["overlap"].mean()
+    chance = expected_jaccard(experts, removed)
+    transparent = (0, 0, 0, 0)
+    rho_image = ax.imshow(
+        np.ma.masked_invalid(rho), cmap=plt.get_cmap("RdBu_r").with_extremes(bad=transparent), vmin=-1, vmax=1
     )
-    if band is not None:
-        ax_rho.fill_between(
-            layers,
-            band["spearman_lo"],
-            band["spearman_hi"],
-            color="0.9",
-            linewidth=0,
-            zorder=0,
-            label="95% of random rankings",
-            step="mid" if len(layers) > 1 else None,
-        )
-        if len(layers) == 1:
-            ax_rho.axhspan(band["spearman_lo"].iloc[0], band["spearman_hi"].iloc[0], color="0.9", zorder=0)
-    ax_rho.axhline(0, color="0.5", linewidth=0.6, zorder=1)
-    for a, b in pairs:
-        part = table[(table["criterion_a"] == a) & (table["criterion_b"] == b)].sort_values("layer")
-        kwargs = dict(
-            color=criterion_color(b),
-            marker=_PAIR_MARKERS[firsts.index(a) % len(_PAIR_MARKERS)],
-            markersize=3,
-            linewidth=1.0,
-            label=f"{a} vs {b}",
-        )
-        ax_rho.plot(part["layer"], part["spearman"], **kwargs)
-        ax_overlap.plot(part["layer"], part["overlap"], **kwargs)
-    if "overlap_chance" in table:
-        chance = table.groupby("layer")["overlap_chance"].mean().reindex(layers)
-        if np.ptp(chance.to_numpy()) < 1e-9:
-            chance_line(ax_overlap, float(chance.iloc[0]))
-        else:
-            ax_overlap.plot(
-                layers, chance.to_numpy(), color="0.45", linestyle=(0, (1, 1.5)), linewidth=0.8, label="chance"
+    norm = matplotlib.colors.TwoSlopeNorm(vcenter=chance, vmin=0, vmax=1) if 0 < chance < 1 else None
+    jac_image = ax.imshow(
+        np.ma.masked_invalid(jac), cmap=plt.get_cmap("PuOr_r").with_extremes(bad=transparent), norm=norm
+    )
+    undefined_cells(ax, [(i, i) for i in range(n)])
+    for (i, j), value in np.ndenumerate(np.where(np.isfinite(rho), rho, jac)):
+        if np.isfinite(value):
+            low, high = rho_band if i < j else jac_band
+            star = "*" if value < low or value > high else ""
+            image = rho_image if i < j else jac_image
+            ax.text(
+                j, i, f"{value:.2f}{star}", ha="center", va="center", fontsize=MIN_TEXT + 0.5, color=_ink(image, value)
             )
-    ax_rho.set_ylim(-1.05, 1.05)
-    ax_rho.set_title("rank correlation of scores")
-    ax_rho.set_xlabel("layer")
-    ax_rho.set_ylabel("Spearman ρ")
-    ax_overlap.set_ylim(-0.02, 1.02)
-    ax_overlap.set_title(
-        f"overlap of pruned sets at {ratio:.0%} removed"
-        if "spearman" not in getattr(frame, "columns", [])
-        else "overlap of pruned sets"
-    )
-    ax_overlap.set_xlabel("layer")
-    ax_overlap.set_ylabel("Jaccard index")
-    integer_axis(ax_rho, "x")
-    handles, labels = ax_overlap.get_legend_handles_labels()
-    h2, l2 = ax_rho.get_legend_handles_labels()
-    handles += [h for h, lab in zip(h2, l2) if lab.startswith("95%")]
-    labels += [lab for lab in l2 if lab.startswith("95%")]
-    fig.legend(handles, labels, loc="outside right center")
-    return fig
+    ticks = [label(c) for c in names]
+    ax.set_xticks(range(n), ticks, rotation=30, ha="right", rotation_mode="anchor")
+    ax.set_yticks(range(n), ticks)
+    ax.tick_params(length=0)
+    ax.set_xlabel(f"criterion (*: beyond 95% of chance, mean of {layers} layer{'s' * (layers > 1)})")
+    ax.set_ylabel("criterion")
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    bar = fig.colorbar(rho_image, ax=ax, location="bottom", shrink=0.75, aspect=30, pad=0.03)
+    bar.set_label("Spearman ρ of scores (above the diagonal)")
+    bar = fig.colorbar(jac_image, ax=ax, location="bottom", shrink=0.75, aspect=30, pad=0.03)
+    bar.set_label("Jaccard of pruned sets (below the diagonal)")
+    bar.set_ticks([0.0, chance, 1.0], labels=["0", f"chance {chance:.2f}", "1"])
+    bar.ax.axvline(chance, **CHANCE_STYLE)
+    return ax
 
 
-def _pruned_mask(values: np.ndarray, ratio: float) -> np.ndarray:
-    """Experts a uniform plan at `ratio` prunes from scores `values` (lowest first, stable ties)."""
-    k = pruned_count(values.size, ratio)
-    mask = np.zeros(values.size, bool)
-    mask[np.argsort(values, kind="stable")[:k]] = True
-    return mask
+def _points(data: pd.DataFrame, x: str, y: str, ratio: float, routing: dict) -> pd.DataFrame:
+    """Per expert: share of its layer's routed tokens (x), score (y), and which plan prunes it."""
+    plans = uniform_plans(data, [x, y], ratio=ratio, **routing)
+    rows = []
+    for name in (x, y):
+        if name not in plans:
+            return pd.DataFrame()
+    xt, yt = value_table(data[data["criterion"] == x]), value_table(data[data["criterion"] == y])
+    for layer in plans[x].layers:
+        xv, yv = xt.loc[layer].to_numpy(float), yt.loc[layer].to_numpy(float)
+        total = np.nansum(xv)
+        rows.append(
+            pd.DataFrame(
+                {
+                    "layer": layer,
+                    "expert": np.arange(xv.size),
+                    "x": xv / total if total > 0 and x == "frequency" else xv,
+                    "y": yv,
+                    "pruned_x": np.isin(np.arange(xv.size), plans[x].removed(layer)),
+                    "pruned_y": np.isin(np.arange(yv.size), plans[y].removed(layer)),
+                }
+            )
+        )
+    return pd.concat(rows, ignore_index=True)
 
 
 @styled
 def reap_vs_frequency(
     frame: pd.DataFrame,
     *,
-    layer=None,
+    layers=None,
     ratio: float = 0.5,
     domain: str = ALL,
     x: str = "frequency",
     y: str = "reap",
-    ax=None,
+    ncols: int = 4,
+    fig=None,
+    **routing,
 ):
-    """Each expert as a point: routing frequency (x) against its REAP score, mean gate x ||output|| (y),
-    marked by which criterion keeps it at `ratio`: kept by both (black), only by REAP (REAP's colour),
-    only by frequency (frequency's colour), pruned by both (hollow grey).
+    """Each expert as a point, one panel per layer (its own scale and cut-offs): share of the layer's
+    routed tokens (x) against its REAP score, mean gate x ||output|| (y), marked by which criterion's
+    plan keeps it at `ratio`: both (black), REAP only (REAP's colour), frequency only (frequency's),
+    neither (hollow grey). The grey lines are each plan's cut-off in that layer.
 
-        >>> reap_vs_frequency(scores, layer=3, ratio=0.5)
-        <Axes: title={'center': 'reap vs frequency, layer 3 (50% removed)'}, ...>
+        >>> reap_vs_frequency(scores, ratio=0.5, layers=[0, 3])
+        <Figure size 825x330 with 2 Axes>
 
-    This shows when the two disagree: rarely routed experts with large gated outputs (top left) are
-    kept by REAP only. `layer=None` pools every layer (frequency as the share of its layer's tokens,
-    cut-offs per layer); with one layer, the two cut-offs are drawn as lines. `x` / `y` choose other
-    criteria of the scores frame.
+    Experts in the top left (rarely routed, large gated outputs) are the ones REAP keeps and frequency
+    prunes. `layers`: the layers to draw (default all); `x` / `y`: other criteria; `routing`: n_group,
+    topk_group, top_k (`reapkit.study.tables.uniform_plans`). Returns the Figure.
     """
-    fig, ax = axes(ax, (COLUMN, 2.5))
-    ax.set_title(f"{y} vs {x}" + (f", layer {layer}" if layer is not None else "") + f" ({ratio:.0%} removed)")
-    data = select(frame, domain=domain, layer=layer) if not is_empty(frame) else frame
-    if is_empty(data) or not {x, y} <= set(data["criterion"]):
-        return no_data(ax, f"no data (needs {x} and {y} scores)")
-    rows = []
-    for lay, part in data.groupby("layer"):
-        table = part.pivot_table(index="expert", columns="criterion", values="value", aggfunc="mean")
-        if x not in table or y not in table:
-            continue
-        xv, yv = table[x].to_numpy(float), table[y].to_numpy(float)
-        total = xv.sum()
-        share = xv / total if (layer is None and total > 0) else xv
-        rows.append(
-            pd.DataFrame(
-                {
-                    "layer": lay,
-                    "expert": table.index,
-                    "x": share,
-                    "y": yv,
-                    "pruned_x": _pruned_mask(xv, ratio),
-                    "pruned_y": _pruned_mask(yv, ratio),
-                }
-            )
-        )
-    points = pd.concat(rows, ignore_index=True)
+    data = select(frame, domain=domain) if not is_empty(frame) else frame
+    if layers is not None and not is_empty(data):
+        data = data[data["layer"].isin(list(layers))]
+    points = pd.DataFrame() if is_empty(data) else _points(data, x, y, ratio, routing)
+    if points.empty:
+        return no_data_figure(fig, f"no data (needs {x} and {y} scores)", title=f"{label(y)} vs {label(x)}")
+    shown = sorted(set(points["layer"]))
+    ncols = min(ncols, len(shown))
+    nrows = -(-len(shown) // ncols)
+    width = TWO_COLUMN if ncols > 1 else COLUMN
+    fig = fig or plt.figure(figsize=(width, 0.75 + 1.45 * nrows), layout="constrained")
+    grid = fig.subplots(nrows, ncols, squeeze=False).ravel()
     groups = [
-        ("kept by both", ~points.pruned_x & ~points.pruned_y, dict(color="black")),
-        (f"kept by {y} only", points.pruned_x & ~points.pruned_y, dict(color=criterion_color(y), marker="^")),
-        (f"kept by {x} only", ~points.pruned_x & points.pruned_y, dict(color=criterion_color(x), marker="v")),
-        (
-            "pruned by both",
-            points.pruned_x & points.pruned_y,
-            dict(facecolors="none", edgecolors="0.5", linewidths=0.6),
-        ),
+        ("kept by both", lambda p: ~p.pruned_x & ~p.pruned_y, dict(color="black", marker="o")),
+        (f"kept by {label(y)} only", lambda p: p.pruned_x & ~p.pruned_y, dict(color=criterion_color(y), marker="^")),
+        (f"kept by {label(x)} only", lambda p: ~p.pruned_x & p.pruned_y, dict(color=criterion_color(x), marker="v")),
+        ("pruned by both", lambda p: p.pruned_x & p.pruned_y, dict(facecolors="none", edgecolors="0.45", marker="o")),
     ]
-    for label, selected, kwargs in groups:
-        part = points[selected]
-        ax.scatter(
-            part["x"],
-            part["y"],
-            s=12,
-            label=f"{label} ({len(part)})",
-            zorder=2,
-            **({"linewidths": 0} | kwargs) if "edgecolors" not in kwargs else kwargs,
+    counts = {name: int(pick(points).sum()) for name, pick, _ in groups}
+    for ax, layer in zip(grid, shown):
+        part = points[points["layer"] == layer]
+        for name, pick, kwargs in groups:
+            chosen = part[pick(part)]
+            width_ = 0.6 if "edgecolors" in kwargs else 0
+            ax.scatter(
+                chosen["x"], chosen["y"], s=10, linewidths=width_, zorder=2, label=f"{name} ({counts[name]})", **kwargs
+            )
+        for col, pruned, axis in (("x", "pruned_x", "x"), ("y", "pruned_y", "y")):
+            kept, gone = part.loc[~part[pruned], col], part.loc[part[pruned], col]
+            if len(kept) and len(gone):
+                reference_line(ax, (kept.min() + gone.max()) / 2, axis=axis)
+        ax.set_title(f"layer {layer}", loc="left")
+        ax.margins(0.08)
+        if x == "frequency":
+            ax.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0, decimals=0))
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(nbins=3, steps=[1, 2, 5, 10]))  # whole percents
+    for ax in grid[len(shown) :]:
+        ax.axis("off")
+    grid[0].plot([], [], label="each plan's cut-off", **REFERENCE_STYLE)
+    for i, ax in enumerate(grid[: len(shown)]):
+        ax.set_xlabel("tokens routed" if x == "frequency" else label(x))
+        ax.set_ylabel(
+            ("REAP score (gate × ‖output‖)" if y == "reap" else f"{label(y)} score") if i % ncols == 0 else ""
         )
-    if layer is not None and len(points):
-        for col, pruned, draw in (("x", "pruned_x", ax.axvline), ("y", "pruned_y", ax.axhline)):
-            kept_values = points.loc[~points[pruned], col]
-            gone_values = points.loc[points[pruned], col]
-            if len(kept_values) and len(gone_values):
-                draw((kept_values.min() + gone_values.max()) / 2, color="0.5", linestyle="--", linewidth=0.6, zorder=1)
-    ax.set_xlabel(
-        f"{x} (share of layer's routed tokens)"
-        if layer is None and x == "frequency"
-        else "routing frequency (tokens)"
-        if x == "frequency"
-        else x
+    legend_below(fig, grid[: len(shown)], title=f"{ratio:.0%} of each layer's experts removed by each criterion's plan")
+    return fig
+
+
+@styled
+def criterion_vs_ablation(table: pd.DataFrame, *, criteria=None, ncols: int = 4, fig=None):
+    """Criterion scores against the ground truth: each expert's score (divided by its layer's mean, so
+    layers share one axis; log scale) against the loss increase when that expert alone is ablated, with
+    its 95% interval; one panel per criterion, titled with the mean over layers of the Spearman rank
+    correlation between score and cost. A criterion that ranks experts by what they cost lies on a
+    rising band.
+
+        >>> criterion_vs_ablation(table)   # layer, expert, criterion, score, cost [, cost_lo, cost_hi]
+
+    The table's `cost` is the single-expert ablation cost (e.g. Δ loss); `cost_lo` / `cost_hi` its
+    interval. Returns the Figure.
+    """
+    from scipy.stats import spearmanr
+
+    from reapkit.select.plan import budget_scores
+
+    if is_empty(table) or not {"score", "cost"} <= set(table.columns):
+        return no_data_figure(fig, "no data (needs ablation costs)", title="criteria against ablation")
+    criteria = list(dict.fromkeys(table["criterion"])) if criteria is None else list(criteria)
+    ncols = min(ncols, len(criteria))
+    nrows = -(-len(criteria) // ncols)
+    fig = fig or plt.figure(figsize=(TWO_COLUMN if ncols > 1 else COLUMN, 0.5 + 1.75 * nrows), layout="constrained")
+    grid = fig.subplots(nrows, ncols, squeeze=False, sharey=True).ravel()
+    low, high = interval("cost")
+    for ax, criterion in zip(grid, criteria):
+        part = table[table["criterion"] == criterion].copy()
+        part["x"] = part.groupby("layer")["score"].transform(lambda v: budget_scores(v.to_numpy()))
+        rho = [
+            spearmanr(p["score"], p["cost"]).statistic
+            for _, p in part.groupby("layer")
+            if len(p) > 2 and p["score"].nunique() > 1 and p["cost"].nunique() > 1
+        ]
+        color = criterion_color(criterion)
+        shown = part[part["x"] > 0]
+        err = None
+        if {low, high} <= set(part.columns):
+            err = np.vstack([shown["cost"] - shown[low], shown[high] - shown["cost"]]).clip(min=0)
+        ax.errorbar(
+            shown["x"],
+            shown["cost"],
+            yerr=err,
+            color=color,
+            marker="o",
+            markersize=2.5,
+            linestyle="none",
+            elinewidth=0.5,
+            alpha=0.85,
+        )
+        reference_line(ax, 0.0)
+        ax.set_xscale("log")
+        plain_log_axis(ax, "x")
+        ax.set_title(f"{label(criterion)}: Spearman ρ {np.mean(rho):.2f}" if rho else label(criterion), loc="left")
+        ax.set_xlabel("score / layer mean")
+    for ax in grid[len(criteria) :]:
+        ax.axis("off")
+    for i, ax in enumerate(grid[: len(criteria)]):
+        ax.set_ylabel("ablation cost (Δ loss, nats)" if i % ncols == 0 else "")
+    return fig
+
+
+@styled
+def ablation_rank_correlation(table: pd.DataFrame, *, ax=None):
+    """Each criterion's rank correlation with the single-expert ablation cost, one dot per MoE layer
+    with its 95% interval, criteria ordered by their mean; the band unrelated rankings fall in shaded.
+
+        >>> ablation_rank_correlation(table)   # reapkit.study.ablation.ablation_correlation(obs, costs, criteria)
+
+    Returns the Figure.
+    """
+    if is_empty(table):
+        return no_data_figure(None if ax is None else ax.figure, title="criteria against ablation")
+    fig, ax = axes(ax, figsize=(COLUMN, 2.4))
+    order = table.groupby("criterion")["rho"].mean().sort_values(ascending=False).index.tolist()
+    layers = sorted(set(table["layer"]))
+    ax.axhspan(
+        table["chance_lo"].mean(), table["chance_hi"].mean(), color="0.9", zorder=0, label="95% of random rankings"
     )
-    ax.set_ylabel("REAP score: mean gate × ‖output‖" if y == "reap" else y)
-    ax.margins(0.05)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), borderaxespad=0, handletextpad=0.2)
-    return ax
+    ax.axhline(0, color="0.5", linewidth=0.6, zorder=1)
+    width = 0.6 / max(len(layers), 1)
+    for x, criterion in enumerate(order):
+        part = table[table["criterion"] == criterion].set_index("layer").reindex(layers)
+        offsets = x - 0.3 + width * (np.arange(len(layers)) + 0.5)
+        ax.errorbar(
+            offsets,
+            part["rho"],
+            yerr=[part["rho"] - part["lo"], part["hi"] - part["rho"]],
+            fmt="o",
+            markersize=3,
+            linewidth=0.8,
+            color=criterion_color(criterion),
+        )
+    ax.set_xticks(range(len(order)), [display_name(c) for c in order], rotation=40, ha="right")
+    ax.set_xlabel("criterion (dots: MoE layers, left to right)")
+    ax.set_ylim(-1.05, 1.05)
+    ax.set_ylabel("Spearman ρ with ablation cost")
+    ax.set_title(f"criteria against single-expert ablation ({len(layers)} layers)")
+    ax.legend(loc="lower left")
+    return fig

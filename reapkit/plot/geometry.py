@@ -19,21 +19,35 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 
-from reapkit.errors import InvalidInput
 from reapkit.plot.theme import (
     COLUMN,
+    MIN_TEXT,
     MISSING_COLOR,
+    REFERENCE_STYLE,
     TWO_COLUMN,
     axes,
     index_ticks,
+    label,
+    legend_below,
     no_data,
     no_data_figure,
+    percent_axis,
+    plain_log_axis,
+    reference_line,
     styled,
+    undefined_cells,
 )
-from reapkit.select.plan import pruned_count
-from reapkit.study.tables import coselect_order, is_flat
+from reapkit.select.geometry import coselection_lift, cut_height
+from reapkit.study.tables import coselect_order, is_flat, pruned_experts
 
-__all__ = ["distance_heatmap", "distance_heatmaps", "saliency_clusters", "saliency_dendrogram", "coactivation_matrix"]
+__all__ = [
+    "distance_heatmap",
+    "distance_heatmaps",
+    "distance_histogram",
+    "saliency_clusters",
+    "saliency_dendrogram",
+    "coactivation_matrix",
+]
 
 _DISTANCE_CMAP = "magma_r"
 
@@ -65,7 +79,8 @@ def _clustering(d, clustering, n_clusters):
     return clustering
 
 
-def _draw_distance(ax_tree, ax_map, d, clustering, norm, title):
+def _draw_distance(ax_tree, ax_map, d, clustering, norm, title, *, height_label: bool = True):
+    """Dendrogram (with its height axis and the cut that gives the clusters) above the distance matrix."""
     from scipy.cluster import hierarchy
 
     order = np.asarray(clustering.order)
@@ -80,14 +95,21 @@ def _draw_distance(ax_tree, ax_map, d, clustering, norm, title):
             link_color_func=lambda _: "0.3",
         )
         ax_tree.set_xlim(0, 10 * len(order))
-    ax_tree.axis("off")
+    ax_tree.spines["bottom"].set_visible(False)
+    ax_tree.tick_params(axis="x", bottom=False, labelbottom=False)
+    ax_tree.locator_params(axis="y", nbins=3)
+    ax_tree.set_ylabel("height" if height_label else "")
+    n_clusters = len(set(np.asarray(clustering.labels).tolist())) if clustering.labels is not None else None
+    cut = cut_height(clustering.linkage, n_clusters) if n_clusters and not flat else float("nan")
+    if np.isfinite(cut):
+        ax_tree.axhline(cut, label=f"the cut that gives {n_clusters} clusters (boxes below)", **REFERENCE_STYLE)
     shown = np.ma.masked_where(np.eye(len(order), dtype=bool), d[np.ix_(order, order)])
-    cmap = plt.get_cmap(_DISTANCE_CMAP).with_extremes(bad="white")
-    image = ax_map.imshow(shown, cmap=cmap, norm=norm, interpolation="nearest")
-    index_ticks(ax_map, order, "x", max_ticks=16, rotation=90)
-    index_ticks(ax_map, order, "y", max_ticks=16)
-    ax_map.tick_params(labelsize=5.5)
-    ax_map.set_xlabel("expert (dendrogram order)")
+    image = ax_map.imshow(shown, cmap=plt.get_cmap(_DISTANCE_CMAP), norm=norm, interpolation="nearest")
+    undefined_cells(ax_map, [(i, i) for i in range(len(order))])
+    index_ticks(ax_map, order, "x", max_ticks=8, rotation=90)
+    index_ticks(ax_map, order, "y", max_ticks=8)
+    ax_map.set_xlabel("expert (tree order)")
+    ax_map.set_ylabel("expert" if height_label else "")
     if clustering.labels is not None and not flat:
         labels = np.asarray(clustering.labels)[order]
         start = 0
@@ -95,11 +117,11 @@ def _draw_distance(ax_tree, ax_map, d, clustering, norm, title):
             if i == len(labels) or labels[i] != labels[start]:
                 ax_map.add_patch(
                     matplotlib.patches.Rectangle(
-                        (start - 0.5, start - 0.5), i - start, i - start, fill=False, edgecolor="#56B4E9", linewidth=1.0
+                        (start - 0.5, start - 0.5), i - start, i - start, fill=False, edgecolor="black", linewidth=0.9
                     )
                 )
                 start = i
-    ax_tree.set_title(title + ("\n(flat tree: no clusters)" if flat and len(order) > 2 else ""))
+    ax_tree.set_title(title + ("\n(flat: no clusters)" if flat and len(order) > 2 else ""), loc="left")
     return image
 
 
@@ -133,6 +155,7 @@ def distance_heatmap(
     image = _draw_distance(ax_tree, ax_map, d, clustering, norm or _distance_norm([d]), title or "expert distances")
     if colorbar:
         fig.colorbar(image, ax=ax_map, label="angular distance", shrink=0.9, pad=0.02)
+    legend_below(fig, [ax_tree], ncols=1)
     return fig
 
 
@@ -141,45 +164,91 @@ def distance_heatmaps(
     distances: dict, clusterings: dict | None = None, *, n_clusters: int | None = None, ncols: int = 4
 ):
     """One :func:`distance_heatmap` per entry of `distances` ({title or (space, layer): [E, E] matrix}),
-    side by side, on one colour scale with one colour bar; `clusterings` {same key: Clustering}
-    reuses clusterings. Returns the Figure.
+    on one colour scale with one colour bar; with (space, layer) keys of several spaces, one row per
+    space and one column per layer. `clusterings` {same key: Clustering} reuses clusterings (their cut
+    is drawn on each dendrogram's height axis). Returns the Figure.
 
-        >>> distance_heatmaps(distances, n_clusters=4)     # {("output", 3): d, ("weights", 3): ...}
-        <Figure size 1020x438 with 7 Axes>
+        >>> distance_heatmaps({("output", 3): d_out, ("router", 3): d_router}, n_clusters=4)
     """
     if not distances:
         return no_data_figure(title="expert distances")
-    n = len(distances)
-    ncols = min(n, ncols)
-    nrows = math.ceil(n / ncols)
+    keys = list(distances)
+    spaces = list(dict.fromkeys(k[0] for k in keys)) if all(isinstance(k, tuple) and len(k) == 2 for k in keys) else []
+    if len(spaces) > 1:
+        layers = list(dict.fromkeys(k[1] for k in keys))
+        cells = {k: (spaces.index(k[0]), layers.index(k[1])) for k in keys}
+        nrows, ncols = len(spaces), len(layers)
+    else:
+        ncols = min(len(keys), ncols)
+        nrows = math.ceil(len(keys) / ncols)
+        cells = {k: divmod(i, ncols) for i, k in enumerate(keys)}
     norm = _distance_norm(distances.values())
     width = TWO_COLUMN if ncols > 1 else COLUMN
-    fig = plt.figure(figsize=(width, (width / ncols) * 1.2 * nrows + 0.2), layout="constrained")
-    grid = fig.subplots(2 * nrows, ncols, squeeze=False, height_ratios=[1, 4] * nrows)
-    maps = []
-    for i, (key, d) in enumerate(distances.items()):
-        r, c = divmod(i, ncols)
+    fig = plt.figure(figsize=(width, ((width - 0.6) / ncols) * 1.3 * nrows + 0.35), layout="constrained")
+    grid = fig.subplots(2 * nrows, ncols, squeeze=False, height_ratios=[1, 3.2] * nrows)
+    used = set()
+    for key, d in distances.items():
+        r, c = cells[key]
+        used.add((r, c))
         d = np.asarray(d, float)
-        title = f"{key[0]}, layer {key[1]}" if isinstance(key, tuple) and len(key) == 2 else str(key)
+        if isinstance(key, tuple) and len(key) == 2:
+            title = f"{key[0]}, layer {key[1]}"
+        else:
+            title = str(key)
         clustering = _clustering(d, (clusterings or {}).get(key), n_clusters)
-        image = _draw_distance(grid[2 * r, c], grid[2 * r + 1, c], d, clustering, norm, title)
-        maps.append(grid[2 * r + 1, c])
-    for j in range(n, nrows * ncols):
-        r, c = divmod(j, ncols)
-        grid[2 * r, c].axis("off")
-        grid[2 * r + 1, c].axis("off")
-    for ax in maps[1:]:
-        if ax.get_subplotspec().colspan.start:
-            ax.set_ylabel("")
-    fig.colorbar(image, ax=maps, label="angular distance", shrink=0.8, pad=0.01)
+        image = _draw_distance(grid[2 * r, c], grid[2 * r + 1, c], d, clustering, norm, title, height_label=c == 0)
+        if c:
+            grid[2 * r + 1, c].set_ylabel("")
+        if r < nrows - 1:
+            grid[2 * r + 1, c].set_xlabel("")
+    for r in range(nrows):
+        for c in range(ncols):
+            if (r, c) not in used:
+                grid[2 * r, c].axis("off")
+                grid[2 * r + 1, c].axis("off")
+    maps = [grid[2 * r + 1, c] for r, c in used]
+    bar = fig.colorbar(image, ax=maps, shrink=0.8, pad=0.01)
+    bar.set_label("angular distance (0.5: orthogonal)")
+    legend_below(fig, [grid[2 * r, c] for r, c in used], ncols=1)
     return fig
 
 
-def _pruned(scores: np.ndarray, ratio) -> np.ndarray:
-    pruned = np.zeros(scores.size, bool)
-    if ratio is not None:
-        pruned[np.argsort(-scores, kind="stable")[scores.size - pruned_count(scores.size, ratio) :]] = True
-    return pruned
+@styled
+def distance_histogram(distances: dict, *, ax=None):
+    """Angular distances between the experts of a layer, pooled over layers, one histogram per space on one
+    axis: structure (a spread, near pairs) or none (every pair near 0.5). {(space, layer): [E, E] matrix}.
+
+        >>> distance_histogram(geometry.distance_matrices(model=model, obs=obs))
+    """
+    own = ax is None
+    fig, ax = axes(ax, (COLUMN, 2.4))
+    ax.set_title("distances between experts", loc="left")
+    if not distances:
+        return no_data(ax)
+    pooled: dict[str, list] = {}
+    for key, d in distances.items():
+        d = np.asarray(d, float)
+        space = key[0] if isinstance(key, tuple) else str(key)
+        pooled.setdefault(space, []).append(d[np.triu_indices(d.shape[0], k=1)])
+    values = {space: np.concatenate(v) for space, v in pooled.items()}
+    every = np.concatenate(list(values.values()))
+    bins = np.linspace(0, max(0.6, float(every.max()) + 0.01), 49)
+    looks = [
+        dict(histtype="stepfilled", color="0.8"),
+        dict(histtype="step", color="black", linewidth=1.0),
+        dict(histtype="step", color="0.5", linewidth=1.6),
+    ]
+    for i, (space, v) in enumerate(values.items()):
+        weights = np.full(v.size, 1 / v.size)
+        ax.hist(v, bins=bins, weights=weights, label=f"{space} (sd {v.std():.3f})", **looks[i % len(looks)])
+    reference_line(ax, 0.5, axis="x")
+    ax.text(0.5, 1.0, " orthogonal", transform=ax.get_xaxis_transform(), fontsize=MIN_TEXT, color="0.35", va="top")
+    percent_axis(ax, "y")
+    ax.set_xlabel("angular distance between two experts of a layer")
+    ax.set_ylabel("share of expert pairs")
+    if own:
+        legend_below(fig, [ax], ncols=2)
+    return ax
 
 
 @styled
@@ -190,6 +259,7 @@ def saliency_clusters(
     labels=None,
     ratio: float | None = None,
     title: str | None = None,
+    criterion: str = "reap",
     log: bool = False,
     ax=None,
 ):
@@ -213,7 +283,7 @@ def saliency_clusters(
             clustering.labels if clustering is not None and clustering.labels is not None else np.zeros(s.size, int)
         )
     labels = np.asarray(labels)
-    pruned = _pruned(s, ratio)
+    pruned = pruned_experts(s, ratio)
     shades = ("0.25", "0.6")
     runs = []  # (cluster, first position, last position) along the leaves
     for x, e in enumerate(order):
@@ -253,20 +323,16 @@ def saliency_clusters(
                 transform=ax.get_xaxis_transform(),
                 ha="center",
                 va="top",
-                fontsize=5.5,
+                fontsize=MIN_TEXT,
                 color="0.3",
             )
     if log and (s > 0).any():
         ax.set_yscale("log")
     index_ticks(ax, order, "x", max_ticks=32, rotation=90)
-    ax.tick_params(axis="x", labelsize=5.5)
+    ax.tick_params(axis="x", labelsize=MIN_TEXT)
     ax.set_xlim(-0.6, s.size - 0.4)
-    ax.set_xlabel(
-        "expert (dendrogram order)"
-        + ("; brackets: clusters" if len(runs) > 1 else "")
-        + ("; hatched: pruned" if ratio is not None else "")
-    )
-    ax.set_ylabel("score")
+    ax.set_xlabel("expert (tree order" + ("; hatched: pruned)" if ratio is not None else ")"))
+    ax.set_ylabel(f"{label(criterion)} score")
     return ax
 
 
@@ -279,33 +345,34 @@ def saliency_dendrogram(
     ratio: float | None = 0.5,
     pruned=None,
     criterion: str = "reap",
+    n_clusters: int | None = None,
     log: bool = True,
     title: str | None = None,
     ax=None,
 ):
     """The dendrogram of angular distances with each leaf (expert) coloured by its saliency and the
-    experts a plan prunes marked with a cross below their leaf (the REAP paper's figure).
+    experts a plan prunes marked with a cross below their leaf (the REAP paper's figure); the cut
+    that gives `n_clusters` clusters (or the clustering's own labels) is drawn on the height axis.
 
-        >>> saliency_dendrogram(d, reap_scores[3], ratio=0.5)            # d: distances of layer 3
-        <Axes: title={'center': 'expert dendrogram, leaves coloured by reap'}, ...>
+        >>> saliency_dendrogram(d, reap_scores[layer], ratio=0.5, n_clusters=4)
 
     `distances` [E, E]; `scores` [E]; `pruned` (a boolean [E] or a list of experts) overrides the
     experts `ratio` would prune by `scores`. A flat dendrogram (no cluster structure) says so.
     """
     from scipy.cluster import hierarchy
 
-    fig, ax = axes(ax, (TWO_COLUMN, 2.0))
-    ax.set_title(title or f"expert dendrogram, leaves coloured by {criterion}")
+    fig, ax = axes(ax, (TWO_COLUMN, 2.1))
+    ax.set_title(title or f"expert dendrogram, leaves coloured by {label(criterion)}", loc="left")
     d = np.asarray(distances if distances is not None else np.zeros((0, 0)), dtype=float)
     s = np.asarray(scores if scores is not None else [], dtype=float).ravel()
     if d.size == 0 or s.size == 0:
         return no_data(ax)
     if d.shape != (s.size, s.size):
         raise ValueError(f"distances {d.shape} and scores ({s.size},) must describe the same experts")
-    clustering = _clustering(d, clustering, None)
+    clustering = _clustering(d, clustering, n_clusters)
     order = np.asarray(clustering.order)
     if pruned is None:
-        mask = _pruned(s, ratio)
+        mask = pruned_experts(s, ratio)
     else:
         pruned = np.asarray(pruned)
         mask = (
@@ -355,66 +422,86 @@ def saliency_dendrogram(
         zorder=3,
         clip_on=False,
     )
+    groups = len(set(np.asarray(clustering.labels).tolist())) if clustering.labels is not None else 0
+    cut = cut_height(clustering.linkage, groups) if groups > 1 and not is_flat(clustering.linkage) else float("nan")
+    if np.isfinite(cut):
+        ax.axhline(cut, **REFERENCE_STYLE)
+        ax.text(
+            10 * s.size,
+            cut,
+            f"cut: {groups} clusters",
+            ha="right",
+            va="center",
+            fontsize=MIN_TEXT,
+            color="0.3",
+            bbox=dict(facecolor="white", edgecolor="none", pad=0.6),
+        )
     ax.set_ylim(-0.12 * top, top * 1.05)
     ax.set_xlim(0, 10 * s.size)
     ax.set_xticks(x, [str(e) for e in order], rotation=90)
-    ax.tick_params(axis="x", labelsize=5 if s.size > 32 else 6, length=0)
+    ax.tick_params(axis="x", labelsize=MIN_TEXT, length=0)
     ax.set_xlabel(f"expert (×: pruned, {gone.sum()} of {s.size})" if gone.any() else "expert")
-    ax.set_ylabel("angular distance")
+    ax.set_ylabel("height (angular distance)")
     ax.spines["bottom"].set_visible(False)
-    fig.colorbar(
-        points,
-        ax=ax,
-        label=f"{criterion} score" + (" (log)" if isinstance(norm, matplotlib.colors.LogNorm) else ""),
-        pad=0.01,
-        shrink=0.9,
-    )
+    bar = fig.colorbar(points, ax=ax, pad=0.01, shrink=0.9)
+    bar.set_label(f"{label(criterion)} score" + (" (log scale)" if isinstance(norm, matplotlib.colors.LogNorm) else ""))
+    if isinstance(norm, matplotlib.colors.LogNorm):
+        plain_log_axis(bar.ax, "y")
     if is_flat(clustering.linkage) and s.size > 2:
-        ax.text(0.01, 0.98, "flat: no cluster structure", transform=ax.transAxes, va="top", fontsize=6, color="0.3")
+        ax.text(
+            0.01, 0.98, "flat: no cluster structure", transform=ax.transAxes, va="top", fontsize=MIN_TEXT, color="0.3"
+        )
     return ax
 
 
 @styled
-def coactivation_matrix(
-    coselect, *, order=None, clustering=None, normalise: str | None = "jaccard", title: str | None = None, ax=None
-):
-    """Expert x expert co-selection of one layer (how often two experts are in the same token's top-k),
-    in dendrogram order, the diagonal blank.
+def coactivation_matrix(coselect, *, order=None, clustering=None, title: str | None = None, ax=None):
+    """Expert x expert co-selection of one layer: how often two experts share a token's top-k, over
+    what independent routing with the same expert frequencies gives (`reapkit.study.tables.coselection_lift`;
+    log scale, white = 1 = chance), in dendrogram order; the diagonal is undefined (hatched).
 
         >>> coactivation_matrix(coselect[3])                     # [E, E] counts; diagonal = tokens per expert
         <Axes: title={'center': 'expert co-selection (top-k)'}, ...>
 
-    `normalise="jaccard"`: C_ij / (C_ii + C_jj - C_ij), the share of the tokens routed to either
-    expert that go to both (needs the per-expert token counts on the diagonal); None: raw counts.
     Order: `order` (expert indices), else `clustering` (a Clustering), else average linkage on the
-    experts' co-selection profiles.
+    experts' co-selection profiles. Returns the Axes.
     """
     fig, ax = axes(ax, (COLUMN, 2.8))
-    ax.set_title(title or "expert co-selection (top-k)")
+    ax.set_title(title or "expert co-selection (top-k)", loc="left")
     c = np.asarray(coselect if coselect is not None else np.zeros((0, 0)), dtype=float)
     if c.size == 0:
         return no_data(ax)
     if c.ndim != 2 or c.shape[0] != c.shape[1]:
         raise ValueError(f"coactivation_matrix expects one layer's [experts, experts] matrix, got shape {c.shape}")
-    label = "co-selected tokens"
-    if normalise == "jaccard":
-        diag = np.diag(c)
-        union = diag[:, None] + diag[None, :] - c
-        c = np.divide(c, union, out=np.zeros_like(c), where=union > 0)
-        label = "co-selection (Jaccard of token sets)"
-    elif normalise is not None:
-        raise InvalidInput(f"normalise must be 'jaccard' or None, got {normalise!r}")
     if order is None:
         order = np.asarray(clustering.order) if clustering is not None else coselect_order(coselect)
     order = np.asarray(order)
-    shown = np.ma.masked_where(np.eye(len(order), dtype=bool), c[np.ix_(order, order)])
-    off = shown.compressed()
-    vmax = float(off.max()) if off.size and off.max() > 0 else 1.0
-    cmap = plt.get_cmap("Greys").with_extremes(bad="white")
-    image = ax.imshow(shown, cmap=cmap, vmin=0, vmax=vmax, interpolation="nearest")
+    with np.errstate(divide="ignore"):
+        lift = np.log2(coselection_lift(c)[np.ix_(order, order)])
+    finite = np.abs(lift[np.isfinite(lift)])
+    limit = max(1.0, float(np.ceil(np.percentile(finite, 98)))) if finite.size else 1.0
+    cmap = plt.get_cmap("RdBu_r").with_extremes(bad=MISSING_COLOR)
+    image = ax.imshow(np.ma.masked_invalid(lift), cmap=cmap, vmin=-limit, vmax=limit, interpolation="nearest")
+    undefined_cells(ax, [(i, i) for i in range(len(order))])
     index_ticks(ax, order, "x", max_ticks=16, rotation=90)
     index_ticks(ax, order, "y", max_ticks=16)
-    ax.tick_params(labelsize=5.5)
-    ax.set_xlabel("expert (dendrogram order)")
-    fig.colorbar(image, ax=ax, label=label, shrink=0.9, pad=0.02)
+    ax.set_xlabel("expert (tree order)")
+    ax.set_ylabel("expert (tree order)")
+    extend = "both" if finite.size and finite.max() > limit else "neither"
+    bar = fig.colorbar(image, ax=ax, shrink=0.9, pad=0.02, extend=extend)
+    bar.set_label("co-selection / independent routing")
+    step = max(1, int(limit) // 2)
+    ticks = np.unique(np.r_[-np.arange(0, limit + 1, step), np.arange(0, limit + 1, step)])
+    bar.set_ticks(ticks, labels=["1 (chance)" if t == 0 else f"{2**t:g}" if t > 0 else f"1/{2**-t:g}" for t in ticks])
+    if np.isneginf(lift).any():
+        ax.text(
+            1.0,
+            1.0,
+            "grey: never together",
+            transform=ax.transAxes,
+            ha="right",
+            va="bottom",
+            fontsize=MIN_TEXT,
+            color="0.35",
+        )
     return ax

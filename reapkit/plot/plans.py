@@ -16,10 +16,12 @@ import pandas as pd
 from reapkit.measure.schema import select
 from reapkit.plot.theme import (
     COLUMN,
+    MIN_TEXT,
     TWO_COLUMN,
     axes,
     index_ticks,
     is_empty,
+    label,
     no_data,
     no_data_figure,
     styled,
@@ -28,7 +30,7 @@ from reapkit.study.tables import mask_frame
 
 __all__ = ["plan_mask", "plan_masks"]
 
-_KEPT, _PRUNED = "#1F3A5F", "#EDE3D6"
+_KEPT, _PRUNED = "0.2", "0.9"  # black and light grey: colours belong to methods
 
 
 def _legend_handles():
@@ -49,7 +51,8 @@ def plan_mask(mask, *, title: str | None = None, legend: bool = True, ax=None):
     """
     if mask is not None and hasattr(mask, "kept") and not isinstance(mask, pd.DataFrame):
         mask = mask_frame(mask)
-    fig, ax = axes(ax, (COLUMN, 1.6))
+    own = ax is None
+    fig, ax = axes(ax, (COLUMN, 1.9))
     ax.set_title(title or "kept experts", loc="left")
     if is_empty(mask):
         return no_data(ax)
@@ -74,9 +77,11 @@ def plan_mask(mask, *, title: str | None = None, legend: bool = True, ax=None):
         transform=ax.transAxes,
         ha="right",
         va="bottom",
-        fontsize=6,
+        fontsize=MIN_TEXT,
     )
-    if legend:
+    if legend and own:
+        fig.legend(handles=_legend_handles(), loc="outside lower center", ncols=2, handlelength=1.0, handleheight=1.0)
+    elif legend:
         ax.legend(
             handles=_legend_handles(),
             loc="upper left",
@@ -99,17 +104,17 @@ def plan_masks(masks: pd.DataFrame, *, row: str = "criterion", col: str = "ratio
     """
     if is_empty(masks):
         return no_data_figure(fig, title="kept experts")
-    rows = sorted(set(masks[row])) if row in masks.columns else [None]
+    rows = list(dict.fromkeys(masks[row])) if row in masks.columns else [None]  # as given (e.g. REAP first)
     cols = sorted(set(masks[col])) if col in masks.columns else [None]
     width = TWO_COLUMN if len(cols) > 1 else COLUMN
-    fig = fig or plt.figure(figsize=(width, 0.45 + 0.95 * len(rows)), layout="constrained")
+    fig = fig or plt.figure(figsize=(width, 0.6 + 0.95 * len(rows)), layout="constrained")
     grid = fig.subplots(len(rows), len(cols), squeeze=False, sharex=True, sharey=True)
     for i, r in enumerate(rows):
         for j, c in enumerate(cols):
             ax = grid[i, j]
             part = select(masks, **{row: r, col: c})
             name = ", ".join(
-                f"{v:.0%} removed" if k == "ratio" else f"{v}" for k, v in ((row, r), (col, c)) if v is not None
+                f"{v:.0%} removed" if k == "ratio" else label(v) for k, v in ((row, r), (col, c)) if v is not None
             )
             plan_mask(part, title=name, legend=False, ax=ax)
             if i < len(rows) - 1:
@@ -118,5 +123,5 @@ def plan_masks(masks: pd.DataFrame, *, row: str = "criterion", col: str = "ratio
             if j:
                 ax.set_ylabel("")
                 ax.tick_params(labelleft=False)
-    fig.legend(handles=_legend_handles(), loc="outside upper right", ncols=2, handlelength=1.0, handleheight=1.0)
+    fig.legend(handles=_legend_handles(), loc="outside lower center", ncols=2, handlelength=1.0, handleheight=1.0)
     return fig

@@ -33,6 +33,7 @@ from reapkit.measure.schema import (
     METRIC_LABELS,
     RATIO,
     hi,
+    interval_columns,
     lo,
     select,
     wide_results,
@@ -40,16 +41,20 @@ from reapkit.measure.schema import (
 )
 from reapkit.plot.theme import (
     COLUMN,
+    MIN_TEXT,
     TWO_COLUMN,
     axes,
     criterion_color,
     domain_linestyle,
     integer_axis,
     is_empty,
+    label,
+    legend_below,
     method_linestyle,
     no_data,
     no_data_figure,
     percent_axis,
+    reference_line,
     styled,
 )
 from reapkit.study.tables import curve_table
@@ -65,7 +70,7 @@ __all__ = [
     "reconstruction_by_layer",
 ]
 
-_BAND_NOTE = {"ci": "bands: 95% bootstrap CI", "range": "bands: min-max over runs"}
+_BAND_NOTE = {"ci": "bands: each method's own 95% CI", "range": "bands: min-max over runs"}
 
 
 def _short(metric: str) -> str:
@@ -127,10 +132,10 @@ def _draw_curves(ax, data, metric, hue, *, markers=True):
                 method_linestyle(name, methods.get(name)),
             )
         bold = str(name) == "reap"
-        label = str(name) if name is not None else metric
+        text = (str(name) if hue == DOMAIN else label(name)) if name is not None else metric
         runs = int(part.loc[part[RATIO] != 0, "runs"].max()) if (part[RATIO] != 0).any() else 1
         if runs > 1:
-            label += f" (mean of {runs})"
+            text += f" (mean of {runs})"
         ax.plot(
             part[RATIO],
             part["mean"],
@@ -140,7 +145,7 @@ def _draw_curves(ax, data, metric, hue, *, markers=True):
             markersize=2.2,
             linewidth=1.6 if bold else 1.0,
             zorder=3 if bold else 2,
-            label=label,
+            label=text,
         )
         banded = part[part["band"] != "none"]
         if not banded.empty and (part["hi"] > part["lo"]).any():
@@ -157,9 +162,9 @@ def _band_note(axes_list) -> str | None:
     (a figure legend shows it once)."""
     note = None
     for ax in axes_list:
-        label = ax.get_xlabel()
-        if label.startswith(_XLABEL + " ("):
-            note = note or label[len(_XLABEL) + 2 : -1]
+        text = ax.get_xlabel()
+        if text.startswith(_XLABEL + " ("):
+            note = note or text[len(_XLABEL) + 2 : -1]
             ax.set_xlabel(_XLABEL)
     return note
 
@@ -169,7 +174,7 @@ def _finish(ax, metric, kinds):
     ax.set_xlabel(_XLABEL + (f" ({'; '.join(_BAND_NOTE[k] for k in sorted(kinds))})" if kinds else ""))
     ax.set_ylabel(METRIC_LABELS.get(metric, metric))
     if metric == DELTA_LOSS:
-        ax.axhline(0, color="0.6", linewidth=0.5, zorder=0)
+        reference_line(ax, 0.0, zorder=0)
 
 
 @styled
@@ -193,8 +198,9 @@ def loss_vs_ratio(
     min-max over repeated runs (random seeds); a note above the axes says which. `focus`: when random
     pruning is far worse than every other method, the y axis fits the others and a note gives random's range.
     """
-    fig, ax = axes(ax)
-    ax.set_title(_short(metric) + (f" ({domain})" if domain else ""))
+    own = ax is None
+    fig, ax = axes(ax, (COLUMN, 2.6))
+    ax.set_title(_short(metric) + (f" ({domain})" if domain else ""), loc="left")
     data = results if is_empty(results) else select(_prepare(results, metric), domain=domain)
     if is_empty(data) or metric not in data.columns or data[metric].dropna().empty:
         return no_data(ax)
@@ -203,20 +209,28 @@ def loss_vs_ratio(
     limits = _focus_limits(data, metric, hue) if focus else None
     if limits:
         ax.set_ylim(limits[0], limits[1])
-        ax.text(
-            0.98,
-            0.02 if metric != "agreement" else 0.98,
-            f"random: {limits[2][0]:.3g} to {limits[2][1]:.3g}, off scale",
-            transform=ax.transAxes,
-            ha="right",
-            va="bottom" if metric != "agreement" else "top",
-            fontsize=5.5,
-            color=criterion_color("random"),
-        )
+        _off_scale(ax, limits, text=f"random: {limits[2][0]:.3g} to {limits[2][1]:.3g}, off scale")
     _finish(ax, metric, kinds)
-    if legend:
+    if legend and own:
+        _figure_legend(fig, [ax], ncols=2)
+    elif legend:
         ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), borderaxespad=0)
     return ax
+
+
+def _off_scale(ax, limits, *, text: str):
+    """A note, in random's colour, on the side of the axes where random pruning lies off scale."""
+    below = limits[2][0] < limits[0]
+    ax.text(
+        0.98,
+        0.02 if below else 0.98,
+        text,
+        transform=ax.transAxes,
+        ha="right",
+        va="bottom" if below else "top",
+        fontsize=MIN_TEXT,
+        color=criterion_color("random"),
+    )
 
 
 def study_curves(results: pd.DataFrame, *, metric: str = LOSS, domain: str = ALL, focus: bool = True, ax=None):
@@ -240,7 +254,7 @@ def _domains(results, domains, metrics=()):
     return sorted(dict.fromkeys(results[DOMAIN]), key=lambda d: (d != ALL, str(d)))
 
 
-def _figure_legend(fig, axes_list, *, loc="outside right upper", ncols=1):
+def _figure_legend(fig, axes_list, *, loc="outside lower center", ncols=4):
     note = _band_note(axes_list)
     handles, labels = {}, []
     for ax in axes_list:
@@ -249,7 +263,7 @@ def _figure_legend(fig, axes_list, *, loc="outside right upper", ncols=1):
                 handles[lab] = h
                 labels.append(lab)
     if handles:
-        fig.legend([handles[lab] for lab in labels], labels, loc=loc, ncols=ncols, title=note, title_fontsize=6)
+        fig.legend([handles[lab] for lab in labels], labels, loc=loc, ncols=ncols, title=note)
 
 
 @styled
@@ -267,14 +281,15 @@ def study_figure(results: pd.DataFrame, *, metrics=(DELTA_LOSS, "kl"), domains=N
         return no_data_figure(fig, title="compression study")
     results = wide_results(results)
     domains = _domains(results, domains, metrics)
-    fig = fig or plt.figure(figsize=(TWO_COLUMN, 0.5 + 1.55 * len(metrics)), layout="constrained")
+    fig = fig or plt.figure(figsize=(TWO_COLUMN, 0.9 + 1.5 * len(metrics)), layout="constrained")
     grid = fig.subplots(len(metrics), len(domains), squeeze=False, sharex=True, sharey="row")
     for i, metric in enumerate(metrics):
         data = _prepare(results, metric)
         hue = _hue(data, None)
         for j, domain in enumerate(domains):
             ax = loss_vs_ratio(data, metric=metric, domain=domain, legend=False, ax=grid[i, j])
-            ax.set_title(str(domain) if i == 0 else "")
+            ax.set_title("", loc="left")
+            ax.set_title(str(domain) if i == 0 else "", loc="center")
             for text in list(ax.texts):
                 if text.get_text().startswith("random"):
                     text.remove()
@@ -285,16 +300,7 @@ def study_figure(results: pd.DataFrame, *, metrics=(DELTA_LOSS, "kl"), domains=N
         limits = _focus_limits(data, metric, hue) if focus and metric in data.columns else None
         if limits:
             grid[i, 0].set_ylim(limits[0], limits[1])
-            grid[i, -1].text(
-                0.98,
-                0.98 if metric == "agreement" else 0.02,
-                "random: off scale",
-                transform=grid[i, -1].transAxes,
-                ha="right",
-                va="top" if metric == "agreement" else "bottom",
-                fontsize=5.5,
-                color=criterion_color("random"),
-            )
+            _off_scale(grid[i, -1], limits, text="random: off scale")
     _figure_legend(fig, grid.ravel())
     return fig
 
@@ -317,11 +323,11 @@ def compression_figure(
     """
     if is_empty(results):
         return no_data_figure(fig, title="compression")
-    fig = fig or plt.figure(figsize=(TWO_COLUMN, 2.35), layout="constrained")
+    fig = fig or plt.figure(figsize=(TWO_COLUMN, 2.75), layout="constrained")
     panels = fig.subplots(1, len(metrics), squeeze=False)[0]
     for ax, metric in zip(panels, metrics):
         loss_vs_ratio(results, metric=metric, domain=domain, focus=focus, legend=False, ax=ax)
-    _figure_legend(fig, panels, loc="outside lower center", ncols=5)
+    _figure_legend(fig, panels, ncols=4)
     return fig
 
 
@@ -342,12 +348,12 @@ def scores_figure(results: pd.DataFrame, *, hue: str | None = None, fig=None):
     panels = results.dropna(subset=[METRIC])[[DOMAIN, METRIC]].drop_duplicates().values.tolist()
     ncols = min(len(panels), 3)
     nrows = -(-len(panels) // ncols)
-    fig = fig or plt.figure(figsize=(TWO_COLUMN, 0.55 + 1.7 * nrows), layout="constrained")
+    fig = fig or plt.figure(figsize=(TWO_COLUMN, 0.9 + 1.7 * nrows), layout="constrained")
     grid = fig.subplots(nrows, ncols, squeeze=False, sharex=True).ravel()
     for (domain, metric), ax in zip(panels, grid):
         loss_vs_ratio(results, metric=metric, domain=domain, hue=hue, legend=False, ax=ax)
-        ax.set_title(f"{metric}\n{domain}")
-        ax.set_xlabel(ax.get_xlabel().replace("95% bootstrap CI", "95% CI, value ± 1.96 stderr"))
+        ax.set_title(f"{metric}\n{domain}", loc="left")
+        ax.set_xlabel(ax.get_xlabel().replace("own 95% CI", "value ± 1.96 stderr"))
         ax.tick_params(labelbottom=True)  # every panel reads on its own (shared x hides inner labels)
     for ax in grid[len(panels) :]:
         ax.axis("off")
@@ -358,13 +364,16 @@ def scores_figure(results: pd.DataFrame, *, hue: str | None = None, fig=None):
 @styled
 def layer_sensitivity(frame: pd.DataFrame, *, metric: str = DELTA_LOSS, ratio: float | None = 0.5, ax=None):
     """Per-layer sensitivity: Δ loss when `ratio` of the experts of one layer at a time are pruned,
-    one bar per layer, with the 95% interval when the frame has <metric>_lo / <metric>_hi.
+    one bar per layer, with the 95% interval (paired with the unpruned model) when the frame has
+    <metric>_lo / <metric>_hi.
 
         >>> layer_sensitivity(pd.DataFrame({"layer": [0, 1, 2], "delta_loss": [0.3, 0.1, 0.05]}))
         <Axes: title={'center': 'per-layer sensitivity: 50% of one layer pruned'}, ...>
     """
-    fig, ax = axes(ax, (COLUMN, 1.9))
-    ax.set_title("per-layer sensitivity" + (f": {ratio:.0%} of one layer pruned" if ratio is not None else ""))
+    fig, ax = axes(ax, (COLUMN, 2.0))
+    ax.set_title(
+        "one layer pruned at a time" + (f", {ratio:.0%} of its experts" if ratio is not None else ""), loc="left"
+    )
     if is_empty(frame) or metric not in frame.columns:
         return no_data(ax)
     data = (
@@ -378,9 +387,9 @@ def layer_sensitivity(frame: pd.DataFrame, *, metric: str = DELTA_LOSS, ratio: f
     ax.bar(
         x, data[metric], width=0.7, color=color, yerr=errors, error_kw=dict(elinewidth=0.7, capsize=1.5, ecolor="black")
     )
-    ax.axhline(0, color="0.4", linewidth=0.5)
+    reference_line(ax, 0.0)
     ax.set_xticks(x, [str(v) for v in data.index])
-    ax.set_xlabel("layer pruned" + (" (error bars: 95% bootstrap CI)" if errors is not None else ""))
+    ax.set_xlabel("layer pruned" + (" (bars: paired 95% CI)" if errors is not None else ""))
     ax.set_ylabel(METRIC_LABELS.get(metric, metric))
     return ax
 
@@ -404,6 +413,7 @@ def loss_vs_ratio_by_domain(results: pd.DataFrame, *, metric: str = DELTA_LOSS, 
     grid = fig.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=True).ravel()
     for domain, ax in zip(domains, grid):
         loss_vs_ratio(results, metric=metric, domain=domain, hue=hue, legend=False, ax=ax)
+        ax.set_title("", loc="left")
         ax.set_title(str(domain))
     for i, ax in enumerate(grid[:n]):
         if i % ncols:
@@ -415,37 +425,44 @@ def loss_vs_ratio_by_domain(results: pd.DataFrame, *, metric: str = DELTA_LOSS, 
 
 
 @styled
-def reconstruction_by_layer(frame: pd.DataFrame, *, hue: str = CRITERION, style_by: str = RATIO, ax=None):
-    """Relative L2 error of each MoE block's output (layer, rel_l2 [, criterion, ratio]) by layer:
-    colour = `hue` value (criterion colours), line style = `style_by` value.
+def reconstruction_by_layer(frame: pd.DataFrame, *, hue: str = CRITERION, facet: str = RATIO, fig=None):
+    """Relative L2 error of each MoE block's output (layer, rel_l2 [, rel_l2_lo, rel_l2_hi, criterion,
+    ratio]) by layer: one panel per `facet` value (ratio), one colour per `hue` value (criterion), the
+    95% bootstrap interval over sequences as a band. Returns the Figure.
 
-        >>> reconstruction_by_layer(reconstruction)
-        <Axes: title={'center': 'block reconstruction error'}, ...>
+        >>> reconstruction_by_layer(reconstruction)        # reapkit.measure.evaluate.reconstruction_error
+        <Figure size 487.5x390 with 1 Axes>
     """
-    fig, ax = axes(ax)
-    ax.set_title("block reconstruction error")
     if is_empty(frame) or "rel_l2" not in frame.columns:
-        return no_data(ax)
+        return no_data_figure(fig, title="block reconstruction error")
+    facets = sorted(set(frame[facet])) if facet in frame.columns else [None]
+    width = TWO_COLUMN if len(facets) > 1 else COLUMN
+    fig = fig or plt.figure(figsize=(width, 2.6), layout="constrained")
+    grid = fig.subplots(1, len(facets), squeeze=False, sharey=True)[0]
     hues = list(dict.fromkeys(frame[hue])) if hue in frame.columns else [None]
-    styles = sorted(set(frame[style_by])) if style_by in frame.columns else [None]
-    dashes = ["-", "--", ":", "-."]
-    for h in hues:
-        for j, st in enumerate(styles):
-            part = select(frame, **{hue: h, style_by: st}).groupby("layer")["rel_l2"].mean()
+    columns = [c for c in interval_columns("rel_l2") if c in frame.columns]
+    for ax, value in zip(grid, facets):
+        for h in hues:
+            part = select(frame, **{hue: h, facet: value}).groupby("layer")[columns].mean()
             if part.empty:
                 continue
-            label = " ".join(f"{v:.0%}" if isinstance(v, float) else str(v) for v in (h, st) if v is not None)
+            color, bold = criterion_color(h), h == "reap"
             ax.plot(
                 part.index,
-                part.to_numpy(),
+                part["rel_l2"],
                 marker="o",
                 markersize=2.2,
-                color=criterion_color(h),
-                linestyle=dashes[j % 4],
-                label=label or None,
+                color=color,
+                linewidth=1.6 if bold else 1.0,
+                zorder=3 if bold else 2,
+                label=label(h) if h is not None else None,
             )
-    integer_axis(ax, "x")
-    ax.set_xlabel("layer")
-    ax.set_ylabel("relative L2 error")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), borderaxespad=0)
-    return ax
+            if len(columns) == 3:
+                ax.fill_between(part.index, part[columns[1]], part[columns[2]], color=color, alpha=0.18, linewidth=0)
+        ax.set_title(f"{value:.0%} removed" if isinstance(value, float) else "block reconstruction error", loc="left")
+        integer_axis(ax, "x")
+        ax.set_xlabel("layer")
+    grid[0].set_ylim(bottom=0)
+    grid[0].set_ylabel("relative L2 error of the block output")
+    legend_below(fig, grid, title="bands: 95% CI over sequences" if len(columns) == 3 else None)
+    return fig

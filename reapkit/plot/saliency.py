@@ -1,13 +1,11 @@
-"""Figures of expert saliency: heatmaps, sorted curves, raw distributions per layer, experts kept per layer.
+"""Figures of expert saliency: heatmaps of the raw scores and each layer's sorted scores with the cut-offs.
 
->>> saliency_heatmap(scores, criterion="reap")                 # raw scale, log colours, shared bar
-<Axes: title={'left': 'reap'}, ...>
+>>> saliency_heatmap(scores, criterion="reap")                 # raw scale, log colours
+<Axes: title={'left': 'REAP'}, ...>
 >>> saliency_curves(scores, criterion="reap", ratio=0.5)
-<Axes: title={'center': 'reap: sorted scores'}, ...>
->>> saliency_distributions(scores, criterion="reap", ratio=0.5, budget=global_plan)
-<Axes: title={'center': 'reap: raw scores per layer'}, ...>
->>> kept_per_layer({"uniform": plan, "global budget": global_plan})
-<Axes: title={'center': 'experts kept per layer'}, ...>
+<Axes: title={'center': 'REAP: sorted scores'}, ...>
+
+(What plans keep, expert usage and the global budget: `reapkit.plot.kept`.)
 """
 
 from __future__ import annotations
@@ -20,32 +18,29 @@ import pandas as pd
 from reapkit.measure.schema import ALL, select
 from reapkit.plot.theme import (
     COLUMN,
+    MIN_TEXT,
     MISSING_COLOR,
+    REFERENCE_STYLE,
     TWO_COLUMN,
     axes,
-    criterion_color,
     index_ticks,
     integer_axis,
     is_empty,
+    label,
+    layer_greys,
     no_data,
     no_data_figure,
+    plain_log_axis,
     styled,
 )
 from reapkit.select.plan import pruned_count
-from reapkit.study.tables import mask_frame, uniform_cutoffs, value_table
+from reapkit.study.tables import value_table
 
-__all__ = ["saliency_heatmap", "saliency_heatmaps", "saliency_curves", "saliency_distributions", "kept_per_layer"]
-
-
-def _legend_below(ax):
-    """A two-column legend under the x label (keeps the panel's width for the data)."""
-    ax.legend(
-        loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=2, borderaxespad=0, handletextpad=0.3, columnspacing=1.0
-    )
+__all__ = ["saliency_heatmap", "saliency_heatmaps", "saliency_curves"]
 
 
 def _title(criterion, domain):
-    return f"{criterion}" + (f" ({domain})" if domain not in (None, ALL) else "")
+    return label(criterion) + (f" ({domain})" if domain not in (None, ALL) else "")
 
 
 def _norm(values, log):
@@ -117,15 +112,24 @@ def saliency_heatmap(
     else:
         index_ticks(ax, table.columns, "x", max_ticks=16)
     if colorbar:
-        label = (
+        text = (
             "score / layer max"
             if normalise
-            else f"{criterion} score" + (" (log)" if isinstance(norm, matplotlib.colors.LogNorm) else "")
+            else label(criterion) + (" (log)" if isinstance(norm, matplotlib.colors.LogNorm) else "")
         )
-        fig.colorbar(image, ax=ax, label=label, shrink=0.95, pad=0.02)
+        bar = fig.colorbar(image, ax=ax, label=text, shrink=0.95, pad=0.02)
+        if isinstance(norm, matplotlib.colors.LogNorm):
+            plain_log_axis(bar.ax, "y")
     if np.ma.getmaskarray(masked).any() & np.isfinite(values).any():
         ax.text(
-            1.0, 1.0, "grey: never routed", transform=ax.transAxes, ha="right", va="bottom", fontsize=6, color="0.35"
+            1.0,
+            1.0,
+            "grey: never routed",
+            transform=ax.transAxes,
+            ha="right",
+            va="bottom",
+            fontsize=MIN_TEXT,
+            color="0.35",
         )
     return ax
 
@@ -150,7 +154,7 @@ def saliency_heatmaps(
     n = len(criteria)
     ncols = 2 if n > 1 else 1
     nrows = -(-n // ncols)
-    fig = fig or plt.figure(figsize=(TWO_COLUMN if ncols > 1 else COLUMN, 0.35 + 1.55 * nrows), layout="constrained")
+    fig = fig or plt.figure(figsize=(TWO_COLUMN if ncols > 1 else COLUMN, 0.3 + 1.45 * nrows), layout="constrained")
     grid = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for criterion, ax in zip(criteria, grid):
         saliency_heatmap(frame, criterion=criterion, domain=domain, sort=sort, normalise=normalise, log=log, ax=ax)
@@ -181,7 +185,7 @@ def saliency_curves(
         >>> saliency_curves(scores, criterion="reap", ratio=[0.25, 0.5])
         <Axes: title={'center': 'reap: sorted scores'}, ...>
 
-    Experts to the right of a dashed line are the ones a uniform plan at that ratio removes. Raw
+    Experts to the right of a grey line are the ones a uniform plan at that ratio removes. Raw
     scores on a log axis by default (`normalise=True` divides by each layer's maximum).
     """
     fig, ax = axes(ax)
@@ -190,8 +194,8 @@ def saliency_curves(
     if is_empty(data):
         return no_data(ax)
     table = value_table(data)
-    cmap = plt.get_cmap("cividis")
     n_layers = len(table)
+    greys = layer_greys(n_layers)
     positive = True
     for i, (layer, row) in enumerate(table.iterrows()):
         values = np.sort(row.dropna().to_numpy(dtype=float))[::-1]
@@ -201,7 +205,7 @@ def saliency_curves(
         ax.plot(
             np.arange(1, values.size + 1),
             values,
-            color=cmap(0.85 * i / max(n_layers - 1, 1)),
+            color=greys[i],
             linewidth=1.0,
             label=f"layer {layer}",
             marker="o" if values.size <= 16 else None,
@@ -209,13 +213,23 @@ def saliency_curves(
         )
     if log and (table.to_numpy(float) > 0).any():
         ax.set_yscale("log")
+        plain_log_axis(ax)
         if not positive:
-            ax.text(0.0, 0.0, " zero scores not shown", transform=ax.transAxes, fontsize=6, color="0.35", va="bottom")
+            ax.text(
+                1.0,
+                1.0,
+                "zero scores not drawn",
+                transform=ax.transAxes,
+                fontsize=MIN_TEXT,
+                color="0.35",
+                ha="right",
+                va="top",
+            )
     ratios = [] if ratio is None else [ratio] if np.isscalar(ratio) else list(ratio)
     n = table.shape[1]
     for r in sorted(ratios):
         keep = n - pruned_count(n, r)
-        ax.axvline(keep + 0.5, color="0.3", linestyle="--", linewidth=0.7, zorder=0)
+        ax.axvline(keep + 0.5, zorder=0, **REFERENCE_STYLE)
         ax.annotate(
             f"{r:.0%}",
             xy=(keep + 0.5, 0.0),
@@ -224,165 +238,19 @@ def saliency_curves(
             textcoords="offset points",
             ha="left",
             va="bottom",
-            fontsize=6,
+            fontsize=MIN_TEXT,
             color="0.3",
         )
     integer_axis(ax, "x")
     ax.set_xlim(0.5, n + 0.5)
-    ax.set_xlabel("expert rank in layer" + ("  (dashed: cut-off at % removed)" if ratios else ""))
-    ax.set_ylabel("score / layer max" if normalise else f"{criterion} score")
+    ax.set_xlabel("expert rank in layer" + (" (lines: % removed)" if ratios else ""))
+    ax.set_ylabel("score / layer max" if normalise else f"{label(criterion)} score")
     if n_layers <= 6:
-        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), borderaxespad=0)
+        ax.legend(loc="upper right", ncols=2, handlelength=1.2, columnspacing=0.8)
     else:
         sm = matplotlib.cm.ScalarMappable(
-            cmap=matplotlib.colors.LinearSegmentedColormap.from_list("depth", [cmap(0.0), cmap(0.85)]),
+            cmap=matplotlib.colors.LinearSegmentedColormap.from_list("depth", ["0.7", "0.0"]),
             norm=matplotlib.colors.Normalize(table.index.min(), table.index.max()),
         )
-        fig.colorbar(sm, ax=ax, label="layer", pad=0.02)
-    return ax
-
-
-@styled
-def saliency_distributions(
-    frame: pd.DataFrame, *, criterion: str = "reap", domain: str = ALL, ratio: float | None = 0.5, budget=None, ax=None
-):
-    """Raw scores of every expert, one column of dots per layer, on a log axis: the scale each layer
-    has, which a global budget compares across layers.
-
-        >>> saliency_distributions(scores, criterion="reap", ratio=0.5, budget=global_plan)
-        <Axes: title={'center': 'reap: raw scores per layer'}, ...>
-
-    With `ratio`, a short black bar marks each layer's uniform cut-off (experts below it are
-    pruned); with `budget` (a plan or mask frame), the experts that plan prunes are drawn hollow.
-    Experts scoring 0 (never routed) sit on the bottom edge as grey crosses.
-    """
-    fig, ax = axes(ax, (COLUMN, 2.2))
-    ax.set_title(f"{_title(criterion, domain)}: raw scores per layer")
-    data = select(frame, criterion=criterion, domain=domain) if not is_empty(frame) else frame
-    if is_empty(data):
-        return no_data(ax)
-    table = value_table(data)
-    pruned = set()
-    if budget is not None:
-        mask = budget if isinstance(budget, pd.DataFrame) else mask_frame(budget)
-        pruned = {(int(r.layer), int(r.expert)) for r in mask.itertuples() if not r.kept}
-    values = table.to_numpy(float)
-    positive = values[np.isfinite(values) & (values > 0)]
-    floor = positive.min() / 2 if positive.size else 1.0
-    color = criterion_color(criterion)
-    rng = np.random.default_rng(0)
-    for x, (layer, row) in enumerate(table.iterrows()):
-        v = row.to_numpy(float)
-        jitter = rng.uniform(-0.22, 0.22, v.size)
-        gone = np.array([(int(layer), int(e)) in pruned for e in row.index])
-        zero = ~(v > 0)
-        kept_ = ~gone & ~zero
-        ax.scatter(
-            x + jitter[kept_], v[kept_], s=7, color=color, linewidths=0, label="kept" if x == 0 else None, zorder=2
-        )
-        if budget is not None:
-            ax.scatter(
-                x + jitter[gone & ~zero],
-                v[gone & ~zero],
-                s=7,
-                facecolors="none",
-                edgecolors=color,
-                linewidths=0.6,
-                label="pruned by budget" if x == 0 else None,
-                zorder=2,
-            )
-        if zero.any():
-            ax.scatter(
-                x + jitter[zero],
-                np.full(zero.sum(), floor),
-                s=8,
-                marker="x",
-                color="0.55",
-                linewidths=0.6,
-                label="never routed" if x == 0 else None,
-                zorder=2,
-                clip_on=False,
-            )
-    if ratio is not None:
-        cut = uniform_cutoffs(data, ratio)
-        for x, threshold in enumerate(cut["threshold"]):
-            if threshold > 0:
-                ax.plot(
-                    [x - 0.36, x + 0.36],
-                    [threshold, threshold],
-                    color="black",
-                    linewidth=1.0,
-                    zorder=3,
-                    label=f"uniform cut-off, {ratio:.0%} removed" if x == 0 else None,
-                )
-    if positive.size:
-        ax.set_yscale("log")
-        if (~(values > 0)).any():
-            ax.set_ylim(bottom=floor * 0.8)
-    ax.set_xticks(np.arange(len(table)), [str(i) for i in table.index])
-    ax.set_xlim(-0.6, len(table) - 0.4)
-    ax.set_xlabel("layer")
-    ax.set_ylabel(f"{criterion} score (log)")
-    _legend_below(ax)
-    return ax
-
-
-@styled
-def kept_per_layer(plans, *, ax=None):
-    """Experts kept in each layer by one or more plans: grouped bars, one colour per plan's criterion,
-    a global budget hatched. `plans` is {name: PruningPlan or mask frame} (or one plan).
-
-        >>> kept_per_layer({"reap 50%": plan, "global reap": global_plan})
-        <Axes: title={'center': 'experts kept per layer'}, ...>
-
-    The dashed line is the number of experts per layer before pruning.
-    """
-    fig, ax = axes(ax, (COLUMN, 1.9))
-    ax.set_title("experts kept per layer")
-    if plans is None or (isinstance(plans, dict) and not plans):
-        return no_data(ax)
-    if not isinstance(plans, dict):
-        plans = {getattr(plans, "criterion", "plan"): plans}
-    masks = {name: (p if isinstance(p, pd.DataFrame) else mask_frame(p)) for name, p in plans.items()}
-    masks = {k: v for k, v in masks.items() if not v.empty}
-    if not masks:
-        return no_data(ax)
-    layers = sorted(set().union(*(set(m["layer"]) for m in masks.values())))
-    width = 0.8 / len(masks)
-    for i, (name, mask) in enumerate(masks.items()):
-        counts = mask.groupby("layer")["kept"].sum().reindex(layers, fill_value=0)
-        plan = plans[name]
-        if isinstance(plan, pd.DataFrame):
-            criterion = mask["criterion"].iloc[0] if "criterion" in mask else name
-            is_global = "global" in str(name)
-        else:
-            criterion = plan.criterion
-            is_global = bool(plan.provenance.get("global_budget")) or "global" in str(name)
-        x = np.arange(len(layers)) - 0.4 + width * (i + 0.5)
-        ax.bar(
-            x,
-            counts.to_numpy(),
-            width=width * 0.92,
-            color=criterion_color(criterion) if not is_global else "white",
-            edgecolor=criterion_color(criterion),
-            hatch="/////" if is_global else None,
-            linewidth=0.6,
-            label=str(name),
-        )
-    total = mask.groupby("layer")["expert"].count().reindex(layers)
-    ax.step(
-        np.arange(len(layers) + 1) - 0.5,
-        np.r_[total.to_numpy(), total.to_numpy()[-1]],
-        where="post",
-        color="0.4",
-        linestyle="--",
-        linewidth=0.7,
-        label="experts before pruning",
-    )
-    ax.set_xticks(np.arange(len(layers)), [str(v) for v in layers])
-    integer_axis(ax, "y")
-    ax.set_ylim(0, float(total.max()) * 1.05)
-    ax.set_xlabel("layer")
-    ax.set_ylabel("experts kept")
-    _legend_below(ax)
+        fig.colorbar(sm, ax=ax, label="layer (lighter: earlier)", pad=0.02)
     return ax

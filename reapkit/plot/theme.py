@@ -3,15 +3,24 @@
     >>> with style():                                   # every plot function applies it already
     ...     fig, ax = plt.subplots(figsize=(COLUMN, 2.2))
     >>> criterion_color("reap"), criterion_color("my_criterion")   # stable colours, any name
-    ('#D55E00', '#AA4499')
+    ('#D55E00', '#CC6677')
+    >>> label("ean_mean")                               # 'activation norm': what a figure prints
+    'activation norm'
     >>> save_figure(fig, "figures", "name")             # figures/name.pdf (vector) + name.png (300 dpi)
     [PosixPath('figures/name.png'), PosixPath('figures/name.pdf')]
 
-Colours belong to criteria and methods only (Okabe-Ito, colour-blind safe, then Paul Tol's muted
-set); REAP is vermillion everywhere. A criterion that is not in the table (a registered one) takes
-a colour from the spare ones by a hash of its name, so it is the same in every figure. The global
-budget of a criterion takes the criterion's colour and a dotted line; merges are dashed. Domains
-are told apart by marker and line style, in black and greys, never by the criteria's colours.
+Sizes: figures are drawn at the size they are printed, one column :data:`COLUMN` (3.25 in) or the
+full text width :data:`TWO_COLUMN` (5.5 in, NeurIPS / ICLR), with text of :data:`MIN_TEXT` pt or
+more; legends of one-column figures go below the axes.
+
+Colours belong to methods only, one each (Okabe-Ito, colour-blind safe, then Paul Tol's muted
+set); REAP is vermillion everywhere and drawn thicker, on top. A criterion that is not in the
+table (a registered one) takes a spare colour by a hash of its name, the same in every figure.
+
+Line styles, one meaning each: solid = pruning, dashed = merging, dotted = a global budget
+(:data:`METHOD_LINESTYLES`); a thin grey dash-dot line = chance (:func:`chance_line`); thin solid
+grey = a reference (0, a cut-off, a threshold). Domains are told apart by marker, in black and
+greys, never by the methods' colours.
 """
 
 from __future__ import annotations
@@ -30,20 +39,21 @@ from reapkit.atomic import atomic_file
 from reapkit.errors import InvalidInput
 from reapkit.measure.schema import UNPRUNED
 
-#: Width of one column / two columns of a paper, inches.
-COLUMN, TWO_COLUMN = 3.3, 6.8
+#: Width of one column and of the full text width of a paper, inches (NeurIPS / ICLR print 5.5 in).
+COLUMN, TWO_COLUMN = 3.25, 5.5
+#: The smallest text, in points at the printed size.
+MIN_TEXT = 6.0
 
-#: The one shared style (matplotlib rc parameters) of every reapkit figure: 7-8 pt text at print size.
+#: The one shared style (matplotlib rc parameters) of every reapkit figure: 6-8 pt text at print size.
 STYLE = {
     "figure.dpi": 150,
     "savefig.dpi": 300,
-    "savefig.bbox": "tight",
-    "savefig.pad_inches": 0.02,
+    "savefig.bbox": "standard",
     "figure.constrained_layout.h_pad": 0.02,
     "figure.constrained_layout.w_pad": 0.02,
     "font.family": "DejaVu Sans",
     "font.size": 7,
-    "axes.titlesize": 8,
+    "axes.titlesize": 7.5,
     "axes.labelsize": 7,
     "axes.linewidth": 0.6,
     "axes.spines.top": False,
@@ -51,10 +61,13 @@ STYLE = {
     "axes.grid": False,
     "axes.titlepad": 3,
     "axes.labelpad": 2,
+    "figure.titlesize": 8,
     "legend.fontsize": 6.5,
+    "legend.title_fontsize": 6.5,
     "legend.frameon": False,
     "legend.handlelength": 1.8,
     "legend.borderaxespad": 0.3,
+    "legend.columnspacing": 1.0,
     "xtick.labelsize": 6.5,
     "ytick.labelsize": 6.5,
     "xtick.major.width": 0.6,
@@ -67,6 +80,7 @@ STYLE = {
     "lines.linewidth": 1.2,
     "lines.markersize": 3,
     "patch.linewidth": 0.5,
+    "hatch.linewidth": 0.5,
     "pdf.fonttype": 42,
     "svg.hashsalt": "reapkit",
 }
@@ -84,18 +98,19 @@ OKABE_ITO = {
 #: Paul Tol's "muted" scheme (personal.sron.nl/~pault), colour-blind safe: the spare colours.
 TOL_MUTED = ("#332288", "#88CCEE", "#44AA99", "#117733", "#999933", "#DDCC77", "#CC6677", "#882255", "#AA4499")
 
-#: The one criterion / method -> colour map of every figure.
+#: The one method -> colour map of every figure: each method (criterion, baseline, merge, budget) its own colour.
 CRITERION_COLORS = {
     "reap": OKABE_ITO["vermillion"],
     "frequency": OKABE_ITO["blue"],
     "soft_frequency": OKABE_ITO["sky"],
     "ean_mean": OKABE_ITO["green"],
-    "ean_sum": TOL_MUTED[3],
-    "weighted_ean_sum": OKABE_ITO["purple"],
-    "max_activation": OKABE_ITO["orange"],
     "random": "#8C8C8C",
-    "m_smoe": TOL_MUTED[7],
-    "hc_smoe": TOL_MUTED[0],
+    "m_smoe": OKABE_ITO["orange"],
+    "hc_smoe": OKABE_ITO["purple"],
+    "global_reap": TOL_MUTED[7],
+    "ean_sum": TOL_MUTED[3],
+    "weighted_ean_sum": TOL_MUTED[2],
+    "max_activation": TOL_MUTED[4],
     UNPRUNED: OKABE_ITO["black"],
 }
 _ALIASES = {
@@ -108,11 +123,15 @@ _SPARE = tuple(c for c in TOL_MUTED if c not in CRITERION_COLORS.values())
 
 #: Line style of each method (column `method` of a study frame).
 METHOD_LINESTYLES = {"prune": "-", "merge": "--", "global": ":"}
+#: Chance levels: thin grey dash-dot, the one style that means chance.
+CHANCE_STYLE = {"color": "0.45", "linestyle": (0, (4, 1.5, 1, 1.5)), "linewidth": 0.8}
+#: References (0, a cut-off, a threshold): thin solid grey.
+REFERENCE_STYLE = {"color": "0.35", "linestyle": "-", "linewidth": 0.6}
 #: Domains: marker and line style (drawn in black or grey).
 DOMAIN_MARKERS = {"code": "o", "prose": "s", "tools": "^", "math": "D", "mix": "P", "all": "*"}
 DOMAIN_LINESTYLES = {
     "all": "-",
-    "code": (0, (4, 1.5)),
+    "code": (0, (5, 1, 1, 1, 1, 1)),
     "prose": (0, (1, 1)),
     "tools": (0, (4, 1, 1, 1)),
     "math": (0, (6, 1.5, 1, 1.5, 1, 1.5)),
@@ -123,20 +142,30 @@ _SPARE_DASHES = ((0, (3, 3)), (0, (5, 1, 1, 1, 1, 1)), (0, (1, 2)), (0, (8, 2)))
 
 #: Colour of experts that received no calibration tokens ("never routed") in heatmaps.
 MISSING_COLOR = "#D9D9D9"
+#: Cells with no value (an undefined diagonal): white, hatched grey, unlike any value of a colour scale.
+UNDEFINED = {"facecolor": "white", "hatch": "//////", "edgecolor": "0.6", "linewidth": 0}
+
+
+def label(name) -> str:
+    """What a figure prints for a method or criterion: ``label("ean_mean") == "activation norm"``
+    (`reapkit.measure.schema.display_name`)."""
+    from reapkit.measure.schema import display_name
+
+    return display_name(name)
 
 
 def criterion_color(name) -> str:
-    """Colour of a criterion or method label (global_<criterion> takes the criterion's colour).
+    """Colour of a criterion or method label, the same in every figure.
 
         >>> criterion_color("reap")
         '#D55E00'
 
-    Names outside :data:`CRITERION_COLORS` get a stable spare colour from a hash of the name.
+    Names outside :data:`CRITERION_COLORS` get a stable spare colour from a hash of the name (a
+    global budget of another criterion: that criterion's colour).
     """
-    name = str(name)
-    if name.startswith("global_"):
+    name = _ALIASES.get(str(name), str(name))
+    if name not in CRITERION_COLORS and name.startswith("global_"):
         name = name[len("global_") :]
-    name = _ALIASES.get(name, name)
     if name in CRITERION_COLORS:
         return CRITERION_COLORS[name]
     return _SPARE[zlib.crc32(name.encode()) % len(_SPARE)]
@@ -148,6 +177,11 @@ def method_linestyle(label, method: str | None = None):
         label = _ALIASES.get(str(label), str(label))
         method = "global" if label.startswith("global_") else "merge" if label in ("m_smoe", "hc_smoe") else "prune"
     return METHOD_LINESTYLES.get(method, "-")
+
+
+def layer_greys(n: int) -> list[str]:
+    """n greys from light to black: layers by depth (colours belong to methods)."""
+    return [str(round(0.7 - 0.7 * i / max(n - 1, 1), 3)) for i in range(n)]
 
 
 def domain_marker(domain) -> str:
@@ -272,7 +306,8 @@ def panels(n: int, *, ncols: int = 3, size=(2.2, 1.8), sharex=False, sharey=Fals
 
 
 def per_criterion(function, frame, criteria=None, *, ncols: int = 2, **kwargs):
-    """One panel per criterion: `function(frame, criterion=c, ax=ax, **kwargs)`; returns the Figure.
+    """One panel per criterion: `function(frame, criterion=c, ax=ax, **kwargs)`; the panels' legends
+    become one legend below them. Returns the Figure.
 
     >>> from reapkit.plot.saliency import saliency_curves
     >>> per_criterion(saliency_curves, scores, ["reap", "frequency"], ratio=[0.25, 0.5])
@@ -282,10 +317,30 @@ def per_criterion(function, frame, criteria=None, *, ncols: int = 2, **kwargs):
         criteria = list(dict.fromkeys(frame["criterion"])) if not is_empty(frame) else []
     if not criteria:
         return no_data_figure(title=getattr(function, "__name__", None))
-    fig, axes = panels(len(criteria), ncols=ncols, width=TWO_COLUMN if len(criteria) > 1 else COLUMN, size=(3.3, 2.3))
+    width = TWO_COLUMN if len(criteria) > 1 else COLUMN
+    fig, axes = panels(len(criteria), ncols=ncols, width=width, size=(2.6, 1.75))
     for criterion, ax in zip(criteria, axes):
         function(frame, criterion=criterion, ax=ax, **kwargs)
+    legend_below(fig, axes)
     return fig
+
+
+@styled
+def legend_below(fig, axes_list, *, ncols: int | None = None, title: str | None = None, **kwargs):
+    """One legend for `axes_list` below the panels (each label once; the panels' own legends removed)."""
+    handles = {}
+    for ax in axes_list:
+        for handle, text in zip(*ax.get_legend_handles_labels()):
+            if not text.startswith("_"):
+                handles.setdefault(text, handle)
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
+    if not handles:
+        return None
+    ncols = ncols or min(len(handles), 4 if fig.get_figwidth() > COLUMN + 0.1 else 2)
+    return fig.legend(
+        list(handles.values()), list(handles), loc="outside lower center", ncols=ncols, title=title, **kwargs
+    )
 
 
 def axes(ax, figsize=(COLUMN, 2.2)):
@@ -298,7 +353,7 @@ def axes(ax, figsize=(COLUMN, 2.2)):
 
 def no_data(ax, message: str = "no data"):
     """Mark an Axes as empty with a grey note (plot functions do this instead of raising)."""
-    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, color="0.4")
+    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, color="0.4", fontsize=MIN_TEXT + 1)
     ax.set_xticks([])
     ax.set_yticks([])
     return ax
@@ -337,25 +392,48 @@ def index_ticks(ax, labels, axis: str = "y", *, max_ticks: int = 12, rotation: f
         ax.set_xticks(positions, texts, rotation=rotation)
 
 
+def plain_log_axis(ax, axis: str = "y"):
+    """Plain numbers (0.2, 1, 5) on a log axis instead of powers of ten, minor ticks labelled where few."""
+    target = ax.yaxis if axis == "y" else ax.xaxis
+    plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+    target.set_major_formatter(plain)
+    low, high = ax.get_ylim() if axis == "y" else ax.get_xlim()
+    if high / max(low, 1e-300) < 30:  # under 1.5 decades: label 2 and 5 too
+        target.set_minor_locator(matplotlib.ticker.LogLocator(subs=(2, 5)))
+        target.set_minor_formatter(plain)
+    else:
+        target.set_minor_formatter(matplotlib.ticker.NullFormatter())
+
+
 def percent_axis(ax, axis: str = "x"):
     (ax.xaxis if axis == "x" else ax.yaxis).set_major_formatter(matplotlib.ticker.PercentFormatter(1.0, decimals=0))
 
 
 def chance_line(ax, value: float, *, axis: str = "y", label: str | None = "chance", text: bool = True):
-    """A thin grey dotted line at a chance level, labelled at its right end inside the axes."""
-    line = (ax.axhline if axis == "y" else ax.axvline)(
-        value, color="0.45", linestyle=(0, (1, 1.5)), linewidth=0.8, zorder=1, label=None
-    )
+    """A thin grey dash-dot line at a chance level (:data:`CHANCE_STYLE`), labelled at its right end inside the axes."""
+    line = (ax.axhline if axis == "y" else ax.axvline)(value, zorder=1, label=None, **CHANCE_STYLE)
     if text and label:
         ax.annotate(
             f"{label} {value:.2f}",
-            xy=(1.0, value),
-            xycoords=("axes fraction", "data"),
-            xytext=(-1, 1.5),
+            xy=(1.0, value) if axis == "y" else (value, 1.0),
+            xycoords=("axes fraction", "data") if axis == "y" else ("data", "axes fraction"),
+            xytext=(-1, 1.5) if axis == "y" else (1.5, -1),
             textcoords="offset points",
-            ha="right",
-            va="bottom",
-            fontsize=6,
+            ha="right" if axis == "y" else "left",
+            va="bottom" if axis == "y" else "top",
+            fontsize=MIN_TEXT,
             color="0.35",
         )
     return line
+
+
+def reference_line(ax, value: float, *, axis: str = "y", **kwargs):
+    """A thin solid grey line at a reference value (0, a cut-off, a threshold): :data:`REFERENCE_STYLE`."""
+    return (ax.axhline if axis == "y" else ax.axvline)(value, **{"zorder": 1, **REFERENCE_STYLE, **kwargs})
+
+
+def undefined_cells(ax, cells, *, label: str | None = None):
+    """Hatch the (row, column) cells of an image that have no value (e.g. a diagonal), unlike any colour of its scale."""
+    for r, c in cells:
+        ax.add_patch(matplotlib.patches.Rectangle((c - 0.5, r - 0.5), 1, 1, zorder=2, label=label, **UNDEFINED))
+        label = None

@@ -64,14 +64,6 @@ def main(argv=None) -> int:
         return 130
     except Exception as error:
         message = user_message(error)  # None: a bug, shown with its traceback
-        # LEGACY: removed when every module raises ReapkitError
-        if message is None and isinstance(error, (ValueError, OSError)):
-            text = str(error.args[0]) if len(error.args) == 1 else str(error)
-            if isinstance(error, OSError) and error.strerror and len(error.args) != 1:
-                text = f"{error.strerror}: {error.filename or ''}; check that the path exists and that you may read / write it"
-                text = text.replace(": ;", ";")
-            message = " ".join(text.split("\n"))
-        # end LEGACY
         if message is None:
             raise
         print(f"reapkit {args.command}: error: {message}", file=sys.stderr)

@@ -43,6 +43,8 @@ def _check_observe_options(args) -> bool:
     resumable = bool(args.save_every or args.resume)
     if resumable and args.sequential:
         raise InvalidInput("--save-every and --resume apply to in-memory observe; drop them or drop --sequential")
+    if args.statistics and args.sequential:
+        raise InvalidInput("--statistics applies to in-memory observe for now; drop it or drop --sequential")
     return resumable
 
 
@@ -116,6 +118,7 @@ def cmd_observe(args):
             obs = observe(
                 model,
                 my_share(batches, rank, world),
+                statistics=args.statistics,
                 calibration=settings,
                 progress=rank == 0,
                 partial=partial if resumable else None,

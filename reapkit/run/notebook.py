@@ -93,6 +93,7 @@ def calibrate(P, *, progress: bool = True, model_needed: bool = False) -> Simple
         model,
         batches,
         P.cache_dir or f"{P.output_dir}/cache",
+        statistics="all",  # the notebooks draw co-selection, output-space distances, merges and any criterion
         progress=progress,
         calibration={"spec": P.calibration, "max_length": P.max_length, "seed": P.seed},
     )

@@ -43,6 +43,12 @@ def plan_args(p):
     )
     p.add_argument("--margin", type=int, help="with --global-budget: every layer keeps at least top-k + MARGIN experts")
     p.add_argument("--domains", help="comma-separated calibration domains to score on (default: all)")
+    p.add_argument(
+        "--protect-super-experts",
+        action="store_true",
+        default=None,
+        help="never prune REAP's super experts (observe with --statistics max_signed)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the random criterion")
 
 
@@ -86,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--resume", action="store_true", help=f"continue an interrupted run from OUT{commands.PARTIAL_SUFFIX}"
+    )
+    p.add_argument(
+        "--statistics",
+        nargs="+",
+        metavar="NAME",
+        help="optional statistics to record besides the defaults, e.g. coselect output_sum, or all",
     )
     p.set_defaults(func=commands.cmd_observe)
 

@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 #: The options that make a pruning plan from observations (attribute names of the parsed arguments).
-PLAN_OPTIONS = ("criterion", "ratio", "keep", "global_budget", "margin", "domains")
+PLAN_OPTIONS = ("criterion", "ratio", "keep", "global_budget", "margin", "domains", "protect_super_experts")
 #: The file beside a merged checkpoint that says how it was merged (`reapkit merge --plan` reads it).
 MERGE_PLAN_FILE = "merge_plan.json"
 DEFAULT_RATIO = 0.25
@@ -59,8 +59,16 @@ def plan_from_observations(args, obs):
             raise InvalidInput("--margin applies to a global budget; add --global-budget RATIO or drop --margin")
         ratio = None if args.keep is not None else (DEFAULT_RATIO if args.ratio is None else args.ratio)
         return PruningPlan.from_observations(
-            obs, criterion, ratio=ratio, keep=args.keep, domains=domains, seed=args.seed
+            obs,
+            criterion,
+            ratio=ratio,
+            keep=args.keep,
+            domains=domains,
+            seed=args.seed,
+            protect_super_experts=bool(getattr(args, "protect_super_experts", None)),
         )
+    if getattr(args, "protect_super_experts", None):
+        raise InvalidInput("--protect-super-experts applies to uniform plans (--ratio or --keep), not --global-budget")
     ratio = check_ratio(args.global_budget, "--global-budget")
     total = sum(n - pruned_count(n, ratio) for n in obs.num_experts)
     return PruningPlan.from_global_budget(
@@ -171,6 +179,15 @@ def cmd_plan(args):
 
 
 def cmd_prune(args):
+    if str(args.model).endswith(".gguf"):  # a GGUF file: sliced byte for byte, no model built (reapkit.compress.gguf)
+        from reapkit.compress.gguf import prune_command
+
+        return print(
+            prune_command(
+                args,
+                lambda obs: plan_from_observations(args, obs) if obs else _plan_of(args, required=True, merges=False),
+            )
+        )
     start = time.perf_counter()
     check_output(args.out, args.force, args.model, args.observations, args.plan)
     check_model_name(args.model)

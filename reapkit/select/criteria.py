@@ -19,6 +19,11 @@ applied, f = expert output before gating, p = router probability):
     ean_mean          mean_t ||f_j(t)||
     weighted_ean_sum  sum_t g_j(t) * ||f_j(t)||
     max_activation    max_t max_i |f_j(t)_i|
+    ean_ca            || mean_t f_j(t) ||                 (official REAP code, CerebrasResearch/reap
+                      @1970473 metrics.get_routed_characteristic_activation: the norm of the
+                      expert's routed characteristic activation; needs ``--statistics output_sum``)
+    msan              mean_t ||f_j(t)||^2                 (MSAN, arXiv:2606.15716: mean squared
+                      activation norm over routed tokens)
     random            uniform noise from `seed` (a baseline)
 
 Experts that received no tokens score 0 on the mean criteria. Add your own with
@@ -224,6 +229,13 @@ def _per_routed_token(name: str):
     return lambda stats, seed: _mean_over_routed(stats[name], stats["count"])
 
 
+def _characteristic_norm(stats, seed):
+    """EAN-CA: the norm of each expert's mean routed output (output_sum / count), 0 with no tokens."""
+    count = stats["count"][..., None]
+    mean = np.divide(stats["output_sum"], count, out=np.zeros_like(stats["output_sum"]), where=count > 0)
+    return np.linalg.norm(mean.astype(np.float64), axis=-1)
+
+
 def _uniform_noise(stats, seed):
     return np.random.default_rng(seed).random(stats["count"].shape)
 
@@ -236,6 +248,8 @@ for _name, _fn, _needs in [
     ("ean_mean", _per_routed_token("norm_sum"), ("norm_sum", "count")),
     ("weighted_ean_sum", _statistic("reap_sum"), ("reap_sum",)),
     ("max_activation", _statistic("max_activation"), ("max_activation",)),
+    ("ean_ca", _characteristic_norm, ("output_sum", "count")),
+    ("msan", _per_routed_token("sq_norm_sum"), ("sq_norm_sum", "count")),
     ("random", _uniform_noise, ("count",)),
 ]:
     _register(_name, _fn, _needs)

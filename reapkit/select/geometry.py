@@ -46,6 +46,8 @@ __all__ = [
     "angular_distances",
     "cluster",
     "clusters_at",
+    "cut_height",
+    "coselection_lift",
     "model_vectors",
     "output_vectors",
     "expert_vectors",
@@ -57,6 +59,43 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 # Pure numpy
 # --------------------------------------------------------------------------------------------
+
+
+def cut_height(linkage, n_clusters: int) -> float:
+    """The height at which cutting a dendrogram leaves `n_clusters` clusters: midway between the merge
+    heights on either side of the cut (NaN when there is no such cut).
+
+        >>> cut_height(cluster(d).linkage, 4)
+        0.46034261464352655
+    """
+    heights = np.sort(np.asarray(linkage, dtype=float).reshape(-1, 4)[:, 2]) if np.size(linkage) else np.zeros(0)
+    k = len(heights) + 1 - int(n_clusters)  # merges below the cut
+    if not 0 < k <= len(heights) or n_clusters < 2:
+        return float("nan")
+    return float((heights[k - 1] + heights[k]) / 2) if k < len(heights) else float(heights[-1])
+
+
+def coselection_lift(coselect) -> np.ndarray:
+    """[E, E]: how often two experts share a token's top-k, over what independent routing with the same
+    per-expert frequencies gives (1 = chance); the diagonal (an expert with itself) is NaN.
+
+        >>> coselection_lift(obs.coselection()[0])
+
+    `coselect` [E, E]: co-selection counts, tokens per expert on the diagonal. With T tokens,
+    independent routing expects C_ii C_jj / T tokens on both; T = trace / top-k, and top-k = 1 + the
+    off-diagonal total over the trace (each routed token brings top-k - 1 partners).
+    """
+    c = np.asarray(coselect, dtype=float)
+    diag = np.diag(c).copy()
+    trace = diag.sum()
+    lift = np.full(c.shape, np.nan)
+    if trace <= 0:
+        return lift
+    top_k = 1 + (c.sum() - trace) / trace
+    expected = np.outer(diag, diag) / (trace / top_k)
+    np.divide(c, expected, out=lift, where=expected > 0)
+    np.fill_diagonal(lift, np.nan)
+    return lift
 
 
 def angular_distances(vectors, other=None) -> np.ndarray:
@@ -177,27 +216,19 @@ def model_vectors(model, layer: int, space: str) -> np.ndarray:
     or `weights` ([E, E] vectors with the same inner products, hence the same angular distances, as
     all expert parameters flattened: built from their Gram matrix on the model's device, so a
     layer of a large model never becomes one [E, P] array)."""
-    from reapkit.model.discover import architecture_for
+    from reapkit.model.layer import moe_layers
 
     if space not in ("weights", "router"):
         raise InvalidInput(
             f"model_vectors reads the 'weights' or 'router' space, got {space!r} "
             "(the 'output' space comes from observations: output_vectors(obs, layer))"
         )
-    arch = architecture_for(model)
-    blocks = dict(arch.moe_blocks(model))
-    _position(sorted(blocks), layer)
-    block = blocks[layer]
+    layers = {moe.index: moe for moe in moe_layers(model)}
+    _position(sorted(layers), layer)
     if space == "router":
-        return arch.router_of(block).weight.detach().float().cpu().numpy().astype(np.float64)
-    experts = arch.experts_of(block)
-    E = experts.num_experts
-    gram = sum(
-        flat @ flat.T
-        for flat in (
-            p.detach().reshape(E, -1).float() for p in experts.parameters(recurse=False) if p.dim() and p.shape[0] == E
-        )
-    )
+        return layers[layer].router_weight.detach().float().cpu().numpy().astype(np.float64)
+    tensors = layers[layer].expert_tensors(router=False).values()
+    gram = sum(flat @ flat.T for flat in (t.detach().reshape(len(t), -1).float() for t in tensors))
     values, vectors = np.linalg.eigh(gram.cpu().double().numpy())
     return vectors * np.sqrt(np.clip(values, 0, None))
 

@@ -167,7 +167,7 @@ def plan_merge(model, obs, *, method: str, keep: int, seed: int = 0) -> MergePla
             )
         counts = pooled["count"][pos, :total].double().numpy()
         if method == "m_smoe":
-            features = arch.router_of(blocks[layer]).weight.detach().float().cpu().numpy()
+            features = arch.router_weight_of(blocks[layer]).detach().float().cpu().numpy()
         else:
             sums = pooled["output_sum"][pos, :total].double().numpy()
             features = sums / np.maximum(counts, 1)[:, None]

@@ -45,6 +45,32 @@ def read_document(path, fmt: str, what: str, writer: str) -> dict:
     return data
 
 
+def super_experts(obs, *, include_last_layers: bool = False, domains=None) -> dict[int, list[int]]:
+    """{decoder layer: expert indices} of the super experts, by the official REAP rule.
+
+    ``super_experts(obs)`` (observations recorded with ``statistics=["max_signed"]``) pools every
+    layer's per-expert largest signed output element (`max_signed`, REAP's ``max_activations``)
+    and flags the experts above max(99.5th percentile, pooled max / 10)
+    (CerebrasResearch/reap @1970473, ``model_util.get_super_expert_indices``). Without
+    `include_last_layers` the last 25% of MoE layers are left out of the pool and never flagged.
+    """
+    obs.require("max_signed", purpose="super-expert protection")
+    peaks = obs.pooled(domains, names=["max_signed"])["max_signed"].double().numpy()
+    layers = list(obs.layers)
+    if not include_last_layers:
+        last = len(layers) - len(layers) // 4  # the first 75% (rounded up) of MoE layers
+        peaks, layers = peaks[:last], layers[:last]
+    present = np.arange(peaks.shape[1])[None, :] < np.asarray(obs.num_experts[: len(layers)])[:, None]
+    pool = peaks[present]
+    if pool.size == 0:
+        return {}
+    threshold = max(float(np.percentile(pool, 99.5)), float(pool.max()) / 10)
+    flagged = (peaks > threshold) & present
+    return {
+        layer: [int(e) for e in np.flatnonzero(flagged[pos])] for pos, layer in enumerate(layers) if flagged[pos].any()
+    }
+
+
 def pruned_count(total: int, ratio: float) -> int:
     """Experts a uniform plan at `ratio` removes from a layer of `total`: `pruned_count(64, 0.25) == 16`."""
     return math.floor(total * ratio + 1e-9)
@@ -130,12 +156,56 @@ class PruningPlan:
 
     @classmethod
     def from_observations(
-        cls, obs, criterion: str = "reap", *, ratio=None, keep=None, counts=None, domains=None, seed: int = 0
+        cls,
+        obs,
+        criterion: str = "reap",
+        *,
+        ratio=None,
+        keep=None,
+        counts=None,
+        domains=None,
+        seed: int = 0,
+        protect_super_experts: bool = False,
     ) -> PruningPlan:
-        """Score `obs` with `criterion` (optionally over `domains`) and build a plan."""
+        """Score `obs` with `criterion` (optionally over `domains`) and build a plan.
+
+        `protect_super_experts`: never prune the experts :func:`super_experts` finds (it needs
+        ``--statistics max_signed``); the plan's ``provenance["protected"]`` lists them per layer.
+        """
         from reapkit.select.criteria import score
 
         values = score(obs, criterion, domains=domains, seed=seed)
+        protected = super_experts(obs, domains=domains) if protect_super_experts else {}
+        if protected:
+            ranked = values.copy()
+            for pos, layer in enumerate(obs.layers):  # protected experts first, each layer's order otherwise kept
+                ranked[pos, protected.get(layer, [])] += np.abs(values[pos]).max() * 2 + 1
+            plan = cls.from_scores(
+                ranked,
+                obs.layers,
+                obs.num_experts,
+                top_k=obs.top_k,
+                ratio=ratio,
+                keep=keep,
+                counts=counts,
+                n_group=obs.meta.get("n_group", 1),
+                topk_group=obs.meta.get("topk_group"),
+                criterion=criterion,
+                provenance=obs.provenance(
+                    domains=domains, seed=seed, protected={str(k): v for k, v in protected.items()}
+                ),
+            )
+            lost = {layer: sorted(set(e) - set(plan.kept[layer])) for layer, e in protected.items()}
+            if any(lost.values()):
+                raise InvalidInput(
+                    f"the plan keeps too few experts to protect every super expert {protected}; "
+                    f"keep more experts (a smaller ratio) or do not protect super experts"
+                )
+            plan.scores = {
+                layer: [float(v) for v in values[pos][:n]]
+                for pos, (layer, n) in enumerate(zip(obs.layers, obs.num_experts))
+            }
+            return plan
         return cls.from_scores(
             values,
             obs.layers,
@@ -177,8 +247,7 @@ class PruningPlan:
             )
         chosen, candidates = {}, []
         for pos, (layer, size) in enumerate(zip(obs.layers, sizes)):
-            row = values[pos][:size]
-            normalised = row / row.mean() if row.mean() > 0 else row
+            normalised = budget_scores(values[pos][:size])
             order = np.argsort(-normalised, kind="stable")
             chosen[layer] = [int(i) for i in order[:floor]]
             candidates += [(-float(normalised[i]), layer, int(i)) for i in order[floor:]]
@@ -211,6 +280,16 @@ class PruningPlan:
         for key in ("kept", "num_experts", "scores"):
             data[key] = {int(k): v for k, v in data[key].items()}
         return cls(**data)
+
+
+def budget_scores(row) -> np.ndarray:
+    """The scores a global budget ranks across layers: one layer's scores divided by their mean.
+
+    >>> budget_scores(np.array([1.0, 3.0]))
+    array([0.5, 1.5])
+    """
+    row = np.asarray(row, dtype=np.float64)
+    return row / row.mean() if row.size and row.mean() > 0 else row
 
 
 def feasible_group_counts(total: int, n_group: int, top_k: int, topk_group: int | None = None) -> list[int]:

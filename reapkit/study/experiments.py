@@ -34,13 +34,14 @@ import numpy as np
 import pandas as pd
 
 from reapkit.errors import InvalidInput, ReapkitError
-from reapkit.measure.evaluate import interval_columns as _interval
+from reapkit.measure.schema import interval_columns as _interval
 from reapkit.measure.stats import RESAMPLES
 from reapkit.select.criteria import STUDY_CRITERIA, check_ratio
 from reapkit.select.plan import pruned_count
 
 __all__ = [
     "check_ratios",
+    "parameter_count",
     "MIX",
     "RATIOS",
     "MERGES",
@@ -57,7 +58,17 @@ __all__ = [
 
 RATIOS = (0.0, 0.125, 0.25, 0.375, 0.5, 0.625)
 MERGES = ("m_smoe", "hc_smoe")
-_VARIANT = ["method", "criterion", "label", "seed", "ratio", "experts_kept", "experts_total", "kept_routing"]
+_VARIANT = [
+    "method",
+    "criterion",
+    "label",
+    "seed",
+    "ratio",
+    "experts_kept",
+    "experts_total",
+    "kept_routing",
+    "parameters",
+]
 #: Columns of the `compression_study` frame, in order.
 COLUMNS = [
     *_VARIANT,
@@ -154,6 +165,26 @@ def _kept_routing(obs, plan) -> float:
     return float(np.mean([shares[pos, plan.kept[layer]].sum() for pos, layer in enumerate(obs.layers)]))
 
 
+def parameter_count(model, kept: dict) -> int:
+    """Parameters `model` has once its MoE layer L (decoder index) keeps kept[L] experts: each expert
+    removed (pruned, or merged into another) takes its weights and its router row with it.
+
+        >>> parameter_count(model, {layer: 8 for layer in obs.layers})
+        2168192
+    """
+    from reapkit.model.discover import architecture_for
+
+    arch = architecture_for(model)
+    total = sum(p.numel() for p in model.parameters())
+    for layer, block in arch.moe_blocks(model):
+        if layer in kept:
+            experts = arch.router_weight_of(block).shape[0]
+            per_expert = sum(p.numel() for p in arch.experts_of(block).parameters())
+            per_expert += sum(p.numel() for p in arch.router_of(block).parameters())
+            total -= (experts - int(kept[layer])) * per_expert // experts
+    return int(total)
+
+
 def evaluate_job(
     model, obs, job: Job, eval_batches, *, reference, unpruned: pd.DataFrame, margin: int = 0
 ) -> pd.DataFrame:
@@ -178,6 +209,7 @@ def evaluate_job(
             frame = sequence_metrics(merged, eval_batches, reference=reference, progress=False)
             del merged
         kept, routing = counts[0], float("nan")
+        layer_counts = dict(zip(obs.layers, counts))
     else:
         if job.method == "global":
             plan = PruningPlan.from_global_budget(obs, job.criterion, total=total, margin=margin)
@@ -186,6 +218,7 @@ def evaluate_job(
             plan = PruningPlan.from_observations(obs, job.criterion, ratio=job.ratio, seed=job.seed or 0)
             kept = counts[0] if len(set(counts)) == 1 else total / len(counts)
         routing = _kept_routing(obs, plan)
+        layer_counts = {layer: len(plan.kept[layer]) for layer in plan.layers}
         if any(plan.removed(layer) for layer in plan.layers):
             with mask_experts(model, plan):
                 frame = sequence_metrics(model, eval_batches, reference=reference, progress=False)
@@ -199,6 +232,7 @@ def evaluate_job(
         experts_kept=kept,
         experts_total=total,
         kept_routing=routing,
+        parameters=parameter_count(model, layer_counts),
     )
 
 
@@ -254,6 +288,7 @@ def study_results(sequences: pd.DataFrame, *, resamples: int = RESAMPLES, seed: 
     `delta_loss` is paired with the unpruned model on the same sequences."""
     from reapkit.measure.evaluate import aggregate
 
+    sequences = sequences.assign(**{k: np.nan for k in _VARIANT if k not in sequences.columns})  # older frames
     keys = _VARIANT
     frames = []
     for values, part in sequences.groupby(keys, sort=False, dropna=False):
@@ -268,31 +303,32 @@ def study_results(sequences: pd.DataFrame, *, resamples: int = RESAMPLES, seed: 
 
 def compression_study(model, obs, eval_batches, *, resamples: int = RESAMPLES, **options) -> pd.DataFrame:
     """Every method at every ratio, evaluated per domain against the unpruned model:
-    ``study_results(study_sequences(model, obs, eval_batches, **options))`` (keep the sequences
-    for `summarise`'s paired gaps; `options` are `study_sequences`'s: ratios, criteria, random_seeds,
-    merges, global_budget, margin, reference, progress).
+        ``study_results(study_sequences(model, obs, eval_batches, **options))`` (keep the sequences
+        for `summarise`'s paired gaps; `options` are `study_sequences`'s: ratios, criteria, random_seeds,
+        merges, global_budget, margin, reference, progress).
 
-    Pruning criteria are applied by masking the router (`mask_experts`, identical to removing the
-    experts); ``random`` runs once per seed of `random_seeds`; each merge method of `merges` is
-    applied to a deep copy of `model` (so it needs memory for a second model) reduced to the same
-    number of experts per layer; `global_budget` (True = ``"reap"``, or a criterion name, or
-    False) adds a non-uniform plan keeping the same total number of experts across layers, each
-    layer keeping at least top-k + `margin`. Combinations that cannot be built (fewer experts than
-    top-k, group-limited routing constraints, ...) are skipped; the reasons are in
-    ``frame.attrs["notes"]`` and are issued as one warning.
+        Pruning criteria are applied by masking the router (`mask_experts`, identical to removing the
+        experts); ``random`` runs once per seed of `random_seeds`; each merge method of `merges` is
+        applied to a deep copy of `model` (so it needs memory for a second model) reduced to the same
+        number of experts per layer; `global_budget` (True = ``"reap"``, or a criterion name, or
+        False) adds a non-uniform plan keeping the same total number of experts across layers, each
+        layer keeping at least top-k + `margin`. Combinations that cannot be built (fewer experts than
+        top-k, group-limited routing constraints, ...) are skipped; the reasons are in
+        ``frame.attrs["notes"]`` and are issued as one warning.
 
-    `reference`: a `ReferenceOutputs` of the unpruned model on `eval_batches` (computed here in
-    float32 when None, so ratio 0 gives KL 0 and agreement 1 exactly).
+        `reference`: a `ReferenceOutputs` of the unpruned model on `eval_batches` (computed here in
+        float32 when None, so ratio 0 gives KL 0 and agreement 1 exactly).
 
-    Returns a tidy frame with :data:`COLUMNS`: `method` (prune / merge / global), `criterion`
-    (pruning criterion, ``random``, or merge method), `label` (criterion, or ``global_<criterion>``:
-    one name per curve), `seed` (random pruning only), `ratio`, `experts_kept` (per layer; the
-    total over layers for global plans), `experts_total` (over all MoE layers), `kept_routing` (pruning
-    only: the share of the calibration tokens' top-k assignments that went to the kept experts, mean
-    over layers; low when a criterion keeps rarely routed experts), `domain` (each
-    evaluation domain and ``"all"``), `tokens`, then `loss`, `perplexity`, `kl` (mean KL(unpruned ||
-    variant), nats), `agreement` (top-1) and `delta_loss` (loss - the unpruned loss), each metric
-    with its 95 % bootstrap interval over evaluation sequences (`loss_lo`, `loss_hi`, ...).
+        Returns a tidy frame with :data:`COLUMNS`: `method` (prune / merge / global), `criterion`
+        (pruning criterion, ``random``, or merge method), `label` (criterion, or ``global_<criterion>``:
+        one name per curve), `seed` (random pruning only), `ratio`, `experts_kept` (per layer; the
+        total over layers for global plans), `experts_total` (over all MoE layers), `kept_routing` (pruning
+        only: the share of the calibration tokens' top-k assignments that went to the kept experts, mean
+        over layers; low when a criterion keeps rarely routed experts), `parameters` (of the compressed
+    model: each removed expert takes its weights and router row), `domain` (each
+        evaluation domain and ``"all"``), `tokens`, then `loss`, `perplexity`, `kl` (mean KL(unpruned ||
+        variant), nats), `agreement` (top-1) and `delta_loss` (loss - the unpruned loss), each metric
+        with its 95 % bootstrap interval over evaluation sequences (`loss_lo`, `loss_hi`, ...).
     """
     return study_results(study_sequences(model, obs, eval_batches, **options), resamples=resamples)
 

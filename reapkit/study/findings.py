@@ -11,19 +11,19 @@
     ...
 
 Reads the per-sequence frames of :mod:`reapkit.study.experiments` and bootstraps every gap it reports
-(`reapkit.measure.stats.bootstrap`), so the words never claim more than the data show.
+(`reapkit.study.gaps`: paired, on the same sequences), so the words never claim more than the data show.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 
 from reapkit.errors import InvalidInput
-from reapkit.measure.evaluate import interval_columns as _interval
-from reapkit.measure.schema import UNPRUNED
+from reapkit.measure.schema import UNPRUNED, better
+from reapkit.measure.schema import interval_columns as _interval
 from reapkit.measure.stats import RESAMPLES, bootstrap, sequence_grid
 from reapkit.study.experiments import MIX
+from reapkit.study.gaps import PairedGaps, verdict
 from reapkit.study.sensitivity import Sensitivity
 
 __all__ = ["summarise"]
@@ -51,42 +51,7 @@ def _interval_text(estimate: float, lo: float, hi: float, *, sign: bool = False)
     return f"{_num(estimate, sign=sign)} [{_num(lo, sign=sign)}, {_num(hi, sign=sign)}]"
 
 
-def _verdict(lo: float, hi: float, *, above: str, below: str) -> str:
-    """`above` when the whole interval is above 0, `below` when below, else "within noise"."""
-    return above if lo > 0 else below if hi < 0 else "within noise"
-
-
-class _Gaps:
-    """Paired bootstrap gaps between curves of a `study_sequences` frame (random: seeds resampled too)."""
-
-    def __init__(self, sequences: pd.DataFrame, *, resamples: int, seed: int):
-        self.resamples, self.seed = resamples, seed
-        self.parts = dict(iter(sequences.groupby(["label", "ratio"], sort=False)))
-        self.cache: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
-
-    def matrix(self, label: str, ratio: float, domain: str, metric: str):
-        """[seeds, sequences] of metric x tokens, and tokens [sequences]."""
-        key = (label, ratio, domain, metric)
-        if key not in self.cache:
-            part = self.parts[(label, ratio)]
-            self.cache[key] = sequence_grid(part if domain == "all" else part[part["domain"] == domain], metric, "seed")
-        return self.cache[key]
-
-    def has(self, label: str, ratio: float) -> bool:
-        return (label, ratio) in self.parts
-
-    def value(self, label, ratio, domain, metric):
-        num, den = self.matrix(label, ratio, domain, metric)
-        return bootstrap(num, den, resamples=self.resamples, seed=self.seed)
-
-    def gap(self, label, minus, ratio, domain, metric):
-        """(estimate, lo, hi) of metric(label) - metric(minus) on the same sequences."""
-        num, den = self.matrix(label, ratio, domain, metric)
-        other, _ = self.matrix(minus, ratio, domain, metric)
-        return bootstrap(num, den, minus=other, resamples=self.resamples, seed=self.seed)
-
-
-def _gap_table(gaps: _Gaps, labels: list, ratios: list, kept, *, domain: str, metric: str):
+def _gap_table(gaps: PairedGaps, labels: list, ratios: list, kept, *, domain: str, metric: str):
     """Markdown table (REAP's value, each baseline's paired gap to it) and the gaps {baseline: {ratio: (est, lo, hi)}}."""
     cells = pd.DataFrame(
         index=[f"{_pct(r)} ({int(kept[r]) if r in kept.index else '?'} kept)" for r in ratios],
@@ -107,36 +72,37 @@ def _gap_table(gaps: _Gaps, labels: list, ratios: list, kept, *, domain: str, me
     return _md_table(cells), verdicts
 
 
-def _baseline_line(gaps: _Gaps, label: str, found: dict, *, domain: str, metric: str, with_kl: bool) -> str:
+def _baseline_line(gaps: PairedGaps, label: str, found: dict, *, domain: str, metric: str, with_kl: bool) -> str:
     """- vs `label`: at how many ratios REAP is better / worse / within noise, the largest gap, KL."""
-    better = [r for r, g in found.items() if g[1] > 0]
-    worse = [r for r, g in found.items() if g[2] < 0]
-    noise = [r for r in found if r not in better and r not in worse]
+    says = {r: verdict(g, metric) for r, g in found.items()}  # the baseline minus REAP: "worse" = REAP better
+    better_ = [r for r, v in says.items() if v == "worse"]
+    worse = [r for r, v in says.items() if v == "better"]
+    noise = [r for r, v in says.items() if v == "within noise"]
     name = f"`{label}`" + (" (mean of seeds)" if label == "random" else "")
-    text = f"- vs {name}: REAP is better at {len(better)} of {len(found)} ratios"
+    text = f"- vs {name}: REAP is better at {len(better_)} of {len(found)} ratios"
     text += f", worse at {', '.join(_pct(r) for r in worse)}" if worse else ""
     text += f", within noise at {', '.join(_pct(r) for r in noise)}" if noise else ""
     big = max(found, key=lambda r: abs(found[r][0]))
     text += f"; the largest gap is {_interval_text(*found[big], sign=True)} at {_pct(big)}"
     if with_kl:
-        kl = [gaps.gap(label, "reap", r, domain, "kl") for r in found]
+        kl = [verdict(gaps.gap(label, "reap", r, domain, "kl"), "kl") for r in found]
         text += (
-            f"; KL to the unpruned model lower for REAP at {sum(g[1] > 0 for g in kl)} of {len(kl)} ratios, "
-            f"higher at {sum(g[2] < 0 for g in kl)}"
+            f"; KL to the unpruned model lower for REAP at {kl.count('worse')} of {len(kl)} ratios, "
+            f"higher at {kl.count('better')}"
         )
     return text + "."
 
 
-def _ranking_lines(gaps: _Gaps, labels: list, ratios: list, *, domain: str, metric: str) -> list[str]:
-    """Per ratio: the method with the lowest value, and which others are within noise of it."""
+def _ranking_lines(gaps: PairedGaps, labels: list, ratios: list, *, domain: str, metric: str) -> list[str]:
+    """Per ratio: the method with the best value (in the metric's direction), and which others are within noise of it."""
     lines = []
     for r in ratios:
         means = {label: gaps.value(label, r, domain, metric)[0] for label in labels if gaps.has(label, r)}
         if len(means) < 2:
             continue
-        order = sorted(means, key=means.get)
-        tied = [label for label in order[1:] if gaps.gap(label, order[0], r, domain, metric)[1] <= 0]
-        text = f"- At {_pct(r)} the lowest {metric} is `{order[0]}` ({_num(means[order[0]])})"
+        order = _best_first(means, metric)
+        tied = [x for x in order[1:] if verdict(gaps.gap(x, order[0], r, domain, metric), metric) != "worse"]
+        text = f"- At {_pct(r)} the {_best_word(metric)} {metric} is `{order[0]}` ({_num(means[order[0]])})"
         if tied:
             text += "; within noise of it: " + ", ".join(f"`{label}`" for label in tied)
         else:
@@ -145,10 +111,19 @@ def _ranking_lines(gaps: _Gaps, labels: list, ratios: list, *, domain: str, metr
     return lines
 
 
-def _headline_line(at: dict) -> str:
-    """REAP against every baseline at 50 % ({baseline: gap})."""
-    beaten = [label for label, g in at.items() if g[1] > 0]
-    lost = [label for label, g in at.items() if g[2] < 0]
+def _best_first(means: dict, metric: str) -> list:
+    """The keys of {name: value} best first in `metric`'s direction (`reapkit.measure.schema.better`)."""
+    return sorted(means, key=means.get, reverse=better(metric) == "higher")
+
+
+def _best_word(metric: str) -> str:
+    return "lowest" if better(metric) == "lower" else "highest"
+
+
+def _headline_line(at: dict, metric: str) -> str:
+    """REAP against every baseline at 50 % ({baseline: its gap to REAP})."""
+    beaten = [label for label, g in at.items() if verdict(g, metric) == "worse"]
+    lost = [label for label, g in at.items() if verdict(g, metric) == "better"]
     noise = [label for label in at if label not in beaten and label not in lost]
     return "- At 50% compression (the paper's headline ratio) REAP " + (
         "beats every baseline."
@@ -167,7 +142,7 @@ def _compression_section(sequences: pd.DataFrame, *, domain: str, metric: str, r
         data = data[data["domain"] == domain]
     if data.empty:
         return lines + ["No compressed variants were evaluated."]
-    gaps = _Gaps(data, resamples=resamples, seed=seed)
+    gaps = PairedGaps(data, resamples=resamples, seed=seed)
     labels = list(dict.fromkeys(data["label"]))
     ratios = sorted(data["ratio"].unique())
     methods = dict(zip(data["label"], data["method"]))
@@ -176,7 +151,7 @@ def _compression_section(sequences: pd.DataFrame, *, domain: str, metric: str, r
     unpruned = bootstrap(*sequence_grid(base, "loss", "seed"), resamples=resamples, seed=seed)
     where = "all evaluation tokens" if domain == "all" else domain
     lines.append(
-        f"Metric: {metric} on {where} (lower is better); the unpruned model has loss {_interval_text(*unpruned)}. "
+        f"Metric: {metric} on {where} ({better(metric)} is better); the unpruned model has loss {_interval_text(*unpruned)}. "
         f"Brackets: 95 % bootstrap intervals over the {len(base)} evaluation sequences (random pruning: over "
         "sequences and seeds); a difference is stated only when its paired interval excludes 0, "
         'otherwise it is "within noise".'
@@ -187,7 +162,8 @@ def _compression_section(sequences: pd.DataFrame, *, domain: str, metric: str, r
         ]
     lines += [
         "",
-        f"Each baseline's {metric} minus REAP's, on the same sequences: positive = REAP better; `*` = the "
+        f"Each baseline's {metric} minus REAP's, on the same sequences: positive = REAP "
+        f"{'better' if better(metric) == 'lower' else 'worse'}; `*` = the "
         "interval excludes 0. Methods: " + ", ".join(f"`{label}` ({methods[label]})" for label in labels) + ".",
         "",
     ]
@@ -203,7 +179,7 @@ def _compression_section(sequences: pd.DataFrame, *, domain: str, metric: str, r
     lines += _ranking_lines(gaps, labels, ratios, domain=domain, metric=metric)
     at = {label: found[0.5] for label, found in verdicts.items() if 0.5 in found}
     if at:
-        lines.append(_headline_line(at))
+        lines.append(_headline_line(at, metric))
     if 0.5 in ratios and data["kept_routing"].notna().any():
         routing = data[data["ratio"] == 0.5].groupby("label", sort=False)["kept_routing"].mean().dropna()
         if "reap" in routing.index and len(routing) > 1:
@@ -222,29 +198,27 @@ def _per_domain_lines(data: pd.DataFrame, metric: str, *, resamples: int, seed: 
     if data.empty or "reap" not in set(data["label"]) or data["domain"].nunique() < 2:
         return []
     r = min(data["ratio"].unique(), key=lambda v: (abs(v - 0.5), -v))
-    gaps = _Gaps(data, resamples=resamples, seed=seed)
+    gaps = PairedGaps(data, resamples=resamples, seed=seed)
     labels = [
         label for label in dict.fromkeys(data["label"]) if ((data["label"] == label) & (data["ratio"] == r)).any()
     ]
     if "reap" not in labels:
         return []
-    parts = []
+    parts, best = [], _best_word(metric)
     for d in dict.fromkeys(data["domain"]):
         means = {label: gaps.value(label, r, d, metric)[0] for label in labels}
-        order = sorted(means, key=means.get)
+        order = _best_first(means, metric)
         if order[0] == "reap":
             if len(order) < 2:
                 continue
             gap = gaps.gap(order[1], "reap", r, d, metric)
-            parts.append(
-                f"{d}: REAP lowest, {_verdict(gap[1], gap[2], above='ahead of', below='behind')} "
-                f"`{order[1]}` ({_interval_text(*gap, sign=True)})"
-            )
+            says = {"worse": "ahead of", "better": "behind", "within noise": "within noise of"}[verdict(gap, metric)]
+            parts.append(f"{d}: REAP {best}, {says} `{order[1]}` ({_interval_text(*gap, sign=True)})")
         else:
             gap = gaps.gap("reap", order[0], r, d, metric)
             parts.append(
-                f"{d}: `{order[0]}` lowest, REAP {_interval_text(*gap, sign=True)} above it"
-                + ("" if gap[1] > 0 else " (within noise)")
+                f"{d}: `{order[0]}` {best}, REAP {_interval_text(*gap, sign=True)} from it"
+                + ("" if verdict(gap, metric) == "worse" else " (within noise)")
             )
     return [f"- Per evaluation domain at {_pct(r)}: " + "; ".join(parts) + "."]
 
@@ -380,15 +354,10 @@ def _layer_section(layers: pd.DataFrame) -> list[str]:
         + "."
     )
     if len(rows) > 1:
-        top, second = rows.iloc[0], rows.iloc[1]
-        apart = top.delta_loss_lo > second.delta_loss_hi
+        top = rows.iloc[0]
         lines.append(
-            f"- Layer {int(top.layer)} is the most sensitive"
-            + (
-                f"; its interval lies above layer {int(second.layer)}'s."
-                if apart
-                else f", but its interval overlaps layer {int(second.layer)}'s: their order is within noise."
-            )
+            f"- The largest estimate is layer {int(top.layer)}'s; the order of the layers is not tested (each "
+            "interval is paired with the unpruned model, not with another layer)."
         )
     return lines
 

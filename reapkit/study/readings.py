@@ -11,8 +11,10 @@
     - reap / frequency: rho 0.28, overlap 0.46 (above chance)
 
 Each function takes the table a figure was drawn from and returns a few sentences saying what to
-look at and what this run shows; nothing is pasted by hand, so the text follows the data. No
-matplotlib here (and neither torch nor transformers).
+look at and what this run shows; nothing is pasted by hand, so the text follows the data. The
+readings that compare methods (costs, study_curves, gaps, calibration, ...) live in
+:mod:`reapkit.study.comparisons` (every difference from a paired gap) and are reached from here too.
+No matplotlib here (and neither torch nor transformers).
 """
 
 from __future__ import annotations
@@ -20,13 +22,34 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from reapkit.measure.schema import ALL, UNPRUNED, select, wide_results
+from reapkit.measure.schema import ALL, interval_columns, select
+from reapkit.select.geometry import coselection_lift
 from reapkit.select.plan import pruned_count
-from reapkit.study.tables import expected_jaccard, spearman_band, uniform_cutoffs, value_table
+from reapkit.study.comparisons import (
+    benchmark_scores,
+    calibration,
+    calibration_size,
+    costs,
+    gaps,
+    reconstruction,
+    sensitivity,
+    study_curves,
+)
+from reapkit.study.tables import (
+    expected_jaccard,
+    jaccard_band,
+    pruned_experts,
+    spearman_band,
+    specialisation_by_layer,
+    uniform_plans,
+    value_table,
+)
 
 __all__ = [
     "saliency_scale",
     "cutoff",
+    "usage",
+    "kept_mass",
     "criterion_agreement",
     "domain_experts",
     "specialisation",
@@ -36,26 +59,20 @@ __all__ = [
     "plans",
     "costs",
     "benchmark_scores",
-    "LOWER_IS_BETTER",
     "reconstruction",
     "disagreement",
     "global_budget",
     "coactivation",
     "study_curves",
+    "gaps",
     "calibration",
+    "calibration_size",
     "sensitivity",
 ]
 
 
 def _f(value, digits: int = 2) -> str:
     return "n/a" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
-
-
-def _interval(row, metric: str) -> str:
-    lo, hi = f"{metric}_lo", f"{metric}_hi"
-    if lo in row.index and hi in row.index and np.isfinite(row[lo]) and np.isfinite(row[hi]):
-        return f" [{_f(row[lo])}, {_f(row[hi])}]"
-    return ""
 
 
 # --------------------------------------------------------------------------------------------
@@ -81,45 +98,87 @@ def saliency_scale(scores: pd.DataFrame, criterion: str = "reap") -> str:
 
 
 def cutoff(scores: pd.DataFrame, criterion: str, ratio: float) -> str:
-    """What a uniform plan at `ratio` keeps: the score mass its kept experts hold in each layer."""
+    """What the sorted-score curves show at the cut-off: how far the weakest kept expert's score is from
+    the strongest's and from the strongest pruned one's (ratios read off the log axis)."""
     data = select(scores, criterion=criterion, domain=ALL)
     table = value_table(data)
     if table.empty:
         return f"No {criterion} scores to read."
-    cut = uniform_cutoffs(data, ratio)
-    mass = []
+    spans, steps = [], []
     for _, row in table.iterrows():
         values = np.sort(row.dropna().to_numpy(float))[::-1]
-        total = values.sum()
         keep = values.size - pruned_count(values.size, ratio)
-        mass.append(values[:keep].sum() / total if total > 0 else np.nan)
-    mass = np.asarray(mass)
+        if 0 < keep < values.size and values[keep - 1] > 0:
+            spans.append(values[0] / values[keep - 1])
+            steps.append(values[keep - 1] / values[keep] if values[keep] > 0 else np.inf)
+    if not spans:
+        return f"No {criterion} scores to read."
     return (
-        f"**Reading.** Removing {ratio:.0%} of the experts of each layer ({int(cut.experts.iloc[0] - cut.kept.iloc[0])} "
-        f"of {int(cut.experts.iloc[0])}) keeps experts holding {np.nanmin(mass):.0%} to {np.nanmax(mass):.0%} of a "
-        f"layer's total {criterion} score. A steep curve at the cut-off means the choice there is clear; a "
-        "flat one means the removed and the kept experts score alike."
+        f"**Reading.** At {ratio:.0%} removed, the strongest expert of a layer scores {min(spans):.1f}x to "
+        f"{max(spans):.1f}x the weakest one kept, and the weakest kept one {min(steps):.2f}x to {max(steps):.2f}x "
+        "the strongest pruned one. A step near 1x at the cut-off means the kept and the pruned experts there "
+        "score alike: the choice is close."
+    )
+
+
+def usage(summary: pd.DataFrame) -> str:
+    """How unevenly each layer routes (`reapkit.study.kept.usage_summary`), never-routed experts counted."""
+    if summary.empty:
+        return "No routing counts to read."
+    never = int(summary["never_routed"].sum())
+    flat, steep = summary.loc[summary["gini"].idxmin()], summary.loc[summary["gini"].idxmax()]
+    return (
+        f"**Reading.** Gini of the routed tokens from {flat.gini:.2f} (layer {int(flat.layer)}) to {steep.gini:.2f} "
+        f"(layer {int(steep.layer)}); the less-used half of a layer's experts receives {summary.bottom_half.min():.0%} "
+        f"to {summary.bottom_half.max():.0%} of its tokens (a uniform router: 50%). {never} expert(s) never routed "
+        "on the calibration data: every criterion scores them 0."
+    )
+
+
+def kept_mass(table: pd.DataFrame, *, ratio: float) -> str:
+    """At `ratio`, the share of the REAP score and of the routed tokens each criterion's plan keeps."""
+    rows = table[np.isclose(table["ratio"], ratio)] if len(table) else table
+    if rows.empty:
+        return "No kept mass to read."
+    means = rows.groupby("criterion", sort=False)[["kept_score", "kept_routing"]].agg(["mean", "min", "max"])
+    parts = [
+        f"{c}: {r[('kept_score', 'mean')]:.0%} of the REAP score ({r[('kept_score', 'min')]:.0%}-"
+        f"{r[('kept_score', 'max')]:.0%} over layers), {r[('kept_routing', 'mean')]:.0%} of the routed tokens"
+        for c, r in means.iterrows()
+    ]
+    return (
+        f"**Reading.** Keeping {1 - ratio:.0%} of each layer's experts, "
+        + "; ".join(parts)
+        + ". A criterion keeps more of what it optimises; the gap between the panels is what it gives up."
     )
 
 
 def criterion_agreement(agreement: pd.DataFrame, *, experts: int, ratio: float) -> str:
-    """Rank correlation and pruned-set overlap of each pair of criteria, against chance."""
+    """Rank correlation and pruned-set overlap of each pair of criteria, against what chance gives for a
+    mean over that many layers (`jaccard_band`, `spearman_band`)."""
     data = agreement[agreement["ratio"] == ratio] if "ratio" in agreement.columns else agreement
     if data.empty:
         return "No criterion pairs to compare."
     pairs = data.groupby(["criterion_a", "criterion_b"])[["spearman", "overlap"]].mean()
+    layers = int(data["layer"].nunique()) if "layer" in data.columns else 1
     removed = pruned_count(experts, ratio)
     chance = expected_jaccard(experts, removed)
-    low, high = spearman_band(experts)
+    (rho_lo, rho_hi), (jac_lo, jac_hi) = spearman_band(experts, layers), jaccard_band(experts, removed, layers)
     lines = [
-        f"**Reading.** Mean over layers, at {ratio:.0%} removed. Two random choices of {removed} of {experts} "
-        f"experts overlap by {chance:.2f} (Jaccard) on average, and random rankings give a Spearman rho "
-        f"between {low:.2f} and {high:.2f} (95%):",
+        f"**Reading.** Mean over {layers} layer(s), at {ratio:.0%} removed. Two random choices of {removed} of "
+        f"{experts} experts overlap by {chance:.2f} (Jaccard) on average, and 95% of means over {layers} layer(s) "
+        f"fall in [{jac_lo:.2f}, {jac_hi:.2f}]; for Spearman rho of random rankings: [{rho_lo:.2f}, {rho_hi:.2f}]:",
         "",
     ]
+
+    def place(value, low, high):
+        return "above chance" if value > high else "below chance" if value < low else "at chance"
+
     for (a, b), row in pairs.sort_values("overlap", ascending=False).iterrows():
-        verdict = "at chance" if row.overlap <= chance + 0.05 else "above chance"
-        lines.append(f"- {a} / {b}: rho {row.spearman:.2f}, overlap {row.overlap:.2f} ({verdict})")
+        lines.append(
+            f"- {a} / {b}: rho {row.spearman:.2f} ({place(row.spearman, rho_lo, rho_hi)}), overlap "
+            f"{row.overlap:.2f} ({place(row.overlap, jac_lo, jac_hi)})"
+        )
     return "\n".join(lines)
 
 
@@ -142,20 +201,23 @@ def domain_experts(shares: pd.DataFrame, *, threshold: float = 2.0) -> str:
 
 
 def specialisation(table: pd.DataFrame) -> str:
-    """How specialisation changes with depth."""
+    """How specialisation changes with depth; a change is claimed only where the first and the last
+    layer's 95% intervals (bootstrap over their experts, independent samples) do not overlap."""
     if table.empty:
         return "No per-domain statistics (the calibration has one domain)."
-    weighted = table.assign(_w=table["specialisation"] * table["usage"]).groupby("layer")
-    by_layer = weighted["_w"].sum() / weighted["usage"].sum()  # usage-weighted, as the figure draws it
-    first, last = by_layer.index[0], by_layer.index[-1]
-    peak = by_layer.idxmax()
-    change = by_layer[last] - by_layer[first]
-    trend = "rises" if change > 0.02 else "falls" if change < -0.02 else "stays level"
+    mean, low, high = interval_columns("specialisation")
+    by_layer = specialisation_by_layer(table).set_index("layer")  # usage-weighted, as the figure draws it
+    first, last = by_layer.iloc[0], by_layer.iloc[-1]
+    peak = by_layer[mean].idxmax()
+    trend = (
+        "rises" if first[high] < last[low] else "falls" if first[low] > last[high] else "does not change beyond noise"
+    )
     return (
-        f"**Reading.** Mean specialisation (weighted by usage) {trend} from {by_layer[first]:.2f} (layer {first}) to "
-        f"{by_layer[last]:.2f} "
-        f"(layer {last}); it peaks at layer {peak} ({by_layer[peak]:.2f}). 0 means an expert serves every domain "
-        "alike, 1 that it serves one domain only."
+        f"**Reading.** Mean specialisation (weighted by usage) {trend} from {first[mean]:.2f} "
+        f"[{first[low]:.2f}, {first[high]:.2f}] (layer {by_layer.index[0]}) to {last[mean]:.2f} "
+        f"[{last[low]:.2f}, {last[high]:.2f}] (layer {by_layer.index[-1]}); the largest mean is layer {peak}'s "
+        f"({by_layer.loc[peak, mean]:.2f}). 0 means an expert serves every domain alike, 1 that it serves one "
+        "domain only."
     )
 
 
@@ -206,8 +268,7 @@ def clusters(saliency: np.ndarray, labels: dict, *, ratio: float) -> str:
     `saliency`: {layer: scores [E]}; `labels`: {layer: cluster label per expert}."""
     whole, total = 0, 0
     for layer, scores in saliency.items():
-        scores = np.asarray(scores, float)
-        removed = set(np.argsort(scores, kind="stable")[: pruned_count(len(scores), ratio)].tolist())
+        removed = set(np.flatnonzero(pruned_experts(scores, ratio)).tolist())
         lab = np.asarray(labels[layer])
         for c in np.unique(lab):
             members = set(np.flatnonzero(lab == c).tolist())
@@ -248,114 +309,29 @@ def plans(plans_: dict) -> str:
     return "\n".join(lines)
 
 
-#: Metrics where lower is better; every other metric (accuracy, agreement, ...) is read as higher = better.
-LOWER_IS_BETTER = {"loss", "kl", "perplexity", "delta_loss", "bits_per_byte", "byte_perplexity", "word_perplexity"}
-
-
-def _ratio_lines(data: pd.DataFrame, metric: str) -> list[str]:
-    """One line per ratio > 0: the best criterion, every criterion's value and interval, and whether the
-    two best intervals overlap."""
-    better = "min" if metric in LOWER_IS_BETTER else "max"
-    lines = []
-    for ratio, group in data[data["ratio"] > 0].groupby("ratio"):
-        group = group.set_index("criterion")
-        best = getattr(group[metric], f"idx{better}")()
-        ordered = group.sort_values(metric, ascending=better == "min")
-        parts = [f"{c} {_f(r[metric])}{_interval(r, metric)}" for c, r in ordered.iterrows()]
-        line = f"- {ratio:.0%} removed: best {best}; " + ", ".join(parts)
-        bounds = [f"{metric}_lo", f"{metric}_hi"]
-        if len(ordered) > 1 and set(bounds) <= set(ordered.columns) and np.isfinite(ordered[bounds].iloc[:2]).all(None):
-            first, second = ordered.iloc[0], ordered.iloc[1]
-            if better == "min":
-                apart = first[f"{metric}_hi"] < second[f"{metric}_lo"]
-            else:
-                apart = first[f"{metric}_lo"] > second[f"{metric}_hi"]
-            line += "" if apart else f" (the intervals of {ordered.index[0]} and {ordered.index[1]} overlap)"
-        lines.append(line)
-    return lines
-
-
-def costs(results: pd.DataFrame, *, metric: str = "loss", domain: str = ALL) -> str:
-    """Each criterion's cost at each ratio, with intervals when the results carry them."""
-    data = results[results["domain"] == domain]
-    base = data[data["ratio"] == 0]
-    if data.empty or base.empty:
-        return "No results to read."
-    lines = [
-        f"**Reading.** {metric} on {domain} held-out tokens; unpruned {_f(base[metric].iloc[0])}"
-        f"{_interval(base.iloc[0], metric)}. Brackets: 95% bootstrap intervals over evaluation sequences.",
-        "",
-    ]
-    return "\n".join(lines + _ratio_lines(data, metric))
-
-
-def benchmark_scores(scores: pd.DataFrame) -> str:
-    """lm-eval scores (long rows of `reapkit.measure.harness.lm_eval_plans`) per task and metric, as `costs` reads loss.
-
-    >>> print(benchmark_scores(lm_rows))
-    **Reading.** lm-eval scores of the unpruned model and of each plan, masked in memory. ...
-    **acc** on reapkit_continuation (higher is better): unpruned 0.50 [-0.07, 1.07]
-    - 50% removed: best reap; reap 0.25 [-0.24, 0.74]
-    """
-    if scores.empty or "metric" not in scores.columns:
-        return "No benchmark scores to read."
-    wide = wide_results(scores)
-    lines = [
-        "**Reading.** lm-eval scores of the unpruned model and of each plan, masked in memory. Brackets: value "
-        "± 1.96 stderr (a normal approximation), where the task reports a stderr; overlapping brackets are "
-        "within noise at this number of documents.",
-    ]
-    for task, metric in scores[["domain", "metric"]].drop_duplicates().itertuples(index=False):
-        data = wide[wide["domain"] == task].dropna(subset=[metric])
-        base = data[data["ratio"] == 0]
-        if base.empty:
-            continue
-        direction = "lower" if metric in LOWER_IS_BETTER else "higher"
-        lines += [
-            "",
-            f"**{metric}** on {task} ({direction} is better): unpruned {_f(base[metric].iloc[0])}"
-            f"{_interval(base.iloc[0], metric)}",
-            *_ratio_lines(data, metric),
-        ]
-    return "\n".join(lines)
-
-
-def reconstruction(frame: pd.DataFrame) -> str:
-    """Where the output of the pruned MoE blocks departs most from the original."""
-    if frame.empty:
-        return "No reconstruction errors to read."
-    worst = frame.loc[frame["rel_l2"].idxmax()]
-    by_layer = frame.groupby("layer")["rel_l2"].mean()
-    return (
-        f"**Reading.** The relative L2 error of a block's output is largest in layer {int(worst.layer)} "
-        f"({worst.rel_l2:.2f}, {worst.criterion} at {worst.ratio:.0%}); averaged over plans it goes from "
-        f"{by_layer.min():.2f} (layer {by_layer.idxmin()}) to {by_layer.max():.2f} (layer {by_layer.idxmax()})."
-    )
-
-
 # --------------------------------------------------------------------------------------------
 # 04 / 05 study
 # --------------------------------------------------------------------------------------------
 
 
-def disagreement(scores: pd.DataFrame, *, ratio: float, a: str = "reap", b: str = "frequency") -> str:
-    """How many experts the two criteria keep differently at `ratio`, and what those experts look like."""
+def disagreement(scores: pd.DataFrame, *, ratio: float, a: str = "reap", b: str = "frequency", **routing) -> str:
+    """How many experts the two criteria's plans keep differently at `ratio`, and what those experts look
+    like (`routing`: n_group, topk_group, top_k of the router, as for `reapkit.study.tables.uniform_plans`)."""
     only_a = only_b = total = 0
     gate_a, gate_b = [], []
-    for _, part in select(scores, domain=ALL).groupby("layer"):
-        table = part.pivot_table(index="expert", columns="criterion", values="value")
-        if a not in table or b not in table:
-            return f"Needs {a} and {b} scores."
-        n = len(table)
-        keep = n - pruned_count(n, ratio)
-        kept_a = set(table[a].sort_values(ascending=False, kind="stable").index[:keep])
-        kept_b = set(table[b].sort_values(ascending=False, kind="stable").index[:keep])
+    plans = uniform_plans(scores, [a, b], ratio=ratio, **routing)
+    if set(plans) != {a, b}:
+        return f"Needs {a} and {b} scores."
+    shares = value_table(select(scores, criterion=b, domain=ALL))
+    for layer in plans[a].layers:
+        kept_a, kept_b = set(plans[a].kept[layer]), set(plans[b].kept[layer])
         only_a += len(kept_a - kept_b)
         only_b += len(kept_b - kept_a)
-        total += n
-        share = table[b] / table[b].sum() if table[b].sum() > 0 else table[b]
-        gate_a += list(share[list(kept_a - kept_b)])
-        gate_b += list(share[list(kept_b - kept_a)])
+        total += plans[a].num_experts[layer]
+        row = shares.loc[layer]
+        share = row / row.sum() if row.sum() > 0 else row
+        gate_a += list(share.iloc[sorted(kept_a - kept_b)])
+        gate_b += list(share.iloc[sorted(kept_b - kept_a)])
     text = (
         f"**Reading.** At {ratio:.0%} removed, {a} and {b} keep the same experts except {only_a} of {total}: "
         f"{only_a} kept by {a} only, as many by {b} only."
@@ -369,98 +345,32 @@ def disagreement(scores: pd.DataFrame, *, ratio: float, a: str = "reap", b: str 
     return text
 
 
-def global_budget(uniform, budget) -> str:
-    """What a global budget of the same total changes against the uniform plan."""
+def global_budget(uniform, budget, table: pd.DataFrame | None = None) -> str:
+    """What a global budget of the same total changes against the uniform plan, and its one threshold
+    (`table`: `reapkit.study.kept.budget_table`)."""
     diff = {layer: len(budget.kept[layer]) - len(uniform.kept[layer]) for layer in uniform.layers}
     more = [f"layer {k} {v:+d}" for k, v in diff.items() if v]
-    return (
+    text = (
         f"**Reading.** Both plans keep {uniform.total_kept} experts in all. The global budget moves them between "
         "layers: " + (", ".join(more) if more else "it keeps the same count in every layer") + "."
     )
+    if table is not None and np.isfinite(table.attrs.get("threshold", np.nan)):
+        floor = int((table["kept"] & table["floor"] & (table["budget_score"] < table.attrs["threshold"])).sum())
+        text += f" It keeps every expert scoring above {table.attrs['threshold']:.2f}x its layer's mean" + (
+            f", and {floor} below it that are their layer's top-k floor." if floor else "."
+        )
+    return text
 
 
 def coactivation(coselect: np.ndarray) -> str:
-    """The strongest co-selected pair of one layer against what independent routing would give."""
-    c = np.asarray(coselect, float)
-    diag = np.diag(c)
-    union = diag[:, None] + diag[None, :] - c
-    jac = np.divide(c, union, out=np.zeros_like(c), where=union > 0)
-    np.fill_diagonal(jac, np.nan)
-    if not np.isfinite(jac).any():
+    """The pair of one layer co-selected most often relative to independent routing (`coselection_lift`)."""
+    lift = coselection_lift(coselect)
+    if not np.isfinite(lift).any():
         return "No co-selection recorded."
-    i, j = np.unravel_index(np.nanargmax(jac), jac.shape)
+    i, j = np.unravel_index(np.nanargmax(lift), lift.shape)
+    above = np.nanmean(lift > 1)
     return (
-        f"**Reading.** Experts {i} and {j} are co-selected most: {jac[i, j]:.2f} of the tokens routed to either go "
-        f"to both (mean over pairs {np.nanmean(jac):.2f}). Experts that always fire together are candidates for "
-        "merging rather than pruning."
-    )
-
-
-def study_curves(
-    results: pd.DataFrame, *, ratio: float = 0.5, metric: str = "loss", domain: str = ALL, hue: str = "label"
-) -> str:
-    """The methods at one ratio, best first, with intervals; which differences the intervals resolve."""
-    if hue not in results.columns:
-        hue = "criterion"
-    data = results[(results["domain"] == domain) & np.isclose(results["ratio"], ratio)]
-    if data.empty:
-        return f"No results at {ratio:.0%} to read."
-    means = data.groupby(hue).mean(numeric_only=True).sort_values(metric, ascending=metric != "agreement")
-    name = "Δ loss" if metric == "delta_loss" else metric
-    best, second = means.index[0], means.index[1] if len(means) > 1 else None
-    parts = [f"{name} {_f(row[metric])}{_interval(row, metric)}" for name, row in means.iterrows()]
-    text = f"**Reading.** {name} at {ratio:.0%} removed ({domain}), best first: " + ", ".join(parts) + "."
-    if second is not None and f"{metric}_lo" in means.columns:
-        a, b = means.loc[best], means.loc[second]
-        overlap = (
-            (a[f"{metric}_hi"] >= b[f"{metric}_lo"])
-            if metric != "agreement"
-            else (a[f"{metric}_lo"] <= b[f"{metric}_hi"])
-        )
-        text += (
-            f" The intervals of {best} and {second} overlap (each interval alone; a paired comparison on the "
-            "same sequences is sharper)."
-            if overlap
-            else f" {best}'s interval clears {second}'s."
-        )
-    return text
-
-
-def calibration(loss: pd.DataFrame, overlap: pd.DataFrame) -> str:
-    """Whether each domain's own calibration serves it best, and how far kept sets overlap against chance.
-
-    `loss`: eval_domain, calibration, delta_loss (`Sensitivity.loss`); `overlap`: calibration_a,
-    calibration_b, jaccard, chance (`Sensitivity.overlap`)."""
-    data = loss[(loss["calibration"] != UNPRUNED) & (loss["eval_domain"] != ALL)]
-    if data.empty:
-        return "No calibration sensitivity to read."
-    best = data.loc[data.groupby("eval_domain")["delta_loss"].idxmin(), ["eval_domain", "calibration", "delta_loss"]]
-    own = [row.eval_domain for row in best.itertuples() if row.calibration == row.eval_domain]
-    parts = [f"{row.eval_domain}: {row.calibration} (+{row.delta_loss:.2f})" for row in best.itertuples()]
-    text = (
-        f"**Reading.** Lowest Δ loss per evaluation domain, by calibration set: {'; '.join(parts)}. "
-        f"Own-domain calibration is best for {len(own)} of {len(best)} domains."
-    )
-    pairs = overlap[
-        (overlap["calibration_a"] != overlap["calibration_b"])
-        & ~overlap["calibration_a"].isin(["mix"])
-        & ~overlap["calibration_b"].isin(["mix"])
-    ]
-    if len(pairs):
-        text += (
-            f" Kept sets of two single-domain calibrations overlap by a mean Jaccard of {pairs.jaccard.mean():.2f}, "
-            f"against {pairs.chance.mean():.2f} for random kept sets."
-        )
-    return text
-
-
-def sensitivity(frame: pd.DataFrame, *, value: str = "delta_loss") -> str:
-    """Which layer's pruning costs most (per-layer sensitivity)."""
-    if frame.empty or value not in frame.columns:
-        return "No per-layer sensitivity to read."
-    by_layer = frame.groupby("layer")[value].mean()
-    return (
-        f"**Reading.** Pruning one layer alone costs most in layer {by_layer.idxmax()} (+{by_layer.max():.2f} nats) "
-        f"and least in layer {by_layer.idxmin()} (+{by_layer.min():.2f}): where a global budget should keep more "
-        "experts."
+        f"**Reading.** Experts {i} and {j} share a token's top-k {lift[i, j]:.1f}x as often as independent routing "
+        f"with their frequencies would give; {above:.0%} of pairs are co-selected more often than that. Experts "
+        "that fire together are candidates for merging rather than pruning."
     )

@@ -1,21 +1,9 @@
 """How sensitive pruning is: to each MoE layer on its own, and to the calibration data.
 
     >>> sensitivity = calibration_sensitivity(model, tokenizer, eval_batches, calibration=obs)
-    >>> sensitivity.loss_matrix().round(2)                        # evaluation domain x calibration set
-    calibration  unpruned  code  prose  tools  math   mix
-    eval_domain
-    code             4.03  4.75   5.11   5.45  5.64  5.09
-    prose            4.01  4.95   4.50   5.37  5.83  4.54
-    tools            0.86  2.84   2.82   2.49  4.80  2.44
-    math             0.79  4.00   2.67   6.24  1.26  4.03
-    all              2.57  4.14   3.87   4.76  4.66  4.02
-    >>> from reapkit.select.plan import PruningPlan
-    >>> plans = {d: PruningPlan.from_observations(obs, "reap", ratio=0.5, domains=[d]) for d in ("code", "prose")}
-    >>> kept_overlap(plans).round(2)                              # mean Jaccard of the kept sets
-    calibration  code  prose
-    calibration
-    code         1.00   0.43
-    prose        0.43   1.00
+    >>> sensitivity.loss_matrix()                                 # evaluation domain x calibration set
+    >>> kept_overlap({"code": plan_a, "prose": plan_b})           # mean Jaccard of the kept sets
+    >>> calibration_size(model, tokenizer, eval_batches)          # kept sets and loss against calibration size and seed
 
 **Calibration decides which experts survive**: prune with REAP from statistics of each single
 calibration domain and of their mix, and measure every evaluation domain; plus how much the kept
@@ -34,14 +22,15 @@ import pandas as pd
 
 from reapkit.data import DOMAINS
 from reapkit.errors import InvalidInput
-from reapkit.measure.evaluate import interval_columns as _interval
 from reapkit.measure.schema import UNPRUNED
+from reapkit.measure.schema import interval_columns as _interval
 from reapkit.measure.stats import RESAMPLES, bootstrap, sequence_grid
 from reapkit.study.experiments import MIX, check_ratios
 
 __all__ = [
     "layer_sensitivity",
     "calibration_sensitivity",
+    "calibration_size",
     "Sensitivity",
     "kept_overlap",
     "jaccard_by_layer",
@@ -356,3 +345,77 @@ def calibration_sensitivity(
         ratio=ratio,
         criterion=criterion,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# (c) calibration size and seed
+# --------------------------------------------------------------------------------------------
+
+
+def calibration_size(
+    model,
+    tokenizer,
+    eval_batches,
+    *,
+    domains=DOMAINS,
+    sizes=(2, 4, 8, 16),
+    seeds=(0, 1, 2),
+    ratio: float = 0.5,
+    criterion: str = "reap",
+    max_length: int = 128,
+    resamples: int = RESAMPLES,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """How much the kept experts and the loss depend on the calibration's size and on its sample.
+
+        >>> calibration_size(model, tokenizer, eval_batches, sizes=(2, 4, 8, 16), seeds=(0, 1, 2))
+
+    For each seed, `max(sizes)` calibration samples per domain of `domains` are drawn and observed in
+    nested prefixes (observations add up, so the whole costs one pass per seed); each prefix of n
+    samples per domain gives a plan by `criterion` at `ratio`. Per size and seed: `jaccard` = mean over
+    layers of the Jaccard index of its kept experts with those of the plan made from every seed's
+    largest calibration pooled (`chance`: what random kept sets share), and `delta_loss` on
+    `eval_batches` with its 95% bootstrap interval paired with the unpruned model. `sizes` must be
+    multiples of the smallest. Columns: samples, seed, jaccard, chance, delta_loss, delta_loss_lo, delta_loss_hi.
+    """
+    from tqdm.auto import tqdm
+
+    from reapkit.compress.prune import mask_experts
+    from reapkit.data import calibration_batches
+    from reapkit.measure.evaluate import sequence_metrics
+    from reapkit.observe.recorder import observe
+    from reapkit.select.plan import PruningPlan
+
+    sizes, step = sorted(int(n) for n in sizes), min(int(n) for n in sizes)
+    if any(n % step for n in sizes):
+        raise ValueError(f"calibration sizes must be multiples of the smallest ({step}), got {sizes}")
+    spec = ",".join(f"{d}:{sizes[-1]}" for d in domains)
+    observed: dict[tuple, object] = {}
+    for seed in tqdm(seeds, desc="calibration seeds", disable=not progress):
+        batches = calibration_batches(spec, tokenizer, batch_size=step, max_length=max_length, seed=int(seed))
+        by_domain = {d: [b for b in batches if b.domain == d] for d in domains}
+        total, done = None, 0
+        for n in sizes:
+            new = [b for d in domains for b in by_domain[d][done // step : n // step]]
+            part = observe(model, new, calibration={"spec": spec, "seed": int(seed), "samples": n}, progress=False)
+            total, done = (part if total is None else total + part), n
+            observed[(n, int(seed))] = total
+    pooled = sum((observed[(sizes[-1], int(s))] for s in seeds[1:]), observed[(sizes[-1], int(seeds[0]))])
+    best = PruningPlan.from_observations(pooled, criterion, ratio=ratio)
+    unpruned = sequence_metrics(model, eval_batches, progress=False)
+    rows = []
+    for (n, seed), obs in observed.items():
+        plan = PruningPlan.from_observations(obs, criterion, ratio=ratio)
+        with mask_experts(model, plan):
+            frame = sequence_metrics(model, eval_batches, progress=False)
+        tokens = frame["tokens"].to_numpy(np.float64)
+        delta = (frame["loss"].to_numpy() - unpruned["loss"].to_numpy()) * tokens
+        row = {
+            "samples": n,
+            "seed": seed,
+            "jaccard": float(jaccard_by_layer(plan, best).mean()),
+            "chance": chance_overlap(plan),
+        }
+        row.update(zip(_interval("delta_loss"), bootstrap(delta, tokens, resamples=resamples, seed=0)))
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["samples", "seed", "jaccard", "chance", *_interval("delta_loss")])

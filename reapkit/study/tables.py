@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from reapkit.errors import InvalidInput, Mismatch
-from reapkit.measure.schema import ALL, LABEL, RATIO, hi, lo, select, wide_results
+from reapkit.measure.schema import ALL, LABEL, RATIO, hi, interval, interval_columns, lo, select, wide_results
 from reapkit.select.criteria import DEFAULT_CRITERIA
 from reapkit.select.plan import pruned_count
 
@@ -39,9 +39,14 @@ __all__ = [
     "expected_jaccard",
     "jaccard_distribution",
     "spearman_band",
+    "jaccard_band",
+    "routing",
+    "uniform_plans",
+    "pruned_experts",
     "agreement_table",
     "domain_share_table",
     "specialisation_table",
+    "specialisation_by_layer",
     "mask_frame",
     "plan_overlap",
     "curve_table",
@@ -103,10 +108,28 @@ def expected_jaccard(experts: int, size: int, other: int | None = None) -> float
     return float(np.sum(values * p))
 
 
+@functools.lru_cache(maxsize=256)
+def jaccard_band(experts: int, size: int, layers: int = 1, *, level: float = 0.95, draws: int = 20000, seed: int = 0):
+    """Central `level` interval of the mean over `layers` layers of the Jaccard index of two random
+    `size`-of-`experts` subsets (each layer an independent draw from `jaccard_distribution`; seeded).
+
+        >>> jaccard_band(16, 8, 4)              # (lo, hi) around expected_jaccard(16, 8) = 0.34
+        (0.23443223443223443, 0.4606060606060606)
+    """
+    values, p = jaccard_distribution(experts, size)
+    rng = np.random.default_rng(seed)
+    means = rng.choice(values, p=p, size=(draws, max(int(layers), 1))).mean(axis=1)
+    tail = (1 - level) / 2
+    return float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
+
+
 @functools.lru_cache(maxsize=64)
-def spearman_band(n: int, *, level: float = 0.95, permutations: int = 20000, seed: int = 0) -> tuple[float, float]:
-    """Central `level` interval of Spearman's rho between two independent random rankings of `n` items
-    (a permutation null, `permutations` draws from `seed`; deterministic): ``(lo, hi)``.
+def spearman_band(
+    n: int, layers: int = 1, *, level: float = 0.95, permutations: int = 20000, seed: int = 0
+) -> tuple[float, float]:
+    """Central `level` interval of Spearman's rho between two independent random rankings of `n` items,
+    or of its mean over `layers` independent layers (a permutation null, `permutations` draws from
+    `seed`; deterministic): ``(lo, hi)``.
 
         >>> [round(rho, 2) for rho in spearman_band(16)]   # |rho| < 0.5 is what unrelated scores of 16 experts give
         [-0.49, 0.5]
@@ -120,6 +143,8 @@ def spearman_band(n: int, *, level: float = 0.95, permutations: int = 20000, see
     centred = ranks - (n - 1) / 2
     base = np.arange(n, dtype=float) - (n - 1) / 2
     rho = centred @ base / float(base @ base)
+    if layers > 1:
+        rho = rng.choice(rho, size=(permutations, int(layers))).mean(axis=1)
     tail = (1 - level) / 2
     return float(np.quantile(rho, tail)), float(np.quantile(rho, 1 - tail))
 
@@ -129,60 +154,114 @@ def spearman_band(n: int, *, level: float = 0.95, permutations: int = 20000, see
 # --------------------------------------------------------------------------------------------
 
 
-def agreement_table(
-    frame: pd.DataFrame, *, criteria=DEFAULT_CRITERIA, ratio: float = 0.5, domain: str = ALL
-) -> pd.DataFrame:
+def routing(obs) -> dict:
+    """The router's group-limited routing as `uniform_plans` and `agreement_table` take it: n_group,
+    topk_group and top_k of `obs` (Observations). ``uniform_plans(scores, ratio=0.5, **routing(obs))``."""
+    return {"n_group": obs.meta.get("n_group", 1), "topk_group": obs.meta.get("topk_group"), "top_k": obs.top_k}
+
+
+def uniform_plans(
+    frame: pd.DataFrame,
+    criteria=DEFAULT_CRITERIA,
+    *,
+    ratio: float,
+    domain: str = ALL,
+    n_group: int = 1,
+    topk_group: int | None = None,
+    top_k: int = 1,
+) -> dict:
+    """{criterion: PruningPlan}: the uniform plan each criterion of a scores frame makes at `ratio`,
+    built by `PruningPlan.from_scores` itself (its ties, its routing groups), so every overlap and
+    kept/pruned mark drawn from a scores frame is that of a plan.
+
+        >>> uniform_plans(scores, ["reap", "frequency"], ratio=0.5, n_group=obs.meta.get("n_group", 1))
+        {'reap': PruningPlan(kept={0: [1, 2, 4, 7, 9, 11, 13, 14], 1: [1, 2, 3, 4, 6, 7, 11, 13], 2: [0, 1, 2, 4, 12, 13, 14, 15], 3: [5, 7, 10, 11, 12, 13, 14, 15]}, num_experts={0: 16, 1: 16, 2: 16, 3: 16}, criterion='reap', ratio=0.5, scores={0: [5.150720965663592, 6.150756650256074, 5.601109736939756, 5.597431738184739, 9.145804506091139, 4.991229058017856, 3.8803976819666866, 8.08589246541846, 5.556664071334847, 6.993872624173572, 2.9992681161049872, 8.910459689693909, 5.035231099754084, 5.641372330813077, 5.713697339455001, 5.289343077280678], 1: [1.3583623511193876, 2.3428078350424766, 3.84534746129491, 2.9514676563747297, 1.7076797861721098, 1.6612739343356513, 1.7202713385696953, 2.80811679836699, 1.514108093144993, 1.2252621436743318, 1.2190161460325464, 2.8163969936286843, 1.5248314484150658, 1.9316032272676995, 1.1113568501919509, 0.7254494390873747], 2: [3.08182191578631, 3.2719031282597117, 3.3109911945838912, 1.608815684112788, 2.4099210695722584, 1.9528584671718192, 1.2580321600385518, 2.0155446091173594, 2.192146716716652, 2.196186340963229, 1.3371197643140569, 0.92876362385085, 2.616705163295968, 2.719234887615476, 2.4317457321914846, 6.010494516401069], 3: [3.2583034179206973, 3.609500976203232, 1.8006475307809853, 2.4547330391174857, 2.3645455672151665, 5.0474120251775725, 3.457298535802593, 3.748859041157094, 1.8975539565378545, 2.6652143112289797, 4.739215780980885, 6.245382432218736, 11.552768885349954, 9.197750585390388, 11.734692438292717, 5.831154924531386]}, provenance={}), 'frequency': PruningPlan(kept={0: [0, 4, 6, 7, 9, 13, 14, 15], 1: [0, 3, 5, 6, 7, 8, 12, 13], 2: [1, 2, 3, 7, 10, 12, 13, 15], 3: [0, 3, 5, 7, 11, 12, 14, 15]}, num_experts={0: 16, 1: 16, 2: 16, 3: 16}, criterion='frequency', ratio=0.5, scores={0: [300.0, 230.0, 123.0, 146.0, 491.0, 190.0, 284.0, 255.0, 232.0, 237.0, 155.0, 146.0, 122.0, 274.0, 278.0, 319.0], 1: [228.0, 225.0, 219.0, 317.0, 194.0, 302.0, 268.0, 299.0, 264.0, 185.0, 174.0, 149.0, 269.0, 269.0, 200.0, 220.0], 2: [231.0, 297.0, 269.0, 302.0, 179.0, 173.0, 176.0, 321.0, 217.0, 156.0, 273.0, 221.0, 249.0, 284.0, 160.0, 274.0], 3: [444.0, 159.0, 171.0, 276.0, 132.0, 254.0, 219.0, 275.0, 153.0, 218.0, 188.0, 316.0, 262.0, 181.0, 280.0, 254.0]}, provenance={})}
+
+    `n_group`, `topk_group`, `top_k`: the router's group-limited routing (as `obs.meta` and
+    `obs.top_k` give them). Criteria missing from `frame` are left out.
+    """
+    from reapkit.select.plan import PruningPlan
+
+    data = select(frame, domain=domain) if not _empty(frame) else frame
+    plans = {}
+    for criterion in [criteria] if isinstance(criteria, str) else criteria:
+        part = data[data["criterion"] == criterion] if not _empty(data) else data
+        if _empty(part):
+            continue
+        table = value_table(part)
+        sizes = table.notna().sum(axis=1).astype(int).tolist()
+        values = np.nan_to_num(table.to_numpy(float), nan=-np.inf)
+        plans[criterion] = PruningPlan.from_scores(
+            values,
+            [int(layer) for layer in table.index],
+            sizes,
+            top_k=top_k,
+            ratio=ratio,
+            n_group=n_group,
+            topk_group=topk_group,
+            criterion=criterion,
+        )
+    return plans
+
+
+def pruned_experts(scores, ratio: float, **routing) -> np.ndarray:
+    """Boolean [E]: the experts the uniform plan at `ratio` prunes from one layer's `scores` (by
+    `PruningPlan.from_scores`; `routing`: n_group, topk_group, top_k as in `uniform_plans`).
+
+        >>> pruned_experts([0.3, 0.1, 0.2, 0.4], 0.5)
+        array([False,  True,  True, False])
+    """
+    from reapkit.select.plan import PruningPlan
+
+    s = np.asarray(scores, dtype=float).ravel()
+    mask = np.zeros(s.size, bool)
+    if s.size == 0 or ratio is None:
+        return mask
+    routing = {"top_k": 1, **routing}
+    plan = PruningPlan.from_scores(np.nan_to_num(s, nan=-np.inf)[None], [0], [s.size], ratio=ratio, **routing)
+    mask[plan.removed(0)] = True
+    return mask
+
+
+def agreement_table(data, *, criteria=None, ratio: float = 0.5, domain: str = ALL, **routing) -> pd.DataFrame:
     """Per layer and pair of criteria: Spearman rank correlation of the scores, the overlap (Jaccard
-    index) of the sets of experts each would prune at `ratio`, and that overlap's chance level.
+    index) of the sets of experts their plans prune, and that overlap's chance level.
 
-        >>> table = agreement_table(scores, criteria=["reap", "frequency", "ean_mean"], ratio=0.5)
-        >>> table[["layer", "criterion_a", "criterion_b", "spearman", "overlap", "overlap_chance"]].head(3).round(2)
-           layer criterion_a criterion_b  spearman  overlap  overlap_chance
-        0      0        reap   frequency      0.15     0.45            0.34
-        1      0        reap    ean_mean      0.76     0.60            0.34
-        2      0   frequency    ean_mean      0.08     0.33            0.34
+        >>> agreement_table(scores, criteria=["reap", "frequency"], ratio=0.5)
+        >>> agreement_table({c: PruningPlan.from_observations(obs, c, ratio=0.5) for c in criteria})
 
-    Columns: layer, criterion_a, criterion_b, experts, spearman, overlap, overlap_chance,
-    spearman_lo, spearman_hi (the 95% band of rho between unrelated rankings). Criteria missing
-    from `frame` are skipped.
+    `data`: {criterion: PruningPlan} (the plans' own pruned sets and scores), or a scores frame whose
+    plans `uniform_plans` makes at `ratio` (`routing`: n_group, topk_group, top_k). Columns: layer,
+    criterion_a, criterion_b, experts, spearman, overlap, overlap_chance, spearman_chance_lo,
+    spearman_chance_hi (where 95% of rho between unrelated rankings falls). Criteria missing from
+    `data` are skipped; `criteria` None: every plan given, or :data:`DEFAULT_CRITERIA` of a frame.
     """
     from scipy.stats import spearmanr
 
-    columns = [
-        "layer",
-        "criterion_a",
-        "criterion_b",
-        "experts",
-        "spearman",
-        "overlap",
-        "overlap_chance",
-        "spearman_lo",
-        "spearman_hi",
-    ]
-    if _empty(frame):
-        return pd.DataFrame(columns=columns)
-    data = select(frame, domain=domain)
-    present = [c for c in criteria if c in set(data["criterion"])]
-    tables = {c: value_table(data[data["criterion"] == c]) for c in present}
+    chance_lo, chance_hi = interval("spearman", "chance")
+    columns = ["layer", "criterion_a", "criterion_b", "experts", "spearman", "overlap", "overlap_chance"]
+    columns += [chance_lo, chance_hi]
+    if isinstance(data, dict):
+        plans = {c: p for c, p in data.items() if criteria is None or c in criteria}
+    else:
+        criteria = DEFAULT_CRITERIA if criteria is None else criteria
+        plans = {} if _empty(data) else uniform_plans(data, criteria, ratio=ratio, domain=domain, **routing)
+    present = list(plans)
+    layers = sorted(set.intersection(*(set(p.layers) for p in plans.values()))) if plans else []
     rows = []
-    for layer in sorted(set(data["layer"])):
+    for layer in layers:
         for i, a in enumerate(present):
             for b in present[i + 1 :]:
-                x, y = tables[a].loc[layer].to_numpy(float), tables[b].loc[layer].to_numpy(float)
-                ok = ~(np.isnan(x) | np.isnan(y))
-                x, y = x[ok], y[ok]
+                x, y = (np.asarray(plans[c].scores[layer], float) for c in (a, b))
+                ok = np.isfinite(x) & np.isfinite(y)
                 rho = float("nan")
-                if x.size > 1 and np.ptp(x) > 0 and np.ptp(y) > 0:
-                    rho = float(spearmanr(x, y).statistic)
-                k = pruned_count(x.size, ratio)
-                if k == 0:
-                    overlap = 1.0
-                else:
-                    pa = set(np.argsort(x, kind="stable")[:k].tolist())
-                    pb = set(np.argsort(y, kind="stable")[:k].tolist())
-                    overlap = len(pa & pb) / len(pa | pb)
-                band = spearman_band(x.size)
-                rows.append((layer, a, b, x.size, rho, overlap, expected_jaccard(x.size, k), *band))
+                if ok.sum() > 1 and np.ptp(x[ok]) > 0 and np.ptp(y[ok]) > 0:
+                    rho = float(spearmanr(x[ok], y[ok]).statistic)
+                pa, pb = set(plans[a].removed(layer)), set(plans[b].removed(layer))
+                overlap = len(pa & pb) / len(pa | pb) if pa | pb else 1.0
+                experts = plans[a].num_experts[layer]
+                chance = expected_jaccard(experts, len(pa), len(pb))
+                rows.append((layer, a, b, experts, rho, overlap, chance, *spearman_band(int(ok.sum()))))
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -265,6 +344,23 @@ def specialisation_table(frame: pd.DataFrame, *, criterion: str = "frequency") -
         }
     )
     return out[columns].reset_index(drop=True)
+
+
+def specialisation_by_layer(table: pd.DataFrame, *, resamples: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Per layer of a `specialisation_table`: the usage-weighted mean specialisation and its 95% percentile
+    bootstrap interval over the layer's experts (`interval_columns("specialisation")`).
+
+        >>> specialisation_by_layer(specialisation_table(scores))
+    """
+    from reapkit.measure.stats import bootstrap
+
+    columns = ["layer", *interval_columns("specialisation"), "experts"]
+    rows = []
+    for layer, part in table.groupby("layer", sort=True):
+        weights = part["usage"].clip(lower=0).to_numpy(float) + 1e-12
+        values = bootstrap(part["specialisation"].to_numpy(float) * weights, weights, resamples=resamples, seed=seed)
+        rows.append((layer, *values, len(part)))
+    return pd.DataFrame(rows, columns=columns)
 
 
 # --------------------------------------------------------------------------------------------

@@ -9,8 +9,22 @@ import json
 import sys
 
 import llama_cpp
+import llama_cpp.llama_cpp as low_level
 import numpy as np
 from llama_cpp import Llama
+
+_default_model_params = low_level.llama_model_default_params
+
+
+def model_params():
+    """llama.cpp's defaults without weight repacking: its AMX repacking of Q8_0 crashed (segfault) on this
+    machine's CPU (AMX_INT8), for llama.cpp's own quantised files as well; it changes no result."""
+    params = _default_model_params()
+    params.use_extra_bufts = False
+    return params
+
+
+low_level.llama_model_default_params = model_params  # what Llama() builds its model parameters from
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:

@@ -58,7 +58,7 @@ def build_world(root: Path) -> dict:
 
     model_dir, spec = tiny_checkpoint(root, domains=("code",))
     tiny_model("qwen3_moe", seed=5).save_pretrained(root / "other")
-    obs = observe(tiny_model("qwen3_moe"), calibration_batches(spec, batch_size=2), progress=False)
+    obs = observe(tiny_model("qwen3_moe"), calibration_batches(spec, batch_size=2), progress=False, statistics="all")
     obs.save(root / "obs")
     PruningPlan.from_observations(obs, "reap", ratio=0.25).save(root / "plan.json")
     plan_merge(tiny_model("qwen3_moe"), obs, method="hc_smoe", keep=4).save(root / "merge_plan.json")
@@ -550,7 +550,7 @@ FRESH_CASES = [
         "full disk",
         "disk-full-observe",
         "observe {root}/model --data {root}/code.jsonl --out {out}",
-        2000,
+        500,  # default observations of the tiny model are about 1 kB
         ["disk is full or a file-size limit", "free space"],
     ),
     (

@@ -124,6 +124,8 @@ def test_checked_doc_blocks_are_what_the_script_runs(handoffs, checked_blocks):
     expected["lm_eval"] = handoffs.command("lm_eval", **names, env="lmeval-env")
     expected["llama_cpp_source"] = handoffs.command("llama_cpp_source", env="llama-env", dest="llama-cpp-source")
     expected["gguf"] = handoffs.command("gguf", **names, llama_cpp="llama.cpp", gguf="pruned-f32.gguf")
+    expected["plugin"] = handoffs.command("plugin", **names, env="vllm-env")
+    expected["prune_gguf"] = handoffs.command("prune_gguf", **names, gguf="demo-q8_0.gguf", out="pruned-q8_0.gguf")
     for env in handoffs.ENVS:
         expected |= {f"{env}:{i}": c for i, c in enumerate(handoffs.env_commands(env, f"{env}-env"))}
     shown = set()

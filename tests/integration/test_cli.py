@@ -186,6 +186,12 @@ def test_plan_then_prune_with_it_is_prune_from_observations(observed, tmp_path, 
     assert "--plan is a finished plan; drop --ratio" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
+def test_protecting_super_experts_needs_max_signed(observed, tmp_path, capsys):
+    out = tmp_path / "plan.json"
+    assert cli("plan", observed / "obs", "--ratio", 0.25, "--protect-super-experts", "--out", out) != 0
+    assert "--statistics max_signed" in capsys.readouterr().err and not out.exists()
+
+
 def test_llm_compressor_plan_is_applied_and_checked_against_the_model(observed, tmp_path, capsys):
     root = observed
     retained = {"model.layers.0.mlp": [0, 2, 3, 5, 6, 7], "model.layers.1.mlp": [1, 2, 3, 4, 5, 6]}
@@ -231,7 +237,12 @@ def test_merge_writes_the_model_and_its_plan_which_merge_applies_again(observed,
     from reapkit.select.merge import MergePlan
 
     root = observed
-    args = ("merge", root / "model", "--observations", root / "obs", "--method", "hc_smoe")
+    refused = ("merge", root / "model", "--observations", root / "obs", "--method", "hc_smoe", "--keep", 4)
+    assert cli(*refused, "--out", tmp_path / "refused") == 2  # default observations hold no mean outputs
+    assert "reapkit observe --statistics output_sum" in capsys.readouterr().err
+    obs = ("observe", root / "model", "--data", root / "code.jsonl", "--batch-size", 2, "--statistics", "output_sum")
+    assert cli(*obs, "--out", tmp_path / "obs") == 0
+    args = ("merge", root / "model", "--observations", tmp_path / "obs", "--method", "hc_smoe")
     assert cli(*args, "--keep", 4, "--out", tmp_path / "merged") == 0
     assert sorted(p.name for p in (tmp_path / "merged").iterdir()) == [
         "config.json",

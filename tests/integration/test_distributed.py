@@ -11,8 +11,10 @@ import torch
 from test_sequential import assert_same
 from tiny_models import tiny_model
 
+from reapkit.errors import InvalidInput
 from reapkit.observe.distributed import my_share
 from reapkit.observe.observations import Observations
+from reapkit.observe.statistics import STATISTICS
 from reapkit.run.cli import main
 
 
@@ -31,7 +33,7 @@ def test_two_processes_equal_one(tmp_path):
             "".join(json.dumps(torch.randint(3, 96, (n,), generator=g).tolist()) + "\n" for n in range(6, 6 + count))
         )
         files.append(str(path))
-    args = ["observe", str(tmp_path / "model"), "--data", ",".join(files), "--batch-size", "2"]
+    args = ["observe", str(tmp_path / "model"), "--data", ",".join(files), "--batch-size", "2", "--statistics", "all"]
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")]),
@@ -49,11 +51,12 @@ def test_two_processes_equal_one(tmp_path):
     assert main([*args, "--out", str(tmp_path / "one")]) == 0
     one, two = Observations.load(tmp_path / "one"), Observations.load(tmp_path / "two")
     assert_same(one, two)
+    assert set(two.stats["code"]) == set(STATISTICS)  # maxima reduced by max, the rest by sum
     assert two.meta["calibration"]["content_hash"] == one.meta["calibration"]["content_hash"]
     assert two.meta["calibration"]["processes"] == 2
 
 
 def test_more_processes_than_batches_is_refused():
     assert my_share([1, 2, 3], 1, 2) == [2]
-    with pytest.raises(ValueError, match="cannot be shared by 4 processes"):
+    with pytest.raises(InvalidInput, match="cannot be shared by 4 processes"):
         my_share([1, 2, 3], 0, 4)

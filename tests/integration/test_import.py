@@ -91,7 +91,7 @@ def case(tmp_path_factory):
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
     g = torch.Generator().manual_seed(0)
     batches = pad_batches([torch.randint(3, 96, (10,), generator=g).tolist() for _ in range(6)], "code", 3)
-    obs = observe(model, batches, progress=False)
+    obs = observe(model, batches, progress=False, statistics=["output_sum"])
     state = observer_state(model, batches)
     path = root / "observations_1024_cosine.pt"
     torch.save(state, path)
@@ -107,7 +107,7 @@ def test_imported_statistics_equal_reapkits_own(case):
     assert imported.layers == case["obs"].layers and imported.num_experts == [8, 8]
     assert imported.top_k == TOP_K  # read from expert_frequency / total_tokens
     assert imported.meta["fingerprint"] is None and imported.meta["architecture"] is None
-    assert sorted(imported.meta["missing"]) == ["coselect", "max_activation", "prob_sum"]
+    assert sorted(imported.meta["missing"]) == ["coselect", "max_activation", "max_signed", "prob_sum", "sq_norm_sum"]
     assert set(imported.meta["source"]["unmapped"]) == {
         "max_activations",
         "pairwise_expert_frequency",

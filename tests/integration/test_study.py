@@ -42,7 +42,7 @@ def setup():
     model = tiny_model("qwen3_moe")
     calibration = _batches(8, "code", 1) + _batches(8, "prose", 2)
     evaluation = _batches(4, "code", 3) + _batches(4, "prose", 4)
-    obs = observe(model, calibration, progress=False)
+    obs = observe(model, calibration, progress=False, statistics=["output_sum"])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         sequences = experiments.study_sequences(model, obs, evaluation, ratios=(*RATIOS, 0.875), progress=False)
@@ -364,7 +364,7 @@ def test_study_figures(setup, tmp_path):
     fig = plot.study_figure(setup["results"])
     assert len([a for a in fig.axes if a.get_visible()]) >= 2
     sens = setup["sensitivity"]
-    fig2 = plot.calibration_figure(sens.loss_matrix(), sens.overlap_matrix())
+    fig2 = plot.calibration_figure(sens)
     paths = plot.save_figure(fig, tmp_path, "study", close=True) + plot.save_figure(fig2, tmp_path, "calib", close=True)
     assert all(p.stat().st_size > 0 for p in paths)
 
@@ -408,7 +408,7 @@ def test_notebook_05_study(tmp_path):
     nb = nbformat.read(str(out), as_version=4)
     assert not [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     figures = tmp_path / "run" / "figures"
-    for name in ("study", "calibration_sensitivity"):
+    for name in ("study", "gaps_by_domain", "calibration_sensitivity"):
         assert (figures / f"{name}.png").stat().st_size > 0 and (figures / f"{name}.pdf").stat().st_size > 0
     results = pd.read_csv(tmp_path / "run" / "study.csv")
     assert len(results) == 2 * (4 + 2 + 2 + 1) * 3
@@ -416,6 +416,8 @@ def test_notebook_05_study(tmp_path):
     loss = pd.read_csv(tmp_path / "run" / "sensitivity_loss.csv")
     assert list(loss.columns) == ["eval_domain", "unpruned", "code", "prose", "mix"]
     assert "REAP" in (tmp_path / "run" / "summary.md").read_text()
+    gaps = pd.read_csv(tmp_path / "run" / "gaps.csv")  # the paired gaps notebook 04 draws
+    assert {"loss_gap", "loss_gap_lo", "loss_gap_hi"} <= set(gaps.columns) and "reap" not in set(gaps.label)
 
 
 def test_notebook_05_bad_parameter(tmp_path):

@@ -66,8 +66,57 @@ def test_agreement_table_values_and_chance():
     assert row.spearman == pytest.approx(1.0) and row.overlap == 1.0
     assert len(table) == 6 and table.spearman.between(-1, 1).all()
     assert table.overlap_chance.eq(tables.expected_jaccard(6, 3)).all()
-    assert (table.spearman_lo < 0).all() and (table.spearman_hi > 0).all()
+    assert (table.spearman_chance_lo < 0).all() and (table.spearman_chance_hi > 0).all()
     assert tables.agreement_table(frame.iloc[:0]).empty
+
+
+def _frame(values: dict, layer=0):
+    rows = [(layer, e, "all", c, float(v)) for c, row in values.items() for e, v in enumerate(row)]
+    return pd.DataFrame(rows, columns=["layer", "expert", "domain", "criterion", "value"])
+
+
+def test_agreement_overlaps_are_those_of_the_plans():
+    """Ties and routing groups: the overlap is that of the sets PruningPlan prunes, not of a re-derived argsort."""
+    from reapkit.select.plan import PruningPlan
+
+    tied = _frame({"reap": [1.0, 1.0, 1.0, 1.0], "frequency": [0.0, 0.0, 5.0, 5.0]})
+    row = tables.agreement_table(tied, criteria=["reap", "frequency"], ratio=0.5).iloc[0]
+    reap = PruningPlan.from_scores(np.ones((1, 4)), [0], [4], top_k=1, ratio=0.5)
+    freq = PruningPlan.from_scores(np.array([[0.0, 0.0, 5.0, 5.0]]), [0], [4], top_k=1, ratio=0.5)
+    assert reap.removed(0) == [2, 3] and freq.removed(0) == [0, 1]  # ties keep the lower index
+    assert row.overlap == 0.0  # an argsort of the scores prunes {0, 1} for both: overlap 1
+    # two routing groups of 4: each group keeps 2, wherever the globally lowest scores are
+    grouped = _frame({"reap": [1, 2, 3, 4, 9, 8, 7, 6], "frequency": [4, 3, 2, 1, 9, 8, 7, 6]})
+    table = tables.agreement_table(grouped, criteria=["reap", "frequency"], ratio=0.5, n_group=2, top_k=2)
+    plans = tables.uniform_plans(grouped, ["reap", "frequency"], ratio=0.5, n_group=2, top_k=2)
+    assert plans["reap"].removed(0) == [0, 1, 6, 7] and plans["frequency"].removed(0) == [2, 3, 6, 7]
+    assert table.overlap.iloc[0] == pytest.approx(2 / 6)
+    assert tables.agreement_table(plans).overlap.iloc[0] == pytest.approx(2 / 6)  # the plans themselves
+
+
+def test_each_kind_of_interval_has_its_own_name():
+    assert schema.interval("loss") == ("loss_lo", "loss_hi")
+    assert schema.interval("loss", "gap") == ("loss_gap_lo", "loss_gap_hi")
+    assert schema.interval_columns("rho", "chance") == ["rho_chance_lo", "rho_chance_hi"]
+    with pytest.raises(ValueError, match="kind of interval"):
+        schema.interval("loss", "shifted")
+    from reapkit.measure import evaluate
+
+    assert evaluate.interval_columns is schema.interval_columns  # built in one place
+    table = tables.agreement_table(_scores(), criteria=["reap", "frequency"])
+    assert {"spearman_chance_lo", "spearman_chance_hi"} <= set(table.columns)
+    assert not {"spearman_lo", "spearman_hi"} & set(table.columns)  # a chance band is not an interval of rho
+
+
+def test_one_declaration_of_each_metrics_direction():
+    assert [schema.better(m) for m in ("loss", "kl", "delta_loss", "bits_per_byte")] == ["lower"] * 4
+    assert [schema.better(m) for m in ("agreement", "acc", "acc_norm", "a_new_score")] == ["higher"] * 4
+    frame = pd.DataFrame({"name": ["a", "b", "c"], "acc": [0.2, 0.9, 0.5], "loss": [3.0, 1.0, 2.0]})
+    assert list(schema.best_first(frame, "acc").name) == ["b", "c", "a"]
+    assert list(schema.best_first(frame, "loss").name) == ["b", "c", "a"]
+    from reapkit.study import readings
+
+    assert not hasattr(readings, "LOWER_IS_BETTER")  # no second table
 
 
 def test_specialisation_of_a_pure_specialist():
@@ -83,7 +132,7 @@ def test_specialisation_of_a_pure_specialist():
 def _results(ci=True):
     rows = []
     for d, base in (("code", 2.0), ("math", 3.0)):
-        rows.append(dict(label="none", method="prune", seed=None, ratio=0.0, domain=d, loss=base))
+        rows.append(dict(label="unpruned", method="prune", seed=None, ratio=0.0, domain=d, loss=base))
         for r in (0.25, 0.5):
             rows.append(dict(label="reap", method="prune", seed=None, ratio=r, domain=d, loss=base + r))
             for s in (0, 1):
@@ -98,7 +147,8 @@ def test_delta_loss_against_each_domains_unpruned_loss():
     out = schema.with_delta_loss(_results())
     reap = out[(out.label == "reap") & (out.ratio == 0.5)].set_index("domain")
     assert reap.delta_loss.to_dict() == {"code": pytest.approx(0.5), "math": pytest.approx(0.5)}
-    assert (reap.delta_loss_hi - reap.delta_loss_lo).round(6).eq(0.2).all()
+    # the loss interval moved by the unpruned mean is not an interval of the difference: no delta_loss_lo/hi
+    assert not {"delta_loss_lo", "delta_loss_hi"} & set(out.columns)
     assert schema.with_delta_loss(out) is not out  # a copy, kept as it is when delta_loss exists
     with pytest.raises(InvalidInput, match="ratio 0"):
         schema.with_delta_loss(_results()[lambda f: f.ratio > 0])

@@ -20,19 +20,8 @@ from reapkit.errors import ReapkitError, user_message
 
 ROOT = Path(__file__).resolve().parents[2]
 
-#: Files (or folders of them) where a built-in exception may not carry a fix: extend it as modules convert.
-USER_ERROR_FILES = [
-    "reapkit/atomic.py",
-    "reapkit/data",
-    "reapkit/measure",
-    "reapkit/model/discover.py",
-    "reapkit/model/loading.py",
-    "reapkit/model/records.py",
-    "reapkit/observe/importers.py",
-    "reapkit/plot",
-    "reapkit/select",
-    "reapkit/study",
-]
+#: Where a built-in exception may not carry a fix: the whole package.
+USER_ERROR_FILES = ["reapkit"]
 
 #: Built-in exceptions a user mistake used to be raised as (TypeError stays: a wrong type is a caller's bug).
 BUILTIN_ERRORS = {

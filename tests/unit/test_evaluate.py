@@ -205,10 +205,13 @@ def test_reconstruction_error(name, eval_batches):
     model = model_of(name)
     plan = some_plan(model)
     unchanged = reconstruction_error(model, model, batches, progress=False)
-    assert list(unchanged.columns) == ["layer", "rel_l2"] and len(unchanged) == len(plan.layers)
+    assert list(unchanged.columns) == ["layer", "rel_l2", "rel_l2_lo", "rel_l2_hi"]
+    assert len(unchanged) == len(plan.layers)
     assert unchanged.rel_l2.abs().max() < 1e-6
     masked = reconstruction_error(model, model, batches, compressed=lambda: mask_experts(model, plan), progress=False)
     assert (masked.rel_l2 > 1e-3).all()
+    assert ((masked.rel_l2_lo <= masked.rel_l2) & (masked.rel_l2 <= masked.rel_l2_hi)).all()
+    assert (masked.rel_l2_hi > masked.rel_l2_lo).all()  # sequences differ: a bootstrap interval, not a point
     removed = reconstruction_error(model, remove_experts(copy.deepcopy(model), plan), batches, progress=False)
     assert masked.rel_l2.tolist() == pytest.approx(removed.rel_l2.tolist(), rel=1e-4)
     # the mask was only active around the compressed calls: the model is unmasked again
@@ -263,3 +266,21 @@ def test_generate_samples_is_greedy_and_deterministic():
     with mask_experts(model, some_plan(model)):
         masked = generate_samples(model, tokenizer, prompts, max_new_tokens=6)
     assert set(masked) == set(prompts)
+
+
+def test_evaluate_plans_gives_the_sequences_the_gaps_pair(eval_batches):
+    from reapkit.measure.evaluate import evaluate_plans
+    from reapkit.study.gaps import gap_table
+
+    model = model_of("qwen3_moe")
+    plan = some_plan(model)
+    results, rec, seqs = evaluate_plans(
+        model, {("reap", 0.5): plan, ("other", 0.5): plan}, eval_batches, sequences=True
+    )
+    assert set(results.criterion) == {"unpruned", "reap", "other"} and {"rel_l2_lo", "rel_l2_hi"} <= set(rec.columns)
+    mine = seqs[seqs.criterion == "reap"]
+    assert (
+        mine.delta_loss.to_numpy() == mine.loss.to_numpy() - seqs[seqs.criterion == "unpruned"].loss.to_numpy()
+    ).all()
+    gaps = gap_table(seqs, hue="criterion")
+    assert (gaps.loss_gap == 0).all() and (gaps.loss_gap_lo == 0).all()  # the same plan: a gap of exactly 0

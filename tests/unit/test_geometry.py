@@ -50,7 +50,7 @@ def test_cluster_single_expert():
 
 def test_spaces_from_model_and_observations(batches):
     model = tiny_model("qwen3_moe")
-    obs = observe(model, batches, progress=False)
+    obs = observe(model, batches, progress=False, statistics=["output_sum"])
     layer = obs.layers[1]
     for space, source in (("weights", model), ("router", model), ("output", obs)):
         d = geometry.distance_matrix(source, layer, space)

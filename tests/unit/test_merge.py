@@ -27,7 +27,7 @@ def model_and_obs(name: str):
         seqs = [torch.randint(3, 96, (n,), generator=g).tolist() for n in (16, 12, 16, 9)]
         batches = pad_batches(seqs[:2], "code", 2) + pad_batches(seqs[2:], "prose", 2)
         model = tiny_model(name)
-        _CACHE[name] = (model, observe(model, batches, progress=False), batches)
+        _CACHE[name] = (model, observe(model, batches, progress=False, statistics=["output_sum"]), batches)
     return _CACHE[name]
 
 

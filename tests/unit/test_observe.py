@@ -1,16 +1,22 @@
 """Observed statistics against a plain-PyTorch recomputation from the model's own router outputs."""
 
+import doctest
+import importlib
 import inspect
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from tiny_models import ARCHS, tiny_model
 
+from reapkit.errors import InvalidInput, Mismatch, MissingStatistic
 from reapkit.model.discover import architecture_for
 from reapkit.model.records import SCORING
 from reapkit.observe.observations import Observations
 from reapkit.observe.recorder import observe, recording
+from reapkit.observe.resume import PartialObservations
+from reapkit.observe.statistics import DEFAULT, OPTIONAL, STATISTICS, markdown
 
 
 def _expert_output(experts, j, x):
@@ -72,7 +78,16 @@ def reference_stats(model, batches):
             batch.domain,
             {
                 k: torch.zeros(L, E, dtype=torch.float64)
-                for k in ("count", "gate_sum", "norm_sum", "reap_sum", "max_activation", "prob_sum")
+                for k in (
+                    "count",
+                    "gate_sum",
+                    "norm_sum",
+                    "reap_sum",
+                    "sq_norm_sum",
+                    "max_activation",
+                    "max_signed",
+                    "prob_sum",
+                )
             },
         )
         acc.setdefault("output_sum", torch.zeros(L, E, H, dtype=torch.float64))
@@ -108,7 +123,9 @@ def reference_stats(model, batches):
                     acc["gate_sum"][pos, j] += g
                     acc["norm_sum"][pos, j] += f.norm()
                     acc["reap_sum"][pos, j] += g * f.norm()
+                    acc["sq_norm_sum"][pos, j] += f.norm() ** 2
                     acc["max_activation"][pos, j] = max(acc["max_activation"][pos, j], f.abs().max())
+                    acc["max_signed"][pos, j] = max(acc["max_signed"][pos, j], f.max())  # from 0, as REAP's
                     acc["output_sum"][pos, j] += f
     return ref
 
@@ -123,7 +140,7 @@ def test_statistics_match_plain_recomputation(name, batches):
             rec.start_batch("x", b.attention_mask)
             observed = model(input_ids=b.input_ids, attention_mask=b.attention_mask)[0]
     torch.testing.assert_close(observed, plain, rtol=0, atol=1e-5, msg=f"observing changed {name}'s outputs")
-    obs = observe(model, batches, progress=False)
+    obs = observe(model, batches, progress=False, statistics="all")
     ref = reference_stats(model, batches)
     assert obs.domains == sorted(ref) == ["code", "prose"]
     for domain in ref:
@@ -154,10 +171,10 @@ def test_observing_does_not_change_the_model(name, batches):
 
 def test_padding_never_counts(batches):
     model = tiny_model("qwen3_moe")
-    a = observe(model, batches, progress=False)
+    a = observe(model, batches, progress=False, statistics="all")
     for b in batches:
         b.input_ids[b.attention_mask == 0] = 50  # different padding content
-    c = observe(model, batches, progress=False)
+    c = observe(model, batches, progress=False, statistics="all")
     for d in a.domains:
         for k in a.stats[d]:
             torch.testing.assert_close(a.stats[d][k], c.stats[d][k])
@@ -171,12 +188,86 @@ def test_dense_layers_are_skipped(batches):
 
 def test_observations_add_up(batches):
     model = tiny_model("mixtral")
-    whole = observe(model, batches, progress=False)
-    parts = observe(model, batches[:2], progress=False) + observe(model, batches[2:], progress=False)
+    whole = observe(model, batches, progress=False, statistics="all")
+    first, second = (observe(model, part, progress=False, statistics="all") for part in (batches[:2], batches[2:]))
+    parts = first + second
+    assert set(parts.stats["code"]) == set(STATISTICS)
     for d in whole.domains:
         for k in whole.stats[d]:
             torch.testing.assert_close(parts.stats[d][k], whole.stats[d][k])
     assert len(parts.meta["calibration"]["parts"]) == 2
+    assert parts.meta["missing"] == {}
+    pooled = whole.pooled()  # over domains: sums add, maxima take the larger
+    code, prose = whole.stats["code"], whole.stats["prose"]
+    torch.testing.assert_close(pooled["count"], code["count"] + prose["count"])
+    torch.testing.assert_close(pooled["max_activation"], torch.maximum(code["max_activation"], prose["max_activation"]))
+    fewer = first + observe(model, batches[2:], progress=False)  # a statistic only one side holds is left out
+    assert set(fewer.stats["code"]) == set(DEFAULT) and sorted(fewer.meta["missing"]) == sorted(OPTIONAL)
+    torch.testing.assert_close(fewer.stats["code"]["reap_sum"], whole.stats["code"]["reap_sum"])
+
+
+def test_optional_statistics_are_recorded_only_when_asked_for(batches):
+    model = tiny_model("qwen3_moe")
+    obs = observe(model, batches, progress=False)
+    assert set(obs.stats["code"]) == set(DEFAULT) and sorted(obs.meta["missing"]) == sorted(OPTIONAL)
+    with pytest.raises(MissingStatistic, match=r"'coselect' .*reapkit observe --statistics coselect"):
+        obs.coselection()
+    obs.require("reap_sum", "count", "prob_sum", "tokens", purpose="the default criteria")
+    asked = observe(model, batches, progress=False, statistics=["coselect"])
+    assert set(asked.stats["code"]) == {*DEFAULT, "coselect"} and "coselect" not in asked.meta["missing"]
+    for name in DEFAULT:  # asking for more changes nothing else
+        assert torch.equal(asked.stats["code"][name], obs.stats["code"][name])
+    with pytest.raises(InvalidInput, match="unknown statistic 'cosel'; choose from max_activation"):
+        observe(model, batches, progress=False, statistics=["cosel"])
+
+
+def test_saved_statistics_are_checked_against_the_table(tmp_path, batches):
+    obs = observe(tiny_model("qwen3_moe"), batches, progress=False, statistics=["output_sum"])
+    for change, domains, message in [
+        (lambda stats: stats.update(output_sum=stats["output_sum"][:1]), obs.domains, "holds output_sum as"),
+        (lambda stats: stats.update(count=stats["count"].float()), obs.domains, "holds count as torch.float32"),
+        (lambda stats: stats.update(hits=stats["count"].clone()), obs.domains, "unknown statistic 'hits'"),
+        (lambda stats: stats.pop("output_sum"), ["code"], "different statistics in different domains"),
+    ]:
+        stats = {d: dict(values) for d, values in obs.stats.items()}
+        for domain in domains:
+            change(stats[domain])
+        Observations(stats, obs.meta).save(tmp_path / "bad", force=True)
+        with pytest.raises(Mismatch, match=message):
+            Observations.load(tmp_path / "bad")
+
+
+def test_resume_needs_the_same_statistics(tmp_path, batches):
+    model = tiny_model("qwen3_moe")
+    whole = observe(model, batches, progress=False, statistics="all")
+    observe(model, batches, progress=False, statistics="all", partial=PartialObservations(tmp_path / "c", every=1))
+    with pytest.raises(Mismatch, match="--statistics"):
+        observe(model, batches, progress=False, partial=PartialObservations(tmp_path / "c", resume=True))
+    resumed = observe(
+        model, batches, progress=False, statistics="all", partial=PartialObservations(tmp_path / "c", resume=True)
+    )
+    for d in whole.domains:
+        for k, v in whole.stats[d].items():
+            assert torch.equal(resumed.stats[d][k], v), k
+
+
+def test_the_manual_shows_the_table_of_statistics():
+    """docs/observations.md shows the table as declared (regenerate: print(reapkit.observe.statistics.markdown()))."""
+    page = (Path(__file__).resolve().parents[2] / "docs" / "observations.md").read_text()
+    assert markdown() in page
+
+
+@pytest.mark.parametrize("module", ["reapkit.observe.statistics", "reapkit.model.layer"])
+def test_docstring_examples_run(module):
+    """The examples of the statistics table and of the layer view (on a tiny qwen3_moe)."""
+    module = importlib.import_module(module)
+    found = doctest.DocTestFinder().find(module, globs={**vars(module), "model": tiny_model("qwen3_moe")})
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    report = []
+    for test in found:
+        runner.run(test, out=report.append)
+    assert runner.summarize(verbose=False).failed == 0, "".join(report)
+    assert runner.summarize(verbose=False).attempted > 0
 
 
 def test_save_load_roundtrip(tmp_path, batches):
@@ -229,3 +320,55 @@ def test_token_file_domains(tmp_path):
     obs = observe(tiny_model("qwen3_moe"), calibration_batches(str(path), batch_size=2), progress=False)
     assert obs.domains == ["mine"]
     assert obs.stats["mine"]["tokens"][0] == 9
+
+
+@pytest.mark.parametrize("name", ["qwen3_moe", "mixtral", "deepseek_v3"])
+def test_new_criteria_equal_a_per_token_recomputation(name, batches):
+    from reapkit.select.criteria import score
+
+    model = tiny_model(name)
+    obs = observe(model, batches, progress=False, statistics=["output_sum", "max_signed"])
+    ref = reference_stats(model, batches)  # per token, from the formulas
+    count = sum(r["count"] for r in ref.values())
+    msan = sum(r["sq_norm_sum"] for r in ref.values()) / count.clamp(min=1)
+    mean_output = sum(r["output_sum"] for r in ref.values()) / count.clamp(min=1)[..., None]
+    torch.testing.assert_close(torch.from_numpy(score(obs, "msan")), msan, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(torch.from_numpy(score(obs, "ean_ca")), mean_output.norm(dim=-1), rtol=1e-4, atol=1e-6)
+    assert score(obs, "msan").std() > 0 and score(obs, "ean_ca").std() > 0
+
+
+def test_super_experts_follow_the_official_rule_and_are_never_pruned(batches):
+    import numpy as np
+
+    from reapkit.select.plan import PruningPlan, super_experts
+
+    model = tiny_model("qwen3_moe")
+    obs = observe(model, batches, progress=False, statistics=["max_signed"])
+    peaks = reference_stats(model, batches)
+    peaks = torch.maximum(peaks["code"]["max_signed"], peaks["prose"]["max_signed"]).numpy()
+    torch.testing.assert_close(obs.pooled()["max_signed"], torch.from_numpy(peaks), rtol=1e-5, atol=1e-6)
+    pool = peaks[: len(obs.layers) - len(obs.layers) // 4]  # the last 25% of layers left out
+    threshold = max(np.percentile(pool, 99.5), pool.max() / 10)
+    expected = {}
+    for p, e in zip(*np.nonzero(pool > threshold)):
+        expected.setdefault(obs.layers[p], []).append(int(e))
+    found = super_experts(obs)
+    assert found == expected
+    assert found and super_experts(obs, include_last_layers=True)  # the tiny model has some
+    # make the lowest-scoring expert of layer 0 a super expert: the plan keeps it and records it
+    obs.stats["code"]["max_signed"][0, 0] = 1e6
+    reap = PruningPlan.from_observations(obs, "frequency", ratio=0.5)
+    weakest = int(np.argmin(reap.scores[obs.layers[0]]))
+    obs.stats["code"]["max_signed"][0].zero_()
+    obs.stats["code"]["max_signed"][0, weakest] = 1e6
+    plan = PruningPlan.from_observations(obs, "frequency", ratio=0.5, protect_super_experts=True)
+    assert weakest in plan.kept[obs.layers[0]] and weakest not in reap.kept[obs.layers[0]]
+    assert plan.provenance["protected"][str(obs.layers[0])] == [weakest]
+    assert plan.scores == reap.scores
+    plain = observe(model, batches, progress=False)
+    with pytest.raises(MissingStatistic, match="--statistics max_signed"):
+        PruningPlan.from_observations(plain, "reap", ratio=0.5, protect_super_experts=True)
+    from reapkit.select.criteria import score
+
+    with pytest.raises(MissingStatistic, match="--statistics output_sum"):
+        score(plain, "ean_ca")

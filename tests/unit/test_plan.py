@@ -10,7 +10,7 @@ from reapkit.select.plan import PruningPlan
 
 @pytest.fixture
 def obs(batches):
-    return observe(tiny_model("qwen3_moe"), batches, progress=False)
+    return observe(tiny_model("qwen3_moe"), batches, progress=False, statistics="all")
 
 
 def test_criteria_from_statistics(obs):

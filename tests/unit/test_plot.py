@@ -33,7 +33,7 @@ def scores(layers=(0, 1, 2), experts=6, seed=0):
 
 
 def results():
-    rows = [(0.0, "none", d, 2.0, 0.0, 1.0) for d in DOMAINS + ["all"]]
+    rows = [(0.0, "unpruned", d, 2.0, 0.0, 1.0) for d in DOMAINS + ["all"]]
     for c in ("reap", "frequency"):
         for r in (0.25, 0.5):
             for d in DOMAINS + ["all"]:
@@ -155,7 +155,8 @@ def test_grids_and_reconstruction():
     rec = pd.DataFrame(
         {"layer": [0, 1, 0, 1], "rel_l2": [0.1, 0.2, 0.3, 0.4], "criterion": "reap", "ratio": [0.25, 0.25, 0.5, 0.5]}
     )
-    assert len(plot.reconstruction_by_layer(rec).lines) == 2
+    fig = plot.reconstruction_by_layer(rec)
+    assert [len(ax.lines) for ax in fig.axes] == [1, 1]  # one panel per ratio (no line style means a ratio)
     assert _has_no_data_note(plot.reconstruction_by_layer(pd.DataFrame()))
 
 
@@ -179,15 +180,18 @@ def test_one_colour_per_criterion_and_print_sizes():
     ]
     colours = [plot.criterion_color(n) for n in named]
     assert len(set(colours)) == len(colours)  # every built-in method its own colour
-    assert plot.criterion_color("global_reap") == plot.criterion_color("reap") == theme.OKABE_ITO["vermillion"]
+    assert plot.criterion_color("reap") == theme.OKABE_ITO["vermillion"]
+    assert plot.criterion_color("global_reap") not in colours  # a global budget is a method of its own
+    assert plot.criterion_color("global_my_criterion") == plot.criterion_color("my_criterion")
     assert plot.criterion_color("msmoe") == plot.criterion_color("m_smoe")
     registered = plot.criterion_color("my_registered_criterion")
     assert registered == plot.criterion_color("my_registered_criterion") and registered not in colours
     assert plot.method_linestyle("global_reap") == ":" and plot.method_linestyle("hc_smoe") == "--"
     assert len({plot.domain_marker(d) for d in DOMAINS + ["all", "mix"]}) == 6
     assert 7 <= plot.STYLE["font.size"] <= 8 and plot.STYLE["savefig.dpi"] == 300
+    assert (plot.COLUMN, plot.TWO_COLUMN) == (3.25, 5.5)
     assert plot.saliency_heatmap(scores()).figure.get_size_inches()[0] == pytest.approx(plot.COLUMN)
-    assert plot.criterion_agreement(scores()).get_size_inches()[0] == pytest.approx(plot.TWO_COLUMN)
+    assert plot.saliency_heatmaps(scores()).get_size_inches()[0] == pytest.approx(plot.TWO_COLUMN)
 
 
 def test_style_keeps_interactive_mode_switched_on_inside():
@@ -235,9 +239,15 @@ def test_flat_dendrogram_draws_no_cluster_boxes():
     rng = np.random.default_rng(0)
     flat = angular_distances(rng.normal(size=(8, 4000)))
     fig = plot.distance_heatmap(flat, n_clusters=3)
-    assert not fig.axes[1].patches and "flat" in fig.axes[0].get_title()
+
+    def boxes(ax):
+        return [p for p in ax.patches if not p.get_fill()]
+
+    assert not boxes(fig.axes[1]) and "flat" in fig.axes[0].get_title(loc="left") and not fig.axes[0].lines  # no cut
     groups = angular_distances(np.repeat(rng.normal(size=(2, 6)), 4, axis=0) + 0.05 * rng.normal(size=(8, 6)))
-    assert plot.distance_heatmap(groups, n_clusters=2).axes[1].patches
+    fig = plot.distance_heatmap(groups, n_clusters=2)
+    assert len(boxes(fig.axes[1])) == 2 and fig.axes[0].lines  # two clusters, and the cut on the height axis
+    assert fig.axes[0].get_ylabel() == "height"
 
 
 def test_domain_saliency_masks_never_routed_cells():
@@ -260,15 +270,24 @@ def test_calibration_heatmap_puts_own_domain_on_the_diagonal():
     assert len(ax.patches) == 2  # the outlined diagonal
     overlap = pd.DataFrame(np.array([[1.0, 0.3], [0.3, 1.0]]), index=["code", "math"], columns=["code", "math"])
     fig = plot.calibration_figure(loss, overlap, chance=0.34)
-    assert any("chance 0.34" in ax.get_title() for ax in fig.axes)
+    bar = [a for a in fig.axes if a.get_label() == "<colorbar>"][-1]
+    assert "chance\n0.34" in [t.get_text() for t in bar.get_yticklabels()]
+    hatched = [p for p in fig.axes[1].patches if p.get_hatch()]
+    assert len(hatched) == 2  # a diagonal of 1s is no measurement: undefined, not the colour of 1
 
 
-def test_agreement_figure_draws_chance_levels():
-    fig = plot.criterion_agreement(scores(experts=8), criteria=["reap", "frequency"], ratio=0.5)
-    ax_rho, ax_overlap = fig.axes[:2]
+def test_agreement_matrix_shows_each_pair_against_chance():
+    frame = scores(experts=8)
+    ax = plot.criterion_agreement(frame, criteria=["reap", "frequency", "ean_mean"], ratio=0.5)
+    table = tables.agreement_table(frame, criteria=["reap", "frequency", "ean_mean"], ratio=0.5)
+    rho, jac = ax.images[0].get_array(), ax.images[1].get_array()
+    pair = table[(table.criterion_a == "reap") & (table.criterion_b == "frequency")]
+    assert rho[0, 1] == pytest.approx(pair.spearman.mean()) and jac[1, 0] == pytest.approx(pair.overlap.mean())
+    assert np.ma.getmaskarray(rho)[1, 0] and np.ma.getmaskarray(jac)[0, 1]  # rho above, Jaccard below
+    assert len([p for p in ax.patches if p.get_hatch()]) == 3  # the undefined diagonal
     chance = tables.expected_jaccard(8, 4)
-    assert any(np.allclose(line.get_ydata(), chance) for line in ax_overlap.lines)
-    assert any(np.allclose(line.get_ydata(), 0) for line in ax_rho.lines) and ax_rho.collections  # 0 and the band
+    assert ax.images[1].norm.vcenter == pytest.approx(chance)  # white = what two random plans share
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["REAP", "frequency", "activation norm"]
 
 
 def test_rank_axes_have_integer_ticks_and_masks_a_legend():
@@ -286,7 +305,7 @@ def test_curves_draw_bootstrap_intervals():
     frame = results().assign(label=lambda f: f.criterion, method="prune")
     frame["loss_lo"], frame["loss_hi"] = frame.loss - 0.1, frame.loss + 0.1
     ax = plot.loss_vs_ratio(frame, metric="loss")
-    assert len(ax.collections) == 2 and "bootstrap" in ax.get_xlabel()
+    assert len(ax.collections) == 2 and "95% CI" in ax.figure.legends[0].get_title().get_text()
     band = ax.collections[0].get_paths()[0].vertices[:, 1]
     assert band.max() - band.min() > 0.1
     assert not plot.loss_vs_ratio(results(), metric="loss").collections  # one run per point: no band
@@ -301,31 +320,46 @@ def test_curves_draw_bootstrap_intervals():
 
 def test_reap_vs_frequency_marks_who_keeps_each_expert():
     frame = scores(layers=(0, 1), experts=8)
-    ax = plot.reap_vs_frequency(frame, layer=0, ratio=0.5)
-    counts = [int(t.get_text().rsplit("(", 1)[1].rstrip(")")) for t in ax.get_legend().get_texts()]
+    fig = plot.reap_vs_frequency(frame, layers=[0], ratio=0.5)
+    ax = fig.axes[0]
+    counts = [int(t.get_text().rsplit("(", 1)[1].rstrip(")")) for t in fig.legends[0].get_texts()[:4]]
     assert sum(counts) == 8 and counts[0] + counts[1] == 4 and counts[0] + counts[2] == 4  # kept by reap / by frequency
-    assert len(ax.lines) == 2  # the two cut-offs
-    pooled = plot.reap_vs_frequency(frame, ratio=0.5)
-    assert sum(len(c.get_offsets()) for c in pooled.collections) == 16
+    assert len([line for line in ax.lines if len(line.get_xdata())]) == 2  # the two cut-offs of this layer
+    both = plot.reap_vs_frequency(frame, ratio=0.5)
+    assert len(both.axes) == 2 and sum(len(c.get_offsets()) for ax in both.axes for c in ax.collections) == 16
     assert _has_no_data_note(plot.reap_vs_frequency(frame[frame.criterion == "reap"]))
 
 
-def test_saliency_distributions_and_kept_per_layer():
+def test_global_budget_draws_the_scores_it_ranks_and_kept_per_layer():
+    """Every expert the budget keeps outside the floors lies above its one threshold, every pruned one below."""
+    from reapkit.select.plan import PruningPlan
+    from reapkit.study.kept import budget_table
+
     frame = scores(layers=(0, 1, 2), experts=8)
-    budget = {0: [0, 1, 2, 3, 4, 5], 1: [0, 1], 2: [0, 1, 2, 3]}
-    plan = tables.mask_frame(budget, {0: 8, 1: 8, 2: 8}, criterion="reap")
-    ax = plot.saliency_distributions(frame, ratio=0.5, budget=plan)
-    assert ax.get_yscale() == "log" and len(ax.lines) == 3  # one cut-off per layer
-    hollow = [c for c in ax.collections if c.get_label() == "pruned by budget"]
-    assert len(hollow[0].get_offsets()) == 2  # layer 0 prunes 2 (the legend's collection)
-    ax = plot.kept_per_layer(
-        {
-            "uniform": tables.mask_frame({0: [0, 1, 2, 3], 1: [0, 1, 2, 3], 2: [0, 1, 2, 3]}, {0: 8, 1: 8, 2: 8}),
-            "global reap": plan,
-        }
+    table = tables.value_table(frame[(frame.criterion == "reap") & (frame.domain == "all")])
+    table.loc[2] *= 10  # a louder layer: raw scores would mislead
+    uniform = PruningPlan.from_scores(table.to_numpy(), [0, 1, 2], [8, 8, 8], top_k=2, ratio=0.5, criterion="reap")
+    normalised = table.div(table.mean(axis=1), axis=0)  # what a global budget ranks: above 1, or a layer's top 2
+    counts = {layer: int(max(2, (row > 1.0).sum())) for layer, row in normalised.iterrows()}
+    budget = PruningPlan.from_scores(
+        table.to_numpy(),
+        [0, 1, 2],
+        [8, 8, 8],
+        top_k=2,
+        counts=counts,
+        criterion="reap",
+        provenance={"global_budget": 12},
     )
-    heights = [p.get_height() for p in ax.patches]
-    assert heights == [4, 4, 4, 6, 2, 4]
+    ranked = budget_table(budget, uniform, floor=2)
+    ax = plot.global_budget(ranked, ratio=0.5)
+    threshold = ranked.attrs["threshold"]
+    assert any(np.allclose(line.get_ydata(), threshold) for line in ax.lines)
+    kept_ = np.concatenate([c.get_offsets()[:, 1] for c in ax.collections if c.get_gid() == "kept by the budget"])
+    pruned = np.concatenate([c.get_offsets()[:, 1] for c in ax.collections if c.get_gid() == "pruned by the budget"])
+    assert (kept_ > threshold).all() and (pruned < threshold).all() and len(kept_) + len(pruned) <= 24
+    ax = plot.kept_per_layer({"uniform": uniform, "global reap": budget})
+    assert [p.get_height() for p in ax.patches] == [4, 4, 4, *counts.values()]
+    assert ax.patches[0].get_facecolor() != ax.patches[3].get_facecolor()  # the budget in its own colour
     assert _has_no_data_note(plot.kept_per_layer({}))
 
 

@@ -10,7 +10,9 @@ from torch.nn import functional as F
 from transformers import AutoModelForCausalLM
 
 from reapkit.compress.prune import _text_config_path, mask_experts, prune_checkpoint, remove_experts, save_pruned
+from reapkit.errors import Mismatch
 from reapkit.model.discover import architecture_for
+from reapkit.model.layer import moe_layers
 from reapkit.observe.recorder import observe
 from reapkit.select.plan import PruningPlan
 
@@ -143,8 +145,62 @@ def test_plan_for_other_model_is_refused(batches):
     model = tiny_model("qwen3_moe")
     plan = plan_for(model, batches)
     remove_experts(model, plan)
-    with pytest.raises(ValueError, match="made for 8 experts"):
+    with pytest.raises(Mismatch, match="made for 8 experts"):
         remove_experts(model, plan)
+    elsewhere = PruningPlan({5: plan.kept[0]}, {5: 8}, "reap")  # layer 5 is not an MoE layer of this model
+    with pytest.raises(Mismatch, match="layer 5, which is not an MoE layer"):
+        with mask_experts(model, elsewhere):
+            pass
+
+
+def _matmul_router(router):
+    """qwen3_moe's router forward with its logits from `@` instead of a linear map (what a custom router may do)."""
+
+    def forward(hidden_states):
+        logits = hidden_states.reshape(-1, router.hidden_dim) @ router.weight.T
+        top, index = torch.topk(torch.softmax(logits, dim=-1, dtype=torch.float), router.top_k, dim=-1)
+        return logits, (top / top.sum(-1, keepdim=True)).to(logits.dtype), index
+
+    return forward
+
+
+def test_mask_that_masks_nothing_fails_loudly(batches):
+    model = tiny_model("qwen3_moe")
+    plan = plan_for(model, batches)
+    layer = moe_layers(model)[1]
+    layer.router.forward = own = _matmul_router(layer.router)
+    with pytest.raises(RuntimeError, match="masked nothing in layer 1"):
+        with mask_experts(model, plan):
+            logits(model, batches[0])
+    assert layer.router.__dict__["forward"] is own, "the router's own forward is put back"
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_layer_view_finds_expert_tensors_by_the_record(name):
+    model = tiny_model(name)
+    hidden = model.config.get_text_config().hidden_size
+    for layer in moe_layers(model):
+        tensors = layer.expert_tensors()
+        assert all(t.shape[0] == layer.num_experts for t in tensors.values())
+        assert tuple(layer.router_weight.shape) == (layer.num_experts, hidden)
+        assert layer.block.get_parameter(layer.router_weight_path) is layer.router_weight
+        assert tensors[layer.router_weight_path] is layer.router_weight
+        assert set(layer.expert_tensors(router=False)) == {
+            f"{layer.arch.experts}.{n}" for n, _ in layer.experts.named_parameters()
+        }
+
+
+def test_remove_equals_mask_when_experts_and_hidden_size_coincide(batches):
+    """gemma4's router holds a [hidden] scale beside its [E] per-expert scale: with E == hidden only the record tells them apart."""
+    model = tiny_model("gemma4", num_experts=64)
+    assert model.config.get_text_config().hidden_size == 64
+    plan = plan_for(model, batches, keep=32)
+    with mask_experts(model, plan):
+        masked = logits(model, batches[0])
+    remove_experts(model, plan)
+    torch.testing.assert_close(logits(model, batches[0]), masked, rtol=0, atol=2e-5)
+    router = moe_layers(model)[0].router
+    assert router.scale.shape == (64,) and router.per_expert_scale.shape == (32,)
 
 
 def test_non_uniform_plan_cannot_be_saved(batches, tmp_path):

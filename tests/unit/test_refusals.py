@@ -42,7 +42,6 @@ from reapkit.model.discover import architecture_for
 from reapkit.observe.importers import read_reap_observer
 from reapkit.observe.observations import Observations
 from reapkit.observe.recorder import observe
-from reapkit.plot import geometry as figures
 from reapkit.plot import theme, widgets
 from reapkit.select import criteria, geometry
 from reapkit.select.imported import read_llmcompressor_report
@@ -288,12 +287,6 @@ REFUSALS = [
     ),
     ("top-k-zero", InvalidInput, "positive number", lambda w, m: observer(w, "k0", observer_state(), top_k=0)),
     # plot
-    (
-        "normalise",
-        InvalidInput,
-        "normalise must be",
-        lambda w, m: figures.coactivation_matrix(np.ones((4, 4)), normalise="cosine"),
-    ),
     ("figure-format", InvalidInput, "unsupported figure format", lambda w, m: figure_as_bmp(w)),
     ("explorer-view", InvalidInput, "unknown view", lambda w, m: widgets.SaliencyExplorer(w.obs, views=["pie"])),
     (

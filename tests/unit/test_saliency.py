@@ -108,6 +108,8 @@ def test_random_is_a_seeded_criterion_like_the_others(obs):
         "ean_mean",
         "weighted_ean_sum",
         "max_activation",
+        "ean_ca",
+        "msan",
         "random",
     ]
     assert set(criteria.DEFAULT_CRITERIA) <= set(CRITERIA_NAMES)

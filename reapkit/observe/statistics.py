@@ -1,0 +1,182 @@
+"""Each statistic observing records, declared once: its name, shape, dtype, how shards combine, what records it.
+
+    >>> STATISTICS["reap_sum"].shape(layers=4, experts=16, hidden=128)
+    (4, 16)
+    >>> STATISTICS["max_activation"].combine
+    'max'
+    >>> chosen(None) == DEFAULT
+    True
+    >>> chosen(["coselect"])[-1]
+    'coselect'
+    >>> chosen(["coselected"])
+    Traceback (most recent call last):
+    ...
+    reapkit.errors.InvalidInput: unknown statistic 'coselected'; choose from max_activation, max_signed, output_sum, coselect (or 'all')
+
+Every statistic is additive over calibration tokens: observations of two data shards combine into
+the observations of both, by a sum or (for maxima) an element-wise maximum. Each has a leading axis
+of MoE layers; `axes` names the rest (``E`` experts, ``H`` hidden size). A statistic that is not
+`default` is recorded only when asked for (`observe(..., statistics=[...])`,
+``reapkit observe --statistics ...``): it costs more than it is worth for most runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from reapkit.errors import InvalidInput, Mismatch
+
+__all__ = [
+    "DEFAULT",
+    "OPTIONAL",
+    "STATISTICS",
+    "Statistic",
+    "check",
+    "chosen",
+    "how_to_record",
+    "markdown",
+    "not_recorded",
+]
+
+
+@dataclass(frozen=True)
+class Statistic:
+    """One recorded statistic; `recorder` says which part of the forward records it."""
+
+    name: str
+    axes: tuple[str, ...]  # after the MoE-layer axis: "E" experts, "H" hidden size
+    dtype: str  # a torch dtype name
+    combine: str  # "sum" or "max": how two shards (or domains) combine
+    recorder: str  # "router": the router's forward; "experts": the experts' own computation
+    default: bool  # False: recorded only when asked for
+    description: str  # Markdown, for expert j and token t: g gate value, f expert output, p router probability
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return getattr(torch, self.dtype)
+
+    def shape(self, layers: int, experts: int, hidden: int) -> tuple[int, ...]:
+        sizes = {"E": experts, "H": hidden}
+        return (layers, *(sizes[axis] for axis in self.axes))
+
+    def combined(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """`a` and `b` (two shards) as one: their sum, or their element-wise maximum."""
+        return torch.maximum(a, b) if self.combine == "max" else a + b
+
+
+_TABLE = (
+    Statistic("count", ("E",), "float64", "sum", "experts", True, "tokens routed to *j*"),
+    Statistic("gate_sum", ("E",), "float64", "sum", "experts", True, "Σ *g_j(t)* over the tokens routed to *j*"),
+    Statistic("norm_sum", ("E",), "float64", "sum", "experts", True, "Σ ‖*f_j(t)*‖ over the same tokens"),
+    Statistic("reap_sum", ("E",), "float64", "sum", "experts", True, "Σ *g_j(t)* ‖*f_j(t)*‖ over the same tokens"),
+    Statistic("sq_norm_sum", ("E",), "float64", "sum", "experts", True, "Σ ‖*f_j(t)*‖² over the same tokens"),
+    Statistic(
+        "prob_sum", ("E",), "float64", "sum", "router", True, "Σ *p_j(t)* over *all* tokens, routed to *j* or not"
+    ),
+    Statistic("tokens", (), "float64", "sum", "router", True, "non-padding tokens the router saw"),
+    Statistic(
+        "max_activation",
+        ("E",),
+        "float64",
+        "max",
+        "experts",
+        False,
+        "the largest |element| of *f_j(t)* over the same tokens",
+    ),
+    Statistic(
+        "max_signed",
+        ("E",),
+        "float64",
+        "max",
+        "experts",
+        False,
+        "the largest *signed* element of *f_j(t)* over the same tokens, floored at 0 (REAP's `max_activations`)",
+    ),
+    Statistic("output_sum", ("E", "H"), "float32", "sum", "experts", False, "Σ *f_j(t)* over the tokens routed to *j*"),
+    Statistic(
+        "coselect",
+        ("E", "E"),
+        "float64",
+        "sum",
+        "experts",
+        False,
+        "tokens that chose both *i* and *j* (the diagonal is `count`)",
+    ),
+)
+
+#: every statistic by name, in the order they are saved
+STATISTICS: dict[str, Statistic] = {s.name: s for s in _TABLE}
+#: recorded by every observation
+DEFAULT: tuple[str, ...] = tuple(s.name for s in _TABLE if s.default)
+#: recorded only when asked for
+OPTIONAL: tuple[str, ...] = tuple(s.name for s in _TABLE if not s.default)
+
+
+def chosen(statistics=None) -> tuple[str, ...]:
+    """The statistics to record: the defaults plus the optional ones named (`"all"`: every one).
+
+    Naming a default statistic is allowed and changes nothing.
+    """
+    if statistics is None:
+        return DEFAULT
+    names = [statistics] if isinstance(statistics, str) else list(statistics)
+    if "all" in names:
+        return tuple(STATISTICS)
+    unknown = [n for n in names if n not in STATISTICS]
+    if unknown:
+        raise InvalidInput(f"unknown statistic {unknown[0]!r}; choose from {', '.join(OPTIONAL)} (or 'all')")
+    return tuple(n for n in STATISTICS if n in DEFAULT or n in names)
+
+
+def how_to_record(*names: str) -> str:
+    """How to record the statistics `names` (the end of a refusal that lacks them)."""
+    optional = [n for n in names if n in STATISTICS and not STATISTICS[n].default]
+    them = "them" if len(names) > 1 else "it"
+    if not optional:
+        return f"observe the model with reapkit (`reapkit observe`) to record {them}"
+    return (
+        f"observe the model with `reapkit observe --statistics {' '.join(optional)}` "
+        f"(or observe(..., statistics={optional!r})) to record {them}"
+    )
+
+
+def not_recorded(names) -> dict[str, str]:
+    """`{statistic: why it is missing}` for the optional statistics not among `names`."""
+    return {n: "recorded only when asked for" for n in OPTIONAL if n not in names}
+
+
+def markdown() -> str:
+    """The table of statistics as Markdown (what docs/observations.md shows)."""
+    axes = {"E": "experts", "H": "hidden"}
+    lines = [
+        "| name | shape | dtype | accumulates | shards combine by | recorded |",
+        "|---|---|---|---|---|---|",
+    ]
+    for s in _TABLE:
+        shape = " x ".join(["layers", *(axes[a] for a in s.axes)])
+        combine = "maximum" if s.combine == "max" else "sum"
+        recorded = "always" if s.default else f"when asked for: `--statistics {s.name}`"
+        description = s.description.replace("|", "\\|")
+        lines.append(f"| `{s.name}` | {shape} | {s.dtype} | {description} | {combine} | {recorded} |")
+    return "\n".join(lines) + "\n"
+
+
+def check(stats: dict[str, torch.Tensor], layers: int, experts: int, where: str) -> None:
+    """Raise `Mismatch` unless every tensor of `stats` is a known statistic of the declared shape and dtype.
+
+    `experts` is the widest layer's expert count; the hidden size is read from the tensors themselves.
+    """
+    for name, value in stats.items():
+        statistic = STATISTICS.get(name)
+        if statistic is None:
+            raise Mismatch(f"{where} holds an unknown statistic {name!r}; it was not written by reapkit, observe again")
+        full = value.dim() == 1 + len(statistic.axes)
+        hidden = value.shape[1 + statistic.axes.index("H")] if full and "H" in statistic.axes else 0
+        expected = statistic.shape(layers, experts, hidden)
+        if tuple(value.shape) != expected or value.dtype != statistic.torch_dtype:
+            raise Mismatch(
+                f"{where} holds {name} as {value.dtype} {tuple(value.shape)}, expected {statistic.dtype} {expected} "
+                f"({layers} MoE layers, {experts} experts); the file is damaged or from another model, observe again"
+            )
