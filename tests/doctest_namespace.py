@@ -2,29 +2,36 @@
 
 Every docstring example runs in these names (tests/unit/test_doctests.py), so an example reads like a
 notebook cell on the demo model: ``score(obs, "reap")``, ``saliency_heatmap(scores)``,
-``compression_figure(results)``. What an example may use:
+``compression_figure(results)``. A module's own functions and classes hide these names. What an
+example may use:
 
 - ``model``, ``tokenizer``: the demo model (4 MoE layers, 16 experts, top-2; each module's examples
   get a copy of their own, so they may prune it) and its tokenizer;
 - ``batches`` (calibration, 8 sequences of each built-in domain, 64 tokens) and ``eval_batches``
   (held-out, 4 of each domain);
-- ``obs``: the demo model observed on ``batches``, every optional statistic too; ``scores``: `scores_frame` of reap, frequency and
-  ean_mean; ``reap_scores``: `score(obs, "reap")` [layers, experts]; ``plan`` (REAP, ratio 0.5),
-  ``global_plan`` (the same total, one global budget) and ``plans`` {(criterion, ratio): plan} of reap
-  and frequency at 0.25 and 0.5;
+- ``obs``: the demo model observed on ``batches`` (every optional statistic too); ``scores``:
+  `scores_frame` of reap, frequency and ean_mean; ``reap_scores``: `score(obs, "reap")` [layers,
+  experts]; ``plan`` (REAP, ratio 0.5; also ``uniform_plan``), ``global_plan`` (the same total, one
+  global budget) and ``plans`` {(criterion, ratio): plan} of reap and frequency at 0.25 and 0.5;
 - ``sequences`` and ``results``: a small compression study (reap and frequency at 0, 0.25 and 0.5,
-  random seeds 0 and 1, the global budget); ``sensitivity``, ``loss_matrix``, ``overlap`` (calibration
-  sensitivity from ``obs``); ``reconstruction`` (per-layer error of ``plan``: criterion, ratio, layer,
-  rel_l2); ``lm_rows`` (long-form lm-eval rows of the unpruned model and ``plan``, as `lm_eval_plans`
-  gives them);
-- ``distances`` ({(space, 3): [E, E]} angular distances of layer 3 in output and weight space), ``d``
-  (the output-space one), ``clustering`` (`cluster(d, n_clusters=4)`) and ``coselect`` ([layers, E, E]);
+  random seeds 0 and 1, the global budget) and its ``gaps`` (`gap_table(sequences)`);
+- ``sensitivity``, ``loss_matrix``, ``overlap``: calibration sensitivity from ``obs``; ``size_table``:
+  `calibration_size` on code and math, 2 and 4 samples, 2 seeds;
+- ``costs`` (`single_expert_ablation` of layer 3 on 256 held-out tokens), ``ablation`` (reap and
+  frequency scores beside those costs: layer, expert, criterion, score, cost, cost_lo, cost_hi) and
+  ``correlations`` (`ablation_correlation(obs, costs, ["reap", "frequency"])`);
+- ``reconstruction`` (per-layer error of ``plan``: criterion, ratio, layer, rel_l2); ``lm_rows``
+  (long-form lm-eval rows of the unpruned model and ``plan``, as `lm_eval_plans` gives them);
+- ``distances`` ({(space, 3): [E, E]} angular distances of layer 3 in every space), ``d`` (the
+  output-space one), ``clustering`` (`cluster(d, n_clusters=4)`) and ``coselect`` ([layers, E, E]);
 - ``np``, ``pd``, ``torch``, ``plt``.
 
 The working folder (each module's own copy of `inputs`) holds ``runs/obs`` (``obs`` saved),
 ``plan.json`` (``plan``), ``tokens.jsonl`` (token ids), ``data/evol.jsonl`` (evol-codealpaca records),
 ``observations_1024_cosine.pt`` (the REAP observer's state of the code batches), ``reap_report.json``
-(llm-compressor's report of a frequency plan) and ``experiments/my_criterion.py`` (a plugin registering the criterion ``my_criterion``).
+(llm-compressor's report of a frequency plan), ``model.gguf`` and ``split-0000N-of-00002.gguf`` (the
+demo model in GGUF, experts in Q8_0) and ``experiments/my_criterion.py`` (a plugin registering the
+criterion ``my_criterion``).
 """
 
 from __future__ import annotations
@@ -53,8 +60,10 @@ def build(inputs: Path) -> dict:
     from reapkit.select.criteria import score, scores_frame
     from reapkit.select.geometry import cluster, distance_matrices
     from reapkit.select.plan import PruningPlan
+    from reapkit.study.ablation import ablation_correlation, single_expert_ablation
     from reapkit.study.experiments import study_results, study_sequences
-    from reapkit.study.sensitivity import calibration_sensitivity
+    from reapkit.study.gaps import gap_table
+    from reapkit.study.sensitivity import calibration_sensitivity, calibration_size
 
     model, tokenizer = load_model("demo")
     batches = calibration_batches("code:8,prose:8,tools:8,math:8", tokenizer, batch_size=8, max_length=64)
@@ -76,6 +85,14 @@ def build(inputs: Path) -> dict:
         model, tokenizer, eval_batches, calibration=obs, resamples=200, progress=False
     )
 
+    scores = scores_frame(obs, ["reap", "frequency", "ean_mean"])
+    costs = single_expert_ablation(model, eval_batches, layers=[3], limit=256, progress=False)
+    ablation = (
+        scores[(scores.domain == "all") & (scores.layer == 3) & scores.criterion.isin(["reap", "frequency"])]
+        .merge(costs, on=["layer", "expert"])
+        .rename(columns={"value": "score", "loss_change": "cost", "lo": "cost_lo", "hi": "cost_hi"})
+    )
+
     def lm_output(bits_per_byte, acc, acc_stderr):  # what lm_eval.simple_evaluate returns on the demo suite
         return {
             "results": {
@@ -94,15 +111,30 @@ def build(inputs: Path) -> dict:
         batches=batches,
         eval_batches=eval_batches,
         obs=obs,
-        scores=scores_frame(obs, ["reap", "frequency", "ean_mean"]),
+        scores=scores,
         reap_scores=score(obs, "reap"),
         plan=plan,
+        uniform_plan=plan,
         global_plan=global_plan,
         plans=plans,
         sequences=sequences,
         results=study_results(sequences, resamples=200),
+        gaps=gap_table(sequences),
+        costs=costs,
+        ablation=ablation,
+        correlations=ablation_correlation(obs, costs, ["reap", "frequency"], resamples=200),
         sensitivity=sensitivity,
         loss_matrix=sensitivity.loss_matrix(),
+        size_table=calibration_size(
+            model,
+            tokenizer,
+            eval_batches,
+            domains=["code", "math"],
+            sizes=(2, 4),
+            seeds=(0, 1),
+            resamples=200,
+            progress=False,
+        ),  # fmt: skip
         overlap=sensitivity.overlap_matrix(),
         reconstruction=reconstruction_error(
             model, model, eval_batches, compressed=lambda: mask_experts(model, plan), progress=False
@@ -140,6 +172,10 @@ def build(inputs: Path) -> dict:
         "import reapkit\n\n"
         "reapkit.register_criterion('my_criterion', lambda stats, seed: stats['count'], needs=['count'])\n"
     )
+    from gguf_models import write_gguf  # tests/gguf_models.py: llama.cpp's names, experts in Q8_0
+
+    write_gguf(inputs / "model.gguf", model, expert_type="Q8_0")
+    write_gguf(inputs / "split.gguf", model, expert_type="Q8_0", split_tensors=40)
     tokens = [b.input_ids[0][b.attention_mask[0].bool()].tolist() for b in batches]
     (inputs / "tokens.jsonl").write_text("".join(json.dumps(ids) + "\n" for ids in tokens))
     (inputs / "data").mkdir()

@@ -1,8 +1,10 @@
 """Prune a GGUF model directly: the stacked expert tensors are cut byte for byte, nothing is re-quantised.
 
+    >>> from reapkit.observe import Observations
+    >>> from reapkit.select.plan import PruningPlan
     >>> plan = PruningPlan.from_observations(Observations.load("runs/obs"), "reap", ratio=0.25)
-    >>> prune_gguf("GLM-4.7-Flash-Q4_K_M.gguf", plan, "GLM-4.7-Flash-REAP-Q4_K_M.gguf").paths
-    [PosixPath('GLM-4.7-Flash-REAP-Q4_K_M.gguf')]
+    >>> prune_gguf("model.gguf", plan, "model-REAP.gguf").paths        # e.g. GLM-4.7-Flash-Q4_K_M.gguf
+    [PosixPath('model-REAP.gguf')]
 
 On the command line: ``reapkit prune MODEL.gguf --observations OBS --ratio 0.25 --out PRUNED.gguf``.
 

@@ -1,9 +1,12 @@
 """Which tensors of a GGUF model belong to its routed experts, and whether a pruning plan fits the file.
 
-    >>> layers = moe_layers(open_gguf("model.gguf"))      # {decoder layer: MoeLayer}
+    >>> from reapkit.compress.gguf_file import open_gguf
+    >>> gguf_model = open_gguf("model.gguf")
+    >>> layers = moe_layers(gguf_model)                   # {decoder layer: MoeLayer}
     >>> layers[1].num_experts, sorted(layers[1].tensors)
     (16, ['blk.1.ffn_down_exps.weight', 'blk.1.ffn_gate_exps.weight', 'blk.1.ffn_gate_inp.weight', ...])
-    >>> check_plan_fits(model, plan)                      # raises Mismatch naming what differs
+    >>> check_plan_fits(gguf_model, plan)                 # raises Mismatch naming what differs
+    []
 
 llama.cpp stores the experts of block N stacked, the expert axis first in numpy order, under the
 names in `EXPERT_TENSORS`; the router (`ffn_gate_inp`) has one row per expert and the selection

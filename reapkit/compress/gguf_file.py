@@ -1,10 +1,10 @@
 """A GGUF model on disk, one file or split in parts: its metadata and where each tensor's bytes lie.
 
-    >>> model = open_gguf("GLM-4.7-Flash-Q4_K_M-00001-of-00002.gguf")   # any part names them all
-    >>> model.arch, len(model.parts), model.value("deepseek2.expert_count")    # doctest: +SKIP
-    ('deepseek2', 2, 64)
-    >>> model.tensors["blk.1.ffn_gate_inp.weight"].shape                        # numpy order: experts first
-    (64, 2048)
+    >>> gguf_model = open_gguf("split-00001-of-00002.gguf")      # any part names them all
+    >>> gguf_model.arch, len(gguf_model.parts), gguf_model.value("qwen3moe.expert_count")
+    ('qwen3moe', 2, 16)
+    >>> gguf_model.tensors["blk.1.ffn_gate_inp.weight"].shape   # numpy order: experts first
+    (16, 128)
 
 Only the headers are read, in one pass, keeping for each metadata entry its type, its place in
 the file and (for scalars, strings and short arrays) its value; a vocabulary of 150,000 strings is

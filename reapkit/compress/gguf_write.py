@@ -1,11 +1,14 @@
 """Writing one GGUF file from parts of others: the header, then each tensor's bytes copied by byte range.
 
-    >>> header = Header(version=3, alignment=32, endian="<")
-    >>> header.keys.append(part.raw(part.entries["general.name"]))             # metadata as stored, byte for byte
-    >>> header.keys.append(encoded("qwen3moe.expert_count", 12, GGUFValueType.UINT32, "<"))
-    >>> header.tensors.append(("blk.1.ffn_up_exps.weight", (12, 32, 64), GGMLQuantizationType.Q8_0, nbytes))
-    >>> with open(tmp, "wb") as f:
-    ...     write_gguf(f, header, [[(src_fd, offset, length), ...], ...])     # one list of ranges per tensor
+How `reapkit.compress.gguf` uses it (`part`: a part of an open source file, `src_fd` its file
+descriptor, `tmp` the output's temporary name)::
+
+    header = Header(version=3, alignment=32, endian="<")
+    header.keys.append(part.raw(part.entries["general.name"]))             # metadata as stored, byte for byte
+    header.keys.append(encoded("qwen3moe.expert_count", 12, GGUFValueType.UINT32, "<"))
+    header.tensors.append(("blk.1.ffn_up_exps.weight", (12, 32, 64), GGMLQuantizationType.Q8_0, nbytes))
+    with open(tmp, "wb") as f:
+        write_gguf(f, header, [[(src_fd, offset, length), ...], ...])     # one list of ranges per tensor
 
 Metadata that is not changed is copied as the source stores it (so every key, type and string
 survives exactly); changed keys are encoded again with their original type. Tensor data never

@@ -1,9 +1,12 @@
 """reapkit's checkpoint format for a plan that keeps a different number of experts in each MoE layer.
 
-    >>> save_non_uniform(model, plan, "pruned-global")     # reapkit.compress.prune (after remove_experts)
+    >>> import json
+    >>> from reapkit.compress.prune import load_pruned, remove_experts, save_non_uniform
+    >>> save_non_uniform(remove_experts(model, global_plan), global_plan, "pruned-global")
+    PosixPath('pruned-global')
     >>> model = load_pruned("pruned-global")                # transformers, one expert count per layer
-    >>> experts_per_layer(json.loads(Path("pruned-global/config.json").read_text()))
-    {1: 12, 2: 14, 3: 10}
+    >>> experts_per_layer(json.loads(open("pruned-global/config.json").read()))
+    {0: 10, 1: 7, 2: 8, 3: 7}
 
 vLLM reads the same folder through reapkit's plugin (`reapkit.run.vllm_plugin`, docs/serving.md).
 A stock `config.json` names one expert count for all layers, so the folder says what it is:

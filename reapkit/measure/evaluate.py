@@ -4,25 +4,19 @@
     >>> ref = reference_outputs(model, eval_batches)                  # cache the original once
     >>> with mask_experts(model, plan):
     ...     rows = evaluate(model, eval_batches, reference=ref)       # one row per domain + "all"
-    >>> rows[["domain", "tokens", "loss", "loss_lo", "loss_hi", "kl", "agreement"]].round(2)
+    >>> rows[["domain", "tokens", "loss", "loss_lo", "loss_hi", "kl", "agreement"]].round(2).tail(1)
       domain  tokens  loss  loss_lo  loss_hi    kl  agreement
-    0   code     252  5.09     4.61     5.59  1.29       0.47
-    1  prose     247  4.54     4.34     4.74  0.80       0.51
-    2  tools     252  2.44     2.28     2.57  1.41       0.63
-    3   math     167  4.03     3.83     4.30  3.22       0.38
     4    all     918  4.02     3.47     4.56  1.54       0.51
     >>> reconstruction_error(model, model, eval_batches, compressed=lambda: mask_experts(model, plan)).rel_l2.round(3).tolist()
     [0.489, 0.627, 0.494, 0.382]
     >>> generate_samples(model, tokenizer, {"prose": "The list"}, max_new_tokens=6)   # greedy, deterministic
     {'prose': ' of the value of the value'}
 
-``lm_eval(model, plan, ["hellaswag"], tokenizer=tokenizer)``: lm-evaluation-harness, in memory (`reapkit.measure.harness`).
-
 Every metric is computed over *target* positions: position t predicts token t + 1, and it counts
 only when both t and t + 1 are real (attention mask 1), so padding never counts, whichever side it
 is on. Domain rows and the "all" row are token-weighted means over those positions, each with a
 95 % percentile bootstrap interval over evaluation sequences (`reapkit.measure.stats.bootstrap`; seeded,
-so deterministic). `sequence_metrics` gives the per-sequence values the intervals resample.
+so deterministic). `sequence_metrics` gives the per-sequence values; `lm_eval`, benchmarks (`reapkit.measure.harness`).
 """
 
 from __future__ import annotations
@@ -232,9 +226,8 @@ def sequence_metrics(model, batches, *, reference=None, progress: bool = True) -
     target positions), and with a reference kl and agreement. Sequences without a target position
     are left out.
 
-        >>> sequence_metrics(model, eval_batches).head(1).round(3)
-          domain  sequence  tokens   loss
-        0   code         0      63  3.384
+        >>> sequence_metrics(model, eval_batches).loss.round(3).tolist()[:2]     # of sequences 0 and 1 (code)
+        [3.384, 4.284]
     """
     _check_ids(model, batches)
     _check_reference(model, batches, reference)
@@ -295,9 +288,8 @@ def aggregate(
     so does a `delta_loss` column of `sequences` (per-sequence differences).
 
         >>> reap = sequences[(sequences.label == "reap") & (sequences.ratio == 0.5)]   # of study_sequences
-        >>> aggregate(reap)[["domain", "loss", "delta_loss", "delta_loss_lo"]].tail(1).round(3)   # paired interval
-          domain   loss  delta_loss  delta_loss_lo
-        4    all  4.023       1.455          1.071
+        >>> aggregate(reap)[["domain", "loss", "delta_loss", "delta_loss_lo"]].round(3).values[-1].tolist()   # "all"
+        ['all', 4.023, 1.455, 1.071]
     """
     if baseline is not None:
         mine, theirs = sequences[["sequence", "tokens"]].to_numpy(), baseline[["sequence", "tokens"]].to_numpy()

@@ -1,7 +1,10 @@
 """The one results schema: column names every table of results uses, and its long and wide forms.
 
-    >>> with_delta_loss(results)                  # adds delta_loss: loss - the domain's unpruned loss
-    >>> long_results(results)                     # one row per measurement: metric, value, value_lo, ...
+    >>> long_results(results[results.ratio == 0.5])[["label", "domain", "metric", "value", "value_lo"]].head(3).round(3)
+      label domain metric  value  value_lo
+    0  reap   code   loss  5.088     4.613
+    1  reap  prose   loss  4.542     4.338
+    2  reap  tools   loss  2.442     2.307
     >>> interval("loss"), interval("loss", "gap")
     (('loss_lo', 'loss_hi'), ('loss_gap_lo', 'loss_gap_hi'))
     >>> better("acc"), better("loss")
@@ -169,7 +172,10 @@ def better(metric: str) -> str:
 def best_first(frame: pd.DataFrame, metric: str, column: str | None = None) -> pd.DataFrame:
     """`frame` sorted best first by `column` (default `metric`), in `metric`'s direction (stable).
 
-    >>> best_first(means, "acc")                 # highest accuracy first
+    >>> best_first(pd.DataFrame({"label": ["reap", "frequency"], "acc": [0.25, 0.5]}), "acc")   # highest first
+           label   acc
+    1  frequency  0.50
+    0       reap  0.25
     """
     return frame.sort_values(column or metric, ascending=better(metric) == LOWER, kind="stable")
 

@@ -1,7 +1,7 @@
 """Read an MoE model's structure from its modules and config, so that few records are hand-written.
 
     >>> read_architecture(model, Architecture("qwen3_moe"))
-    Architecture(model_type='qwen3_moe', num_experts_key='num_local_experts', ..., layers='model.layers', block='mlp', router='gate', experts='experts', ...)
+    Architecture(model_type='qwen3_moe', num_experts_key='num_local_experts', ..., layers='model.layers', block='mlp', router='gate', ..., experts='experts', ...)
 
 - experts: a module transformers decorated with `@use_experts_implementation` that holds its own
   fused 3-D weights with a leading dimension E (its `num_experts`);

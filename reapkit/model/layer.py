@@ -2,9 +2,9 @@
 
     >>> layer = moe_layers(model)[0]
     >>> layer.index, layer.num_experts, layer.top_k        # decoder-layer index, experts, experts per token
-    (0, 8, 2)
+    (0, 16, 2)
     >>> layer.router_weight.shape                          # [E, hidden], wherever the router keeps it
-    torch.Size([8, 64])
+    torch.Size([16, 128])
     >>> sorted(layer.expert_tensors())                     # every tensor with a leading expert axis
     ['experts.down_proj', 'experts.gate_up_proj', 'gate.weight']
 

@@ -4,7 +4,8 @@
     >>> obs = read_reap_observer("observations_1024_cosine.pt", domain="code")
     >>> sorted(obs.meta["missing"])            # what that file does not hold, each with the reason
     ['coselect', 'max_activation', 'max_signed', 'output_sum', 'prob_sum', 'sq_norm_sum']
-    >>> score(obs, "reap")                     # equals the file's own `reap`
+    >>> score(obs, "reap").shape               # [moe layers, experts]: equals the file's own `reap`
+    (4, 16)
 
 Plans (no scores) from llm-compressor are read by `reapkit.select.imported`.
 

@@ -1,13 +1,14 @@
 """Figures of calibration sensitivity: how loss and kept sets change with the calibration domain.
 
     >>> calibration_heatmap(loss_matrix)                # calibrated on (rows) x evaluated on (columns)
-    <Axes: title={'center': 'Δ loss after pruning'}, ...>
+    <Axes: title={'left': 'loss increase after pruning (Δ loss)'}, ...>
     >>> calibration_figure(sensitivity)                 # a reapkit.study.sensitivity.Sensitivity
-    <Figure size 1020x375 with 4 Axes>
+    <Figure size 825x435 with 4 Axes>
     >>> from reapkit.study.tables import expected_jaccard
     >>> calibration_figure(loss_matrix, overlap, chance=expected_jaccard(16, 8))
     <Figure size 825x435 with 4 Axes>
     >>> calibration_size(size_table)                    # against calibration samples per domain and seed
+    <Figure size 825x360 with 2 Axes>
 
 The tables come from `reapkit.study.sensitivity` (`calibration_sensitivity`, `calibration_size`).
 """
@@ -138,7 +139,7 @@ def overlap_heatmap(overlap: pd.DataFrame, *, chance: float | None = None, bound
 
         >>> from reapkit.study.tables import expected_jaccard
         >>> overlap_heatmap(overlap, chance=expected_jaccard(16, 8))
-        <Axes: title={'center': 'kept-expert overlap (Jaccard), chance 0.34'}, ...>
+        <Axes: title={'left': 'kept experts shared (Jaccard)'}, ...>
     """
     fig, ax = axes(ax, (COLUMN, 2.6))
     if is_empty(overlap):
@@ -177,8 +178,9 @@ def calibration_figure(
 
     >>> calibration_figure(sensitivity)        # a reapkit.study.sensitivity.Sensitivity: intervals, chance, title
     <Figure size 825x435 with 4 Axes>
+    >>> from reapkit.study.tables import expected_jaccard
     >>> calibration_figure(loss_matrix, overlap, chance=expected_jaccard(16, 8), title="REAP at 50%")
-    <Figure size 1020x375 with 4 Axes>
+    <Figure size 825x435 with 4 Axes>
     """
     loss_bounds = overlap_bounds = None
     if hasattr(loss_matrix, "loss_matrix") and hasattr(loss_matrix, "overlap_matrix"):
@@ -208,7 +210,8 @@ def calibration_size(table: pd.DataFrame, *, criterion: str = "reap", fig=None):
     right, Δ loss with each plan's 95% interval (paired with the unpruned model). One point per
     calibration seed, slightly apart; the line joins the means over seeds.
 
-        >>> calibration_size(reapkit.study.sensitivity.calibration_size(model, tokenizer, eval_batches))
+        >>> calibration_size(size_table)   # reapkit.study.sensitivity.calibration_size(model, tokenizer, eval_batches)
+        <Figure size 825x360 with 2 Axes>
 
     Returns the Figure.
     """

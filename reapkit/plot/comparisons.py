@@ -2,8 +2,11 @@
 pruning against merging at equal parameters.
 
     >>> gap_forest(gaps)                               # gaps: reapkit.study.gaps.gap_table(sequences)
+    <Figure size 825x219 with 2 Axes>
     >>> gap_forest(gaps, by="domain", ratio=0.5)       # one panel per evaluation domain
+    <Figure size 825x219 with 5 Axes>
     >>> pruning_vs_merging(results, gaps)              # Δ loss against parameters, and each merge's gap to REAP
+    <Figure size 487.5x300 with 1 Axes>
 
 A gap is a method's metric minus REAP's on the same evaluation sequences, with its paired 95%
 bootstrap interval: the one rule for "is there a difference" (`reapkit.study.gaps`).
@@ -64,7 +67,9 @@ def gap_forest(
     `ratio`). Filled: the interval excludes 0 (a difference); hollow: within noise. A method far off the
     others' scale is drawn at the panel's edge with its value.
 
-        >>> gap_forest(gap_table(sequences, metrics=["loss"]))          # reapkit.study.gaps
+        >>> from reapkit.study.gaps import gap_table
+        >>> gap_forest(gap_table(sequences, metrics=["loss"]))
+        <Figure size 825x219 with 2 Axes>
 
     Returns the Figure.
     """
@@ -193,7 +198,9 @@ def pruning_vs_merging(
     right, each merge's paired gap to REAP at each size (`gaps`: `reapkit.study.gaps.gap_table`).
     Merges are dashed, pruning solid, one colour per method.
 
+        >>> from reapkit.study.gaps import gap_table
         >>> pruning_vs_merging(results, gap_table(sequences))      # results with a `parameters` column
+        <Figure size 487.5x300 with 1 Axes>
 
     Results without `parameters` are drawn against the share of experts kept. Returns the Figure.
     """

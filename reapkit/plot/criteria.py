@@ -4,8 +4,10 @@
 <Axes: title={'left': 'agreement of criteria, 50% removed'}, ...>
 >>> reap_vs_frequency(scores, ratio=0.5)                     # one panel per layer, each with its own cut-offs
 <Figure size 825x330 with 4 Axes>
->>> criterion_vs_ablation(table)                             # scores against single-expert ablation cost
+>>> criterion_vs_ablation(ablation)                          # scores against single-expert ablation cost
+<Figure size 825x337.5 with 2 Axes>
 >>> ablation_rank_correlation(correlations)                  # each criterion's per-layer rho with that cost
+<Figure size 487.5x360 with 1 Axes>
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ def criterion_agreement(
     diagonal is undefined (hatched).
 
         >>> criterion_agreement(scores, criteria=["reap", "frequency", "ean_mean"], ratio=0.5)
-        <Figure size 1020x315 with 2 Axes>
+        <Axes: title={'left': 'agreement of criteria, 50% removed'}, ...>
 
     `frame`: a scores frame (plans by `reapkit.study.tables.uniform_plans`; `routing`: n_group,
     topk_group, top_k) or an `agreement_table`. Returns the Axes.
@@ -228,7 +230,8 @@ def criterion_vs_ablation(table: pd.DataFrame, *, criteria=None, ncols: int = 4,
     correlation between score and cost. A criterion that ranks experts by what they cost lies on a
     rising band.
 
-        >>> criterion_vs_ablation(table)   # layer, expert, criterion, score, cost [, cost_lo, cost_hi]
+        >>> criterion_vs_ablation(ablation)   # layer, expert, criterion, score, cost [, cost_lo, cost_hi]
+        <Figure size 825x337.5 with 2 Axes>
 
     The table's `cost` is the single-expert ablation cost (e.g. Δ loss); `cost_lo` / `cost_hi` its
     interval. Returns the Figure.
@@ -286,7 +289,8 @@ def ablation_rank_correlation(table: pd.DataFrame, *, ax=None):
     """Each criterion's rank correlation with the single-expert ablation cost, one dot per MoE layer
     with its 95% interval, criteria ordered by their mean; the band unrelated rankings fall in shaded.
 
-        >>> ablation_rank_correlation(table)   # reapkit.study.ablation.ablation_correlation(obs, costs, criteria)
+        >>> ablation_rank_correlation(correlations)   # reapkit.study.ablation.ablation_correlation(obs, costs, criteria)
+        <Figure size 487.5x360 with 1 Axes>
 
     Returns the Figure.
     """

@@ -3,7 +3,7 @@
 >>> domain_saliency(scores, criterion="frequency")
 <Axes: title={'left': 'domain enrichment (frequency)'}, ...>
 >>> specialisation_by_depth(scores)
-<Axes: title={'center': 'specialisation by depth (frequency)'}, ...>
+<Axes: title={'left': 'specialisation by depth (frequency)'}, ...>
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def specialisation_by_depth(frame: pd.DataFrame, *, criterion: str = "frequency"
     the usage-weighted mean per layer in black with its 95% bootstrap interval over the layer's experts.
 
         >>> specialisation_by_depth(scores)
-        <Axes: title={'center': 'specialisation by depth (frequency)'}, ...>
+        <Axes: title={'left': 'specialisation by depth (frequency)'}, ...>
 
     `frame` is a scores frame or a :func:`reapkit.study.tables.specialisation_table`; with `hue` (a column
     such as "run" or "model") one line per value (colour per value) and no markers. The legend goes

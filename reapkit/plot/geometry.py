@@ -1,13 +1,9 @@
 """Figures of expert geometry: distance matrices with dendrograms, saliency on the dendrogram, co-selection.
 
->>> distance_heatmap(d, n_clusters=4, title="layer 3")          # d: [E, E] angular distances
-<Figure size 495x525 with 3 Axes>
->>> distance_heatmaps(distances)        # {("output", 3): d, ("weights", 3): ...}: one colour scale and bar
-<Figure size 1020x438 with 7 Axes>
->>> saliency_dendrogram(d, reap_scores[3], ratio=0.5)           # leaves coloured by saliency, pruned marked
-<Axes: title={'center': 'expert dendrogram, leaves coloured by reap'}, ...>
->>> coactivation_matrix(coselect[3])                            # [E, E] top-k co-selection counts of layer 3
-<Axes: title={'center': 'expert co-selection (top-k)'}, ...>
+>>> fig = distance_heatmap(d, n_clusters=4, title="layer 3")    # d: [E, E] angular distances
+>>> fig = distance_heatmaps(distances)  # {("output", 3): d, ("weights", 3): ...}: one colour scale and bar
+>>> ax = saliency_dendrogram(d, reap_scores[3], ratio=0.5)      # leaves coloured by saliency, pruned marked
+>>> ax = coactivation_matrix(coselect[3])                       # [E, E] top-k co-selection counts of layer 3
 """
 
 from __future__ import annotations
@@ -138,8 +134,7 @@ def distance_heatmap(
 ):
     """Angular distance matrix ordered by average-linkage clustering, with its dendrogram above.
 
-        >>> distance_heatmap(d, n_clusters=4, title="output space, layer 3")
-        <Figure size 495x525 with 3 Axes>
+        >>> fig = distance_heatmap(d, n_clusters=4, title="output space, layer 3")
 
     `clustering` is a :class:`reapkit.select.geometry.Clustering` (computed when omitted); cluster
     boundaries are outlined when it has labels or `n_clusters` is given, unless the dendrogram is
@@ -168,7 +163,7 @@ def distance_heatmaps(
     space and one column per layer. `clusterings` {same key: Clustering} reuses clusterings (their cut
     is drawn on each dendrogram's height axis). Returns the Figure.
 
-        >>> distance_heatmaps({("output", 3): d_out, ("router", 3): d_router}, n_clusters=4)
+        >>> fig = distance_heatmaps(distances, n_clusters=4)     # {(space, layer): [E, E]}
     """
     if not distances:
         return no_data_figure(title="expert distances")
@@ -218,7 +213,7 @@ def distance_histogram(distances: dict, *, ax=None):
     """Angular distances between the experts of a layer, pooled over layers, one histogram per space on one
     axis: structure (a spread, near pairs) or none (every pair near 0.5). {(space, layer): [E, E] matrix}.
 
-        >>> distance_histogram(geometry.distance_matrices(model=model, obs=obs))
+        >>> ax = distance_histogram(distances)    # reapkit.select.geometry.distance_matrices(model=model, obs=obs)
     """
     own = ax is None
     fig, ax = axes(ax, (COLUMN, 2.4))
@@ -266,8 +261,7 @@ def saliency_clusters(
     """Saliency of each expert of one layer as bars in dendrogram order, grouped by cluster (alternating
     grey shades, cluster ids above); with `ratio`, the experts a plan would prune are hatched and pale.
 
-        >>> saliency_clusters(reap_scores[3], clustering, ratio=0.5)      # clustering of layer 3
-        <Axes: title={'left': 'saliency by cluster'}, ...>
+        >>> ax = saliency_clusters(reap_scores[3], clustering, ratio=0.5)      # clustering of layer 3
 
     `scores` [E]; `clustering` a :class:`reapkit.select.geometry.Clustering` (for order and labels) or
     None; `labels` overrides the cluster ids.
@@ -354,7 +348,7 @@ def saliency_dendrogram(
     experts a plan prunes marked with a cross below their leaf (the REAP paper's figure); the cut
     that gives `n_clusters` clusters (or the clustering's own labels) is drawn on the height axis.
 
-        >>> saliency_dendrogram(d, reap_scores[layer], ratio=0.5, n_clusters=4)
+        >>> ax = saliency_dendrogram(d, reap_scores[3], ratio=0.5, n_clusters=4)    # d: distances of layer 3
 
     `distances` [E, E]; `scores` [E]; `pruned` (a boolean [E] or a list of experts) overrides the
     experts `ratio` would prune by `scores`. A flat dendrogram (no cluster structure) says so.
@@ -460,8 +454,7 @@ def coactivation_matrix(coselect, *, order=None, clustering=None, title: str | N
     what independent routing with the same expert frequencies gives (`reapkit.study.tables.coselection_lift`;
     log scale, white = 1 = chance), in dendrogram order; the diagonal is undefined (hatched).
 
-        >>> coactivation_matrix(coselect[3])                     # [E, E] counts; diagonal = tokens per expert
-        <Axes: title={'center': 'expert co-selection (top-k)'}, ...>
+        >>> ax = coactivation_matrix(coselect[3])                # [E, E] counts; diagonal = tokens per expert
 
     Order: `order` (expert indices), else `clustering` (a Clustering), else average linkage on the
     experts' co-selection profiles. Returns the Axes.

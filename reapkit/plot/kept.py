@@ -2,9 +2,13 @@
 
 >>> expert_usage(scores)                                  # Lorenz curve of routed tokens per layer
 <Axes: title={'left': 'expert usage per layer'}, ...>
->>> kept_mass(kept_mass_table(scores, ratios=[...]))      # share of REAP score / routing kept, per criterion
+>>> from reapkit.study.kept import budget_table, kept_mass_table
+>>> kept_mass(kept_mass_table(scores, ratios=[0.25, 0.5]))   # share of REAP score / routing kept, per criterion
+<Figure size 825x345 with 2 Axes>
 >>> global_budget(budget_table(global_plan, uniform_plan, floor=obs.top_k))   # the scores the budget ranks
+<Axes: title={'left': 'what a global budget compares'}, ...>
 >>> kept_per_layer({"reap": uniform_plan, "global_reap": global_plan})
+<Axes: title={'left': 'experts kept per layer'}, ...>
 
 The tables come from :mod:`reapkit.study.kept`.
 """
@@ -97,7 +101,9 @@ def kept_mass(table: pd.DataFrame, *, fig=None):
     REAP score (left) and of its routed tokens (right) that the kept experts hold; mean over layers,
     bands the range over layers. One colour per criterion, REAP thicker.
 
-        >>> kept_mass(kept_mass_table(scores, criteria=["reap", "frequency"]))   # reapkit.study.kept
+        >>> from reapkit.study.kept import kept_mass_table
+        >>> kept_mass(kept_mass_table(scores, criteria=["reap", "frequency"]))
+        <Figure size 825x345 with 2 Axes>
 
     Returns the Figure.
     """
@@ -143,7 +149,9 @@ def global_budget(table: pd.DataFrame, *, ratio: float | None = None, ax=None):
     threshold across layers (grey line); experts kept by their layer's floor (top-k) whatever their
     score are diamonds. Short bars: each layer's cut-off under a uniform plan at `ratio`, on the same scale.
 
-        >>> global_budget(budget_table(global_plan, uniform_plan, floor=obs.top_k), ratio=0.5)   # reapkit.study.kept
+        >>> from reapkit.study.kept import budget_table
+        >>> global_budget(budget_table(global_plan, uniform_plan, floor=obs.top_k), ratio=0.5)
+        <Axes: title={'left': 'what a global budget compares'}, ...>
 
     Returns the Axes; the legend goes below (with `ax`, left to the caller: `legend_below`).
     """

@@ -3,7 +3,7 @@
 >>> plan_mask(plan)                                             # layers x experts, kept dark
 <Axes: title={'left': 'kept experts'}, ...>
 >>> plan_masks(pd.concat([mask_frame(p, criterion=c, ratio=r) for (c, r), p in plans.items()]))   # plans: {(c, r): plan}
-<Figure size 1020x352.5 with 4 Axes>
+<Figure size 825x375 with 4 Axes>
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def plan_masks(masks: pd.DataFrame, *, row: str = "criterion", col: str = "ratio
 
         >>> masks = pd.concat([mask_frame(p, criterion=c, ratio=r) for (c, r), p in plans.items()])
         >>> plan_masks(masks)                # masks: layer, expert, kept, criterion, ratio
-        <Figure size 1020x352.5 with 4 Axes>
+        <Figure size 825x375 with 4 Axes>
     """
     if is_empty(masks):
         return no_data_figure(fig, title="kept experts")

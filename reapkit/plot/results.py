@@ -2,13 +2,13 @@
 sensitivity, block reconstruction error. (Calibration sensitivity: `reapkit.plot.calibration`.)
 
     >>> compression_figure(results)                     # loss and top-1 agreement, every method, 95% CIs
-    <Figure size 1020x352.5 with 2 Axes>
+    <Figure size 825x412.5 with 2 Axes>
     >>> study_figure(results, metrics=["delta_loss", "kl"])   # one column per domain, shared y per row
-    <Figure size 1020x540 with 10 Axes>
+    <Figure size 825x585 with 10 Axes>
     >>> layer_sensitivity(pd.DataFrame({"layer": [0, 1, 2], "delta_loss": [0.3, 0.1, 0.05]}))   # [, delta_loss_lo, _hi]
-    <Axes: title={'center': 'per-layer sensitivity: 50% of one layer pruned'}, ...>
+    <Axes: title={'left': 'one layer pruned at a time, 50% of its experts'}, ...>
     >>> scores_figure(lm_rows)                           # long-form scores (lm-eval): a panel per task and metric
-    <Figure size 1020x337.5 with 2 Axes>
+    <Figure size 825x390 with 2 Axes>
 
 Results frames follow the schema of :mod:`reapkit.measure.schema` (label, method, ratio, domain, loss,
 kl, agreement, <metric>_lo / <metric>_hi). Curves are keyed by `label` (one name per curve) or,
@@ -192,7 +192,7 @@ def loss_vs_ratio(
     line per `hue` value (default: `label`, else `criterion`), with the ratio-0 baseline starting every line.
 
         >>> loss_vs_ratio(results, metric="agreement", domain="all")
-        <Axes: title={'center': 'top-1 agreement (all)'}, ...>
+        <Axes: title={'left': 'top-1 agreement (all)'}, ...>
 
     Bands: the 95% bootstrap interval when the frame has <metric>_lo / <metric>_hi, otherwise the
     min-max over repeated runs (random seeds); a note above the axes says which. `focus`: when random
@@ -237,7 +237,7 @@ def study_curves(results: pd.DataFrame, *, metric: str = LOSS, domain: str = ALL
     """:func:`loss_vs_ratio` of a study frame with `focus` on (random pruning off scale when far worse) and no legend.
 
     >>> study_curves(results, metric="kl", domain="code")
-    <Axes: title={'center': 'KL to unpruned (code)'}, ...>
+    <Axes: title={'left': 'KL to unpruned (code)'}, ...>
     """
     return loss_vs_ratio(results, metric=metric, domain=domain, focus=focus, legend=False, ax=ax)
 
@@ -272,7 +272,7 @@ def study_figure(results: pd.DataFrame, *, metrics=(DELTA_LOSS, "kl"), domains=N
     compared), one column per domain ("all" first); one legend. Returns the Figure.
 
         >>> study_figure(results, metrics=["delta_loss", "agreement"])
-        <Figure size 1020x540 with 10 Axes>
+        <Figure size 825x585 with 10 Axes>
 
     The default metrics compare domains by Δ loss (each domain against its own unpruned loss) and KL.
     """
@@ -313,9 +313,9 @@ def compression_figure(
     (two columns wide, one legend below). Returns the Figure.
 
         >>> compression_figure(results)                    # results of reapkit.study.experiments.compression_study
-        <Figure size 1020x352.5 with 2 Axes>
+        <Figure size 825x412.5 with 2 Axes>
         >>> compression_figure(results, metrics=["loss", "agreement"])   # absolute loss
-        <Figure size 1020x352.5 with 2 Axes>
+        <Figure size 825x412.5 with 2 Axes>
 
     Loss is drawn as Δ loss against the unpruned model by default: its interval (paired, when the
     study computed it) is what tells two methods apart; absolute losses share the wide spread of
@@ -337,7 +337,7 @@ def scores_figure(results: pd.DataFrame, *, hue: str | None = None, fig=None):
     from `reapkit.measure.harness.lm_eval_plans`), one legend. Returns the Figure.
 
         >>> scores_figure(lm_rows)                         # e.g. acc on one task, bits_per_byte on another
-        <Figure size 1020x337.5 with 2 Axes>
+        <Figure size 825x390 with 2 Axes>
 
     Bands: the normal 95% interval from each score's stderr, where the task gives one.
     """
@@ -368,7 +368,7 @@ def layer_sensitivity(frame: pd.DataFrame, *, metric: str = DELTA_LOSS, ratio: f
     <metric>_lo / <metric>_hi.
 
         >>> layer_sensitivity(pd.DataFrame({"layer": [0, 1, 2], "delta_loss": [0.3, 0.1, 0.05]}))
-        <Axes: title={'center': 'per-layer sensitivity: 50% of one layer pruned'}, ...>
+        <Axes: title={'left': 'one layer pruned at a time, 50% of its experts'}, ...>
     """
     fig, ax = axes(ax, (COLUMN, 2.0))
     ax.set_title(
@@ -400,7 +400,7 @@ def loss_vs_ratio_by_domain(results: pd.DataFrame, *, metric: str = DELTA_LOSS, 
     domain against its own unpruned loss), one legend. Returns the Figure.
 
         >>> loss_vs_ratio_by_domain(results, metric="delta_loss")
-        <Figure size 1020x307.5 with 5 Axes>
+        <Figure size 825x307.5 with 5 Axes>
     """
     results = results if is_empty(results) else _prepare(results, metric)
     if is_empty(results) or metric not in results.columns:

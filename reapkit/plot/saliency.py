@@ -85,7 +85,7 @@ def saliency_heatmap(
     """Layers x experts heatmap of one criterion's raw scores (the scale of each layer stays visible).
 
         >>> saliency_heatmap(scores, criterion="reap", sort=True)
-        <Axes: title={'left': 'reap'}, ...>
+        <Axes: title={'left': 'REAP'}, ...>
 
     `sort=True` orders experts within each layer by descending score (the x axis is the rank).
     `log` (default) colours on a log scale; experts scoring 0 (never routed) are grey. `norm`
@@ -183,7 +183,7 @@ def saliency_curves(
     black by depth), with the cut-off of `ratio` (a fraction of experts removed, or a list of them).
 
         >>> saliency_curves(scores, criterion="reap", ratio=[0.25, 0.5])
-        <Axes: title={'center': 'reap: sorted scores'}, ...>
+        <Axes: title={'center': 'REAP: sorted scores'}, ...>
 
     Experts to the right of a grey line are the ones a uniform plan at that ratio removes. Raw
     scores on a log axis by default (`normalise=True` divides by each layer's maximum).

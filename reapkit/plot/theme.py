@@ -311,7 +311,7 @@ def per_criterion(function, frame, criteria=None, *, ncols: int = 2, **kwargs):
 
     >>> from reapkit.plot.saliency import saliency_curves
     >>> per_criterion(saliency_curves, scores, ["reap", "frequency"], ratio=[0.25, 0.5])
-    <Figure size 1020x355.455 with 2 Axes>
+    <Figure size 825x277.644 with 2 Axes>
     """
     if criteria is None:
         criteria = list(dict.fromkeys(frame["criterion"])) if not is_empty(frame) else []

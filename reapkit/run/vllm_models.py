@@ -1,6 +1,8 @@
 """vLLM model classes for reapkit's non-uniform checkpoints; vLLM imports them through `reapkit.run.vllm_plugin`.
 
-    >>> from reapkit.run.vllm_models import ReapkitNonUniformQwen3MoeForCausalLM   # made on first use
+With vLLM installed (not here)::
+
+    from reapkit.run.vllm_models import ReapkitNonUniformQwen3MoeForCausalLM   # made on first use
 
 Each class is vLLM's own class of the family with `NonUniformExperts` in front: the model is built
 inside `per_layer_experts` (each MoE layer with the count `config.json`'s `reapkit_non_uniform`

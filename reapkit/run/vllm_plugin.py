@@ -64,8 +64,10 @@ def layer_being_built(frame) -> int | None:
 def per_layer_experts(config, counts: dict[int, int], keys=COUNT_KEYS):
     """While inside, `config.<key>` read by code building layer L gives `counts[L]` (other reads: as stored).
 
-        >>> with per_layer_experts(config, {1: 12, 2: 14}):
-        ...     model = ModelClass(vllm_config=vllm_config)   # layer 1 gets 12 experts, layer 2 gets 14
+    Inside vLLM's model loading (``config`` and ``vllm_config`` are vLLM's)::
+
+        with per_layer_experts(config, {1: 12, 2: 14}):
+            model = ModelClass(vllm_config=vllm_config)   # layer 1 gets 12 experts, layer 2 gets 14
 
     The config's class is swapped for a subclass for the duration, and swapped back after (so the
     config pickles and compares as before).

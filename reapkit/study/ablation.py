@@ -1,9 +1,13 @@
 """Ground truth for the criteria: what removing each expert alone costs, and how each criterion ranks it.
 
-    >>> costs = single_expert_ablation(model, batches)        # held-out batches
+    >>> costs = single_expert_ablation(model, eval_batches, layers=[3], limit=256)   # held-out tokens
     >>> list(costs.columns)
     ['layer', 'expert', 'loss_change', 'lo', 'hi', 'tokens']
     >>> table = ablation_correlation(obs, costs, ["reap", "frequency"])
+    >>> table[["layer", "criterion", "rho", "lo", "hi"]].round(2)
+       layer  criterion   rho    lo    hi
+    0      3       reap -0.20 -0.71  0.33
+    1      3  frequency -0.32 -0.78  0.21
 
 Each expert is masked alone (`reapkit.compress.prune.mask_experts` with a plan that drops only it: no
 copy of the model), and its cost is the paired difference of the token-weighted mean loss over the

@@ -1,7 +1,12 @@
 """Readings that compare methods or settings, in Markdown: every difference from a paired gap.
 
-    >>> display(Markdown(costs(results, gaps=gap_table(sequences, hue="criterion"))))
-    >>> display(Markdown(study_curves(results, gaps=gaps, metric="delta_loss")))
+    >>> from reapkit.study.gaps import gap_table
+    >>> print(costs(results, gaps=gap_table(sequences, hue="criterion")))   # in a notebook: display(Markdown(...))
+    **Reading.** loss on all held-out tokens (lower is better); unpruned 2.57 [1.72, 3.21]. ...
+    - 50% removed, best first: frequency 3.70 [2.63, 4.61], reap 3.89 [3.29, 4.40], random 4.69 [4.00, 5.22].
+      Paired gaps to reap (method minus reap, same sequences, 95%): reap is better than random ...
+    >>> print(study_curves(results, gaps=gap_table(sequences), metric="delta_loss"))
+    **Reading.** Δ loss at 50% removed (all; lower is better), best first: frequency 1.14 [0.85, 1.42], ...
 
 Values are listed best first in each metric's direction (`reapkit.measure.schema.better`); a method is
 said to differ from another only where the paired 95% interval of their gap on the same evaluation
@@ -108,7 +113,14 @@ def costs(results: pd.DataFrame, *, metric: str = "loss", domain: str = ALL, gap
 def benchmark_scores(scores: pd.DataFrame) -> str:
     """lm-eval scores (long rows of `reapkit.measure.harness.lm_eval_plans`) per task and metric, as `costs` reads loss.
 
-    >>> readings.benchmark_scores(scores)   # "**acc** on reapkit_continuation: unpruned 0.44 [0.19, 0.69] ..."
+    >>> print(benchmark_scores(lm_rows))
+    **Reading.** lm-eval scores of the unpruned model and of each plan, masked in memory. ...
+    <BLANKLINE>
+    **bits_per_byte** on reapkit_heldout (lower is better): unpruned 1.68
+    - 50% removed, best first: reap 2.30.
+    <BLANKLINE>
+    **acc** on reapkit_continuation (higher is better): unpruned 0.50 [-0.07, 1.07]
+    - 50% removed, best first: reap 0.25 [-0.24, 0.74].
     """
     if scores.empty or "metric" not in scores.columns:
         return "No benchmark scores to read."
@@ -157,7 +169,9 @@ def study_curves(
     """The methods at one ratio, best first in the metric's direction, with intervals; a difference is
     claimed only from the paired gaps of `gaps` (`reapkit.study.gaps.gap_table`).
 
-    >>> readings.study_curves(results, gaps=gap_table(sequences), metric="delta_loss")
+    >>> from reapkit.study.gaps import gap_table
+    >>> print(study_curves(results, gaps=gap_table(sequences), metric="delta_loss"))
+    **Reading.** Δ loss at 50% removed (all; lower is better), best first: frequency 1.14 [0.85, 1.42], ...
     """
     if hue not in results.columns:
         hue = "criterion"
@@ -182,7 +196,12 @@ def gaps(
     """What the forest plot of paired gaps says: per ratio (on `domain`) or per evaluation domain (at
     `ratio`, by="domain"), which methods the reference beats, loses to, or is within noise of.
 
-    >>> readings.gaps(gap_table(sequences))
+    >>> from reapkit.study.gaps import gap_table
+    >>> print(gaps(gap_table(sequences)))
+    **Reading.** Each method's gap to the reference, on the same evaluation sequences:
+    <BLANKLINE>
+    - 25% removed: reap is better than random +0.46 [+0.13, +0.79]; ...
+    - 50% removed: reap is better than random +0.67 [+0.21, +1.14]; ...
     """
     if _gap_columns(table, metric) is None or table.empty:
         return "No paired gaps to read."

@@ -93,7 +93,11 @@ def gap_table(
     """Every method's gap to `reference` at each ratio > 0 and domain ("all" and each evaluation
     domain), with its paired 95% bootstrap interval: one row per method, ratio and domain.
 
-        >>> gap_table(sequences, metrics=["loss", "kl"])[["label", "ratio", "domain", "loss_gap", "loss_gap_lo"]]
+        >>> gap_table(sequences, metrics=["loss", "kl"])[["label", "ratio", "domain", "loss_gap", "loss_gap_lo"]].head(3).round(3)
+                 label  ratio domain  loss_gap  loss_gap_lo
+        0    frequency   0.25    all     0.101       -0.239
+        1       random   0.25    all     0.465        0.130
+        2  global_reap   0.25    all    -0.095       -0.202
 
     Columns: `hue`, method (when the frame has it), ratio, domain, reference, runs (repeats of the
     method), then `interval_columns(m, "gap")` of each metric (<m>_gap, <m>_gap_lo, <m>_gap_hi: the

@@ -1,9 +1,26 @@
 """What plans keep, read on the calibration statistics: expert usage, kept mass against ratio, the global budget.
 
-    >>> usage_table(scores)                          # per layer: Lorenz curve of routed tokens (never-routed counted)
-    >>> usage_summary(scores)                        # per layer: experts, never_routed, gini, bottom_half
-    >>> kept_mass_table(scores, ratios=[0.25, 0.5])  # per criterion, ratio, layer: share of REAP score / routing kept
-    >>> budget_table(global_plan, floor=obs.top_k)   # per expert: the score the budget ranks, kept or not
+    >>> usage_table(scores).head(3).round(3)         # per layer: Lorenz curve of routed tokens (never-routed counted)
+       layer  expert  share  position  cumulative
+    0      0      -1  0.000     0.000       0.000
+    1      0      12  0.032     0.062       0.032
+    2      0       2  0.033     0.125       0.065
+    >>> usage_summary(scores).round(2)               # per layer: experts, never_routed, gini, bottom_half
+       layer  experts  never_routed  gini  bottom_half
+    0      0       16             0  0.20         0.36
+    1      1       16             0  0.12         0.41
+    2      2       16             0  0.13         0.40
+    3      3       16             0  0.17         0.38
+    >>> kept_mass_table(scores, ratios=[0.25, 0.5]).head(3).round(2)   # share of REAP score / routing kept
+      criterion  ratio  layer  kept_score  kept_routing
+    0      reap   0.25      0        0.82          0.80
+    1      reap   0.25      1        0.86          0.79
+    2      reap   0.25      2        0.87          0.74
+    >>> budget_table(global_plan, floor=obs.top_k).head(3).round(2)   # per expert: the score the budget ranks
+       layer  expert   raw  budget_score   kept  floor  kept_uniform
+    0      0       0  5.15          0.87  False  False         False
+    1      0       1  6.15          1.04   True  False         False
+    2      0       2  5.60          0.95   True  False         False
 
 Scores frames as in :mod:`reapkit.study.tables` (layer, expert, domain, criterion, value); routing is
 the `frequency` criterion (tokens routed to each expert). Pure numpy / pandas.
@@ -26,7 +43,10 @@ def usage_table(frame: pd.DataFrame, *, criterion: str = "frequency", domain: st
     used, `position` = fraction of the layer's experts up to this one, `cumulative` = their share of
     the tokens. Experts never routed (share 0) are counted: they make the curve start flat.
 
-        >>> usage_table(scores)[["layer", "position", "cumulative"]]
+        >>> usage_table(scores)[["layer", "position", "cumulative"]].tail(2).round(3)
+            layer  position  cumulative
+        66      3     0.938       0.883
+        67      3     1.000       1.000
 
     Columns: layer, expert, share, position, cumulative (each layer starts at (0, 0), a row with expert -1).
     """
@@ -61,7 +81,12 @@ def usage_summary(frame: pd.DataFrame, **options) -> pd.DataFrame:
     """Per layer: experts, never_routed (experts with no token), gini (0 = every expert alike, 1 = one
     expert takes every token) and bottom_half (the share of tokens the less-used half receives).
 
-    >>> usage_summary(scores)
+    >>> usage_summary(scores).round(2)
+       layer  experts  never_routed  gini  bottom_half
+    0      0       16             0  0.20         0.36
+    1      1       16             0  0.12         0.41
+    2      2       16             0  0.13         0.40
+    3      3       16             0  0.17         0.38
     """
     table = usage_table(frame, **options)
     rows = []
@@ -93,7 +118,16 @@ def kept_mass_table(
     """For each criterion's uniform plan at each ratio, per layer: the share of the layer's `score`
     (REAP) and of its `routing` (tokens routed) that the kept experts hold.
 
-        >>> kept_mass_table(scores, criteria=["reap", "frequency"], ratios=[0.25, 0.5])
+        >>> kept_mass_table(scores, criteria=["reap", "frequency"], ratios=[0.5]).round(2)
+           criterion  ratio  layer  kept_score  kept_routing
+        0       reap    0.5      0        0.59          0.54
+        1       reap    0.5      1        0.66          0.51
+        2       reap    0.5      2        0.66          0.51
+        3       reap    0.5      3        0.73          0.53
+        4  frequency    0.5      0        0.53          0.64
+        5  frequency    0.5      1        0.51          0.59
+        6  frequency    0.5      2        0.58          0.60
+        7  frequency    0.5      3        0.63          0.62
 
     Plans are those `reapkit.study.tables.uniform_plans` makes (`plan_options`: domain, n_group,
     topk_group, top_k); ratios a plan cannot meet are left out. Columns: criterion, ratio, layer,
@@ -131,7 +165,11 @@ def budget_table(budget, uniform=None, *, floor: int = 1) -> pd.DataFrame:
     whether `uniform` (a plan) keeps it. ``table.attrs["threshold"]``: the budget score between the
     lowest one kept outside the floors and the highest one pruned (the one cut-off of the budget).
 
-        >>> budget_table(global_plan, uniform_plan, floor=obs.top_k)
+        >>> budget_table(global_plan, uniform_plan, floor=obs.top_k).tail(3).round(2)
+            layer  expert    raw  budget_score  kept  floor  kept_uniform
+        61      3      13   9.20          1.85  True  False          True
+        62      3      14  11.73          2.36  True   True          True
+        63      3      15   5.83          1.17  True  False          True
 
     Columns: layer, expert, raw, budget_score, kept, floor, kept_uniform.
     """

@@ -7,8 +7,8 @@
     >>> from reapkit.study.tables import agreement_table
     >>> agreement = agreement_table(scores, criteria=["reap", "frequency"], ratio=0.5)
     >>> print(readings.criterion_agreement(agreement, experts=16, ratio=0.5))
-    **Reading.** Mean over layers, at 50% removed. ...
-    - reap / frequency: rho 0.28, overlap 0.46 (above chance)
+    **Reading.** Mean over 4 layer(s), at 50% removed. ...
+    - reap / frequency: rho 0.28 (above chance), overlap 0.46 (at chance)
 
 Each function takes the table a figure was drawn from and returns a few sentences saying what to
 look at and what this run shows; nothing is pasted by hand, so the text follows the data. The

@@ -70,8 +70,10 @@ def test_docstring_examples_run(name, namespace, tmp_path, monkeypatch):
 
     names, inputs = namespace
     module = importlib.import_module(name)
-    # each module gets a copy of the model: its examples may remove or merge experts
-    globs = {**vars(module), **names, "model": copy.deepcopy(names["model"])}
+    # the shared names hide what a module imports, not what it defines; each module gets a copy of the
+    # model (its examples may remove or merge experts)
+    own = {k: v for k, v in vars(module).items() if getattr(v, "__module__", None) == name}
+    globs = {**vars(module), **names, **own, "model": copy.deepcopy(names["model"])}
     tests = [t for t in doctest.DocTestFinder().find(module, name, globs=globs) if t.examples]
     if not tests:
         return  # no `>>>` lines (a plain code block, or no example)
