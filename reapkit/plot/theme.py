@@ -40,7 +40,10 @@ from reapkit.errors import InvalidInput
 from reapkit.measure.schema import UNPRUNED
 
 #: Width of one column and of the full text width of a paper, inches (NeurIPS / ICLR print 5.5 in).
-COLUMN, TWO_COLUMN = 3.25, 5.5
+#: Width of a one-column figure as printed (inches).
+COLUMN = 3.25
+#: Width of a full-text-width figure as printed (inches; NeurIPS / ICLR).
+TWO_COLUMN = 5.5
 #: The smallest text, in points at the printed size.
 MIN_TEXT = 6.0
 
