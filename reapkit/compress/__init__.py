@@ -1,5 +1,9 @@
 """Compressing: apply a plan in memory (mask, remove, merge) or to a checkpoint on disk, and save.
 
+    >>> from reapkit.compress import remove_experts
+    >>> remove_experts(model, plan).config.num_experts      # in place; mask_experts(model, plan) only masks
+    8
+
 Names load lazily on first use.
 """
 

@@ -1,5 +1,9 @@
 """The model: one record per MoE architecture, discovery from the module tree, loading, hooks, the demo.
 
+    >>> from reapkit.model import architecture_for, moe_layers
+    >>> architecture_for(model).model_type, len(moe_layers(model))
+    ('qwen3_moe', 4)
+
 Names load lazily on first use.
 """
 

@@ -1,5 +1,9 @@
 """Observing: record per-expert statistics in one calibration pass, in memory, layer by layer or over processes.
 
+    >>> from reapkit.observe import observe
+    >>> observe(model, batches, progress=False).domains
+    ['code', 'math', 'prose', 'tools']
+
 Names load lazily on first use.
 """
 

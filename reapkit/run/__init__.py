@@ -1,5 +1,9 @@
 """Running: notebook parameters, papermill sweeps, plugins and the command line.
 
+    >>> from reapkit.run import check_parameters
+    >>> check_parameters({"ratios": [0.5]}, "03_pruning").ratios   # a notebook's parameters, checked
+    [0.5]
+
 Names load lazily on first use.
 """
 

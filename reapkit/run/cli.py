@@ -1,19 +1,19 @@
 """The `reapkit` command line (also `python -m reapkit`).
 
-reapkit observe MODEL --data code:128,tools:64 --out runs/obs
-reapkit observe MODEL --data SPEC --out runs/obs --save-every 200 [--resume]   # running sums in runs/obs.partial
-reapkit combine runs/obs-shard0 runs/obs-shard1 --out runs/obs      # observations add up
-reapkit scores runs/obs --criterion reap --csv scores.csv
-reapkit plan runs/obs --criterion reap (--ratio 0.25 | --keep 12 | --global-budget 0.25 [--margin 1]) --out plan.json
-reapkit prune MODEL --observations runs/obs --criterion reap --ratio 0.25 --out pruned/
-reapkit prune MODEL --plan plan.json --out pruned/   # a local folder streams shard by shard (--in-memory to load)
-reapkit merge MODEL --observations runs/obs --method hc_smoe (--keep 8 | --ratio 0.5) --out merged/
-reapkit merge MODEL --plan merged/merge_plan.json --out merged-again/
-reapkit import reap-observer observations.pt --out runs/imported   # saliency from other tools
-reapkit import llm-compressor reap_report.json --model MODEL --out plan.json
-reapkit evaluate MODEL (--observations runs/obs --ratio 0.5 | --plan plan.json) --tasks T1,T2 --include-path tasks/
-reapkit demo                      # notebooks on the bundled demo model, figures in figures/
-reapkit sweep sweeps/study.yaml   # papermill runs over a parameter grid
+    reapkit observe MODEL --data code:128,tools:64 --out runs/obs
+    reapkit observe MODEL --data SPEC --out runs/obs --save-every 200 [--resume]   # running sums in runs/obs.partial
+    reapkit combine runs/obs-shard0 runs/obs-shard1 --out runs/obs      # observations add up
+    reapkit scores runs/obs --criterion reap --csv scores.csv
+    reapkit plan runs/obs --criterion reap (--ratio 0.25 | --keep 12 | --global-budget 0.25 [--margin 1]) --out plan.json
+    reapkit prune MODEL --observations runs/obs --criterion reap --ratio 0.25 --out pruned/
+    reapkit prune MODEL --plan plan.json --out pruned/   # a local folder streams shard by shard (--in-memory to load)
+    reapkit merge MODEL --observations runs/obs --method hc_smoe (--keep 8 | --ratio 0.5) --out merged/
+    reapkit merge MODEL --plan merged/merge_plan.json --out merged-again/
+    reapkit import reap-observer observations.pt --out runs/imported   # saliency from other tools
+    reapkit import llm-compressor reap_report.json --model MODEL --out plan.json
+    reapkit evaluate MODEL (--observations runs/obs --ratio 0.5 | --plan plan.json) --tasks T1,T2 --include-path tasks/
+    reapkit demo                      # notebooks on the bundled demo model, figures in figures/
+    reapkit sweep sweeps/study.yaml   # papermill runs over a parameter grid
 
 A mistake the user can fix (a `reapkit.errors.ReapkitError`, a full disk, a path the system refuses)
 ends the command with one line, ``reapkit <command>: error: <message>``, and exit code 2; anything

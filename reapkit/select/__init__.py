@@ -1,5 +1,9 @@
 """Selecting: criteria from observations, pruning plans, merge plans, expert geometry.
 
+    >>> from reapkit.select import PruningPlan, score
+    >>> score(obs, "reap").shape, len(PruningPlan.from_observations(obs, "reap", ratio=0.25).kept[0])
+    ((4, 16), 12)
+
 Names load lazily on first use.
 """
 

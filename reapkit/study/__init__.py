@@ -1,5 +1,9 @@
 """The study: compression and calibration experiments, their tables, findings and readings.
 
+    >>> from reapkit.study import layer_sensitivity
+    >>> layer_sensitivity(model, obs, eval_batches, progress=False).layer.unique().tolist()
+    [0, 1, 2, 3]
+
 Names load lazily on first use.
 """
 

@@ -14,6 +14,7 @@ import copy
 import doctest
 import importlib
 import pkgutil
+import re
 import shutil
 
 import pytest
@@ -75,8 +76,12 @@ def test_docstring_examples_run(name, namespace, tmp_path, monkeypatch):
     own = {k: v for k, v in vars(module).items() if getattr(v, "__module__", None) == name}
     globs = {**vars(module), **names, **own, "model": copy.deepcopy(names["model"])}
     tests = [t for t in doctest.DocTestFinder().find(module, name, globs=globs) if t.examples]
-    if not tests:
-        return  # no `>>>` lines (a plain code block, or no example)
+    if not tests:  # no `>>>` lines: then an example that is not run, an indented code block
+        doc = module.__doc__ or ""
+        assert re.search(r"^ {4,}\S", doc, re.M), (
+            f"{name}: its docstring shows no example; add one (`>>>`, or a code block)"
+        )
+        return
     skipped = [f"{t.name}: {e.source.strip()}" for t in tests for e in t.examples if e.options.get(doctest.SKIP)]
     assert not skipped, "examples marked +SKIP; run them, or write them as a plain code block:\n" + "\n".join(skipped)
     if name in EXTRAS:
