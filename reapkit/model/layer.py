@@ -1,10 +1,10 @@
 """One MoE layer of a model, bound to its modules: router, experts, expert count, top-k, selection bias.
 
     >>> layer = moe_layers(model)[0]
-    >>> layer.index, layer.num_experts, layer.top_k        # decoder-layer index, experts, experts per token
-    (0, 16, 2)
-    >>> layer.router_weight.shape                          # [E, hidden], wherever the router keeps it
-    torch.Size([16, 128])
+    >>> layer.index, layer.top_k                           # decoder-layer index, experts per token
+    (0, 2)
+    >>> layer.router_weight.shape == (layer.num_experts, model.config.hidden_size)   # wherever the router keeps it
+    True
     >>> sorted(layer.expert_tensors())                     # every tensor with a leading expert axis
     ['experts.down_proj', 'experts.gate_up_proj', 'gate.weight']
 
