@@ -10,7 +10,7 @@ Names load lazily on first use.
 from reapkit.lazy import lazy_exports
 
 _EXPORTS = {
-    "evaluate": ["evaluate", "reference_outputs"],
+    "evaluate": ["reference_outputs", "sequence_metrics", "evaluate_plans"],
     "harness": ["lm_eval", "lm_eval_plans"],
     "stats": ["bootstrap"],
 }
