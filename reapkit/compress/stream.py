@@ -167,7 +167,7 @@ def check_plan_against(model, plan: PruningPlan, read) -> None:
     `read(model tensor name)` returns that tensor from the checkpoint, or None when it has none.
     """
     from reapkit.compress.prune import check_plan
-    from reapkit.observe.observations import fingerprint
+    from reapkit.observe.observations import fingerprint_differences
 
     try:
         check_plan(model, plan)
@@ -192,15 +192,14 @@ def check_plan_against(model, plan: PruningPlan, read) -> None:
                 f"the checkpoint has no router weight {name}, so reapkit cannot check that the plan was made for it"
             )
         set_tensor(model, name, weight)
-    found = fingerprint(model)
+    diff = fingerprint_differences(expected, model)
     dtype = model.config.get_text_config().dtype
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-    if found != expected and isinstance(dtype, torch.dtype):  # observed as loaded with dtype="auto"
+    if diff and isinstance(dtype, torch.dtype):  # observed as loaded with dtype="auto"
         for name in routers:
             set_tensor(model, name, model.get_parameter(name).to(dtype))
-        found = fingerprint(model)
-    if found != expected:
-        diff = {k: (expected.get(k), found.get(k)) for k in found if expected.get(k) != found.get(k)}
+        diff = fingerprint_differences(expected, model)
+    if diff:
         raise Mismatch(
             f"these observations were recorded on a different model (differences, observed vs this checkpoint: {diff}); "
             "observe this model again with `reapkit observe` and plan again"

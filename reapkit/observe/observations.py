@@ -56,6 +56,16 @@ def fingerprint(model) -> dict:
     }
 
 
+def fingerprint_differences(expected: dict, model) -> dict:
+    """{key: (expected, found)} where `model`'s fingerprint differs from `expected`; {} when it is that model.
+
+    >>> fingerprint_differences(fingerprint(model), model)
+    {}
+    """
+    found = fingerprint(model)
+    return {k: (expected.get(k), found.get(k)) for k in found if expected.get(k) != found.get(k)}
+
+
 @dataclass
 class Observations:
     """`stats[domain][name]`: the statistics of `reapkit.observe.statistics.STATISTICS` recorded for
@@ -248,9 +258,8 @@ class Observations:
                     f"has MoE layers {theirs[0]} with {theirs[1]} experts; use the model they were recorded on"
                 )
             return
-        theirs = fingerprint(model)
-        if mine != theirs:
-            diff = {k: (mine.get(k), theirs.get(k)) for k in theirs if mine.get(k) != theirs.get(k)}
+        diff = fingerprint_differences(mine, model)
+        if diff:
             raise Mismatch(
                 f"these observations were recorded on a different model (differences, observed vs given: {diff}); "
                 "observe this model again with `reapkit observe`, or load it as it was observed (same --dtype)"

@@ -109,7 +109,7 @@ def check_fits(model, plan) -> None:
     """Refuse a plan made for another model: its MoE layers and expert counts, and the router
     fingerprint of the observations it was made from (plans imported without the model carry none)."""
     from reapkit.compress.prune import check_plan
-    from reapkit.observe.observations import fingerprint
+    from reapkit.observe.observations import fingerprint_differences
     from reapkit.select.merge import MergePlan
 
     pruning = plan.to_pruning_plan() if isinstance(plan, MergePlan) else plan
@@ -117,9 +117,8 @@ def check_fits(model, plan) -> None:
     expected = pruning.provenance.get("observations")
     if not expected:
         return
-    found = fingerprint(model)
-    if found != expected:
-        diff = {k: (expected.get(k), found.get(k)) for k in found if expected.get(k) != found.get(k)}
+    diff = fingerprint_differences(expected, model)
+    if diff:
         raise Mismatch(
             f"the plan was made from observations of a different model (differences, plan vs model: {diff}); "
             "plan again from observations of this model, or load it as it was observed (same --dtype)"
