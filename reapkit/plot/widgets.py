@@ -235,6 +235,7 @@ class SaliencyExplorer(_Explorer):
         if "saliency" in self.views:
             fig, (left, right) = plot.panels(2, ncols=2)
             plot.saliency_curves(part[part["layer"] == layer], criterion=criterion, domain=domain, ratio=ratio, ax=left)
+            left.set_title("")  # the figure's own title, replaced by one naming the layer
             left.set_title(f"layer {layer}: {criterion}, {label} removed", loc="left")
             plot.saliency_heatmap(part, criterion=criterion, domain=domain, ax=right)
             figures["saliency"] = fig

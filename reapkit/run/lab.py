@@ -70,15 +70,16 @@ def show_explorer(interactive) -> bool:
 
 
 def register_kernel(prefix=None, *, root=ROOT) -> Path:
-    """Write the kernel spec "reapkit" (this interpreter, importing the checkout at `root`) into
-    `prefix`/share/jupyter/kernels (default `sys.prefix`: the project's venv); returns its folder."""
+    """Write the kernel spec "reapkit" into `prefix`/share/jupyter/kernels (default `sys.prefix`: the
+    project's venv); returns its folder. The kernel runs this interpreter, imports the checkout at
+    `root` first, and draws figures inline whatever MPLBACKEND the shell that started JupyterLab set."""
     from ipykernel.kernelspec import install
 
     path = install(
         kernel_name=KERNEL,
         display_name=KERNEL,
         prefix=str(prefix or sys.prefix),
-        env={"PYTHONPATH": str(root)},
+        env={"PYTHONPATH": str(root), "MPLBACKEND": "module://matplotlib_inline.backend_inline"},
     )
     return Path(path)
 
