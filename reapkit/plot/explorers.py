@@ -224,7 +224,7 @@ FIGURES = {
     "global_budget": ("criterion", "ratio"),
     "coactivation": ("layer",),
     "layer_sensitivity": ("domain",),
-    "compression": ("domain",),
+    "compression": ("ratio", "domain"),  # the ratio of its reading: the nearest one the study measured
 }
 
 
@@ -321,8 +321,15 @@ class FigureExplorer(_Explorer):
         elif name == "layer_sensitivity":
             text = readings.sensitivity(self._frame(self.sensitivity))
         else:
-            text = readings.study_curves(self.results, ratio=ratio, metric="delta_loss", domain=self.domain.value)
+            text = readings.study_curves(
+                self.results, ratio=self._reading_ratio(), metric="delta_loss", domain=self.domain.value
+            )
         return markdown_html(text)
+
+    def _reading_ratio(self) -> float:
+        """The ratio the study measured nearest to the ratio control (where the compression figure is read)."""
+        measured = sorted(set(self.results["ratio"]) - {0}) or [self.ratio.value]
+        return min(measured, key=lambda r: abs(r - self.ratio.value))
 
     def draw(self) -> dict:
         from reapkit import plot
@@ -356,4 +363,6 @@ class FigureExplorer(_Explorer):
             fig = plot.layer_sensitivity(frame, ratio=measured).figure
         else:
             fig = plot.compression_figure(self.results, domain=self.domain.value)
+            for ax in fig.axes[:2]:  # where the reading below reads the curves
+                ax.axvline(self._reading_ratio(), color="0.5", linewidth=0.6, linestyle=":", zorder=0)
         return {name: fig}

@@ -7,7 +7,8 @@
     False
     >>> register_kernel()                 # kernel "reapkit": this interpreter, this checkout  # doctest: +SKIP
 
-``python -m reapkit.run.lab [--port N] [--ip ADDR] [--no-browser]`` is what `make lab` runs: it
+``python -m reapkit.run.lab [--port N] [--ip ADDR] [--no-browser]`` is what `make lab` runs (the
+same without make, e.g. in the conda environment of environment.yml): it
 registers the kernel, starts JupyterLab in the repository with the file browser on `notebooks/`
 (jupytext pairing on), waits until it answers, and prints its address and the ssh port forward
 that reaches it from a laptop when it runs on a remote GPU machine.
@@ -167,9 +168,10 @@ def main(argv=None) -> int:
     parser.add_argument("--ip", default="127.0.0.1", help="address to listen on (default 127.0.0.1: reach it by ssh)")
     parser.add_argument("--no-browser", action="store_true", help="do not open a browser (the default over ssh)")
     parser.add_argument("--register", action="store_true", help="only register the kernel, start nothing")
+    parser.add_argument("--prefix", help="where the kernel spec goes (default: this environment, sys.prefix)")
     args = parser.parse_args(argv)
     start = time.monotonic()
-    kernel = register_kernel()
+    kernel = register_kernel(args.prefix)
     if args.register:
         print(f"kernel {KERNEL!r} registered in {kernel}")
         return 0

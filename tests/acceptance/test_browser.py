@@ -37,7 +37,7 @@ ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-ORDER = os.environ.get("DEBUG_ORDER", "01_saliency,02_clusters,03_pruning,05_study,04_paper_figures").split(",")
+ORDER = ["01_saliency", "02_clusters", "03_pruning", "05_study", "04_paper_figures"]
 
 pytestmark = [
     pytest.mark.slow,
@@ -255,7 +255,6 @@ def _exercise(page, name) -> dict[str, float]:
             images = _images(page)
             continue
         kind, control, box = ready[0]
-        _log(name, "change", kind, control)
         shown = _change(page, kind, box)
         seconds[control] = round(_wait_for_new_images(page, images, f"{name}: {control} -> {shown}"), 2)
         images = _images(page)
@@ -267,11 +266,6 @@ def _saved_figures(lab, name) -> int:
     return len(list((lab["root"] / "figures" / name).glob("*.png")))
 
 
-def _log(*a):
-    with open("/tmp/labwork/browser.log", "a") as f:
-        print(time.strftime("%H:%M:%S"), *a, file=f, flush=True)
-
-
 def _check_notebook(page, lab, name, console) -> dict:
     timings = {}
     start = time.monotonic()
@@ -281,7 +275,6 @@ def _check_notebook(page, lab, name, console) -> dict:
     assert not page.locator(".jp-Dialog").count(), f"{name}: a dialog asks something before the notebook runs"
     kernel = page.locator(".jp-Toolbar-kernelName").first.inner_text().strip()
     assert kernel == "reapkit", f"{name} opened with kernel {kernel!r}"
-    _log(name, "opened")
     timings["open"] = round(time.monotonic() - start, 1)
 
     news = page.locator(".jp-toast-button", has_text=re.compile("^No$"))  # "notified about Jupyter news?"
@@ -290,7 +283,6 @@ def _check_notebook(page, lab, name, console) -> dict:
     page.get_by_role("menuitem", name="Run", exact=True).click()
     page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
     timings["run all"] = round(_wait_until_run(page), 1)
-    _log(name, "ran", timings)
 
     # the explorer: figures in a widget, not a blank box, not an object's text
     explorer = page.locator(EXPLORER).first
@@ -305,9 +297,7 @@ def _check_notebook(page, lab, name, console) -> dict:
     saved = _saved_figures(lab, name)
     assert saved and inline >= saved, f"{name}: {saved} figures saved, {inline} shown inline"
 
-    _log(name, "exercise")
     timings["controls"] = _exercise(page, name)
-    _log(name, "exercised", timings)
     page.locator(".jp-Notebook .jp-Cell").last.evaluate("e => e.scrollIntoView({block: 'start'})")
     page.wait_for_function(f"() => [...document.querySelectorAll('{EXPLORER} img')].every(i => i.complete)")
     SHOTS.mkdir(parents=True, exist_ok=True)
