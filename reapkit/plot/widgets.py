@@ -117,12 +117,11 @@ class _Explorer:
         self.seconds = time.perf_counter() - start
 
     def _repr_mimebundle_(self, **kwargs):
-        """The widget; as text (where no widget can show), one line naming the explorer and its controls."""
+        """The widget; as text (where no widget can show, or in a notebook saved and opened again), one line
+        naming the explorer and its controls."""
         bundle = self.widget._repr_mimebundle_(**kwargs)
         names = ", ".join(c.description for c in self.controls)
-        bundle["text/plain"] = (
-            f"{type(self).__name__} ({names}): its controls show in JupyterLab, with the notebook's kernel running"
-        )
+        bundle["text/plain"] = f"{type(self).__name__} ({names}): run this cell in JupyterLab to explore"
         return bundle
 
 

@@ -44,6 +44,7 @@ __all__ = [
     "BATCH",
     "live_session",
     "show_explorer",
+    "widgets_saved_as_text",
     "register_kernel",
     "lab_command",
     "free_port",
@@ -56,6 +57,7 @@ KERNEL = "reapkit"
 #: Set to "1" in the environment of every kernel reapkit's batch runs start.
 BATCH = "REAPKIT_BATCH"
 SESSION = "JPY_SESSION_NAME"
+WIDGET = "application/vnd.jupyter.widget-view+json"
 ROOT = NOTEBOOKS_DIR.parent
 
 
@@ -68,6 +70,19 @@ def live_session(environ=None) -> bool:
 def show_explorer(interactive) -> bool:
     """Whether a notebook builds its explorer: `interactive` True or False decides; None: :func:`live_session`."""
     return live_session() if interactive is None else bool(interactive)
+
+
+def widgets_saved_as_text(model, **kwargs) -> None:
+    """Jupyter pre-save hook of `make lab`: a widget's output is saved as its text only. A widget cannot
+    outlive its kernel; saved as a widget, a notebook opened again would show "Error displaying widget:
+    model not found" where the explorer was, and now shows the explorer's one line until the cell runs again."""
+    if model.get("type") != "notebook":
+        return
+    for cell in model["content"].get("cells", []):
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            if WIDGET in data and data.get("text/plain"):
+                del data[WIDGET]
 
 
 def register_kernel(prefix=None, *, root=ROOT) -> Path:
@@ -87,7 +102,8 @@ def register_kernel(prefix=None, *, root=ROOT) -> Path:
 
 def lab_command(*, port: int, token: str, ip: str = "127.0.0.1", root=ROOT, browser: bool = False) -> list[str]:
     """The `jupyter lab` command line of `make lab`: the repository as root, opening on `notebooks/`,
-    jupytext's contents manager on (the .ipynb / .py pairs save together), no network calls."""
+    jupytext's contents manager on (the .ipynb / .py pairs save together), widgets saved as their text
+    (:func:`widgets_saved_as_text`), no network calls."""
     command = [
         sys.executable,
         "-m",
@@ -98,6 +114,7 @@ def lab_command(*, port: int, token: str, ip: str = "127.0.0.1", root=ROOT, brow
         "--ServerApp.port_retries=0",
         f"--IdentityProvider.token={token}",
         "--ServerApp.jpserver_extensions=jupyterlab_jupytext=True",
+        "--ContentsManager.pre_save_hook=reapkit.run.lab.widgets_saved_as_text",
         "--LabApp.default_url=/lab/tree/notebooks",
         "--LabApp.news_url=",
         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",

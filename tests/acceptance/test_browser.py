@@ -7,7 +7,8 @@ tokens injected, as papermill injects parameters; `interactive` is left alone), 
 the notebook opened with kernel "reapkit" and no kernel choice; no error output and no error in the
 browser console; every figure the notebook saved also shows inline; its explorer appears (figures,
 not a blank box or a repr), and each of its controls redraws the figure; saving writes the paired
-.py (jupytext). A screenshot of each notebook's explorer goes to runs/browser/<notebook>.png.
+.py (jupytext), with the explorer saved as its one line of text, which notebook 01 shows when opened
+again. A screenshot of each notebook's explorer goes to runs/browser/<notebook>.png.
 Needs Debian's `chromium` (`make test` installs it); Playwright's own browser download is not used.
 """
 
@@ -266,7 +267,7 @@ def _saved_figures(lab, name) -> int:
     return len(list((lab["root"] / "figures" / name).glob("*.png")))
 
 
-def _check_notebook(page, lab, name, console) -> dict:
+def _check_notebook(page, lab, name, console, *, reopen=False) -> dict:
     timings = {}
     start = time.monotonic()
     page.goto(f"{lab['url']}/lab/tree/notebooks/{name}.ipynb?reset&token={TOKEN}")
@@ -314,6 +315,15 @@ def _check_notebook(page, lab, name, console) -> dict:
     nb = nbformat.read(str(py.with_suffix(".ipynb")), as_version=4)
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors, f"{name}: {errors[0].get('ename')}: {errors[0].get('evalue')}"
+    saved = [o.get("data", {}) for o in nb.cells[-1].outputs]
+    assert saved and not [d for d in saved if "application/vnd.jupyter.widget-view+json" in d]  # as its line
+    if reopen:  # opened again (tomorrow): the explorer's line where it was, not "Error displaying widget"
+        page.reload()
+        page.locator(".jp-Notebook .jp-Cell").nth(3).wait_for(timeout=60_000)
+        last = page.locator(".jp-Notebook .jp-Cell").last
+        last.locator(".jp-OutputArea-output").first.wait_for()
+        text = " ".join(_texts(last.locator(".jp-OutputArea")))
+        assert "run this cell in JupyterLab to explore" in text and "Error displaying widget" not in text, text
     assert not console, f"{name}: browser console errors: {console[:5]}"
     return timings
 
@@ -336,7 +346,7 @@ def test_every_notebook_in_jupyterlab(lab):
             for name in ORDER:
                 console.clear()
                 try:
-                    report[name] = _check_notebook(page, lab, name, console)
+                    report[name] = _check_notebook(page, lab, name, console, reopen=name == ORDER[0])
                 except Exception as error:  # every notebook is checked; all failures reported
                     SHOTS.mkdir(parents=True, exist_ok=True)
                     page.screenshot(path=str(SHOTS / f"{name}-failure.png"), full_page=True)

@@ -47,6 +47,23 @@ def test_the_kernel_runs_this_interpreter_and_this_checkout(tmp_path):
     command = lab_command(port=8999, token="t", root=ROOT)
     assert "--ServerApp.jpserver_extensions=jupyterlab_jupytext=True" in command  # pairing on
     assert "--LabApp.default_url=/lab/tree/notebooks" in command and "--no-browser" in command
+    assert "--ContentsManager.pre_save_hook=reapkit.run.lab.widgets_saved_as_text" in command
+
+
+def test_widgets_are_saved_as_their_text():
+    from reapkit.run.lab import widgets_saved_as_text
+
+    view = {"application/vnd.jupyter.widget-view+json": {"model_id": "m"}, "text/plain": "CostExplorer (...): run"}
+    image = {"image/png": "iVBOR", "text/plain": "<Figure>"}
+    model = {"type": "notebook", "content": {"cells": [{"outputs": [{"data": dict(view)}, {"data": dict(image)}]}]}}
+    widgets_saved_as_text(model)
+    assert [o["data"] for o in model["content"]["cells"][0]["outputs"]] == [
+        {"text/plain": "CostExplorer (...): run"},
+        image,
+    ]
+    other = {"type": "file", "content": "text"}
+    widgets_saved_as_text(other)
+    assert other == {"type": "file", "content": "text"}
 
 
 @pytest.mark.slow
