@@ -43,6 +43,10 @@ def _dropdown(w, options, value, description):
 class ClusterExplorer(_Explorer):
     """Notebook 02: layer, distance space and cluster cut over precomputed distances, with saliency by cluster.
 
+        >>> scores = {layer: reap[i] for i, layer in enumerate(obs.layers)}  # doctest: +SKIP
+        >>> e = ClusterExplorer(distances, scores, n_clusters=4)  # doctest: +SKIP
+        >>> e.space.value = "weights"; e.cut.value = 6  # doctest: +SKIP
+
     `distances` {(space, layer): [E, E]} as `reapkit.select.geometry.distance_matrices` returns them (the weight
     and router spaces come from the model, already computed); `scores` {layer: [E]} the saliency drawn on the
     clusters, `ratio` the plan that hatches the experts it prunes. The linkage of each (space, layer) is
@@ -133,6 +137,10 @@ def _value_text(row, metric) -> str:
 
 class CostExplorer(_Explorer):
     """Notebook 03: a plan (criterion and ratio) and what it costs on each evaluation domain.
+
+        >>> results, reconstruction = evaluate_plans(model, plans, batches)  # doctest: +SKIP
+        >>> e = CostExplorer(results, plans)  # doctest: +SKIP
+        >>> e.criterion.value = "frequency"; e.metric.value = "kl"  # doctest: +SKIP
 
     `results` is the frame `reapkit.measure.evaluate.evaluate_plans` returns (one row per plan and
     domain, intervals, the unpruned rows at ratio 0); `plans` {(criterion, ratio): PruningPlan} the
@@ -230,6 +238,9 @@ FIGURES = {
 
 class FigureExplorer(_Explorer):
     """Notebook 04: pick a figure, then its parameters (criterion, ratio, layer, domain); its reading follows.
+
+        >>> e = FigureExplorer(obs, results=results, sensitivity=layer_sensitivity)  # doctest: +SKIP
+        >>> e.figure.value = "global_budget"; e.ratio.value = 0.25  # doctest: +SKIP
 
     `obs` the observations (scores, distances and co-selection are computed from them once), `results`
     the study's tidy results (`compression`), `sensitivity` the per-layer table (`layer_sensitivity`);

@@ -261,6 +261,9 @@ class SaliencyExplorer(_Explorer):
 class StudyExplorer(_Explorer):
     """Methods, metric and domain over a study's results (notebook 05), redrawing its curves and their reading.
 
+        >>> e = StudyExplorer(results, metrics=["delta_loss", "kl"])  # doctest: +SKIP
+        >>> e.methods.value = ("reap", "frequency")  # doctest: +SKIP
+
     `methods`: a multiple selection of the study's curves (`label`: criteria, random, merges, global budget);
     each keeps its unpruned start. The reading under the controls compares them at `ratio`.
     """

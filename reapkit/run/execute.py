@@ -42,7 +42,8 @@ def run_notebook(
     against the current directory; the kernel runs in it. `threads` limits the kernel's torch /
     BLAS threads (OMP_NUM_THREADS; default: the environment's, else one less than the cores). The kernel
     runs as a batch run (`reapkit.run.lab.live_session` is False: no explorer is built). Raises papermill's
-    `PapermillExecutionError` when a cell fails; the executed notebook (with the traceback in the failing cell) is written either way.
+    `PapermillExecutionError` when a cell fails; the executed notebook (with the traceback in the failing
+    cell) is written either way.
     """
     import papermill as pm
 

@@ -78,6 +78,8 @@ def _output(output, files: dict, stem: str, index: int) -> str | None:
 def notebook_page(path) -> tuple[str, dict[str, bytes], dict]:
     """An executed notebook as a Markdown page: ``(markdown, {relative file: bytes}, summary)``.
 
+        >>> markdown, files, summary = notebook_page("runs/demo/01_saliency/01_saliency.ipynb")  # doctest: +SKIP
+
     `summary`: name, title (the first heading), question (the paragraph opening with **Question:**),
     figures, seconds (papermill's duration), errors.
     """
@@ -128,8 +130,9 @@ def notebook_page(path) -> tuple[str, dict[str, bytes], dict]:
 
 
 def write_gallery(runs_dir, gallery_dir, notebooks=None) -> list[Path]:
-    """Write a page per executed notebook `runs_dir/<name>/<name>.ipynb` into `gallery_dir`, with their
-    figures and `gallery.json`; pages of an earlier gallery go first. Returns the pages written."""
+    """``write_gallery("runs/demo", "docs/gallery")``: a page per executed notebook `runs_dir/<name>/<name>.ipynb`
+    into `gallery_dir`, with their figures and `gallery.json`; pages of an earlier gallery go first. Returns the
+    pages written."""
     from reapkit.atomic import atomic_write_text
     from reapkit.run.demo import DEMO_NOTEBOOKS
 

@@ -62,13 +62,21 @@ ROOT = NOTEBOOKS_DIR.parent
 
 
 def live_session(environ=None) -> bool:
-    """True in a kernel a Jupyter server started for an open notebook, outside reapkit's batch runs."""
+    """True in a kernel a Jupyter server started for an open notebook, outside reapkit's batch runs.
+
+    >>> live_session({})     # papermill, nbclient, python
+    False
+    """
     environ = os.environ if environ is None else environ
     return bool(environ.get(SESSION)) and not environ.get(BATCH)
 
 
 def show_explorer(interactive) -> bool:
-    """Whether a notebook builds its explorer: `interactive` True or False decides; None: :func:`live_session`."""
+    """Whether a notebook builds its explorer: `interactive` True or False decides; None: :func:`live_session`.
+
+    >>> show_explorer(True), show_explorer(False)
+    (True, False)
+    """
     return live_session() if interactive is None else bool(interactive)
 
 
@@ -101,7 +109,8 @@ def register_kernel(prefix=None, *, root=ROOT) -> Path:
 
 
 def lab_command(*, port: int, token: str, ip: str = "127.0.0.1", root=ROOT, browser: bool = False) -> list[str]:
-    """The `jupyter lab` command line of `make lab`: the repository as root, opening on `notebooks/`,
+    """The `jupyter lab` command line of `make lab`, e.g. ``lab_command(port=8888, token=secrets.token_hex(16))``:
+    the repository as root, opening on `notebooks/`,
     jupytext's contents manager on (the .ipynb / .py pairs save together), widgets saved as their text
     (:func:`widgets_saved_as_text`), no network calls."""
     command = [

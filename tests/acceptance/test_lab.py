@@ -1,4 +1,4 @@
-"""`make lab`: the kernel it registers, JupyterLab answering at the address it prints; live or batch in a real kernel."""
+"""`make lab`: the kernel it registers, JupyterLab answering at the address it prints; live or batch in real kernels."""
 
 import json
 import os
