@@ -16,7 +16,6 @@ import base64
 import json
 import os
 import re
-import socket
 import subprocess
 import time
 import urllib.request
@@ -48,12 +47,6 @@ pytestmark = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _parameters(root: Path, model, spec) -> dict:
     """Per notebook: the tiny checkpoint and a few tokens; no `interactive`."""
     out = root / "out"
@@ -83,7 +76,7 @@ def lab(tmp_path_factory):
     from papermill.iorw import load_notebook_node
     from papermill.parameterize import parameterize_notebook
 
-    from reapkit.run.lab import lab_command, register_kernel
+    from reapkit.run.lab import free_port, lab_command, register_kernel, wait_until_ready
 
     root = tmp_path_factory.mktemp("lab")
     model, spec = tiny_checkpoint(root / "data")
@@ -96,6 +89,7 @@ def lab(tmp_path_factory):
     home = root / "jupyter"
     env = {
         **os.environ,
+        "PYTHONPATH": str(ROOT),  # the server's save hook, from the tree under test
         "JUPYTER_PATH": str(root / "prefix" / "share" / "jupyter"),
         "JUPYTER_CONFIG_DIR": str(home / "config"),
         "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
@@ -105,7 +99,7 @@ def lab(tmp_path_factory):
     }
     env.pop("JPY_SESSION_NAME", None)
     env.pop("REAPKIT_BATCH", None)
-    port = _free_port()
+    port = free_port(start=0)
     log = open(root / "lab.log", "w")
     start = time.monotonic()
     server = subprocess.Popen(
@@ -113,8 +107,6 @@ def lab(tmp_path_factory):
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        from reapkit.run.lab import wait_until_ready
-
         wait_until_ready(url, TOKEN, server, timeout=120)
         print(f"JupyterLab ready in {time.monotonic() - start:.1f} s")
         yield {"url": url, "root": root, "kernel": kernel}
