@@ -1,5 +1,6 @@
-# One entry point. `make demo` sets up .venv and runs the main job; `make test` sets up and tests; `make docs` builds
-# the documentation site into site/ (mkdocs.yml; strict: a broken link or reference fails).
+# One entry point. `make demo` sets up .venv and runs the main job; `make lab` sets up and opens the notebooks in
+# JupyterLab; `make test` sets up and tests; `make docs` builds the documentation site into site/ (mkdocs.yml;
+# strict: a broken link or reference fails).
 # The newest Python that pyproject.toml's requires-python accepts; `make PYTHON=/path/to/python3.x` picks another.
 PYTHONS ?= 3.14 3.13 3.12 3.11
 PYTHON  ?= $(firstword $(foreach v,$(PYTHONS),$(shell python$(v) -c "" 2>/dev/null && echo python$(v))))
@@ -7,7 +8,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: setup demo test test-fast docs sweep benchmark benchmark-scale check-handoffs clean browser
+.PHONY: setup demo lab test test-fast docs sweep benchmark benchmark-scale check-handoffs clean browser
 
 setup: $(STAMP)
 
@@ -16,11 +17,17 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m reapkit.run.lab --register
 	rm -f $(VENV)/.installed-*
 	touch $@
 
 demo: setup
 	$(PY) -m reapkit demo
+
+# JupyterLab in this repository, on notebooks/, with the kernel "reapkit" (this .venv) and jupytext pairing; prints
+# the address and the ssh port forward for a remote GPU machine. make lab LAB_ARGS="--port 8890 --no-browser"
+lab: setup
+	$(PY) -m reapkit.run.lab $(LAB_ARGS)
 
 test: setup browser
 	$(PY) -m pytest -q -n 2

@@ -8,9 +8,9 @@
 #       format_version: '1.3'
 #       jupytext_version: 1.19.6
 #   kernelspec:
-#     display_name: Python 3 (ipykernel)
+#     display_name: reapkit
 #     language: python
-#     name: python3
+#     name: reapkit
 # ---
 
 # %% [markdown]
@@ -34,7 +34,7 @@ batch_size = 8                      # sequences per forward
 layers = None                       # MoE layers (decoder indices) to draw; None: all
 seed = 0                            # seed of calibration sampling and random baselines
 cache_dir = "runs/cache"            # observations are reused for the same model and tokens
-interactive = False                 # True: show the ipywidgets explorer (needs a live kernel)
+interactive = None                  # explorer: None shows it in JupyterLab, never under papermill; True/False: always/never
 observations = None                 # saved observations to use instead of calibrating (e.g. `reapkit import`)
 criteria = ["reap", "frequency", "ean_mean", "soft_frequency"]  # saliency criteria to compare
 ratios = [0.25, 0.5]                # fractions of experts removed (cut-offs, agreement)
@@ -174,10 +174,13 @@ else:
 # %% [markdown]
 # ## Explore
 #
-# With `interactive=True`: pick a layer, criterion, domain and ratio; the views redraw from the saved observations.
+# Pick a criterion, layer, domain and ratio: the layer's sorted scores with the cut-off, every layer's scores,
+# the experts the plan keeps, and the kept set of the layer, redrawn from the observations (not the model).
+# Shown in JupyterLab; papermill runs (`make demo`, sweeps) build no explorer (`interactive`).
 
 # %%
-if P.interactive:
-    from reapkit.plot.widgets import explorer
+from reapkit.plot.widgets import SaliencyExplorer
+from reapkit.run.lab import show_explorer
 
-    display(explorer(run.obs, criteria=criteria, seed=P.seed, ratio=P.ratios[-1]))
+if show_explorer(P.interactive):
+    display(SaliencyExplorer(run.obs, criteria=criteria, views=("saliency", "mask"), seed=P.seed, ratio=P.ratios[-1]))

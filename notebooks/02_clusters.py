@@ -8,9 +8,9 @@
 #       format_version: '1.3'
 #       jupytext_version: 1.19.6
 #   kernelspec:
-#     display_name: Python 3 (ipykernel)
+#     display_name: reapkit
 #     language: python
-#     name: python3
+#     name: reapkit
 # ---
 
 # %% [markdown]
@@ -32,7 +32,7 @@ batch_size = 8                      # sequences per forward
 layers = None                       # MoE layers (decoder indices) to draw; None: all
 seed = 0                            # seed of calibration sampling and random baselines
 cache_dir = "runs/cache"            # observations are reused for the same model and tokens
-interactive = False                 # True: show the ipywidgets explorer (needs a live kernel)
+interactive = None                  # explorer: None shows it in JupyterLab, never under papermill; True/False: always/never
 spaces = ["weights", "output", "router"]  # spaces in which experts are compared
 n_clusters = 4                      # clusters per layer
 criterion = "reap"                  # saliency overlaid on the clusters
@@ -115,10 +115,14 @@ display(Markdown(readings.clusters(by_layer, {layer: clusterings[space, layer].l
 # %% [markdown]
 # ## Explore
 #
-# With `interactive=True`: layer, criterion, domain and ratio controls over distances and saliency by cluster.
+# Pick a layer, a distance space and where to cut the dendrogram: the distances with their clusters, and
+# `criterion`'s saliency on them with the experts a plan at `ratio` prunes hatched; the reading says whether
+# it removes whole clusters. Drawn from the distances above (not the model). Shown in JupyterLab; papermill
+# runs build no explorer (`interactive`).
 
 # %%
-if P.interactive:
-    from reapkit.plot.widgets import explorer
+from reapkit.plot.explorers import ClusterExplorer
+from reapkit.run.lab import show_explorer
 
-    display(explorer(run.obs, n_clusters=P.n_clusters, seed=P.seed, ratio=P.ratio))
+if show_explorer(P.interactive):
+    display(ClusterExplorer(distances, by_layer, n_clusters=P.n_clusters, ratio=P.ratio, criterion=P.criterion))

@@ -8,9 +8,9 @@
 #       format_version: '1.3'
 #       jupytext_version: 1.19.6
 #   kernelspec:
-#     display_name: Python 3 (ipykernel)
+#     display_name: reapkit
 #     language: python
-#     name: python3
+#     name: reapkit
 # ---
 
 # %% [markdown]
@@ -31,7 +31,7 @@ batch_size = 8                      # sequences per forward
 layers = None                       # MoE layers (decoder indices) to draw; None: all
 seed = 0                            # seed of calibration sampling and random baselines
 cache_dir = "runs/cache"            # observations are reused for the same model and tokens
-interactive = False                 # True: show the ipywidgets explorer (needs a live kernel)
+interactive = None                  # explorer: None shows it in JupyterLab, never under papermill; True/False: always/never
 observations = None                 # saved observations to use instead of calibrating (e.g. `reapkit import`)
 criteria = ["reap", "frequency", "ean_mean", "soft_frequency"]  # criteria of the plans
 ratios = [0.25, 0.5]                # fractions of experts removed
@@ -162,10 +162,13 @@ if before:
 # %% [markdown]
 # ## Explore
 #
-# With `interactive=True`: the plan of any criterion, domain and ratio, with its sorted scores and cut-off.
+# Pick a plan (criterion and ratio) and a metric: the experts it keeps, and what it costs on each evaluation
+# domain beside the other criteria at the same ratio, from the measurements above (not the model). Shown in
+# JupyterLab; papermill runs build no explorer (`interactive`).
 
 # %%
-if P.interactive:
-    from reapkit.plot.widgets import explorer
+from reapkit.plot.explorers import CostExplorer
+from reapkit.run.lab import show_explorer
 
-    display(explorer(run.obs, criteria=P.criteria, views=("saliency", "mask"), seed=P.seed, ratio=P.ratios[-1]))
+if show_explorer(P.interactive):
+    display(CostExplorer(results, plans))

@@ -8,9 +8,9 @@
 #       format_version: '1.3'
 #       jupytext_version: 1.19.6
 #   kernelspec:
-#     display_name: Python 3 (ipykernel)
+#     display_name: reapkit
 #     language: python
-#     name: python3
+#     name: reapkit
 # ---
 
 # %% [markdown]
@@ -34,6 +34,7 @@ batch_size = 8                      # sequences per forward
 layers = None                       # MoE layers (decoder indices) to draw; None: all
 seed = 0                            # seed of calibration sampling and random baselines
 cache_dir = "runs/cache"            # observations are reused for the same model and tokens
+interactive = None                  # explorer: None shows it in JupyterLab, never under papermill; True/False: always/never
 results = ["runs/05_study/results.csv", "runs/study/results.csv"]  # tidy results of the study and its sweeps (paths, globs)
 layer_sensitivity = "runs/05_study/layer_sensitivity.csv"  # per-layer sensitivity table (notebook 5)
 criterion = "reap"                  # criterion of the per-expert figures and the global budget
@@ -135,9 +136,9 @@ display(Markdown(readings.coactivation(coselect)))
 
 # %%
 sensitivity = pd.read_csv(P.layer_sensitivity) if Path(P.layer_sensitivity).is_file() else pd.DataFrame()
-sensitivity = sensitivity[sensitivity.domain == "all"] if len(sensitivity) else sensitivity
-figures.save(plot.layer_sensitivity(sensitivity, ratio=P.ratio).figure, "layer_sensitivity")
-display(Markdown(readings.sensitivity(sensitivity)))
+overall = sensitivity[sensitivity.domain == "all"] if len(sensitivity) else sensitivity
+figures.save(plot.layer_sensitivity(overall, ratio=P.ratio).figure, "layer_sensitivity")
+display(Markdown(readings.sensitivity(overall)))
 
 # %% [markdown]
 # ## What every method costs
@@ -174,3 +175,18 @@ display(Markdown(readings.gaps(gaps)))
 # %%
 figures.save(plot.pruning_vs_merging(results, gaps), "pruning_vs_merging")
 display(Markdown(readings.gaps(gaps[gaps.method == "merge"]) if len(gaps) else "No paired gaps to read."))
+
+# %% [markdown]
+# ## Explore
+#
+# Pick a figure of this notebook, then its parameters (criterion, ratio, layer, domain); the figure and its
+# reading redraw from the observations and the tables (not the model). Shown in JupyterLab; papermill runs
+# build no explorer (`interactive`).
+
+# %%
+from reapkit.plot.explorers import FigureExplorer
+from reapkit.run.lab import show_explorer
+
+if show_explorer(P.interactive):
+    display(FigureExplorer(run.obs, results=results, sensitivity=sensitivity, criterion=P.criterion, ratio=P.ratio,
+                           layer=layer, seed=P.seed))

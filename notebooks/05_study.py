@@ -8,9 +8,9 @@
 #       format_version: '1.3'
 #       jupytext_version: 1.19.6
 #   kernelspec:
-#     display_name: Python 3 (ipykernel)
+#     display_name: reapkit
 #     language: python
-#     name: python3
+#     name: reapkit
 # ---
 
 # %% [markdown]
@@ -36,7 +36,7 @@ max_length = 128                    # tokens per calibration sample
 batch_size = 8                      # sequences per forward
 seed = 0                            # seed of calibration sampling and random baselines
 cache_dir = "runs/cache"            # observations are reused for the same model and tokens
-interactive = False                 # True: show the ipywidgets explorer (needs a live kernel)
+interactive = None                  # explorer: None shows it in JupyterLab, never under papermill; True/False: always/never
 evaluation = "code:16,tools:16,prose:16,math:16"  # held-out data (validation split of built-in domains)
 ratios = [0, 0.125, 0.25, 0.375, 0.5, 0.625]  # fractions of experts removed
 criteria = ["reap", "frequency", "soft_frequency", "ean_mean"]  # pruning criteria
@@ -166,10 +166,12 @@ Markdown(summary)
 # %% [markdown]
 # ## Explore
 #
-# With `interactive=True`: any metric on any evaluation domain.
+# Pick methods, a metric and an evaluation domain: their curves, and the reading at 50% removed, redrawn from
+# the results above (not the model). Shown in JupyterLab; papermill runs build no explorer (`interactive`).
 
 # %%
-if P.interactive:
-    from reapkit.plot.widgets import study_explorer
+from reapkit.plot.widgets import StudyExplorer
+from reapkit.run.lab import show_explorer
 
-    display(study_explorer(results))
+if show_explorer(P.interactive):
+    display(StudyExplorer(results, metrics=["delta_loss", "kl", "agreement", "loss"]))

@@ -8,6 +8,10 @@ In a Jupyter notebook (the views are drawn into the notebook's output area)::
     e.layer.value = 3; e.ratio.value = 0.5     # every change redraws the views
     study_explorer(results)                    # notebook 05: metric and domain dropdowns
 
+Each notebook has its explorer (the others, for notebooks 02-04, live in :mod:`reapkit.plot.explorers`);
+a notebook shows it in a live JupyterLab session (`reapkit.run.lab.show_explorer`). An explorer
+displays as its widget; where no widget can show, as one line naming it (never an object's repr).
+
 Controls: layer slider, criterion and domain dropdowns, ratio slider. The ratio slider offers only
 the ratios a uniform plan can meet (0, 1/E, 2/E, ... removed, each layer keeping at least top-k
 experts), labelled as the figures label them. Views:
@@ -16,12 +20,17 @@ experts), labelled as the figures label them. Views:
     clusters   output-space angular distances with their dendrogram, and saliency by cluster
     mask       layers x experts kept / pruned at the criterion and ratio
 
-A line of text under the controls says what the plan keeps ("12 of 16 experts kept per layer").
+A line of text under the controls says what the plan keeps ("12 of 16 experts kept per layer") and
+which experts the chosen layer keeps.
 Scores, distances and clusterings are computed once when the explorer is built (from the
 observations alone) and only looked up when a control changes.
 """
 
 from __future__ import annotations
+
+import html
+import re
+import time
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -29,7 +38,15 @@ import numpy as np
 from reapkit.errors import InvalidInput
 from reapkit.select.plan import pruned_count
 
-__all__ = ["SaliencyExplorer", "StudyExplorer", "explorer", "study_explorer", "ratio_options", "ratio_label"]
+__all__ = [
+    "SaliencyExplorer",
+    "StudyExplorer",
+    "explorer",
+    "study_explorer",
+    "ratio_options",
+    "ratio_label",
+    "markdown_html",
+]
 
 VIEWS = ("saliency", "clusters", "mask")
 
@@ -52,8 +69,20 @@ def ratio_options(num_experts: int, top_k: int) -> list[tuple[str, float]]:
     return [(ratio_label(n / num_experts, num_experts), n / num_experts) for n in range(num_experts - top_k + 1)]
 
 
+def markdown_html(text: str) -> str:
+    """A reading (`reapkit.study.readings`: bold, list items, paragraphs) as HTML for a caption.
+
+    >>> markdown_html("**Reading.** a < b\n\n- one")
+    '<b>Reading.</b> a &lt; b<br>• one'
+    """
+    text = html.escape(text.strip(), quote=False)
+    text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
+    text = re.sub(r"^- ", "• ", text, flags=re.M)
+    return re.sub(r"\n+", "<br>", text)
+
+
 class _Explorer:
-    """Controls over an output area; `update()` redraws `draw()`'s figures into it."""
+    """Controls over an output area; `update()` redraws `draw()`'s figures into it (`seconds`: the last redraw)."""
 
     controls: tuple = ()
 
@@ -62,6 +91,7 @@ class _Explorer:
 
         self.output = w.Output()
         self.redraws = 0
+        self.seconds = 0.0
         self.figures: dict[str, plt.Figure] = {}
         for control in self.controls:
             control.observe(lambda change: self.update(), names="value")
@@ -78,9 +108,13 @@ class _Explorer:
         """Redraw every view into the output area (called on every control change)."""
         from IPython.display import display
 
+        from reapkit.plot.theme import style
+
+        start = time.perf_counter()
         for fig in self.figures.values():
             plt.close(fig)
-        self.figures = self.draw()
+        with style():  # the figures' own style, also for the panels an explorer lays out itself
+            self.figures = self.draw()
         if hasattr(self, "summary"):
             self.summary.value = self.caption()
         with self.output:
@@ -90,11 +124,15 @@ class _Explorer:
         for fig in self.figures.values():
             plt.close(fig)  # displayed as an image; do not show twice under the inline backend
         self.redraws += 1
+        self.seconds = time.perf_counter() - start
 
-    def _ipython_display_(self):
-        from IPython.display import display
-
-        display(self.widget)
+    def _repr_mimebundle_(self, **kwargs):
+        """The widget; as text (where no widget can show, or in a notebook saved and opened again), one line
+        naming the explorer and its controls."""
+        bundle = self.widget._repr_mimebundle_(**kwargs)
+        names = ", ".join(c.description for c in self.controls)
+        bundle["text/plain"] = f"{type(self).__name__} ({names}): run this cell in JupyterLab to explore"
+        return bundle
 
 
 class SaliencyExplorer(_Explorer):
@@ -188,9 +226,11 @@ class SaliencyExplorer(_Explorer):
         plan = self.plan()
         kept = sorted({len(k) for k in plan.kept.values()})
         count = str(kept[0]) if len(kept) == 1 else f"{kept[0]}-{kept[-1]}"
+        layer = self.layer.value
         return (
             f"<b>{ratio_label(self.ratio.value, self.experts)}</b> removed by <b>{plan.criterion}</b>: "
-            f"<span class='reapkit-kept'>{count}</span> of {self.experts} experts kept per layer"
+            f"<span class='reapkit-kept'>{count}</span> of {self.experts} experts kept per layer; layer {layer} keeps "
+            f"<span class='reapkit-kept-set'>{' '.join(str(e) for e in sorted(plan.kept[layer]))}</span>"
         )
 
     def draw(self) -> dict:
@@ -204,6 +244,7 @@ class SaliencyExplorer(_Explorer):
         if "saliency" in self.views:
             fig, (left, right) = plot.panels(2, ncols=2)
             plot.saliency_curves(part[part["layer"] == layer], criterion=criterion, domain=domain, ratio=ratio, ax=left)
+            left.set_title("")  # the figure's own title, replaced by one naming the layer
             left.set_title(f"layer {layer}: {criterion}, {label} removed", loc="left")
             plot.saliency_heatmap(part, criterion=criterion, domain=domain, ax=right)
             figures["saliency"] = fig
@@ -228,12 +269,24 @@ class SaliencyExplorer(_Explorer):
 
 
 class StudyExplorer(_Explorer):
-    """Metric and domain dropdowns over a study's results (notebook 05), redrawing its curves."""
+    """Methods, metric and domain over a study's results (notebook 05), redrawing its curves and their reading.
 
-    def __init__(self, results, *, metrics=None):
+        >>> e = StudyExplorer(results, metrics=["delta_loss", "kl"])  # doctest: +SKIP
+        >>> e.methods.value = ("reap", "frequency")  # doctest: +SKIP
+
+    `methods`: a multiple selection of the study's curves (`label`: criteria, random, merges, global budget);
+    each keeps its unpruned start. The reading under the controls compares them at `ratio`.
+    """
+
+    def __init__(self, results, *, metrics=None, ratio: float = 0.5):
         import ipywidgets as w
 
+        from reapkit.measure.schema import UNPRUNED
+
         self.results = results
+        self.hue = "label" if "label" in results.columns else "criterion"
+        ratios = sorted(set(results["ratio"]) - {0})
+        self.reading_ratio = min(ratios, key=lambda r: abs(r - ratio)) if ratios else ratio
         metrics = [
             m
             for m in (metrics or ("loss", "kl", "top1_agreement", "agreement", "perplexity", "delta_loss"))
@@ -244,16 +297,36 @@ class StudyExplorer(_Explorer):
                 "the results have none of the metrics loss, kl, agreement, perplexity; pass the frame evaluate or a study wrote"
             )
         domains = sorted(set(results["domain"]), key=lambda d: (d != "all", d))
+        methods = [m for m in dict.fromkeys(results[self.hue]) if m != UNPRUNED]
         style = {"description_width": "60px"}
+        self.methods = w.SelectMultiple(
+            options=methods, value=tuple(methods), rows=min(len(methods), 8), description="methods", style=style
+        )
         self.metric = w.Dropdown(options=metrics, value=metrics[0], description="metric", style=style)
         self.domain = w.Dropdown(options=domains, value=domains[0], description="domain", style=style)
-        self.controls = (self.metric, self.domain)
-        self._wire([w.HBox([self.metric, self.domain])])
+        self.summary = w.HTML()
+        self.controls = (self.methods, self.metric, self.domain)
+        self._wire([w.HBox([self.methods, w.VBox([self.metric, self.domain])]), self.summary])
+
+    def chosen(self):
+        """The rows of the chosen methods (each with its unpruned start)."""
+        return self.results[self.results[self.hue].isin(self.methods.value)]
+
+    def caption(self) -> str:
+        from reapkit.study import readings
+
+        if not self.methods.value:
+            return "Pick one method or more."
+        return markdown_html(
+            readings.study_curves(
+                self.chosen(), ratio=self.reading_ratio, metric=self.metric.value, domain=self.domain.value
+            )
+        )
 
     def draw(self) -> dict:
         from reapkit import plot
 
-        ax = plot.study_curves(self.results, metric=self.metric.value, domain=self.domain.value)
+        ax = plot.loss_vs_ratio(self.chosen(), metric=self.metric.value, domain=self.domain.value, focus=True)
         return {"curves": ax.figure}
 
 

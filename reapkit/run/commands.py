@@ -205,8 +205,9 @@ def cmd_import(args):
 
 def cmd_demo(args):
     from reapkit.run.demo import run_demo
+    from reapkit.run.gallery import default_gallery_dir
 
-    run_demo(figures_dir=args.figures, runs_dir=args.runs)
+    run_demo(figures_dir=args.figures, runs_dir=args.runs, gallery_dir=default_gallery_dir())
 
 
 def cmd_sweep(args):

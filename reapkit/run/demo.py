@@ -4,6 +4,7 @@ Notebooks 1-5 on the demo model, each a few minutes on a laptop's CPU::
 
     run_demo()                                            # -> figures/
     run_demo(parameters={"calibration": "code:8,prose:8"})   # a quicker run
+    run_demo(gallery_dir="docs/gallery")                 # and the executed notebooks as pages of the docs site
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ def run_demo(
     model: str = DEMO,
     parameters: dict | None = None,
     progress: bool = True,
+    gallery_dir=None,
 ) -> dict[str, float]:
     """Run the notebooks of :data:`DEMO_NOTEBOOKS` on the bundled demo model; returns {notebook: seconds}.
 
@@ -36,7 +38,9 @@ def run_demo(
     (PNG and PDF); observations are cached in `runs_dir/cache` and shared by the notebooks. What
     each notebook gets is its declared `demo` value (`reapkit.run.parameters.PARAMETERS`), then
     `parameters` where the notebook declares them (e.g. {"calibration": "code:8,prose:8"} for a
-    quicker run); `model` runs the same on another checkpoint of the same kind.
+    quicker run); `model` runs the same on another checkpoint of the same kind. With `gallery_dir`
+    (`reapkit demo`: `docs/gallery` of the checkout), the executed notebooks become the gallery's pages
+    (`reapkit.run.gallery`).
     """
     from reapkit.atomic import check_separate
     from reapkit.model.demo import DEMO_PATH, resolve_name
@@ -65,4 +69,10 @@ def run_demo(
             f"[demo] all notebooks done in {time.perf_counter() - start:.0f} s; figures in {figures_dir}/",
             file=sys.stderr,
         )
+    if gallery_dir is not None:
+        from reapkit.run.gallery import write_gallery
+
+        pages = write_gallery(runs_dir, gallery_dir, notebooks=DEMO_NOTEBOOKS)
+        if progress:
+            print(f"[demo] gallery: {len(pages)} pages in {gallery_dir}/ (make docs builds the site)", file=sys.stderr)
     return seconds

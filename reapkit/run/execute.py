@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from reapkit.errors import MissingInput
+from reapkit.run.lab import BATCH, SESSION
 
 __all__ = ["run_notebook", "cores"]
 
@@ -41,8 +42,10 @@ def run_notebook(
     `output_dir` and `figures_dir` default to `out_dir` and `out_dir/figures` when the notebook has
     those parameters and `parameters` does not set them. Relative paths in those two are resolved
     against the current directory; the kernel runs in it. `threads` limits the kernel's torch /
-    BLAS threads (OMP_NUM_THREADS; default: the environment's, else one less than the cores). Raises papermill's `PapermillExecutionError` when a cell fails;
-    the executed notebook (with the traceback in the failing cell) is written either way.
+    BLAS threads (OMP_NUM_THREADS; default: the environment's, else one less than the cores). The kernel
+    runs as a batch run (`reapkit.run.lab.live_session` is False: no explorer is built). Raises papermill's
+    `PapermillExecutionError` when a cell fails; the executed notebook (with the traceback in the failing
+    cell) is written either way.
     """
     import papermill as pm
 
@@ -63,7 +66,9 @@ def run_notebook(
     output = out_dir / notebook.name
     if threads is None and "OMP_NUM_THREADS" not in os.environ:
         threads = max(1, cores() - 1)  # a spare core: oversubscribed torch threads run many times slower
-    env_backup = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "MPLBACKEND")}
+    env_backup = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "MPLBACKEND", SESSION, BATCH)}
+    os.environ.pop(SESSION, None)  # a batch run, even one started from a JupyterLab kernel: no explorers
+    os.environ[BATCH] = "1"
     if threads:
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
     try:

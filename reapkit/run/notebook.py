@@ -266,7 +266,8 @@ def _paired(path: Path):
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
     nb.metadata.setdefault("jupytext", {})["formats"] = "ipynb,py:percent"
-    nb.metadata["kernelspec"] = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
+    # the kernel `make lab` registers (reapkit.run.lab.KERNEL); batch runs name theirs (run_notebook: python3)
+    nb.metadata["kernelspec"] = {"display_name": "reapkit", "language": "python", "name": "reapkit"}
     nb.metadata["language_info"] = {"name": "python"}
     return nb
 

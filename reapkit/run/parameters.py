@@ -61,7 +61,16 @@ class Parameter:
     demo: str | None = None
 
 
-def _model_parameters(*, layers=True, interactive=True, calibration_help="calibration spec (built-in domains, files)"):
+#: The explorer: None shows it in a live JupyterLab session and never under papermill (`reapkit.run.lab.show_explorer`).
+_INTERACTIVE = Parameter(
+    "interactive",
+    None,
+    checks.or_none(checks.boolean),
+    "explorer: None shows it in JupyterLab, never under papermill; True/False: always/never",
+)
+
+
+def _model_parameters(*, layers=True, calibration_help="calibration spec (built-in domains, files)"):
     out = [
         Parameter("plugins", [], checks.plugins, "modules or .py files imported first (e.g. criteria they register)"),
         Parameter("model", DEMO, checks.text, f'"{DEMO}" (the bundled model), a local checkpoint or a hub name'),
@@ -95,10 +104,7 @@ def _model_parameters(*, layers=True, interactive=True, calibration_help="calibr
             demo="{runs}/cache",
         ),
     ]
-    if interactive:
-        out.append(
-            Parameter("interactive", False, checks.boolean, "True: show the ipywidgets explorer (needs a live kernel)")
-        )
+    out.append(_INTERACTIVE)
     return out
 
 
@@ -200,7 +206,7 @@ PARAMETERS: dict[str, tuple[Parameter, ...]] = {
         *_outputs("03_pruning"),
     ),
     "04_paper_figures": (
-        *_model_parameters(interactive=False),
+        *_model_parameters(),
         Parameter(
             "results",
             ["runs/05_study/results.csv", "runs/study/results.csv"],

@@ -46,7 +46,7 @@ def test_committed_notebook_is_clean(path):
     assert len(tagged) == 1, f"{path.name} needs exactly one cell tagged 'parameters'"
     following = next(c for c in nb.cells[tagged[0] + 1 :] if c.cell_type == "code")
     assert "check_parameters(" in following.source
-    assert nb.metadata.kernelspec.name == "python3"
+    assert nb.metadata.kernelspec.name == "reapkit"  # make lab's kernel; batch runs name python3 (run_notebook)
 
 
 def test_each_ipynb_matches_its_percent_source():
