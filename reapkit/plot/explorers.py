@@ -1,9 +1,9 @@
 """The explorers of notebooks 02, 03 and 04: clusters, what a plan costs, the paper figures' parameters.
 
-    >>> ClusterExplorer(distances, scores, n_clusters=4, ratio=0.5)   # 02: layer, space, cluster cut
-    >>> CostExplorer(results, plans)                                  # 03: a plan and its cost per domain
-    >>> FigureExplorer(obs, results=results, sensitivity=layers)      # 04: each figure and its parameters
-    >>> e = CostExplorer(results, plans); e.ratio.value = 0.25        # every change redraws
+    ClusterExplorer(distances, scores, n_clusters=4, ratio=0.5)   # 02: layer, space, cluster cut
+    CostExplorer(results, plans)                                  # 03: a plan and its cost per domain
+    FigureExplorer(obs, results=results, sensitivity=layers)      # 04: each figure and its parameters
+    e = CostExplorer(results, plans); e.ratio.value = 0.25        # every change redraws
 
 Each takes what its notebook has already computed (distances, evaluated plans, tables, observations)
 and draws with the figure functions of :mod:`reapkit.plot`; a control change only looks up and
@@ -43,9 +43,9 @@ def _dropdown(w, options, value, description):
 class ClusterExplorer(_Explorer):
     """Notebook 02: layer, distance space and cluster cut over precomputed distances, with saliency by cluster.
 
-        >>> scores = {layer: reap[i] for i, layer in enumerate(obs.layers)}  # doctest: +SKIP
-        >>> e = ClusterExplorer(distances, scores, n_clusters=4)  # doctest: +SKIP
-        >>> e.space.value = "weights"; e.cut.value = 6  # doctest: +SKIP
+        scores = {layer: reap[i] for i, layer in enumerate(obs.layers)}
+        e = ClusterExplorer(distances, scores, n_clusters=4)
+        e.space.value = "weights"; e.cut.value = 6
 
     `distances` {(space, layer): [E, E]} as `reapkit.select.geometry.distance_matrices` returns them (the weight
     and router spaces come from the model, already computed); `scores` {layer: [E]} the saliency drawn on the
@@ -138,9 +138,9 @@ def _value_text(row, metric) -> str:
 class CostExplorer(_Explorer):
     """Notebook 03: a plan (criterion and ratio) and what it costs on each evaluation domain.
 
-        >>> results, reconstruction = evaluate_plans(model, plans, batches)  # doctest: +SKIP
-        >>> e = CostExplorer(results, plans)  # doctest: +SKIP
-        >>> e.criterion.value = "frequency"; e.metric.value = "kl"  # doctest: +SKIP
+        results, reconstruction = evaluate_plans(model, plans, batches)
+        e = CostExplorer(results, plans)
+        e.criterion.value = "frequency"; e.metric.value = "kl"
 
     `results` is the frame `reapkit.measure.evaluate.evaluate_plans` returns (one row per plan and
     domain, intervals, the unpruned rows at ratio 0); `plans` {(criterion, ratio): PruningPlan} the
@@ -239,8 +239,8 @@ FIGURES = {
 class FigureExplorer(_Explorer):
     """Notebook 04: pick a figure, then its parameters (criterion, ratio, layer, domain); its reading follows.
 
-        >>> e = FigureExplorer(obs, results=results, sensitivity=layer_sensitivity)  # doctest: +SKIP
-        >>> e.figure.value = "global_budget"; e.ratio.value = 0.25  # doctest: +SKIP
+        e = FigureExplorer(obs, results=results, sensitivity=layer_sensitivity)
+        e.figure.value = "global_budget"; e.ratio.value = 0.25
 
     `obs` the observations (scores, distances and co-selection are computed from them once), `results`
     the study's tidy results (`compression`), `sensitivity` the per-layer table (`layer_sensitivity`);

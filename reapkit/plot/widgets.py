@@ -54,7 +54,7 @@ VIEWS = ("saliency", "clusters", "mask")
 def ratio_label(ratio: float, num_experts: int) -> str:
     """How the controls and figures name a ratio.
 
-    >>> ratio_label(0.625, 16)
+    ratio_label(0.625, 16)
     '62% (10/16)'
     """
     return f"{ratio:.0%} ({pruned_count(num_experts, ratio)}/{num_experts})"
@@ -63,7 +63,7 @@ def ratio_label(ratio: float, num_experts: int) -> str:
 def ratio_options(num_experts: int, top_k: int) -> list[tuple[str, float]]:
     """(label, ratio) of every ratio a uniform plan can meet: 0 to num_experts - top_k experts removed.
 
-    >>> ratio_options(16, 2)[-1]                 # the ratio slider's last stop: 14 of 16 removed, top-2 kept
+    ratio_options(16, 2)[-1]                 # the ratio slider's last stop: 14 of 16 removed, top-2 kept
     ('88% (14/16)', 0.875)
     """
     return [(ratio_label(n / num_experts, num_experts), n / num_experts) for n in range(num_experts - top_k + 1)]
@@ -72,7 +72,7 @@ def ratio_options(num_experts: int, top_k: int) -> list[tuple[str, float]]:
 def markdown_html(text: str) -> str:
     """A reading (`reapkit.study.readings`: bold, list items, paragraphs) as HTML for a caption.
 
-    >>> markdown_html("**Reading.** a < b\n\n- one")
+    markdown_html("**Reading.** a < b\n\n- one")
     '<b>Reading.</b> a &lt; b<br>• one'
     """
     text = html.escape(text.strip(), quote=False)
@@ -271,8 +271,8 @@ class SaliencyExplorer(_Explorer):
 class StudyExplorer(_Explorer):
     """Methods, metric and domain over a study's results (notebook 05), redrawing its curves and their reading.
 
-        >>> e = StudyExplorer(results, metrics=["delta_loss", "kl"])  # doctest: +SKIP
-        >>> e.methods.value = ("reap", "frequency")  # doctest: +SKIP
+        e = StudyExplorer(results, metrics=["delta_loss", "kl"])
+        e.methods.value = ("reap", "frequency")
 
     `methods`: a multiple selection of the study's curves (`label`: criteria, random, merges, global budget);
     each keeps its unpruned start. The reading under the controls compares them at `ratio`.

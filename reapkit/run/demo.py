@@ -15,12 +15,11 @@ from pathlib import Path
 
 from reapkit.model.demo import DEMO
 from reapkit.run.execute import cores, run_notebook
-from reapkit.run.notebook import NOTEBOOKS_DIR
+from reapkit.run.notebook import DEMO_NOTEBOOKS, NOTEBOOKS_DIR
 
 __all__ = ["DEMO_NOTEBOOKS", "run_demo"]
 
 #: Notebooks `reapkit demo` runs, in order (04 draws from 05's results table).
-DEMO_NOTEBOOKS = ("01_saliency", "02_clusters", "03_pruning", "05_study", "04_paper_figures")
 
 
 def run_demo(

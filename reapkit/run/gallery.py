@@ -1,6 +1,6 @@
 """The gallery: the notebooks `make demo` executed, as pages of the documentation site.
 
-    >>> write_gallery("runs/demo", "docs/gallery")   # doctest: +SKIP
+    write_gallery("runs/demo", "docs/gallery")
     [PosixPath('docs/gallery/01_saliency.md'), ...]
 
 `reapkit demo` (`make demo`) writes it after its runs, into `docs/gallery/` of the checkout
@@ -78,7 +78,7 @@ def _output(output, files: dict, stem: str, index: int) -> str | None:
 def notebook_page(path) -> tuple[str, dict[str, bytes], dict]:
     """An executed notebook as a Markdown page: ``(markdown, {relative file: bytes}, summary)``.
 
-        >>> markdown, files, summary = notebook_page("runs/demo/01_saliency/01_saliency.ipynb")  # doctest: +SKIP
+        markdown, files, summary = notebook_page("runs/demo/01_saliency/01_saliency.ipynb")
 
     `summary`: name, title (the first heading), question (the paragraph opening with **Question:**),
     figures, seconds (papermill's duration), errors.
@@ -134,7 +134,7 @@ def write_gallery(runs_dir, gallery_dir, notebooks=None) -> list[Path]:
     into `gallery_dir`, with their figures and `gallery.json`; pages of an earlier gallery go first. Returns the
     pages written."""
     from reapkit.atomic import atomic_write_text
-    from reapkit.run.demo import DEMO_NOTEBOOKS
+    from reapkit.run.notebook import DEMO_NOTEBOOKS
 
     runs_dir, gallery_dir = Path(runs_dir), Path(gallery_dir)
     names = sorted(notebooks or DEMO_NOTEBOOKS)

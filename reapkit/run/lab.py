@@ -1,11 +1,11 @@
 """`make lab`: JupyterLab on the notebooks with the project's kernel; and whether a notebook runs live.
 
-    >>> show_explorer(P.interactive)     # in a notebook's last cell: build its explorer here?  # doctest: +SKIP
-    >>> live_session({"JPY_SESSION_NAME": "notebooks/01_saliency.ipynb"})
+    show_explorer(P.interactive)     # in a notebook's last cell: build its explorer here?
+    live_session({"JPY_SESSION_NAME": "notebooks/01_saliency.ipynb"})
     True
-    >>> live_session({"JPY_SESSION_NAME": "notebooks/01_saliency.ipynb", "REAPKIT_BATCH": "1"})
+    live_session({"JPY_SESSION_NAME": "notebooks/01_saliency.ipynb", "REAPKIT_BATCH": "1"})
     False
-    >>> register_kernel()                 # kernel "reapkit": this interpreter, this checkout  # doctest: +SKIP
+    register_kernel()                 # kernel "reapkit": this interpreter, this checkout
 
 ``python -m reapkit.run.lab [--port N] [--ip ADDR] [--no-browser]`` is what `make lab` runs (the
 same without make, e.g. in the conda environment of environment.yml): it
@@ -64,7 +64,7 @@ ROOT = NOTEBOOKS_DIR.parent
 def live_session(environ=None) -> bool:
     """True in a kernel a Jupyter server started for an open notebook, outside reapkit's batch runs.
 
-    >>> live_session({})     # papermill, nbclient, python
+    live_session({})     # papermill, nbclient, python
     False
     """
     environ = os.environ if environ is None else environ
@@ -74,7 +74,7 @@ def live_session(environ=None) -> bool:
 def show_explorer(interactive) -> bool:
     """Whether a notebook builds its explorer: `interactive` True or False decides; None: :func:`live_session`.
 
-    >>> show_explorer(True), show_explorer(False)
+    show_explorer(True), show_explorer(False)
     (True, False)
     """
     return live_session() if interactive is None else bool(interactive)

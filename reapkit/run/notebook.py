@@ -30,6 +30,7 @@ from reapkit.errors import Mismatch, ParameterError
 from reapkit.run.parameters import PARAMETERS, parameters_cell
 
 __all__ = [
+    "DEMO_NOTEBOOKS",
     "NOTEBOOKS_DIR",
     "calibrate",
     "held_out",
@@ -45,6 +46,8 @@ __all__ = [
 ]
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[2] / "notebooks"
+#: The notebooks `reapkit demo` runs, in order (04 reads 05's tables).
+DEMO_NOTEBOOKS = ("01_saliency", "02_clusters", "03_pruning", "05_study", "04_paper_figures")
 
 
 def load_model(name, *, device_map=None, **kwargs):
