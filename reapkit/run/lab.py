@@ -96,15 +96,17 @@ def widgets_saved_as_text(model, **kwargs) -> None:
 def register_kernel(prefix=None, *, root=ROOT) -> Path:
     """Write the kernel spec "reapkit" into `prefix`/share/jupyter/kernels (default `sys.prefix`: the
     project's venv); returns its folder. The kernel runs this interpreter, imports the checkout at
-    `root` first, and draws figures inline whatever MPLBACKEND the shell that started JupyterLab set."""
+    `root` first, draws figures inline whatever MPLBACKEND the shell that started JupyterLab set, and
+    leaves a core to JupyterLab and the browser as `make demo` leaves one (torch threads: OMP_NUM_THREADS
+    when set, else one less than the cores; oversubscribed threads run several times slower)."""
     from ipykernel.kernelspec import install
 
-    path = install(
-        kernel_name=KERNEL,
-        display_name=KERNEL,
-        prefix=str(prefix or sys.prefix),
-        env={"PYTHONPATH": str(root), "MPLBACKEND": "module://matplotlib_inline.backend_inline"},
-    )
+    from reapkit.run.execute import cores
+
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, cores() - 1))
+    env = {"PYTHONPATH": str(root), "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
+    env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+    path = install(kernel_name=KERNEL, display_name=KERNEL, prefix=str(prefix or sys.prefix), env=env)
     return Path(path)
 
 
