@@ -245,7 +245,7 @@ class SaliencyExplorer(_Explorer):
             fig, (left, right) = plot.panels(2, ncols=2)
             plot.saliency_curves(part[part["layer"] == layer], criterion=criterion, domain=domain, ratio=ratio, ax=left)
             left.set_title("")  # the figure's own title, replaced by one naming the layer
-            left.set_title(f"layer {layer}: {criterion}, {label} removed", loc="left")
+            left.set_title(f"layer {layer}, {label} removed", loc="left")  # the criterion: y label, heatmap
             plot.saliency_heatmap(part, criterion=criterion, domain=domain, ax=right)
             figures["saliency"] = fig
         if "clusters" in self.views:
@@ -263,7 +263,7 @@ class SaliencyExplorer(_Explorer):
             figures["clusters"] = fig
         if "mask" in self.views:
             fig, (ax,) = plot.panels(1, ncols=1)
-            plot.plan_mask(self.plan(), title=f"{criterion} ({domain}): {label} removed", ax=ax)
+            plot.plan_mask(self.plan(), ax=ax)  # its criterion, domain and ratio: the line above
             figures["mask"] = fig
         return figures
 
