@@ -360,9 +360,14 @@ class FigureExplorer(_Explorer):
             fig = plot.reap_vs_frequency(self.scores, ratio=ratio).figure
         elif name == "global_budget":
             uniform, budget = self._plans()
-            fig, (left, right) = plot.panels(2, ncols=2, width=plot.TWO_COLUMN)
-            plot.saliency_distributions(self.scores, criterion=criterion, ratio=ratio, budget=budget, ax=left)
-            plot.kept_per_layer({f"uniform {criterion}": uniform, f"global {criterion}": budget}, ax=right)
+            from reapkit.study.kept import budget_table
+
+            fig, (left, right) = plot.panels(2, ncols=2, width=plot.TWO_COLUMN, size=(2.6, 2.3))
+            plot.global_budget(budget_table(budget, uniform, floor=self.obs.top_k), ratio=ratio, ax=left)
+            plot.kept_per_layer(
+                {f"uniform {plot.label(criterion)}": uniform, plot.label(f"global_{criterion}"): budget}, ax=right
+            )
+            plot.legend_below(fig, [left, right], ncols=3)
         elif name == "coactivation":
             coselect = self.coselect[self.obs.layers.index(layer)]
             fig = plot.coactivation_matrix(
