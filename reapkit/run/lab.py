@@ -37,6 +37,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from reapkit.errors import InvalidInput
 from reapkit.run.notebook import NOTEBOOKS_DIR
 
 __all__ = [
@@ -147,7 +148,7 @@ def free_port(ip: str = "127.0.0.1", start: int = 8888, tries: int = 100) -> int
             except OSError:
                 continue
             return s.getsockname()[1]
-    raise OSError(f"no free port in {start}-{start + tries - 1} on {ip}; pass --port")
+    raise InvalidInput(f"no free port in {start}-{start + tries - 1} on {ip}; pass --port")
 
 
 def wait_until_ready(url: str, token: str, server: subprocess.Popen, timeout: float = 300) -> float:
