@@ -312,9 +312,18 @@ def _check_notebook(page, lab, name, console, *, reopen=False) -> dict:
     if reopen:  # opened again (tomorrow): the explorer's line where it was, not "Error displaying widget"
         page.reload()
         page.locator(".jp-Notebook .jp-Cell").nth(3).wait_for(timeout=60_000)
-        last = page.locator(".jp-Notebook .jp-Cell").last
-        last.locator(".jp-OutputArea-output").first.wait_for()
-        text = " ".join(_texts(last.locator(".jp-OutputArea")))
+        text = ""
+        for _ in range(60):  # JupyterLab renders only the cells in view: scroll to the end until the last is there
+            page.locator(".jp-WindowedPanel-outer").last.evaluate("e => { e.scrollTop = e.scrollHeight; }")
+            last = page.locator(".jp-Notebook .jp-Cell").last
+            text = (
+                " ".join(_texts(last.locator(".jp-OutputArea")))
+                if last.locator(".jp-OutputArea-output").count()
+                else ""
+            )
+            if "run this cell in JupyterLab to explore" in text:
+                break
+            page.wait_for_timeout(500)
         assert "run this cell in JupyterLab to explore" in text and "Error displaying widget" not in text, text
     assert not console, f"{name}: browser console errors: {console[:5]}"
     return timings
