@@ -176,38 +176,12 @@ class PruningPlan:
 
         values = score(obs, criterion, domains=domains, seed=seed)
         protected = super_experts(obs, domains=domains) if protect_super_experts else {}
-        if protected:
-            ranked = values.copy()
-            for pos, layer in enumerate(obs.layers):  # protected experts first, each layer's order otherwise kept
-                ranked[pos, protected.get(layer, [])] += np.abs(values[pos]).max() * 2 + 1
-            plan = cls.from_scores(
-                ranked,
-                obs.layers,
-                obs.num_experts,
-                top_k=obs.top_k,
-                ratio=ratio,
-                keep=keep,
-                counts=counts,
-                n_group=obs.meta.get("n_group", 1),
-                topk_group=obs.meta.get("topk_group"),
-                criterion=criterion,
-                provenance=obs.provenance(
-                    domains=domains, seed=seed, protected={str(k): v for k, v in protected.items()}
-                ),
-            )
-            lost = {layer: sorted(set(e) - set(plan.kept[layer])) for layer, e in protected.items()}
-            if any(lost.values()):
-                raise InvalidInput(
-                    f"the plan keeps too few experts to protect every super expert {protected}; "
-                    f"keep more experts (a smaller ratio) or do not protect super experts"
-                )
-            plan.scores = {
-                layer: [float(v) for v in values[pos][:n]]
-                for pos, (layer, n) in enumerate(zip(obs.layers, obs.num_experts))
-            }
-            return plan
-        return cls.from_scores(
-            values,
+        ranked = values.copy()
+        for pos, layer in enumerate(obs.layers):  # protected experts first, each layer's order otherwise kept
+            ranked[pos, protected.get(layer, [])] += np.abs(values[pos]).max() * 2 + 1
+        extra = {"protected": {str(k): v for k, v in protected.items()}} if protected else {}
+        plan = cls.from_scores(
+            ranked,
             obs.layers,
             obs.num_experts,
             top_k=obs.top_k,
@@ -217,8 +191,20 @@ class PruningPlan:
             n_group=obs.meta.get("n_group", 1),
             topk_group=obs.meta.get("topk_group"),
             criterion=criterion,
-            provenance=obs.provenance(domains=domains, seed=seed),
+            provenance=obs.provenance(domains=domains, seed=seed, **extra),
         )
+        if not protected:
+            return plan
+        if any(set(e) - set(plan.kept[layer]) for layer, e in protected.items()):
+            raise InvalidInput(
+                f"the plan keeps too few experts to protect every super expert {protected}; "
+                f"keep more experts (a smaller ratio) or do not protect super experts"
+            )
+        plan.scores = {
+            layer: [float(v) for v in values[pos][:n]]
+            for pos, (layer, n) in enumerate(zip(obs.layers, obs.num_experts))
+        }
+        return plan
 
     @classmethod
     def from_global_budget(
