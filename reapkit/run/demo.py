@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 from reapkit.model.demo import DEMO
-from reapkit.run.execute import cores, run_notebook
-from reapkit.run.notebook import DEMO_NOTEBOOKS, NOTEBOOKS_DIR
+from reapkit.run.execute import run_notebook
+from reapkit.run.notebook import DEMO_NOTEBOOKS, NOTEBOOKS_DIR, cores
 
 __all__ = ["DEMO_NOTEBOOKS", "run_demo"]
 

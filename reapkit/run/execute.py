@@ -12,15 +12,9 @@ from pathlib import Path
 
 from reapkit.errors import MissingInput
 from reapkit.run.lab import BATCH, SESSION
+from reapkit.run.notebook import cores
 
 __all__ = ["run_notebook", "cores"]
-
-
-def cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 def _abs(value):

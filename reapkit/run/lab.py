@@ -38,7 +38,7 @@ import urllib.request
 from pathlib import Path
 
 from reapkit.errors import InvalidInput
-from reapkit.run.notebook import NOTEBOOKS_DIR
+from reapkit.run.notebook import NOTEBOOKS_DIR, cores
 
 __all__ = [
     "KERNEL",
@@ -101,8 +101,6 @@ def register_kernel(prefix=None, *, root=ROOT) -> Path:
     leaves a core to JupyterLab and the browser as `make demo` leaves one (torch threads: OMP_NUM_THREADS
     when set, else one less than the cores; oversubscribed threads run several times slower)."""
     from ipykernel.kernelspec import install
-
-    from reapkit.run.execute import cores
 
     threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, cores() - 1))
     env = {"PYTHONPATH": str(root), "MPLBACKEND": "module://matplotlib_inline.backend_inline"}

@@ -21,6 +21,7 @@ A cell calls one or two of these and shows the result; the logic lives here, whe
 from __future__ import annotations
 
 import glob
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -309,3 +310,11 @@ if __name__ == "__main__":  # python -m reapkit.run.notebook sync [--check]
     for path in stale:
         print(("out of date: " if "--check" in args else "wrote ") + str(path))
     sys.exit(1 if stale and "--check" in args else 0)
+
+
+def cores() -> int:
+    """The CPU cores this process may run on (its affinity; the count of all cores where that is unknown)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1

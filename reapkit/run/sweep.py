@@ -40,8 +40,8 @@ from pathlib import Path
 import pandas as pd
 
 from reapkit.errors import MissingInput, ParameterError, SweepError
-from reapkit.run.execute import cores, run_notebook
-from reapkit.run.notebook import NOTEBOOKS_DIR
+from reapkit.run.execute import run_notebook
+from reapkit.run.notebook import NOTEBOOKS_DIR, cores
 
 __all__ = [
     "SWEEP_KEYS",
