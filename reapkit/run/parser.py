@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from reapkit.run import commands, plans
+from reapkit.run import commands, plans, recover
 
 __all__ = ["build_parser"]
 
@@ -164,6 +164,26 @@ def build_parser() -> argparse.ArgumentParser:
     force_arg(p, "output folder")
     placement_args(p)
     p.set_defaults(func=plans.cmd_merge)
+
+    p = sub.add_parser(
+        "recover",
+        help="retrain only the routers of a pruned checkpoint to match the unpruned model (router KD)",
+        description="Distils the unpruned model's next-token distribution into the pruned checkpoint by training "
+        "its routers alone (KL(teacher || pruned) on calibration tokens, Adam); every other weight is kept. "
+        "Writes a stock checkpoint whose pruning_plan.json records the recovery.",
+    )
+    p.add_argument("pruned", help="a checkpoint folder written by `reapkit prune` (with its pruning_plan.json)")
+    p.add_argument("--out", required=True, help="folder of the recovered checkpoint")
+    p.add_argument("--teacher", help="the unpruned model (default: the source model pruning_plan.json records)")
+    p.add_argument("--data", help="calibration spec, e.g. code:64,prose:64 or tokens.jsonl (default: the built-in mix)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-length", type=int, default=256)
+    p.add_argument("--steps", type=int, help="optimizer steps of one batch each (default: one pass over the data)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate (default 1e-3)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the order the batches are visited in")
+    p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16 (both models)")
+    force_arg(p, "output folder")
+    p.set_defaults(func=recover.cmd_recover)
 
     p = sub.add_parser("import", help="bring saliency from other tools: REAP observer state, llm-compressor report")
     p.add_argument(
