@@ -131,3 +131,37 @@ def test_cli_end_to_end_and_refusals(tmp_path, capsys):
     refused(["recover", str(plain), "--data", spec, "--out", str(tmp_path / "c")], "--teacher MODEL")
     written = [p.name for p in tmp_path.iterdir() if p.name in "abc" or p.name.startswith((".a.", ".b.", ".c."))]
     assert written == []  # nothing written on refusal, not even a temporary folder
+
+
+def test_recovery_study_table_reading_and_figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from reapkit.data import calibration_batches
+    from reapkit.model.loading import load_model
+    from reapkit.plot.recovery import recovery_figure
+    from reapkit.study.recovery import recovery_reading, recovery_study
+
+    model, tokenizer = load_model("demo")  # trained: its held-out text has structure a router can learn
+    calibration = calibration_batches("code:4,prose:4", tokenizer, batch_size=4, max_length=48)
+    held_out = calibration_batches("code:4,prose:4", tokenizer, batch_size=4, max_length=48, split="validation")
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    obs = observe(model, calibration, progress=False)
+    table = recovery_study(
+        model, obs, calibration, held_out, ratios=[0.25, 0.5], epochs=3, lr=3e-3, resamples=200, progress=False
+    )
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())  # pruned and recovered copies
+    assert list(zip(table.ratio, table.metric)) == [(0.25, "loss"), (0.25, "kl"), (0.5, "loss"), (0.5, "kl")]
+    kl = table[table.metric == "kl"]
+    assert (kl.unpruned == 0).all() and (kl.pruned > kl.recovered).all()  # recovery helps on held-out text here
+    expected = (table.pruned - table.recovered) / (table.pruned - table.unpruned)
+    assert (expected - table.fraction).abs().max() < 1e-9
+    assert ((table.fraction_lo <= table.fraction) & (table.fraction <= table.fraction_hi)).all()
+    assert (table.steps == 3 * len(calibration)).all() and (table.train_kl_after < table.train_kl_before).all()
+    text = recovery_reading(table)
+    row = table.iloc[0]
+    for number in (f"{row.unpruned:.3f}", f"{row.pruned:.3f}", f"{row.recovered:.3f}", f"{100 * row.fraction:.0f}%"):
+        assert number in text
+    assert text.count("With ") == 2
+    fig = recovery_figure(table)
+    assert [ax.get_title(loc="left") for ax in fig.axes] == ["held-out loss", "KL to the unpruned model (nats)"]
