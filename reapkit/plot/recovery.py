@@ -8,7 +8,7 @@
     >>> recovery_plot(table, metric="kl")                 # a `reapkit.study.recovery.recovery_table`
     <Axes: title={'left': 'KL to the unpruned model (nats)'}, xlabel='experts removed', ylabel='KL (nats)'>
     >>> recovery_figure(table)                            # loss and KL side by side
-    <Figure size 825x300 with 2 Axes>
+    <Figure size 825x330 with 2 Axes>
 
 Each ratio shows the pruned model (open marker) and the recovered one (filled), each with its 95 %
 interval, joined by an arrow, and the recovered fraction with its paired interval written above; the
