@@ -70,7 +70,8 @@ class Recovery:
     steps: int
     lr: float
     seed: int
-    tokens: int  # target positions seen over all steps
+    tokens: int  # target positions seen over all steps (a batch visited twice counts twice)
+    calibration_tokens: int  # target positions in the calibration batches
     kl_before: float  # mean KL(teacher || student) per target token on the training batches, nats
     kl_after: float
     trained: list[str]  # names of the trained parameters
@@ -264,6 +265,7 @@ def recover(
         lr=float(lr),
         seed=seed,
         tokens=tokens,
+        calibration_tokens=int(sum(int(_target_mask(b.attention_mask).sum()) for b in batches)),
         kl_before=kl_before,
         kl_after=training_kl(student, teacher, batches),
         trained=list(trained),

@@ -42,7 +42,7 @@ METRICS = ("loss", "kl")
 _TRAINING = {
     "steps": "steps",
     "lr": "lr",
-    "tokens": "train_tokens",
+    "calibration_tokens": "train_tokens",
     "kl_before": "train_kl_before",
     "kl_after": "train_kl_after",
 }
@@ -149,8 +149,8 @@ def recovery_reading(table: pd.DataFrame) -> str:
         paragraphs.append(
             f"With {_percent(ratio)} of the experts removed by {loss['criterion']}, held-out loss rises from "
             f"{loss['unpruned']:.3f} to {loss['pruned']:.3f} ({int(loss['tokens'])} held-out tokens). Training only "
-            f"the routers for {int(loss['steps'])} steps (learning rate {loss['lr']:g}, {int(loss['train_tokens'])} "
-            f"calibration tokens; KL on them {loss['train_kl_before']:.3f} -> {loss['train_kl_after']:.3f} nats) "
+            f"the routers for {int(loss['steps'])} steps on {int(loss['train_tokens'])} calibration tokens "
+            f"(learning rate {loss['lr']:g}; KL on them {loss['train_kl_before']:.3f} -> {loss['train_kl_after']:.3f} nats) "
             f"brings it to {loss['recovered']:.3f}, recovering {_fraction(loss, 'the loss increase')}. "
             f"The KL to the unpruned model falls from {kl['pruned']:.3f} to {kl['recovered']:.3f} nats per token, "
             f"recovering {_fraction(kl, 'it')}."
