@@ -52,6 +52,6 @@ def cmd_recover(args):
     )
     print(
         f"recovered the routers of {args.pruned} against {teacher} ({record.steps} steps, lr {record.lr:g}, "
-        f"{record.tokens} tokens): KL on the calibration tokens {record.kl_before:.4f} -> {record.kl_after:.4f} nats; "
+        f"{record.calibration_tokens} calibration tokens): KL on the calibration tokens {record.kl_before:.4f} -> {record.kl_after:.4f} nats; "
         f"saved to {out} in {time.perf_counter() - start:.1f}s"
     )
