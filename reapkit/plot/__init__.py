@@ -18,10 +18,10 @@ imports neither torch nor transformers.
 
 Modules: theme (sizes, colours, the style, saving), saliency, criteria, domains, geometry, kept (usage,
 kept mass, the global budget), plans, results (metrics against ratio), comparisons (paired gaps to REAP),
-calibration, and widgets (interactive explorers).
+calibration, recovery (router recovery after pruning), and widgets (interactive explorers).
 """
 
-from reapkit.plot import calibration, comparisons, criteria, domains, geometry, kept, plans, results, saliency
+from reapkit.plot import calibration, comparisons, criteria, domains, geometry, kept, plans, recovery, results, saliency
 from reapkit.plot.calibration import *  # noqa: F403
 from reapkit.plot.comparisons import *  # noqa: F403
 from reapkit.plot.criteria import *  # noqa: F403 - each figure module's __all__ is the package's too
@@ -29,6 +29,7 @@ from reapkit.plot.domains import *  # noqa: F403
 from reapkit.plot.geometry import *  # noqa: F403
 from reapkit.plot.kept import *  # noqa: F403
 from reapkit.plot.plans import *  # noqa: F403
+from reapkit.plot.recovery import *  # noqa: F403
 from reapkit.plot.results import *  # noqa: F403
 from reapkit.plot.saliency import *  # noqa: F403
 from reapkit.plot.theme import (
@@ -74,4 +75,5 @@ __all__ = [
     *results.__all__,
     *comparisons.__all__,
     *calibration.__all__,
+    *recovery.__all__,
 ]
