@@ -155,4 +155,4 @@ def recovery_reading(table: pd.DataFrame) -> str:
             f"The KL to the unpruned model falls from {kl['pruned']:.3f} to {kl['recovered']:.3f} nats per token, "
             f"recovering {_fraction(kl, 'it')}."
         )
-    return "\n\n".join(paragraphs)
+    return "**Reading.** " + "\n\n".join(paragraphs)
