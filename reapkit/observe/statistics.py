@@ -106,7 +106,13 @@ _TABLE = (
         "tokens that chose both *i* and *j* (the diagonal is `count`)",
     ),
     Statistic(
-        "weight_abs_sum", ("E",), "float64", "sum", "weights", False, "Σ |*w*| over the elements of *j*'s weight matrices"
+        "weight_abs_sum",
+        ("E",),
+        "float64",
+        "sum",
+        "weights",
+        False,
+        "Σ |*w*| over the elements of *j*'s weight matrices",
     ),
     Statistic("weight_sq_sum", ("E",), "float64", "sum", "weights", False, "Σ *w*² over the same elements"),
     Statistic("weight_numel", ("E",), "float64", "sum", "weights", False, "the number of those elements"),

@@ -12,7 +12,7 @@ Calibration-free criteria (`aimer`) need no calibration data, only each expert's
 for every MoE layer and expert *j*, the sums Σ|w|, Σw² and the number of elements over *j*'s
 weight matrices (``gate_up_proj`` and ``down_proj`` as the model holds them, or the per-expert
 ``gate_proj``, ``up_proj``, ``down_proj`` the hub stores; biases are not weight matrices and are
-left out, as AIMER's code leaves them out). Sums over elements do not depend on how a layout
+left out, as AIMER's code, ZongfangLiu/AIMER @fcf8e28 ``src/calib_free_prune.py``, leaves them out). Sums over elements do not depend on how a layout
 orders, transposes or interleaves them, so each stored tensor is read as it is: a per-expert
 tensor whole, a fused ``[E, ...]`` tensor one expert slice at a time. The model is built on the
 meta device only to learn which stored tensor belongs to which expert (transformers' own
@@ -26,6 +26,7 @@ made from it are checked against the model and the checkpoint as any other), hol
 
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
 
@@ -78,21 +79,27 @@ def weight_statistics(path) -> Observations:
     stats = {n: torch.zeros(len(layers), width, dtype=torch.float64) for n in _NAMES}
     with checkpoint.reading() as read:
         load_tensors(model, renamer, read, routers, device="cpu")  # the routers only: for the fingerprint
-    for name, stored in checkpoint.tensors.items():
-        target = renamer.target(name)[0]
-        if target not in owner:
-            continue
-        pos, prefix = owner[target]
-        if stored.dtype not in FLOAT_DTYPES:
-            raise InvalidInput(
-                f"{name} is stored as {stored.dtype}, a quantised layout; weight statistics need the float weights: "
-                "use the unquantised checkpoint"
-            )
-        for expert, value in _expert_pieces(checkpoint, name, renamer.model_name(name), prefix, layers[pos]):
-            value = value.double()
-            stats["weight_abs_sum"][pos, expert] += value.abs().sum()
-            stats["weight_sq_sum"][pos, expert] += value.square().sum()
-            stats["weight_numel"][pos, expert] += value.numel()
+    with contextlib.ExitStack() as stack:
+        shards = {}  # each shard opened once, closed when all is read
+        for name, stored in checkpoint.tensors.items():
+            target = renamer.target(name)[0]
+            if target not in owner:
+                continue
+            pos, prefix = owner[target]
+            if stored.dtype not in FLOAT_DTYPES:
+                raise InvalidInput(
+                    f"{name} is stored as {stored.dtype}, a quantised layout; weight statistics need the float "
+                    "weights: use the unquantised checkpoint"
+                )
+            if stored.shard not in shards:
+                shards[stored.shard] = stack.enter_context(checkpoint.opened(stored.shard))
+            for expert, value in _expert_pieces(
+                shards[stored.shard], stored, renamer.model_name(name), prefix, layers[pos]
+            ):
+                value = value.double()
+                stats["weight_abs_sum"][pos, expert] += value.abs().sum()
+                stats["weight_sq_sum"][pos, expert] += value.square().sum()
+                stats["weight_numel"][pos, expert] += value.numel()
     short = (stats["weight_numel"] != expected).nonzero().tolist()
     if short:
         pos, expert = short[0]
@@ -120,26 +127,18 @@ def weight_statistics(path) -> Observations:
 _NAMES = ("weight_abs_sum", "weight_sq_sum", "weight_numel")
 
 
-def _expert_pieces(checkpoint: Checkpoint, name: str, key: str, prefix: str, layer):
-    """`(expert, tensor)` for stored tensor `name` (model name `key`): the whole of a per-expert tensor, or
-    each expert's slice of a fused one, read one at a time."""
+def _expert_pieces(f, stored, key: str, prefix: str, layer):
+    """`(expert, tensor)` for the stored tensor `stored` (model name `key`) of the open shard `f`: the whole of a
+    per-expert tensor, or each expert's slice of a fused one, read one at a time."""
     found = re.match(re.escape(prefix) + r"\.(\d+)\.", key)
     if found:
-        yield int(found.group(1)), _read_whole(checkpoint, name)
+        yield int(found.group(1)), f.get_tensor(stored.name)
         return
-    stored = checkpoint.tensors[name]
     if not stored.shape or stored.shape[0] != layer.num_experts:
         raise CheckpointError(
-            f"{name} (shape {list(stored.shape)}) does not have the {layer.num_experts} experts of layer "
+            f"{stored.name} (shape {list(stored.shape)}) does not have the {layer.num_experts} experts of layer "
             f"{layer.index} on its first dimension, so reapkit cannot tell which part belongs to which expert"
         )
-    with checkpoint.opened(stored.shard) as f:
-        rows = f.get_slice(name)
-        for expert in range(layer.num_experts):
-            yield expert, rows[expert : expert + 1]
-
-
-def _read_whole(checkpoint: Checkpoint, name: str) -> torch.Tensor:
-    """One stored tensor, its shard opened for it alone."""
-    with checkpoint.opened(checkpoint.tensors[name].shard) as f:
-        return f.get_tensor(name)
+    rows = f.get_slice(stored.name)
+    for expert in range(layer.num_experts):
+        yield expert, rows[expert : expert + 1]

@@ -42,7 +42,7 @@ def per_token(model, batches) -> dict[str, np.ndarray]:
         seen = {}
         hooks = [
             arch.experts_of(block).register_forward_pre_hook(
-                lambda m, args, pos=pos: seen.__setitem__(pos, [a.detach() for a in args[:3]])
+                lambda m, args, pos=pos, seen=seen: seen.__setitem__(pos, [a.detach() for a in args[:3]])
             )
             for pos, block in enumerate(blocks)
         ]
@@ -120,7 +120,9 @@ def test_a_missing_statistic_is_refused_with_the_option_that_records_it(batches)
         assert "\n" not in message
         if statistic in OPTIONAL:  # the option exists and records it
             assert f"--statistics {statistic}" in message
-            args = build_parser().parse_args(["observe", "demo", "--data", "code:1", "--out", "o", "--statistics", statistic])
+            args = build_parser().parse_args(
+                ["observe", "demo", "--data", "code:1", "--out", "o", "--statistics", statistic]
+            )
             assert statistic in chosen(args.statistics)
         elif statistic in FROM_WEIGHTS:
             assert "give the model folder instead of observations" in message
