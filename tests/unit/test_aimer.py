@@ -76,6 +76,22 @@ def test_scores_and_prune_with_aimer_from_a_model_folder(tmp_path, capsys):
     for pos, layer in enumerate(plan.layers):
         assert plan.kept[layer] == sorted(np.argsort(expected[pos], kind="stable")[:4].tolist())
     assert plan.criterion == "aimer"
+    cli.main(
+        ["plan", str(tmp_path / "model"), "--criterion", "aimer", "--ratio", "0.5", "--out", str(tmp_path / "a.json")]
+    )
+    assert PruningPlan.load(tmp_path / "a.json").kept == plan.kept
+
+
+def test_aimer_refuses_quantised_expert_weights(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    tiny_model("qwen3_moe").save_pretrained(tmp_path)
+    tensors = load_file(tmp_path / "model.safetensors")
+    name = "model.layers.1.mlp.experts.3.up_proj.weight"
+    tensors[name] = tensors[name].to(torch.int8)
+    save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(InvalidInput, match=f"{name} is stored as I8, a quantised layout"):
+        weight_statistics(tmp_path)
 
 
 def test_aimer_refuses_what_is_not_a_checkpoint(tmp_path, batches, capsys):
