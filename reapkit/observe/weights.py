@@ -96,9 +96,9 @@ def weight_statistics(path) -> Observations:
             for expert, value in _expert_pieces(
                 shards[stored.shard], stored, renamer.model_name(name), prefix, layers[pos]
             ):
-                value = value.double()
-                stats["weight_abs_sum"][pos, expert] += value.abs().sum()
-                stats["weight_sq_sum"][pos, expert] += value.square().sum()
+                value = value.float()  # as AIMER's code computes; the sums are kept in float64
+                stats["weight_abs_sum"][pos, expert] += value.abs().sum(dtype=torch.float64)
+                stats["weight_sq_sum"][pos, expert] += value.square().sum(dtype=torch.float64)
                 stats["weight_numel"][pos, expert] += value.numel()
     short = (stats["weight_numel"] != expected).nonzero().tolist()
     if short:
