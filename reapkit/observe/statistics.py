@@ -138,7 +138,10 @@ def chosen(statistics=None) -> tuple[str, ...]:
     names = [statistics] if isinstance(statistics, str) else list(statistics)
     if "all" in names:
         return tuple(n for n in STATISTICS if n not in FROM_WEIGHTS)
-    unknown = [n for n in names if n not in STATISTICS or n in FROM_WEIGHTS]
+    weights = [n for n in names if n in FROM_WEIGHTS]
+    if weights:
+        raise InvalidInput(f"{weights[0]} is not recorded by observing; {how_to_record(weights[0])}")
+    unknown = [n for n in names if n not in STATISTICS]
     if unknown:
         raise InvalidInput(f"unknown statistic {unknown[0]!r}; choose from {', '.join(OPTIONAL)} (or 'all')")
     return tuple(n for n in STATISTICS if n in DEFAULT or n in names)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from tiny_models import tiny_model
 
-from reapkit.errors import MissingStatistic
+from reapkit.errors import InvalidInput, MissingStatistic
 from reapkit.model.discover import architecture_for
 from reapkit.observe.recorder import observe
 from reapkit.observe.statistics import DEFAULT, FROM_WEIGHTS, OPTIONAL, chosen
@@ -126,5 +126,7 @@ def test_a_missing_statistic_is_refused_with_the_option_that_records_it(batches)
             assert statistic in chosen(args.statistics)
         elif statistic in FROM_WEIGHTS:
             assert "give the model folder instead of observations" in message
+            with pytest.raises(InvalidInput, match=f"{statistic} is not recorded by observing; read it from"):
+                chosen([statistic])
         else:
             assert "reapkit observe" in message
