@@ -162,6 +162,7 @@ def build(inputs: Path) -> dict:
             "weighted_ean_sum": code["reap_sum"][pos].double(),
             "weighted_expert_frequency_sum": code["gate_sum"][pos].double(),
             "reap": (code["reap_sum"][pos] / code["count"][pos].clamp_min(1)).float(),
+            "max_activations": code["max_signed"][pos].float(),
             "total_tokens": code["tokens"][pos].long(),
         }
         for pos, layer in enumerate(obs.layers)

@@ -30,6 +30,7 @@ from reapkit.errors import InvalidInput, Mismatch
 
 __all__ = [
     "DEFAULT",
+    "FROM_WEIGHTS",
     "OPTIONAL",
     "STATISTICS",
     "Statistic",
@@ -49,7 +50,7 @@ class Statistic:
     axes: tuple[str, ...]  # after the MoE-layer axis: "E" experts, "H" hidden size
     dtype: str  # a torch dtype name
     combine: str  # "sum" or "max": how two shards (or domains) combine
-    recorder: str  # "router": the router's forward; "experts": the experts' own computation
+    recorder: str  # "router": the router's forward; "experts": the experts' own computation; "weights": the checkpoint
     default: bool  # False: recorded only when asked for
     description: str  # Markdown, for expert j and token t: g gate value, f expert output, p router probability
 
@@ -104,6 +105,17 @@ _TABLE = (
         False,
         "tokens that chose both *i* and *j* (the diagonal is `count`)",
     ),
+    Statistic(
+        "weight_abs_sum",
+        ("E",),
+        "float64",
+        "sum",
+        "weights",
+        False,
+        "Σ |*w*| over the elements of *j*'s weight matrices",
+    ),
+    Statistic("weight_sq_sum", ("E",), "float64", "sum", "weights", False, "Σ *w*² over the same elements"),
+    Statistic("weight_numel", ("E",), "float64", "sum", "weights", False, "the number of those elements"),
 )
 
 #: every statistic by name, in the order they are saved
@@ -111,7 +123,9 @@ STATISTICS: dict[str, Statistic] = {s.name: s for s in _TABLE}
 #: recorded by every observation
 DEFAULT: tuple[str, ...] = tuple(s.name for s in _TABLE if s.default)
 #: recorded only when asked for
-OPTIONAL: tuple[str, ...] = tuple(s.name for s in _TABLE if not s.default)
+OPTIONAL: tuple[str, ...] = tuple(s.name for s in _TABLE if not s.default and s.recorder != "weights")
+#: read from a checkpoint's expert weights, never recorded by observing (`reapkit.observe.weights`)
+FROM_WEIGHTS: tuple[str, ...] = tuple(s.name for s in _TABLE if s.recorder == "weights")
 
 
 def chosen(statistics=None) -> tuple[str, ...]:
@@ -123,7 +137,10 @@ def chosen(statistics=None) -> tuple[str, ...]:
         return DEFAULT
     names = [statistics] if isinstance(statistics, str) else list(statistics)
     if "all" in names:
-        return tuple(STATISTICS)
+        return tuple(n for n in STATISTICS if n not in FROM_WEIGHTS)
+    weights = [n for n in names if n in FROM_WEIGHTS]
+    if weights:
+        raise InvalidInput(f"{weights[0]} is not recorded by observing; {how_to_record(weights[0])}")
     unknown = [n for n in names if n not in STATISTICS]
     if unknown:
         raise InvalidInput(f"unknown statistic {unknown[0]!r}; choose from {', '.join(OPTIONAL)} (or 'all')")
@@ -132,8 +149,13 @@ def chosen(statistics=None) -> tuple[str, ...]:
 
 def how_to_record(*names: str) -> str:
     """How to record the statistics `names` (the end of a refusal that lacks them)."""
-    optional = [n for n in names if n in STATISTICS and not STATISTICS[n].default]
     them = "them" if len(names) > 1 else "it"
+    if any(n in FROM_WEIGHTS for n in names):
+        return (
+            f"read {them} from the checkpoint's expert weights: give the model folder instead of observations "
+            "(`reapkit scores MODEL_DIR --criterion aimer`, or reapkit.observe.weights.weight_statistics(MODEL_DIR))"
+        )
+    optional = [n for n in names if n in OPTIONAL]
     if not optional:
         return f"observe the model with reapkit (`reapkit observe`) to record {them}"
     return (
@@ -158,6 +180,7 @@ def markdown() -> str:
         shape = " x ".join(["layers", *(axes[a] for a in s.axes)])
         combine = "maximum" if s.combine == "max" else "sum"
         recorded = "always" if s.default else f"when asked for: `--statistics {s.name}`"
+        recorded = "from the checkpoint's weights" if s.recorder == "weights" else recorded
         description = s.description.replace("|", "\\|")
         lines.append(f"| `{s.name}` | {shape} | {s.dtype} | {description} | {combine} | {recorded} |")
     return "\n".join(lines) + "\n"

@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=commands.cmd_combine)
 
     p = sub.add_parser("scores", help="expert saliency from saved observations")
-    p.add_argument("observations")
+    p.add_argument("observations", help="observations folder; a checkpoint folder for a weight-only criterion (aimer)")
     p.add_argument("--criterion", default="reap")
     p.add_argument("--csv", help="write the tidy table (layer, expert, domain, value) here")
     p.set_defaults(func=commands.cmd_scores)
@@ -116,7 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "plan", help="write a pruning plan (which experts each layer keeps) as JSON, for prune / evaluate --plan"
     )
-    p.add_argument("observations", help="observations folder (reapkit observe, combine or import)")
+    p.add_argument(
+        "observations", help="observations folder (reapkit observe, combine or import); a checkpoint folder for aimer"
+    )
     plan_args(p)
     p.add_argument("--out", required=True, help="plan .json to write")
     force_arg(p)

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from reapkit.errors import InvalidInput, Mismatch, MissingInput
-from reapkit.run.inputs import check_limit, check_model_name, check_output, load
+from reapkit.run.inputs import check_limit, check_model_name, check_output, from_weights, load, read_observations
 
 __all__ = [
     "PLAN_OPTIONS",
@@ -142,6 +142,10 @@ def _plan_of(args, *, required: bool, merges: bool):
                 f"{args.plan} is a merge plan; merge with `reapkit merge {args.model} --plan {args.plan} --out DIR`"
             )
         return plan
+    if args.observations is None and from_weights(args.criterion):  # aimer: scored from the model's own weights
+        plan = plan_from_observations(args, read_observations(args.model, args.criterion))
+        plan.provenance["source_model"] = args.model
+        return plan
     if args.observations is None:
         if required:
             raise InvalidInput("give --observations OBS (with --criterion, --ratio, ...) or --plan plan.json")
@@ -165,10 +169,8 @@ def _kept(plan) -> dict:
 
 
 def cmd_plan(args):
-    from reapkit.observe.observations import Observations
-
     check_output(args.out, args.force, args.observations, file=True)
-    plan = plan_from_observations(args, Observations.load(args.observations))
+    plan = plan_from_observations(args, read_observations(args.observations, args.criterion))
     plan.save(args.out)
     how = f"a global budget of {plan.total_kept} experts" if args.global_budget is not None else "per layer"
     print(
