@@ -33,13 +33,13 @@ from pathlib import Path
 import torch
 
 from reapkit import __version__
-from reapkit.errors import CheckpointError, InvalidInput
+from reapkit.errors import CheckpointError, InvalidInput, Mismatch
 from reapkit.model.checkpoint import Checkpoint, Renamer, load_tensors
 from reapkit.model.discover import architecture_for
 from reapkit.model.layer import moe_layers
 from reapkit.observe.observations import Observations, fingerprint
 
-__all__ = ["DOMAIN", "FLOAT_DTYPES", "weight_statistics"]
+__all__ = ["DOMAIN", "FLOAT_DTYPES", "weight_statistics", "with_weight_statistics"]
 
 #: The one domain of weight statistics.
 DOMAIN = "weights"
@@ -125,6 +125,28 @@ def weight_statistics(path) -> Observations:
 
 
 _NAMES = ("weight_abs_sum", "weight_sq_sum", "weight_numel")
+
+
+def with_weight_statistics(obs: Observations, path) -> Observations:
+    """`obs` with the weight statistics of checkpoint folder `path` added to every calibration domain, so
+    one set of observations scores both kinds of criteria (the calibration ones and `aimer`).
+
+        >>> obs = with_weight_statistics(obs, DEMO_PATH)     # observations of the demo model
+        >>> score(obs, "aimer").shape
+        (4, 16)
+
+    The sums are the same in every domain; `aimer` is a ratio of means, so pooling domains leaves it
+    unchanged. Observations of another model are refused.
+    """
+    weights = weight_statistics(path)
+    if weights.meta["fingerprint"] != obs.meta["fingerprint"]:
+        raise Mismatch(
+            f"the observations are of another model than {path} (router fingerprints differ); "
+            "give the folder of the model they observed"
+        )
+    stats = {domain: {**held, **weights.stats[DOMAIN]} for domain, held in obs.stats.items()}
+    missing = {n: why for n, why in (obs.meta.get("missing") or {}).items() if n not in _NAMES}
+    return Observations(stats, {**obs.meta, "missing": missing})
 
 
 def _expert_pieces(f, stored, key: str, prefix: str, layer):
