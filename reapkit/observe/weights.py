@@ -131,6 +131,8 @@ def with_weight_statistics(obs: Observations, path) -> Observations:
     """`obs` with the weight statistics of checkpoint folder `path` added to every calibration domain, so
     one set of observations scores both kinds of criteria (the calibration ones and `aimer`).
 
+        >>> from reapkit.model import DEMO_PATH
+        >>> from reapkit.select.criteria import score
         >>> obs = with_weight_statistics(obs, DEMO_PATH)     # observations of the demo model
         >>> score(obs, "aimer").shape
         (4, 16)
