@@ -12,7 +12,8 @@ The search follows EvoESAP (Liu et al., arXiv 2603.06003), as its authors' code 
 (ZongfangLiu/EvoESAP @a2766204676cd95b88fad0ed7927addfc7d30ef9, ``src/reap/search_utils.py``,
 ``evolutionary_search`` and ``mutate_plan``): a candidate is a vector of per-layer counts with a
 fixed total; each layer keeps its best experts by the criterion; the search is mutation only and
-elitist: every generation the `survivors` fittest candidates (default 4, as there) are kept and the
+elitist: every generation the `survivors` fittest candidates (default 4, as there; at most
+population - 1 here, so that every generation tries a new one) are kept and the
 rest of the population are children of a random survivor, each made by min(U{1..moves},
 U{1..moves}) moves (default moves 1), a move shifting 1 to `max_delta` (default 2) experts from one
 layer to another within each layer's bounds (at most 32 tries); scores are cached per count vector.
@@ -39,9 +40,9 @@ from tqdm.auto import tqdm
 from reapkit.compress.prune import mask_experts
 from reapkit.errors import InvalidInput
 from reapkit.measure.evaluate import reference_outputs, sequence_metrics
-from reapkit.model.layer import moe_layers
 from reapkit.model.hooks import eval_mode
-from reapkit.select.budget import _refuse_groups, check_budget, plan_from_counts, uniform_counts, water_fill
+from reapkit.model.layer import moe_layers
+from reapkit.select.budget import check_budget, plan_from_counts, refuse_groups, uniform_counts, water_fill
 
 __all__ = ["FITNESS", "BudgetSearch", "evolve_counts", "expert_costs", "candidate_fitness"]
 
@@ -156,12 +157,13 @@ def evolve_counts(
         raise InvalidInput(f"unknown fitness {fitness!r}; choose one of {', '.join(FITNESS)}")
     if (total is None) == (parameters is None):
         raise InvalidInput("give exactly one budget: total= (experts kept) or parameters= (expert parameters kept)")
-    if generations < 1 or population < 2 or not 1 <= survivors <= population or moves < 1 or max_delta < 1:
+    if generations < 1 or population < 2 or survivors < 1 or moves < 1 or max_delta < 1:
         raise InvalidInput(
             f"generations={generations}, population={population}, survivors={survivors}, moves={moves}, "
-            f"max_delta={max_delta}: use generations >= 1, population >= 2, 1 <= survivors <= population, moves and max_delta >= 1"
+            f"max_delta={max_delta}: use generations >= 1, population >= 2, survivors, moves and max_delta >= 1"
         )
-    _refuse_groups(obs)
+    refuse_groups(obs)
+    survivors = min(survivors, population - 1)  # at least one child per generation
     from reapkit.select.criteria import score
 
     sizes = np.asarray(obs.num_experts, dtype=np.int64)
@@ -175,7 +177,11 @@ def evolve_counts(
     values = score(obs, criterion, domains=domains, seed=seed)
     curves = [values[pos][:size] for pos, size in enumerate(sizes)]
     water = water_fill(curves, budget, minimum=minimum, costs=costs)
-    uniform = uniform_counts(sizes, int(water.sum()), minimum) if costs is None else _uniform_params(sizes, costs, budget, minimum)
+    uniform = (
+        uniform_counts(sizes, int(water.sum()), minimum)
+        if costs is None
+        else _uniform_params(sizes, costs, budget, minimum)
+    )
     if reference is None:
         reference = reference_outputs(model, batches, progress=False)
     sign = -1.0 if FITNESS[fitness] else 1.0  # internally lower is better
@@ -187,7 +193,9 @@ def evolve_counts(
     def evaluate(counts, generation, index, origin):
         key = tuple(int(n) for n in counts)
         if key not in cache:
-            plan = plan_from_counts(obs, criterion, dict(zip(obs.layers, key)), search="evolution", domains=domains, seed=seed)
+            plan = plan_from_counts(
+                obs, criterion, dict(zip(obs.layers, key)), search="evolution", domains=domains, seed=seed
+            )
             cache[key] = candidate_fitness(model, plan, batches, reference, fitness)
         rows.append((generation, index, origin, dict(zip(obs.layers, key)), cache[key]))
         return sign * cache[key]
@@ -207,14 +215,21 @@ def evolve_counts(
             best, best_counts = scored[0][0], scored[0][2]
         elites = [c for _, _, c in scored[:survivors]]
         children = [
-            ("child", _mutate(elites[rng.integers(len(elites))], low, high, costs, budget, rng, moves=moves, max_delta=max_delta))
+            (
+                "child",
+                _mutate(
+                    elites[rng.integers(len(elites))], low, high, costs, budget, rng, moves=moves, max_delta=max_delta
+                ),
+            )
             for _ in range(population - survivors)
         ]
         people = [("parent", c) for c in elites] + children
     history = pd.DataFrame(rows, columns=["generation", "candidate", "origin", "counts", "fitness"])
     first = history[history.generation == 0]
     start = {o: float(first[first.origin == o].fitness.iloc[0]) for o in ("uniform", "water")}
-    settings = dict(generations=generations, population=population, survivors=survivors, moves=moves, max_delta=max_delta)
+    settings = dict(
+        generations=generations, population=population, survivors=survivors, moves=moves, max_delta=max_delta
+    )
     settings["global_budget" if parameters is None else "parameter_budget"] = budget
     return BudgetSearch(
         dict(zip(obs.layers, (int(n) for n in best_counts))), sign * best, fitness, criterion, start, history, settings

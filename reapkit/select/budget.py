@@ -29,8 +29,6 @@ Ties go to the earlier layer. Group-limited routing (`n_group` > 1) is refused.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from reapkit.errors import InvalidInput
@@ -44,6 +42,7 @@ __all__ = [
     "water_plan",
     "plan_from_counts",
     "uniform_counts",
+    "refuse_groups",
 ]
 
 #: How a non-uniform budget is spread over the layers: `global` ranks normalised scores
@@ -122,7 +121,7 @@ def water_counts(obs, criterion: str = "reap", *, total, margin: int = 0, costs=
     """`{decoder layer: experts kept}` by `water_fill` of the `criterion` scores of `obs`."""
     from reapkit.select.criteria import score
 
-    _refuse_groups(obs)
+    refuse_groups(obs)
     values = score(obs, criterion, domains=domains, seed=seed)
     curves = [values[pos][:size] for pos, size in enumerate(obs.num_experts)]
     counts = water_fill(curves, total, minimum=obs.top_k + margin, costs=costs)
@@ -164,7 +163,8 @@ def uniform_counts(num_experts, total: int, minimum: int) -> np.ndarray:
     return counts
 
 
-def _refuse_groups(obs) -> None:
+def refuse_groups(obs) -> None:
+    """Refuse observations of a group-limited router (`n_group` > 1): its groups must stay equal in size."""
     if obs.meta.get("n_group", 1) > 1:
         raise InvalidInput(
             "a non-uniform budget cannot keep routing groups equal in size; use a uniform plan (ratio= or keep=) "
