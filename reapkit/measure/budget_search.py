@@ -54,7 +54,7 @@ def expert_costs(model) -> dict[int, int]:
     """`{decoder layer: parameters of one expert}` (its fused tensors and router row), for parameter budgets.
 
     >>> expert_costs(model)[0]
-    3136
+    49280
     """
     return {
         layer.index: sum(t.numel() for t in layer.expert_tensors().values()) // layer.num_experts
