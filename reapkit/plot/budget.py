@@ -1,7 +1,7 @@
 """How non-uniform budgets compare with uniform REAP at equal size: paired differences with 95% intervals.
 
     >>> budget_figure(budget_results)            # budget_results: reapkit.study.budget.budget_comparison(...)
-    <Figure size 618.75x270 with 2 Axes>
+    <Figure size 825x285 with 2 Axes>
 
 One panel per metric; per budget (experts removed), one point per search: its difference to uniform REAP
 on the same held-out sequences, with the paired 95% bootstrap interval; the line at 0 is uniform REAP.
@@ -20,6 +20,7 @@ from reapkit.plot.theme import (
     TWO_COLUMN,
     criterion_color,
     is_empty,
+    label,
     legend_below,
     no_data_figure,
     reference_line,
@@ -28,13 +29,9 @@ from reapkit.plot.theme import (
 
 __all__ = ["budget_figure", "SEARCH_LABELS"]
 
-#: Legend names and colours of the searches.
-SEARCH_LABELS = {"global": "global budget", "water": "water-filling", "evolution": "evolutionary search"}
-_COLORS = {
-    "global": criterion_color("frequency"),
-    "water": criterion_color("ean_mean"),
-    "evolution": criterion_color("reap"),
-}
+#: Legend names and colours of the searches (the global budget as every figure draws REAP's global budget).
+SEARCH_LABELS = {"global": label("global_reap"), "water": "water-filling", "evolution": "evolutionary search"}
+_COLORS = {"global": criterion_color("global_reap"), "water": "#332288", "evolution": "#CC6677"}  # Tol's indigo, rose
 
 
 @styled
@@ -44,7 +41,7 @@ def budget_figure(frame: pd.DataFrame, *, metrics=("kl", "agreement"), fig=None)
     if is_empty(frame) or "delta" not in frame.columns:
         return no_data_figure(fig, "no data (needs reapkit.study.budget.budget_comparison)", title="budget searches")
     if fig is None:
-        fig = plt.figure(figsize=(TWO_COLUMN * 0.75 if len(metrics) > 1 else COLUMN, 1.8), layout="constrained")
+        fig = plt.figure(figsize=(TWO_COLUMN if len(metrics) > 1 else COLUMN, 1.9), layout="constrained")
     axes = fig.subplots(1, len(metrics), squeeze=False)[0]
     ratios = sorted(frame.ratio.unique())
     searches = [s for s in dict.fromkeys(frame.search) if s != "uniform"]
@@ -56,7 +53,7 @@ def budget_figure(frame: pd.DataFrame, *, metrics=("kl", "agreement"), fig=None)
             x = np.arange(len(ratios)) + offset
             y, lo, hi = rows.delta.to_numpy(), rows.delta_lo.to_numpy(), rows.delta_hi.to_numpy()
             color = _COLORS.get(search, criterion_color(search))
-            name = SEARCH_LABELS.get(search, search)
+            name = SEARCH_LABELS.get(search, label(search))
             ax.errorbar(x, y, yerr=[y - lo, hi - y], fmt="none", ecolor=color, elinewidth=0.8, capsize=1.5, label=name)
             beyond = (lo > 0) | (hi < 0)
             ax.scatter(x[beyond], y[beyond], color=color, s=14, zorder=3)
