@@ -153,3 +153,9 @@ def test_cli_prunes_with_searched_budgets(tmp_path, capsys):
     for args, message in refusals:
         assert cli(*args, "--out", tmp_path / "refused") == 2
         assert message in capsys.readouterr().err and not (tmp_path / "refused").exists()
+
+
+def test_group_limited_routers_are_refused(batches):
+    obs = observe(tiny_model("deepseek_v3"), batches, progress=False)  # 8 experts in 2 groups
+    with pytest.raises(InvalidInput, match="cannot keep routing groups equal"):
+        water_counts(obs, "reap", total=12)
