@@ -43,6 +43,7 @@ from reapkit.measure.evaluate import reference_outputs, sequence_metrics
 from reapkit.model.hooks import eval_mode
 from reapkit.model.layer import moe_layers
 from reapkit.select.budget import check_budget, plan_from_counts, refuse_groups, uniform_counts, water_fill
+from reapkit.select.plan import PruningPlan
 
 __all__ = ["FITNESS", "BudgetSearch", "evolve_counts", "expert_costs", "candidate_fitness"]
 
@@ -193,9 +194,8 @@ def evolve_counts(
     def evaluate(counts, generation, index, origin):
         key = tuple(int(n) for n in counts)
         if key not in cache:
-            plan = plan_from_counts(
-                obs, criterion, dict(zip(obs.layers, key)), search="evolution", domains=domains, seed=seed
-            )
+            counts = dict(zip(obs.layers, key))
+            plan = PruningPlan.from_scores(values, obs.layers, list(sizes), top_k=obs.top_k, counts=counts)
             cache[key] = candidate_fitness(model, plan, batches, reference, fitness)
         rows.append((generation, index, origin, dict(zip(obs.layers, key)), cache[key]))
         return sign * cache[key]
