@@ -312,9 +312,10 @@ def _prune_searched(args, start):
     check_fits(model, plan)
     remove_experts(model, plan)
     save_non_uniform(model, plan, args.out, tokenizer=tokenizer, force=args.force)
+    name, value = next(iter(plan.provenance["fitness"].items()))
     print(
         f"pruned with {plan.criterion} (a global budget of {plan.total_kept} experts, searched by evolution, "
-        f"{plan.provenance['fitness']}): experts per layer {plan.num_experts} -> {_kept(plan)}; saved to {args.out} "
+        f"{name} {value:.3f} on the search tokens): experts per layer {plan.num_experts} -> {_kept(plan)}; saved to {args.out} "
         f"in {time.perf_counter() - start:.1f}s; load it with reapkit.compress.prune.load_pruned"
     )
 

@@ -130,7 +130,7 @@ def test_cli_prunes_with_searched_budgets(tmp_path, capsys):
     plan_args = ("--observations", tmp_path / "obs", "--global-budget", 0.5)
     search = ("--budget-search", "evolution", "--generations", 2, "--population", 3, "--search-data", spec)
     assert cli("prune", model, *plan_args, *search, "--out", tmp_path / "evo") == 0
-    assert "searched by evolution" in capsys.readouterr().out
+    assert "searched by evolution, kl " in capsys.readouterr().out
     saved = json.loads((tmp_path / "evo" / "pruning_plan.json").read_text())
     assert saved["provenance"]["budget_search"] == "evolution" and sum(map(len, saved["kept"].values())) == 8
     pruned = load_pruned(tmp_path / "evo")
