@@ -24,6 +24,8 @@ example may use:
   (long-form lm-eval rows of the unpruned model and ``plan``, as `lm_eval_plans` gives them);
 - ``distances`` ({(space, 3): [E, E]} angular distances of layer 3 in every space), ``d`` (the
   output-space one), ``clustering`` (`cluster(d, n_clusters=4)`) and ``coselect`` ([layers, E, E]);
+- ``budget_results``: `budget_comparison` at ratio 0.5 (uniform, global, water, a one-generation
+  evolutionary search scored on 8 train-split sequences), measured on ``eval_batches``;
 - ``np``, ``pd``, ``torch``, ``plt``.
 
 The working folder (each module's own copy of `inputs`) holds ``runs/obs`` (``obs`` saved),
@@ -61,6 +63,7 @@ def build(inputs: Path) -> dict:
     from reapkit.select.geometry import cluster, distance_matrices
     from reapkit.select.plan import PruningPlan
     from reapkit.study.ablation import ablation_correlation, single_expert_ablation
+    from reapkit.study.budget import budget_comparison
     from reapkit.study.experiments import study_results, study_sequences
     from reapkit.study.gaps import gap_table
     from reapkit.study.sensitivity import calibration_sensitivity, calibration_size
@@ -81,6 +84,11 @@ def build(inputs: Path) -> dict:
             model, obs, eval_batches, ratios=[0.0, 0.25, 0.5], criteria=["reap", "frequency"], random_seeds=[0, 1],
             merges=[], progress=False,
         )  # fmt: skip
+    search_batches = calibration_batches("code:4,prose:4", tokenizer, batch_size=4, max_length=32, split="train")
+    budget_results = budget_comparison(
+        model, obs, search_batches, eval_batches, ratios=[0.5], generations=1, population=2, resamples=200,
+        progress=False,
+    )  # fmt: skip
     sensitivity = calibration_sensitivity(
         model, tokenizer, eval_batches, calibration=obs, resamples=200, progress=False
     )
@@ -121,6 +129,7 @@ def build(inputs: Path) -> dict:
         results=study_results(sequences, resamples=200),
         gaps=gap_table(sequences),
         costs=costs,
+        budget_results=budget_results,
         ablation=ablation,
         correlations=ablation_correlation(obs, costs, ["reap", "frequency"], resamples=200),
         sensitivity=sensitivity,

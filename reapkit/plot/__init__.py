@@ -18,10 +18,24 @@ imports neither torch nor transformers.
 
 Modules: theme (sizes, colours, the style, saving), saliency, criteria, domains, geometry, kept (usage,
 kept mass, the global budget), plans, results (metrics against ratio), comparisons (paired gaps to REAP),
-calibration, recovery (router recovery after pruning), and widgets (interactive explorers).
+budget (budget searches against uniform REAP), calibration, recovery (router recovery after pruning), and widgets
+(interactive explorers).
 """
 
-from reapkit.plot import calibration, comparisons, criteria, domains, geometry, kept, plans, recovery, results, saliency
+from reapkit.plot import (
+    budget,
+    calibration,
+    comparisons,
+    criteria,
+    domains,
+    geometry,
+    kept,
+    plans,
+    recovery,
+    results,
+    saliency,
+)
+from reapkit.plot.budget import *  # noqa: F403
 from reapkit.plot.calibration import *  # noqa: F403
 from reapkit.plot.comparisons import *  # noqa: F403
 from reapkit.plot.criteria import *  # noqa: F403 - each figure module's __all__ is the package's too
@@ -76,4 +90,5 @@ __all__ = [
     *comparisons.__all__,
     *calibration.__all__,
     *recovery.__all__,
+    *budget.__all__,
 ]

@@ -42,6 +42,12 @@ def plan_args(p):
         help="keep as many experts in all as a uniform plan at RATIO, spread over the layers by score (non-uniform)",
     )
     p.add_argument("--margin", type=int, help="with --global-budget: every layer keeps at least top-k + MARGIN experts")
+    p.add_argument(
+        "--budget-search",
+        metavar="HOW",
+        help="with --global-budget: how the budget is spread over the layers: global (by normalised score, the "
+        "default), water (water-filling of each layer's saliency share) or evolution (searched on the model; prune only)",
+    )
     p.add_argument("--domains", help="comma-separated calibration domains to score on (default: all)")
     p.add_argument(
         "--protect-super-experts",
@@ -50,6 +56,20 @@ def plan_args(p):
         help="never prune REAP's super experts (observe with --statistics max_signed)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the random criterion")
+
+
+def search_args(p):
+    """The options of `--budget-search evolution` (`reapkit.measure.budget_search.evolve_counts`)."""
+    p.add_argument("--generations", type=int, help="with --budget-search evolution: generations (default 8)")
+    p.add_argument(
+        "--population", type=int, help="with --budget-search evolution: candidates per generation (default 8)"
+    )
+    p.add_argument("--fitness", help="with --budget-search evolution: kl (default), agreement or acceptance")
+    p.add_argument(
+        "--search-data",
+        metavar="SPEC",
+        help=f"with --budget-search evolution: the tokens candidates are scored on (split train; default {plans.SEARCH_DATA})",
+    )
 
 
 def force_arg(p, what="output"):
@@ -133,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
         "pruning_plan.json); merge plans are applied by `reapkit merge`",
     )
     plan_args(p)
+    search_args(p)
     p.add_argument("--out", required=True)
     force_arg(p, "output folder")
     p.add_argument(

@@ -13,5 +13,6 @@ _EXPORTS = {
     "experiments": ["compression_study"],
     "sensitivity": ["calibration_sensitivity", "layer_sensitivity"],
     "recovery": ["recovery_study", "recovery_reading"],
+    "budget": ["budget_comparison", "budget_reading"],
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -100,6 +100,18 @@ def _ablation_correlation(d):
     return pd.DataFrame(rows).assign(chance_lo=-0.5, chance_hi=0.5)
 
 
+def _budget_searches(d):
+    """A budget_comparison frame by hand: two budgets, three searches, each difference to uniform REAP."""
+    rows = [
+        (ratio, 64 - int(64 * ratio), search, "8,8,8,8", metric, 0.5, 0.4, 0.6, delta, delta - 0.05, delta + 0.05)
+        for ratio in (0.25, 0.5)
+        for search, delta in (("uniform", 0.0), ("global", -0.1), ("water", -0.12), ("evolution", -0.3 * ratio * 4))
+        for metric in ("kl", "agreement")
+    ]
+    columns = ["ratio", "kept", "search", "counts", "metric", "value", "lo", "hi", "delta", "delta_lo", "delta_hi"]
+    return plot.budget_figure(pd.DataFrame(rows, columns=columns))
+
+
 def _layer_scores(d, layer=3):
     return d.scores[(d.scores.criterion == "reap") & (d.scores.domain == "all") & (d.scores.layer == layer)]
 
@@ -172,6 +184,7 @@ FIGURES = {
     "compression": (lambda d: plot.compression_figure(d.results), True, False),
     "gap_to_reap": (lambda d: plot.gap_forest(d.gaps), True, False),
     "pruning_vs_merging": (lambda d: plot.pruning_vs_merging(d.results, d.gaps), True, False),
+    "budget_searches": (_budget_searches, True, False),
 }
 NOTEBOOK_04 = [
     "reap_vs_frequency",
@@ -241,7 +254,7 @@ def test_every_figure_function_is_drawn_here():
     drawn = set()
     for draw_ in (v[0] for v in FIGURES.values()):
         drawn |= {n for n in functions if n in draw_.__code__.co_names or n in getattr(draw_, "__name__", "")}
-    for helper in (_global_budget, _clusters, _masks, _ablation_correlation):
+    for helper in (_global_budget, _clusters, _masks, _ablation_correlation, _budget_searches):
         drawn |= {n for n in functions if n in helper.__code__.co_names}
     assert functions - drawn - HELPERS == set()
 
