@@ -50,12 +50,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repo", required=True, help="a clone (or bare git dir) of CerebrasResearch/reap")
     args = parser.parse_args()
+    from reference_ream import TOKENS, extract, layer_inputs, torch_threads_one
+
+    torch_threads_one()
 
     import numpy as np
     import scipy
     import torch
     import transformers
-    from reference_ream import TOKENS, extract, layer_inputs
 
     from reapkit.data import Batch
     from reapkit.observe.recorder import observe

@@ -34,7 +34,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["weight_features", "neuron_permutation", "permuted", "PCA_DIM"]
+__all__ = ["weight_features", "neuron_permutation", "permuted", "ream_merge_group", "PCA_DIM"]
 
 PCA_DIM = 64  # the code's pca_dim
 EPS = 1e-8
@@ -112,3 +112,20 @@ def permuted(experts, name: str, tensor: torch.Tensor, perm) -> torch.Tensor:
     if bias or not transposed:
         return tensor[index]
     return tensor[:, index]
+
+
+@torch.no_grad()
+def ream_merge_group(experts, members, weights, features: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """`{tensor name: merged slice}` of the group `members` (centroid first) with `weights` (same order)."""
+    features = weight_features(experts) if features is None else features
+    centroid = members[0]
+    perms = {e: neuron_permutation(experts, centroid, e, features) for e in members[1:]}
+    out = {}
+    for name, tensor in [*experts.named_parameters(recurse=False), *experts.named_buffers(recurse=False)]:
+        if tensor.dim() == 0 or tensor.shape[0] != experts.num_experts:
+            continue
+        merged = tensor.data[centroid].float() * weights[0]
+        for e, w in zip(members[1:], weights[1:]):
+            merged = merged + w * permuted(experts, name, tensor.data[e], perms[e]).float()
+        out[name] = merged.to(tensor.dtype)
+    return out

@@ -53,4 +53,4 @@ def svd_merge(matrices, weights, *, rank: int | None = None, split: str = "block
         blocks = torch.stack([v[:, i * columns : (i + 1) * columns] for i in range(n)])
     merged_v = (blocks * w.view(-1, 1, 1)).sum(0)
     r = len(s) if rank is None else min(int(rank), len(s))
-    return ((u[:, :r] * s[:r]) @ merged_v[:r]).to(dtype)
+    return ((u[:, :r] @ torch.diag(s[:r])) @ merged_v[:r]).to(dtype)
