@@ -99,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="optional statistics to record besides the defaults, e.g. coselect output_sum, or all",
     )
+    p.add_argument(
+        "--all-token-outputs",
+        action="store_true",
+        help="also run every expert on every token and record the sums of their outputs (all_output_sum, for "
+        "HC-SMoE merging; costs about E/k times the experts' part of a forward)",
+    )
     p.set_defaults(func=commands.cmd_observe)
 
     p = sub.add_parser("combine", help="add observations of the same model made on different data shards")
