@@ -11,7 +11,7 @@
     >>> chosen(["coselected"])
     Traceback (most recent call last):
     ...
-    reapkit.errors.InvalidInput: unknown statistic 'coselected'; choose from max_activation, max_signed, output_sum, all_output_sum, router_gram, router_distance_sum, coselect (or 'all')
+    reapkit.errors.InvalidInput: unknown statistic 'coselected'; choose from max_activation, max_signed, output_sum, all_output_sum, prob_output_sum, router_gram, router_distance_sum, coselect (or 'all')
 
 Every statistic is additive over calibration tokens: observations of two data shards combine into
 the observations of both, by a sum or (for maxima) an element-wise maximum. Each has a leading axis
@@ -105,6 +105,16 @@ _TABLE = (
         False,
         "Σ *f_j(t)* over *all* tokens, routed to *j* or not (every expert runs on every token; HC-SMoE's "
         "characteristic activation is this over `tokens`)",
+    ),
+    Statistic(
+        "prob_output_sum",
+        ("E", "H"),
+        "float32",
+        "sum",
+        "experts",
+        False,
+        "Σ *p_j(t) f_j(t)* over *all* tokens, routed to *j* or not (every expert runs on every token; REAM's "
+        "gated output similarity compares these)",
     ),
     Statistic(
         "router_gram",

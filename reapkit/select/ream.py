@@ -42,8 +42,9 @@ from __future__ import annotations
 import numpy as np
 
 from reapkit.errors import InvalidInput
+from reapkit.select.grouping import per_layer
 
-__all__ = ["ream_distances", "ream_groups", "ream_weights", "check_group_size"]
+__all__ = ["ream_distances", "ream_groups", "ream_weights", "check_group_size", "raise_zeros", "ream_grouping"]
 
 EPS = 1e-8  # the code's normalize_rows and cosine epsilon
 
@@ -115,11 +116,25 @@ def ream_groups(saliency, distances, *, keep: int, group_size: int = 16) -> list
     return [[int(c)] + [int(e) for e in np.flatnonzero(label == i) if e != c] for i, c in enumerate(centroids)]
 
 
-def ream_weights(saliency, members) -> list[float]:
-    """The merge weights of `members`: their saliencies (a 0 raised to min(0.5, smallest positive)), normalised."""
-    saliency = np.asarray(saliency, dtype=np.float64).copy()
+def raise_zeros(saliency) -> np.ndarray:
+    """`saliency` with each 0 raised to min(0.5, the smallest positive one), as REAM's `Merger.fit` does."""
+    saliency = np.asarray(saliency, dtype=np.float64)
     positive = saliency[saliency > 0]
-    floor = min(0.5, positive.min()) if len(positive) else 1.0
-    saliency[saliency <= 0] = floor
-    w = saliency[list(members)]
+    return np.where(saliency > 0, saliency, min(0.5, positive.min()) if len(positive) else 1.0)
+
+
+def ream_weights(saliency, members) -> list[float]:
+    """The merge weights of `members`: their saliencies (zeros raised, `raise_zeros`), normalised."""
+    w = raise_zeros(saliency)[list(members)]
     return [float(v) for v in w / w.sum()]
+
+
+@per_layer
+def ream_grouping(inputs, pos, ids, keep):
+    """REAM's groups of one layer's experts `ids` (local indices), from reapkit's observations."""
+    counts = inputs.stat("count", pos)[ids]
+    saliency = raise_zeros(inputs.stat("reap_sum", pos)[ids] / np.maximum(counts, 1))
+    distances = ream_distances(inputs.stat("prob_output_sum", pos)[ids], inputs.stat("router_gram", pos)[np.ix_(ids, ids)])
+    size = inputs.options["group_size"]
+    check_group_size(len(ids), keep, size, layer=inputs.layers[pos])
+    return ream_groups(saliency, distances, keep=keep, group_size=size)

@@ -40,7 +40,7 @@ import numpy as np
 
 from reapkit.errors import InvalidInput
 
-__all__ = ["unit_features", "kmeans_costs", "spend_merges", "submoe_labels", "groups_of"]
+__all__ = ["unit_features", "kmeans_costs", "spend_merges", "submoe_labels", "groups_of", "submoe_grouping"]
 
 
 def unit_features(ca) -> np.ndarray:
@@ -111,3 +111,14 @@ def groups_of(labels) -> list[list[int]]:
     """The members of each cluster label, in label order, ascending ids."""
     labels = np.asarray(labels)
     return [[int(e) for e in np.flatnonzero(labels == c)] for c in np.unique(labels)]
+
+
+def submoe_grouping(inputs) -> list[list[list[int]]]:
+    """Sub-MoE's groups of every MoE layer from reapkit's observations (``all_output_sum / tokens``)."""
+    characteristic = [
+        inputs.stat("all_output_sum", pos) / max(float(inputs.stat("tokens", pos)), 1.0) for pos in range(len(inputs.layers))
+    ]
+    labels = submoe_labels(
+        characteristic, keep=inputs.keep, layers_per_block=inputs.options["layers_per_block"], seed=inputs.seed
+    )
+    return [groups_of(layer) for layer in labels]
