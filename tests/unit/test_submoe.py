@@ -3,6 +3,7 @@ across paired layers, and agreement with the REAP code's own output (tests/fixtu
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -10,9 +11,12 @@ import pytest
 import torch
 from tiny_models import tiny_model
 
+from reapkit.compress.merge import apply_merge
 from reapkit.compress.svd_merge import svd_merge
 from reapkit.data import Batch
+from reapkit.errors import InvalidInput
 from reapkit.observe.recorder import observe
+from reapkit.select.merge import plan_merge
 from reapkit.select.submoe import groups_of, spend_merges, submoe_labels
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "merge_reference" / "submoe_qwen3_moe.pt"
@@ -99,3 +103,31 @@ def test_row_major_merge_equals_the_reference_code_to_1e5_and_the_block_split_do
             # the difference the block split makes: it is the frequency-weighted average instead
             blocks = svd_merge(matrices, proba[order])
             assert (blocks - expected).norm() / expected.norm() > 1e-2
+
+
+def test_groups_from_observations_equal_the_reference_code(reference):
+    model = tiny_model("qwen3_moe")
+    token_ids = reference["token_ids"]
+    batch = Batch(token_ids, torch.ones_like(token_ids), "code")
+    obs = observe(model, [batch], progress=False, statistics=["all_output_sum"])
+    plan = plan_merge(model, obs, method="submoe", keep=reference["keep"], seed=reference["seed"])
+    for layer, expected in reference["layers"].items():
+        assert sorted(plan.groups[layer]) == sorted(expected["groups"])
+    assert plan.combine == "svd" and plan.options["layers_per_block"] == 2 and plan.rule == "frequency"
+
+    row_major = plan_merge(
+        model, obs, method="submoe", keep=reference["keep"], seed=reference["seed"], options={"split": "row_major"}
+    )
+    merged = apply_merge(copy.deepcopy(model), row_major).model.layers[0].mlp.experts
+    for dom, tensors in reference["layers"][0]["merged"].items():
+        slot = row_major.representatives[0].index(dom)  # the dominant (most frequent) member keeps its slot
+        for name, expected in tensors.items():
+            assert (getattr(merged, name).data[slot] - expected).norm() / expected.norm() < 1e-5
+
+
+def test_missing_all_token_outputs_are_refused_with_the_observe_flag():
+    model = tiny_model("qwen3_moe")
+    token_ids = torch.randint(3, 96, (2, 6), generator=torch.Generator().manual_seed(0))
+    obs = observe(model, [Batch(token_ids, torch.ones_like(token_ids), "code")], progress=False)
+    with pytest.raises(InvalidInput, match="--all-token-outputs"):
+        plan_merge(model, obs, method="submoe", keep=4)
