@@ -160,7 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     model_args(p)
     p.add_argument("--observations", help="observations of this model to plan the merge from")
-    p.add_argument("--method", help="m_smoe or hc_smoe (see reapkit.select.merge)")
+    p.add_argument("--method", help="a registered merge method, e.g. hc_smoe, ream, submoe (see reapkit.select.merge_methods)")
+    p.add_argument(
+        "--option",
+        action="append",
+        metavar="NAME=VALUE",
+        help="one of the method's own options, repeatable (ream: group_size; submoe: layers_per_block, rank, split)",
+    )
     size = p.add_mutually_exclusive_group()
     size.add_argument("--keep", type=int, help="experts each layer keeps after merging")
     size.add_argument("--ratio", type=float, help="fraction of each layer's experts merged away")

@@ -241,16 +241,33 @@ def _merge_plan(args, model):
                 "layer to one count; give --keep N instead of --ratio"
             )
         keep = counts.pop()
-    plan = plan_merge(model, obs, method=args.method, keep=keep, seed=args.seed)  # checks obs against the model
+    options = merge_options(args.option)
+    plan = plan_merge(model, obs, method=args.method, keep=keep, seed=args.seed, options=options)  # checks obs
     plan.provenance["source_model"] = args.model
     return plan
+
+
+def merge_options(given) -> dict:
+    """``--option NAME=VALUE`` as a dict; VALUE read as JSON (``16``, ``null``, ``"blocks"``), else as text."""
+    import json
+
+    options = {}
+    for item in given or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise InvalidInput(f"--option {item!r}: write NAME=VALUE, e.g. --option group_size=8")
+        try:
+            options[name] = json.loads(value)
+        except json.JSONDecodeError:
+            options[name] = value
+    return options
 
 
 def _check_merge_options(args) -> None:
     from reapkit.select.criteria import check_ratio
     from reapkit.select.merge import METHODS
 
-    making = _flags(args, ("method", "keep", "ratio"))
+    making = _flags(args, ("method", "keep", "ratio", "option"))
     if args.plan is not None:
         if args.observations or making:
             extra = (["--observations"] if args.observations else []) + making

@@ -1,13 +1,15 @@
 """The registry of merge methods and merge rules: each a name and a small declared object.
 
     >>> sorted(MERGE_METHODS)
-    ['hc_smoe', 'hc_smoe_faithful', 'm_smoe', 'm_smoe_faithful']
+    ['hc_smoe', 'hc_smoe_faithful', 'm_smoe', 'm_smoe_faithful', 'ream', 'submoe']
     >>> merge_method("hc_smoe_faithful").statistics
     ('count', 'tokens', 'all_output_sum')
     >>> merge_method("m_smoe_faithful").align, merge_method("m_smoe_faithful").uniform
     (True, False)
     >>> sorted(RULES)
-    ['average', 'frequency', 'reap']
+    ['average', 'frequency', 'ream', 'reap']
+    >>> merge_method("ream").options, merge_method("submoe").combine
+    ((('group_size', 16),), 'svd')
 
 **Registering a method.** A researcher declares a `MergeMethod` and registers it; `plan_merge`
 (`reapkit.select.merge`) and ``reapkit merge --method NAME`` then offer it::
@@ -40,7 +42,21 @@ evaluated with `reapkit.compress.merge.apply_merge(..., router="tied")`.
 **Merge rules.** The merged expert is Σ w_i W_i / Σ w_i per tensor over the members i, w_i from:
 ``"frequency"`` the member's routed-token count (the reference's expert_frequency / total_tokens:
 the same after normalising), ``"average"`` 1, ``"reap"`` its REAP score (mean gate x output norm
-over its routed tokens). A group whose weights are all zero is averaged plainly.
+over its routed tokens), ``"ream"`` the REAP score with a 0 raised to min(0.5, the layer's
+smallest positive score) as REAM's code does. A group whose weights are all zero is averaged plainly.
+
+**What else a method declares.** `representative`: the member whose slot and router row the merged
+expert takes, the most frequent (``"frequency"``) or the highest REAP score (``"reap"``: REAM's
+centroids). `combine`: ``"average"`` (the rule's weights) or ``"svd"`` (Sub-MoE's joint SVD,
+`reapkit.compress.svd_merge`, the same weights). `alignment`: with `align`, M-SMoE's weight
+matching or REAM's cost (`reapkit.compress.ream_merge`). `options`: the method's own settings with
+their defaults, which `plan_merge(..., options={...})` and ``reapkit merge --option NAME=VALUE``
+change; the plan records them all.
+
+``"ream"`` (`reapkit.select.ream`) and ``"submoe"`` (`reapkit.select.submoe`) follow their authors'
+or the REAP code; their module docstrings say where they differ and why. ``submoe`` pairs layers
+(``layers_per_block=2``), so its layers may keep different counts (saved in reapkit's non-uniform
+format); ``options={"layers_per_block": 1}`` keeps `keep` in every layer, a stock checkpoint.
 """
 
 from __future__ import annotations
