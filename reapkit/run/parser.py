@@ -160,10 +160,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     model_args(p)
     p.add_argument("--observations", help="observations of this model to plan the merge from")
-    p.add_argument("--method", help="m_smoe or hc_smoe (see reapkit.select.merge)")
+    p.add_argument(
+        "--method",
+        help="a registered merge method: m_smoe, hc_smoe, hc_smoe_faithful, m_smoe_faithful, ... "
+        "(see reapkit.select.merge_methods)",
+    )
     size = p.add_mutually_exclusive_group()
-    size.add_argument("--keep", type=int, help="experts each layer keeps after merging")
+    size.add_argument(
+        "--keep", type=int, help="experts each layer keeps after merging (a non-uniform method: on average)"
+    )
     size.add_argument("--ratio", type=float, help="fraction of each layer's experts merged away")
+    p.add_argument(
+        "--rule", help="how a group's members are weighted: frequency, average or reap (default: the method's)"
+    )
+    p.add_argument(
+        "--align",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="align each member's neurons to its group's representative before averaging (default: the method's)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--plan", help="a merge_plan.json written by an earlier `reapkit merge`, applied as it is")
     p.add_argument("--out", required=True, help="folder of the merged checkpoint")
