@@ -246,13 +246,10 @@ def recording(model: torch.nn.Module, device=None, *, statistics=None):
             f"{type(model).__name__} has no MoE layers reapkit can find under {arch.layers!r}.{arch.block}; "
             "observe a Mixture-of-Experts model"
         )
-    if (
-        arch.gated_input
-        and "all_output_sum" in names
-        and "all" in ([statistics] if isinstance(statistics, str) else statistics)
-    ):
-        names = tuple(n for n in names if n != "all_output_sum")  # "all": every statistic this model can give
-    if arch.gated_input and ("all_output_sum" in names or "prob_output_sum" in names):
+    all_tokens = ("all_output_sum", "prob_output_sum")  # every expert run on every token
+    if arch.gated_input and "all" in ([statistics] if isinstance(statistics, str) else statistics or []):
+        names = tuple(n for n in names if n not in all_tokens)  # "all": every statistic this model can give
+    if arch.gated_input and any(n in names for n in all_tokens):
         raise InvalidInput(
             f"{arch.model_type} scales each expert's input by its gate, so its experts cannot be run on every token "
             "as they are; observe it without --all-token-outputs (all_output_sum) and prob_output_sum"

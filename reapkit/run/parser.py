@@ -160,7 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     model_args(p)
     p.add_argument("--observations", help="observations of this model to plan the merge from")
-    p.add_argument("--method", help="a registered merge method, e.g. hc_smoe, ream, submoe (see reapkit.select.merge_methods)")
+    p.add_argument(
+        "--method",
+        help="a registered merge method: m_smoe, hc_smoe, hc_smoe_faithful, m_smoe_faithful, ream, submoe, ... "
+        "(see reapkit.select.merge_methods)",
+    )
     p.add_argument(
         "--option",
         action="append",
@@ -168,8 +172,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="one of the method's own options, repeatable (ream: group_size; submoe: layers_per_block, rank, split)",
     )
     size = p.add_mutually_exclusive_group()
-    size.add_argument("--keep", type=int, help="experts each layer keeps after merging")
+    size.add_argument(
+        "--keep", type=int, help="experts each layer keeps after merging (a non-uniform method: on average)"
+    )
     size.add_argument("--ratio", type=float, help="fraction of each layer's experts merged away")
+    p.add_argument(
+        "--rule", help="how a group's members are weighted: frequency, average, reap or ream (default: the method's)"
+    )
+    p.add_argument(
+        "--align",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="align each member's neurons to its group's representative before averaging (default: the method's)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--plan", help="a merge_plan.json written by an earlier `reapkit merge`, applied as it is")
     p.add_argument("--out", required=True, help="folder of the merged checkpoint")
