@@ -56,7 +56,8 @@ change; the plan records them all.
 ``"ream"`` (`reapkit.select.ream`) and ``"submoe"`` (`reapkit.select.submoe`) follow their authors'
 or the REAP code; their module docstrings say where they differ and why. ``submoe`` pairs layers
 (``layers_per_block=2``), so its layers may keep different counts (saved in reapkit's non-uniform
-format); ``options={"layers_per_block": 1}`` keeps `keep` in every layer, a stock checkpoint.
+format); ``options={"layers_per_block": 1}`` keeps `keep` in every layer (unless k-means leaves a
+cluster empty), a stock checkpoint.
 """
 
 from __future__ import annotations
