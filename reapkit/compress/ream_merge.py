@@ -24,9 +24,14 @@ After REAM's code (SamsungSAILMontreal/ream at commit 84a3030716a0059589e9d10e2e
   (`reapkit.select.ream.ream_weights`), centroid first, in float32.
 
 Where this differs from the code: its default cost (``merging="logits+weights"``) adds to the
-weight term the distances between the neurons' activations on up to 32,768 calibration tokens
-sampled at random; those per-token samples are not a statistic observations keep, so the cost here
-is the weight term alone (the code's ``merging="weights"``). The layouts of transformers' fused
+weight term the distances between the neurons' activations on calibration tokens sampled at random
+(``act_samples = 32768 // batches`` per batch); those per-token samples are not a statistic
+observations keep, so the cost here is the weight term alone (the code's ``merging="weights"``).
+Note that the code draws that sample inside its loop over experts (``ream/moe_utils.py``
+`run_all_experts`: ``np.random.permutation`` once per expert), so the centroid's and a member's
+activation vectors are over different tokens and the activation term pairs neurons on unmatched
+tokens; on matched tokens (no sampling) it moves the merged weights of the test model by 0.87
+relative, which tests/unit/test_ream.py measures. The layouts of transformers' fused
 experts (transposed, gate and up interleaved, no gate) are read by
 `reapkit.compress.align.neuron_rows`. The features are computed once per layer from the weights
 before any group is merged, as the code computes them.

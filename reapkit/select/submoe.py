@@ -29,7 +29,16 @@ per-layer k-means path hands `merge` pairwise distances instead of labels.
   from in the same order, which gives the same labels.
 
 An empty k-means cluster (kmeans2 keeps its centroid and warns) leaves a layer with fewer experts
-than planned, as in the code, whose labels are renumbered the same way.
+than planned, as in the code, whose labels are renumbered the same way. A layer of a block that is
+given no merge keeps its experts; the code's `KMeansCostTableV2.return_optimal_merge` fails there
+(it reads an attribute ``distances`` the V2 table does not have).
+
+The merge (`reapkit.compress.svd_merge`, the plan's ``combine="svd"``) weights each group's
+members by routed frequency, as the code's ``expert_frequency / total_tokens``; the merged expert
+takes the slot and router row of the most frequent member (the code's dominant expert). The code
+keeps the router and gives every member the merged expert (``reference_router="tied"``); reapkit
+saves the smaller model. ``layers_per_block=1`` clusters each layer alone (the same count in every
+layer, a stock checkpoint); the default 2 follows ``--multi-layer 2``.
 """
 
 from __future__ import annotations
