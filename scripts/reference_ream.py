@@ -102,9 +102,18 @@ def main() -> None:
     obs = observe(model, [Batch(token_ids, torch.ones_like(token_ids), "code")], progress=False)
     reap = score(obs, "reap")
     inputs = layer_inputs(model, token_ids)
-    result = {"commit": COMMIT, "versions": {"torch": torch.__version__, "numpy": np.__version__,
-                                             "scipy": scipy.__version__, "transformers": transformers.__version__},
-              "token_ids": token_ids, "keep": KEEP, "layers": {}}
+    result = {
+        "commit": COMMIT,
+        "versions": {
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+            "scipy": scipy.__version__,
+            "transformers": transformers.__version__,
+        },
+        "token_ids": token_ids,
+        "keep": KEEP,
+        "layers": {},
+    }
     for pos, (index, x) in enumerate(sorted(inputs.items())):
         mlp = model.model.layers[index].mlp
         with torch.no_grad():
@@ -117,8 +126,9 @@ def main() -> None:
         expert_logits = final.mean(1, keepdim=True)
         layer = {"groups": {}, "merged": {}}
         for size in GROUP_SIZES:
-            labels, centroids = pseudo_group(saliency, expert_logits=expert_logits, k=KEEP, gate_logits=gate_logits,
-                                             group_size=size)
+            labels, centroids = pseudo_group(
+                saliency, expert_logits=expert_logits, k=KEEP, gate_logits=gate_logits, group_size=size
+            )
             groups = []
             for j in range(KEEP):
                 members = [int(e) for e in np.where(labels == j)[0]]
@@ -132,18 +142,28 @@ def main() -> None:
             for group in layer["groups"][16]:
                 if len(group) < 2:
                     continue
-                merged = Merger._merge(fake, experts=mlp.experts, group=np.array(group), saliency=saliency.clone(),
-                                       expert_weights=features, expert_act=act.clone())
+                merged = Merger._merge(
+                    fake,
+                    experts=mlp.experts,
+                    group=np.array(group),
+                    saliency=saliency.clone(),
+                    expert_weights=features,
+                    expert_act=act.clone(),
+                )
                 layer["merged"][(merging, group[0])] = {
-                    "gate_up_proj": merged.gate_up_proj.data.clone(), "down_proj": merged.down_proj.data.clone()}
+                    "gate_up_proj": merged.gate_up_proj.data.clone(),
+                    "down_proj": merged.down_proj.data.clone(),
+                }
         if pos == 0:
             result["layers"][index] = layer
         else:  # the groups of the other layers; their merged tensors would pass the 200 KB the fixtures may take
             result["layers"][index] = {"groups": layer["groups"], "merged": {}}
     OUT.parent.mkdir(parents=True, exist_ok=True)
     torch.save(result, OUT)
-    print(f"{OUT.relative_to(ROOT)}: {OUT.stat().st_size / 1024:.0f} KB; groups "
-          + "; ".join(f"layer {i}: {v['groups'][16]}" for i, v in result["layers"].items()))
+    print(
+        f"{OUT.relative_to(ROOT)}: {OUT.stat().st_size / 1024:.0f} KB; groups "
+        + "; ".join(f"layer {i}: {v['groups'][16]}" for i, v in result["layers"].items())
+    )
 
 
 if __name__ == "__main__":

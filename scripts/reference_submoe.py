@@ -77,9 +77,20 @@ def main() -> None:
     ca = characteristic_activations(model, layer_inputs(model, token_ids))
     np.random.seed(SEED)
     labels = multi_layer_kmeans_clustering_on_ca(ca, num_layers=2, n_clusters=KEEP)
-    result = {"commit": COMMIT, "versions": {"torch": torch.__version__, "numpy": np.__version__,
-                                             "scipy": scipy.__version__, "transformers": transformers.__version__},
-              "token_ids": token_ids, "keep": KEEP, "seed": SEED, "characteristic": ca, "layers": {}}
+    result = {
+        "commit": COMMIT,
+        "versions": {
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+            "scipy": scipy.__version__,
+            "transformers": transformers.__version__,
+        },
+        "token_ids": token_ids,
+        "keep": KEEP,
+        "seed": SEED,
+        "characteristic": ca,
+        "layers": {},
+    }
     for pos, index in enumerate(sorted(labels)):
         layer_labels = torch.as_tensor(labels[index])
         proba = counts[pos] / tokens
@@ -92,13 +103,17 @@ def main() -> None:
                 continue
             dom = members[int(torch.argmax(proba[members]))]
             order = [dom] + [e for e in members if e != dom]
-            merged[dom] = {name: submoe([getattr(experts, name).data[e] for e in order], proba[order])
-                           for name in ("gate_up_proj", "down_proj")}
+            merged[dom] = {
+                name: submoe([getattr(experts, name).data[e] for e in order], proba[order])
+                for name in ("gate_up_proj", "down_proj")
+            }
         result["layers"][index] = {"groups": groups, "merged": merged}
     OUT.parent.mkdir(parents=True, exist_ok=True)
     torch.save(result, OUT)
-    print(f"{OUT.relative_to(ROOT)}: {OUT.stat().st_size / 1024:.0f} KB; groups "
-          + "; ".join(f"layer {i}: {v['groups']}" for i, v in result["layers"].items()))
+    print(
+        f"{OUT.relative_to(ROOT)}: {OUT.stat().st_size / 1024:.0f} KB; groups "
+        + "; ".join(f"layer {i}: {v['groups']}" for i, v in result["layers"].items())
+    )
 
 
 if __name__ == "__main__":

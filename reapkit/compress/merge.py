@@ -30,9 +30,9 @@ from __future__ import annotations
 import torch
 
 from reapkit.compress.align import align_group, alignment_permutation
+from reapkit.compress.prune import check_plan, remove_experts
 from reapkit.compress.ream_merge import ream_permutation, weight_features
 from reapkit.compress.svd_merge import svd_merge
-from reapkit.compress.prune import check_plan, remove_experts
 from reapkit.errors import InvalidInput
 from reapkit.select.merge import MergePlan, plan_merge
 
@@ -87,8 +87,9 @@ def _combined(plan: MergePlan, tensor: torch.Tensor, members: list[int], rep: in
         order = [rep] + [e for e in members if e != rep]
         weights = [w[members.index(e)] for e in order]
         options = plan.options
-        return svd_merge([tensor.data[e] for e in order], weights, rank=options.get("rank"),
-                         split=options.get("split", "blocks"))
+        return svd_merge(
+            [tensor.data[e] for e in order], weights, rank=options.get("rank"), split=options.get("split", "blocks")
+        )
     if plan.combine != "average":
         raise ValueError(f"unknown combine {plan.combine!r}")
     index = torch.tensor(members, dtype=torch.long, device=tensor.device)

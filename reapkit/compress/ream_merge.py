@@ -44,7 +44,7 @@ import torch
 
 from reapkit.compress.align import neuron_rows
 
-__all__ = ["weight_features", "neuron_permutation", "permuted", "ream_merge_group", "PCA_DIM"]
+__all__ = ["weight_features", "ream_permutation", "PCA_DIM"]
 
 PCA_DIM = 64  # the code's pca_dim
 EPS = 1e-8

@@ -242,7 +242,13 @@ def _merge_plan(args, model):
             )
         keep = counts.pop()
     plan = plan_merge(  # checks obs against the model
-        model, obs, method=args.method, keep=keep, seed=args.seed, rule=args.rule, align=args.align,
+        model,
+        obs,
+        method=args.method,
+        keep=keep,
+        seed=args.seed,
+        rule=args.rule,
+        align=args.align,
         options=merge_options(args.option),
     )
     plan.provenance["source_model"] = args.model

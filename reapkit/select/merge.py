@@ -212,6 +212,17 @@ def plan_merge(
         merge_method=spec.description, reference=spec.reference, reference_router=spec.reference_router
     )
     return MergePlan(
-        groups, reps, weights, num_experts, method, int(keep), seed, provenance, rule, align,
-        combine=spec.combine, alignment=spec.alignment, options=options,
+        groups,
+        reps,
+        weights,
+        num_experts,
+        method,
+        int(keep),
+        seed,
+        provenance,
+        rule,
+        align,
+        combine=spec.combine,
+        alignment=spec.alignment,
+        options=options,
     )

@@ -99,9 +99,13 @@ class MergeMethod:
     align: bool = False  # align each member's neurons to the representative before averaging
     reference_router: str = "representative"  # "tied" or "representative": what the reference code does
     uniform: bool = True  # every layer keeps exactly `keep` experts
-    representative: str = "frequency"  # the member whose slot and router row the merged expert takes: most "frequency" or "reap"
+    representative: str = (
+        "frequency"  # the member whose slot and router row the merged expert takes: most "frequency" or "reap"
+    )
     combine: str = "average"  # how a group's tensors become one: weighted "average", or "svd" (Sub-MoE, reapkit.compress.svd_merge)
-    alignment: str = "weight_matching"  # with `align`: M-SMoE's weight matching, or "ream" (reapkit.compress.ream_merge)
+    alignment: str = (
+        "weight_matching"  # with `align`: M-SMoE's weight matching, or "ream" (reapkit.compress.ream_merge)
+    )
     options: tuple = ()  # (name, default) of the method's own options, given to plan_merge(..., options={...})
 
 
@@ -126,9 +130,6 @@ RULES: dict[str, Rule] = {
         lambda c, r: ream.raise_zeros(r),
     ),
 }
-
-
-
 
 
 class MergeInputs:

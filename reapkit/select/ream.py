@@ -134,7 +134,9 @@ def ream_grouping(inputs, pos, ids, keep):
     """REAM's groups of one layer's experts `ids` (local indices), from reapkit's observations."""
     counts = inputs.stat("count", pos)[ids]
     saliency = raise_zeros(inputs.stat("reap_sum", pos)[ids] / np.maximum(counts, 1))
-    distances = ream_distances(inputs.stat("prob_output_sum", pos)[ids], inputs.stat("router_gram", pos)[np.ix_(ids, ids)])
+    distances = ream_distances(
+        inputs.stat("prob_output_sum", pos)[ids], inputs.stat("router_gram", pos)[np.ix_(ids, ids)]
+    )
     size = inputs.options["group_size"]
     check_group_size(len(ids), keep, size, layer=inputs.layers[pos])
     return ream_groups(saliency, distances, keep=keep, group_size=size)

@@ -74,8 +74,9 @@ def kmeans_costs(features: np.ndarray, max_merges: int, rng) -> tuple[np.ndarray
             warnings.simplefilter("ignore")  # "One of the clusters is empty": the code goes on too
             centroids, assigned = kmeans2(features, k=k, minit="++", seed=rng)
         labels[m] = assigned
-        costs[m - 1] = float(sum(np.linalg.norm(features[assigned == c] - centroids[c], axis=-1).sum()
-                                 for c in np.unique(assigned)))
+        costs[m - 1] = float(
+            sum(np.linalg.norm(features[assigned == c] - centroids[c], axis=-1).sum() for c in np.unique(assigned))
+        )
     return costs, labels
 
 
@@ -125,7 +126,8 @@ def groups_of(labels) -> list[list[int]]:
 def submoe_grouping(inputs) -> list[list[list[int]]]:
     """Sub-MoE's groups of every MoE layer from reapkit's observations (``all_output_sum / tokens``)."""
     characteristic = [
-        inputs.stat("all_output_sum", pos) / max(float(inputs.stat("tokens", pos)), 1.0) for pos in range(len(inputs.layers))
+        inputs.stat("all_output_sum", pos) / max(float(inputs.stat("tokens", pos)), 1.0)
+        for pos in range(len(inputs.layers))
     ]
     labels = submoe_labels(
         characteristic, keep=inputs.keep, layers_per_block=inputs.options["layers_per_block"], seed=inputs.seed

@@ -290,8 +290,10 @@ def test_merge_with_ream_takes_its_options_and_refuses_what_it_cannot_do(observe
     assert "write NAME=VALUE" in capsys.readouterr().err
     assert cli(*args, "--option", "group_size=2", "--out", tmp_path / "merged") == 0
     plan = MergePlan.load(tmp_path / "merged" / "merge_plan.json")
-    assert plan.method == "ream" and plan.options == {"group_size": 2} and all(
-        len(g) <= 2 for groups in plan.groups.values() for g in groups
+    assert (
+        plan.method == "ream"
+        and plan.options == {"group_size": 2}
+        and all(len(g) <= 2 for groups in plan.groups.values() for g in groups)
     )
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "merged").config.num_experts == 4
 

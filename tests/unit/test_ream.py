@@ -89,12 +89,22 @@ def test_prob_output_sum_is_every_experts_output_weighted_by_its_router_probabil
         handle.remove()
         x, experts = captured["x"], block.experts
         probs = torch.softmax(x @ block.gate.weight.T, dim=-1)
-        expected = torch.stack([
-            (probs[:, e:e + 1] * experts.down_proj[e].matmul(
-                (torch.nn.functional.silu(x @ experts.gate_up_proj[e][:32].T) * (x @ experts.gate_up_proj[e][32:].T)).T
-            ).T).sum(0)
-            for e in range(experts.num_experts)
-        ])
+        expected = torch.stack(
+            [
+                (
+                    probs[:, e : e + 1]
+                    * experts.down_proj[e]
+                    .matmul(
+                        (
+                            torch.nn.functional.silu(x @ experts.gate_up_proj[e][:32].T)
+                            * (x @ experts.gate_up_proj[e][32:].T)
+                        ).T
+                    )
+                    .T
+                ).sum(0)
+                for e in range(experts.num_experts)
+            ]
+        )
     torch.testing.assert_close(obs.pooled()["prob_output_sum"][1].float(), expected, atol=1e-5, rtol=1e-4)
     assert not torch.allclose(obs.pooled()["all_output_sum"][1].float(), expected, atol=1e-3)
 
