@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 COMMIT = "84a3030716a0059589e9d10e2ea049e32b76cfa6"
 OUT = ROOT / "tests" / "fixtures" / "merge_reference" / "ream_qwen3_moe.pt"
 KEEP, GROUP_SIZES, TOKENS = 4, (16, 3), (4, 16)
+DEMO_KEEP, DEMO_TOKENS = 8, (8, 32)
 
 
 def extract(repo: str, commit: str, into: Path, paths=("ream",)) -> None:
@@ -69,6 +70,39 @@ def layer_inputs(model, token_ids):
     for h in handles:
         h.remove()
     return captured
+
+
+def demo_groups(pseudo_group, run_all_experts) -> dict:
+    """The reference's groups on the bundled demo model (4 MoE layers, 16 experts), keep 8, group sizes 16 and 4;
+    and the centroids the code's own saliency (``ream/saliency.py`` `reap` on its gated outputs) would pick."""
+    import numpy as np
+    import torch
+
+    from reapkit.data import Batch
+    from reapkit.model.loading import load_model
+    from reapkit.observe.recorder import observe
+    from reapkit.select.criteria import score
+
+    from ream.saliency import reap as code_reap
+
+    model, _ = load_model("demo")
+    token_ids = torch.randint(3, model.config.vocab_size, DEMO_TOKENS, generator=torch.Generator().manual_seed(1))
+    reap = score(observe(model, [Batch(token_ids, torch.ones_like(token_ids), "code")], progress=False), "reap")
+    out = {"token_ids": token_ids, "keep": DEMO_KEEP, "groups": {}, "code_saliency_centroids": {}}
+    for pos, (index, x) in enumerate(sorted(layer_inputs(model, token_ids).items())):
+        with torch.no_grad():
+            gate, final, _ = run_all_experts(model.model.layers[index].mlp, x, act_samples=0, gated_sim=True)
+        saliency = torch.tensor(reap[pos], dtype=torch.float32)
+        if (saliency == 0).any():
+            saliency[saliency == 0] = min(0.5, saliency[saliency > 0].min().item())
+        for size in GROUP_SIZES[:1] + (4,):
+            labels, centroids = pseudo_group(
+                saliency, final.mean(1, keepdim=True), DEMO_KEEP, gate.view(-1, gate.shape[-1]), group_size=size
+            )
+            out["groups"][(index, size)] = [sorted(int(e) for e in np.where(labels == j)[0]) for j in range(DEMO_KEEP)]
+        own = code_reap(gate, final, top_k=model.config.num_experts_per_tok).numpy()
+        out["code_saliency_centroids"][index] = sorted(int(e) for e in np.argsort(own)[::-1][:DEMO_KEEP])
+    return out
 
 
 def main() -> None:
@@ -158,6 +192,7 @@ def main() -> None:
             result["layers"][index] = layer
         else:  # the groups of the other layers; their merged tensors would pass the 200 KB the fixtures may take
             result["layers"][index] = {"groups": layer["groups"], "merged": {}}
+    result["demo"] = demo_groups(pseudo_group, run_all_experts)
     OUT.parent.mkdir(parents=True, exist_ok=True)
     torch.save(result, OUT)
     print(

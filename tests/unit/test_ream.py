@@ -180,3 +180,17 @@ def test_merged_checkpoints_reload_with_stock_transformers(tmp_path, name, metho
     with torch.no_grad():
         torch.testing.assert_close(reloaded(input_ids=token_ids).logits, merged(input_ids=token_ids).logits)
         assert not torch.allclose(merged(input_ids=token_ids).logits, model(input_ids=token_ids).logits)
+
+
+def test_groups_on_the_demo_model_equal_the_reference_code(reference):
+    from reapkit.model.loading import load_model
+
+    demo = reference["demo"]
+    model, _ = load_model("demo")
+    token_ids = demo["token_ids"]
+    statistics = ["prob_output_sum", "router_gram"]
+    obs = observe(model, [Batch(token_ids, torch.ones_like(token_ids), "code")], progress=False, statistics=statistics)
+    for size in {size for _, size in demo["groups"]}:
+        plan = plan_merge(model, obs, method="ream", keep=demo["keep"], options={"group_size": size})
+        for layer in plan.layers:
+            assert sorted(plan.groups[layer]) == sorted(demo["groups"][(layer, size)]), (layer, size)
