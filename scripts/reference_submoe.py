@@ -46,6 +46,25 @@ def characteristic_activations(model, inputs) -> dict:
     return out
 
 
+def demo_groups(cluster, layer_inputs) -> dict:
+    """The reference's clusters on the bundled demo model (4 MoE layers, 16 experts), keep 8, layers in pairs."""
+    import numpy as np
+    import torch
+
+    from reapkit.model.loading import load_model
+
+    model, _ = load_model("demo")
+    token_ids = torch.randint(3, model.config.vocab_size, (8, 32), generator=torch.Generator().manual_seed(1))
+    ca = characteristic_activations(model, layer_inputs(model, token_ids))
+    np.random.seed(SEED)
+    labels = cluster(ca, num_layers=2, n_clusters=8)
+    groups = {
+        i: [torch.where(torch.as_tensor(l) == c)[0].tolist() for c in torch.as_tensor(l).unique()]
+        for i, l in labels.items()
+    }
+    return {"token_ids": token_ids, "keep": 8, "seed": SEED, "groups": groups}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repo", required=True, help="a clone (or bare git dir) of CerebrasResearch/reap")
@@ -108,6 +127,7 @@ def main() -> None:
                 for name in ("gate_up_proj", "down_proj")
             }
         result["layers"][index] = {"groups": groups, "merged": merged}
+    result["demo"] = demo_groups(multi_layer_kmeans_clustering_on_ca, layer_inputs)
     OUT.parent.mkdir(parents=True, exist_ok=True)
     torch.save(result, OUT)
     print(

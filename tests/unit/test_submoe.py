@@ -131,3 +131,17 @@ def test_missing_all_token_outputs_are_refused_with_the_observe_flag():
     obs = observe(model, [Batch(token_ids, torch.ones_like(token_ids), "code")], progress=False)
     with pytest.raises(InvalidInput, match="--all-token-outputs"):
         plan_merge(model, obs, method="submoe", keep=4)
+
+
+def test_clusters_on_the_demo_model_equal_the_reference_code(reference):
+    from reapkit.model.loading import load_model
+
+    demo = reference["demo"]
+    model, _ = load_model("demo")
+    token_ids = demo["token_ids"]
+    batch = Batch(token_ids, torch.ones_like(token_ids), "code")
+    obs = observe(model, [batch], progress=False, statistics=["all_output_sum"])
+    plan = plan_merge(model, obs, method="submoe", keep=demo["keep"], seed=demo["seed"])
+    for layer in plan.layers:
+        assert sorted(plan.groups[layer]) == sorted(demo["groups"][layer]), layer
+    assert sum(plan.kept_per_layer.values()) == demo["keep"] * len(plan.layers)
