@@ -59,8 +59,8 @@ def demo_groups(cluster, layer_inputs) -> dict:
     np.random.seed(SEED)
     labels = cluster(ca, num_layers=2, n_clusters=8)
     groups = {
-        i: [torch.where(torch.as_tensor(l) == c)[0].tolist() for c in torch.as_tensor(l).unique()]
-        for i, l in labels.items()
+        i: [torch.where(torch.as_tensor(layer) == c)[0].tolist() for c in torch.as_tensor(layer).unique()]
+        for i, layer in labels.items()
     }
     return {"token_ids": token_ids, "keep": 8, "seed": SEED, "groups": groups}
 
