@@ -77,13 +77,12 @@ def demo_groups(pseudo_group, run_all_experts) -> dict:
     and the centroids the code's own saliency (``ream/saliency.py`` `reap` on its gated outputs) would pick."""
     import numpy as np
     import torch
+    from ream.saliency import reap as code_reap
 
     from reapkit.data import Batch
     from reapkit.model.loading import load_model
     from reapkit.observe.recorder import observe
     from reapkit.select.criteria import score
-
-    from ream.saliency import reap as code_reap
 
     model, _ = load_model("demo")
     token_ids = torch.randint(3, model.config.vocab_size, DEMO_TOKENS, generator=torch.Generator().manual_seed(1))

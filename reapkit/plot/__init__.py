@@ -17,17 +17,18 @@ The tables behind the figures live in :mod:`reapkit.study.tables` (no matplotlib
 imports neither torch nor transformers.
 
 Modules: theme (sizes, colours, the style, saving), saliency, criteria, domains, geometry, kept (usage,
-kept mass, the global budget), plans, results (metrics against ratio), comparisons (paired gaps to REAP),
+kept mass, the global budget), merging (alignment, merged against members), plans, results (metrics against ratio), comparisons (paired gaps to REAP),
 calibration, and widgets (interactive explorers).
 """
 
-from reapkit.plot import calibration, comparisons, criteria, domains, geometry, kept, plans, results, saliency
+from reapkit.plot import calibration, comparisons, criteria, domains, geometry, kept, merging, plans, results, saliency
 from reapkit.plot.calibration import *  # noqa: F403
 from reapkit.plot.comparisons import *  # noqa: F403
 from reapkit.plot.criteria import *  # noqa: F403 - each figure module's __all__ is the package's too
 from reapkit.plot.domains import *  # noqa: F403
 from reapkit.plot.geometry import *  # noqa: F403
 from reapkit.plot.kept import *  # noqa: F403
+from reapkit.plot.merging import *  # noqa: F403
 from reapkit.plot.plans import *  # noqa: F403
 from reapkit.plot.results import *  # noqa: F403
 from reapkit.plot.saliency import *  # noqa: F403
@@ -70,6 +71,7 @@ __all__ = [
     *domains.__all__,
     *geometry.__all__,
     *kept.__all__,
+    *merging.__all__,
     *plans.__all__,
     *results.__all__,
     *comparisons.__all__,

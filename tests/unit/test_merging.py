@@ -236,3 +236,23 @@ def test_merged_checkpoints_reload_with_stock_transformers(name, tmp_path):
                 a = merged(input_ids=b.input_ids, attention_mask=b.attention_mask).logits
                 r = reloaded(input_ids=b.input_ids, attention_mask=b.attention_mask).logits
                 torch.testing.assert_close(a, r)
+
+
+def test_alignment_distances_and_merge_fidelity():
+    from reapkit.measure.merging import alignment_distances, merge_fidelity
+
+    model, obs, batches = model_and_obs("qwen3_moe")
+    plan = plan_merge(model, obs, method="m_smoe_faithful", keep=3)
+    distances = alignment_distances(model, plan)
+    members = sum(len(g) - 1 for layer in plan.layers for g in plan.groups[layer])
+    assert len(distances) == members and (distances.after <= distances.before * (1 + 1e-3)).all()
+    assert (distances.after < distances.before).any()
+    frame = merge_fidelity(model, plan, batches)
+    own = frame[(frame.member == frame.representative) & (frame.expert == "representative")]
+    assert len(own) and (own.rel_error < 1e-6).all() and (own.cosine > 1 - 1e-6).all()
+    identity = merge_fidelity(model, plan_merge(model, obs, method="hc_smoe_faithful", keep=8), batches)
+    assert (identity.rel_error < 1e-6).all()  # nothing merged: each expert against itself
+    merged = frame[(frame.member != frame.representative)].pivot_table(
+        index=["layer", "member"], columns="expert", values="rel_error"
+    )
+    assert (merged.merged > 0).all() and (merged.representative > 0).all()
