@@ -30,8 +30,10 @@ SamsungSAILMontreal/ream at commit 84a3030716a0059589e9d10e2ea049e32b76cfa6 (``r
 
 Where this differs from the code, and why: the code's saliency is computed from outputs already
 multiplied by the softmax probability (``gated_sim``) and again by the top-k probability, i.e.
-``mean p^2 ||f||``; here the saliency is reapkit's REAP criterion (``mean g ||f||``), as this
-workbench defines REAP. The code averages per-batch means and counts padding tokens; here sums run
+``mean p^2 ||f||`` (p the softmax probability, not renormalised over the top k); here the
+saliency is reapkit's REAP criterion (``mean g ||f||``), as this workbench defines REAP. On the demo
+model (scripts/reference_ream.py) the two pick 27 of the same 32 centroids (keep 8 of 16, 4 layers);
+given the same saliency, the groups are identical (tests/unit/test_ream.py). The code averages per-batch means and counts padding tokens; here sums run
 over the real tokens. The code merges layer by layer, re-running the calibration data through each
 merged layer before observing the next (``sequential=True``); here every layer is grouped from one
 observation of the unmerged model.
