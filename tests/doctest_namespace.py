@@ -26,6 +26,8 @@ example may use:
   output-space one), ``clustering`` (`cluster(d, n_clusters=4)`) and ``coselect`` ([layers, E, E]);
 - ``budget_results``: `budget_comparison` at ratio 0.5 (uniform, global, water, a one-generation
   evolutionary search scored on 8 train-split sequences), measured on ``eval_batches``;
+- ``merge_plan`` (`plan_merge(model, obs, method="m_smoe_faithful", keep=8)`), ``alignment``
+  (`alignment_distances` of its layer 3) and ``fidelity`` (`merge_fidelity` of layer 3 on 4 batches);
 - ``np``, ``pd``, ``torch``, ``plt``.
 
 The working folder (each module's own copy of `inputs`) holds ``runs/obs`` (``obs`` saved),
@@ -57,10 +59,12 @@ def build(inputs: Path) -> dict:
     from reapkit.data import calibration_batches
     from reapkit.measure.evaluate import reconstruction_error
     from reapkit.measure.harness import result_rows
+    from reapkit.measure.merging import alignment_distances, merge_fidelity
     from reapkit.model.loading import load_model
     from reapkit.observe.recorder import observe
     from reapkit.select.criteria import score, scores_frame
     from reapkit.select.geometry import cluster, distance_matrices
+    from reapkit.select.merge import plan_merge
     from reapkit.select.plan import PruningPlan
     from reapkit.study.ablation import ablation_correlation, single_expert_ablation
     from reapkit.study.budget import budget_comparison
@@ -78,6 +82,7 @@ def build(inputs: Path) -> dict:
     global_plan = PruningPlan.from_global_budget(obs, "reap", total=plan.total_kept)
     plans = {(c, r): PruningPlan.from_observations(obs, c, ratio=r) for c in ("reap", "frequency") for r in (0.25, 0.5)}
     distances = distance_matrices(model=model, obs=obs, layers=[3])
+    merge_plan = plan_merge(model, obs, method="m_smoe_faithful", keep=8)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sequences = study_sequences(
@@ -156,6 +161,9 @@ def build(inputs: Path) -> dict:
         d=distances["output", 3],
         clustering=cluster(distances["output", 3], n_clusters=4),
         coselect=obs.coselection(),
+        merge_plan=merge_plan,
+        alignment=alignment_distances(model, merge_plan, layers=[3]),
+        fidelity=merge_fidelity(model, merge_plan, batches[:4], layers=[3]),
     )
 
     obs.save(inputs / "runs" / "obs")

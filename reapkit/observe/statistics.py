@@ -11,7 +11,7 @@
     >>> chosen(["coselected"])
     Traceback (most recent call last):
     ...
-    reapkit.errors.InvalidInput: unknown statistic 'coselected'; choose from max_activation, max_signed, output_sum, coselect (or 'all')
+    reapkit.errors.InvalidInput: unknown statistic 'coselected'; choose from max_activation, max_signed, output_sum, all_output_sum, prob_output_sum, router_gram, router_distance_sum, coselect (or 'all')
 
 Every statistic is additive over calibration tokens: observations of two data shards combine into
 the observations of both, by a sum or (for maxima) an element-wise maximum. Each has a leading axis
@@ -30,6 +30,7 @@ from reapkit.errors import InvalidInput, Mismatch
 
 __all__ = [
     "DEFAULT",
+    "FLAGS",
     "FROM_WEIGHTS",
     "OPTIONAL",
     "STATISTICS",
@@ -97,6 +98,45 @@ _TABLE = (
     ),
     Statistic("output_sum", ("E", "H"), "float32", "sum", "experts", False, "Σ *f_j(t)* over the tokens routed to *j*"),
     Statistic(
+        "all_output_sum",
+        ("E", "H"),
+        "float32",
+        "sum",
+        "experts",
+        False,
+        "Σ *f_j(t)* over *all* tokens, routed to *j* or not (every expert runs on every token; HC-SMoE's "
+        "characteristic activation is this over `tokens`)",
+    ),
+    Statistic(
+        "prob_output_sum",
+        ("E", "H"),
+        "float32",
+        "sum",
+        "experts",
+        False,
+        "Σ *p_j(t) f_j(t)* over *all* tokens, routed to *j* or not (every expert runs on every token; REAM's "
+        "gated output similarity compares these)",
+    ),
+    Statistic(
+        "router_gram",
+        ("E", "E"),
+        "float64",
+        "sum",
+        "router",
+        False,
+        "Σ *z_i(t) z_j(t)* over all tokens, *z* the router logits (the Gram matrix of the logit columns)",
+    ),
+    Statistic(
+        "router_distance_sum",
+        ("E", "E"),
+        "float64",
+        "sum",
+        "router",
+        False,
+        "Σ over batches *b* of *n_b* (1 − cos(*z_i*, *z_j*)) over the batch's *n_b* tokens; divided by `tokens` it "
+        "is the REAP code's `router_logit_similiarity` (M-SMoE)",
+    ),
+    Statistic(
         "coselect",
         ("E", "E"),
         "float64",
@@ -147,8 +187,16 @@ def chosen(statistics=None) -> tuple[str, ...]:
     return tuple(n for n in STATISTICS if n in DEFAULT or n in names)
 
 
+#: optional statistics with a flag of their own on `reapkit observe` (besides ``--statistics NAME``)
+FLAGS: dict[str, str] = {"all_output_sum": "--all-token-outputs"}
+
+
 def how_to_record(*names: str) -> str:
-    """How to record the statistics `names` (the end of a refusal that lacks them)."""
+    """How to record the statistics `names` (the end of a refusal that lacks them).
+
+    >>> how_to_record("all_output_sum")
+    "observe the model with `reapkit observe --all-token-outputs` (or observe(..., statistics=['all_output_sum'])) to record it"
+    """
     them = "them" if len(names) > 1 else "it"
     if any(n in FROM_WEIGHTS for n in names):
         return (
@@ -158,10 +206,10 @@ def how_to_record(*names: str) -> str:
     optional = [n for n in names if n in OPTIONAL]
     if not optional:
         return f"observe the model with reapkit (`reapkit observe`) to record {them}"
-    return (
-        f"observe the model with `reapkit observe --statistics {' '.join(optional)}` "
-        f"(or observe(..., statistics={optional!r})) to record {them}"
-    )
+    flags = [FLAGS[n] for n in optional if n in FLAGS]
+    rest = [n for n in optional if n not in FLAGS]
+    command = " ".join(flags + ([f"--statistics {' '.join(rest)}"] if rest else []))
+    return f"observe the model with `reapkit observe {command}` (or observe(..., statistics={optional!r})) to record {them}"
 
 
 def not_recorded(names) -> dict[str, str]:
@@ -179,7 +227,8 @@ def markdown() -> str:
     for s in _TABLE:
         shape = " x ".join(["layers", *(axes[a] for a in s.axes)])
         combine = "maximum" if s.combine == "max" else "sum"
-        recorded = "always" if s.default else f"when asked for: `--statistics {s.name}`"
+        flag = f"`{FLAGS[s.name]}` or " if s.name in FLAGS else ""
+        recorded = "always" if s.default else f"when asked for: {flag}`--statistics {s.name}`"
         recorded = "from the checkpoint's weights" if s.recorder == "weights" else recorded
         description = s.description.replace("|", "\\|")
         lines.append(f"| `{s.name}` | {shape} | {s.dtype} | {description} | {combine} | {recorded} |")

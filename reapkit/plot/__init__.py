@@ -17,9 +17,9 @@ The tables behind the figures live in :mod:`reapkit.study.tables` (no matplotlib
 imports neither torch nor transformers.
 
 Modules: theme (sizes, colours, the style, saving), saliency, criteria, domains, geometry, kept (usage,
-kept mass, the global budget), plans, results (metrics against ratio), comparisons (paired gaps to REAP),
-budget (budget searches against uniform REAP), calibration, recovery (router recovery after pruning), and widgets
-(interactive explorers).
+kept mass, the global budget), merging (alignment, merged against members), plans, results (metrics against
+ratio), comparisons (paired gaps to REAP), budget (budget searches against uniform REAP), calibration, recovery
+(router recovery after pruning), and widgets (interactive explorers).
 """
 
 from reapkit.plot import (
@@ -30,6 +30,7 @@ from reapkit.plot import (
     domains,
     geometry,
     kept,
+    merging,
     plans,
     recovery,
     results,
@@ -42,6 +43,7 @@ from reapkit.plot.criteria import *  # noqa: F403 - each figure module's __all__
 from reapkit.plot.domains import *  # noqa: F403
 from reapkit.plot.geometry import *  # noqa: F403
 from reapkit.plot.kept import *  # noqa: F403
+from reapkit.plot.merging import *  # noqa: F403
 from reapkit.plot.plans import *  # noqa: F403
 from reapkit.plot.recovery import *  # noqa: F403
 from reapkit.plot.results import *  # noqa: F403
@@ -85,6 +87,7 @@ __all__ = [
     *domains.__all__,
     *geometry.__all__,
     *kept.__all__,
+    *merging.__all__,
     *plans.__all__,
     *results.__all__,
     *comparisons.__all__,

@@ -43,8 +43,11 @@ def _check_observe_options(args) -> bool:
     resumable = bool(args.save_every or args.resume)
     if resumable and args.sequential:
         raise InvalidInput("--save-every and --resume apply to in-memory observe; drop them or drop --sequential")
+    if getattr(args, "all_token_outputs", False):
+        args.statistics = [*(args.statistics or []), "all_output_sum"]
     if args.statistics and args.sequential:
-        raise InvalidInput("--statistics applies to in-memory observe for now; drop it or drop --sequential")
+        flag = "--statistics" if args.statistics != ["all_output_sum"] else "--all-token-outputs"
+        raise InvalidInput(f"{flag} applies to in-memory observe for now; drop it or drop --sequential")
     return resumable
 
 

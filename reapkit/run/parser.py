@@ -119,6 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="optional statistics to record besides the defaults, e.g. coselect output_sum, or all",
     )
+    p.add_argument(
+        "--all-token-outputs",
+        action="store_true",
+        help="also run every expert on every token and record the sums of their outputs (all_output_sum, for "
+        "HC-SMoE merging; costs about E/k times the experts' part of a forward)",
+    )
     p.set_defaults(func=commands.cmd_observe)
 
     p = sub.add_parser("combine", help="add observations of the same model made on different data shards")
@@ -177,10 +183,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     model_args(p)
     p.add_argument("--observations", help="observations of this model to plan the merge from")
-    p.add_argument("--method", help="m_smoe or hc_smoe (see reapkit.select.merge)")
+    p.add_argument(
+        "--method",
+        help="a registered merge method: m_smoe, hc_smoe, hc_smoe_faithful, m_smoe_faithful, ream, submoe, ... "
+        "(see reapkit.select.merge_methods)",
+    )
+    p.add_argument(
+        "--option",
+        action="append",
+        metavar="NAME=VALUE",
+        help="one of the method's own options, repeatable (ream: group_size; submoe: layers_per_block, rank, split)",
+    )
     size = p.add_mutually_exclusive_group()
-    size.add_argument("--keep", type=int, help="experts each layer keeps after merging")
+    size.add_argument(
+        "--keep", type=int, help="experts each layer keeps after merging (a non-uniform method: on average)"
+    )
     size.add_argument("--ratio", type=float, help="fraction of each layer's experts merged away")
+    p.add_argument(
+        "--rule", help="how a group's members are weighted: frequency, average, reap or ream (default: the method's)"
+    )
+    p.add_argument(
+        "--align",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="align each member's neurons to its group's representative before averaging (default: the method's)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--plan", help="a merge_plan.json written by an earlier `reapkit merge`, applied as it is")
     p.add_argument("--out", required=True, help="folder of the merged checkpoint")

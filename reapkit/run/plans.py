@@ -344,16 +344,42 @@ def _merge_plan(args, model):
                 "layer to one count; give --keep N instead of --ratio"
             )
         keep = counts.pop()
-    plan = plan_merge(model, obs, method=args.method, keep=keep, seed=args.seed)  # checks obs against the model
+    plan = plan_merge(  # checks obs against the model
+        model,
+        obs,
+        method=args.method,
+        keep=keep,
+        seed=args.seed,
+        rule=args.rule,
+        align=args.align,
+        options=merge_options(args.option),
+    )
     plan.provenance["source_model"] = args.model
     return plan
+
+
+def merge_options(given) -> dict:
+    """``--option NAME=VALUE`` as a dict; VALUE read as JSON (``16``, ``null``, ``"blocks"``), else as text."""
+    import json
+
+    options = {}
+    for item in given or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise InvalidInput(f"--option {item!r}: write NAME=VALUE, e.g. --option group_size=8")
+        try:
+            options[name] = json.loads(value)
+        except json.JSONDecodeError:
+            options[name] = value
+    return options
 
 
 def _check_merge_options(args) -> None:
     from reapkit.select.criteria import check_ratio
     from reapkit.select.merge import METHODS
+    from reapkit.select.merge_methods import check_rule
 
-    making = _flags(args, ("method", "keep", "ratio"))
+    making = _flags(args, ("method", "keep", "ratio", "rule", "align", "option"))
     if args.plan is not None:
         if args.observations or making:
             extra = (["--observations"] if args.observations else []) + making
@@ -364,6 +390,8 @@ def _check_merge_options(args) -> None:
     if args.method not in METHODS:
         given = f"--method {args.method}" if args.method else "no --method"
         raise InvalidInput(f"{given}: choose one of {', '.join(METHODS)}")
+    if args.rule is not None:
+        check_rule(METHODS[args.method], args.rule)
     if args.keep is None and args.ratio is None:
         raise InvalidInput("say how many experts each layer keeps: --keep N or --ratio R (the fraction merged away)")
     if args.ratio is not None:
@@ -373,7 +401,7 @@ def _check_merge_options(args) -> None:
 def cmd_merge(args):
     from reapkit.atomic import atomic_directory
     from reapkit.compress.merge import apply_merge
-    from reapkit.compress.prune import save_pruned
+    from reapkit.compress.prune import save_non_uniform, save_pruned
 
     start = time.perf_counter()
     check_output(args.out, args.force, args.model, args.observations, args.plan)
@@ -383,13 +411,26 @@ def cmd_merge(args):
     _refuse_offloaded(model, "merge")
     plan = _merge_plan(args, model)
     apply_merge(model, plan)
+    pruning = plan.to_pruning_plan()
     with atomic_directory(args.out, force=args.force) as tmp:  # the checkpoint and how it was merged, together
-        save_pruned(model, plan.to_pruning_plan(), tmp, tokenizer=tokenizer, force=True)
-        (tmp / "pruning_plan.json").unlink()  # it would prune, not merge, if applied again
+        if pruning.is_uniform:
+            save_pruned(model, pruning, tmp, tokenizer=tokenizer, force=True)
+            (tmp / "pruning_plan.json").unlink()  # it would prune, not merge, if applied again
+        else:
+            save_non_uniform(model, pruning, tmp, tokenizer=tokenizer, force=True)  # its loader reads pruning_plan.json
         plan.save(tmp / MERGE_PLAN_FILE)
+    counts = plan.keep if pruning.is_uniform else sorted(set(plan.kept_per_layer.values()))
+    note = (
+        ""
+        if pruning.is_uniform
+        else f"; {plan.method} keeps a different number of experts per layer ({plan.kept_per_layer}), which a stock "
+        f"config.json cannot express, so it is saved in reapkit's per-layer format: load it with "
+        f"reapkit.compress.prune.load_pruned({str(args.out)!r}) (vLLM: reapkit's plugin)"
+    )
     print(
-        f"merged with {plan.method}: experts per layer {plan.num_experts} -> {plan.keep}; saved to {args.out} "
-        f"(with {MERGE_PLAN_FILE}) in {time.perf_counter() - start:.1f}s"
+        f"merged with {plan.method} (rule {plan.rule}{', neurons aligned' if plan.align else ''}): experts per layer "
+        f"{plan.num_experts} -> {counts}; saved to {args.out} (with {MERGE_PLAN_FILE}) in "
+        f"{time.perf_counter() - start:.1f}s{note}"
     )
 
 

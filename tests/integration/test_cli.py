@@ -273,6 +273,70 @@ def test_merge_writes_the_model_and_its_plan_which_merge_applies_again(observed,
         assert message in err and "Traceback" not in err and not (tmp_path / "x").exists()
 
 
+def test_merge_with_ream_takes_its_options_and_refuses_what_it_cannot_do(observed, tmp_path, capsys):
+    from reapkit.select.merge import MergePlan
+
+    root = observed
+    args = ("merge", root / "model", "--observations", root / "obs", "--method", "ream", "--keep", 4)
+    assert cli(*args, "--out", tmp_path / "refused") == 2  # default observations lack REAM's statistics
+    assert "reapkit observe --statistics prob_output_sum router_gram" in capsys.readouterr().err
+    obs = ("observe", root / "model", "--data", root / "code.jsonl", "--batch-size", 2)
+    assert cli(*obs, "--statistics", "prob_output_sum", "router_gram", "--out", tmp_path / "obs") == 0
+    args = ("merge", root / "model", "--observations", tmp_path / "obs", "--method", "ream", "--keep", 4)
+    assert cli(*args, "--option", "group_size=1", "--out", tmp_path / "x") == 2
+    err = capsys.readouterr().err
+    assert "into 4 groups of at most 1 (group_size)" in err and not (tmp_path / "x").exists()
+    assert cli(*args, "--option", "group_size", "--out", tmp_path / "x") == 2
+    assert "write NAME=VALUE" in capsys.readouterr().err
+    assert cli(*args, "--option", "group_size=2", "--out", tmp_path / "merged") == 0
+    plan = MergePlan.load(tmp_path / "merged" / "merge_plan.json")
+    assert (
+        plan.method == "ream"
+        and plan.options == {"group_size": 2}
+        and all(len(g) <= 2 for groups in plan.groups.values() for g in groups)
+    )
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "merged").config.num_experts == 4
+
+
+def test_merge_faithful_methods_rules_and_non_uniform_counts(observed, tmp_path, capsys):
+    from reapkit.compress.merge import apply_merge
+    from reapkit.compress.prune import load_pruned
+    from reapkit.select.merge import MergePlan
+
+    root = observed
+    faithful = ("merge", root / "model", "--observations", root / "obs", "--keep", 4)
+    assert cli(*faithful, "--method", "hc_smoe_faithful", "--out", tmp_path / "refused") == 2
+    assert "reapkit observe --all-token-outputs" in capsys.readouterr().err
+    assert cli(*faithful, "--method", "m_smoe_faithful", "--out", tmp_path / "refused") == 2
+    assert "--statistics router_distance_sum" in capsys.readouterr().err
+    obs = ("observe", root / "model", "--data", root / "code.jsonl", "--batch-size", 2, "--all-token-outputs")
+    assert cli(*obs, "--statistics", "router_distance_sum", "--out", tmp_path / "obs") == 0
+    args = ("merge", root / "model", "--observations", tmp_path / "obs", "--keep", 4)
+    assert cli(*args, "--method", "hc_smoe_faithful", "--rule", "reap", "--out", tmp_path / "hc") == 0
+    plan = MergePlan.load(tmp_path / "hc" / "merge_plan.json")
+    assert (plan.method, plan.rule, plan.align) == ("hc_smoe_faithful", "reap", False)
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "hc").config.num_experts == 4
+    capsys.readouterr()
+    assert cli("merge", root / "model", "--observations", tmp_path / "obs", "--method", "m_smoe_faithful",
+               "--keep", 6, "--out", tmp_path / "m") == 0  # fmt: skip
+    out = capsys.readouterr().out
+    plan = MergePlan.load(tmp_path / "m" / "merge_plan.json")
+    assert plan.align and plan.kept_per_layer == {0: 7, 1: 5}  # 6 x 2 layers in all, most where most is routed
+    assert "reapkit's per-layer format" in out and "load_pruned" in out  # a stock config cannot say it
+    merged = load_pruned(tmp_path / "m")
+    reference = apply_merge(AutoModelForCausalLM.from_pretrained(root / "model").eval(), plan)
+    torch.testing.assert_close(logits(merged), logits(reference))
+    refusals = [
+        ((*args, "--method", "hc_smoe_faithful", "--rule", "ties"), "merge rule 'ties' is not offered"),
+        (("merge", root / "model", "--plan", tmp_path / "hc" / "merge_plan.json", "--no-align"), "drop --align"),
+        ((*args[:-2], "--method", "m_smoe_faithful", "--keep", 1), "at least top-k"),
+    ]
+    for command, message in refusals:
+        assert cli(*command, "--out", tmp_path / "x") == 2, command
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and not (tmp_path / "x").exists()
+
+
 def test_evaluate_takes_a_pruning_plan_or_a_merge_plan(tmp_path, capsys):
     """On the demo model: `--plan plan.json` scores as `--observations ... --ratio` does; `--plan merge_plan.json`
     scores as the merged checkpoint does, labelled as a merge."""

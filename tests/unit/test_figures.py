@@ -118,6 +118,8 @@ def _layer_scores(d, layer=3):
 
 #: name: (draw(data), compares methods, shows an overlap). Notebook 04's figures carry their notebook names.
 FIGURES = {
+    "alignment": (lambda d: plot.alignment_figure(d.alignment), False, False),
+    "merge_fidelity": (lambda d: plot.fidelity_figure(d.fidelity), False, False),
     "saliency_heatmaps": (lambda d: plot.saliency_heatmaps(d.scores), False, False),
     "saliency_curves": (
         lambda d: plot.per_criterion(plot.saliency_curves, d.scores, ["reap", "frequency"], ratio=[0.25, 0.5]),
