@@ -1,13 +1,16 @@
 """Per-sequence losses of a model changed from one decoder layer on: the layers before it replayed, not rerun.
 
     >>> from reapkit.compress.prune import mask_experts
-    >>> inputs = layer_inputs(model, eval_batches, 3)           # once, unmasked: what enters layer 3
-    >>> with mask_experts(model, single_layer_plan):            # experts of layer 3 masked
-    ...     losses, tokens = sequence_losses(model, eval_batches, replay=inputs)
-    >>> with mask_experts(model, single_layer_plan):
-    ...     full = sequence_metrics(model, eval_batches, progress=False)
+    >>> from reapkit.measure.evaluate import sequence_metrics
+    >>> from reapkit.select.plan import PruningPlan
+    >>> only_3 = {x: kept if x == 3 else list(range(16)) for x, kept in plan.kept.items()}
+    >>> last = PruningPlan(only_3, plan.num_experts, "reap")          # the plan's cut in layer 3 alone
+    >>> inputs = layer_inputs(model, eval_batches, 3)                  # once, unchanged model
+    >>> with mask_experts(model, last):
+    ...     losses, tokens = sequence_losses(model, eval_batches, replay=inputs)   # layers 0-2 replayed
+    ...     full = sequence_metrics(model, eval_batches, progress=False)          # every layer run
     >>> bool(np.allclose(losses, full.loss * full.tokens, rtol=1e-5)), bool((tokens == full.tokens).all())
-    True True
+    (True, True)
 
 A change inside decoder layer L (experts masked there) leaves every layer before L as it was, so
 their output need not be computed again for each variant. `layer_inputs` runs the model once per

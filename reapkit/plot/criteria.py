@@ -337,7 +337,8 @@ def ablation_rank_correlation(table: pd.DataFrame, *, ax=None):
 def joint_vs_singles(table: pd.DataFrame, *, ax=None):
     """Do costs add up? Per MoE layer, the loss increase from masking a plan's removed experts together
     (joint) against the sum of their single-expert ablation costs, both with their 95% paired intervals;
-    on the line y = x they add up, above it the experts cost more together than alone.
+    on the line y = x they add up, above it the experts cost more together than alone. Both axes are
+    logarithmic when every cost is positive (layers differ by orders of magnitude).
 
         >>> joint_vs_singles(plan_costs)   # reapkit.study.ablation.plan_ablation(model, eval_batches, plan)
         <Figure size 487.5x375 with 1 Axes>
@@ -360,7 +361,15 @@ def joint_vs_singles(table: pd.DataFrame, *, ax=None):
     )
     for row in layers.itertuples():
         ax.annotate(f"{row.layer}", (row.singles, row.joint), xytext=(3, 3), textcoords="offset points")
-    low = min(layers[["singles_lo", "joint_lo"]].min().min(), 0.0)
+    positive = bool((layers[["singles", "joint"]] > 0).all().all())
+    if positive:  # costs span orders of magnitude from layer to layer; intervals reaching 0 are clipped
+        ax.set_xscale("log", nonpositive="clip")
+        ax.set_yscale("log", nonpositive="clip")
+        plain_log_axis(ax, "x")
+        plain_log_axis(ax, "y")
+        low = layers[["singles", "joint"]].min().min() / 2
+    else:
+        low = min(layers[["singles_lo", "joint_lo"]].min().min(), 0.0)
     high = max(layers[["singles_hi", "joint_hi"]].max().max(), 0.0)
     ax.plot([low, high], [low, high], **REFERENCE_STYLE, label="joint = sum of singles")
     ax.set_xlabel("sum of single-expert costs (Δ loss, nats)")

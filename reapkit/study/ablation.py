@@ -8,6 +8,11 @@
        layer  criterion   rho    lo    hi
     0      3       reap -0.20 -0.71  0.33
     1      3  frequency -0.32 -0.78  0.21
+    >>> joint = plan_ablation(model, eval_batches, plan, limit=256)     # a plan's removed experts together
+    >>> joint[["layer", "removed", "joint", "singles", "interaction", "interaction_lo"]].round(2).tail(2)
+      layer  removed  joint  singles  interaction  interaction_lo
+    3     3        8   0.09     0.08         0.01           -0.02
+    4   all       32   1.05     0.75         0.31            0.08
 
 Each expert is masked alone (`reapkit.compress.prune.mask_experts` with a plan that drops only it: no
 copy of the model), and its cost is the paired difference of the token-weighted mean loss over the
@@ -17,6 +22,11 @@ same held-out sequences, masked minus unpruned, with a paired bootstrap interval
 `ablation_correlation` then gives, per MoE layer and criterion, Spearman's rank correlation of the
 scores with the cost of removing (higher score should mean costlier to remove), a bootstrap interval
 over the layer's experts, and the band unrelated rankings of that many experts fall in.
+
+Each masked forward starts at the masked layer: the layers before it are replayed from one unmasked
+pass (`reapkit.measure.replay`), which gives the losses of full forwards (tests/unit/test_ablation.py)
+in a fraction of the time. `plan_ablation` masks a plan's removed experts together, per layer and in
+all, beside the sum of their single costs: whether the costs of pruning add up.
 """
 
 from __future__ import annotations
