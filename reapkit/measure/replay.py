@@ -28,6 +28,8 @@ never counted), as loss sums (nats) and target tokens per sequence, for sequence
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from torch.nn import functional as F
@@ -55,7 +57,7 @@ def _decoder_layers(model) -> list:
     return list(get_path(model, architecture_for(model).layers))
 
 
-def _forward_logits(model, batch, replayed: dict) -> torch.Tensor:
+def _logits(model, batch, replayed: dict) -> torch.Tensor:
     """The model's own forward on `batch`, each module in `replayed` returning its given output instead of running."""
     owned = {module: module.__dict__.get("forward") for module in replayed}  # instance forwards (accelerate hooks)
     try:
@@ -78,7 +80,7 @@ def _losses(model, batches, replay: Replay | None) -> tuple[np.ndarray, np.ndarr
     with eval_mode(model), torch.inference_mode():
         for i, batch in enumerate(batches):
             replayed = {layer: replay.outputs[i] for layer in layers[: replay.start]} if replay else {}
-            logits = _forward_logits(model, batch, replayed).float()  # [B, T, V]
+            logits = _logits(model, batch, replayed).float()  # [B, T, V]
             mask = _target_mask(batch.attention_mask).to(logits.device)
             targets = torch.full(mask.shape[:1] + logits.shape[1:2], -100, device=logits.device)
             targets[:, :-1] = torch.where(mask, batch.input_ids.to(logits.device)[:, 1:], -100)
@@ -128,14 +130,19 @@ def layer_inputs(model, batches, start: int, *, full: tuple | None = None) -> Re
         with eval_mode(model), torch.inference_mode():
             for batch in batches:
                 try:
-                    _forward_logits(model, batch, {})
+                    _logits(model, batch, {})
                 except _Stop:
                     pass
     finally:
         handle.remove()
-    if len(outputs) != len(batches):  # the forward did not call that layer once per batch
-        return None
     replay = Replay(start, outputs, batches)
-    full = _losses(model, batches, None) if full is None else full
-    same = all(np.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(full, _losses(model, batches, replay)))
-    return replay if same else None
+    if len(outputs) == len(batches):  # the forward called that layer once per batch
+        full = _losses(model, batches, None) if full is None else full
+        if all(np.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(full, _losses(model, batches, replay))):
+            return replay
+    warnings.warn(
+        f"{type(model).__name__}'s forward does more between its decoder layers than pass each one's output on: "
+        f"the layers before {start} cannot be replayed, every forward runs them (the same losses, more slowly)",
+        stacklevel=2,
+    )
+    return None

@@ -172,3 +172,15 @@ def test_the_joint_figure_draws_each_layer(batches):
     assert sorted(t.get_text() for t in fig.axes[0].texts) == ["0", "1"]
     assert "whole plan" in fig.axes[0].get_title(loc="left")
     plt.close(fig)
+
+
+def test_a_forward_that_cannot_be_replayed_falls_back_to_full_forwards(batches):
+    model = tiny_model("qwen3_moe")
+    model.model.layers[0].register_forward_hook(lambda module, args, output: output * 2)  # runs again on replay
+    with pytest.warns(UserWarning, match="cannot be replayed"):
+        assert layer_inputs(model, batches, 1) is None
+    with pytest.warns(UserWarning, match="cannot be replayed"):
+        fast = single_expert_ablation(model, batches, layers=[1], progress=False)
+    columns = ["loss_change", "lo", "hi"]
+    plain = _full_forward_costs(model, batches, 1)
+    np.testing.assert_allclose(fast[columns].to_numpy(), plain[columns].to_numpy(), rtol=1e-5, atol=1e-6)
