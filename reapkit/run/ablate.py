@@ -8,7 +8,8 @@ Without --plan it writes `reapkit.study.ablation.single_expert_ablation`'s table
 loss_change, lo, hi, tokens); with --plan, `plan_ablation`'s (per layer and for the whole plan: joint,
 singles, interaction, each with its paired 95 % interval). Built-in domains are read from their
 validation split, so the held-out tokens are not the calibration ones. The table is written whole or
-not at all (`reapkit.atomic`); a bad --layers or --limit stops before the model loads.
+not at all (`reapkit.atomic`); a malformed --layers or a bad --limit stops before the model loads, a
+layer that is not an MoE layer before the first forward.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ def cmd_ablate(args):
         table = single_expert_ablation(model, batches, layers=layers, limit=args.limit)
         top = table.loc[table["loss_change"].idxmax()]
         summary = (
-            f"ablated {len(table)} experts one at a time ({table['layer'].nunique()} MoE layers, "
+            f"ablated {len(table)} experts one at a time ({table['layer'].nunique()} MoE layer(s), "
             f"{int(table['tokens'].iloc[0])} held-out tokens): loss change {table['loss_change'].median():+.4f} "
             f"nats per token at the median, at most {top.loss_change:+.4f} (layer {int(top.layer)}, expert "
             f"{int(top.expert)}); {int((table['lo'] > 0).sum())} raise it beyond their 95 % interval"
