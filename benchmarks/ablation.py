@@ -83,7 +83,10 @@ def main():
           f"{plain_cpu / n * 1e3:6.1f} ms CPU")  # fmt: skip
     print(f"plain / fast per expert of layer {args.plain_layer}: {plain_wall / fast_wall:.2f} wall, "
           f"{plain_cpu / fast_cpu:.2f} CPU")  # fmt: skip
-    every_wall, every_cpu = plain_wall / n * len(fast), plain_cpu / n * len(fast)  # a full forward costs the same anywhere
+    every_wall, every_cpu = (
+        plain_wall / n * len(fast),
+        plain_cpu / n * len(fast),
+    )  # a full forward costs the same anywhere
     print(f"every layer, plain path estimated from layer {args.plain_layer}: {every_wall:.1f} s wall, "
           f"{every_cpu:.1f} s CPU; plain / fast {every_wall / wall:.2f} wall, {every_cpu / cpu:.2f} CPU")  # fmt: skip
     columns = ["loss_change", "lo", "hi"]

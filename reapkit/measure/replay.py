@@ -64,7 +64,9 @@ def _logits(model, batch, replayed: dict) -> torch.Tensor:
         for module, output in replayed.items():
             module.forward = lambda *args, _output=output, **kwargs: _output
         device = _device(model)
-        out = model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device), use_cache=False)
+        out = model(
+            input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device), use_cache=False
+        )
     finally:
         for module, own in owned.items():
             if own is None:

@@ -58,7 +58,9 @@ def cmd_ablate(args):
         raise InvalidInput("--layers chooses the layers to ablate expert by expert; with --plan, drop --layers")
     data = HELD_OUT if args.data is None else args.data
     items = parse_spec(data)  # a bad spec stops here, before the model loads
-    check_output(args.out, args.force, args.model, args.plan, *(i.source for i in items if i.kind != "builtin"), file=True)
+    check_output(
+        args.out, args.force, args.model, args.plan, *(i.source for i in items if i.kind != "builtin"), file=True
+    )
     check_model_name(args.model)
     plan = read_plan(args.plan) if args.plan is not None else None
     if isinstance(plan, MergePlan):
