@@ -1,7 +1,8 @@
 """Per-sequence losses of a model changed from one decoder layer on: the layers before it replayed, not rerun.
 
     >>> from reapkit.compress.prune import mask_experts
-    >>> from reapkit.measure.evaluate import sequence_metrics
+    >>> from reapkit.errors import InvalidInput, Mismatch
+from reapkit.measure.evaluate import sequence_metrics
     >>> from reapkit.select.plan import PruningPlan
     >>> only_3 = {x: kept if x == 3 else list(range(16)) for x, kept in plan.kept.items()}
     >>> last = PruningPlan(only_3, plan.num_experts, "reap")          # the plan's cut in layer 3 alone
@@ -34,6 +35,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from reapkit.errors import InvalidInput, Mismatch
 from reapkit.measure.evaluate import _check_ids, _device, _target_mask
 from reapkit.model.discover import architecture_for
 from reapkit.model.hooks import eval_mode
@@ -103,7 +105,9 @@ def sequence_losses(model, batches, *, replay: Replay | None = None) -> tuple[np
     `replay.start` alone, which is what makes the replayed forward equal the full one.
     """
     if replay is not None and replay.batches is not batches:
-        raise ValueError("replay was made by layer_inputs on other batches; make it on the batches evaluated here")
+        raise Mismatch(
+            "the replay was made by layer_inputs on other batches; pass the same batches (the same list) to both"
+        )
     _check_ids(model, batches)
     return _losses(model, batches, replay)
 
@@ -117,7 +121,9 @@ def layer_inputs(model, batches, start: int, *, full: tuple | None = None) -> Re
     """
     layers = _decoder_layers(model)
     if not 0 <= start < len(layers):
-        raise ValueError(f"decoder layer {start} out of range: the model has {len(layers)}")
+        raise InvalidInput(
+            f"decoder layer {start} does not exist: the model has {len(layers)}; give a layer from 0 to {len(layers) - 1}"
+        )
     if start == 0:
         return None
     _check_ids(model, batches)

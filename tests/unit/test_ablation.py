@@ -8,7 +8,7 @@ from tiny_models import tiny_model
 
 from reapkit.compress.prune import mask_experts, remove_experts
 from reapkit.data import calibration_batches
-from reapkit.errors import InvalidInput, MissingStatistic
+from reapkit.errors import InvalidInput, Mismatch, MissingStatistic
 from reapkit.measure.evaluate import sequence_metrics
 from reapkit.measure.replay import layer_inputs, sequence_losses
 from reapkit.measure.stats import bootstrap
@@ -118,8 +118,10 @@ def test_sequence_losses_are_those_of_sequence_metrics(batches):
     np.testing.assert_allclose(losses, frame["loss"] * frame["tokens"], rtol=1e-6)
     assert tokens.tolist() == frame["tokens"].tolist()
     replay = layer_inputs(model, batches, 1)
-    with pytest.raises(ValueError, match="other batches"):
+    with pytest.raises(Mismatch, match="other batches"):
         sequence_losses(model, batches[:1], replay=replay)
+    with pytest.raises(InvalidInput, match="decoder layer 2 does not exist: the model has 2"):
+        layer_inputs(model, batches, 2)
 
 
 def test_plan_ablation_adds_single_costs_and_masks_what_pruning_removes(batches):
