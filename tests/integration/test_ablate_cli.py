@@ -44,6 +44,7 @@ def test_ablate_writes_each_experts_cost_and_a_plans_joint_cost(checkpoint, tmp_
         (["--layers", "7"], "layers [7] are not MoE layers of this model; MoE layers are [0, 1]"),
         (["--layers", "one"], "--layers 'one' is not a comma-separated list"),
         (["--limit", "0"], "--limit is a number of held-out tokens, at least 1"),
+        (["--plan", "plan.json", "--layers", "1"], "with --plan, drop --layers"),
     ],
 )
 def test_bad_layers_or_limit_get_one_clear_line_and_no_file(checkpoint, tmp_path, args, message):
