@@ -94,7 +94,8 @@ def _full_forward_costs(model, batches, layer: int) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["layer", "expert", "loss_change", "lo", "hi", "tokens"])
 
 
-@pytest.mark.parametrize("name", ["demo", "deepseek_v3"])  # deepseek_v3: a dense first layer, shared experts, groups
+# deepseek_v3: a dense first layer, shared experts, routing groups; gpt_oss: sliding-window layers, biased experts
+@pytest.mark.parametrize("name", ["demo", "deepseek_v3", "gpt_oss"])
 def test_replayed_forwards_give_the_costs_of_full_forwards(name, batches):
     if name == "demo":
         model, tokenizer = load_model("demo")
