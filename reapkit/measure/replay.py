@@ -1,8 +1,7 @@
 """Per-sequence losses of a model changed from one decoder layer on: the layers before it replayed, not rerun.
 
     >>> from reapkit.compress.prune import mask_experts
-    >>> from reapkit.errors import InvalidInput, Mismatch
-from reapkit.measure.evaluate import sequence_metrics
+    >>> from reapkit.measure.evaluate import sequence_metrics
     >>> from reapkit.select.plan import PruningPlan
     >>> only_3 = {x: kept if x == 3 else list(range(16)) for x, kept in plan.kept.items()}
     >>> last = PruningPlan(only_3, plan.num_experts, "reap")          # the plan's cut in layer 3 alone
