@@ -19,7 +19,8 @@ example may use:
   `calibration_size` on code and math, 2 and 4 samples, 2 seeds;
 - ``costs`` (`single_expert_ablation` of layer 3 on 256 held-out tokens), ``ablation`` (reap and
   frequency scores beside those costs: layer, expert, criterion, score, cost, cost_lo, cost_hi) and
-  ``correlations`` (`ablation_correlation(obs, costs, ["reap", "frequency"])`);
+  ``correlations`` (`ablation_correlation(obs, costs, ["reap", "frequency"])`); ``plan_costs``
+  (`plan_ablation(model, eval_batches, plan, limit=256)`: ``plan``'s removed experts together);
 - ``reconstruction`` (per-layer error of ``plan``: criterion, ratio, layer, rel_l2); ``lm_rows``
   (long-form lm-eval rows of the unpruned model and ``plan``, as `lm_eval_plans` gives them);
 - ``distances`` ({(space, 3): [E, E]} angular distances of layer 3 in every space), ``d`` (the
@@ -66,7 +67,7 @@ def build(inputs: Path) -> dict:
     from reapkit.select.geometry import cluster, distance_matrices
     from reapkit.select.merge import plan_merge
     from reapkit.select.plan import PruningPlan
-    from reapkit.study.ablation import ablation_correlation, single_expert_ablation
+    from reapkit.study.ablation import ablation_correlation, plan_ablation, single_expert_ablation
     from reapkit.study.budget import budget_comparison
     from reapkit.study.experiments import study_results, study_sequences
     from reapkit.study.gaps import gap_table
@@ -137,6 +138,7 @@ def build(inputs: Path) -> dict:
         budget_results=budget_results,
         ablation=ablation,
         correlations=ablation_correlation(obs, costs, ["reap", "frequency"], resamples=200),
+        plan_costs=plan_ablation(model, eval_batches, plan, limit=256, progress=False),
         sensitivity=sensitivity,
         loss_matrix=sensitivity.loss_matrix(),
         size_table=calibration_size(

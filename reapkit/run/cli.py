@@ -13,6 +13,7 @@
     reapkit import reap-observer observations.pt --out runs/imported   # saliency from other tools
     reapkit import llm-compressor reap_report.json --model MODEL --out plan.json
     reapkit evaluate MODEL (--observations runs/obs --ratio 0.5 | --plan plan.json) --tasks T1,T2 --include-path tasks/
+    reapkit ablate MODEL [--layers 3] [--limit 4096] [--plan plan.json] --out costs.csv   # ground truth per expert
     reapkit demo                      # notebooks on the bundled demo model, figures in figures/
     reapkit sweep sweeps/study.yaml   # papermill runs over a parameter grid
 

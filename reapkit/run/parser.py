@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from reapkit.run import commands, plans, recover
+from reapkit.run import ablate, commands, plans, recover
 
 __all__ = ["build_parser"]
 
@@ -274,6 +274,27 @@ def build_parser() -> argparse.ArgumentParser:
     force_arg(p, "--out file")
     placement_args(p)
     p.set_defaults(func=plans.cmd_evaluate)
+
+    p = sub.add_parser(
+        "ablate",
+        help="ground truth for criteria: the loss change from masking each expert alone, or a plan's removed "
+        "experts together against the sum of their single costs (CSV)",
+    )
+    model_args(p)
+    p.add_argument(
+        "--data",
+        help=f"held-out spec (built-in domains from their validation split), e.g. code:8,math:8 or tokens.jsonl "
+        f"(default: {ablate.HELD_OUT}, the notebooks' evaluation data)",
+    )
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--limit", type=int, help="use the first batches holding at least this many tokens")
+    p.add_argument("--layers", help="comma-separated MoE layers (decoder indices) to ablate (default: all)")
+    p.add_argument("--plan", help="a pruning plan .json: its removed experts together, per layer and in all")
+    p.add_argument("--out", required=True, help="the table to write (CSV)")
+    force_arg(p, "--out file")
+    placement_args(p)
+    p.set_defaults(func=ablate.cmd_ablate)
 
     p = sub.add_parser("demo", help="run the notebooks on the bundled demo model and write figures")
     p.add_argument("--figures", default="figures")

