@@ -6,7 +6,7 @@
     0    0.5   loss     2.567   4.023      3.879     0.098
     1    0.5     kl     0.000   1.542      1.404     0.089
     >>> print(recovery_reading(table))
-    With 50% of the experts removed by reap, held-out loss rises from 2.567 to 4.023 (918 held-out tokens). ...
+    **Reading.** With 50% of the experts removed by reap, held-out loss rises from 2.567 to 4.023 (918 held-out tokens). ...
     recovering 10% of the loss increase (95% interval 7% to 14%). The KL to the unpruned model falls from 1.542
     to 1.404 nats per token, recovering 9% of it (95% interval 6% to 12%).
 

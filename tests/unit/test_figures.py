@@ -112,6 +112,20 @@ def _budget_searches(d):
     return plot.budget_figure(pd.DataFrame(rows, columns=columns))
 
 
+def _recovery(d):
+    """A recovery_study table by hand: loss and KL at two ratios, pruned -> recovered, with intervals."""
+    rows = []
+    for ratio, pruned in ((0.25, 3.2), (0.5, 4.0)):
+        for metric, unpruned, shift in (("loss", 2.5, 0.0), ("kl", 0.0, -2.5)):
+            p, r = pruned + shift, pruned + shift - 0.25 * (pruned - 2.5)
+            rows.append(dict(ratio=ratio, metric=metric, criterion="reap", unpruned=unpruned, pruned=p, recovered=r,
+                             fraction=(p - r) / (p - unpruned), tokens=900, steps=48, lr=3e-3))
+    table = pd.DataFrame(rows)
+    for name in ("unpruned", "pruned", "recovered", "fraction"):
+        table[f"{name}_lo"], table[f"{name}_hi"] = table[name] * 0.95, table[name] * 1.05
+    return table
+
+
 def _plan_costs(d):
     """Per layer: a plan's 8 cheapest experts (fixed ablation costs) together, beside their summed single costs."""
     rows = []
@@ -187,6 +201,8 @@ FIGURES = {
     "criterion_vs_ablation": (lambda d: plot.criterion_vs_ablation(d.ablation), False, False),
     "ablation_rank_correlation": (lambda d: plot.ablation_rank_correlation(_ablation_correlation(d)), True, False),
     "joint_vs_singles": (lambda d: plot.joint_vs_singles(_plan_costs(d)), False, False),
+    "recovery": (lambda d: plot.recovery_figure(_recovery(d)), True, False),
+    "recovery_kl": (lambda d: plot.recovery_plot(_recovery(d), metric="kl"), False, False),
     # notebook 04 (reference images)
     "reap_vs_frequency": (lambda d: plot.reap_vs_frequency(d.scores, ratio=0.5, top_k=2), False, False),
     "global_budget": (_global_budget, False, False),
@@ -272,7 +288,7 @@ def test_every_figure_function_is_drawn_here():
     drawn = set()
     for draw_ in (v[0] for v in FIGURES.values()):
         drawn |= {n for n in functions if n in draw_.__code__.co_names or n in getattr(draw_, "__name__", "")}
-    for helper in (_global_budget, _clusters, _masks, _ablation_correlation, _budget_searches, _plan_costs):
+    for helper in (_global_budget, _clusters, _masks, _ablation_correlation, _budget_searches, _plan_costs, _recovery):
         drawn |= {n for n in functions if n in helper.__code__.co_names}
     assert functions - drawn - HELPERS == set()
 
