@@ -379,7 +379,7 @@ def test_one_colour_per_method_in_every_figure(data):
         plt.close("all")
     assert {"reap", "frequency", "m_smoe", "hc_smoe", "global_reap", "random"} <= set(seen)
     assert {m: c for m, c in seen.items() if c != {plot.criterion_color(m).lower()}} == {}
-    colours = [plot.criterion_color(m) for m in (*DISPLAY_NAMES, "global_reap") if m != "unpruned"]
+    colours = [plot.criterion_color(m) for m in (*DISPLAY_NAMES, "global_reap", "water_reap", "evolution_reap") if m != "unpruned"]
     assert len(set(colours)) == len(colours)  # every method its own colour
 
 
