@@ -160,6 +160,13 @@ PARAMETERS: dict[str, tuple[Parameter, ...]] = {
             "plan .json files made elsewhere, compared with reapkit's",
             path=True,
         ),
+        Parameter(
+            "ablation",
+            True,
+            checks.boolean,
+            "ground truth: mask each expert alone on `evaluation`, rank-correlate every criterion with its cost",
+        ),
+        _EVALUATION,
         *_outputs("01_saliency"),
     ),
     "02_clusters": (
@@ -211,6 +218,14 @@ PARAMETERS: dict[str, tuple[Parameter, ...]] = {
         ),
         Parameter("recover_epochs", 3, checks.integer(1), "passes over the calibration tokens in router recovery"),
         Parameter("recover_lr", 3e-3, checks.positive, "learning rate of router recovery"),
+        Parameter(
+            "budget_ratios",
+            [0.25, 0.5],
+            checks.list_of(checks.fraction_removed, allow_empty=True),
+            "non-uniform budgets searched at these ratios ([]: none)",
+        ),
+        Parameter("search_generations", 8, checks.integer(1), "generations of the evolutionary budget search"),
+        Parameter("search_population", 8, checks.integer(2), "candidate plans per generation of that search"),
         *_outputs("03_pruning"),
     ),
     "04_paper_figures": (
