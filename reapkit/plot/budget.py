@@ -27,11 +27,8 @@ from reapkit.plot.theme import (
     styled,
 )
 
-__all__ = ["budget_figure", "SEARCH_LABELS"]
+__all__ = ["budget_figure"]
 
-#: Legend names and colours of the searches (the global budget as every figure draws REAP's global budget).
-SEARCH_LABELS = {"global": label("global_reap"), "water": "water-filling", "evolution": "evolutionary search"}
-_COLORS = {"global": criterion_color("global_reap"), "water": "#332288", "evolution": "#CC6677"}  # Tol's indigo, rose
 
 
 @styled
@@ -52,8 +49,8 @@ def budget_figure(frame: pd.DataFrame, *, metrics=("kl", "agreement"), fig=None)
             rows = part[part.search == search].set_index("ratio").reindex(ratios)
             x = np.arange(len(ratios)) + offset
             y, lo, hi = rows.delta.to_numpy(), rows.delta_lo.to_numpy(), rows.delta_hi.to_numpy()
-            color = _COLORS.get(search, criterion_color(search))
-            name = SEARCH_LABELS.get(search, label(search))
+            method = f"{search}_{part['criterion'].iloc[0] if 'criterion' in part.columns else 'reap'}"  # water_reap
+            color, name = criterion_color(method), label(method)  # as every figure names and colours it
             ax.errorbar(x, y, yerr=[y - lo, hi - y], fmt="none", ecolor=color, elinewidth=0.8, capsize=1.5, label=name)
             beyond = (lo > 0) | (hi < 0)
             ax.scatter(x[beyond], y[beyond], color=color, s=14, zorder=3)

@@ -3,7 +3,7 @@
     >>> with style():                                   # every plot function applies it already
     ...     fig, ax = plt.subplots(figsize=(COLUMN, 2.2))
     >>> criterion_color("reap"), criterion_color("my_criterion")   # stable colours, any name
-    ('#D55E00', '#CC6677')
+    ('#D55E00', '#EE7733')
     >>> label("ean_mean")                               # 'activation norm': what a figure prints
     'activation norm'
     >>> save_figure(fig, "figures", "name")             # figures/name.pdf (vector) + name.png (300 dpi)

@@ -7,7 +7,7 @@
     >>> frame.search.unique().tolist()
     ['uniform', 'global', 'water', 'evolution']
     >>> frame.columns.tolist()
-    ['ratio', 'kept', 'search', 'counts', 'metric', 'value', 'lo', 'hi', 'delta', 'delta_lo', 'delta_hi']
+    ['ratio', 'kept', 'search', 'counts', 'metric', 'value', 'lo', 'hi', 'delta', 'delta_lo', 'delta_hi', 'criterion']
     >>> budget_reading(frame).split(". ")[0]
     '**Reading.** At 50% of experts removed (32 experts kept in all)...'
 
@@ -92,7 +92,7 @@ def budget_comparison(
                 delta = bootstrap(mine, tokens, minus=theirs, resamples=resamples, seed=seed)
                 rows.append((ratio, plan.total_kept, name, counts, metric, *value, *delta))
     columns = ["ratio", "kept", "search", "counts", "metric", "value", "lo", "hi", "delta", "delta_lo", "delta_hi"]
-    return pd.DataFrame(rows, columns=columns)
+    return pd.DataFrame(rows, columns=columns).assign(criterion=criterion)
 
 
 def _verdict(metric: str, lo: float, hi: float) -> str:
