@@ -318,12 +318,14 @@ def cmd_evaluate(args):
         _evaluate(args, task_folder(args.include_path, scratch))
 
 
-def _merge_columns(plan) -> dict:
-    """The results-schema columns of scores of a merged model: method "merge", the merge method as criterion."""
+def _merge_columns(plan, router: str = "representative") -> dict:
+    """The results-schema columns of scores of a merged model: method "merge", the merge method as criterion
+    (labelled ``METHOD:tied`` when evaluated with the router tied)."""
     from reapkit.measure.harness import provenance_columns
     from reapkit.measure.schema import CRITERION, LABEL, METHOD
 
-    return {**provenance_columns(plan.to_pruning_plan()), METHOD: "merge", CRITERION: plan.method, LABEL: plan.method}
+    label = plan.method if router == "representative" else f"{plan.method}:{router}"
+    return {**provenance_columns(plan.to_pruning_plan()), METHOD: "merge", CRITERION: plan.method, LABEL: label}
 
 
 def _evaluate(args, include_path):
@@ -336,6 +338,8 @@ def _evaluate(args, include_path):
         check_output(args.out, args.force, args.model, args.observations, args.plan, args.include_path, file=True)
     check_model_name(args.model)
     plan = _plan_of(args, required=False, merges=True)  # a bad ratio or criterion stops here, before the model loads
+    if getattr(args, "router", None) and not isinstance(plan, MergePlan):
+        raise InvalidInput("--router applies to a merge plan; give --plan merge_plan.json, or drop --router")
     try:
         with offline():
             manager = find_tasks(args.tasks.split(","), include_path)  # unknown tasks stop here too
@@ -349,8 +353,9 @@ def _evaluate(args, include_path):
         from reapkit.compress.merge import apply_merge
 
         _refuse_offloaded(model, "merge")
-        apply_merge(model, plan)  # this process's copy of the model only; nothing is written
-        plan, columns = None, _merge_columns(plan)
+        router = args.router or plan.router
+        apply_merge(model, plan, router=router)  # this process's copy of the model only; nothing is written
+        plan, columns = None, _merge_columns(plan, router)
     start = time.perf_counter()
     rows = lm_eval(
         model,
