@@ -122,6 +122,8 @@ DISPLAY_NAMES = {
     "random": "random",
     "m_smoe": "M-SMoE",
     "hc_smoe": "HC-SMoE",
+    "m_smoe_faithful": "M-SMoE (reference)",
+    "hc_smoe_faithful": "HC-SMoE (reference)",
     UNPRUNED: "unpruned",
 }
 
