@@ -30,7 +30,6 @@ from reapkit.compress.align import align_group
 from reapkit.compress.prune import check_plan, remove_experts
 from reapkit.errors import InvalidInput
 from reapkit.select.merge import MergePlan, plan_merge
-from reapkit.select.merge_methods import MERGE_METHODS
 
 __all__ = ["apply_merge", "merge_experts"]
 
@@ -49,8 +48,6 @@ def apply_merge(model, plan: MergePlan, *, router: str | None = None):
     router = plan.router if router is None else router
     if router not in ROUTERS:
         raise InvalidInput(f"unknown router treatment {router!r}; choose one of {', '.join(ROUTERS)}")
-    method = MERGE_METHODS.get(plan.method)
-    custom = method.merge if method is not None else None  # None: the weighted average
     pruning = plan.to_pruning_plan()
     layers = check_plan(model, pruning)
     for index in plan.layers:
@@ -61,13 +58,9 @@ def apply_merge(model, plan: MergePlan, *, router: str | None = None):
             if plan.align:
                 align_group(layers[index].experts, members, rep)
             members = torch.tensor(members, dtype=torch.long)
-            for name, tensor in tensors.items():
-                weight = torch.tensor(w, dtype=torch.float32, device=tensor.device)
-                stacked = tensor.data[members.to(tensor.device)].float()
-                if custom is not None:
-                    merged = custom(name, stacked, weight).to(tensor.dtype)
-                else:
-                    merged = (stacked * weight.view(-1, *[1] * (tensor.dim() - 1))).sum(0).to(tensor.dtype)
+            for tensor in tensors.values():
+                weight = torch.tensor(w, dtype=torch.float32, device=tensor.device).view(-1, *[1] * (tensor.dim() - 1))
+                merged = (tensor.data[members.to(tensor.device)].float() * weight).sum(0).to(tensor.dtype)
                 for slot in members.tolist() if router == "tied" else [rep]:
                     tensor.data[slot] = merged
     return model if router == "tied" else remove_experts(model, pruning)

@@ -35,11 +35,7 @@ frequent member; its neurons are what members are aligned to (`align=True`,
 ``"tied"`` (router unchanged, every member of a group holds the merged expert, so the gates of a
 token's selected members add up on it) or ``"representative"`` (only the representative's router
 row is kept). reapkit always saves the smaller model (``"representative"``); the tied form is
-evaluated with `reapkit.compress.merge.apply_merge(..., router="tied")`. `merge`, when given,
-replaces the weighted average: `apply_merge` calls it for every expert tensor of every group with
-more than one member, as ``merge(name, stacked, weights)`` (the members' tensors stacked in group
-order, float32; the plan's normalised weights) and stores what it returns (the tensor's shape
-without the leading axis) in the representative's slot.
+evaluated with `reapkit.compress.merge.apply_merge(..., router="tied")`.
 
 **Merge rules.** The merged expert is Σ w_i W_i / Σ w_i per tensor over the members i, w_i from:
 ``"frequency"`` the member's routed-token count (the reference's expert_frequency / total_tokens:
@@ -86,9 +82,6 @@ class MergeMethod:
     align: bool = False  # align each member's neurons to the representative before averaging
     reference_router: str = "representative"  # "tied" or "representative": what the reference code does
     uniform: bool = True  # every layer keeps exactly `keep` experts
-    merge: Callable | None = (
-        None  # (tensor name, members' tensors [n, ...] float32, weights [n]) -> merged; None: Σ w W
-    )
 
 
 @dataclass(frozen=True)
