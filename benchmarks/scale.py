@@ -14,7 +14,9 @@ from a fresh wrapper process (`getrusage(RUSAGE_CHILDREN)` peak RSS, wall time i
   sequential bound: import baseline + 1.5 x one decoder layer + hidden states);
 - prune: streaming `prune` (the default for a folder) vs `prune --in-memory` (peak RSS, time,
   outputs bitwise equal, the streaming bound: import baseline + 2 x largest tensor + 200 MB);
-- throughput: tokens/s of an observed forward vs a plain forward of the loaded model.
+- throughput: tokens/s of an observed forward vs a plain forward of the loaded model;
+- aimer: `scores CHECKPOINT --criterion aimer` (the calibration-free criterion read from the expert
+  weights shard by shard; peak RSS against import baseline + the largest tensor + 200 MB).
 
 The targets of issue 9: the checkpoint at least 4x the streaming prune's peak RSS, and the
 sequential observe's peak RSS at most a quarter of the checkpoint (hence 16 layers by default). The
@@ -336,6 +338,27 @@ def prune_rows(checkpoint: Path, work: Path, *, ratio: float = 0.5) -> list[dict
     ]
 
 
+def aimer_rows(checkpoint: Path, work: Path) -> list[dict]:
+    """`reapkit scores CHECKPOINT --criterion aimer`: peak RSS and time, against the bound of one tensor at a time."""
+    from reapkit.model.checkpoint import Checkpoint
+
+    result = run_measured(reapkit("scores", checkpoint, "--criterion", "aimer"))
+    base = import_baseline(checkpoint)["peak_rss_mib"]
+    bound = base + Checkpoint.open(checkpoint).largest / MIB + 200
+    return [
+        {"what": "scores --criterion aimer (expert weights read shard by shard)", **result},
+        {
+            "what": f"aimer bound: import baseline {base:.0f} + largest tensor + 200 = {bound:.0f} MiB "
+            f"({'within' if result['peak_rss_mib'] <= bound else 'OVER'})"
+        },
+        {
+            "ratio": "checkpoint / (aimer peak - import baseline)",
+            "value": _size_mib(checkpoint) / max(result["peak_rss_mib"] - base, 1),
+            "target": ">= 4",
+        },
+    ]
+
+
 def tensors_equal(a, b) -> bool:
     """True when two checkpoint folders hold the same tensor names with bitwise equal values (one tensor at a time)."""
     import torch
@@ -401,7 +424,7 @@ def _size_mib(checkpoint) -> float:
 
 
 #: The benchmark's sections, in order (observe first: prune reuses its in-memory observations).
-SECTIONS = {"observe": observe_rows, "prune": prune_rows, "throughput": throughput_rows}
+SECTIONS = {"observe": observe_rows, "prune": prune_rows, "throughput": throughput_rows, "aimer": aimer_rows}
 
 
 def main(argv=None):

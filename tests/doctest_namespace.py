@@ -19,11 +19,14 @@ example may use:
   `calibration_size` on code and math, 2 and 4 samples, 2 seeds;
 - ``costs`` (`single_expert_ablation` of layer 3 on 256 held-out tokens), ``ablation`` (reap and
   frequency scores beside those costs: layer, expert, criterion, score, cost, cost_lo, cost_hi) and
-  ``correlations`` (`ablation_correlation(obs, costs, ["reap", "frequency"])`);
+  ``correlations`` (`ablation_correlation(obs, costs, ["reap", "frequency"])`); ``plan_costs``
+  (`plan_ablation(model, eval_batches, plan, limit=256)`: ``plan``'s removed experts together);
 - ``reconstruction`` (per-layer error of ``plan``: criterion, ratio, layer, rel_l2); ``lm_rows``
   (long-form lm-eval rows of the unpruned model and ``plan``, as `lm_eval_plans` gives them);
 - ``distances`` ({(space, 3): [E, E]} angular distances of layer 3 in every space), ``d`` (the
   output-space one), ``clustering`` (`cluster(d, n_clusters=4)`) and ``coselect`` ([layers, E, E]);
+- ``budget_results``: `budget_comparison` at ratio 0.5 (uniform, global, water, a one-generation
+  evolutionary search scored on 8 train-split sequences), measured on ``eval_batches``;
 - ``merge_plan`` (`plan_merge(model, obs, method="m_smoe_faithful", keep=8)`), ``alignment``
   (`alignment_distances` of its layer 3) and ``fidelity`` (`merge_fidelity` of layer 3 on 4 batches);
 - ``np``, ``pd``, ``torch``, ``plt``.
@@ -64,7 +67,8 @@ def build(inputs: Path) -> dict:
     from reapkit.select.geometry import cluster, distance_matrices
     from reapkit.select.merge import plan_merge
     from reapkit.select.plan import PruningPlan
-    from reapkit.study.ablation import ablation_correlation, single_expert_ablation
+    from reapkit.study.ablation import ablation_correlation, plan_ablation, single_expert_ablation
+    from reapkit.study.budget import budget_comparison
     from reapkit.study.experiments import study_results, study_sequences
     from reapkit.study.gaps import gap_table
     from reapkit.study.sensitivity import calibration_sensitivity, calibration_size
@@ -86,6 +90,11 @@ def build(inputs: Path) -> dict:
             model, obs, eval_batches, ratios=[0.0, 0.25, 0.5], criteria=["reap", "frequency"], random_seeds=[0, 1],
             merges=[], progress=False,
         )  # fmt: skip
+    search_batches = calibration_batches("code:4,prose:4", tokenizer, batch_size=4, max_length=32, split="train")
+    budget_results = budget_comparison(
+        model, obs, search_batches, eval_batches, ratios=[0.5], generations=1, population=2, resamples=200,
+        progress=False,
+    )  # fmt: skip
     sensitivity = calibration_sensitivity(
         model, tokenizer, eval_batches, calibration=obs, resamples=200, progress=False
     )
@@ -126,8 +135,10 @@ def build(inputs: Path) -> dict:
         results=study_results(sequences, resamples=200),
         gaps=gap_table(sequences),
         costs=costs,
+        budget_results=budget_results,
         ablation=ablation,
         correlations=ablation_correlation(obs, costs, ["reap", "frequency"], resamples=200),
+        plan_costs=plan_ablation(model, eval_batches, plan, limit=256, progress=False),
         sensitivity=sensitivity,
         loss_matrix=sensitivity.loss_matrix(),
         size_table=calibration_size(
@@ -170,6 +181,7 @@ def build(inputs: Path) -> dict:
             "weighted_ean_sum": code["reap_sum"][pos].double(),
             "weighted_expert_frequency_sum": code["gate_sum"][pos].double(),
             "reap": (code["reap_sum"][pos] / code["count"][pos].clamp_min(1)).float(),
+            "max_activations": code["max_signed"][pos].float(),
             "total_tokens": code["tokens"][pos].long(),
         }
         for pos, layer in enumerate(obs.layers)

@@ -14,5 +14,6 @@ _EXPORTS = {
     "merge": ["apply_merge", "merge_experts"],
     "stream": ["stream_prune"],
     "gguf": ["prune_gguf"],
+    "recover": ["recover", "save_recovered", "recover_checkpoint"],
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -96,12 +96,15 @@ def permute_neurons(experts, e: int, perm: torch.Tensor) -> None:
     down.data[e] = down.data[e].index_select(0 if experts.is_transposed else 1, perm.to(down.device))
 
 
-def align_group(experts, members, dominant: int) -> dict[int, torch.Tensor]:
-    """Align every member of a group but `dominant` to it, in place; returns `{member: permutation}`."""
+def align_group(experts, members, dominant: int, permutation=alignment_permutation) -> dict[int, torch.Tensor]:
+    """Align every member of a group but `dominant` to it, in place; returns `{member: permutation}`.
+
+    `permutation(experts, member, dominant)` finds each member's permutation (default: weight
+    matching; REAM's cost: `reapkit.compress.ream_merge.ream_permutation`)."""
     done = {}
     for e in members:
         if e != dominant:
-            done[e] = alignment_permutation(experts, e, dominant)
+            done[e] = permutation(experts, e, dominant)
             permute_neurons(experts, e, done[e])
     return done
 

@@ -13,5 +13,6 @@ _EXPORTS = {
     "evaluate": ["reference_outputs", "sequence_metrics", "evaluate_plans"],
     "harness": ["lm_eval", "lm_eval_plans"],
     "stats": ["bootstrap"],
+    "budget_search": ["evolve_counts"],
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

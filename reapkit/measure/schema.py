@@ -122,21 +122,29 @@ DISPLAY_NAMES = {
     "random": "random",
     "m_smoe": "M-SMoE",
     "hc_smoe": "HC-SMoE",
+    "ean_ca": "EAN-CA",
+    "msan": "MSAN",
+    "aimer": "AIMER",
+    "ream": "REAM",
+    "submoe": "Sub-MoE",
     "m_smoe_faithful": "M-SMoE (reference)",
     "hc_smoe_faithful": "HC-SMoE (reference)",
     UNPRUNED: "unpruned",
 }
+#: Non-uniform budgets, as label prefixes (``water_reap``) and as they read.
+BUDGET_NAMES = {"global": "global budget", "water": "water-filling", "evolution": "evolutionary search"}
 
 
 def display_name(name) -> str:
     """The name a figure or reading prints for a method, criterion or label (`global_<c>`: "<c>, global budget").
 
-    >>> display_name("ean_mean"), display_name("global_reap"), display_name("my_criterion")
-    ('activation norm', 'REAP, global budget', 'my criterion')
+    >>> display_name("ean_mean"), display_name("global_reap"), display_name("water_reap"), display_name("my_criterion")
+    ('activation norm', 'REAP, global budget', 'REAP, water-filling', 'my criterion')
     """
     name = str(name)
-    if name.startswith("global_"):
-        return f"{display_name(name[len('global_') :])}, global budget"
+    for budget, text in BUDGET_NAMES.items():
+        if name.startswith(f"{budget}_"):
+            return f"{display_name(name[len(budget) + 1 :])}, {text}"
     return DISPLAY_NAMES.get(name, name.replace("_", " "))
 
 

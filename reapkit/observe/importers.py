@@ -3,7 +3,7 @@
     >>> from reapkit.select.criteria import score
     >>> obs = read_reap_observer("observations_1024_cosine.pt", domain="code")
     >>> sorted(obs.meta["missing"])            # what that file does not hold, each with the reason
-    ['all_output_sum', 'coselect', 'max_activation', 'max_signed', 'output_sum', 'prob_sum', 'router_distance_sum', 'router_gram', 'sq_norm_sum']
+    ['all_output_sum', 'coselect', 'max_activation', 'output_sum', 'prob_sum', 'router_distance_sum', 'router_gram', 'sq_norm_sum']
     >>> score(obs, "reap").shape               # [moe layers, experts]: equals the file's own `reap`
     (4, 16)
 
@@ -69,7 +69,7 @@ NOT_RECORDED = {
     "max_activation": "the largest |element| of each expert's output; the observer's max_activations is the "
     "largest signed element, a different quantity",
     "sq_norm_sum": "the squared output norm summed over each expert's routed tokens; the observer does not record it",
-    "max_signed": "the largest signed output element; import does not read the observer's max_activations yet",
+    "max_signed": "the largest signed output element over the routed tokens; this file has no max_activations",
     "output_sum": "each expert's output summed over its routed tokens; the observer records it "
     "(routed_characteristic_activation) only when run without record_pruning_metrics_only",
     "all_output_sum": "each expert's output summed over all tokens; the observer records it "
@@ -81,7 +81,6 @@ NOT_RECORDED = {
 
 #: Keys of the observer's state that have no reapkit statistic, and why they are left out.
 UNMAPPED = {
-    "max_activations": NOT_RECORDED["max_activation"],
     "pairwise_expert_frequency": NOT_RECORDED["coselect"],
 }
 
@@ -205,7 +204,12 @@ def read_reap_observer(path, *, domain: str = "calibration", model=None, top_k: 
             stats[name][pos, : value.shape[0]] = value
     if all("total_tokens" in rows[layer] for layer in layers):
         stats["tokens"] = torch.tensor([float(rows[layer]["total_tokens"]) for layer in layers], dtype=torch.float64)
-    for name in ("prob_sum", "coselect", "max_activation", "max_signed", "sq_norm_sum", "router_gram"):
+    peaks = _max_signed(rows, layers, num_experts, width, where)
+    if peaks is None:
+        missing["max_signed"] = NOT_RECORDED["max_signed"]
+    else:
+        stats["max_signed"] = peaks
+    for name in ("prob_sum", "coselect", "max_activation", "sq_norm_sum", "router_gram"):
         missing[name] = NOT_RECORDED[name]
 
     reap_difference = _check_reap(rows, layers, stats, where)
@@ -242,7 +246,30 @@ def read_reap_observer(path, *, domain: str = "calibration", model=None, top_k: 
 
 
 #: Keys of the observer's state that `read_reap_observer` reads.
-_READ = {*SUMS.values(), *MEANS.values(), *TOKEN_MEANS.values(), "total_tokens"}
+_READ = {*SUMS.values(), *MEANS.values(), *TOKEN_MEANS.values(), "total_tokens", "max_activations"}
+
+
+def _max_signed(rows: dict, layers: list[int], num_experts: list[int], width: int, where: str) -> torch.Tensor | None:
+    """reapkit's `max_signed` [layers, experts] from the observer's ``max_activations``, None if a layer lacks it.
+
+    The same quantity: CerebrasResearch/reap @1970473 ``src/reap/pruning_metrics.py`` starts
+    ``max_activations`` at 0 (float32) and raises it to ``selected_activations.max()``, the largest
+    signed element of the expert's unweighted output over the non-padding tokens routed to it; so it
+    is floored at 0, as `max_signed` is.
+    """
+    peaks = torch.zeros(len(layers), width, dtype=torch.float64)
+    for pos, layer in enumerate(layers):
+        value = rows[layer].get("max_activations")
+        if value is None:
+            continue
+        if not isinstance(value, torch.Tensor) or tuple(value.shape) != (num_experts[pos],):
+            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise InvalidInput(
+                f"{where}: layer {layer} holds max_activations {shape} but {num_experts[pos]} experts; "
+                "pass the state the observer saved, unchanged"
+            )
+        peaks[pos, : num_experts[pos]] = value.double()
+    return peaks if all("max_activations" in rows[layer] for layer in layers) else None
 
 
 def _statistic(values: dict, name: str, layer: int, where: str) -> torch.Tensor | None:

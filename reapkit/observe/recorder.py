@@ -63,6 +63,7 @@ class _Recorder:
         self.tokens: torch.Tensor | None = None  # real tokens in the batch (a tensor: no device sync)
         self.current: dict[str, torch.Tensor] | None = None
         self.last_router: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.last_probs: dict[int, torch.Tensor] = {}  # [tokens, E] router probabilities of the layer's last batch
 
     def zeros(self) -> dict[str, torch.Tensor]:
         """Empty accumulators of every statistic recorded."""
@@ -84,6 +85,8 @@ class _Recorder:
     def record_router(self, pos: int, probs: torch.Tensor):
         acc = self.current
         acc["prob_sum"][pos, : probs.shape[1]] += self.weights @ probs.to(self.device, self.dtype)
+        if "prob_output_sum" in acc:
+            self.last_probs[pos] = probs  # weights the experts' all-token outputs (record_all_outputs)
         acc["tokens"][pos] += self.tokens
 
     def record_router_logits(self, pos: int, logits: torch.Tensor):
@@ -106,36 +109,45 @@ class _Recorder:
             acc["router_distance_sum"][pos, :E, :E] += self.tokens * (1 - cosine)
 
     def record_all_outputs(self, pos: int, experts, hidden_states: torch.Tensor):
-        """Each expert of `experts` on every real token of `hidden_states` [tokens, H]: Σ f_j(t) into `all_output_sum`.
+        """Each expert of `experts` on every real token of `hidden_states` [tokens, H]: Σ f_j(t) into
+        `all_output_sum`, Σ p_j(t) f_j(t) into `prob_output_sum` (p: this layer's router probabilities).
 
         One dense matmul per expert over all tokens for the gate/up projection; the down projection
-        is linear, so it is applied once to the sum of the activations (a model whose experts end in
-        a norm, `has_post_expert_norm`, projects every token instead).
+        is linear, so it is applied once to the (weighted) sum of the activations (a model whose
+        experts end in a norm, `has_post_expert_norm`, projects every token instead).
         """
-        if "all_output_sum" not in self.current:
+        names = [n for n in ("all_output_sum", "prob_output_sum") if n in self.current]
+        if not names:
             return
-        x = hidden_states[self.keep.to(hidden_states.device)]
-        tokens = x.shape[0]
+        keep = self.keep.to(hidden_states.device)
+        x = hidden_states[keep]
+        probs = self.last_probs.pop(pos)[keep].float() if "prob_output_sum" in names else None
         up = experts.gate_up_proj if experts.has_gate else experts.up_proj
         up_bias = (
             (experts.gate_up_proj_bias if experts.has_gate else experts.up_proj_bias) if experts.has_bias else None
         )
         down, down_bias = experts.down_proj, experts.down_proj_bias if experts.has_bias else None
-        sums = torch.empty(experts.num_experts, self.shape[2], dtype=torch.float32, device=x.device)
+        sums = {n: torch.empty(experts.num_experts, self.shape[2], dtype=torch.float32, device=x.device) for n in names}
         for e in range(experts.num_experts):
             h = x @ up[e] if experts.is_transposed else x @ up[e].T
             if up_bias is not None:
                 h = h + up_bias[e]
             h = experts._apply_gate(h) if experts.has_gate else experts.act_fn(h)
+            weights = {"all_output_sum": None, "prob_output_sum": None if probs is None else probs[:, e].to(h.device)}
             if experts.has_post_expert_norm:
                 out = h @ down[e] if experts.is_transposed else h @ down[e].T
-                out = experts.post_expert_norm(out + down_bias[e] if down_bias is not None else out)
-                sums[e] = out.float().sum(0)
+                out = experts.post_expert_norm(out + down_bias[e] if down_bias is not None else out).float()
+                for n in names:
+                    sums[n][e] = out.sum(0) if weights[n] is None else weights[n] @ out
                 continue
-            total = h.float().sum(0, keepdim=True)
-            out = total @ down[e].float() if experts.is_transposed else total @ down[e].float().T
-            sums[e] = out[0] + (tokens * down_bias[e].float() if down_bias is not None else 0)
-        self.current["all_output_sum"][pos, : experts.num_experts] += sums.to(self.device)
+            for n in names:
+                w = weights[n]
+                total = h.float().sum(0, keepdim=True) if w is None else (w @ h.float())[None]
+                out = total @ down[e].float() if experts.is_transposed else total @ down[e].float().T
+                mass = x.shape[0] if w is None else w.sum()
+                sums[n][e] = out[0] + (mass * down_bias[e].float() if down_bias is not None else 0)
+        for n in names:
+            self.current[n][pos, : experts.num_experts] += sums[n].to(self.device)
 
     def record_coselect(self, pos: int, top_k_index: torch.Tensor):
         """`top_k_index` [tokens, k]: entry (i, j) counts the real tokens that selected both i and j."""
@@ -239,16 +251,13 @@ def recording(model: torch.nn.Module, device=None, *, statistics=None):
             f"{type(model).__name__} has no MoE layers reapkit can find under {arch.layers!r}.{arch.block}; "
             "observe a Mixture-of-Experts model"
         )
-    if (
-        arch.gated_input
-        and "all_output_sum" in names
-        and "all" in ([statistics] if isinstance(statistics, str) else statistics)
-    ):
-        names = tuple(n for n in names if n != "all_output_sum")  # "all": every statistic this model can give
-    if arch.gated_input and "all_output_sum" in names:
+    all_tokens = ("all_output_sum", "prob_output_sum")  # every expert run on every token
+    if arch.gated_input and "all" in ([statistics] if isinstance(statistics, str) else statistics or []):
+        names = tuple(n for n in names if n not in all_tokens)  # "all": every statistic this model can give
+    if arch.gated_input and any(n in names for n in all_tokens):
         raise InvalidInput(
             f"{arch.model_type} scales each expert's input by its gate, so its experts cannot be run on every token "
-            "as they are; observe it without --all-token-outputs (all_output_sum)"
+            "as they are; observe it without --all-token-outputs (all_output_sum) and prob_output_sum"
         )
     num_experts = max(layer.num_experts for layer in layers)
     device = input_device(model) if device is None else torch.device(device)

@@ -11,7 +11,7 @@
     >>> chosen(["coselected"])
     Traceback (most recent call last):
     ...
-    reapkit.errors.InvalidInput: unknown statistic 'coselected'; choose from max_activation, max_signed, output_sum, all_output_sum, router_gram, router_distance_sum, coselect (or 'all')
+    reapkit.errors.InvalidInput: unknown statistic 'coselected'; choose from max_activation, max_signed, output_sum, all_output_sum, prob_output_sum, router_gram, router_distance_sum, coselect (or 'all')
 
 Every statistic is additive over calibration tokens: observations of two data shards combine into
 the observations of both, by a sum or (for maxima) an element-wise maximum. Each has a leading axis
@@ -42,6 +42,7 @@ from reapkit.errors import InvalidInput, Mismatch
 __all__ = [
     "DEFAULT",
     "FLAGS",
+    "FROM_WEIGHTS",
     "OPTIONAL",
     "STATISTICS",
     "Statistic",
@@ -61,7 +62,7 @@ class Statistic:
     axes: tuple[str, ...]  # after the MoE-layer axis: "E" experts, "H" hidden size
     dtype: str  # a torch dtype name
     combine: str  # "sum" or "max": how two shards (or domains) combine
-    recorder: str  # "router": the router's forward; "experts": the experts' own computation
+    recorder: str  # "router": the router's forward; "experts": the experts' own computation; "weights": the checkpoint
     default: bool  # False: recorded only when asked for
     description: str  # Markdown, for expert j and token t: g gate value, f expert output, p router probability
 
@@ -118,6 +119,16 @@ _TABLE = (
         "characteristic activation is this over `tokens`)",
     ),
     Statistic(
+        "prob_output_sum",
+        ("E", "H"),
+        "float32",
+        "sum",
+        "experts",
+        False,
+        "Σ *p_j(t) f_j(t)* over *all* tokens, routed to *j* or not (every expert runs on every token; REAM's "
+        "gated output similarity compares these)",
+    ),
+    Statistic(
         "router_gram",
         ("E", "E"),
         "float64",
@@ -145,6 +156,17 @@ _TABLE = (
         False,
         "tokens that chose both *i* and *j* (the diagonal is `count`)",
     ),
+    Statistic(
+        "weight_abs_sum",
+        ("E",),
+        "float64",
+        "sum",
+        "weights",
+        False,
+        "Σ |*w*| over the elements of *j*'s weight matrices",
+    ),
+    Statistic("weight_sq_sum", ("E",), "float64", "sum", "weights", False, "Σ *w*² over the same elements"),
+    Statistic("weight_numel", ("E",), "float64", "sum", "weights", False, "the number of those elements"),
 )
 
 #: every statistic by name, in the order they are saved
@@ -152,7 +174,9 @@ STATISTICS: dict[str, Statistic] = {s.name: s for s in _TABLE}
 #: recorded by every observation
 DEFAULT: tuple[str, ...] = tuple(s.name for s in _TABLE if s.default)
 #: recorded only when asked for
-OPTIONAL: tuple[str, ...] = tuple(s.name for s in _TABLE if not s.default)
+OPTIONAL: tuple[str, ...] = tuple(s.name for s in _TABLE if not s.default and s.recorder != "weights")
+#: read from a checkpoint's expert weights, never recorded by observing (`reapkit.observe.weights`)
+FROM_WEIGHTS: tuple[str, ...] = tuple(s.name for s in _TABLE if s.recorder == "weights")
 
 
 def chosen(statistics=None) -> tuple[str, ...]:
@@ -164,7 +188,10 @@ def chosen(statistics=None) -> tuple[str, ...]:
         return DEFAULT
     names = [statistics] if isinstance(statistics, str) else list(statistics)
     if "all" in names:
-        return tuple(STATISTICS)
+        return tuple(n for n in STATISTICS if n not in FROM_WEIGHTS)
+    weights = [n for n in names if n in FROM_WEIGHTS]
+    if weights:
+        raise InvalidInput(f"{weights[0]} is not recorded by observing; {how_to_record(weights[0])}")
     unknown = [n for n in names if n not in STATISTICS]
     if unknown:
         raise InvalidInput(f"unknown statistic {unknown[0]!r}; choose from {', '.join(OPTIONAL)} (or 'all')")
@@ -181,8 +208,13 @@ def how_to_record(*names: str) -> str:
     >>> how_to_record("all_output_sum")
     "observe the model with `reapkit observe --all-token-outputs` (or observe(..., statistics=['all_output_sum'])) to record it"
     """
-    optional = [n for n in names if n in STATISTICS and not STATISTICS[n].default]
     them = "them" if len(names) > 1 else "it"
+    if any(n in FROM_WEIGHTS for n in names):
+        return (
+            f"read {them} from the checkpoint's expert weights: give the model folder instead of observations "
+            "(`reapkit scores MODEL_DIR --criterion aimer`, or reapkit.observe.weights.weight_statistics(MODEL_DIR))"
+        )
+    optional = [n for n in names if n in OPTIONAL]
     if not optional:
         return f"observe the model with reapkit (`reapkit observe`) to record {them}"
     flags = [FLAGS[n] for n in optional if n in FLAGS]
@@ -208,6 +240,7 @@ def markdown() -> str:
         combine = "maximum" if s.combine == "max" else "sum"
         flag = f"`{FLAGS[s.name]}` or " if s.name in FLAGS else ""
         recorded = "always" if s.default else f"when asked for: {flag}`--statistics {s.name}`"
+        recorded = "from the checkpoint's weights" if s.recorder == "weights" else recorded
         description = s.description.replace("|", "\\|")
         lines.append(f"| `{s.name}` | {shape} | {s.dtype} | {description} | {combine} | {recorded} |")
     return "\n".join(lines) + "\n"

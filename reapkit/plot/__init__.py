@@ -17,11 +17,26 @@ The tables behind the figures live in :mod:`reapkit.study.tables` (no matplotlib
 imports neither torch nor transformers.
 
 Modules: theme (sizes, colours, the style, saving), saliency, criteria, domains, geometry, kept (usage,
-kept mass, the global budget), merging (alignment, merged against members), plans, results (metrics against ratio), comparisons (paired gaps to REAP),
-calibration, and widgets (interactive explorers).
+kept mass, the global budget), merging (alignment, merged against members), plans, results (metrics against
+ratio), comparisons (paired gaps to REAP), budget (budget searches against uniform REAP), calibration, recovery
+(router recovery after pruning), and widgets (interactive explorers).
 """
 
-from reapkit.plot import calibration, comparisons, criteria, domains, geometry, kept, merging, plans, results, saliency
+from reapkit.plot import (
+    budget,
+    calibration,
+    comparisons,
+    criteria,
+    domains,
+    geometry,
+    kept,
+    merging,
+    plans,
+    recovery,
+    results,
+    saliency,
+)
+from reapkit.plot.budget import *  # noqa: F403
 from reapkit.plot.calibration import *  # noqa: F403
 from reapkit.plot.comparisons import *  # noqa: F403
 from reapkit.plot.criteria import *  # noqa: F403 - each figure module's __all__ is the package's too
@@ -30,6 +45,7 @@ from reapkit.plot.geometry import *  # noqa: F403
 from reapkit.plot.kept import *  # noqa: F403
 from reapkit.plot.merging import *  # noqa: F403
 from reapkit.plot.plans import *  # noqa: F403
+from reapkit.plot.recovery import *  # noqa: F403
 from reapkit.plot.results import *  # noqa: F403
 from reapkit.plot.saliency import *  # noqa: F403
 from reapkit.plot.theme import (
@@ -76,4 +92,6 @@ __all__ = [
     *results.__all__,
     *comparisons.__all__,
     *calibration.__all__,
+    *recovery.__all__,
+    *budget.__all__,
 ]

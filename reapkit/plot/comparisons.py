@@ -37,7 +37,7 @@ from reapkit.study.tables import curve_table
 __all__ = ["gap_forest", "pruning_vs_merging"]
 
 #: The order of methods down a forest plot: pruning criteria, random, merges, budgets.
-_FAMILY = {"prune": 0, "merge": 2, "global": 3}
+_FAMILY = {"prune": 0, "merge": 2, "global": 3, "water": 3, "evolution": 3}
 
 
 def _order(gaps: pd.DataFrame, hue: str) -> list:
@@ -188,7 +188,7 @@ def pruning_vs_merging(
     gaps: pd.DataFrame | None = None,
     *,
     prune=("reap", "frequency"),
-    merge=("m_smoe", "hc_smoe"),
+    merge=None,
     metric: str = DELTA_LOSS,
     domain: str = ALL,
     fig=None,
@@ -205,6 +205,8 @@ def pruning_vs_merging(
     Results without `parameters` are drawn against the share of experts kept. Returns the Figure.
     """
     data = select(results, domain=domain) if not is_empty(results) else results
+    if merge is None:  # every merge method of the results
+        merge = list(dict.fromkeys(data.loc[data["method"] == "merge", "label"])) if "method" in data.columns else []
     names = [*prune, *merge]
     if is_empty(data) or not set(merge) & set(data.get("label", data.get("criterion", pd.Series()))):
         return no_data_figure(fig, "no data (needs merged and pruned variants)", title="pruning vs merging")
@@ -218,7 +220,9 @@ def pruning_vs_merging(
     for name in [n for n in names if n in set(table[hue])]:
         part = table[table[hue] == name].assign(x=lambda f: f["ratio"].map(sizes))
         style = dict(
-            color=criterion_color(name), linestyle=method_linestyle(name), linewidth=1.6 if name == "reap" else 1.0
+            color=criterion_color(name),
+            linestyle=method_linestyle(name, "merge" if name in merge else "prune"),
+            linewidth=1.6 if name == "reap" else 1.0,
         )
         left.plot(
             part["x"],
@@ -248,7 +252,7 @@ def pruning_vs_merging(
                 rows[columns[0]],
                 yerr=np.vstack([rows[columns[0]] - rows[columns[1]], rows[columns[2]] - rows[columns[0]]]).clip(min=0),
                 color=color,
-                linestyle=method_linestyle(name),
+                linestyle=method_linestyle(name, "merge"),
                 marker="o",
                 markersize=3,
                 capsize=1.5,

@@ -8,6 +8,8 @@
 <Figure size 825x337.5 with 2 Axes>
 >>> ablation_rank_correlation(correlations)                  # each criterion's per-layer rho with that cost
 <Figure size 487.5x360 with 1 Axes>
+>>> joint_vs_singles(plan_costs)                             # a plan's removed experts together against alone
+<Figure size 487.5x375 with 1 Axes>
 """
 
 from __future__ import annotations
@@ -46,7 +48,13 @@ from reapkit.study.tables import (
     value_table,
 )
 
-__all__ = ["criterion_agreement", "reap_vs_frequency", "criterion_vs_ablation", "ablation_rank_correlation"]
+__all__ = [
+    "criterion_agreement",
+    "reap_vs_frequency",
+    "criterion_vs_ablation",
+    "ablation_rank_correlation",
+    "joint_vs_singles",
+]
 
 
 def _ink(image, value) -> str:
@@ -322,4 +330,55 @@ def ablation_rank_correlation(table: pd.DataFrame, *, ax=None):
     ax.set_ylabel("Spearman ρ with ablation cost")
     ax.set_title(f"criteria against single-expert ablation ({len(layers)} layers)")
     ax.legend(loc="lower left")
+    return fig
+
+
+@styled
+def joint_vs_singles(table: pd.DataFrame, *, ax=None):
+    """Do costs add up? Per MoE layer, the loss increase from masking a plan's removed experts together
+    (joint) against the sum of their single-expert ablation costs, both with their 95% paired intervals;
+    on the line y = x they add up, above it the experts cost more together than alone. Both axes are
+    logarithmic when every cost is positive (layers differ by orders of magnitude).
+
+        >>> joint_vs_singles(plan_costs)   # reapkit.study.ablation.plan_ablation(model, eval_batches, plan)
+        <Figure size 487.5x375 with 1 Axes>
+
+    The whole plan's row (layer ``"all"``) is left out of the axes and named in the title. Returns the Figure.
+    """
+    if is_empty(table):
+        return no_data_figure(None if ax is None else ax.figure, title="joint against single-expert costs")
+    fig, ax = axes(ax, figsize=(COLUMN, 2.5))
+    layers = table[table["layer"] != "all"]
+    ax.errorbar(
+        layers["singles"],
+        layers["joint"],
+        xerr=[layers["singles"] - layers["singles_lo"], layers["singles_hi"] - layers["singles"]],
+        yerr=[layers["joint"] - layers["joint_lo"], layers["joint_hi"] - layers["joint"]],
+        fmt="o",
+        markersize=3,
+        linewidth=0.8,
+        color=criterion_color("reap"),
+    )
+    for row in layers.itertuples():
+        ax.annotate(f"{row.layer}", (row.singles, row.joint), xytext=(3, 3), textcoords="offset points")
+    positive = bool((layers[["singles", "joint"]] > 0).all().all())
+    if positive:  # costs span orders of magnitude from layer to layer; intervals reaching 0 are clipped
+        ax.set_xscale("log", nonpositive="clip")
+        ax.set_yscale("log", nonpositive="clip")
+        plain_log_axis(ax, "x")
+        plain_log_axis(ax, "y")
+        low = layers[["singles", "joint"]].min().min() / 2
+    else:
+        low = min(layers[["singles_lo", "joint_lo"]].min().min(), 0.0)
+    high = max(layers[["singles_hi", "joint_hi"]].max().max(), 0.0)
+    ax.plot([low, high], [low, high], **REFERENCE_STYLE, label="joint = sum of singles")
+    ax.set_xlabel("sum of single-expert costs (Δ loss, nats)")
+    ax.set_ylabel("removed together (Δ loss, nats)")
+    whole = table[table["layer"] == "all"]
+    title = "joint against single-expert costs, per layer"
+    if len(whole):
+        w = whole.iloc[0]
+        title += f"\nwhole plan: {w.joint:+.3f} together, {w.singles:+.3f} summed"
+    ax.set_title(title, loc="left")
+    ax.legend(loc="upper left")
     return fig

@@ -111,9 +111,16 @@ CRITERION_COLORS = {
     "m_smoe": OKABE_ITO["orange"],
     "hc_smoe": OKABE_ITO["purple"],
     "global_reap": TOL_MUTED[7],
+    "water_reap": TOL_MUTED[0],
+    "evolution_reap": TOL_MUTED[8],
     "ean_sum": TOL_MUTED[3],
     "weighted_ean_sum": TOL_MUTED[2],
     "max_activation": TOL_MUTED[4],
+    "ean_ca": TOL_MUTED[1],
+    "msan": TOL_MUTED[6],
+    "aimer": TOL_MUTED[5],
+    "ream": "#8C510A",  # brown (ColorBrewer BrBG), beside the two merge colours of Okabe & Ito
+    "submoe": "#EE3377",  # magenta (Paul Tol's "vibrant")
     UNPRUNED: OKABE_ITO["black"],
 }
 _ALIASES = {
@@ -122,10 +129,12 @@ _ALIASES = {
     "expert_frequency": "frequency",
     "max_activations": "max_activation",
 }
-_SPARE = tuple(c for c in TOL_MUTED if c not in CRITERION_COLORS.values())
+#: Paul Tol's "vibrant" scheme: spare colours for methods without one of their own.
+TOL_VIBRANT = ("#0077BB", "#33BBEE", "#009988", "#EE7733", "#CC3311", "#EE3377")
+_SPARE = tuple(c for c in (*TOL_MUTED, *TOL_VIBRANT) if c not in CRITERION_COLORS.values())
 
 #: Line style of each method (column `method` of a study frame).
-METHOD_LINESTYLES = {"prune": "-", "merge": "--", "global": ":"}
+METHOD_LINESTYLES = {"prune": "-", "merge": "--", "global": ":", "water": ":", "evolution": ":"}
 #: Chance levels: thin grey dash-dot, the one style that means chance.
 CHANCE_STYLE = {"color": "0.45", "linestyle": (0, (4, 1.5, 1, 1.5)), "linewidth": 0.8}
 #: References (0, a cut-off, a threshold): thin solid grey.
@@ -167,19 +176,26 @@ def criterion_color(name) -> str:
     global budget of another criterion: that criterion's colour).
     """
     name = _ALIASES.get(str(name), str(name))
-    if name not in CRITERION_COLORS and name.startswith("global_"):
-        name = name[len("global_") :]
+    budget = _budget(name)
+    if name not in CRITERION_COLORS and budget:
+        name = name[len(budget) + 1 :]
     if name in CRITERION_COLORS:
         return CRITERION_COLORS[name]
     return _SPARE[zlib.crc32(name.encode()) % len(_SPARE)]
 
 
 def method_linestyle(label, method: str | None = None):
-    """Line style of a curve: dotted for a global budget, dashed for merges, solid for pruning."""
-    if method is None:
-        label = _ALIASES.get(str(label), str(label))
-        method = "global" if label.startswith("global_") else "merge" if label in ("m_smoe", "hc_smoe") else "prune"
+    """Line style of a curve: dotted for a non-uniform budget, dashed for merges, solid for pruning."""
+    if method is None:  # from the label alone: a budget's prefix, else pruning (merges: pass method="merge")
+        method = _budget(_ALIASES.get(str(label), str(label))) or "prune"
     return METHOD_LINESTYLES.get(method, "-")
+
+
+def _budget(label: str) -> str | None:
+    """The non-uniform budget a label names (``water_reap``: ``water``), or None."""
+    from reapkit.measure.schema import BUDGET_NAMES
+
+    return next((b for b in BUDGET_NAMES if label.startswith(f"{b}_")), None)
 
 
 def layer_greys(n: int) -> list[str]:

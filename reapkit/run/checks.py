@@ -31,6 +31,7 @@ __all__ = [
     "text",
     "path",
     "boolean",
+    "positive",
     "integer",
     "fraction_removed",
     "list_of",
@@ -102,6 +103,12 @@ def integer(low=None):
         return int(value)
 
     return check
+
+
+def positive(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+        raise InvalidInput("expected a positive number" + _number_in_string(value))
+    return float(value)
 
 
 def fraction_removed(value):

@@ -9,9 +9,11 @@
     reapkit prune MODEL --plan plan.json --out pruned/   # a local folder streams shard by shard (--in-memory to load)
     reapkit merge MODEL --observations runs/obs --method hc_smoe (--keep 8 | --ratio 0.5) --out merged/
     reapkit merge MODEL --plan merged/merge_plan.json --out merged-again/
+    reapkit recover pruned/ --out recovered/ [--teacher MODEL] --data code:64 --steps 64 --lr 1e-3   # router KD
     reapkit import reap-observer observations.pt --out runs/imported   # saliency from other tools
     reapkit import llm-compressor reap_report.json --model MODEL --out plan.json
     reapkit evaluate MODEL (--observations runs/obs --ratio 0.5 | --plan plan.json) --tasks T1,T2 --include-path tasks/
+    reapkit ablate MODEL [--layers 3] [--limit 4096] [--plan plan.json] --out costs.csv   # ground truth per expert
     reapkit demo                      # notebooks on the bundled demo model, figures in figures/
     reapkit sweep sweeps/study.yaml   # papermill runs over a parameter grid
 

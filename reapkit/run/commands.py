@@ -150,11 +150,11 @@ def cmd_combine(args):
 
 
 def cmd_scores(args):
-    from reapkit.observe.observations import Observations
+    from reapkit.run.inputs import read_observations
     from reapkit.select.criteria import scores_frame
 
     check_separate(args.csv, args.observations, what="--csv")
-    obs = Observations.load(args.observations)
+    obs = read_observations(args.observations, args.criterion)  # a model folder for aimer
     frame = scores_frame(obs, [args.criterion])[["layer", "expert", "domain", "value"]]
     if args.csv:
         from reapkit.atomic import atomic_write_text

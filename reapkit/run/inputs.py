@@ -22,7 +22,7 @@ from reapkit.atomic import check_new_output, check_separate
 from reapkit.errors import InvalidInput, MissingInput
 from reapkit.model.demo import DEMO, resolve_name
 
-__all__ = ["check_output", "check_model_name", "load", "check_limit"]
+__all__ = ["check_output", "check_model_name", "load", "check_limit", "from_weights", "read_observations"]
 
 
 def check_output(out, force: bool, *inputs, file: bool = False) -> None:
@@ -97,3 +97,23 @@ def check_limit(limit: float | None) -> int | float | None:
         f"--limit must be a whole number of documents per task (1, 2, ...) or a fraction of them in (0, 1), "
         f"got {limit:g}; e.g. --limit 8 or --limit 0.5, or leave it out to score every document"
     )
+
+
+def from_weights(criterion: str | None) -> bool:
+    """Whether `criterion` is scored from a checkpoint's weights (aimer) rather than from observations."""
+    from reapkit.observe.statistics import FROM_WEIGHTS
+    from reapkit.select.criteria import statistics_of
+
+    return criterion is not None and set(statistics_of(criterion)) <= set(FROM_WEIGHTS)
+
+
+def read_observations(path, criterion: str | None = None):
+    """The `Observations` saved at `path`; for a weight-only criterion (aimer), those of the checkpoint folder
+    `path` (or `demo`), read from its expert weights."""
+    from reapkit.observe.observations import Observations
+
+    if from_weights(criterion):
+        from reapkit.observe.weights import weight_statistics
+
+        return weight_statistics(resolve_name(str(path)))
+    return Observations.load(path)

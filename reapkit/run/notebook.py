@@ -27,7 +27,8 @@ from types import SimpleNamespace
 
 import pandas as pd
 
-from reapkit.errors import Mismatch, ParameterError
+from reapkit.errors import InvalidInput, Mismatch, ParameterError
+from reapkit.model.demo import resolve_name
 from reapkit.run.parameters import PARAMETERS, parameters_cell
 
 __all__ = [
@@ -65,7 +66,7 @@ def calibrate(P, *, progress: bool = True, model_needed: bool = False) -> Simple
 
     >>> from reapkit.run.parameters import check_parameters
     >>> P = check_parameters({"model": "demo", "calibration": "code:8"}, "01_saliency")   # the notebook's parameters
-    >>> run = calibrate(P)        # run.model, run.tokenizer, run.obs, run.layers (MoE layers to draw)
+    >>> run = calibrate(P)        # run.model, run.tokenizer, run.obs, run.layers (MoE layers to draw), run.batches
     domains ['code'], MoE layers [0, 1, 2, 3], experts [16, 16, 16, 16], top-k 2
 
     With `P.observations` (saved elsewhere, e.g. by `reapkit import`) nothing is observed; the model is
@@ -87,7 +88,7 @@ def calibrate(P, *, progress: bool = True, model_needed: bool = False) -> Simple
         print(f"observations {P.observations} (from {source}; {used})")
         print(f"domains {obs.domains}, MoE layers {obs.layers}, experts {obs.num_experts}, top-k {obs.top_k}")
         return SimpleNamespace(
-            model=model, tokenizer=tokenizer, obs=obs, layers=moe_layers(obs, getattr(P, "layers", None))
+            model=model, tokenizer=tokenizer, obs=obs, layers=moe_layers(obs, getattr(P, "layers", None)), batches=None
         )
     model, tokenizer = load_model(P.model, device_map=getattr(P, "device_map", None))
     batches = calibration_batches(
@@ -101,9 +102,17 @@ def calibrate(P, *, progress: bool = True, model_needed: bool = False) -> Simple
         progress=progress,
         calibration={"spec": P.calibration, "max_length": P.max_length, "seed": P.seed},
     )
+    source = Path(resolve_name(P.model))
+    if (source / "config.json").is_file():  # a local float checkpoint: add its weight statistics (aimer)
+        from reapkit.observe.weights import with_weight_statistics
+
+        try:
+            obs = with_weight_statistics(obs, source)
+        except InvalidInput as error:  # quantised weights: aimer is then listed as unusable, with this reason
+            obs.meta["missing"] = {**obs.meta.get("missing", {}), "weight_abs_sum": str(error)}
     layers = moe_layers(obs, getattr(P, "layers", None))
     print(f"domains {obs.domains}, MoE layers {obs.layers}, experts {obs.num_experts}, top-k {obs.top_k}")
-    return SimpleNamespace(model=model, tokenizer=tokenizer, obs=obs, layers=layers)
+    return SimpleNamespace(model=model, tokenizer=tokenizer, obs=obs, layers=layers, batches=batches)
 
 
 def pruned_copy(P, plan):

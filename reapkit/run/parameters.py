@@ -203,6 +203,14 @@ PARAMETERS: dict[str, tuple[Parameter, ...]] = {
             f"folder of lm-eval task YAMLs; \"{DEMO_SUITE}\": reapkit's demo tasks; None: lm-eval's own",
         ),
         Parameter("lm_eval_limit", None, checks.or_none(checks.integer(1)), "lm-eval documents per task; None: all"),
+        Parameter(
+            "recover_ratios",
+            [0.25, 0.5],
+            checks.list_of(checks.fraction_removed, allow_empty=True),
+            "router recovery after REAP at these ratios ([]: none)",
+        ),
+        Parameter("recover_epochs", 3, checks.integer(1), "passes over the calibration tokens in router recovery"),
+        Parameter("recover_lr", 3e-3, checks.positive, "learning rate of router recovery"),
         *_outputs("03_pruning"),
     ),
     "04_paper_figures": (

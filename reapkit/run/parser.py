@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from reapkit.run import commands, plans
+from reapkit.run import ablate, commands, plans, recover
 
 __all__ = ["build_parser"]
 
@@ -42,6 +42,12 @@ def plan_args(p):
         help="keep as many experts in all as a uniform plan at RATIO, spread over the layers by score (non-uniform)",
     )
     p.add_argument("--margin", type=int, help="with --global-budget: every layer keeps at least top-k + MARGIN experts")
+    p.add_argument(
+        "--budget-search",
+        metavar="HOW",
+        help="with --global-budget: how the budget is spread over the layers: global (by normalised score, the "
+        "default), water (water-filling of each layer's saliency share) or evolution (searched on the model; prune only)",
+    )
     p.add_argument("--domains", help="comma-separated calibration domains to score on (default: all)")
     p.add_argument(
         "--protect-super-experts",
@@ -50,6 +56,20 @@ def plan_args(p):
         help="never prune REAP's super experts (observe with --statistics max_signed)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the random criterion")
+
+
+def search_args(p):
+    """The options of `--budget-search evolution` (`reapkit.measure.budget_search.evolve_counts`)."""
+    p.add_argument("--generations", type=int, help="with --budget-search evolution: generations (default 8)")
+    p.add_argument(
+        "--population", type=int, help="with --budget-search evolution: candidates per generation (default 8)"
+    )
+    p.add_argument("--fitness", help="with --budget-search evolution: kl (default), agreement or acceptance")
+    p.add_argument(
+        "--search-data",
+        metavar="SPEC",
+        help=f"with --budget-search evolution: the tokens candidates are scored on (split train; default {plans.SEARCH_DATA})",
+    )
 
 
 def force_arg(p, what="output"):
@@ -114,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=commands.cmd_combine)
 
     p = sub.add_parser("scores", help="expert saliency from saved observations")
-    p.add_argument("observations")
+    p.add_argument("observations", help="observations folder; a checkpoint folder for a weight-only criterion (aimer)")
     p.add_argument("--criterion", default="reap")
     p.add_argument("--csv", help="write the tidy table (layer, expert, domain, value) here")
     p.set_defaults(func=commands.cmd_scores)
@@ -122,7 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "plan", help="write a pruning plan (which experts each layer keeps) as JSON, for prune / evaluate --plan"
     )
-    p.add_argument("observations", help="observations folder (reapkit observe, combine or import)")
+    p.add_argument(
+        "observations", help="observations folder (reapkit observe, combine or import); a checkpoint folder for aimer"
+    )
     plan_args(p)
     p.add_argument("--out", required=True, help="plan .json to write")
     force_arg(p)
@@ -137,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
         "pruning_plan.json); merge plans are applied by `reapkit merge`",
     )
     plan_args(p)
+    search_args(p)
     p.add_argument("--out", required=True)
     force_arg(p, "output folder")
     p.add_argument(
@@ -162,8 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--observations", help="observations of this model to plan the merge from")
     p.add_argument(
         "--method",
-        help="a registered merge method: m_smoe, hc_smoe, hc_smoe_faithful, m_smoe_faithful, ... "
+        help="a registered merge method: m_smoe, hc_smoe, hc_smoe_faithful, m_smoe_faithful, ream, submoe, ... "
         "(see reapkit.select.merge_methods)",
+    )
+    p.add_argument(
+        "--option",
+        action="append",
+        metavar="NAME=VALUE",
+        help="one of the method's own options, repeatable (ream: group_size; submoe: layers_per_block, rank, split)",
     )
     size = p.add_mutually_exclusive_group()
     size.add_argument(
@@ -171,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     size.add_argument("--ratio", type=float, help="fraction of each layer's experts merged away")
     p.add_argument(
-        "--rule", help="how a group's members are weighted: frequency, average or reap (default: the method's)"
+        "--rule", help="how a group's members are weighted: frequency, average, reap or ream (default: the method's)"
     )
     p.add_argument(
         "--align",
@@ -185,6 +214,26 @@ def build_parser() -> argparse.ArgumentParser:
     force_arg(p, "output folder")
     placement_args(p)
     p.set_defaults(func=plans.cmd_merge)
+
+    p = sub.add_parser(
+        "recover",
+        help="retrain only the routers of a pruned checkpoint to match the unpruned model (router KD)",
+        description="Distils the unpruned model's next-token distribution into the pruned checkpoint by training "
+        "its routers alone (KL(teacher || pruned) on calibration tokens, Adam); every other weight is kept. "
+        "Writes a stock checkpoint whose pruning_plan.json records the recovery.",
+    )
+    p.add_argument("pruned", help="a checkpoint folder written by `reapkit prune` (with its pruning_plan.json)")
+    p.add_argument("--out", required=True, help="folder of the recovered checkpoint")
+    p.add_argument("--teacher", help="the unpruned model (default: the source model pruning_plan.json records)")
+    p.add_argument("--data", help="calibration spec, e.g. code:64,prose:64 or tokens.jsonl (default: the built-in mix)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-length", type=int, default=256)
+    p.add_argument("--steps", type=int, help="optimizer steps of one batch each (default: one pass over the data)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate (default 1e-3)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the order the batches are visited in")
+    p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16 (both models)")
+    force_arg(p, "output folder")
+    p.set_defaults(func=recover.cmd_recover)
 
     p = sub.add_parser("import", help="bring saliency from other tools: REAP observer state, llm-compressor report")
     p.add_argument(
@@ -231,6 +280,27 @@ def build_parser() -> argparse.ArgumentParser:
     force_arg(p, "--out file")
     placement_args(p)
     p.set_defaults(func=plans.cmd_evaluate)
+
+    p = sub.add_parser(
+        "ablate",
+        help="ground truth for criteria: the loss change from masking each expert alone, or a plan's removed "
+        "experts together against the sum of their single costs (CSV)",
+    )
+    model_args(p)
+    p.add_argument(
+        "--data",
+        help=f"held-out spec (built-in domains from their validation split), e.g. code:8,math:8 or tokens.jsonl "
+        f"(default: {ablate.HELD_OUT}, the notebooks' evaluation data)",
+    )
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--limit", type=int, help="use the first batches holding at least this many tokens")
+    p.add_argument("--layers", help="comma-separated MoE layers (decoder indices) to ablate (default: all)")
+    p.add_argument("--plan", help="a pruning plan .json: its removed experts together, per layer and in all")
+    p.add_argument("--out", required=True, help="the table to write (CSV)")
+    force_arg(p, "--out file")
+    placement_args(p)
+    p.set_defaults(func=ablate.cmd_ablate)
 
     p = sub.add_parser("demo", help="run the notebooks on the bundled demo model and write figures")
     p.add_argument("--figures", default="figures")

@@ -20,12 +20,13 @@ import time
 from pathlib import Path
 
 from reapkit.errors import InvalidInput, Mismatch, MissingInput
-from reapkit.run.inputs import check_limit, check_model_name, check_output, load
+from reapkit.run.inputs import check_limit, check_model_name, check_output, from_weights, load, read_observations
 
 __all__ = [
     "PLAN_OPTIONS",
     "MERGE_PLAN_FILE",
     "plan_from_observations",
+    "check_budget_search",
     "read_plan",
     "check_fits",
     "cmd_plan",
@@ -35,7 +36,21 @@ __all__ = [
 ]
 
 #: The options that make a pruning plan from observations (attribute names of the parsed arguments).
-PLAN_OPTIONS = ("criterion", "ratio", "keep", "global_budget", "margin", "domains", "protect_super_experts")
+PLAN_OPTIONS = (
+    "criterion",
+    "ratio",
+    "keep",
+    "global_budget",
+    "margin",
+    "domains",
+    "protect_super_experts",
+    "budget_search",
+)
+#: The options of `--budget-search evolution` (attribute names of the parsed arguments).
+SEARCH_OPTIONS = ("generations", "population", "fitness", "search_data")
+#: The tokens an evolutionary budget search scores its candidates on, by default (split `train`:
+#: apart from the `calibration` split observations use and the `validation` split evaluations use).
+SEARCH_DATA = "code:8,prose:8,tools:8,math:8"
 #: The file beside a merged checkpoint that says how it was merged (`reapkit merge --plan` reads it).
 MERGE_PLAN_FILE = "merge_plan.json"
 DEFAULT_RATIO = 0.25
@@ -46,14 +61,39 @@ def _flags(args, names) -> list[str]:
     return [f"--{name.replace('_', '-')}" for name in names if getattr(args, name, None) is not None]
 
 
-def plan_from_observations(args, obs):
+def check_budget_search(args) -> str | None:
+    """The --budget-search of `args` (None: none given), refused when unknown or without --global-budget,
+    and the evolution options refused without `--budget-search evolution`; nothing is loaded."""
+    from reapkit.select.budget import check_search
+
+    search = getattr(args, "budget_search", None)
+    if search is not None:
+        check_search(search)
+        if args.global_budget is None:
+            raise InvalidInput(
+                "--budget-search spreads a global budget; add --global-budget RATIO or drop --budget-search"
+            )
+    extra = _flags(args, SEARCH_OPTIONS)
+    if extra and search != "evolution":
+        raise InvalidInput(f"{', '.join(extra)} apply to --budget-search evolution; add it or drop them")
+    if getattr(args, "fitness", None) is not None:
+        from reapkit.measure.budget_search import FITNESS
+
+        if args.fitness not in FITNESS:
+            raise InvalidInput(f"unknown --fitness {args.fitness!r}; choose one of {', '.join(FITNESS)}")
+    return search
+
+
+def plan_from_observations(args, obs, *, model=None, tokenizer=None):
     """The `PruningPlan` the options ask for: --criterion (reap) with --ratio (0.25), --keep or
-    --global-budget (same total as a uniform plan at that ratio, spread by score; --margin), scored over --domains."""
+    --global-budget (same total as a uniform plan at that ratio, spread by --budget-search: global, by score,
+    the default; water, water-filling; evolution, searched on `model`; --margin), scored over --domains."""
     from reapkit.select.criteria import check_ratio
     from reapkit.select.plan import PruningPlan, pruned_count
 
     criterion = args.criterion or "reap"
     domains = args.domains.split(",") if args.domains else None
+    search = check_budget_search(args) or "global"
     if args.global_budget is None:
         if args.margin is not None:
             raise InvalidInput("--margin applies to a global budget; add --global-budget RATIO or drop --margin")
@@ -71,9 +111,44 @@ def plan_from_observations(args, obs):
         raise InvalidInput("--protect-super-experts applies to uniform plans (--ratio or --keep), not --global-budget")
     ratio = check_ratio(args.global_budget, "--global-budget")
     total = sum(n - pruned_count(n, ratio) for n in obs.num_experts)
-    return PruningPlan.from_global_budget(
-        obs, criterion, total=total, margin=args.margin or 0, domains=domains, seed=args.seed
-    )
+    margin = args.margin or 0
+    if search == "water":
+        from reapkit.select.budget import water_plan
+
+        return water_plan(obs, criterion, total=total, margin=margin, domains=domains, seed=args.seed)
+    if search == "evolution":
+        return _evolved_plan(
+            args, obs, model, tokenizer, criterion=criterion, total=total, margin=margin, domains=domains
+        )
+    return PruningPlan.from_global_budget(obs, criterion, total=total, margin=margin, domains=domains, seed=args.seed)
+
+
+def _evolved_plan(args, obs, model, tokenizer, **options):
+    """The plan of `--budget-search evolution`, searched on `model` over --search-data (split train)."""
+    if model is None:
+        raise InvalidInput(
+            "--budget-search evolution scores plans on the model; use it with `reapkit prune MODEL --observations OBS "
+            "--global-budget R --budget-search evolution`, or choose --budget-search water"
+        )
+    from reapkit.data import calibration_batches
+    from reapkit.measure.budget_search import evolve_counts
+    from reapkit.observe.observations import fingerprint_differences
+
+    diff = fingerprint_differences(obs.meta["fingerprint"], model)
+    if diff:
+        raise Mismatch(
+            f"the observations were made on a different model (differences: {diff}); observe this model first"
+        )
+    batches = calibration_batches(
+        args.search_data or SEARCH_DATA, tokenizer, batch_size=8, max_length=128, split="train", seed=args.seed,
+        vocab_size=model.get_input_embeddings().num_embeddings,
+    )  # fmt: skip
+    search = evolve_counts(
+        model, obs, batches, options["criterion"], total=options["total"], margin=options["margin"],
+        domains=options["domains"], fitness=args.fitness or "kl", generations=args.generations or 8,
+        population=args.population or 8, seed=args.seed,
+    )  # fmt: skip
+    return search.plan(obs, domains=options["domains"], seed=args.seed)
 
 
 def read_plan(path):
@@ -142,6 +217,10 @@ def _plan_of(args, *, required: bool, merges: bool):
                 f"{args.plan} is a merge plan; merge with `reapkit merge {args.model} --plan {args.plan} --out DIR`"
             )
         return plan
+    if args.observations is None and from_weights(args.criterion):  # aimer: scored from the model's own weights
+        plan = plan_from_observations(args, read_observations(args.model, args.criterion))
+        plan.provenance["source_model"] = args.model
+        return plan
     if args.observations is None:
         if required:
             raise InvalidInput("give --observations OBS (with --criterion, --ratio, ...) or --plan plan.json")
@@ -165,12 +244,11 @@ def _kept(plan) -> dict:
 
 
 def cmd_plan(args):
-    from reapkit.observe.observations import Observations
-
     check_output(args.out, args.force, args.observations, file=True)
-    plan = plan_from_observations(args, Observations.load(args.observations))
+    plan = plan_from_observations(args, read_observations(args.observations, args.criterion))
     plan.save(args.out)
-    how = f"a global budget of {plan.total_kept} experts" if args.global_budget is not None else "per layer"
+    search = plan.provenance.get("budget_search", "global")
+    how = f"a global budget of {plan.total_kept} experts, {search}" if args.global_budget is not None else "per layer"
     print(
         f"planned with {plan.criterion} ({how}): experts per layer {plan.num_experts} -> {_kept(plan)} -> {args.out} "
         "(apply it with `reapkit prune MODEL --plan` or `reapkit evaluate MODEL --plan`)"
@@ -190,6 +268,8 @@ def cmd_prune(args):
     start = time.perf_counter()
     check_output(args.out, args.force, args.model, args.observations, args.plan)
     check_model_name(args.model)
+    if check_budget_search(args) == "evolution":  # the search needs the model: load it, then plan
+        return _prune_searched(args, start)
     plan = _plan_of(args, required=True, merges=False)
     streaming = Path(args.model).is_dir() and not args.in_memory and args.device_map is None
     note = ""
@@ -219,6 +299,29 @@ def cmd_prune(args):
     )
 
 
+def _prune_searched(args, start):
+    """`prune --budget-search evolution`: load the model, search the per-layer counts on it, remove and save."""
+    from reapkit.compress.prune import remove_experts, save_non_uniform
+    from reapkit.observe.observations import Observations
+
+    if args.plan is not None or args.observations is None:
+        raise InvalidInput("--budget-search evolution plans from observations; give --observations OBS, not --plan")
+    obs = Observations.load(args.observations)
+    model, tokenizer = load(args)
+    _refuse_offloaded(model, "prune", STREAM_HINT)
+    plan = plan_from_observations(args, obs, model=model, tokenizer=tokenizer)
+    plan.provenance["source_model"] = args.model
+    check_fits(model, plan)
+    remove_experts(model, plan)
+    save_non_uniform(model, plan, args.out, tokenizer=tokenizer, force=args.force)
+    name, value = next(iter(plan.provenance["fitness"].items()))
+    print(
+        f"pruned with {plan.criterion} (a global budget of {plan.total_kept} experts, searched by evolution, "
+        f"{name} {value:.3f} on the search tokens): experts per layer {plan.num_experts} -> {_kept(plan)}; saved to {args.out} "
+        f"in {time.perf_counter() - start:.1f}s; load it with reapkit.compress.prune.load_pruned"
+    )
+
+
 def _merge_plan(args, model):
     """The `MergePlan` of --plan (checked against `model`), or the one --observations, --method and --keep / --ratio make."""
     from reapkit.observe.observations import Observations
@@ -242,10 +345,33 @@ def _merge_plan(args, model):
             )
         keep = counts.pop()
     plan = plan_merge(  # checks obs against the model
-        model, obs, method=args.method, keep=keep, seed=args.seed, rule=args.rule, align=args.align
+        model,
+        obs,
+        method=args.method,
+        keep=keep,
+        seed=args.seed,
+        rule=args.rule,
+        align=args.align,
+        options=merge_options(args.option),
     )
     plan.provenance["source_model"] = args.model
     return plan
+
+
+def merge_options(given) -> dict:
+    """``--option NAME=VALUE`` as a dict; VALUE read as JSON (``16``, ``null``, ``"blocks"``), else as text."""
+    import json
+
+    options = {}
+    for item in given or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise InvalidInput(f"--option {item!r}: write NAME=VALUE, e.g. --option group_size=8")
+        try:
+            options[name] = json.loads(value)
+        except json.JSONDecodeError:
+            options[name] = value
+    return options
 
 
 def _check_merge_options(args) -> None:
@@ -253,7 +379,7 @@ def _check_merge_options(args) -> None:
     from reapkit.select.merge import METHODS
     from reapkit.select.merge_methods import check_rule
 
-    making = _flags(args, ("method", "keep", "ratio", "rule", "align"))
+    making = _flags(args, ("method", "keep", "ratio", "rule", "align", "option"))
     if args.plan is not None:
         if args.observations or making:
             extra = (["--observations"] if args.observations else []) + making
@@ -286,24 +412,17 @@ def cmd_merge(args):
     plan = _merge_plan(args, model)
     apply_merge(model, plan)
     pruning = plan.to_pruning_plan()
+    save = save_pruned if pruning.is_uniform else save_non_uniform  # per-layer counts: reapkit's own format
     with atomic_directory(args.out, force=args.force) as tmp:  # the checkpoint and how it was merged, together
+        save(model, pruning, tmp, tokenizer=tokenizer, force=True)
         if pruning.is_uniform:
-            save_pruned(model, pruning, tmp, tokenizer=tokenizer, force=True)
             (tmp / "pruning_plan.json").unlink()  # it would prune, not merge, if applied again
-        else:
-            save_non_uniform(model, pruning, tmp, tokenizer=tokenizer, force=True)  # its loader reads pruning_plan.json
         plan.save(tmp / MERGE_PLAN_FILE)
-    counts = plan.keep if pruning.is_uniform else sorted(set(plan.kept_per_layer.values()))
-    note = (
-        ""
-        if pruning.is_uniform
-        else f"; {plan.method} keeps a different number of experts per layer ({plan.kept_per_layer}), which a stock "
-        f"config.json cannot express, so it is saved in reapkit's per-layer format: load it with "
-        f"reapkit.compress.prune.load_pruned({str(args.out)!r}) (vLLM: reapkit's plugin)"
-    )
+    note = "; a stock config.json cannot say per-layer counts, so it is saved in reapkit's per-layer format: "
+    note = "" if pruning.is_uniform else f"{note}load it with reapkit.compress.prune.load_pruned (vLLM: its plugin)"
     print(
-        f"merged with {plan.method} (rule {plan.rule}{', neurons aligned' if plan.align else ''}): experts per layer "
-        f"{plan.num_experts} -> {counts}; saved to {args.out} (with {MERGE_PLAN_FILE}) in "
+        f"merged with {plan.method} (rule {plan.rule}{', aligned' if plan.align else ''}): experts per layer "
+        f"{plan.num_experts} -> {plan.kept_per_layer}; saved to {args.out} (with {MERGE_PLAN_FILE}) in "
         f"{time.perf_counter() - start:.1f}s{note}"
     )
 

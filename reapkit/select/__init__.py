@@ -15,5 +15,6 @@ _EXPORTS = {
     "merge": ["MergePlan", "plan_merge"],
     "geometry": ["angular_distances", "cluster"],
     "imported": ["read_llmcompressor_report"],
+    "budget": ["water_fill", "water_plan"],
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

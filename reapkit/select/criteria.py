@@ -24,6 +24,9 @@ applied, f = expert output before gating, p = router probability):
                       expert's routed characteristic activation; needs ``--statistics output_sum``)
     msan              mean_t ||f_j(t)||^2                 (MSAN, arXiv:2606.15716: mean squared
                       activation norm over routed tokens)
+    aimer             RMS(w_j) / mean|w_j| over the elements of expert j's weight matrices: calibration-free,
+                      from the checkpoint's weights, not from observations (AIMER, arXiv:2603.18492; its code
+                      ranks by the reciprocal and prunes the highest, so keeping the highest here is the same)
     random            uniform noise from `seed` (a baseline)
 
 Experts that received no tokens score 0 on the mean criteria. Add your own with
@@ -57,6 +60,7 @@ __all__ = [
     "check_ratio",
     "score",
     "scores_frame",
+    "statistics_of",
     "usable_criteria",
 ]
 
@@ -125,6 +129,11 @@ def check_criterion(criterion: str) -> str:
             "with reapkit.register_criterion (command line: --plugin FILE.py)"
         )
     return criterion
+
+
+def statistics_of(criterion: str) -> tuple[str, ...]:
+    """The statistics `criterion` reads: ``statistics_of("reap") == ("reap_sum", "count")``."""
+    return _REGISTRY[check_criterion(criterion)].needs
 
 
 def check_ratio(ratio, name: str = "ratio") -> float:
@@ -236,6 +245,20 @@ def _characteristic_norm(stats, seed):
     return np.linalg.norm(mean.astype(np.float64), axis=-1)
 
 
+def _aimer(stats, seed):
+    """AIMER, as ZongfangLiu/AIMER @fcf8e28 ``src/calib_free_prune.py`` ``_aimer_scores_and_rank`` computes it.
+
+    The code's score is (Σ|w| / n) / sqrt(Σw² / n) over the expert's gate, up and down weights (biases
+    left out), 0 for an all-zero expert; it sorts descending and prunes the *first* k per layer. Higher
+    means keep here, so the criterion is the reciprocal sqrt(Σw² / n) / (Σ|w| / n): the same order,
+    positive, and an all-zero expert (the code's 0, kept last) is infinite.
+    """
+    n = stats["weight_numel"]
+    mean_abs = np.divide(stats["weight_abs_sum"], n, out=np.zeros_like(n), where=n > 0)
+    rms = np.sqrt(np.divide(stats["weight_sq_sum"], n, out=np.zeros_like(n), where=n > 0))
+    return np.divide(rms, mean_abs, out=np.full_like(n, np.inf), where=mean_abs > 0)
+
+
 def _uniform_noise(stats, seed):
     return np.random.default_rng(seed).random(stats["count"].shape)
 
@@ -250,6 +273,7 @@ for _name, _fn, _needs in [
     ("max_activation", _statistic("max_activation"), ("max_activation",)),
     ("ean_ca", _characteristic_norm, ("output_sum", "count")),
     ("msan", _per_routed_token("sq_norm_sum"), ("sq_norm_sum", "count")),
+    ("aimer", _aimer, ("weight_abs_sum", "weight_sq_sum", "weight_numel")),
     ("random", _uniform_noise, ("count",)),
 ]:
     _register(_name, _fn, _needs)

@@ -77,6 +77,9 @@ class MergePlan:
     rule: str = "frequency"  # how `weights` were made (reapkit.select.merge_methods.RULES)
     align: bool = False  # members' neurons aligned to the representative before averaging
     router: str = "representative"  # the saved form keeps each representative's router row
+    combine: str = "average"  # "average" (weights above) or "svd" (Sub-MoE: reapkit.compress.svd_merge)
+    alignment: str = "weight_matching"  # with `align`: the neuron cost, "weight_matching" or "ream"
+    options: dict = field(default_factory=dict)  # the method's own options (REAM's group_size, Sub-MoE's rank...)
 
     @property
     def kept_per_layer(self) -> dict[int, int]:
@@ -134,17 +137,47 @@ def _check_sizes(layer: int, total: int, keep: int, top_k: int, n_group: int, un
         )
 
 
+def _options(spec, options) -> dict:
+    """The method's options: its defaults, updated with `options`; a name it does not have is refused."""
+    defaults = dict(spec.options)
+    unknown = sorted(set(options or {}) - set(defaults))
+    if unknown:
+        offered = ", ".join(f"{k} (default {v!r})" for k, v in defaults.items()) or "none"
+        raise InvalidInput(f"merge method {spec.name!r} has no option {unknown[0]!r}; its options: {offered}")
+    return {**defaults, **dict(options or {})}
+
+
+def _representative(spec, inputs, pos: int, members: list[int]) -> int:
+    """The member whose slot the merged expert takes: most frequent (ties: lower id) or, for "reap", the
+    highest REAP score (ties: higher id, as REAM's reversed argsort picks its centroids)."""
+    counts = inputs.stat("count", pos)
+    if spec.representative == "reap":
+        scores = inputs.stat("reap_sum", pos) / np.maximum(counts, 1)
+        return max(members, key=lambda e: (scores[e], e))
+    return min(members, key=lambda e: (-counts[e], e))
+
+
 def plan_merge(
-    model, obs, *, method: str, keep: int, seed: int = 0, rule: str | None = None, align: bool | None = None
+    model,
+    obs,
+    *,
+    method: str,
+    keep: int,
+    seed: int = 0,
+    rule: str | None = None,
+    align: bool | None = None,
+    options: dict | None = None,
 ) -> MergePlan:
     """The `MergePlan` of `method` reducing each MoE layer of `model` to `keep` experts (model unchanged).
 
     `obs` must be observations of this (unmerged) model. `rule` (default: the method's) says how a
     group's members are weighted; `align` (default: the method's) whether their neurons are aligned
-    to the representative's before averaging. The methods are deterministic; `seed` is recorded for
-    provenance.
+    to the representative's before averaging. `options` sets the method's own options
+    (`MergeMethod.options`, e.g. ``{"group_size": 8}`` for ``ream``). `seed` draws Sub-MoE's k-means
+    and is recorded; the other methods are deterministic.
     """
     spec = merge_method(method)
+    options = _options(spec, options)
     rule = check_rule(spec, rule)
     needs = tuple(dict.fromkeys(("count", *spec.statistics, *RULES[rule].statistics)))
     obs.require(*needs, purpose=f"merging with {method!r}")
@@ -154,7 +187,7 @@ def plan_merge(
     top_k, n_group = obs.top_k, int(obs.meta.get("n_group", 1) or 1)
     for pos, layer in enumerate(obs.layers):
         _check_sizes(layer, obs.num_experts[pos], int(keep), top_k, n_group, spec.uniform)
-    inputs = MergeInputs(obs, model, int(keep), needs)
+    inputs = MergeInputs(obs, model, int(keep), needs, options, seed)
     found = spec.group(inputs)
     groups, reps, weights, num_experts = {}, {}, {}, {}
     for pos, layer in enumerate(obs.layers):
@@ -168,8 +201,7 @@ def plan_merge(
             )
         if spec.uniform and len(layer_groups) != keep:
             raise RuntimeError(f"merge method {method!r} made {len(layer_groups)} groups in layer {layer}, not {keep}")
-        counts = inputs.stat("count", pos)
-        rep_of = [min(members, key=lambda e: (-counts[e], e)) for members in layer_groups]
+        rep_of = [_representative(spec, inputs, pos, members) for members in layer_groups]
         order = np.argsort(rep_of)
         groups[layer] = [layer_groups[i] for i in order]
         reps[layer] = [int(rep_of[i]) for i in order]
@@ -179,4 +211,18 @@ def plan_merge(
     provenance = obs.provenance(
         merge_method=spec.description, reference=spec.reference, reference_router=spec.reference_router
     )
-    return MergePlan(groups, reps, weights, num_experts, method, int(keep), seed, provenance, rule, align)
+    return MergePlan(
+        groups,
+        reps,
+        weights,
+        num_experts,
+        method,
+        int(keep),
+        seed,
+        provenance,
+        rule,
+        align,
+        combine=spec.combine,
+        alignment=spec.alignment,
+        options=options,
+    )

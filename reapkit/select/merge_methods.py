@@ -1,13 +1,15 @@
 """The registry of merge methods and merge rules: each a name and a small declared object.
 
     >>> sorted(MERGE_METHODS)
-    ['hc_smoe', 'hc_smoe_faithful', 'm_smoe', 'm_smoe_faithful']
+    ['hc_smoe', 'hc_smoe_faithful', 'm_smoe', 'm_smoe_faithful', 'ream', 'submoe']
     >>> merge_method("hc_smoe_faithful").statistics
     ('count', 'tokens', 'all_output_sum')
     >>> merge_method("m_smoe_faithful").align, merge_method("m_smoe_faithful").uniform
     (True, False)
     >>> sorted(RULES)
-    ['average', 'frequency', 'reap']
+    ['average', 'frequency', 'ream', 'reap']
+    >>> merge_method("ream").options, merge_method("submoe").combine
+    ((('group_size', 16),), 'svd')
 
 **Registering a method.** A researcher declares a `MergeMethod` and registers it; `plan_merge`
 (`reapkit.select.merge`) and ``reapkit merge --method NAME`` then offer it::
@@ -40,7 +42,22 @@ evaluated with `reapkit.compress.merge.apply_merge(..., router="tied")`.
 **Merge rules.** The merged expert is Σ w_i W_i / Σ w_i per tensor over the members i, w_i from:
 ``"frequency"`` the member's routed-token count (the reference's expert_frequency / total_tokens:
 the same after normalising), ``"average"`` 1, ``"reap"`` its REAP score (mean gate x output norm
-over its routed tokens). A group whose weights are all zero is averaged plainly.
+over its routed tokens), ``"ream"`` the REAP score with a 0 raised to min(0.5, the layer's
+smallest positive score) as REAM's code does. A group whose weights are all zero is averaged plainly.
+
+**What else a method declares.** `representative`: the member whose slot and router row the merged
+expert takes, the most frequent (``"frequency"``) or the highest REAP score (``"reap"``: REAM's
+centroids). `combine`: ``"average"`` (the rule's weights) or ``"svd"`` (Sub-MoE's joint SVD,
+`reapkit.compress.svd_merge`, the same weights). `alignment`: with `align`, M-SMoE's weight
+matching or REAM's cost (`reapkit.compress.ream_merge`). `options`: the method's own settings with
+their defaults, which `plan_merge(..., options={...})` and ``reapkit merge --option NAME=VALUE``
+change; the plan records them all.
+
+``"ream"`` (`reapkit.select.ream`) and ``"submoe"`` (`reapkit.select.submoe`) follow their authors'
+or the REAP code; their module docstrings say where they differ and why. ``submoe`` pairs layers
+(``layers_per_block=2``), so its layers may keep different counts (saved in reapkit's non-uniform
+format); ``options={"layers_per_block": 1}`` keeps `keep` in every layer (unless k-means leaves a
+cluster empty), a stock checkpoint.
 """
 
 from __future__ import annotations
@@ -52,7 +69,7 @@ import numpy as np
 
 from reapkit.errors import InvalidInput
 from reapkit.observe.statistics import STATISTICS
-from reapkit.select import grouping
+from reapkit.select import grouping, ream, submoe
 
 __all__ = [
     "MERGE_METHODS",
@@ -82,6 +99,14 @@ class MergeMethod:
     align: bool = False  # align each member's neurons to the representative before averaging
     reference_router: str = "representative"  # "tied" or "representative": what the reference code does
     uniform: bool = True  # every layer keeps exactly `keep` experts
+    representative: str = (
+        "frequency"  # the member whose slot and router row the merged expert takes: most "frequency" or "reap"
+    )
+    combine: str = "average"  # how a group's tensors become one: weighted "average", or "svd" (Sub-MoE, reapkit.compress.svd_merge)
+    alignment: str = (
+        "weight_matching"  # with `align`: M-SMoE's weight matching, or "ream" (reapkit.compress.ream_merge)
+    )
+    options: tuple = ()  # (name, default) of the method's own options, given to plan_merge(..., options={...})
 
 
 @dataclass(frozen=True)
@@ -98,14 +123,21 @@ RULES: dict[str, Rule] = {
     "frequency": Rule("frequency", "weighted by routed-token counts", ("count",), lambda c, r: c),
     "average": Rule("average", "plain average", (), lambda c, r: np.ones_like(c)),
     "reap": Rule("reap", "weighted by REAP score (saliency)", ("count", "reap_sum"), lambda c, r: r),
+    "ream": Rule(
+        "ream",
+        "weighted by REAP score, a score of 0 raised to min(0.5, the layer's smallest positive one) (REAM's code)",
+        ("count", "reap_sum"),
+        lambda c, r: ream.raise_zeros(r),
+    ),
 }
 
 
 class MergeInputs:
     """What a grouping function reads: the pooled statistics, `keep`, the layers and the model's routers."""
 
-    def __init__(self, obs, model, keep: int, names):
+    def __init__(self, obs, model, keep: int, names, options=None, seed: int = 0):
         self.obs, self.model, self.keep = obs, model, int(keep)
+        self.options, self.seed = dict(options or {}), int(seed)  # the method's options, defaults filled in
         self.layers, self.num_experts, self.top_k = list(obs.layers), list(obs.num_experts), obs.top_k
         self.n_group = int(obs.meta.get("n_group", 1) or 1)
         self.pooled = {k: v.double().numpy() for k, v in obs.pooled(names=tuple(names)).items()}
@@ -125,9 +157,9 @@ class MergeInputs:
 
     def weights(self, rule: str, pos: int, members: list[int]) -> list[float]:
         """The normalised merge weights of `members` of layer position `pos` under `rule`."""
-        counts = self.stat("count", pos)[members]
-        reap = self.stat("reap_sum", pos)[members] / np.maximum(counts, 1) if "reap_sum" in self.pooled else counts
-        w = np.asarray(RULES[rule].weight(counts, reap), dtype=np.float64)
+        counts = self.stat("count", pos)
+        reap = self.stat("reap_sum", pos) / np.maximum(counts, 1) if "reap_sum" in self.pooled else counts
+        w = np.asarray(RULES[rule].weight(counts, reap), dtype=np.float64)[members]  # rules see the whole layer
         w = w / w.sum() if w.sum() > 0 else np.full(len(members), 1.0 / len(members))
         return [float(v) for v in w]
 
@@ -205,5 +237,36 @@ register_merge_method(
         align=True,
         reference_router="tied",
         uniform=False,
+    )
+)
+register_merge_method(
+    MergeMethod(
+        name="ream",
+        description="REAM: REAP's kept experts as centroids, each filled with its nearest experts (gated output and "
+        "router-logit similarity), neurons aligned, REAP-weighted",
+        reference="REAM (arXiv 2604.04356) as in SamsungSAILMontreal/ream@84a3030716a0059589e9d10e2ea049e32b76cfa6 "
+        "ream/ream.py pseudo_group, ream/merger.py Merger (reapkit.select.ream)",
+        statistics=("count", "reap_sum", "prob_output_sum", "router_gram"),
+        group=ream.ream_grouping,
+        rule="ream",
+        rules=("ream", "reap", "frequency", "average"),
+        align=True,
+        alignment="ream",
+        representative="reap",
+        options=(("group_size", 16),),
+    )
+)
+register_merge_method(
+    MergeMethod(
+        name="submoe",
+        description="Sub-MoE: k-means of the experts' mean outputs over all tokens, merges spent across paired "
+        "layers, each group merged by one joint SVD",
+        reference=f"Sub-MoE (arXiv 2506.23266) as in {REAP_CODE} experiments/submoe_v2.sh (reapkit.select.submoe)",
+        statistics=("count", "tokens", "all_output_sum"),
+        group=submoe.submoe_grouping,
+        reference_router="tied",
+        uniform=False,
+        combine="svd",
+        options=(("layers_per_block", 2), ("rank", None), ("split", "blocks")),
     )
 )

@@ -48,26 +48,39 @@ def read_document(path, fmt: str, what: str, writer: str) -> dict:
 def super_experts(obs, *, include_last_layers: bool = False, domains=None) -> dict[int, list[int]]:
     """{decoder layer: expert indices} of the super experts, by the official REAP rule.
 
-    ``super_experts(obs)`` (observations recorded with ``statistics=["max_signed"]``) pools every
-    layer's per-expert largest signed output element (`max_signed`, REAP's ``max_activations``)
-    and flags the experts above max(99.5th percentile, pooled max / 10)
-    (CerebrasResearch/reap @1970473, ``model_util.get_super_expert_indices``). Without
-    `include_last_layers` the last 25% of MoE layers are left out of the pool and never flagged.
+    ``super_experts(obs)`` (observations recorded with ``statistics=["max_signed"]``) mirrors
+    CerebrasResearch/reap @1970473 ``src/reap/model_util.py`` lines 240-262,
+    ``get_super_expert_indices``, step by step:
+
+    - the pool is every MoE layer's per-expert ``max_activations`` (reapkit's `max_signed`: the
+      largest signed output element over routed tokens, floored at 0), all layers, as float32;
+    - threshold = max(``torch.quantile(pool, 0.995)`` (linear interpolation), pool max / 10);
+    - an expert is flagged when its peak is strictly *greater* than the threshold (compared in float32);
+    - without `include_last_layers`, only the first ``int(layers * 0.75)`` MoE layers (rounded down)
+      keep their flags: the last layers still count in the pool, they are only never flagged.
+
+    Rows of the pool are MoE layers in order, reported here by their decoder-layer index. (The
+    reference's ``prune.py`` matches those row positions against decoder-layer keys, which moves the
+    flags by the number of dense layers before the first MoE layer, e.g. GLM-4.5's; reapkit keeps
+    each flag on its own layer.) In a model whose layers have different expert counts, only the
+    experts a layer has enter the pool (the reference needs equal counts).
     """
+    import torch
+
     obs.require("max_signed", purpose="super-expert protection")
-    peaks = obs.pooled(domains, names=["max_signed"])["max_signed"].double().numpy()
-    layers = list(obs.layers)
-    if not include_last_layers:
-        last = len(layers) - len(layers) // 4  # the first 75% (rounded up) of MoE layers
-        peaks, layers = peaks[:last], layers[:last]
-    present = np.arange(peaks.shape[1])[None, :] < np.asarray(obs.num_experts[: len(layers)])[:, None]
+    peaks = obs.pooled(domains, names=["max_signed"])["max_signed"].to(torch.float32)
+    present = torch.arange(peaks.shape[1])[None, :] < torch.tensor(obs.num_experts)[:, None]
     pool = peaks[present]
-    if pool.size == 0:
+    if pool.numel() == 0:
         return {}
-    threshold = max(float(np.percentile(pool, 99.5)), float(pool.max()) / 10)
+    threshold = max(torch.quantile(pool, 99.5 / 100.0).item(), pool.max().item() / 10)
     flagged = (peaks > threshold) & present
+    if not include_last_layers:
+        flagged[int(len(obs.layers) * 0.75) :, :] = False
     return {
-        layer: [int(e) for e in np.flatnonzero(flagged[pos])] for pos, layer in enumerate(layers) if flagged[pos].any()
+        layer: [int(e) for e in torch.nonzero(flagged[pos]).flatten()]
+        for pos, layer in enumerate(obs.layers)
+        if flagged[pos].any()
     }
 
 

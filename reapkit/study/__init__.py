@@ -12,5 +12,7 @@ from reapkit.lazy import lazy_exports
 _EXPORTS = {
     "experiments": ["compression_study"],
     "sensitivity": ["calibration_sensitivity", "layer_sensitivity"],
+    "recovery": ["recovery_study", "recovery_reading"],
+    "budget": ["budget_comparison", "budget_reading"],
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

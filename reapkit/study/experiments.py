@@ -36,6 +36,7 @@ import pandas as pd
 from reapkit.errors import InvalidInput, ReapkitError
 from reapkit.measure.schema import interval_columns as _interval
 from reapkit.measure.stats import RESAMPLES
+from reapkit.select.budget import check_search
 from reapkit.select.criteria import STUDY_CRITERIA, check_ratio
 from reapkit.select.plan import pruned_count
 
@@ -45,6 +46,7 @@ __all__ = [
     "MIX",
     "RATIOS",
     "MERGES",
+    "BUDGETS",
     "COLUMNS",
     "SEQUENCE_COLUMNS",
     "Job",
@@ -58,6 +60,8 @@ __all__ = [
 
 RATIOS = (0.0, 0.125, 0.25, 0.375, 0.5, 0.625)
 MERGES = ("m_smoe", "hc_smoe")
+#: Non-uniform budgets at the uniform plans' total: the global budget, water-filling, the evolutionary search.
+BUDGETS = ("global", "water", "evolution")
 _VARIANT = [
     "method",
     "criterion",
@@ -99,9 +103,9 @@ def check_ratios(ratios) -> list[float]:
 
 @dataclass(frozen=True)
 class Job:
-    """One variant of the study: `method` (prune / merge / global) by `criterion` at `ratio`
-    (`seed`: random pruning only). A new study arm is a new kind of job: add it in `study_jobs`
-    and give `evaluate_job` the plan or model it evaluates."""
+    """One variant of the study: `method` (prune / merge, or a non-uniform budget: global / water /
+    evolution) by `criterion` at `ratio` (`seed`: random pruning only). A new study arm is a new kind
+    of job: add it in `study_jobs` and give `evaluate_job` the plan or model it evaluates."""
 
     method: str
     criterion: str
@@ -110,12 +114,19 @@ class Job:
 
     @property
     def label(self) -> str:
-        """One name per curve: the criterion, or ``global_<criterion>``."""
-        return f"global_{self.criterion}" if self.method == "global" else self.criterion
+        """One name per curve: the criterion, or ``<budget>_<criterion>`` (``global_reap``, ``water_reap``, ...)."""
+        return f"{self.method}_{self.criterion}" if self.method in BUDGETS else self.criterion
 
 
 def study_jobs(
-    obs, *, ratios=RATIOS, criteria=STUDY_CRITERIA, random_seeds=(0, 1, 2), merges=MERGES, global_budget=True
+    obs,
+    *,
+    ratios=RATIOS,
+    criteria=STUDY_CRITERIA,
+    random_seeds=(0, 1, 2),
+    merges=MERGES,
+    global_budget=True,
+    budget_searches=(),
 ) -> tuple[list[Job], list[str]]:
     """The jobs of a compression study and notes on the combinations that cannot be built.
 
@@ -133,6 +144,12 @@ def study_jobs(
     for method in merges:
         _check_method(method)
     global_criterion = "reap" if global_budget is True else (check_criterion(global_budget) if global_budget else None)
+    searches = [budget_searches] if isinstance(budget_searches, str) else list(budget_searches or [])
+    budget_searches = [check_search(s) for s in searches]
+    if budget_searches and not global_criterion:
+        raise InvalidInput(
+            "budget_searches share the global budget's criterion; set global_budget (True or a criterion)"
+        )
     sizes, top_k = list(obs.num_experts), obs.top_k
     notes: list[str] = []
     jobs: list[Job] = []
@@ -154,7 +171,9 @@ def study_jobs(
         else:
             jobs += [Job("merge", m, None, ratio) for m in merges]
         if global_criterion:
-            jobs.append(Job("global", global_criterion, None, ratio))
+            jobs += [
+                Job(search, global_criterion, None, ratio) for search in dict.fromkeys(["global", *budget_searches])
+            ]
     return jobs, notes
 
 
@@ -186,11 +205,14 @@ def parameter_count(model, kept: dict) -> int:
 
 
 def evaluate_job(
-    model, obs, job: Job, eval_batches, *, reference, unpruned: pd.DataFrame, margin: int = 0
+    model, obs, job: Job, eval_batches, *, reference, unpruned: pd.DataFrame, margin: int = 0, search=None
 ) -> pd.DataFrame:
     """Evaluate one job: its `sequence_metrics` with `delta_loss` against `unpruned` (the unpruned
     model's) per sequence, and the job's columns (method, criterion, label, seed, ratio,
-    experts_kept, experts_total, kept_routing). Raises a ReapkitError when the job cannot be built."""
+    experts_kept, experts_total, kept_routing). Raises a ReapkitError when the job cannot be built.
+
+    `search`: for an ``evolution`` job, the batches its candidates are scored on (never `eval_batches`)
+    and the options of `reapkit.measure.budget_search.evolve_counts`, ``{"batches": ..., "generations": 4}``."""
     import copy
 
     from reapkit.compress.merge import apply_merge
@@ -211,8 +233,8 @@ def evaluate_job(
         kept, routing = counts[0], float("nan")
         layer_counts = dict(zip(obs.layers, counts))
     else:
-        if job.method == "global":
-            plan = PruningPlan.from_global_budget(obs, job.criterion, total=total, margin=margin)
+        if job.method in BUDGETS:
+            plan = _budget_plan(model, obs, job, total, margin, search)
             kept = plan.total_kept
         else:
             plan = PruningPlan.from_observations(obs, job.criterion, ratio=job.ratio, seed=job.seed or 0)
@@ -236,6 +258,26 @@ def evaluate_job(
     )
 
 
+def _budget_plan(model, obs, job: Job, total: int, margin: int, search):
+    """The non-uniform plan of a global / water / evolution job keeping `total` experts in all."""
+    from reapkit.measure.budget_search import evolve_counts
+    from reapkit.select.budget import water_plan
+    from reapkit.select.plan import PruningPlan
+
+    if job.method == "global":
+        return PruningPlan.from_global_budget(obs, job.criterion, total=total, margin=margin)
+    if job.method == "water":
+        return water_plan(obs, job.criterion, total=total, margin=margin)
+    options = dict(search or {})
+    batches = options.pop("batches", None)
+    if not batches:
+        raise InvalidInput(
+            "the evolutionary budget search needs search batches (calibration tokens): pass search_batches"
+        )
+    found = evolve_counts(model, obs, batches, job.criterion, total=total, margin=margin, progress=False, **options)
+    return found.plan(obs)
+
+
 def study_sequences(
     model,
     obs,
@@ -246,21 +288,30 @@ def study_sequences(
     random_seeds=(0, 1, 2),
     merges=MERGES,
     global_budget=True,
+    budget_searches=(),
+    search_batches=None,
+    search_options=None,
     margin: int = 0,
     reference=None,
     progress: bool = True,
 ) -> pd.DataFrame:
     """Every job of `study_jobs`, run by `evaluate_job`: one row per job and evaluation sequence, with
     :data:`SEQUENCE_COLUMNS` (the per-sequence values every interval of the study resamples).
-    Skipped combinations are in ``frame.attrs["notes"]`` and issued as one warning."""
+    Skipped combinations are in ``frame.attrs["notes"]`` and issued as one warning.
+
+    `budget_searches` (``"water"``, ``"evolution"``) add non-uniform plans beside the global budget, with
+    its criterion and total; the evolutionary search scores its candidates on `search_batches`
+    (calibration tokens, never `eval_batches`) with `search_options` of `evolve_counts` (generations, ...)."""
     import torch
     from tqdm.auto import tqdm
 
     from reapkit.measure.evaluate import reference_outputs, sequence_metrics
 
     jobs, notes = study_jobs(
-        obs, ratios=ratios, criteria=criteria, random_seeds=random_seeds, merges=merges, global_budget=global_budget
-    )
+        obs, ratios=ratios, criteria=criteria, random_seeds=random_seeds, merges=merges, global_budget=global_budget,
+        budget_searches=budget_searches,
+    )  # fmt: skip
+    search = {"batches": search_batches, **(search_options or {})}
     obs.check_model(model)
     if reference is None:
         reference = reference_outputs(model, eval_batches, dtype=torch.float32, progress=False)
@@ -269,7 +320,9 @@ def study_sequences(
     for job in tqdm(jobs, desc="study", unit="variant", disable=not progress):
         try:
             frames.append(
-                evaluate_job(model, obs, job, eval_batches, reference=reference, unpruned=unpruned, margin=margin)
+                evaluate_job(
+                    model, obs, job, eval_batches, reference=reference, unpruned=unpruned, margin=margin, search=search
+                )
             )
         except ReapkitError as error:  # a combination these observations cannot make; a bug still stops
             notes.append(f"{job.method} {job.criterion} at ratio {job.ratio:g}: skipped ({error})")

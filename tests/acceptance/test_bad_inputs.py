@@ -338,6 +338,24 @@ CASES = [
         ["--global-budget must be in [0, 1)"],
     ),
     (
+        "plans",
+        "budget-search-unknown",
+        "plan {root}/obs --global-budget 0.5 --budget-search greedy --out {out}",
+        ["unknown budget search 'greedy'", "global, water, evolution"],
+    ),
+    (
+        "plans",
+        "budget-below-top-k",
+        "plan {root}/obs --global-budget 0.9 --budget-search water --out {out}",
+        ["outside [4, 16]", "at least 2 experts (top-k + margin)"],
+    ),
+    (
+        "plans",
+        "budget-search-evolution-without-model",
+        "plan {root}/obs --global-budget 0.5 --budget-search evolution --out {out}",
+        ["scores plans on the model", "reapkit prune MODEL"],
+    ),
+    (
         "paths",
         "missing-plan",
         "prune {root}/model --plan {root}/nosuch.json --out {out}",

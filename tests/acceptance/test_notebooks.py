@@ -284,6 +284,8 @@ def test_notebook_03_pruning(tiny, tmp_path):
         "criteria": ["reap", "frequency"],
         "ratios": [0.5],
         "max_new_tokens": 0,
+        "recover_ratios": [0.5],
+        "recover_epochs": 1,
     }
     out = run_notebook(ROOT / "notebooks/03_pruning.ipynb", params, tmp_path)
     nb = _executed_ok(out, tmp_path / "figures")
@@ -292,8 +294,12 @@ def test_notebook_03_pruning(tiny, tmp_path):
         "plan_masks",
         "loss_vs_ratio_by_domain",
         "reconstruction_error",
+        "recovery",
     )
-    assert _readings(nb) == 5
+    assert _readings(nb) == 6
+    recovery = pd.read_csv(tmp_path / "recovery.csv")
+    assert set(recovery.metric) == {"loss", "kl"} and (recovery.ratio == 0.5).all()
+    assert (recovery.recovered_lo <= recovery.recovered).all() and (recovery.recovered <= recovery.recovered_hi).all()
     results = pd.read_csv(tmp_path / "results.csv")
     assert {"ratio", "criterion", "domain", "loss", "loss_lo", "loss_hi", "kl", "agreement"} <= set(results.columns)
     assert len(results) == 3 * 3  # (unpruned + 2 plans) x (code, prose, all)

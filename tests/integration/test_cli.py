@@ -273,6 +273,31 @@ def test_merge_writes_the_model_and_its_plan_which_merge_applies_again(observed,
         assert message in err and "Traceback" not in err and not (tmp_path / "x").exists()
 
 
+def test_merge_with_ream_takes_its_options_and_refuses_what_it_cannot_do(observed, tmp_path, capsys):
+    from reapkit.select.merge import MergePlan
+
+    root = observed
+    args = ("merge", root / "model", "--observations", root / "obs", "--method", "ream", "--keep", 4)
+    assert cli(*args, "--out", tmp_path / "refused") == 2  # default observations lack REAM's statistics
+    assert "reapkit observe --statistics prob_output_sum router_gram" in capsys.readouterr().err
+    obs = ("observe", root / "model", "--data", root / "code.jsonl", "--batch-size", 2)
+    assert cli(*obs, "--statistics", "prob_output_sum", "router_gram", "--out", tmp_path / "obs") == 0
+    args = ("merge", root / "model", "--observations", tmp_path / "obs", "--method", "ream", "--keep", 4)
+    assert cli(*args, "--option", "group_size=1", "--out", tmp_path / "x") == 2
+    err = capsys.readouterr().err
+    assert "into 4 groups of at most 1 (group_size)" in err and not (tmp_path / "x").exists()
+    assert cli(*args, "--option", "group_size", "--out", tmp_path / "x") == 2
+    assert "write NAME=VALUE" in capsys.readouterr().err
+    assert cli(*args, "--option", "group_size=2", "--out", tmp_path / "merged") == 0
+    plan = MergePlan.load(tmp_path / "merged" / "merge_plan.json")
+    assert (
+        plan.method == "ream"
+        and plan.options == {"group_size": 2}
+        and all(len(g) <= 2 for groups in plan.groups.values() for g in groups)
+    )
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "merged").config.num_experts == 4
+
+
 def test_merge_faithful_methods_rules_and_non_uniform_counts(observed, tmp_path, capsys):
     from reapkit.compress.merge import apply_merge
     from reapkit.compress.prune import load_pruned

@@ -21,7 +21,7 @@ from reapkit.observe.recorder import observe
 from reapkit.run.cli import main
 from reapkit.select.criteria import score, usable_criteria
 from reapkit.select.imported import read_llmcompressor_report
-from reapkit.select.plan import PruningPlan
+from reapkit.select.plan import PruningPlan, super_experts
 
 TOP_K = 2
 
@@ -67,7 +67,7 @@ def observer_state(model, batches, *, pruning_only=False) -> dict:
             row["ean_sum"][j] = norms.sum()
             row["weighted_ean_sum"][j] = (norms * g).sum()
             row["weighted_expert_frequency_sum"][j] = g.sum()
-            row["max_activations"][j] = outputs[j, routed].max() if routed.any() else 0.0
+            row["max_activations"][j] = max(0.0, outputs[j, routed].max()) if routed.any() else 0.0  # starts at 0
             routed_mean[j] = outputs[j, routed].mean(0) if routed.any() else 0.0
         freq = row["expert_frequency"].clamp_min(1).double()
         row["ean_mean"] = (row["ean_sum"] / freq).float()
@@ -98,7 +98,9 @@ def case(tmp_path_factory):
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
     g = torch.Generator().manual_seed(0)
     batches = pad_batches([torch.randint(3, 96, (10,), generator=g).tolist() for _ in range(6)], "code", 3)
-    obs = observe(model, batches, progress=False, statistics=["output_sum", "all_output_sum", "router_distance_sum"])
+    obs = observe(
+        model, batches, progress=False, statistics=["output_sum", "max_signed", "all_output_sum", "router_distance_sum"]
+    )
     state = observer_state(model, batches)
     path = root / "observations_1024_cosine.pt"
     torch.save(state, path)
@@ -113,19 +115,20 @@ def test_imported_statistics_equal_reapkits_own(case):
     torch.testing.assert_close(theirs["output_sum"], mine["output_sum"], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(theirs["all_output_sum"], mine["all_output_sum"], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(theirs["router_distance_sum"], mine["router_distance_sum"], rtol=1e-5, atol=1e-4)
+    # max_activations is max_signed: the largest signed element over routed tokens, from 0
+    torch.testing.assert_close(theirs["max_signed"], mine["max_signed"], rtol=1e-5, atol=1e-7)
+    assert super_experts(imported, include_last_layers=True) == super_experts(case["obs"], include_last_layers=True)
     assert imported.layers == case["obs"].layers and imported.num_experts == [8, 8]
     assert imported.top_k == TOP_K  # read from expert_frequency / total_tokens
     assert imported.meta["fingerprint"] is None and imported.meta["architecture"] is None
     assert sorted(imported.meta["missing"]) == [
         "coselect",
         "max_activation",
-        "max_signed",
         "prob_sum",
         "router_gram",
         "sq_norm_sum",
     ]
     assert set(imported.meta["source"]["unmapped"]) == {
-        "max_activations",
         "pairwise_expert_frequency",
         "ttm_similarity_matrix",
     }

@@ -45,7 +45,10 @@ def setup():
     obs = observe(model, calibration, progress=False, statistics=["output_sum"])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        sequences = experiments.study_sequences(model, obs, evaluation, ratios=(*RATIOS, 0.875), progress=False)
+        sequences = experiments.study_sequences(
+            model, obs, evaluation, ratios=(*RATIOS, 0.875), budget_searches=["water", "evolution"],
+            search_batches=calibration[::4], search_options={"generations": 1, "population": 2}, progress=False,
+        )  # fmt: skip
     results = experiments.study_results(sequences, resamples=200)
     # two calibration samples: the first and the second half of each domain's calibration sequences
     repeats = [
@@ -79,10 +82,11 @@ def setup():
 def test_study_frame_columns_and_rows(setup):
     results, sequences = setup["results"], setup["sequences"]
     assert list(results.columns) == experiments.COLUMNS and list(sequences.columns) == experiments.SEQUENCE_COLUMNS
-    # per ratio: 4 criteria + 3 random seeds + 2 merges + 1 global = 10 variants, x (code, prose, all)
-    assert len(results) == len(RATIOS) * 10 * 3
-    assert len(sequences) == len(RATIOS) * 10 * 8  # 8 evaluation sequences
-    assert set(results.method) == {"prune", "merge", "global"}
+    # per ratio: 4 criteria + 3 random seeds + 2 merges + 3 budgets (global, water, evolution) = 12 variants,
+    # x (code, prose, all)
+    assert len(results) == len(RATIOS) * 12 * 3
+    assert len(sequences) == len(RATIOS) * 12 * 8  # 8 evaluation sequences
+    assert set(results.method) == {"prune", "merge", "global", "water", "evolution"}
     assert set(results.criterion) == {"reap", "frequency", "soft_frequency", "ean_mean", "random", "m_smoe", "hc_smoe"}
     assert set(results.domain) == {"code", "prose", "all"}
     assert sorted(results.ratio.unique()) == list(RATIOS)
@@ -137,7 +141,7 @@ def test_impossible_ratio_is_skipped_with_a_note(setup):
 def test_ratio_zero_is_the_unpruned_model_for_every_method(setup):
     results = setup["results"]
     zero = results[results.ratio == 0]
-    assert len(zero) == 10 * 3
+    assert len(zero) == 12 * 3
     assert (zero.kl.abs() < 1e-6).all() and (zero.agreement == 1).all()
     assert (zero[["delta_loss", "delta_loss_lo", "delta_loss_hi"]].to_numpy() == 0).all()
     assert np.isfinite(results[["loss", "perplexity", "kl", "agreement"]].to_numpy(float)).all()
@@ -155,8 +159,10 @@ def test_merges_keep_as_many_experts_as_pruning_and_global_keeps_the_total(setup
         kept = int(prune.experts_kept.iloc[0])
         assert kept == 8 - int(8 * ratio)
         assert (part[part.method == "merge"].experts_kept == kept).all()
-        glob = part[part.method == "global"]
-        assert (glob.experts_kept == 2 * kept).all()  # 2 MoE layers: the same total, spread unevenly
+        budgets = part[part.method.isin(["global", "water", "evolution"])]
+        assert (budgets.experts_kept == 2 * kept).all()  # 2 MoE layers: the same total, spread unevenly
+        if ratio > 0:
+            assert set(budgets.label) == {"global_reap", "water_reap", "evolution_reap"}
         assert (part.experts_total == 2 * kept).all()
 
 

@@ -100,6 +100,47 @@ def _ablation_correlation(d):
     return pd.DataFrame(rows).assign(chance_lo=-0.5, chance_hi=0.5)
 
 
+def _budget_searches(d):
+    """A budget_comparison frame by hand: two budgets, three searches, each difference to uniform REAP."""
+    rows = [
+        (ratio, 64 - int(64 * ratio), search, "8,8,8,8", metric, 0.5, 0.4, 0.6, delta, delta - 0.05, delta + 0.05)
+        for ratio in (0.25, 0.5)
+        for search, delta in (("uniform", 0.0), ("global", -0.1), ("water", -0.12), ("evolution", -0.3 * ratio * 4))
+        for metric in ("kl", "agreement")
+    ]
+    columns = ["ratio", "kept", "search", "counts", "metric", "value", "lo", "hi", "delta", "delta_lo", "delta_hi"]
+    return plot.budget_figure(pd.DataFrame(rows, columns=columns))
+
+
+def _recovery(d):
+    """A recovery_study table by hand: loss and KL at two ratios, pruned -> recovered, with intervals."""
+    rows = []
+    for ratio, pruned in ((0.25, 3.2), (0.5, 4.0)):
+        for metric, unpruned, shift in (("loss", 2.5, 0.0), ("kl", 0.0, -2.5)):
+            p, r = pruned + shift, pruned + shift - 0.25 * (pruned - 2.5)
+            rows.append(dict(ratio=ratio, metric=metric, criterion="reap", unpruned=unpruned, pruned=p, recovered=r,
+                             fraction=(p - r) / (p - unpruned), tokens=900, steps=48, lr=3e-3))
+    table = pd.DataFrame(rows)
+    for name in ("unpruned", "pruned", "recovered", "fraction"):
+        table[f"{name}_lo"], table[f"{name}_hi"] = table[name] * 0.95, table[name] * 1.05
+    return table
+
+
+def _plan_costs(d):
+    """Per layer: a plan's 8 cheapest experts (fixed ablation costs) together, beside their summed single costs."""
+    rows = []
+    for layer, group in d.ablation[d.ablation.criterion == "reap"].groupby("layer"):
+        singles = group.nsmallest(8, "cost")["cost"].sum()
+        joint = singles * (1.1 + 0.1 * layer)
+        rows.append(dict(layer=layer, removed=8, joint=joint, singles=singles, interaction=joint - singles))
+    frame = pd.DataFrame(rows)
+    whole = frame[["removed", "joint", "singles", "interaction"]].sum()
+    frame = pd.concat([frame, pd.DataFrame([{"layer": "all", **whole}])], ignore_index=True)
+    for name in ("joint", "singles", "interaction"):
+        frame[f"{name}_lo"], frame[f"{name}_hi"] = frame[name] - 0.02, frame[name] + 0.02
+    return frame
+
+
 def _layer_scores(d, layer=3):
     return d.scores[(d.scores.criterion == "reap") & (d.scores.domain == "all") & (d.scores.layer == layer)]
 
@@ -159,6 +200,9 @@ FIGURES = {
     "calibration_size": (lambda d: plot.calibration_size(d.size), True, True),
     "criterion_vs_ablation": (lambda d: plot.criterion_vs_ablation(d.ablation), False, False),
     "ablation_rank_correlation": (lambda d: plot.ablation_rank_correlation(_ablation_correlation(d)), True, False),
+    "joint_vs_singles": (lambda d: plot.joint_vs_singles(_plan_costs(d)), False, False),
+    "recovery": (lambda d: plot.recovery_figure(_recovery(d)), True, False),
+    "recovery_kl": (lambda d: plot.recovery_plot(_recovery(d), metric="kl"), False, False),
     # notebook 04 (reference images)
     "reap_vs_frequency": (lambda d: plot.reap_vs_frequency(d.scores, ratio=0.5, top_k=2), False, False),
     "global_budget": (_global_budget, False, False),
@@ -174,6 +218,7 @@ FIGURES = {
     "compression": (lambda d: plot.compression_figure(d.results), True, False),
     "gap_to_reap": (lambda d: plot.gap_forest(d.gaps), True, False),
     "pruning_vs_merging": (lambda d: plot.pruning_vs_merging(d.results, d.gaps), True, False),
+    "budget_searches": (_budget_searches, True, False),
 }
 NOTEBOOK_04 = [
     "reap_vs_frequency",
@@ -243,7 +288,7 @@ def test_every_figure_function_is_drawn_here():
     drawn = set()
     for draw_ in (v[0] for v in FIGURES.values()):
         drawn |= {n for n in functions if n in draw_.__code__.co_names or n in getattr(draw_, "__name__", "")}
-    for helper in (_global_budget, _clusters, _masks, _ablation_correlation):
+    for helper in (_global_budget, _clusters, _masks, _ablation_correlation, _budget_searches, _plan_costs, _recovery):
         drawn |= {n for n in functions if n in helper.__code__.co_names}
     assert functions - drawn - HELPERS == set()
 
@@ -334,7 +379,7 @@ def test_one_colour_per_method_in_every_figure(data):
         plt.close("all")
     assert {"reap", "frequency", "m_smoe", "hc_smoe", "global_reap", "random"} <= set(seen)
     assert {m: c for m, c in seen.items() if c != {plot.criterion_color(m).lower()}} == {}
-    colours = [plot.criterion_color(m) for m in (*DISPLAY_NAMES, "global_reap") if m != "unpruned"]
+    colours = [plot.criterion_color(m) for m in (*DISPLAY_NAMES, "global_reap", "water_reap", "evolution_reap") if m != "unpruned"]
     assert len(set(colours)) == len(colours)  # every method its own colour
 
 

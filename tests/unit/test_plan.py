@@ -4,7 +4,7 @@ from tiny_models import tiny_model
 
 from reapkit.errors import InvalidInput
 from reapkit.observe.recorder import observe
-from reapkit.select.criteria import CRITERIA_NAMES, score, scores_frame
+from reapkit.select.criteria import CRITERIA_NAMES, score, scores_frame, statistics_of
 from reapkit.select.plan import PruningPlan
 
 
@@ -21,7 +21,9 @@ def test_criteria_from_statistics(obs):
     np.testing.assert_allclose(score(obs, "ean_mean") * count, s["norm_sum"].numpy(), rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(score(obs, "soft_frequency").sum(1), s["tokens"].numpy(), rtol=1e-6)
     assert not np.array_equal(score(obs, "random", seed=0), score(obs, "random", seed=1))
-    for c in CRITERIA_NAMES:
+    from_observations = [c for c in CRITERIA_NAMES if not obs.lacks(*statistics_of(c))]
+    assert set(CRITERIA_NAMES) - set(from_observations) == {"aimer"}  # scored from a checkpoint's weights
+    for c in from_observations:
         assert score(obs, c).shape == (2, 8)
 
 

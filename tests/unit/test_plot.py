@@ -186,7 +186,8 @@ def test_one_colour_per_criterion_and_print_sizes():
     assert plot.criterion_color("msmoe") == plot.criterion_color("m_smoe")
     registered = plot.criterion_color("my_registered_criterion")
     assert registered == plot.criterion_color("my_registered_criterion") and registered not in colours
-    assert plot.method_linestyle("global_reap") == ":" and plot.method_linestyle("hc_smoe") == "--"
+    assert plot.method_linestyle("global_reap") == ":" and plot.method_linestyle("hc_smoe", "merge") == "--"
+    assert plot.method_linestyle("water_reap") == ":" and plot.method_linestyle("msan") == "-"
     assert len({plot.domain_marker(d) for d in DOMAINS + ["all", "mix"]}) == 6
     assert 7 <= plot.STYLE["font.size"] <= 8 and plot.STYLE["savefig.dpi"] == 300
     assert (plot.COLUMN, plot.TWO_COLUMN) == (3.25, 5.5)

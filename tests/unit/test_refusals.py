@@ -255,6 +255,12 @@ REFUSALS = [
     ),
     ("layer-twice", InvalidInput, "repeat", lambda w, m: observer(w, "twice", {0: STATE[0], "0": STATE[0]})),
     (
+        "observer-max-activations",
+        InvalidInput,
+        "holds max_activations (3,) but 8 experts",
+        lambda w, m: observer(w, "peaks", observer_state(max_activations=torch.ones(3))),
+    ),
+    (
         "counts-2d",
         InvalidInput,
         "1-D tensor",

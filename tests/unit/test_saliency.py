@@ -110,6 +110,7 @@ def test_random_is_a_seeded_criterion_like_the_others(obs):
         "max_activation",
         "ean_ca",
         "msan",
+        "aimer",
         "random",
     ]
     assert set(criteria.DEFAULT_CRITERIA) <= set(CRITERIA_NAMES)
