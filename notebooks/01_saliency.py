@@ -39,6 +39,8 @@ observations = None                 # saved observations to use instead of calib
 criteria = ["reap", "frequency", "ean_mean", "soft_frequency"]  # saliency criteria to compare
 ratios = [0.25, 0.5]                # fractions of experts removed (cut-offs, agreement)
 plans = []                          # plan .json files made elsewhere, compared with reapkit's
+ablation = True                     # ground truth: mask each expert alone on `evaluation`, rank-correlate every criterion with its cost
+evaluation = "code:8,tools:8,prose:8,math:8"  # held-out data (validation split of built-in domains)
 output_dir = "runs/01_saliency"     # tables and executed outputs
 figures_dir = "figures/01_saliency"  # figures (PNG and PDF)
 
@@ -170,6 +172,46 @@ if P.plans:
     display(overlap)
 else:
     print("skipped: no plans made elsewhere to compare (parameter `plans`)")
+
+# %% [markdown]
+# ## Ground truth: which criterion ranks experts by what removing them costs?
+#
+# Each expert of each layer is masked alone on the held-out tokens (`evaluation`); the loss change, with its
+# paired 95% interval, is what pruning that one expert costs. Every criterion the observations can score is
+# then rank-correlated with that cost, layer by layer (bootstrap intervals over experts; grey: the band
+# unrelated rankings fall in). Last, the REAP plan at the largest ratio is masked whole: do the single costs
+# of its removed experts add up to what removing them together costs?
+
+# %%
+if P.ablation and run.model is not None:
+    import time
+
+    from reapkit.run.notebook import held_out
+    from reapkit.select.criteria import CRITERIA_NAMES
+    from reapkit.select.plan import PruningPlan
+    from reapkit.study import ablation
+
+    eval_batches = held_out(P, run.tokenizer)
+    start = time.perf_counter()
+    costs = ablation.single_expert_ablation(run.model, eval_batches, layers=run.layers, seed=P.seed)
+    seconds = time.perf_counter() - start
+    ground = usable_criteria(run.obs, [c for c in CRITERIA_NAMES if c != "random"])
+    correlation = ablation.ablation_correlation(run.obs, costs, ground, seed=P.seed)
+    write_table(costs, P.output_dir, "ablation")
+    write_table(correlation, P.output_dir, "ablation_correlation")
+    figures.save(plot.ablation_rank_correlation(correlation), "ablation_rank_correlation")
+    figures.save(plot.criterion_vs_ablation(ablation.score_costs(run.obs, costs, ground)), "criterion_vs_ablation")
+    display(Markdown(ablation.ablation_reading(costs, correlation, seconds)))
+else:
+    print("skipped: the ablation needs the model (parameter `ablation`, or observations given without it)")
+
+# %%
+if P.ablation and run.model is not None:
+    plan = PruningPlan.from_observations(run.obs, "reap", ratio=max(P.ratios), seed=P.seed)
+    joint = ablation.plan_ablation(run.model, eval_batches, plan, seed=P.seed)
+    write_table(joint, P.output_dir, "plan_ablation")
+    figures.save(plot.joint_vs_singles(joint), "joint_vs_singles")
+    display(Markdown(ablation.plan_ablation_reading(joint)))
 
 # %% [markdown]
 # ## Explore

@@ -46,6 +46,9 @@ lm_eval_limit = None                # lm-eval documents per task; None: all
 recover_ratios = [0.25, 0.5]        # router recovery after REAP at these ratios ([]: none)
 recover_epochs = 3                  # passes over the calibration tokens in router recovery
 recover_lr = 0.003                  # learning rate of router recovery
+budget_ratios = [0.25, 0.5]         # non-uniform budgets searched at these ratios ([]: none)
+search_generations = 8              # generations of the evolutionary budget search
+search_population = 8               # candidate plans per generation of that search
 output_dir = "runs/03_pruning"      # tables and executed outputs
 figures_dir = "figures/03_pruning"  # figures (PNG and PDF)
 
@@ -129,6 +132,25 @@ if P.lm_eval_tasks:
 
 # %%
 write_table(results if scores is None else pd.concat([results, scores], ignore_index=True), P.output_dir, "results")
+
+# %% [markdown]
+# ## How many experts should each layer keep?
+#
+# At each of `budget_ratios`, plans keeping the same total of experts, each layer its best by REAP, that
+# differ only in how many each layer keeps: uniform, the global budget (layers compared on one scale),
+# water-filling on each layer's saliency curve, and an evolutionary search of the counts scored by KL to
+# the unpruned model on the calibration tokens (never the held-out ones). Each against uniform REAP on the
+# held-out tokens, paired, with 95% intervals.
+
+# %%
+if P.budget_ratios and run.batches is not None:
+    from reapkit.study.budget import budget_comparison, budget_reading
+
+    budgets = budget_comparison(run.model, run.obs, run.batches, eval_batches, ratios=P.budget_ratios,
+                                generations=P.search_generations, population=P.search_population, seed=P.seed)
+    write_table(budgets, P.output_dir, "budgets")
+    figures.save(plot.budget_figure(budgets), "budget_searches")
+    display(Markdown(budget_reading(budgets)))
 
 # %% [markdown]
 # ## Router recovery: how much of the cost do the routers alone win back?

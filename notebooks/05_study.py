@@ -39,11 +39,14 @@ cache_dir = "runs/cache"            # observations are reused for the same model
 interactive = None                  # explorer: None shows it in JupyterLab, never under papermill; True/False: always/never
 evaluation = "code:16,tools:16,prose:16,math:16"  # held-out data (validation split of built-in domains)
 ratios = [0, 0.125, 0.25, 0.375, 0.5, 0.625]  # fractions of experts removed
-criteria = ["reap", "frequency", "soft_frequency", "ean_mean"]  # pruning criteria
+criteria = ["reap", "frequency", "soft_frequency", "ean_mean", "ean_ca", "msan", "aimer"]  # pruning criteria (aimer: a local checkpoint's weights)
 random_seeds = [0, 1, 2]            # random pruning, one run per seed ([]: none)
 merges = ["m_smoe", "hc_smoe"]      # merging baselines ([]: none)
 global_budget = True                # non-uniform plan with the same total (True: REAP scores; a criterion; False: none)
 margin = 0                          # global budget: every layer keeps at least top-k + margin experts
+budget_searches = ["water", "evolution"]  # more non-uniform plans with the global budget's total and criterion ([]: none)
+search_generations = 4              # generations of the evolutionary budget search
+search_population = 6               # candidate plans per generation of that search
 sensitivity = True                  # run study (b), calibration sensitivity
 sensitivity_ratio = 0.5             # ratio of study (b)
 sensitivity_criterion = "reap"      # criterion of study (b)
@@ -84,7 +87,9 @@ print(f"{sum(b.num_tokens for b in eval_batches)} evaluation tokens")
 # %%
 sequences = experiments.study_sequences(run.model, run.obs, eval_batches, ratios=P.ratios, criteria=P.criteria,
                                   random_seeds=P.random_seeds, merges=P.merges, global_budget=P.global_budget,
-                                  margin=P.margin)
+                                  margin=P.margin, budget_searches=P.budget_searches, search_batches=run.batches,
+                                  search_options={"generations": P.search_generations,
+                                                  "population": P.search_population, "seed": P.seed})
 results = experiments.study_results(sequences)
 gaps = gap_table(sequences, metrics=["loss", "kl", "agreement"])  # each method minus REAP, paired (notebook 4 reads it)
 write_table(results.assign(model=P.model, calibration=P.calibration), P.output_dir, "study")

@@ -67,7 +67,7 @@ def build(inputs: Path) -> dict:
     from reapkit.select.geometry import cluster, distance_matrices
     from reapkit.select.merge import plan_merge
     from reapkit.select.plan import PruningPlan
-    from reapkit.study.ablation import ablation_correlation, plan_ablation, single_expert_ablation
+    from reapkit.study.ablation import ablation_correlation, plan_ablation, score_costs, single_expert_ablation
     from reapkit.study.budget import budget_comparison
     from reapkit.study.experiments import study_results, study_sequences
     from reapkit.study.gaps import gap_table
@@ -101,11 +101,7 @@ def build(inputs: Path) -> dict:
 
     scores = scores_frame(obs, ["reap", "frequency", "ean_mean"])
     costs = single_expert_ablation(model, eval_batches, layers=[3], limit=256, progress=False)
-    ablation = (
-        scores[(scores.domain == "all") & (scores.layer == 3) & scores.criterion.isin(["reap", "frequency"])]
-        .merge(costs, on=["layer", "expert"])
-        .rename(columns={"value": "score", "loss_change": "cost", "lo": "cost_lo", "hi": "cost_hi"})
-    )
+    ablation = score_costs(obs, costs, ["reap", "frequency"])
 
     def lm_output(bits_per_byte, acc, acc_stderr):  # what lm_eval.simple_evaluate returns on the demo suite
         return {

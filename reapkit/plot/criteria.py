@@ -266,6 +266,10 @@ def criterion_vs_ablation(table: pd.DataFrame, *, criteria=None, ncols: int = 4,
         ]
         color = criterion_color(criterion)
         shown = part[part["x"] > 0]
+        if shown.empty:  # e.g. a criterion whose scores are all negative: nothing for a log axis
+            ax.text(0.5, 0.5, "no positive scores", transform=ax.transAxes, ha="center", va="center", color="0.4")
+            ax.set_title(label(criterion), loc="left")
+            continue
         err = None
         if {low, high} <= set(part.columns):
             err = np.vstack([shown["cost"] - shown[low], shown[high] - shown["cost"]]).clip(min=0)

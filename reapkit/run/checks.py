@@ -32,6 +32,7 @@ __all__ = [
     "path",
     "boolean",
     "positive",
+    "budget_search",
     "integer",
     "fraction_removed",
     "list_of",
@@ -109,6 +110,14 @@ def positive(value):
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
         raise InvalidInput("expected a positive number" + _number_in_string(value))
     return float(value)
+
+
+def budget_search(value):
+    from reapkit.select.budget import SEARCHES
+
+    if value not in SEARCHES or value == "global":
+        raise InvalidInput(f"expected a budget search, one of {', '.join(s for s in SEARCHES if s != 'global')}")
+    return value
 
 
 def fraction_removed(value):

@@ -160,6 +160,13 @@ PARAMETERS: dict[str, tuple[Parameter, ...]] = {
             "plan .json files made elsewhere, compared with reapkit's",
             path=True,
         ),
+        Parameter(
+            "ablation",
+            True,
+            checks.boolean,
+            "ground truth: mask each expert alone on `evaluation`, rank-correlate every criterion with its cost",
+        ),
+        _EVALUATION,
         *_outputs("01_saliency"),
     ),
     "02_clusters": (
@@ -211,6 +218,14 @@ PARAMETERS: dict[str, tuple[Parameter, ...]] = {
         ),
         Parameter("recover_epochs", 3, checks.integer(1), "passes over the calibration tokens in router recovery"),
         Parameter("recover_lr", 3e-3, checks.positive, "learning rate of router recovery"),
+        Parameter(
+            "budget_ratios",
+            [0.25, 0.5],
+            checks.list_of(checks.fraction_removed, allow_empty=True),
+            "non-uniform budgets searched at these ratios ([]: none)",
+        ),
+        Parameter("search_generations", 8, checks.integer(1), "generations of the evolutionary budget search"),
+        Parameter("search_population", 8, checks.integer(2), "candidate plans per generation of that search"),
         *_outputs("03_pruning"),
     ),
     "04_paper_figures": (
@@ -244,7 +259,12 @@ PARAMETERS: dict[str, tuple[Parameter, ...]] = {
             checks.list_of(checks.fraction_removed),
             "fractions of experts removed",
         ),
-        Parameter("criteria", list(STUDY_CRITERIA), checks.list_of(checks.criterion), "pruning criteria"),
+        Parameter(
+            "criteria",
+            [*STUDY_CRITERIA, "ean_ca", "msan", "aimer"],
+            checks.list_of(checks.criterion),
+            "pruning criteria (aimer: a local checkpoint's weights)",
+        ),
         Parameter(
             "random_seeds",
             [0, 1, 2],
@@ -264,6 +284,14 @@ PARAMETERS: dict[str, tuple[Parameter, ...]] = {
             "non-uniform plan with the same total (True: REAP scores; a criterion; False: none)",
         ),
         Parameter("margin", 0, checks.integer(0), "global budget: every layer keeps at least top-k + margin experts"),
+        Parameter(
+            "budget_searches",
+            ["water", "evolution"],
+            checks.list_of(checks.budget_search, allow_empty=True),
+            "more non-uniform plans with the global budget's total and criterion ([]: none)",
+        ),
+        Parameter("search_generations", 4, checks.integer(1), "generations of the evolutionary budget search"),
+        Parameter("search_population", 6, checks.integer(2), "candidate plans per generation of that search"),
         Parameter("sensitivity", True, checks.boolean, "run study (b), calibration sensitivity"),
         Parameter("sensitivity_ratio", 0.5, checks.fraction_removed, "ratio of study (b)"),
         Parameter("sensitivity_criterion", "reap", checks.criterion, "criterion of study (b)"),

@@ -36,12 +36,14 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from reapkit.errors import InvalidInput
+from reapkit.measure.schema import display_name
 from reapkit.measure.stats import bootstrap
 
 __all__ = [
     "ablation_correlation",
     "ablation_reading",
     "held_out",
+    "score_costs",
     "layer_part",
     "masked_losses",
     "plan_ablation",
@@ -197,7 +199,7 @@ def plan_ablation_reading(table: pd.DataFrame) -> str:
     whole = table[table["layer"] == "all"].iloc[0]
     layers = table[table["layer"] != "all"]
     lines = [
-        f"Masking the plan's {int(whole.removed)} removed experts together raised the loss by {whole.joint:+.4f} "
+        f"**Reading.** Masking the plan's {int(whole.removed)} removed experts together raised the loss by {whole.joint:+.4f} "
         f"[{whole.joint_lo:+.4f}, {whole.joint_hi:+.4f}] nats per token ({int(whole.tokens)} held-out tokens), "
         f"against {whole.singles:+.4f} [{whole.singles_lo:+.4f}, {whole.singles_hi:+.4f}] for the sum of their "
         f"single-expert costs: interaction {whole.interaction:+.4f} [{whole.interaction_lo:+.4f}, "
@@ -259,6 +261,19 @@ def ablation_correlation(
     return pd.DataFrame(rows, columns=columns)
 
 
+def score_costs(obs, costs: pd.DataFrame, criteria) -> pd.DataFrame:
+    """Each expert's score by each criterion beside its ablation cost: what `criterion_vs_ablation` draws.
+
+        >>> score_costs(obs, costs, ["reap"]).columns.tolist()
+        ['layer', 'expert', 'criterion', 'score', 'cost', 'cost_lo', 'cost_hi']
+    """
+    from reapkit.select.criteria import scores_frame
+
+    scores = scores_frame(obs, criteria, per_domain=False).drop(columns="domain").rename(columns={"value": "score"})
+    measured = costs.rename(columns={"loss_change": "cost", "lo": "cost_lo", "hi": "cost_hi"})
+    return scores.merge(measured[["layer", "expert", "cost", "cost_lo", "cost_hi"]], on=["layer", "expert"])
+
+
 def ablation_reading(costs: pd.DataFrame, table: pd.DataFrame, seconds: float | None = None) -> str:
     """A few sentences on the ablation and each criterion's rank correlation with it, every number computed.
 
@@ -266,7 +281,7 @@ def ablation_reading(costs: pd.DataFrame, table: pd.DataFrame, seconds: float | 
     """
     costly = costs[costs["lo"] > 0]
     lines = [
-        f"Masking each of {len(costs)} experts alone ({costs['layer'].nunique()} MoE layers, "
+        f"**Reading.** Masking each of {len(costs)} experts alone ({costs['layer'].nunique()} MoE layers, "
         f"{int(costs['tokens'].iloc[0])} held-out tokens"
         + (f", {seconds:.1f} s" if seconds is not None else "")
         + f") raised the loss by {costs['loss_change'].median():+.4f} nats per token at the median "
@@ -281,7 +296,7 @@ def ablation_reading(costs: pd.DataFrame, table: pd.DataFrame, seconds: float | 
     layers = table["layer"].nunique()
     for criterion, row in summary.sort_values("rho", ascending=False).iterrows():
         lines.append(
-            f"- {criterion}: mean rank correlation with the ablation cost {row.rho:+.2f} "
+            f"- {display_name(criterion)}: mean rank correlation with the ablation cost {row.rho:+.2f} "
             f"(per-layer intervals averaging [{row.lo:+.2f}, {row.hi:+.2f}]); its interval clears the "
             f"chance band (|rho| < {row.chance:.2f}) in {int(row.above)} of {layers} layers."
         )

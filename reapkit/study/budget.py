@@ -9,7 +9,7 @@
     >>> frame.columns.tolist()
     ['ratio', 'kept', 'search', 'counts', 'metric', 'value', 'lo', 'hi', 'delta', 'delta_lo', 'delta_hi']
     >>> budget_reading(frame).split(". ")[0]
-    'At 50% of experts removed (32 experts kept in all)...'
+    '**Reading.** At 50% of experts removed (32 experts kept in all)...'
 
 Every plan keeps the same number of experts in all and each layer keeps its best experts by the
 criterion; only the count per layer differs. The evolutionary search scores its candidates on
@@ -124,4 +124,4 @@ def budget_reading(frame: pd.DataFrame, metrics=("kl", "agreement")) -> str:
             sentences.append(
                 f"{SEARCH_NAMES.get(search, search).capitalize()} keeps {rows.counts.iloc[0]}: " + "; ".join(said)
             )
-    return ". ".join(sentences) + "."
+    return "**Reading.** " + ". ".join(sentences) + "."

@@ -240,6 +240,7 @@ def test_notebook_01_saliency(tiny, tmp_path):
         "ratios": [0.5],
         "plugins": [str(plugin)],
         "criteria": ["reap", "frequency", "ean_mean", "quietest"],
+        "evaluation": tiny["spec"],
     }
     out = run_notebook(ROOT / "notebooks/01_saliency.ipynb", params, tmp_path / "run")
     tmp_path = tmp_path / "run"
@@ -253,8 +254,17 @@ def test_notebook_01_saliency(tiny, tmp_path):
         "criterion_agreement",
         "domain_frequency",
         "specialisation_by_depth",
+        "ablation_rank_correlation",
+        "criterion_vs_ablation",
+        "joint_vs_singles",
     )
-    assert _readings(nb) == 7
+    assert _readings(nb) == 9
+    costs = pd.read_csv(tmp_path / "ablation.csv")  # every expert of both MoE layers masked alone
+    assert len(costs) == 2 * 8 and ((costs.lo <= costs.loss_change) & (costs.loss_change <= costs.hi)).all()
+    correlation = pd.read_csv(tmp_path / "ablation_correlation.csv")  # every criterion these observations score
+    assert {"reap", "ean_ca", "msan", "aimer", "quietest"} <= set(correlation.criterion)
+    joint = pd.read_csv(tmp_path / "plan_ablation.csv")
+    assert "all" in set(joint.layer.astype(str))
     results = pd.read_csv(tmp_path / "results.csv")
     assert set(results.columns) >= {"layer", "criterion_a", "criterion_b", "spearman", "overlap", "ratio"}
     assert len(results) == 2 * 6  # 2 MoE layers x 6 pairs of 4 criteria
@@ -286,6 +296,9 @@ def test_notebook_03_pruning(tiny, tmp_path):
         "max_new_tokens": 0,
         "recover_ratios": [0.5],
         "recover_epochs": 1,
+        "budget_ratios": [0.5],
+        "search_generations": 1,
+        "search_population": 2,
     }
     out = run_notebook(ROOT / "notebooks/03_pruning.ipynb", params, tmp_path)
     nb = _executed_ok(out, tmp_path / "figures")
@@ -295,8 +308,11 @@ def test_notebook_03_pruning(tiny, tmp_path):
         "loss_vs_ratio_by_domain",
         "reconstruction_error",
         "recovery",
+        "budget_searches",
     )
-    assert _readings(nb) == 6
+    assert _readings(nb) == 7
+    budgets = pd.read_csv(tmp_path / "budgets.csv")  # every search keeps the uniform plan's total
+    assert set(budgets.search) == {"uniform", "global", "water", "evolution"} and budgets.kept.nunique() == 1
     recovery = pd.read_csv(tmp_path / "recovery.csv")
     assert set(recovery.metric) == {"loss", "kl"} and (recovery.ratio == 0.5).all()
     assert (recovery.recovered_lo <= recovery.recovered).all() and (recovery.recovered <= recovery.recovered_hi).all()
