@@ -56,6 +56,7 @@ sweep: setup
 # a 3.3 GB generated checkpoint under runs/scale (about 8 minutes on 2 cores, 7 GB of RAM for the in-memory runs).
 benchmark: setup
 	$(PY) benchmarks/observe_overhead.py
+	$(PY) benchmarks/all_token_outputs.py
 	@echo "models larger than memory: make benchmark-scale (benchmarks/scale.py, about 8 minutes, 4 GB of disk)"
 
 benchmark-scale: setup

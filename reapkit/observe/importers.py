@@ -3,7 +3,7 @@
     >>> from reapkit.select.criteria import score
     >>> obs = read_reap_observer("observations_1024_cosine.pt", domain="code")
     >>> sorted(obs.meta["missing"])            # what that file does not hold, each with the reason
-    ['coselect', 'max_activation', 'output_sum', 'prob_sum', 'sq_norm_sum']
+    ['all_output_sum', 'coselect', 'max_activation', 'output_sum', 'prob_sum', 'router_distance_sum', 'router_gram', 'sq_norm_sum']
     >>> score(obs, "reap").shape               # [moe layers, experts]: equals the file's own `reap`
     (4, 16)
 
@@ -23,7 +23,10 @@ The format, as its source writes it:
   of f), ``total_tokens`` int64 [] and ``pairwise_expert_frequency`` int64 [E, E] (= frequency[i] +
   frequency[j]); without ``record_pruning_metrics_only`` also running means such as
   ``routed_characteristic_activation`` float32 [E, H] (mean f over the routed tokens) and distance
-  matrices for merging (``ttm_similarity_matrix``, ``characteristic_activation``, ...).
+  matrices for merging (``ttm_similarity_matrix``, ...), and running means over *all* tokens:
+  ``characteristic_activation`` float32 [E, H] (mean f, every expert on every token) and
+  ``router_logit_similiarity`` float32 [E, E] (per-batch 1 - cos of router-logit columns), which
+  times ``total_tokens`` are reapkit's ``all_output_sum`` and ``router_distance_sum``.
 
 Files are read with ``torch.load(weights_only=True)``: plain tensors only, no code runs.
 """
@@ -54,6 +57,9 @@ SUMS = {
 #: reapkit statistic <- the observer's mean over routed tokens (x expert_frequency), when the sum is absent.
 MEANS = {"norm_sum": "ean_mean", "reap_sum": "reap", "output_sum": "routed_characteristic_activation"}
 
+#: reapkit statistic <- the observer's mean over *all* tokens (x total_tokens): what HC-SMoE and M-SMoE merge on.
+TOKEN_MEANS = {"all_output_sum": "characteristic_activation", "router_distance_sum": "router_logit_similiarity"}
+
 #: What reapkit records that the REAP observer does not, and why.
 NOT_RECORDED = {
     "prob_sum": "the router probability summed over every token; the REAP observer sums it only over the tokens "
@@ -66,6 +72,11 @@ NOT_RECORDED = {
     "max_signed": "the largest signed output element over the routed tokens; this file has no max_activations",
     "output_sum": "each expert's output summed over its routed tokens; the observer records it "
     "(routed_characteristic_activation) only when run without record_pruning_metrics_only",
+    "all_output_sum": "each expert's output summed over all tokens; the observer records it "
+    "(characteristic_activation) only when run without record_pruning_metrics_only",
+    "router_distance_sum": "the per-batch 1 - cos of router-logit columns; the observer records it "
+    "(router_logit_similiarity) only when run without record_pruning_metrics_only",
+    "router_gram": "the Gram matrix of the router logits; the observer does not record it",
 }
 
 #: Keys of the observer's state that have no reapkit statistic, and why they are left out.
@@ -177,7 +188,7 @@ def read_reap_observer(path, *, domain: str = "calibration", model=None, top_k: 
 
     stats: dict[str, torch.Tensor] = {}
     missing = {}
-    for name in ("count", "norm_sum", "reap_sum", "gate_sum", "output_sum"):
+    for name in ("count", "norm_sum", "reap_sum", "gate_sum", "output_sum", *TOKEN_MEANS):
         per_layer = [_statistic(rows[layer], name, layer, where) for layer in layers]
         if any(v is None for v in per_layer):
             missing[name] = NOT_RECORDED.get(name, f"this file has no {SUMS.get(name, MEANS.get(name))}")
@@ -198,7 +209,7 @@ def read_reap_observer(path, *, domain: str = "calibration", model=None, top_k: 
         missing["max_signed"] = NOT_RECORDED["max_signed"]
     else:
         stats["max_signed"] = peaks
-    for name in ("prob_sum", "coselect", "max_activation", "sq_norm_sum"):
+    for name in ("prob_sum", "coselect", "max_activation", "sq_norm_sum", "router_gram"):
         missing[name] = NOT_RECORDED[name]
 
     reap_difference = _check_reap(rows, layers, stats, where)
@@ -235,7 +246,7 @@ def read_reap_observer(path, *, domain: str = "calibration", model=None, top_k: 
 
 
 #: Keys of the observer's state that `read_reap_observer` reads.
-_READ = {*SUMS.values(), *MEANS.values(), "total_tokens", "max_activations"}
+_READ = {*SUMS.values(), *MEANS.values(), *TOKEN_MEANS.values(), "total_tokens", "max_activations"}
 
 
 def _max_signed(rows: dict, layers: list[int], num_experts: list[int], width: int, where: str) -> torch.Tensor | None:
@@ -273,6 +284,11 @@ def _statistic(values: dict, name: str, layer: int, where: str) -> torch.Tensor 
             raise InvalidInput(f"{where}: layer {layer} {source} is a {type(mean).__name__}, not a tensor")
         scale = count.reshape(-1, *([1] * (mean.dim() - 1)))
         tensor = mean.double() * scale if name != "output_sum" else mean.float() * scale.float()
+    elif TOKEN_MEANS.get(name) in values and "total_tokens" in values:
+        source, mean = TOKEN_MEANS[name], values[TOKEN_MEANS[name]]
+        if not isinstance(mean, torch.Tensor):
+            raise InvalidInput(f"{where}: layer {layer} {source} is a {type(mean).__name__}, not a tensor")
+        tensor = mean.double() * float(values["total_tokens"])
     else:
         return None
     if not isinstance(tensor, torch.Tensor) or tensor.dim() < 1 or not tensor.is_floating_point() and name != "count":
@@ -280,7 +296,7 @@ def _statistic(values: dict, name: str, layer: int, where: str) -> torch.Tensor 
             type(tensor).__name__ if not isinstance(tensor, torch.Tensor) else f"{tensor.dtype} {tuple(tensor.shape)}"
         )
         raise InvalidInput(f"{where}: layer {layer} {source} is {kind}, expected a float tensor [experts]")
-    return tensor.float() if name == "output_sum" else tensor.double()
+    return tensor.float() if name in ("output_sum", "all_output_sum") else tensor.double()
 
 
 def _check_reap(rows: dict, layers: list[int], stats: dict, where: str) -> float | None:

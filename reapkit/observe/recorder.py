@@ -15,6 +15,11 @@ implementation does, and updates per-domain accumulators with vectorised tensor 
 model's device. A forward hook on each router adds the router probability mass. Padding tokens
 never count. Architectures whose block scales the experts' input by the gate (llama4) are
 observed with a hook on their (dense) experts module instead; see `Architecture.gated_input`.
+
+`all_output_sum` (``--all-token-outputs``) runs every expert on every real token once more, one
+dense matmul per expert over all tokens for the gate/up projection; the down projection is linear,
+so it is applied to the sum of the activations (about E/k times the experts' routed work, minus a
+third). Models whose experts scale their input by the gate (llama4) cannot record it.
 """
 
 from __future__ import annotations

@@ -18,6 +18,17 @@ the observations of both, by a sum or (for maxima) an element-wise maximum. Each
 of MoE layers; `axes` names the rest (``E`` experts, ``H`` hidden size). A statistic that is not
 `default` is recorded only when asked for (`observe(..., statistics=[...])`,
 ``reapkit observe --statistics ...``): it costs more than it is worth for most runs.
+
+What merging needs (HC-SMoE, M-SMoE as the REAP code at 1970473 records them, `observer.py`
+~443-459): `all_output_sum` (``--all-token-outputs``) runs every expert on every real token;
+divided by `tokens` it is the code's `characteristic_activation` exactly. For the router, the
+code keeps per batch 1 - cos between the router-logit columns of experts i and j over the batch's
+tokens, averaged over batches weighted by their tokens. `router_distance_sum` records that sum, so
+`router_distance_sum / tokens` equals it exactly when the batches are the same (reapkit's
+calibration batches are the code's forward passes). `router_gram` is the additive, batch-free
+alternative: Σ z zᵀ over all tokens, whose cosine ``G_ij / sqrt(G_ii G_jj)`` is the pooled cosine
+over all tokens; it equals 1 - the per-batch statistic for a single batch and only approximates it
+over several (tests/unit/test_merging.py checks both relations).
 """
 
 from __future__ import annotations

@@ -266,6 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--observations", help="observations to make the plan from (none: the unpruned model)")
     p.add_argument("--plan", help="a pruning plan .json (masked in) or a merge_plan.json (merged in memory) instead")
+    p.add_argument(
+        "--router",
+        choices=("representative", "tied"),
+        help="with a merge_plan.json: representative (as saved: the smaller model) or tied (as the REAP code "
+        "evaluates: router unchanged, every member holds its merged expert)",
+    )
     plan_args(p)
     p.add_argument("--limit", type=float, help="documents per task: a whole number, or a fraction of them in (0, 1)")
     p.add_argument("--batch-size", type=int, default=8)

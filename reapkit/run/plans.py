@@ -412,24 +412,17 @@ def cmd_merge(args):
     plan = _merge_plan(args, model)
     apply_merge(model, plan)
     pruning = plan.to_pruning_plan()
+    save = save_pruned if pruning.is_uniform else save_non_uniform  # per-layer counts: reapkit's own format
     with atomic_directory(args.out, force=args.force) as tmp:  # the checkpoint and how it was merged, together
+        save(model, pruning, tmp, tokenizer=tokenizer, force=True)
         if pruning.is_uniform:
-            save_pruned(model, pruning, tmp, tokenizer=tokenizer, force=True)
             (tmp / "pruning_plan.json").unlink()  # it would prune, not merge, if applied again
-        else:
-            save_non_uniform(model, pruning, tmp, tokenizer=tokenizer, force=True)  # its loader reads pruning_plan.json
         plan.save(tmp / MERGE_PLAN_FILE)
-    counts = plan.keep if pruning.is_uniform else sorted(set(plan.kept_per_layer.values()))
-    note = (
-        ""
-        if pruning.is_uniform
-        else f"; {plan.method} keeps a different number of experts per layer ({plan.kept_per_layer}), which a stock "
-        f"config.json cannot express, so it is saved in reapkit's per-layer format: load it with "
-        f"reapkit.compress.prune.load_pruned({str(args.out)!r}) (vLLM: reapkit's plugin)"
-    )
+    note = "; a stock config.json cannot say per-layer counts, so it is saved in reapkit's per-layer format: "
+    note = "" if pruning.is_uniform else f"{note}load it with reapkit.compress.prune.load_pruned (vLLM: its plugin)"
     print(
-        f"merged with {plan.method} (rule {plan.rule}{', neurons aligned' if plan.align else ''}): experts per layer "
-        f"{plan.num_experts} -> {counts}; saved to {args.out} (with {MERGE_PLAN_FILE}) in "
+        f"merged with {plan.method} (rule {plan.rule}{', aligned' if plan.align else ''}): experts per layer "
+        f"{plan.num_experts} -> {plan.kept_per_layer}; saved to {args.out} (with {MERGE_PLAN_FILE}) in "
         f"{time.perf_counter() - start:.1f}s{note}"
     )
 
@@ -444,12 +437,14 @@ def cmd_evaluate(args):
         _evaluate(args, task_folder(args.include_path, scratch))
 
 
-def _merge_columns(plan) -> dict:
-    """The results-schema columns of scores of a merged model: method "merge", the merge method as criterion."""
+def _merge_columns(plan, router: str = "representative") -> dict:
+    """The results-schema columns of scores of a merged model: method "merge", the merge method as criterion
+    (labelled ``METHOD:tied`` when evaluated with the router tied)."""
     from reapkit.measure.harness import provenance_columns
     from reapkit.measure.schema import CRITERION, LABEL, METHOD
 
-    return {**provenance_columns(plan.to_pruning_plan()), METHOD: "merge", CRITERION: plan.method, LABEL: plan.method}
+    label = plan.method if router == "representative" else f"{plan.method}:{router}"
+    return {**provenance_columns(plan.to_pruning_plan()), METHOD: "merge", CRITERION: plan.method, LABEL: label}
 
 
 def _evaluate(args, include_path):
@@ -462,6 +457,8 @@ def _evaluate(args, include_path):
         check_output(args.out, args.force, args.model, args.observations, args.plan, args.include_path, file=True)
     check_model_name(args.model)
     plan = _plan_of(args, required=False, merges=True)  # a bad ratio or criterion stops here, before the model loads
+    if getattr(args, "router", None) and not isinstance(plan, MergePlan):
+        raise InvalidInput("--router applies to a merge plan; give --plan merge_plan.json, or drop --router")
     try:
         with offline():
             manager = find_tasks(args.tasks.split(","), include_path)  # unknown tasks stop here too
@@ -475,8 +472,9 @@ def _evaluate(args, include_path):
         from reapkit.compress.merge import apply_merge
 
         _refuse_offloaded(model, "merge")
-        apply_merge(model, plan)  # this process's copy of the model only; nothing is written
-        plan, columns = None, _merge_columns(plan)
+        router = args.router or plan.router
+        apply_merge(model, plan, router=router)  # this process's copy of the model only; nothing is written
+        plan, columns = None, _merge_columns(plan, router)
     start = time.perf_counter()
     rows = lm_eval(
         model,

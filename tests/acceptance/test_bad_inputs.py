@@ -321,6 +321,18 @@ CASES = [
     ),
     (
         "plans",
+        "merge-statistic-not-recorded",
+        "merge {root}/other --observations {root}/obs_other --method hc_smoe_faithful --keep 4 --out {out}",
+        ["all_output_sum", "reapkit observe --all-token-outputs"],
+    ),
+    (
+        "plans",
+        "merge-rule-not-offered",
+        "merge {root}/model --observations {root}/obs --method m_smoe_faithful --keep 4 --rule ties --out {out}",
+        ["merge rule 'ties'", "frequency, average, reap"],
+    ),
+    (
+        "plans",
         "global-budget-out-of-range",
         "plan {root}/obs --global-budget 1.5 --out {out}",
         ["--global-budget must be in [0, 1)"],

@@ -370,6 +370,13 @@ def test_evaluate_takes_a_pruning_plan_or_a_merge_plan(tmp_path, capsys):
     assert set(merge_rows.method) == {"merge"} and set(merge_rows.criterion) == {"m_smoe"}
     assert set(merge_rows.ratio) == {0.5} and set(scored["plan"].criterion) == {"reap"}
     assert set(scored["merged checkpoint"].criterion) == {"unpruned"}  # a checkpoint scored as it is
+    how = ("--tasks", "reapkit_heldout", "--include-path", "demo", "--limit", 2)
+    tied = ("evaluate", "demo", "--plan", merged / "merge_plan.json", "--router", "tied", *how)
+    assert cli(*tied, "--out", tmp_path / "tied.csv") == 0  # as the REAP code evaluates a merge
+    rows = pd.read_csv(tmp_path / "tied.csv")
+    assert set(rows.label) == {"m_smoe:tied"} and set(rows.criterion) == {"m_smoe"}
+    assert cli("evaluate", "demo", "--plan", plan, "--router", "tied", *how) == 2
+    assert "--router applies to a merge plan" in capsys.readouterr().err
 
 
 def test_a_mistake_is_one_line_and_a_bug_keeps_its_traceback(observed, tmp_path, capsys):

@@ -77,6 +77,13 @@ def observer_state(model, batches, *, pruning_only=False) -> dict:
         if not pruning_only:
             row["routed_characteristic_activation"] = routed_mean
             row["ttm_similarity_matrix"] = torch.rand(E, E)
+            row["characteristic_activation"] = outputs.mean(1)  # over all tokens (the batches are unpadded)
+            distance, tokens = torch.zeros(E, E, dtype=torch.float64), 0
+            for _, z in calls:  # per batch: 1 - cos of the logit columns, weighted by the batch's tokens
+                z = z.double()
+                distance += len(z) * (1 - torch.nn.functional.cosine_similarity(z.T[:, None], z.T[None], dim=-1))
+                tokens += len(z)
+            row["router_logit_similiarity"] = (distance / tokens).float()
         state[i] = row
     return state
 
@@ -91,7 +98,9 @@ def case(tmp_path_factory):
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
     g = torch.Generator().manual_seed(0)
     batches = pad_batches([torch.randint(3, 96, (10,), generator=g).tolist() for _ in range(6)], "code", 3)
-    obs = observe(model, batches, progress=False, statistics=["output_sum", "max_signed"])
+    obs = observe(
+        model, batches, progress=False, statistics=["output_sum", "max_signed", "all_output_sum", "router_distance_sum"]
+    )
     state = observer_state(model, batches)
     path = root / "observations_1024_cosine.pt"
     torch.save(state, path)
@@ -104,13 +113,21 @@ def test_imported_statistics_equal_reapkits_own(case):
     for name in ("count", "norm_sum", "reap_sum", "gate_sum", "tokens"):
         torch.testing.assert_close(theirs[name], mine[name], rtol=1e-5, atol=1e-7, msg=name)
     torch.testing.assert_close(theirs["output_sum"], mine["output_sum"], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(theirs["all_output_sum"], mine["all_output_sum"], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(theirs["router_distance_sum"], mine["router_distance_sum"], rtol=1e-5, atol=1e-4)
     # max_activations is max_signed: the largest signed element over routed tokens, from 0
     torch.testing.assert_close(theirs["max_signed"], mine["max_signed"], rtol=1e-5, atol=1e-7)
     assert super_experts(imported, include_last_layers=True) == super_experts(case["obs"], include_last_layers=True)
     assert imported.layers == case["obs"].layers and imported.num_experts == [8, 8]
     assert imported.top_k == TOP_K  # read from expert_frequency / total_tokens
     assert imported.meta["fingerprint"] is None and imported.meta["architecture"] is None
-    assert sorted(imported.meta["missing"]) == ["coselect", "max_activation", "prob_sum", "sq_norm_sum"]
+    assert sorted(imported.meta["missing"]) == [
+        "coselect",
+        "max_activation",
+        "prob_sum",
+        "router_gram",
+        "sq_norm_sum",
+    ]
     assert set(imported.meta["source"]["unmapped"]) == {
         "pairwise_expert_frequency",
         "ttm_similarity_matrix",
@@ -161,6 +178,9 @@ def test_model_attaches_fingerprint_and_checks_shapes(case, tmp_path):
     assert imported.meta["architecture"] == "qwen3_moe" and imported.top_k == TOP_K
     imported.check_model(case["model"])
     plan_merge(case["model"], imported, method="hc_smoe", keep=4)  # output_sum came with the file
+    for method in ("hc_smoe_faithful", "m_smoe_faithful"):  # the observer's all-token means: the same merges
+        ours = plan_merge(case["model"], case["obs"], method=method, keep=4)
+        assert plan_merge(case["model"], imported, method=method, keep=4).groups == ours.groups
     with pytest.raises(ValueError, match="merging with 'hc_smoe' needs the statistic 'output_sum'"):
         plan_merge(
             case["model"],

@@ -214,9 +214,9 @@ def test_a_registered_method_is_planned_and_applied():
         plan_merge(model, obs, method="first_half", keep=3)
 
 
-@pytest.mark.parametrize("name", ["qwen3_moe", "gpt_oss", "deepseek_v3", "qwen2_moe"])
+@pytest.mark.parametrize("name", ["qwen3_moe", "gpt_oss", "deepseek_v3", "glm4_moe", "qwen2_moe"])
 def test_merged_checkpoints_reload_with_stock_transformers(name, tmp_path):
-    """Every method: plain; transposed + biases; selection bias + shared experts + grouped routing; shared expert."""
+    """Every method: plain; transposed + biases; selection bias + shared experts (+ grouped routing); shared expert."""
     model, obs, batches = model_and_obs(name)
     for method in sorted(METHODS):
         spec = METHODS[method]
