@@ -127,8 +127,8 @@ DISPLAY_NAMES = {
     "aimer": "AIMER",
     "ream": "REAM",
     "submoe": "Sub-MoE",
-    "m_smoe_faithful": "M-SMoE (reference)",
-    "hc_smoe_faithful": "HC-SMoE (reference)",
+    "m_smoe_faithful": "M-SMoE (faithful)",
+    "hc_smoe_faithful": "HC-SMoE (faithful)",
     UNPRUNED: "unpruned",
 }
 #: Non-uniform budgets, as label prefixes (``water_reap``) and as they read.

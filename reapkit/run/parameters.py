@@ -273,9 +273,9 @@ PARAMETERS: dict[str, tuple[Parameter, ...]] = {
         ),
         Parameter(
             "merges",
-            ["m_smoe", "hc_smoe"],
+            ["hc_smoe_faithful", "m_smoe_faithful", "ream", "submoe"],
             checks.list_of(checks.merge_method, allow_empty=True),
-            "merging baselines ([]: none)",
+            "merging methods, each evaluated as its reference code does ([]: none)",
         ),
         Parameter(
             "global_budget",

@@ -215,19 +215,21 @@ def evaluate_job(
     from reapkit.compress.prune import mask_experts
     from reapkit.measure.evaluate import sequence_metrics
     from reapkit.select.merge import plan_merge
+    from reapkit.select.merge_methods import merge_method
     from reapkit.select.plan import PruningPlan
 
     counts = [n - pruned_count(n, job.ratio) for n in obs.num_experts]
     total = sum(counts)
     frame = unpruned  # a variant that changes nothing is the model itself
-    if job.method == "merge":
+    if job.method == "merge":  # evaluated as its reference code evaluates it (the router tied, or not)
         plan = plan_merge(model, obs, method=job.criterion, keep=counts[0])
         if not all(len(g) == 1 for groups in plan.groups.values() for g in groups):
-            merged = apply_merge(copy.deepcopy(model), plan)
+            router = merge_method(job.criterion).reference_router
+            merged = apply_merge(copy.deepcopy(model), plan, router=router)
             frame = sequence_metrics(merged, eval_batches, reference=reference, progress=False)
             del merged
-        kept, routing = counts[0], float("nan")
-        layer_counts = dict(zip(obs.layers, counts))
+        layer_counts = {layer: len(plan.groups[layer]) for layer in plan.layers}  # M-SMoE, Sub-MoE: uneven
+        kept, routing = sum(layer_counts.values()) / len(layer_counts), float("nan")
     else:
         if job.method in BUDGETS:
             plan = _budget_plan(model, obs, job, total, margin, search)

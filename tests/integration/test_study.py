@@ -417,7 +417,8 @@ def test_notebook_05_study(tmp_path):
     for name in ("study", "gaps_by_domain", "calibration_sensitivity"):
         assert (figures / f"{name}.png").stat().st_size > 0 and (figures / f"{name}.pdf").stat().st_size > 0
     results = pd.read_csv(tmp_path / "run" / "study.csv")
-    assert len(results) == 2 * (7 + 2 + 2 + 3) * 3  # 7 criteria, 2 random seeds, 2 merges, 3 budgets
+    assert len(results) == 2 * (7 + 2 + 4 + 3) * 3  # 7 criteria, 2 random seeds, 4 merges, 3 budgets
+    assert {"hc_smoe_faithful", "m_smoe_faithful", "ream", "submoe"} == set(results[results.method == "merge"].label)
     assert {"agreement", "criterion"} <= set(pd.read_csv(tmp_path / "run" / "results.csv").columns)
     loss = pd.read_csv(tmp_path / "run" / "sensitivity_loss.csv")
     assert list(loss.columns) == ["eval_domain", "unpruned", "code", "prose", "mix"]
