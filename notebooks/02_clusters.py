@@ -37,6 +37,7 @@ spaces = ["weights", "output", "router"]  # spaces in which experts are compared
 n_clusters = 4                      # clusters per layer
 criterion = "reap"                  # saliency overlaid on the clusters
 ratio = 0.5                         # experts a plan at this ratio prunes are marked
+merge_method = "m_smoe_faithful"    # merging at `ratio` shown: alignment and merged against members (None: not shown)
 output_dir = "runs/02_clusters"     # tables and executed outputs
 figures_dir = "figures/02_clusters"  # figures (PNG and PDF)
 
@@ -111,6 +112,33 @@ for ax, layer in zip(axes, run.layers):
 figures.save(fig, "saliency_clusters")
 display(Markdown(readings.clusters(by_layer, {layer: clusterings[space, layer].labels for layer in run.layers},
                                    ratio=P.ratio)))
+
+# %% [markdown]
+# ## What merging does
+#
+# `merge_method` reduces each layer to as many experts as a plan at `ratio` keeps. Left: each merged-away
+# expert's squared weight distance to its group's dominant expert before (x) and after (y) its neurons are
+# aligned (below the diagonal: alignment brought it closer). Right: on the calibration tokens routed to each
+# such expert, how far the merged expert's output is from the member's own, beside the representative left
+# unmerged (what pruning the member would give its tokens).
+
+# %%
+if P.merge_method is not None and run.model is not None:
+    from reapkit.measure.merging import alignment_distances, merge_fidelity
+    from reapkit.select.merge import plan_merge
+    from reapkit.select.plan import pruned_count
+
+    keep = min(run.obs.num_experts) - pruned_count(min(run.obs.num_experts), P.ratio)
+    merge_plan = plan_merge(run.model, run.obs, method=P.merge_method, keep=keep, seed=P.seed)
+    distances = alignment_distances(run.model, merge_plan, layers=run.layers)
+    fidelity = merge_fidelity(run.model, merge_plan, run.batches[:4], layers=run.layers)
+    write_table(distances, P.output_dir, "alignment")
+    write_table(fidelity, P.output_dir, "merge_fidelity")
+    fig, (left, right) = plot.panels(2, ncols=2, width=plot.TWO_COLUMN)
+    plot.alignment_figure(distances, method=P.merge_method, ax=left)
+    plot.fidelity_figure(fidelity, method=P.merge_method, ax=right)
+    figures.save(fig, "merging")
+    display(Markdown(readings.merging(distances, fidelity, P.merge_method)))
 
 # %% [markdown]
 # ## Explore

@@ -180,6 +180,12 @@ PARAMETERS: dict[str, tuple[Parameter, ...]] = {
         Parameter("n_clusters", 4, checks.integer(1), "clusters per layer"),
         Parameter("criterion", "reap", checks.criterion, "saliency overlaid on the clusters"),
         Parameter("ratio", 0.5, checks.fraction_removed, "experts a plan at this ratio prunes are marked"),
+        Parameter(
+            "merge_method",
+            "m_smoe_faithful",
+            checks.or_none(checks.merge_method),
+            "merging at `ratio` shown: alignment and merged against members (None: not shown)",
+        ),
         *_outputs("02_clusters"),
     ),
     "03_pruning": (

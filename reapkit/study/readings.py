@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from reapkit.measure.schema import ALL, interval_columns, select
+from reapkit.measure.schema import ALL, display_name, interval_columns, select
 from reapkit.select.geometry import coselection_lift
 from reapkit.select.plan import pruned_count
 from reapkit.study.comparisons import (
@@ -68,6 +68,7 @@ __all__ = [
     "calibration",
     "calibration_size",
     "sensitivity",
+    "merging",
 ]
 
 
@@ -374,3 +375,37 @@ def coactivation(coselect: np.ndarray) -> str:
         f"with their frequencies would give; {above:.0%} of pairs are co-selected more often than that. Experts "
         "that fire together are candidates for merging rather than pruning."
     )
+
+
+# --------------------------------------------------------------------------------------------
+# 02 merging
+# --------------------------------------------------------------------------------------------
+
+
+def merging(distances: pd.DataFrame, fidelity: pd.DataFrame, method: str) -> str:
+    """What merging did to the members of its groups (`alignment_distances`, `merge_fidelity`), every number computed.
+
+        >>> print(merging(alignment, fidelity, "m_smoe_faithful"))
+        **Reading.** M-SMoE (faithful): ...
+    """
+    name = display_name(method)
+    lines = []
+    if len(distances):
+        ratio = (distances["after"] / distances["before"].where(distances["before"] > 0)).dropna()
+        lines.append(
+            f"Aligning neurons brought {int((distances['after'] < distances['before']).sum())} of {len(distances)} "
+            f"group members closer to their dominant expert (weight distance after / before: median {_f(ratio.median())}, "
+            f"range {_f(ratio.min())} to {_f(ratio.max())})."
+        )
+    members = fidelity[fidelity["member"] != fidelity["representative"]]
+    if len(members):
+        wide = members.pivot_table(index=["layer", "member"], columns="expert", values="rel_error")
+        better = int((wide["merged"] < wide["representative"]).sum())
+        lines.append(
+            f"On the calibration tokens routed to each of the {len(wide)} merged-away experts, the merged expert's "
+            f"output is off by {_f(wide['merged'].mean())} of the member's own output norm on average, against "
+            f"{_f(wide['representative'].mean())} for its representative left unmerged (what pruning the member "
+            f"gives its tokens); merging is the closer of the two for {better} of {len(wide)} members."
+        )
+    return f"**Reading.** {name}: " + " ".join(lines or ["no group merged more than one expert."])
+

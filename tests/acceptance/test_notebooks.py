@@ -279,8 +279,12 @@ def test_notebook_02_clusters(tiny, tmp_path):
         ROOT / "notebooks/02_clusters.ipynb", {**tiny["params"], "layers": [1], "n_clusters": 3}, tmp_path
     )
     nb = _executed_ok(out, tmp_path / "figures")
-    _has_figures(tmp_path / "figures", "distance_spread", "distances", "saliency_clusters")
-    assert _readings(nb) == 3
+    _has_figures(tmp_path / "figures", "distance_spread", "distances", "saliency_clusters", "merging")
+    assert _readings(nb) == 4
+    distances = pd.read_csv(tmp_path / "alignment.csv")  # M-SMoE's members, aligned to their dominant expert
+    assert len(distances) and (distances.after <= distances.before + 1e-3).all() and set(distances.layer) == {1}
+    fidelity = pd.read_csv(tmp_path / "merge_fidelity.csv")
+    assert set(fidelity.expert) == {"merged", "representative"} and (fidelity.tokens > 0).any()
     clusters = pd.read_csv(tmp_path / "results.csv")
     assert set(clusters.space) == {"weights", "output", "router"} and set(clusters.layer) == {1}
     assert (clusters.groupby("space").cluster.nunique() == 3).all()
