@@ -43,7 +43,7 @@ import torch
 from reapkit import __version__
 from reapkit.errors import InvalidInput, Mismatch, MissingInput
 
-__all__ = ["REAP_OBSERVER", "read_reap_observer", "file_digest", "model_shape"]
+__all__ = ["REAP_OBSERVER", "read_reap_observer", "file_digest"]
 
 REAP_OBSERVER = "the REAP observer (CerebrasResearch/reap)"
 
@@ -118,27 +118,6 @@ def _layer_index(key) -> int:
     if isinstance(key, bool) or not isinstance(key, (int, str)) or not str(key).isdigit():
         raise ValueError(f"key {key!r} is not a decoder layer index")
     return int(key)
-
-
-def model_shape(model) -> dict:
-    """Architecture, fingerprint, MoE layers, experts per layer and routing of `model`."""
-    from reapkit.model.discover import architecture_for
-    from reapkit.model.layer import moe_layers
-    from reapkit.observe.observations import fingerprint
-
-    arch = architecture_for(model)
-    layers = moe_layers(model, arch)
-    config = model.config.get_text_config()
-    return {
-        "architecture": arch.model_type,
-        "fingerprint": fingerprint(model),
-        "layers": [layer.index for layer in layers],
-        "num_experts": [layer.num_experts for layer in layers],
-        "top_k": arch.top_k(config),
-        "n_group": arch.n_group(config),
-        "topk_group": arch.topk_group(config),
-        "hidden_size": config.hidden_size,
-    }
 
 
 def read_reap_observer(path, *, domain: str = "calibration", model=None, top_k: int | None = None):
@@ -322,16 +301,18 @@ def _check_reap(rows: dict, layers: list[int], stats: dict, where: str) -> float
 
 
 def _attach_model(model, layers, num_experts, stats, path) -> dict:
+    from reapkit.observe.observations import model_shape
+
     shape = model_shape(model)
     if (shape["layers"], shape["num_experts"]) != (layers, num_experts):
         raise Mismatch(
             f"{path} holds MoE layers {layers} with {num_experts} experts, but the model has MoE layers "
             f"{shape['layers']} with {shape['num_experts']} experts; pass the model the observer ran on"
         )
-    if "output_sum" in stats and stats["output_sum"].shape[-1] != shape["hidden_size"]:
+    if "output_sum" in stats and stats["output_sum"].shape[-1] != shape["fingerprint"]["hidden_size"]:
         raise Mismatch(
             f"{path} holds expert outputs of width {stats['output_sum'].shape[-1]}, but the model's hidden size is "
-            f"{shape['hidden_size']}; pass the model the observer ran on"
+            f"{shape['fingerprint']['hidden_size']}; pass the model the observer ran on"
         )
     return shape
 

@@ -56,6 +56,25 @@ def fingerprint(model) -> dict:
     }
 
 
+def model_shape(model) -> dict:
+    """Architecture, fingerprint, MoE layers, experts per layer and routing of `model`: what every
+    `Observations.meta` records of the model it describes, however the statistics were made."""
+    from reapkit.model.discover import architecture_for
+
+    arch = architecture_for(model)
+    layers = moe_layers(model, arch)
+    config = model.config.get_text_config()
+    return {
+        "architecture": arch.model_type,
+        "fingerprint": fingerprint(model),
+        "layers": [layer.index for layer in layers],
+        "num_experts": [layer.num_experts for layer in layers],
+        "top_k": arch.top_k(config),
+        "n_group": arch.n_group(config),
+        "topk_group": arch.topk_group(config),
+    }
+
+
 def fingerprint_differences(expected: dict, model) -> dict:
     """{key: (expected, found)} where `model`'s fingerprint differs from `expected`; {} when it is that model.
 

@@ -37,7 +37,7 @@ from reapkit.model.hooks import forward_hooks
 from reapkit.model.layer import moe_layers
 from reapkit.model.loading import input_device
 from reapkit.model.records import SCORING, Architecture
-from reapkit.observe.observations import Observations, fingerprint
+from reapkit.observe.observations import Observations, fingerprint, model_shape
 from reapkit.observe.statistics import DEFAULT, STATISTICS, chosen, not_recorded
 
 IMPLEMENTATION = "reapkit_observe"
@@ -338,24 +338,15 @@ def observations_from(model, recorder: _Recorder, batches, calibration: dict | N
     """The `Observations` a finished `recording` of `batches` through `model` holds (statistics moved to the CPU)."""
     from reapkit.data import content_hash
 
-    arch = architecture_for(model)
     if not recorder.stats:
         raise InvalidInput("no calibration batches were given; pass at least one batch of token ids")
     domains = sorted(recorder.stats)
     calibration = dict(calibration or {})
     calibration["content_hash"] = {d: content_hash([b for b in batches if b.domain == d]) for d in domains}
     calibration["tokens"] = {d: int(recorder.stats[d]["tokens"][0]) for d in domains}
-    config = model.config.get_text_config()
-    layers = moe_layers(model, arch)
     meta = {
         "reapkit_version": __version__,
-        "architecture": arch.model_type,
-        "fingerprint": fingerprint(model),
-        "layers": [layer.index for layer in layers],
-        "num_experts": [layer.num_experts for layer in layers],
-        "top_k": arch.top_k(config),
-        "n_group": arch.n_group(config),
-        "topk_group": arch.topk_group(config),
+        **model_shape(model),
         "calibration": calibration,
         "missing": not_recorded(recorder.names),
     }

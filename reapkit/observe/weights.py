@@ -37,7 +37,7 @@ from reapkit.errors import CheckpointError, InvalidInput, Mismatch
 from reapkit.model.checkpoint import Checkpoint, Renamer, load_tensors
 from reapkit.model.discover import architecture_for
 from reapkit.model.layer import moe_layers
-from reapkit.observe.observations import Observations, fingerprint
+from reapkit.observe.observations import Observations, model_shape
 
 __all__ = ["DOMAIN", "FLOAT_DTYPES", "weight_statistics", "with_weight_statistics"]
 
@@ -108,16 +108,9 @@ def weight_statistics(path) -> Observations:
             f"{layers[pos].index}, its config.json builds {int(expected[pos, expert])}; the checkpoint is incomplete "
             "or quantised (weight statistics need the float weights)"
         )
-    config = model.config.get_text_config()
     meta = {
         "reapkit_version": __version__,
-        "architecture": arch.model_type,
-        "fingerprint": fingerprint(model),
-        "layers": [layer.index for layer in layers],
-        "num_experts": [layer.num_experts for layer in layers],
-        "top_k": arch.top_k(config),
-        "n_group": arch.n_group(config),
-        "topk_group": arch.topk_group(config),
+        **model_shape(model),
         "calibration": {"source": "expert weights (no calibration data)", "checkpoint": str(path), "tokens": {}},
         "missing": {},
     }

@@ -19,7 +19,8 @@ import re
 from pathlib import Path
 
 from reapkit.errors import InvalidInput, Mismatch, MissingInput
-from reapkit.observe.importers import file_digest, model_shape
+from reapkit.observe.importers import file_digest
+from reapkit.observe.observations import model_shape
 from reapkit.select.plan import PruningPlan
 
 __all__ = ["LLM_COMPRESSOR", "read_llmcompressor_report"]

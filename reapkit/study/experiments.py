@@ -15,10 +15,12 @@
     ### Compression: REAP against each baseline
     ...
 
-At each ratio, REAP against the other pruning criteria (frequency, soft
-frequency, mean activation norm), random pruning (several seeds), expert merging (M-SMoE-, HC-SMoE-
-style) reduced to the same number of experts per layer, and a non-uniform plan with the same total
-number of experts (`PruningPlan.from_global_budget`). Every variant is scored per evaluation
+At each ratio, REAP against the other pruning criteria (frequency, soft frequency, mean activation
+norm, and any other registered), random pruning (several seeds), expert merging by any registered
+merge method (`reapkit.select.merge_methods`) keeping as many experts in all, each evaluated as its
+reference code evaluates it (the router tied or not), and non-uniform plans with the same total
+number of experts: the global budget (`PruningPlan.from_global_budget`) and, with
+`budget_searches`, water-filling and an evolutionary search of the per-layer counts. Every variant is scored per evaluation
 domain by loss, perplexity, KL to the unpruned model and top-1 agreement with it; the unpruned
 model's next-token distributions are computed once (`reference_outputs`).
 

@@ -30,6 +30,13 @@ def test_tour_runs_as_written(tmp_path):
     assert (tmp_path / "runs" / "obs-python" / "statistics.safetensors").is_file()
     runs = pd.read_csv(tmp_path / "runs" / "ratios" / "runs.csv")
     assert list(runs.status) == ["ok"]
+    searched = json.loads((tmp_path / "pruned-searched" / "pruning_plan.json").read_text())
+    assert sum(len(kept) for kept in searched["kept"].values()) == 48  # the uniform plan's total, spread by the search
+    recovered = json.loads((tmp_path / "recovered" / "pruning_plan.json").read_text())
+    assert recovered["provenance"]["recovery"][0]["steps"] == 8
+    costs = pd.read_csv(tmp_path / "costs.csv")
+    assert len(costs) == 16 and set(costs.layer) == {3}
+    assert json.loads((tmp_path / "merged" / "config.json").read_text())["num_experts"] == 8
 
 
 def test_front_page_is_short_and_its_links_resolve():
