@@ -122,7 +122,7 @@ CRITERION_COLORS = {
     "ream": "#8C510A",  # brown (ColorBrewer BrBG), beside the two merge colours of Okabe & Ito
     "submoe": "#EE3377",  # magenta (Paul Tol's "vibrant")
     "hc_smoe_faithful": "#7B3294",  # dark purple (ColorBrewer PRGn), HC-SMoE's hue darker
-    "m_smoe_faithful": "#B35806",  # dark orange (ColorBrewer PuOr), M-SMoE's hue darker
+    "m_smoe_faithful": "#01665E",  # dark teal (ColorBrewer BrBG)
     UNPRUNED: OKABE_ITO["black"],
 }
 _ALIASES = {

@@ -6,7 +6,7 @@
     0    0.5   loss     2.567   4.023      3.879     0.098
     1    0.5     kl     0.000   1.542      1.404     0.089
     >>> print(recovery_reading(table))
-    **Reading.** With 50% of the experts removed by reap, held-out loss rises from 2.567 to 4.023 (918 held-out tokens). ...
+    **Reading.** With 50% of the experts removed by REAP, held-out loss rises from 2.567 to 4.023 (918 held-out tokens). ...
     recovering 10% of the loss increase (95% interval 7% to 14%). The KL to the unpruned model falls from 1.542
     to 1.404 nats per token, recovering 9% of it (95% interval 6% to 12%).
 
@@ -28,7 +28,7 @@ import pandas as pd
 from reapkit.compress.prune import remove_experts
 from reapkit.compress.recover import DEFAULT_LR, recover
 from reapkit.measure.evaluate import reference_outputs, sequence_metrics
-from reapkit.measure.schema import interval_columns
+from reapkit.measure.schema import display_name, interval_columns
 from reapkit.measure.stats import RESAMPLES, bootstrap
 from reapkit.select.plan import PruningPlan
 
@@ -147,7 +147,7 @@ def recovery_reading(table: pd.DataFrame) -> str:
         loss = part[part["metric"] == "loss"].iloc[0]
         kl = part[part["metric"] == "kl"].iloc[0]
         paragraphs.append(
-            f"With {_percent(ratio)} of the experts removed by {loss['criterion']}, held-out loss rises from "
+            f"With {_percent(ratio)} of the experts removed by {display_name(loss['criterion'])}, held-out loss rises from "
             f"{loss['unpruned']:.3f} to {loss['pruned']:.3f} ({int(loss['tokens'])} held-out tokens). Training only "
             f"the routers for {int(loss['steps'])} steps on {int(loss['train_tokens'])} calibration tokens "
             f"(learning rate {loss['lr']:g}; KL on them {loss['train_kl_before']:.3f} -> {loss['train_kl_after']:.3f} nats) "

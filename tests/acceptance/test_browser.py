@@ -52,11 +52,15 @@ def _parameters(root: Path, model, spec) -> dict:
     out = root / "out"
     common = dict(model=str(model), calibration=spec, max_length=12, batch_size=4, cache_dir=str(root / "cache"))
     each = {
-        "01_saliency": dict(criteria=["reap", "frequency"], ratios=[0.5]),
+        "01_saliency": dict(criteria=["reap", "frequency"], ratios=[0.5], evaluation=spec),
         "02_clusters": dict(n_clusters=3),
-        "03_pruning": dict(evaluation=spec, criteria=["reap", "frequency"], ratios=[0.25, 0.5], max_new_tokens=0),
+        "03_pruning": dict(
+            evaluation=spec, criteria=["reap", "frequency"], ratios=[0.25, 0.5], max_new_tokens=0, recover_epochs=1,
+            search_generations=1, search_population=2,
+        ),
         "05_study": dict(
-            evaluation=spec, ratios=[0, 0.25, 0.5], criteria=["reap", "frequency"], random_seeds=[], merges=[]
+            evaluation=spec, ratios=[0, 0.25, 0.5], criteria=["reap", "frequency"], random_seeds=[], merges=[],
+            search_generations=1, search_population=2,
         ),
         "04_paper_figures": dict(
             results=[str(out / "05_study" / "results.csv")],
