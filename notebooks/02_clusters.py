@@ -130,15 +130,15 @@ if P.merge_method is not None and run.model is not None:
 
     keep = min(run.obs.num_experts) - pruned_count(min(run.obs.num_experts), P.ratio)
     merge_plan = plan_merge(run.model, run.obs, method=P.merge_method, keep=keep, seed=P.seed)
-    distances = alignment_distances(run.model, merge_plan, layers=run.layers)
+    alignment = alignment_distances(run.model, merge_plan, layers=run.layers)  # `distances` stay the explorer's
     fidelity = merge_fidelity(run.model, merge_plan, run.batches[:4], layers=run.layers)
-    write_table(distances, P.output_dir, "alignment")
+    write_table(alignment, P.output_dir, "alignment")
     write_table(fidelity, P.output_dir, "merge_fidelity")
     fig, (left, right) = plot.panels(2, ncols=2, width=plot.TWO_COLUMN)
-    plot.alignment_figure(distances, method=P.merge_method, ax=left)
+    plot.alignment_figure(alignment, method=P.merge_method, ax=left)
     plot.fidelity_figure(fidelity, method=P.merge_method, ax=right)
     figures.save(fig, "merging")
-    display(Markdown(readings.merging(distances, fidelity, P.merge_method)))
+    display(Markdown(readings.merging(alignment, fidelity, P.merge_method)))
 
 # %% [markdown]
 # ## Explore

@@ -30,7 +30,6 @@ from reapkit.plot.theme import (
 __all__ = ["budget_figure"]
 
 
-
 @styled
 def budget_figure(frame: pd.DataFrame, *, metrics=("kl", "agreement"), fig=None):
     """Each search's difference to uniform REAP (`delta`, `delta_lo`, `delta_hi` of `budget_comparison`)

@@ -264,8 +264,8 @@ def ablation_correlation(
 def score_costs(obs, costs: pd.DataFrame, criteria) -> pd.DataFrame:
     """Each expert's score by each criterion beside its ablation cost: what `criterion_vs_ablation` draws.
 
-        >>> score_costs(obs, costs, ["reap"]).columns.tolist()
-        ['layer', 'expert', 'criterion', 'score', 'cost', 'cost_lo', 'cost_hi']
+    >>> score_costs(obs, costs, ["reap"]).columns.tolist()
+    ['layer', 'expert', 'criterion', 'score', 'cost', 'cost_lo', 'cost_hi']
     """
     from reapkit.select.criteria import scores_frame
 

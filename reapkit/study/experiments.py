@@ -149,7 +149,9 @@ def study_jobs(
     searches = [budget_searches] if isinstance(budget_searches, str) else list(budget_searches or [])
     budget_searches = [check_search(s) for s in searches]
     if budget_searches and not global_criterion:
-        raise InvalidInput("budget_searches share the global budget's criterion; set global_budget (True or a criterion)")
+        raise InvalidInput(
+            "budget_searches share the global budget's criterion; set global_budget (True or a criterion)"
+        )
     sizes, top_k = list(obs.num_experts), obs.top_k
     notes: list[str] = []
     jobs: list[Job] = []
@@ -171,7 +173,9 @@ def study_jobs(
         else:
             jobs += [Job("merge", m, None, ratio) for m in merges]
         if global_criterion:
-            jobs += [Job(search, global_criterion, None, ratio) for search in dict.fromkeys(["global", *budget_searches])]
+            jobs += [
+                Job(search, global_criterion, None, ratio) for search in dict.fromkeys(["global", *budget_searches])
+            ]
     return jobs, notes
 
 
@@ -271,7 +275,9 @@ def _budget_plan(model, obs, job: Job, total: int, margin: int, search):
     options = dict(search or {})
     batches = options.pop("batches", None)
     if not batches:
-        raise InvalidInput("the evolutionary budget search needs search batches (calibration tokens): pass search_batches")
+        raise InvalidInput(
+            "the evolutionary budget search needs search batches (calibration tokens): pass search_batches"
+        )
     found = evolve_counts(model, obs, batches, job.criterion, total=total, margin=margin, progress=False, **options)
     return found.plan(obs)
 

@@ -385,8 +385,8 @@ def coactivation(coselect: np.ndarray) -> str:
 def merging(distances: pd.DataFrame, fidelity: pd.DataFrame, method: str) -> str:
     """What merging did to the members of its groups (`alignment_distances`, `merge_fidelity`), every number computed.
 
-        >>> print(merging(alignment, fidelity, "m_smoe_faithful"))
-        **Reading.** M-SMoE (faithful): ...
+    >>> print(merging(alignment, fidelity, "m_smoe_faithful"))
+    **Reading.** M-SMoE (faithful): ...
     """
     name = display_name(method)
     lines = []
@@ -408,4 +408,3 @@ def merging(distances: pd.DataFrame, fidelity: pd.DataFrame, method: str) -> str
             f"gives its tokens); merging is the closer of the two for {better} of {len(wide)} members."
         )
     return f"**Reading.** {name}: " + " ".join(lines or ["no group merged more than one expert."])
-

@@ -146,7 +146,7 @@ def test_the_site_builds_strict_without_and_with_the_gallery_of_a_real_run(tmp_p
     )
     write_gallery(tmp_path / "runs", site / "docs" / "gallery")
     page = (site / "docs" / "gallery" / "02_clusters.md").read_text()
-    assert page.count("![figure of cell") == 4 and page.count("**Reading.**") == 3
+    assert page.count("![figure of cell") == 5 and page.count("**Reading.**") == 4
     assert page.rstrip().endswith(
         "show_explorer(P.interactive):\n    display(ClusterExplorer(distances, by_layer, "
         "n_clusters=P.n_clusters, ratio=P.ratio, criterion=P.criterion))\n```"
@@ -156,5 +156,5 @@ def test_the_site_builds_strict_without_and_with_the_gallery_of_a_real_run(tmp_p
     index = (built / "index.html").read_text()
     assert 'href="02_clusters/"' in index and "Which experts are alike?" in index
     html = (built / "02_clusters" / "index.html").read_text()
-    assert html.count('<img alt="figure of cell') == 4 and "Reading." in html
-    assert len(list((built / "02_clusters_files").glob("*.png"))) == 4  # beside the page, as in docs/gallery/
+    assert html.count('<img alt="figure of cell') == 5 and "Reading." in html
+    assert len(list((built / "02_clusters_files").glob("*.png"))) == 5  # beside the page, as in docs/gallery/

@@ -379,6 +379,7 @@ def test_notebook_is_bit_identical(tiny, tmp_path):
         "batch_size": 2,
         "ratios": [0.5],
         "criteria": ["reap", "frequency"],
+        "evaluation": tiny["spec"],  # the ablation's held-out tokens: token files, like the calibration
     }
     for i in (1, 2):
         run_notebook(

@@ -59,7 +59,7 @@ def test_ablation_table_and_its_correlation_with_criteria(batches):
     assert table["criterion"].tolist() == ["reap", "random"] and (table["layer"] == first).all()
     assert ((table["lo"] <= table["rho"] + 1e-12) & (table["rho"] <= table["hi"] + 1e-12)).all()
     assert (table["chance_lo"] < 0).all() and (table["chance_hi"] > 0).all()
-    assert "reap" in ablation_reading(costs, table)
+    assert "REAP" in ablation_reading(costs, table)
     assert len(held_out(batches, 1)) == 1 and len(held_out(batches, None)) == len(batches)
     with pytest.raises(MissingStatistic, match="--statistics output_sum"):
         ablation_correlation(obs, costs, ["ean_ca"])

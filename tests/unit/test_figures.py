@@ -118,8 +118,20 @@ def _recovery(d):
     for ratio, pruned in ((0.25, 3.2), (0.5, 4.0)):
         for metric, unpruned, shift in (("loss", 2.5, 0.0), ("kl", 0.0, -2.5)):
             p, r = pruned + shift, pruned + shift - 0.25 * (pruned - 2.5)
-            rows.append(dict(ratio=ratio, metric=metric, criterion="reap", unpruned=unpruned, pruned=p, recovered=r,
-                             fraction=(p - r) / (p - unpruned), tokens=900, steps=48, lr=3e-3))
+            rows.append(
+                dict(
+                    ratio=ratio,
+                    metric=metric,
+                    criterion="reap",
+                    unpruned=unpruned,
+                    pruned=p,
+                    recovered=r,
+                    fraction=(p - r) / (p - unpruned),
+                    tokens=900,
+                    steps=48,
+                    lr=3e-3,
+                )
+            )
     table = pd.DataFrame(rows)
     for name in ("unpruned", "pruned", "recovered", "fraction"):
         table[f"{name}_lo"], table[f"{name}_hi"] = table[name] * 0.95, table[name] * 1.05
@@ -379,7 +391,11 @@ def test_one_colour_per_method_in_every_figure(data):
         plt.close("all")
     assert {"reap", "frequency", "m_smoe", "hc_smoe", "global_reap", "random"} <= set(seen)
     assert {m: c for m, c in seen.items() if c != {plot.criterion_color(m).lower()}} == {}
-    colours = [plot.criterion_color(m) for m in (*DISPLAY_NAMES, "global_reap", "water_reap", "evolution_reap") if m != "unpruned"]
+    colours = [
+        plot.criterion_color(m)
+        for m in (*DISPLAY_NAMES, "global_reap", "water_reap", "evolution_reap")
+        if m != "unpruned"
+    ]
     assert len(set(colours)) == len(colours)  # every method its own colour
 
 
