@@ -52,11 +52,13 @@ SWEEP ?= sweeps/ratios.yaml
 sweep: setup
 	$(PY) -m reapkit sweep $(SWEEP)
 
-# `make benchmark`: the cost of observing (a few minutes). `make benchmark-scale`: benchmarks/scale.py,
+# `make benchmark`: the cost of observing, of the single-expert ablation and of a budget-search candidate (a few minutes). `make benchmark-scale`: benchmarks/scale.py,
 # a 3.3 GB generated checkpoint under runs/scale (about 8 minutes on 2 cores, 7 GB of RAM for the in-memory runs).
 benchmark: setup
 	$(PY) benchmarks/observe_overhead.py
 	$(PY) benchmarks/all_token_outputs.py
+	$(PY) benchmarks/ablation.py
+	$(PY) benchmarks/budget_search.py
 	@echo "models larger than memory: make benchmark-scale (benchmarks/scale.py, about 8 minutes, 4 GB of disk)"
 
 benchmark-scale: setup
