@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
@@ -288,7 +290,8 @@ def criterion_vs_ablation(table: pd.DataFrame, *, criteria=None, ncols: int = 4,
         if shown["x"].max() / shown["x"].min() > 4:  # a narrow range (AIMER's) reads better on a linear axis
             ax.set_xscale("log")
             plain_log_axis(ax, "x")
-        ax.set_title(f"{label(criterion)}\nmean ρ {np.mean(rho):.2f}" if rho else label(criterion), loc="left")
+        name = textwrap.fill(label(criterion), 22)  # a long name on two lines, not into the next panel
+        ax.set_title(f"{name}\nmean ρ {np.mean(rho):.2f}" if rho else name, loc="left")
         ax.set_xlabel("score / layer mean")
     for ax in grid[len(criteria) :]:
         ax.axis("off")
