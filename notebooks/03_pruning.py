@@ -140,7 +140,8 @@ write_table(results if scores is None else pd.concat([results, scores], ignore_i
 # differ only in how many each layer keeps: uniform, the global budget (layers compared on one scale),
 # water-filling on each layer's saliency curve, and an evolutionary search of the counts scored by KL to
 # the unpruned model on the calibration tokens (never the held-out ones). Each against uniform REAP on the
-# held-out tokens, paired, with 95% intervals.
+# held-out tokens, paired, with 95% intervals; the reading also pairs water-filling and the search with the
+# global budget.
 
 # %%
 if P.budget_ratios and run.batches is not None:

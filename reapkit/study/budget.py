@@ -7,7 +7,7 @@
     >>> frame.search.unique().tolist()
     ['uniform', 'global', 'water', 'evolution']
     >>> frame.columns.tolist()
-    ['ratio', 'kept', 'search', 'counts', 'metric', 'value', 'lo', 'hi', 'delta', 'delta_lo', 'delta_hi', 'criterion']
+    ['ratio', 'kept', 'search', 'counts', 'metric', 'value', 'lo', 'hi', 'delta', 'delta_lo', 'delta_hi', 'vs_global', 'vs_global_lo', 'vs_global_hi', 'criterion']
     >>> budget_reading(frame).split(". ")[0]
     '**Reading.** At 50% of experts removed (32 experts kept in all)...'
 
@@ -71,9 +71,10 @@ def budget_comparison(
     progress: bool = True,
     **search,
 ) -> pd.DataFrame:
-    """A tidy frame: per ratio, search and metric, the value on `eval_batches` with its interval (`lo`, `hi`)
-    and the paired difference to uniform REAP (`delta`, `delta_lo`, `delta_hi`); `counts` is the kept
-    experts per layer ("10,7,8,7"). `search`: options of `evolve_counts` (generations, population, fitness)."""
+    """A tidy frame: per ratio, search and metric, the value on `eval_batches` with its interval (`lo`, `hi`),
+    the paired difference to uniform REAP (`delta`, `delta_lo`, `delta_hi`) and to today's global budget
+    (`vs_global`, `vs_global_lo`, `vs_global_hi`); `counts` is the kept experts per layer ("10,7,8,7").
+    `search`: options of `evolve_counts` (generations, population, fitness)."""
     reference = reference_outputs(model, eval_batches, progress=False)
     rows = []
     for ratio in ratios:
@@ -87,11 +88,18 @@ def budget_comparison(
             counts = ",".join(str(len(plan.kept[layer])) for layer in plan.layers)
             for metric in METRICS:
                 mine = sequences[name][metric].to_numpy() * tokens
-                theirs = sequences["uniform"][metric].to_numpy() * tokens
                 value = bootstrap(mine, tokens, resamples=resamples, seed=seed)
-                delta = bootstrap(mine, tokens, minus=theirs, resamples=resamples, seed=seed)
-                rows.append((ratio, plan.total_kept, name, counts, metric, *value, *delta))
-    columns = ["ratio", "kept", "search", "counts", "metric", "value", "lo", "hi", "delta", "delta_lo", "delta_hi"]
+                deltas = [
+                    bootstrap(
+                        mine, tokens, minus=sequences[base][metric].to_numpy() * tokens, resamples=resamples, seed=seed
+                    )
+                    for base in ("uniform", "global")
+                ]
+                rows.append((ratio, plan.total_kept, name, counts, metric, *value, *deltas[0], *deltas[1]))
+    columns = [
+        "ratio", "kept", "search", "counts", "metric", "value", "lo", "hi",
+        "delta", "delta_lo", "delta_hi", "vs_global", "vs_global_lo", "vs_global_hi",
+    ]  # fmt: skip
     return pd.DataFrame(rows, columns=columns).assign(criterion=criterion)
 
 
@@ -121,6 +129,13 @@ def budget_reading(frame: pd.DataFrame, metrics=("kl", "agreement")) -> str:
                 f"{rows.delta_lo[m]:+.3f} to {rows.delta_hi[m]:+.3f}: {_verdict(m, rows.delta_lo[m], rows.delta_hi[m])})"
                 for m in metrics
             ]
+            if search != "global" and "vs_global" in rows.columns:  # frames saved before the column existed lack it
+                said += [
+                    f"against the global budget, {units[m][0]} {rows.vs_global[m]:+.3f} (95% CI "
+                    f"{rows.vs_global_lo[m]:+.3f} to {rows.vs_global_hi[m]:+.3f}: "
+                    f"{_verdict(m, rows.vs_global_lo[m], rows.vs_global_hi[m])})"
+                    for m in metrics
+                ]
             sentences.append(
                 f"{SEARCH_NAMES.get(search, search).capitalize()} keeps {rows.counts.iloc[0]}: " + "; ".join(said)
             )

@@ -94,6 +94,23 @@ def test_evolution_is_seeded_exact_and_never_worse_than_uniform(tiny):
     assert {layer: len(k) for layer, k in plan.kept.items()} == first.counts
 
 
+def test_comparison_pairs_every_search_with_uniform_and_the_global_budget(tiny):
+    from reapkit.study.budget import budget_comparison, budget_reading
+
+    model, obs, batches = tiny
+    frame = budget_comparison(model, obs, batches[:1], batches, ratios=[0.5], generations=1, population=2,
+                              resamples=200, progress=False)  # fmt: skip
+    assert set(frame.search) == {"uniform", "global", "water", "evolution"} and frame.kept.nunique() == 1
+    for metric, part in frame.groupby("metric"):
+        rows = part.set_index("search")
+        assert rows.delta["uniform"] == 0 and rows.vs_global["global"] == 0
+        # paired point estimates: (x - uniform) - (x - global) = global - uniform, for every search x
+        gap = rows.value["global"] - rows.value["uniform"]
+        assert np.allclose(rows.delta - rows.vs_global, gap, atol=1e-9), metric
+        assert ((rows.vs_global_lo <= rows.vs_global + 1e-12) & (rows.vs_global <= rows.vs_global_hi + 1e-12)).all()
+    assert "against the global budget" in budget_reading(frame)
+
+
 def test_evolution_under_a_parameter_budget(tiny):
     model, obs, batches = tiny
     costs = expert_costs(model)
