@@ -34,14 +34,15 @@ __all__ = [
 ]
 
 
-def _f(value, digits: int = 2) -> str:
+def number(value, digits: int = 2) -> str:
+    """`value` to `digits` decimals for a reading, or "n/a" when it is missing: ``number(0.1234) == "0.12"``."""
     return "n/a" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
 
 
 def _interval(row, metric: str, kind: str = "ci") -> str:
     lo, hi = interval(metric, kind)
     if lo in row.index and hi in row.index and np.isfinite(row[lo]) and np.isfinite(row[hi]):
-        return f" [{_f(row[lo])}, {_f(row[hi])}]"
+        return f" [{number(row[lo])}, {number(row[hi])}]"
     return ""
 
 
@@ -84,7 +85,7 @@ def _ratio_lines(data: pd.DataFrame, metric: str, *, gaps=None, hue: str = "crit
     lines = []
     for ratio, group in data[data["ratio"] > 0].groupby("ratio"):
         ordered = best_first(group.groupby(hue).mean(numeric_only=True), metric)
-        parts = [f"{c} {_f(r[metric])}{_interval(r, metric)}" for c, r in ordered.iterrows()]
+        parts = [f"{c} {number(r[metric])}{_interval(r, metric)}" for c, r in ordered.iterrows()]
         lines.append(f"- {ratio:.0%} removed, best first: " + ", ".join(parts) + ".")
         if gaps is not None:
             lines += [f"  {line}" for line in _gap_lines(gaps, metric, hue=hue, ratio=ratio, domain=domain)]
@@ -100,7 +101,7 @@ def costs(results: pd.DataFrame, *, metric: str = "loss", domain: str = ALL, gap
         return "No results to read."
     lines = [
         f"**Reading.** {metric} on {domain} held-out tokens ({better(metric)} is better); unpruned "
-        f"{_f(base[metric].iloc[0])}{_interval(base.iloc[0], metric)}. Brackets: 95% bootstrap intervals over "
+        f"{number(base[metric].iloc[0])}{_interval(base.iloc[0], metric)}. Brackets: 95% bootstrap intervals over "
         "evaluation sequences.",
         "",
     ]
@@ -137,7 +138,7 @@ def benchmark_scores(scores: pd.DataFrame) -> str:
             continue
         lines += [
             "",
-            f"**{metric}** on {task} ({better(metric)} is better): unpruned {_f(base[metric].iloc[0])}"
+            f"**{metric}** on {task} ({better(metric)} is better): unpruned {number(base[metric].iloc[0])}"
             f"{_interval(base.iloc[0], metric)}",
             *_ratio_lines(data, metric),
         ]
@@ -181,7 +182,7 @@ def study_curves(
         return f"No results at {ratio:.0%} to read."
     means = best_first(data.groupby(hue).mean(numeric_only=True), metric)
     name = "Δ loss" if metric == "delta_loss" else metric
-    parts = [f"{label} {_f(row[metric])}{_interval(row, metric)}" for label, row in means.iterrows()]
+    parts = [f"{label} {number(row[metric])}{_interval(row, metric)}" for label, row in means.iterrows()]
     text = (
         f"**Reading.** {name} at {ratio:.0%} removed ({domain}; {better(metric)} is better), best first: "
         + ", ".join(parts)

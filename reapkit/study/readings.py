@@ -31,6 +31,7 @@ from reapkit.study.comparisons import (
     calibration_size,
     costs,
     gaps,
+    number,
     reconstruction,
     sensitivity,
     study_curves,
@@ -72,10 +73,6 @@ __all__ = [
 ]
 
 
-def _f(value, digits: int = 2) -> str:
-    return "n/a" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
-
-
 # --------------------------------------------------------------------------------------------
 # 01 saliency
 # --------------------------------------------------------------------------------------------
@@ -90,9 +87,9 @@ def saliency_scale(scores: pd.DataFrame, criterion: str = "reap") -> str:
     low, high = peak.idxmin(), peak.idxmax()
     within = (table.max(axis=1) / table.where(table > 0).min(axis=1)).median()
     return (
-        f"**Reading.** The largest {criterion} score of a layer goes from {_f(peak[low], 3)} (layer {low}) to "
-        f"{_f(peak[high], 3)} (layer {high}), a factor of {_f(peak[high] / peak[low], 1)}; within a layer the "
-        f"strongest expert scores a median {_f(within, 1)}x the weakest. A uniform plan compares scores only "
+        f"**Reading.** The largest {criterion} score of a layer goes from {number(peak[low], 3)} (layer {low}) to "
+        f"{number(peak[high], 3)} (layer {high}), a factor of {number(peak[high] / peak[low], 1)}; within a layer the "
+        f"strongest expert scores a median {number(within, 1)}x the weakest. A uniform plan compares scores only "
         "within a layer; a global budget (notebook 4) compares them across layers, each divided by its layer's "
         "mean score."
     )
@@ -394,8 +391,8 @@ def merging(distances: pd.DataFrame, fidelity: pd.DataFrame, method: str) -> str
         ratio = (distances["after"] / distances["before"].where(distances["before"] > 0)).dropna()
         lines.append(
             f"Aligning neurons brought {int((distances['after'] < distances['before']).sum())} of {len(distances)} "
-            f"group members closer to their dominant expert (weight distance after / before: median {_f(ratio.median())}, "
-            f"range {_f(ratio.min())} to {_f(ratio.max())})."
+            f"group members closer to their dominant expert (weight distance after / before: median {number(ratio.median())}, "
+            f"range {number(ratio.min())} to {number(ratio.max())})."
         )
     members = fidelity[fidelity["member"] != fidelity["representative"]]
     if len(members):
@@ -403,8 +400,8 @@ def merging(distances: pd.DataFrame, fidelity: pd.DataFrame, method: str) -> str
         better = int((wide["merged"] < wide["representative"]).sum())
         lines.append(
             f"On the calibration tokens routed to each of the {len(wide)} merged-away experts, the merged expert's "
-            f"output is off by {_f(wide['merged'].mean())} of the member's own output norm on average, against "
-            f"{_f(wide['representative'].mean())} for its representative left unmerged (what pruning the member "
+            f"output is off by {number(wide['merged'].mean())} of the member's own output norm on average, against "
+            f"{number(wide['representative'].mean())} for its representative left unmerged (what pruning the member "
             f"gives its tokens); merging is the closer of the two for {better} of {len(wide)} members."
         )
     return f"**Reading.** {name}: " + " ".join(lines or ["no group merged more than one expert."])
