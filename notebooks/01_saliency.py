@@ -186,11 +186,12 @@ else:
 if P.ablation and run.model is not None:
     import time
 
-    from reapkit.run.notebook import held_out
+    from reapkit.run.notebook import add_weight_statistics, held_out
     from reapkit.select.criteria import CRITERIA_NAMES
     from reapkit.select.plan import PruningPlan
     from reapkit.study import ablation
 
+    run.obs = add_weight_statistics(P, run.obs)  # every criterion is checked, the calibration-free aimer too
     eval_batches = held_out(P, run.tokenizer)
     start = time.perf_counter()
     costs = ablation.single_expert_ablation(run.model, eval_batches, layers=run.layers, seed=P.seed)

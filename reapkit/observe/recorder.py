@@ -38,7 +38,7 @@ from reapkit.model.layer import moe_layers
 from reapkit.model.loading import input_device
 from reapkit.model.records import SCORING, Architecture
 from reapkit.observe.observations import Observations, fingerprint, model_shape
-from reapkit.observe.statistics import DEFAULT, STATISTICS, chosen, not_recorded
+from reapkit.observe.statistics import ALL_TOKENS, DEFAULT, STATISTICS, chosen, not_recorded
 
 IMPLEMENTATION = "reapkit_observe"
 
@@ -251,10 +251,9 @@ def recording(model: torch.nn.Module, device=None, *, statistics=None):
             f"{type(model).__name__} has no MoE layers reapkit can find under {arch.layers!r}.{arch.block}; "
             "observe a Mixture-of-Experts model"
         )
-    all_tokens = ("all_output_sum", "prob_output_sum")  # every expert run on every token
     if arch.gated_input and "all" in ([statistics] if isinstance(statistics, str) else statistics or []):
-        names = tuple(n for n in names if n not in all_tokens)  # "all": every statistic this model can give
-    if arch.gated_input and any(n in names for n in all_tokens):
+        names = tuple(n for n in names if n not in ALL_TOKENS)  # "all": every statistic this model can give
+    if arch.gated_input and any(n in names for n in ALL_TOKENS):
         raise InvalidInput(
             f"{arch.model_type} scales each expert's input by its gate, so its experts cannot be run on every token "
             "as they are; observe it without --all-token-outputs (all_output_sum) and prob_output_sum"

@@ -40,6 +40,7 @@ import torch
 from reapkit.errors import InvalidInput, Mismatch
 
 __all__ = [
+    "ALL_TOKENS",
     "DEFAULT",
     "FLAGS",
     "FROM_WEIGHTS",
@@ -177,6 +178,8 @@ DEFAULT: tuple[str, ...] = tuple(s.name for s in _TABLE if s.default)
 OPTIONAL: tuple[str, ...] = tuple(s.name for s in _TABLE if not s.default and s.recorder != "weights")
 #: read from a checkpoint's expert weights, never recorded by observing (`reapkit.observe.weights`)
 FROM_WEIGHTS: tuple[str, ...] = tuple(s.name for s in _TABLE if s.recorder == "weights")
+#: recorded by running every expert on every token: about E/k times the experts' part of a forward
+ALL_TOKENS: tuple[str, ...] = ("all_output_sum", "prob_output_sum")
 
 
 def chosen(statistics=None) -> tuple[str, ...]:

@@ -35,6 +35,8 @@ __all__ = [
     "DEMO_NOTEBOOKS",
     "NOTEBOOKS_DIR",
     "calibrate",
+    "notebook_statistics",
+    "add_weight_statistics",
     "held_out",
     "plans_beside",
     "moe_layers",
@@ -98,21 +100,55 @@ def calibrate(P, *, progress: bool = True, model_needed: bool = False) -> Simple
         model,
         batches,
         P.cache_dir or f"{P.output_dir}/cache",
-        statistics="all",  # the notebooks draw co-selection, output-space distances, merges and any criterion
+        statistics=notebook_statistics(P),
         progress=progress,
         calibration={"spec": P.calibration, "max_length": P.max_length, "seed": P.seed},
     )
-    source = Path(resolve_name(P.model))
-    if (source / "config.json").is_file():  # a local float checkpoint: add its weight statistics (aimer)
-        from reapkit.observe.weights import with_weight_statistics
+    from reapkit.observe.statistics import FROM_WEIGHTS
+    from reapkit.select.criteria import statistics_of
 
-        try:
-            obs = with_weight_statistics(obs, source)
-        except InvalidInput as error:  # quantised weights: aimer is then listed as unusable, with this reason
-            obs.meta["missing"] = {**obs.meta.get("missing", {}), "weight_abs_sum": str(error)}
+    criteria = getattr(P, "criteria", None) or []
+    if any(n in FROM_WEIGHTS for c in criteria for n in statistics_of(c)):  # aimer: read the expert weights once
+        obs = add_weight_statistics(P, obs)
     layers = moe_layers(obs, getattr(P, "layers", None))
     print(f"domains {obs.domains}, MoE layers {obs.layers}, experts {obs.num_experts}, top-k {obs.top_k}")
     return SimpleNamespace(model=model, tokenizer=tokenizer, obs=obs, layers=layers, batches=batches)
+
+
+def notebook_statistics(P) -> list[str]:
+    """What a notebook observes: every optional statistic (co-selection, output-space distances, any
+    criterion), but those that run every expert on every token only for the merge methods it asks for
+    (`merges`, `merge_method`), as they cost about E/k times the experts' part of a forward.
+
+    >>> from reapkit.run.parameters import check_parameters
+    >>> "all_output_sum" in notebook_statistics(check_parameters({}, "01_saliency"))
+    False
+    >>> "all_output_sum" in notebook_statistics(check_parameters({}, "05_study"))   # HC-SMoE and Sub-MoE need it
+    True
+    """
+    from reapkit.observe.statistics import ALL_TOKENS, OPTIONAL
+    from reapkit.select.merge_methods import merge_method
+
+    merges = [*(getattr(P, "merges", None) or []), *filter(None, [getattr(P, "merge_method", None)])]
+    needed = {n for m in merges for n in merge_method(m).statistics}
+    return [n for n in OPTIONAL if n not in ALL_TOKENS or n in needed]
+
+
+def add_weight_statistics(P, obs):
+    """`obs` with the expert-weight statistics (`aimer`) of `P.model` when it is a local float checkpoint;
+    otherwise `obs` unchanged, with the reason `aimer` cannot be scored in ``obs.meta["missing"]``."""
+    from reapkit.observe.statistics import FROM_WEIGHTS
+    from reapkit.observe.weights import with_weight_statistics
+
+    source = Path(resolve_name(P.model))
+    reason = f"{P.model} is not a local checkpoint folder; aimer reads a model's expert weights from one"
+    if (source / "config.json").is_file():
+        try:
+            return with_weight_statistics(obs, source)
+        except InvalidInput as error:  # e.g. quantised weights
+            reason = str(error)
+    obs.meta["missing"] = {**obs.meta.get("missing", {}), **{n: reason for n in FROM_WEIGHTS}}
+    return obs
 
 
 def pruned_copy(P, plan):
